@@ -1,0 +1,766 @@
+"""GLM for prompt-based fine-tuning: the model, its tokenizer, and the builders of its inputs.
+
+GLM (Du et al., ACL 2022, "GLM: General Language Model Pretraining with Autoregressive Blank
+Infilling") reads a corrupted text (Part A, bidirectional) in which each blank is one `[MASK]`,
+then writes the missing spans (Part B, left to right), each span opened by `<|startofpiece|>`
+(sop) and closed by `<|endofpiece|>` (eop). Every token carries two positions:
+
+    position_ids[:, 0]   where the token sits in Part A; a span token carries its [MASK]'s index
+    position_ids[:, 1]   the block position: 0 in Part A, 1, 2, 3, ... inside a span
+
+Fine-tuning keeps this layout (paper, Figure 2): a cloze question is a context with one `[MASK]`
+whose answer choices are scored as spans (`build_multiple_choice_inputs`, `score_choices`), and
+generation is writing the span of a `[MASK]` placed after the prompt (`build_generation_inputs`,
+`generate`). This file holds the whole model in plain PyTorch (no remote code), in the spirit of
+nanoGPT; the facts it matches are in GLM_NOTES.md of the team's shared folder.
+"""
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+HUB_MODEL_ID = "BAAI/glm-roberta-large"
+TINY_MODEL_NAME = "glm-tiny"
+SOP_TOKEN, EOP_TOKEN, MASK_TOKEN = "<|startofpiece|>", "<|endofpiece|>", "[MASK]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GLMConfig:
+    """Hyper-parameters of GLM, with the field names of the released `config.json`.
+
+    The defaults are those of `BAAI/glm-roberta-large` (24 layers, hidden 1024, 16 heads,
+    ~355M parameters). `attention_scale` only changes the order of operations in the released
+    code (it rescales scores for numerical range), not the result, so it is kept for the round
+    trip and otherwise unused. The layer-norm epsilon is fixed at 1e-5 in the released code.
+    """
+
+    num_layers: int = 24
+    hidden_size: int = 1024
+    num_attention_heads: int = 16
+    vocab_size: int = 50304
+    max_sequence_length: int = 512
+    embedding_dropout_prob: float = 0.1
+    attention_dropout_prob: float = 0.1
+    output_dropout_prob: float = 0.1
+    output_predict: bool = True
+    block_position_encoding: bool = True
+    attention_scale: float = 1.0
+    layernorm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+
+    @classmethod
+    def tiny(cls, vocab_size: int) -> "GLMConfig":
+        """The `glm-tiny` preset: 2 layers, hidden 256, 4 heads; random init, for tests and CPU runs."""
+        return cls(num_layers=2, hidden_size=256, num_attention_heads=4, vocab_size=vocab_size)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "GLMConfig":
+        """Reads a released or saved config.json; fields not used here (auto_map, ...) are ignored."""
+        known = {f.name for f in fields(cls)}
+        if not config.get("block_position_encoding", True):
+            raise ValueError("Only GLM checkpoints with block_position_encoding=true are supported.")
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return {"model_type": "glm", "architectures": ["GLMForConditionalGeneration"], **asdict(self)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GLMOutput:
+    """What `GLMForConditionalGeneration.forward` returns.
+
+    loss:            scalar cross-entropy over the positions whose label is not -100, or None
+    logits:          [B, S, V], or [N, V] for the N positions picked by `logits_positions`
+    past_key_values: per layer a (key, value) pair, each [B, heads, T, head_dim], when use_cache
+    """
+
+    loss: Optional[torch.Tensor]
+    logits: torch.Tensor
+    past_key_values: Optional[tuple] = None
+
+
+class GLMSelfAttention(nn.Module):
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_dropout = config.attention_dropout_prob
+        self.output_dropout = nn.Dropout(config.output_dropout_prob)
+
+    def forward(self, x, mask, past=None):
+        B, Q, H = x.shape
+        # The fused projection's output is [q | k | v], each then split into heads.
+        q, k, v = (t.view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)
+                   for t in self.query_key_value(x).split(H, dim=-1))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        dropout = self.attention_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, Q, H)
+        return self.output_dropout(self.dense(y)), (k, v)
+
+
+class GLMMLP(nn.Module):
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size)
+        self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.output_dropout_prob)
+
+    def forward(self, x):
+        # Exact erf GELU, as the released Hugging Face code (pretraining used the tanh form).
+        return self.dropout(self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x))))
+
+
+class GLMLayer(nn.Module):
+    """Pre-LN transformer block: h + attn(LN(h)), then h + mlp(LN(h))."""
+
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.attention = GLMSelfAttention(config)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.mlp = GLMMLP(config)
+
+    def forward(self, h, mask, past=None):
+        a, present = self.attention(self.input_layernorm(h), mask, past)
+        h = h + a
+        return h + self.mlp(self.post_attention_layernorm(h)), present
+
+
+class GLMStack(nn.Module):
+    """Position tables, the layers and the final layer norm (the released `transformer.*`)."""
+
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(config.max_sequence_length + 1, config.hidden_size)
+        self.block_position_embeddings = nn.Embedding(config.max_sequence_length + 1, config.hidden_size)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
+        self.layers = nn.ModuleList(GLMLayer(config) for _ in range(config.num_layers))
+        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+
+
+class GLMModel(nn.Module):
+    """The GLM body: embeddings and transformer; returns final hidden states [B, S, H]."""
+
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.transformer = GLMStack(config)
+
+    def forward(self, input_ids, position_ids, mask, past_key_values=None):
+        t = self.transformer
+        h = (self.word_embeddings(input_ids) + t.position_embeddings(position_ids[:, 0])
+             + t.block_position_embeddings(position_ids[:, 1]))
+        h = t.embedding_dropout(h)
+        presents = []
+        for i, layer in enumerate(t.layers):
+            h, present = layer(h, mask, None if past_key_values is None else past_key_values[i])
+            presents.append(present)
+        return t.final_layernorm(h), tuple(presents)
+
+
+def expand_attention_mask(attention_mask, batch_size, query_length, key_length, device):
+    """Turns any attention-mask form GLM accepts into a boolean [B, 1, Q, K] (True = may attend).
+
+    Forms (the released code's): None (all visible); `[B]` integer separator `sep` (key j is
+    visible from query i when j < sep or j <= i: Part A bidirectional, then causal); `[B, K']`
+    0/1 key-padding mask; `[B, 1, Q, K']` 0/1 full mask. The mask describes the last K' keys;
+    keys before them (a P-tuning v2 prefix, see `past_key_values`) are visible to every query.
+    A query row with no visible key (only padding ever has one) is opened to every key so that
+    attention stays finite; the released code makes such a row uniform instead. Neither reaches
+    a real token.
+
+    Raises ValueError for a mask of another shape.
+    """
+    if attention_mask is None:
+        return None
+    m = attention_mask.to(device)
+    if m.dim() == 1:  # separator form, over the current tokens
+        i = torch.arange(query_length, device=device)
+        m = (i[None, None, :] < m[:, None, None]) | (i[None, None, :] <= i[None, :, None])
+        m = m[:, None]
+    elif m.dim() == 2:
+        m = m[:, None, None, :].expand(-1, 1, query_length, -1)
+    elif m.dim() != 4:
+        raise ValueError(f"attention_mask must be [B], [B, K] or [B, 1, Q, K]; got shape {tuple(m.shape)}")
+    m = m.bool()
+    if m.shape[-1] < key_length:
+        visible = m.new_ones(batch_size, 1, m.shape[2], key_length - m.shape[-1])
+        m = torch.cat([visible, m], dim=-1)
+    if m.shape[-1] != key_length or m.shape[2] != query_length:
+        raise ValueError(f"attention_mask covers {tuple(m.shape[2:])} (queries, keys) but the input has "
+                         f"{query_length} queries and {key_length} keys")
+    return m | ~m.any(dim=-1, keepdim=True)
+
+
+class GLMForConditionalGeneration(nn.Module):
+    """GLM with its tied language-model output (logits = hidden @ word_embeddings^T)."""
+
+    def __init__(self, config: GLMConfig):
+        super().__init__()
+        self.config = config
+        self.glm = GLMModel(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids, position_ids, attention_mask=None, labels=None, past_key_values=None,
+                use_cache=False, logits_positions=None, label_smoothing=0.0):
+        """Runs GLM on `input_ids` [B, S] with `position_ids` [B, 2, S].
+
+        attention_mask:   any form `expand_attention_mask` accepts.
+        labels:           [B, S] token ids to predict AT each position (GLM's targets are already
+                          aligned, no shift), -100 where nothing is predicted.
+        past_key_values:  per layer (key, value) [B, heads, T, head_dim] computed earlier (a cache
+                          from `use_cache=True`, or a P-tuning v2 prefix); new tokens attend to them.
+        logits_positions: optional bool [B, S]; vocabulary logits are then computed only there and
+                          returned as [N, V] in row-major order (a large saving with a 50k vocab).
+        label_smoothing:  as in `torch.nn.functional.cross_entropy`.
+
+        Returns a `GLMOutput`; `loss` is the mean cross-entropy over labelled positions.
+        """
+        B, S = input_ids.shape
+        past_length = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        mask = expand_attention_mask(attention_mask, B, S, past_length + S, input_ids.device)
+        hidden, presents = self.glm(input_ids, position_ids, mask, past_key_values)
+        if logits_positions is not None:
+            hidden = hidden[logits_positions]
+            if labels is not None:
+                labels = labels[logits_positions]
+        logits = F.linear(hidden, self.glm.word_embeddings.weight)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                   ignore_index=-100, label_smoothing=label_smoothing)
+        return GLMOutput(loss, logits, presents if use_cache else None)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, vocab_size: Optional[int] = None):
+        """Loads GLM from a local directory or a hub id (default `BAAI/glm-roberta-large`).
+
+        The directory holds `config.json` and `model.safetensors` or `pytorch_model.bin` (read
+        with `weights_only=True`: a pickle that would run code is refused). State-dict keys may
+        carry the released `glm.` prefix or not. `glm-tiny` builds a random small model instead
+        (`GLMConfig.tiny`), which needs `vocab_size` (the tokenizer's length).
+
+        Raises ValueError when keys are missing or unexpected (both listed), OSError when the hub
+        cannot be reached (with the flags that point at local files instead).
+        """
+        if name_or_path == TINY_MODEL_NAME:
+            if vocab_size is None:
+                raise ValueError("glm-tiny needs vocab_size (the tokenizer's length)")
+            return cls(GLMConfig.tiny(vocab_size=_round_up(vocab_size, 64)))
+        directory = _resolve_pretrained_dir(name_or_path, ["config.json", "*.safetensors", "pytorch_model.bin"])
+        config = GLMConfig.from_dict(json.loads((directory / "config.json").read_text()))
+        model = cls(config)
+        model.load_state_dict(_normalise_keys(_read_state_dict(directory), model), strict=True)
+        if vocab_size is not None and vocab_size > config.vocab_size:
+            raise ValueError(f"The tokenizer has {vocab_size} tokens but the model only {config.vocab_size} "
+                             "embedding rows: use the tokenizer that came with the checkpoint.")
+        return model
+
+    def save_pretrained(self, directory):
+        """Writes `config.json` and `model.safetensors` (keys with the released `glm.` prefix)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _round_up(n, multiple):
+    return (n + multiple - 1) // multiple * multiple
+
+
+def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
+    """A local directory as is; otherwise downloads the needed files of a hub repository."""
+    if os.path.isdir(name_or_path):
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=allow_patterns))
+    except Exception as error:  # offline, unknown repo, no permission: all end the same way
+        raise OSError(
+            f"Could not load '{name_or_path}': it is not a local directory and the Hugging Face hub "
+            f"did not serve it ({type(error).__name__}: {error}).\n"
+            "Point at local files instead: --model_name_or_path DIR (config.json + weights) and "
+            "--tokenizer_name DIR (vocab.json, merges.txt, added_tokens.json), or run the offline "
+            f"default: --model_name_or_path {TINY_MODEL_NAME} --tokenizer_name train "
+            "(a random small GLM and a tokenizer trained on the training texts)."
+        ) from None
+
+
+def _read_state_dict(directory: Path) -> dict:
+    if (directory / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(directory / "model.safetensors"))
+    if (directory / "pytorch_model.bin").exists():
+        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
+
+
+def _normalise_keys(state: dict, model: nn.Module) -> dict:
+    """Adds the `glm.` prefix where the checkpoint lacks it; raises on missing or extra keys."""
+    state = {k if k.startswith("glm.") else "glm." + k: v for k, v in state.items()}
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"The checkpoint does not match GLMConfig: missing keys {missing[:10]}"
+                         f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
+                         f"{' ...' if len(unexpected) > 10 else ''}")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------
+
+TOKENIZER_FILES = ["vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json"]
+BASE_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..3 and 50264 in RoBERTa
+
+
+def load_tokenizer(name_or_path: str):
+    """The GLM RoBERTa tokenizer (byte-level BPE) as a `transformers.PreTrainedTokenizerFast`.
+
+    `name_or_path` is a directory with the released files (vocab.json, merges.txt,
+    added_tokens.json; the remote code named in tokenizer_config.json is NOT run), a directory
+    saved by `train_tokenizer` (tokenizer.json), or a hub id. A text encodes as `<s> ... </s>`;
+    `[MASK]` becomes one token whatever spaces surround it (a space before it is absorbed).
+    The result carries `sop_token_id`, `eop_token_id` (and the usual `mask_token_id`, eos = pad).
+
+    Raises ValueError when added_tokens.json disagrees with the ids this file builds, OSError
+    when a hub id cannot be reached.
+    """
+    from tokenizers import Tokenizer, models
+
+    directory = Path(name_or_path) if os.path.isdir(name_or_path) else _resolve_pretrained_dir(name_or_path, TOKENIZER_FILES)
+    if (directory / "tokenizer.json").exists() and not (directory / "vocab.json").exists():
+        return _wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")))
+    tokenizer = _wrap_tokenizer(Tokenizer(models.BPE.from_file(str(directory / "vocab.json"),
+                                                               str(directory / "merges.txt"))))
+    added_file = directory / "added_tokens.json"
+    if added_file.exists():
+        for token, token_id in json.loads(added_file.read_text()).items():
+            if tokenizer.convert_tokens_to_ids(token) != token_id:
+                raise ValueError(f"{added_file}: {token} should have id {token_id} but gets "
+                                 f"{tokenizer.convert_tokens_to_ids(token)}")
+    return tokenizer
+
+
+def train_tokenizer(texts, vocab_size: int = 8000):
+    """Trains a byte-level BPE with GLM's special tokens on `texts` (an offline stand-in).
+
+    Ids 0..3 are `<s> <pad> </s> <unk>` as in RoBERTa; `<mask>`, sop, eop and `[MASK]` follow
+    the learned vocabulary. Save it with `.save_pretrained(dir)`; `load_tokenizer(dir)` reads it.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BASE_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return _wrap_tokenizer(tokenizer)
+
+
+def _wrap_tokenizer(tokenizer):
+    """Adds GLM's pipeline and special tokens to a byte-level BPE `tokenizers.Tokenizer`."""
+    from tokenizers import AddedToken, decoders, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", tokenizer.token_to_id("</s>")),
+                                                            ("<s>", tokenizer.token_to_id("<s>")),
+                                                            add_prefix_space=False)
+    tokenizer.add_special_tokens(BASE_SPECIAL_TOKENS)
+    tokenizer.add_special_tokens([AddedToken(SOP_TOKEN, special=True), AddedToken(EOP_TOKEN, special=True),
+                                  AddedToken(MASK_TOKEN, lstrip=True, special=True)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", cls_token="<s>", eos_token="</s>",
+                                   sep_token="</s>", pad_token="</s>", unk_token="<unk>", mask_token=MASK_TOKEN,
+                                   additional_special_tokens=[SOP_TOKEN, EOP_TOKEN])
+    fast.sop_token_id = fast.convert_tokens_to_ids(SOP_TOKEN)
+    fast.eop_token_id = fast.convert_tokens_to_ids(EOP_TOKEN)
+    return fast
+
+
+# ----------------------------------------------------------------------------------------------
+# Input builders (paper, Figure 2)
+# ----------------------------------------------------------------------------------------------
+
+
+def encode_context(tokenizer, context: str, max_length: int):
+    """Encodes `<s> context </s>` with exactly one `[MASK]`, cut to `max_length` around it.
+
+    When too long, tokens are dropped from the far end of whichever side of the mask is longer
+    (the start of the left text, the end of the right text), so the mask always survives.
+    Returns (token ids, index of the mask). Raises ValueError when the context has no `[MASK]`
+    or several, or when max_length < 3.
+    """
+    ids = tokenizer(context)["input_ids"]
+    count = ids.count(tokenizer.mask_token_id)
+    if count != 1:
+        raise ValueError(f"A GLM context needs exactly one {MASK_TOKEN}, found {count} in: {context!r}")
+    if max_length < 3:
+        raise ValueError(f"max_length={max_length} cannot hold <s> [MASK] </s>")
+    m = ids.index(tokenizer.mask_token_id)
+    left, right = ids[1:m], ids[m + 1:-1]
+    excess = len(ids) - max_length
+    while excess > 0:
+        if len(left) >= len(right):
+            left = left[1:]
+        else:
+            right = right[:-1]
+        excess -= 1
+    return [ids[0], *left, tokenizer.mask_token_id, *right, ids[-1]], len(left) + 1
+
+
+def encode_choice(tokenizer, choice: str, prefix_space: bool = True):
+    """Token ids of an answer choice as a span; with `prefix_space` it is encoded as a
+    mid-sentence word (`Ġword`), as spans were in pretraining. Raises ValueError if empty."""
+    ids = tokenizer((" " if prefix_space else "") + choice.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"Answer choice {choice!r} encodes to no token")
+    return ids
+
+
+def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256, choice_prefix_space=True):
+    """Packs every answer choice of each example after its context, in ONE sequence.
+
+    contexts: B strings, each with one `[MASK]`; choices: B lists of strings (the verbalizers;
+    lists may differ in length, choices in token count). For an example with context tokens
+    `<s> x1 [MASK] x2 </s>` (mask index m) and choices c, d the sequence is
+
+        input_ids            <s> x1 [MASK] x2 </s> | sop c1 .. c(n-1) | sop d1 .. d(k-1) | pad
+        position_ids[0]       0  1    2     3   4  |  m   m  ..   m   |  m   m  ..   m   |  0
+        position_ids[1]       0  0    0     0   0  |  1   2  ..   n   |  1   2  ..   k   |  0
+        target_ids           -100 ...                 c1  c2 ..   cn  |  d1  d2 ..   dk  | -100
+
+    Context tokens see the whole context; a choice token sees the context and its own block up
+    to itself, never another choice; padding is seen by nobody. The context is cut around the
+    mask (`encode_context`) so that it and all its choices fit in `max_length`.
+
+    Returns a dict of tensors: input_ids [B, S], position_ids [B, 2, S], attention_mask bool
+    [B, 1, S, S], target_ids [B, S] (-100 where nothing is scored), choice_index [B, S] (which
+    choice a scored position belongs to, -1 elsewhere), choice_mask bool [B, C] (real choices).
+    Raises ValueError for a bad context (see `encode_context`) or choices longer than max_length.
+    """
+    if len(contexts) != len(choices):
+        raise ValueError(f"{len(contexts)} contexts but {len(choices)} choice lists")
+    rows = []
+    for context, example_choices in zip(contexts, choices):
+        if not example_choices:
+            raise ValueError(f"No answer choices for context {context!r}")
+        choice_ids = [encode_choice(tokenizer, c, choice_prefix_space) for c in example_choices]
+        span_length = sum(len(c) for c in choice_ids)
+        if span_length + 3 > max_length:
+            raise ValueError(f"The answer choices take {span_length} tokens; max_length={max_length} is too small")
+        ids, m = encode_context(tokenizer, context, max_length - span_length)
+        rows.append((ids, m, choice_ids))
+    S = max(len(ids) + sum(len(c) for c in cs) for ids, _, cs in rows)
+    B, C = len(rows), max(len(cs) for _, _, cs in rows)
+    batch = {
+        "input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
+        "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
+        "attention_mask": torch.zeros(B, 1, S, S, dtype=torch.bool),
+        "target_ids": torch.full((B, S), -100, dtype=torch.long),
+        "choice_index": torch.full((B, S), -1, dtype=torch.long),
+        "choice_mask": torch.zeros(B, C, dtype=torch.bool),
+    }
+    for b, (ids, m, choice_ids) in enumerate(rows):
+        L = len(ids)
+        batch["input_ids"][b, :L] = torch.tensor(ids)
+        batch["position_ids"][b, 0, :L] = torch.arange(L)
+        batch["attention_mask"][b, 0, :L, :L] = True
+        start = L
+        for c, tokens in enumerate(choice_ids):
+            n, end = len(tokens), start + len(tokens)
+            batch["input_ids"][b, start:end] = torch.tensor([tokenizer.sop_token_id, *tokens[:-1]])
+            batch["position_ids"][b, 0, start:end] = m
+            batch["position_ids"][b, 1, start:end] = torch.arange(1, n + 1)
+            batch["attention_mask"][b, 0, start:end, :L] = True
+            batch["attention_mask"][b, 0, start:end, start:end] = torch.ones(n, n, dtype=torch.bool).tril()
+            batch["target_ids"][b, start:end] = torch.tensor(tokens)
+            batch["choice_index"][b, start:end] = c
+            batch["choice_mask"][b, c] = True
+            start = end
+    return batch
+
+
+def score_choices(model, batch, length_normalize=False):
+    """Log-likelihood of each packed answer choice: [B, C] (padding choices get -inf).
+
+    score(c) = sum_t log p(c_t | context, c_<t), read at the positions of `sop c1 .. c(n-1)`;
+    with `length_normalize` it is divided by the choice's token count. Vocabulary logits are
+    computed only at scored positions. `batch` comes from `build_multiple_choice_inputs`
+    (tensors on the model's device). Cross-entropy over these scores is the paper's cloze
+    fine-tuning loss (no extra classifier).
+    """
+    scored = batch["target_ids"] != -100
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                attention_mask=batch["attention_mask"], logits_positions=scored)
+    token_logp = out.logits.float().log_softmax(-1).gather(-1, batch["target_ids"][scored][:, None])[:, 0]
+    B, C = batch["choice_mask"].shape
+    flat_choice = (torch.arange(B, device=scored.device)[:, None] * C + batch["choice_index"])[scored]
+    scores = token_logp.new_zeros(B * C).index_add(0, flat_choice, token_logp)
+    if length_normalize:
+        lengths = token_logp.new_zeros(B * C).index_add(0, flat_choice, torch.ones_like(token_logp))
+        scores = scores / lengths.clamp(min=1)
+    return scores.view(B, C).masked_fill(~batch["choice_mask"], float("-inf"))
+
+
+def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, max_target_length=64):
+    """GLM inputs for generating the span of a `[MASK]` (blank infilling, paper Figure 2b).
+
+    Each context (one `[MASK]`, usually at its end) is cut around the mask to `max_length`
+    tokens and padded to the batch's longest context Lc; the span block follows at column Lc:
+
+        training (targets given)          inference (targets None)
+        input_ids   ctx pad | sop t1 .. tn  pad       ctx pad | sop
+        labels      -100    | t1  t2 .. eop -100      (none)
+        position    0..L-1 0| m   m  .. m             0..L-1 0| m
+        block pos   0 ..   0| 1   2  .. n+1           0 ..   0| 1
+
+    Context tokens see the real context (bidirectional); span tokens see the real context and
+    the span up to themselves (causal); padding is seen by nobody. Targets longer than
+    `max_target_length` tokens are cut to it (eop is then added); the count of cut targets is
+    returned as `num_truncated_targets`.
+
+    Returns a dict: input_ids [B, S], position_ids [B, 2, S], attention_mask bool [B, 1, S, S],
+    labels [B, S] (training only), mask_positions [B] (index of each [MASK]), context_length Lc
+    (int), num_truncated_targets (int). Raises ValueError for a context without exactly one mask.
+    """
+    encoded = [encode_context(tokenizer, c, max_length) for c in contexts]
+    Lc = max(len(ids) for ids, _ in encoded)
+    spans, truncated = [[]] * len(contexts), 0
+    if targets is not None:
+        spans = []
+        for target in targets:
+            ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+            truncated += len(ids) > max_target_length
+            spans.append(ids[:max_target_length])
+    T = max(len(s) for s in spans) + 1
+    B, S = len(contexts), Lc + T
+    batch = {
+        "input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
+        "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
+        "attention_mask": torch.zeros(B, 1, S, S, dtype=torch.bool),
+        "mask_positions": torch.tensor([m for _, m in encoded]),
+        "context_length": Lc,
+        "num_truncated_targets": truncated,
+    }
+    if targets is not None:
+        batch["labels"] = torch.full((B, S), -100, dtype=torch.long)
+    for b, ((ids, m), span) in enumerate(zip(encoded, spans)):
+        L, n = len(ids), len(span) + 1
+        batch["input_ids"][b, :L] = torch.tensor(ids)
+        batch["input_ids"][b, Lc:Lc + n] = torch.tensor([tokenizer.sop_token_id, *span])
+        batch["position_ids"][b, 0, :L] = torch.arange(L)
+        batch["position_ids"][b, 0, Lc:Lc + n] = m
+        batch["position_ids"][b, 1, Lc:Lc + n] = torch.arange(1, n + 1)
+        batch["attention_mask"][b, 0, :L, :L] = True
+        batch["attention_mask"][b, 0, Lc:Lc + n, :L] = True
+        batch["attention_mask"][b, 0, Lc:Lc + n, Lc:Lc + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        if targets is not None:
+            batch["labels"][b, Lc:Lc + n] = torch.tensor([*span, tokenizer.eop_token_id])
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------
+
+
+class _SpanDecoder:
+    """Grows the span block of a `build_generation_inputs` batch one token at a time.
+
+    With `use_cache` each step feeds only the new token and reuses every layer's keys/values
+    (step t costs O(t)); without it, each step recomputes the whole sequence (the reference).
+    A new token sits at position (mask index, previous block position + 1) and sees the real
+    context and the span so far.
+    """
+
+    def __init__(self, model, batch, use_cache):
+        self.model, self.use_cache = model, use_cache
+        self.input_ids, self.position_ids = batch["input_ids"], batch["position_ids"]
+        self.mask = batch["attention_mask"]            # [B, 1, S, S]
+        self.key_valid = self.mask[:, 0].any(dim=1)    # [B, S]: keys anyone may see
+        out = model(self.input_ids, self.position_ids, self.mask, use_cache=use_cache,
+                    logits_positions=self._last())
+        self.past, self.logits = out.past_key_values, out.logits.float()
+
+    def _last(self):
+        last = torch.zeros_like(self.input_ids, dtype=torch.bool)
+        last[:, -1] = True
+        return last
+
+    def reorder(self, index):
+        """Keeps the rows `index` [B'] (beam search's surviving hypotheses)."""
+        self.input_ids, self.position_ids = self.input_ids[index], self.position_ids[index]
+        self.mask, self.key_valid, self.logits = self.mask[index], self.key_valid[index], self.logits[index]
+        if self.past is not None:
+            self.past = tuple((k[index], v[index]) for k, v in self.past)
+
+    def append(self, tokens):
+        """Feeds `tokens` [B]; afterwards `self.logits` [B, V] predicts the next token."""
+        position = self.position_ids[:, :, -1:].clone()
+        position[:, 1] += 1
+        self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
+        self.position_ids = torch.cat([self.position_ids, position], dim=2)
+        self.key_valid = F.pad(self.key_valid, (0, 1), value=True)
+        self.mask = F.pad(self.mask, (0, 1, 0, 1))
+        self.mask[:, 0, -1] = self.key_valid
+        if self.use_cache:
+            out = self.model(tokens[:, None], position, self.key_valid[:, None, None, :],
+                             past_key_values=self.past, use_cache=True)
+            self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
+        else:
+            out = self.model(self.input_ids, self.position_ids, self.mask, logits_positions=self._last())
+            self.logits = out.logits.float()
+
+
+def _banned_ngram_tokens(tokens, n):
+    """Tokens that would repeat an n-gram already in `tokens` (a list of ids)."""
+    if n <= 0 or len(tokens) < n - 1:
+        return []
+    prefix = tuple(tokens[len(tokens) - n + 1:])
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix]
+
+
+def _adjust_log_probs(logp, generated, step, eop_token_id, min_new_tokens, no_repeat_ngram_size):
+    if step < min_new_tokens:
+        logp[:, eop_token_id] = float("-inf")
+    for row, tokens in enumerate(generated):
+        banned = _banned_ngram_tokens(tokens, no_repeat_ngram_size)
+        if banned:
+            logp[row, banned] = float("-inf")
+    return logp
+
+
+def _sample(logp, top_p, temperature):
+    probs = (logp / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keeps the first token always
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, 1)[:, 0]
+
+
+@torch.inference_mode()
+def generate(model, batch, eop_token_id, max_new_tokens=64, min_new_tokens=0, num_beams=1, length_penalty=1.0,
+             no_repeat_ngram_size=0, do_sample=False, top_p=1.0, temperature=1.0, use_cache=True):
+    """Writes the span of each `[MASK]`: greedy, sampling or beam search, stopping at eop.
+
+    batch: an inference batch of `build_generation_inputs` (targets=None), on the model's
+    device. Contexts padded in a batch give the same output as alone. Beam search ranks
+    finished hypotheses by sum log p / length ** length_penalty (length counted in generated
+    tokens, eop included), and stops an example once no live beam can beat its worst kept
+    hypothesis (the usual heuristic). `no_repeat_ngram_size` n bans any n-gram already in the
+    span; `min_new_tokens` bans eop before that many tokens.
+
+    Returns a list of B lists of token ids (eop not included).
+    """
+    if num_beams > 1:
+        return _beam_search(model, batch, eop_token_id, max_new_tokens, min_new_tokens, num_beams,
+                            length_penalty, no_repeat_ngram_size, use_cache)
+    decoder = _SpanDecoder(model, batch, use_cache)
+    B = batch["input_ids"].shape[0]
+    generated, done = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool)
+    for step in range(max_new_tokens):
+        logp = _adjust_log_probs(decoder.logits.log_softmax(-1), generated, step, eop_token_id,
+                                 min_new_tokens, no_repeat_ngram_size)
+        tokens = _sample(logp, top_p, temperature) if do_sample else logp.argmax(-1)
+        tokens = tokens.masked_fill(done.to(tokens.device), eop_token_id)
+        for row, token in enumerate(tokens.tolist()):
+            if not done[row] and token != eop_token_id:
+                generated[row].append(token)
+        done |= (tokens == eop_token_id).cpu()
+        if done.all() or step == max_new_tokens - 1:
+            break
+        decoder.append(tokens)
+    return generated
+
+
+def _beam_search(model, batch, eop_token_id, max_new_tokens, min_new_tokens, num_beams, length_penalty,
+                 no_repeat_ngram_size, use_cache):
+    B, K = batch["input_ids"].shape[0], num_beams
+    expanded = {k: v.repeat_interleave(K, dim=0) if torch.is_tensor(v) and v.dim() > 0 else v
+                for k, v in batch.items()}
+    decoder = _SpanDecoder(model, expanded, use_cache)
+    device = decoder.logits.device
+    beam_scores = torch.full((B, K), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0                                    # all beams start identical: keep one
+    beams = [[] for _ in range(B * K)]
+    finished = [[] for _ in range(B)]                          # (normalised score, tokens)
+    done = [False] * B
+    for step in range(max_new_tokens):
+        logp = _adjust_log_probs(decoder.logits.log_softmax(-1), beams, step, eop_token_id,
+                                 min_new_tokens, no_repeat_ngram_size)
+        V = logp.shape[-1]
+        candidates = (beam_scores.view(-1, 1) + logp).view(B, K * V)
+        top_scores, top_index = candidates.topk(2 * K, dim=-1)
+        top_scores, top_index = top_scores.tolist(), top_index.tolist()
+        source, next_tokens, next_scores = [], [], []
+        for b in range(B):
+            kept = []
+            for score, index in zip(top_scores[b], top_index[b]):
+                row, token = b * K + index // V, index % V
+                if done[b] or score == float("-inf"):
+                    break
+                if token == eop_token_id:
+                    if len(kept) < K:  # an eop among the best K candidates ends a hypothesis
+                        finished[b].append((score / (step + 1) ** length_penalty, beams[row]))
+                else:
+                    kept.append((score, row, token))
+                if len(kept) == K:
+                    break
+            kept += [(float("-inf"), b * K, eop_token_id)] * (K - len(kept))  # done or starved rows
+            for score, row, token in kept:
+                source.append(row), next_tokens.append(token), next_scores.append(score)
+            if len(finished[b]) >= K:
+                worst = sorted(s for s, _ in finished[b])[-K]
+                done[b] = done[b] or kept[0][0] / (step + 1) ** length_penalty <= worst
+        beams = [beams[row] + [token] for row, token in zip(source, next_tokens)]
+        beam_scores = torch.tensor(next_scores, device=device).view(B, K)
+        if all(done) or step == max_new_tokens - 1:
+            break
+        decoder.reorder(torch.tensor(source, device=device))
+        decoder.append(torch.tensor(next_tokens, device=device))
+    for b in range(B):
+        if not done[b]:  # out of steps: the live beams compete with the finished ones
+            for k in range(K):
+                score = beam_scores[b, k].item()
+                if score > float("-inf"):
+                    finished[b].append((score / max(len(beams[b * K + k]), 1) ** length_penalty, beams[b * K + k]))
+    return [max(hypotheses, key=lambda h: h[0])[1] if hypotheses else [] for hypotheses in finished]

@@ -1,0 +1,335 @@
+"""The GLM model, tokenizer and input builders (glm_utils.py), checked against hand-worked tensors
+and against independent computations (packed vs one-by-one, padded vs alone, cached vs recomputed)."""
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import glm_utils
+from glm_utils import (GLMConfig, GLMForConditionalGeneration, build_generation_inputs,
+                       build_multiple_choice_inputs, encode_context, generate, load_tokenizer, score_choices)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REAL_TOKENIZER = SHARED / "tokenizers" / "glm-roberta-large"
+
+
+class WordTokenizer:
+    """A whitespace tokenizer with hand-known ids, so expected tensors can be written out."""
+
+    words = ["<s>", "<pad>", "</s>", "[MASK]", "<sop>", "<eop>", "a", "b", "c", "x", "y", "z", "w", "v"]
+    cls_token_id, pad_token_id, eos_token_id, mask_token_id, sop_token_id, eop_token_id = 0, 2, 2, 3, 4, 5
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [self.words.index(w) for w in text.split()]
+        return {"input_ids": [0, *ids, 2] if add_special_tokens else ids}
+
+    def __len__(self):
+        return len(self.words)
+
+
+A, B_, C_, X, Y, Z, W, V = range(6, 14)
+SOP, EOP, M, PAD = 4, 5, 3, 2
+
+
+@pytest.fixture
+def tok():
+    return WordTokenizer()
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GLMForConditionalGeneration(GLMConfig(num_layers=2, hidden_size=32, num_attention_heads=4,
+                                                 vocab_size=16, max_sequence_length=64)).eval()
+
+
+def test_multiple_choice_inputs_hand_worked(tok):
+    batch = build_multiple_choice_inputs(tok, ["a [MASK] b", "[MASK] c"], [["x y", "z"], ["w"]], max_length=32)
+    assert batch["input_ids"].tolist() == [[0, A, M, B_, 2, SOP, X, SOP],
+                                           [0, M, C_, 2, SOP, PAD, PAD, PAD]]
+    assert batch["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 2, 2, 2], [0, 0, 0, 0, 0, 1, 2, 1]],
+                                              [[0, 1, 2, 3, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0, 0, 0]]]
+    assert batch["target_ids"].tolist() == [[-100] * 5 + [X, Y, Z], [-100] * 4 + [W, -100, -100, -100]]
+    assert batch["choice_index"].tolist() == [[-1] * 5 + [0, 0, 1], [-1] * 4 + [0, -1, -1, -1]]
+    assert batch["choice_mask"].tolist() == [[True, True], [True, False]]
+    expected_first = [  # rows: queries, columns: keys
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0, 0],  # sop of "x y": context + itself
+        [1, 1, 1, 1, 1, 1, 1, 0],  # x: context + its block so far
+        [1, 1, 1, 1, 1, 0, 0, 1],  # sop of "z": never sees the other choice
+    ]
+    expected_second = [
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [0] * 8, [0] * 8, [0] * 8,  # padding sees nothing and is seen by nobody
+    ]
+    assert batch["attention_mask"][:, 0].int().tolist() == [expected_first, expected_second]
+
+
+def test_generation_inputs_hand_worked(tok):
+    batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK]"], ["x y", "z"], max_length=32, max_target_length=8)
+    assert batch["input_ids"].tolist() == [[0, A, B_, M, 2, SOP, X, Y], [0, M, 2, PAD, PAD, SOP, Z, PAD]]
+    assert batch["labels"].tolist() == [[-100] * 5 + [X, Y, EOP], [-100] * 5 + [Z, EOP, -100]]
+    assert batch["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 3, 3, 3], [0, 0, 0, 0, 0, 1, 2, 3]],
+                                              [[0, 1, 2, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1, 2, 0]]]
+    assert batch["mask_positions"].tolist() == [3, 1] and batch["context_length"] == 5
+    assert batch["attention_mask"][1, 0].int().tolist() == [
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [0] * 8,
+        [0] * 8,
+        [1, 1, 1, 0, 0, 1, 0, 0],
+        [1, 1, 1, 0, 0, 1, 1, 0],
+        [0] * 8,
+    ]
+    inference = build_generation_inputs(tok, ["a b [MASK]"], max_length=32)
+    assert inference["input_ids"].tolist() == [[0, A, B_, M, 2, SOP]]
+    assert inference["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 3], [0, 0, 0, 0, 0, 1]]]
+
+
+def test_long_target_is_cut_and_counted(tok):
+    batch = build_generation_inputs(tok, ["[MASK]", "[MASK]"], ["x y z w", "x"], max_target_length=2)
+    assert batch["labels"][0, -3:].tolist() == [X, Y, EOP]
+    assert batch["num_truncated_targets"] == 1
+
+
+def test_truncation_cuts_around_the_mask(tok):
+    ids, m = encode_context(tok, "a b c [MASK] x", max_length=5)
+    assert ids == [0, C_, M, X, 2] and m == 2  # the longer left side lost its far end
+    ids, m = encode_context(tok, "a [MASK] x y z w", max_length=6)
+    assert ids == [0, A, M, X, Y, 2] and m == 2
+    ids, m = encode_context(tok, "a b c x y z [MASK]", max_length=3)
+    assert ids == [0, M, 2] and m == 1
+
+
+@pytest.mark.parametrize("context", ["a b c", "a [MASK] b [MASK]"])
+def test_context_needs_exactly_one_mask(tok, context):
+    with pytest.raises(ValueError, match="exactly one \\[MASK\\]"):
+        build_multiple_choice_inputs(tok, [context], [["x"]])
+
+
+def test_packed_scores_equal_one_forward_per_choice(tok, model):
+    contexts, choices = ["a b [MASK] c", "[MASK] a"], [["x y", "z", "w v x"], ["y", "v w"]]
+    packed = score_choices(model, build_multiple_choice_inputs(tok, contexts, choices))
+    for b, (context, example_choices) in enumerate(zip(contexts, choices)):
+        for c, choice in enumerate(example_choices):
+            alone = score_choices(model, build_multiple_choice_inputs(tok, [context], [[choice]]))
+            torch.testing.assert_close(packed[b, c], alone[0, 0], atol=1e-5, rtol=0)
+    assert packed[1, 2] == float("-inf")
+
+
+def test_score_is_the_sum_of_token_log_probs(tok, model):
+    batch = build_multiple_choice_inputs(tok, ["a [MASK]"], [["x y"]])
+    logits = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"]).logits.log_softmax(-1)
+    # <s> a [MASK] </s> sop x: "x y" is read at 4 (sop, predicts x) and 5 (x, predicts y)
+    expected = logits[0, 4, X] + logits[0, 5, Y]
+    torch.testing.assert_close(score_choices(model, batch)[0, 0], expected)
+    torch.testing.assert_close(score_choices(model, batch, length_normalize=True)[0, 0], expected / 2)
+
+
+def test_padded_batch_equals_each_example_alone(tok, model):
+    contexts, targets = ["a b c [MASK]", "[MASK]", "x [MASK] y"], ["x", "y z w", "v"]
+    batch = build_generation_inputs(tok, contexts, targets)
+    logits = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"]).logits
+    for b in range(len(contexts)):
+        alone = build_generation_inputs(tok, [contexts[b]], [targets[b]])
+        alone_logits = model(alone["input_ids"], alone["position_ids"], alone["attention_mask"]).logits[0]
+        keep, keep_alone = batch["labels"][b] != -100, alone["labels"][0] != -100
+        torch.testing.assert_close(logits[b][keep], alone_logits[keep_alone], atol=1e-5, rtol=0)
+
+
+def test_loss_is_cross_entropy_on_labelled_positions(tok, model):
+    batch = build_generation_inputs(tok, ["a [MASK]", "b c [MASK]"], ["x y", "z"])
+    out = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+    keep = batch["labels"] != -100
+    expected = torch.nn.functional.cross_entropy(out.logits[keep], batch["labels"][keep])
+    torch.testing.assert_close(out.loss, expected)
+    picked = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"],
+                   logits_positions=keep)
+    torch.testing.assert_close(picked.loss, expected)
+    torch.testing.assert_close(picked.logits, out.logits[keep])
+
+
+def test_separator_and_key_padding_masks_match_the_full_mask(model):
+    torch.manual_seed(1)
+    ids, pos = torch.randint(6, 16, (2, 6)), torch.stack([torch.arange(6), torch.zeros(6, dtype=torch.long)])[None]
+    pos = pos.expand(2, -1, -1)
+    sep = torch.tensor([3, 5])
+    i = torch.arange(6)
+    full = ((i[None, None, :] < sep[:, None, None]) | (i[None, :] <= i[:, None])[None])[:, None].int()
+    torch.testing.assert_close(model(ids, pos, sep).logits, model(ids, pos, full).logits)
+    keys = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    torch.testing.assert_close(model(ids, pos, keys).logits,
+                               model(ids, pos, keys[:, None, None, :].expand(-1, 1, 6, -1)).logits)
+
+
+def test_cached_decoding_equals_recomputing(tok, model):
+    batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK] c"])
+    cached = glm_utils._SpanDecoder(model, batch, use_cache=True)
+    full = glm_utils._SpanDecoder(model, batch, use_cache=False)
+    for token in [X, Y, Z, W]:
+        torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=0)
+        step = torch.tensor([token, V])
+        cached.append(step), full.append(step)
+    torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=0)
+    kwargs = dict(eop_token_id=EOP, max_new_tokens=6)
+    for beams in (1, 3):
+        assert generate(model, batch, num_beams=beams, use_cache=True, **kwargs) == \
+            generate(model, batch, num_beams=beams, use_cache=False, **kwargs)
+
+
+def test_batched_generation_equals_one_by_one(tok, model):
+    contexts = ["a b c [MASK]", "[MASK]", "x [MASK] y z"]
+    for beams in (1, 3):
+        kwargs = dict(eop_token_id=EOP, max_new_tokens=7, num_beams=beams, no_repeat_ngram_size=2)
+        together = generate(model, build_generation_inputs(tok, contexts), **kwargs)
+        assert together == [generate(model, build_generation_inputs(tok, [c]), **kwargs)[0] for c in contexts]
+
+
+def test_beam_search_with_one_beam_is_greedy(tok, model):
+    batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK] c", "z [MASK]"])
+    greedy = generate(model, batch, eop_token_id=EOP, max_new_tokens=8)
+    one_beam = glm_utils._beam_search(model, batch, EOP, 8, 0, 1, 1.0, 0, True)
+    assert one_beam == greedy and all(len(g) > 0 for g in greedy)
+
+
+class BigramModel(torch.nn.Module):
+    """Next-token log-probs that depend on the last token only, from a hand-written table."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, input_ids, position_ids, attention_mask=None, past_key_values=None, use_cache=False,
+                logits_positions=None):
+        logits = self.table[input_ids]
+        logits = logits[logits_positions] if logits_positions is not None else logits
+        return glm_utils.GLMOutput(None, logits, () if use_cache else None)
+
+
+def test_beam_search_finds_what_greedy_misses(tok):
+    # After sop: x 0.6, y 0.4. After x: four tokens at 0.25 (then eop). After y: z 0.9 (then eop).
+    # Greedy takes x (0.6 * 0.25 = 0.15); beam search finds y z (0.4 * 0.9 = 0.36).
+    table = torch.full((16, 16), 1e-9)
+    table[SOP, X], table[SOP, Y] = 0.6, 0.4
+    table[X, [A, B_, C_, W]] = 0.25
+    table[Y, Z], table[Y, W] = 0.9, 0.1
+    table[[A, B_, C_, W, Z], EOP] = 1.0
+    model = BigramModel(table.log())
+    batch = build_generation_inputs(tok, ["a [MASK]"])
+    assert generate(model, batch, eop_token_id=EOP, max_new_tokens=5) == [[X, A]]
+    assert generate(model, batch, eop_token_id=EOP, max_new_tokens=5, num_beams=2, length_penalty=0.0) == [[Y, Z]]
+    # min_new_tokens forbids eop early; no_repeat_ngram_size bans a repeated bigram
+    assert glm_utils._banned_ngram_tokens([X, Y, Z, X], 2) == [Y]
+    assert glm_utils._banned_ngram_tokens([X, Y, X, Y], 3) == [X]
+
+
+def test_checkpoint_round_trip(tmp_path, model):
+    ids = torch.tensor([[0, 6, 3, 7, 2, 4, 9]])
+    pos = torch.tensor([[[0, 1, 2, 3, 4, 2, 2], [0, 0, 0, 0, 0, 1, 2]]])
+    expected = model(ids, pos, torch.tensor([5])).logits
+    released = {k[len("glm."):]: v for k, v in model.state_dict().items()}
+    for name, state in [("no_prefix", released), ("glm_prefix", model.state_dict())]:
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "config.json").write_text(
+            '{"num_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "vocab_size": 16, '
+            '"max_sequence_length": 64, "model_type": "glm", "auto_map": {"AutoModel": "modeling_glm.GLMModel"}}')
+        torch.save(state, directory / "pytorch_model.bin")
+        loaded = GLMForConditionalGeneration.from_pretrained(str(directory)).eval()
+        torch.testing.assert_close(loaded(ids, pos, torch.tensor([5])).logits, expected)
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = GLMForConditionalGeneration.from_pretrained(str(tmp_path / "saved")).eval()
+    torch.testing.assert_close(reloaded(ids, pos, torch.tensor([5])).logits, expected, atol=0, rtol=0)
+
+
+def test_checkpoint_with_wrong_keys_is_reported(tmp_path, model):
+    state = model.state_dict()
+    state["glm.extra.weight"] = state.pop("glm.transformer.final_layernorm.bias")
+    (tmp_path / "config.json").write_text('{"num_layers": 2, "hidden_size": 32, "num_attention_heads": 4, '
+                                          '"vocab_size": 16, "max_sequence_length": 64}')
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="missing keys \\['glm.transformer.final_layernorm.bias'\\].*"
+                                         "unexpected keys \\['glm.extra.weight'\\]"):
+        GLMForConditionalGeneration.from_pretrained(str(tmp_path))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, model):
+    (tmp_path / "config.json").write_text('{"num_layers": 2, "hidden_size": 32, "num_attention_heads": 4, '
+                                          '"vocab_size": 16, "max_sequence_length": 64}')
+    with open(tmp_path / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"payload": RunsCode()}, f)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        GLMForConditionalGeneration.from_pretrained(str(tmp_path))
+
+
+def test_hub_failure_names_the_local_flags(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="--model_name_or_path DIR.*--model_name_or_path glm-tiny"):
+        GLMForConditionalGeneration.from_pretrained("BAAI/glm-roberta-large")
+
+
+def test_full_size_config_has_355m_parameters():
+    with torch.device("meta"):
+        model = GLMForConditionalGeneration(GLMConfig())
+    assert sum(p.numel() for p in model.parameters()) == 354_873_344  # ~355M, as published
+
+
+def test_bf16_autocast_runs_close_to_fp32(tok, model):
+    batch = build_multiple_choice_inputs(tok, ["a b [MASK] c"], [["x y", "z"]])
+    fp32 = score_choices(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = score_choices(model, batch)
+    torch.testing.assert_close(bf16, fp32, atol=0.1, rtol=0.05)
+
+
+def test_a_few_cloze_steps_learn(tok, model):
+    model.train()
+    batch = build_multiple_choice_inputs(tok, ["a [MASK]", "b [MASK]"], [["x", "y z"], ["x", "y z"]])
+    labels = torch.tensor([1, 0])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(score_choices(model, batch), labels)
+        optimizer.zero_grad(), loss.backward(), optimizer.step()
+    model.eval()
+    assert score_choices(model, batch).argmax(-1).tolist() == [1, 0]
+
+
+def test_trained_tokenizer_round_trip(tmp_path):
+    texts = ["the food was great", "the service was slow", "great food and good service"] * 20
+    tokenizer = glm_utils.train_tokenizer(texts, vocab_size=300)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded("the food [MASK]")["input_ids"] == tokenizer("the food [MASK]")["input_ids"]
+    ids = loaded("the food [MASK]")["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 2 and ids.count(loaded.mask_token_id) == 1
+    assert loaded.sop_token_id != loaded.eop_token_id and loaded.pad_token_id == 2
+
+
+@pytest.mark.skipif(not REAL_TOKENIZER.exists(), reason="needs ../shared/tokenizers/glm-roberta-large")
+def test_real_tokenizer_ids():
+    t = load_tokenizer(str(REAL_TOKENIZER))
+    assert (t.cls_token_id, t.pad_token_id, t.eos_token_id) == (0, 2, 2)
+    assert (t.sop_token_id, t.eop_token_id, t.mask_token_id) == (50265, 50266, 50267)
+    assert len(t) == 50268
+    assert t("Hello world")["input_ids"] == [0, 31414, 232, 2]
+    for text in ["Hello [MASK] world", "Hello[MASK] world", "Hello  [MASK] world"]:
+        assert t(text)["input_ids"] == [0, 31414, 50267, 232, 2]
+    assert t("Hello [MASK]world")["input_ids"] == [0, 31414, 50267, 8331, 2]
+    assert glm_utils.encode_choice(t, "good") == [205]            # "Ġgood", mid-sentence form
+    assert glm_utils.encode_choice(t, "good", prefix_space=False) == [8396]
