@@ -15,6 +15,7 @@ generation is writing the span of a `[MASK]` placed after the prompt (`build_gen
 nanoGPT; the facts it matches are in GLM_NOTES.md of the team's shared folder.
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -217,12 +218,17 @@ def expand_attention_mask(attention_mask, batch_size, query_length, key_length, 
 
 
 class GLMForConditionalGeneration(nn.Module):
-    """GLM with its tied language-model output (logits = hidden @ word_embeddings^T)."""
+    """GLM with its tied language-model output (logits = hidden @ word_embeddings^T).
+
+    `prefix_encoder` is None, or a `PrefixEncoder` set by `add_prefix_encoder` (P-tuning v2):
+    its keys/values then sit before every input, as if they were a cache.
+    """
 
     def __init__(self, config: GLMConfig):
         super().__init__()
         self.config = config
         self.glm = GLMModel(config)
+        self.prefix_encoder = None
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -240,6 +246,8 @@ class GLMForConditionalGeneration(nn.Module):
                           aligned, no shift), -100 where nothing is predicted.
         past_key_values:  per layer (key, value) [B, heads, T, head_dim] computed earlier (a cache
                           from `use_cache=True`, or a P-tuning v2 prefix); new tokens attend to them.
+                          When None and a `prefix_encoder` is set, the prefix is used (a cache
+                          returned then begins with it, so cached decoding needs nothing more).
         logits_positions: optional bool [B, S]; vocabulary logits are then computed only there and
                           returned as [N, V] in row-major order (a large saving with a 50k vocab).
         label_smoothing:  as in `torch.nn.functional.cross_entropy`.
@@ -247,6 +255,10 @@ class GLMForConditionalGeneration(nn.Module):
         Returns a `GLMOutput`; `loss` is the mean cross-entropy over labelled positions.
         """
         B, S = input_ids.shape
+        if past_key_values is None and self.prefix_encoder is not None:
+            # P-tuning v2: the prefix is the first cache entry, so a returned cache already holds it
+            # and `expand_attention_mask` shows it to every query (real positions are unchanged).
+            past_key_values = self.prefix_encoder(B)
         past_length = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         mask = expand_attention_mask(attention_mask, B, S, past_length + S, input_ids.device)
         hidden, presents = self.glm(input_ids, position_ids, mask, past_key_values)
@@ -343,6 +355,271 @@ def _normalise_keys(state: dict, model: nn.Module) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Parameter-efficient tuning: P-tuning v2 (native) and LoRA (through peft)
+# ----------------------------------------------------------------------------------------------
+
+PEFT_METHODS = ("none", "lora", "ptuning_v2")
+LORA_TARGET_MODULES = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
+PEFT_ARG_DEFAULTS = {"peft": "none", "pre_seq_len": 16, "prefix_projection": False, "prefix_hidden_size": 512,
+                     "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+                     "lora_target_modules": list(LORA_TARGET_MODULES)}
+# Learning rates that suit each method (a frozen backbone takes far larger steps on few weights;
+# P-tuning v2 reports 5e-3 to 1e-2). Scripts use them when --learning_rate is not given.
+PEFT_DEFAULT_LEARNING_RATES = {"none": 1e-5, "lora": 5e-4, "ptuning_v2": 5e-3}
+ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME = "adapter.safetensors", "adapter_config.json"
+
+
+class PrefixEncoder(nn.Module):
+    """The deep prompt of P-tuning v2 (Liu et al., ACL 2022, "P-Tuning v2: Prompt Tuning Can Be
+    Comparable to Fine-tuning Universally Across Scales and Tasks"): `pre_seq_len` learned
+    (key, value) pairs for EVERY layer, which every real token attends to.
+
+    Without projection the prefix is one table `embedding` [pre_seq_len, num_layers * 2 * hidden];
+    with `prefix_projection` (the paper's reparameterization) a table [pre_seq_len, hidden] goes
+    through `trans` = Linear(hidden, prefix_hidden_size), tanh, Linear(prefix_hidden_size,
+    num_layers * 2 * hidden). Each row holds, layer after layer, [key | value], each split into
+    heads like the attention's own keys (the layout of the P-tuning v2 code).
+
+    forward(batch_size) returns a tuple of num_layers (key, value) pairs, each
+    [batch_size, heads, pre_seq_len, head_dim] (expanded, not copied), ready to be a model's
+    `past_key_values`. Raises ValueError when pre_seq_len < 1.
+    """
+
+    def __init__(self, config: GLMConfig, pre_seq_len: int, prefix_projection: bool = False,
+                 prefix_hidden_size: int = 512):
+        super().__init__()
+        if pre_seq_len < 1:
+            raise ValueError(f"pre_seq_len must be at least 1, got {pre_seq_len}")
+        self.num_layers, self.num_heads = config.num_layers, config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        width = config.num_layers * 2 * config.hidden_size
+        self.embedding = nn.Embedding(pre_seq_len, config.hidden_size if prefix_projection else width)
+        self.trans = None
+        if prefix_projection:
+            self.trans = nn.Sequential(nn.Linear(config.hidden_size, prefix_hidden_size), nn.Tanh(),
+                                       nn.Linear(prefix_hidden_size, width))
+
+    def forward(self, batch_size: int):
+        prefix = self.embedding.weight if self.trans is None else self.trans(self.embedding.weight)
+        P = prefix.shape[0]
+        kv = prefix.view(P, 2 * self.num_layers, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+        kv = kv[:, None].expand(-1, batch_size, -1, -1, -1)  # [2L, B, heads, P, head_dim]
+        return tuple((kv[2 * i], kv[2 * i + 1]) for i in range(self.num_layers))
+
+
+def add_prefix_encoder(model, pre_seq_len: int, prefix_projection: bool = False, prefix_hidden_size: int = 512):
+    """Turns `model` into a P-tuning v2 model in place: sets `model.prefix_encoder` and freezes
+    every other parameter. Returns the model.
+
+    The prefix takes the device and dtype of the word embeddings and is initialised like them
+    (normal, std `initializer_range`), so it starts as small keys and values. Positions of real
+    tokens are unchanged and the prefix never changes which real keys a token sees.
+
+    Raises TypeError for a model without prefix support (no `prefix_encoder` attribute) and
+    ValueError when it already has a prefix.
+    """
+    if not hasattr(model, "prefix_encoder"):
+        raise TypeError(f"{type(model).__name__} has no prefix_encoder attribute: P-tuning v2 needs "
+                        "GLMForConditionalGeneration (or a model whose forward uses prefix_encoder)")
+    if model.prefix_encoder is not None:
+        raise ValueError("The model already has a P-tuning v2 prefix")
+    reference = model.glm.word_embeddings.weight
+    encoder = PrefixEncoder(model.config, pre_seq_len, prefix_projection, prefix_hidden_size)
+    encoder = encoder.to(device=reference.device, dtype=reference.dtype)
+    encoder.apply(model._init_weights)
+    model.requires_grad_(False)
+    model.prefix_encoder = encoder.train(model.training)  # its parameters keep requires_grad=True
+    return model
+
+
+def add_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05,
+             target_modules=LORA_TARGET_MODULES):
+    """Adds LoRA adapters (Hu et al., ICLR 2022, "LoRA: Low-Rank Adaptation of Large Language
+    Models") in place with peft's `inject_adapter_in_model`, and freezes everything else.
+
+    Each `nn.Linear` whose name ends with one of `target_modules` becomes a peft `lora.Linear`:
+    W x + (lora_alpha / r) * B A dropout(x), with A [r, in] random and B [out, r] zero, so a
+    fresh adapter leaves the outputs unchanged. The model stays the same object, called exactly
+    as before (peft reads `model.config` through `GLMConfig.to_dict`). Returns the model.
+
+    The adapters take the model's train/eval mode (peft creates them in training mode).
+    Raises ValueError (from peft) when no module matches `target_modules`.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
+                        bias="none")
+    model = inject_adapter_in_model(config, model)
+    return model.train(model.training)  # the new modules start in training mode (dropout on) whatever the model's
+
+
+def peft_method(model) -> str:
+    """Which method `model` carries: "ptuning_v2", "lora" or "none"."""
+    if getattr(model, "prefix_encoder", None) is not None:
+        return "ptuning_v2"
+    if any(hasattr(module, "lora_A") for module in model.modules()):
+        return "lora"
+    return "none"
+
+
+def _peft_parameter_names(model, method: str) -> list:
+    """The parameters a method trains (all of them for "none")."""
+    if method == "ptuning_v2":
+        return [n for n, _ in model.named_parameters() if n.startswith("prefix_encoder.")]
+    if method == "lora":
+        return [n for n, _ in model.named_parameters() if "lora_" in n]
+    return [n for n, _ in model.named_parameters()]
+
+
+def count_parameters(model) -> tuple:
+    """(trainable, total) parameter counts of `model`."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+@contextlib.contextmanager
+def disable_peft(model):
+    """Inside the block `model` computes its base model: the prefix is removed and LoRA layers
+    are bypassed; both come back (with their requires_grad flags) on exit."""
+    encoder = getattr(model, "prefix_encoder", None)
+    lora_layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "enable_adapters")]
+    flags = {p: p.requires_grad for m in lora_layers for p in m.parameters()}
+    if encoder is not None:
+        model.prefix_encoder = None
+    for layer in lora_layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        if encoder is not None:
+            model.prefix_encoder = encoder
+        for layer in lora_layers:
+            layer.enable_adapters(True)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+def add_peft_args(parser):
+    """Adds the parameter-efficient tuning flags to an argparse parser (and returns it):
+    --peft {none,lora,ptuning_v2}, --pre_seq_len, --prefix_projection, --prefix_hidden_size,
+    --lora_r, --lora_alpha, --lora_dropout, --lora_target_modules (defaults: PEFT_ARG_DEFAULTS)."""
+    d = PEFT_ARG_DEFAULTS
+    group = parser.add_argument_group("parameter-efficient tuning")
+    group.add_argument("--peft", choices=PEFT_METHODS, default=d["peft"],
+                       help="none: full fine-tuning; lora: LoRA adapters (peft); ptuning_v2: a learned "
+                            "key/value prefix in every layer. Both freeze the backbone.")
+    group.add_argument("--pre_seq_len", type=int, default=d["pre_seq_len"], help="P-tuning v2 prefix length")
+    group.add_argument("--prefix_projection", action="store_true",
+                       help="P-tuning v2: produce the prefix with a 2-layer MLP (reparameterization)")
+    group.add_argument("--prefix_hidden_size", type=int, default=d["prefix_hidden_size"],
+                       help="P-tuning v2: hidden size of that MLP")
+    group.add_argument("--lora_r", type=int, default=d["lora_r"], help="LoRA rank")
+    group.add_argument("--lora_alpha", type=int, default=d["lora_alpha"], help="LoRA scaling (alpha / r)")
+    group.add_argument("--lora_dropout", type=float, default=d["lora_dropout"], help="dropout on the LoRA input")
+    group.add_argument("--lora_target_modules", nargs="+", default=list(d["lora_target_modules"]),
+                       help="names of the nn.Linear layers that get adapters")
+    return parser
+
+
+def _peft_settings(args) -> dict:
+    """The peft flags of `args` (a Namespace or a dict), with defaults for the missing ones."""
+    get = args.get if isinstance(args, dict) else lambda name, default: getattr(args, name, default)
+    settings = {name: get(name, default) for name, default in PEFT_ARG_DEFAULTS.items()}
+    if settings["peft"] not in PEFT_METHODS:
+        raise ValueError(f"Unknown peft method {settings['peft']!r}; choose one of {PEFT_METHODS}")
+    settings["lora_target_modules"] = list(settings["lora_target_modules"])
+    return settings
+
+
+def apply_peft(model, args):
+    """Applies the method `args.peft` chose (flags from `add_peft_args`) to `model` in place and
+    returns it: "none" changes nothing, "ptuning_v2" calls `add_prefix_encoder`, "lora" calls
+    `add_lora`; both freeze the backbone. Logs trainable / total parameters and the share.
+
+    Raises ValueError for an unknown method or a model that already carries one.
+    """
+    s = _peft_settings(args)
+    current = peft_method(model)
+    if current != "none" and s["peft"] != "none":
+        raise ValueError(f"The model already carries {current}; apply_peft expects a base model")
+    if s["peft"] == "ptuning_v2":
+        add_prefix_encoder(model, s["pre_seq_len"], s["prefix_projection"], s["prefix_hidden_size"])
+    elif s["peft"] == "lora":
+        model = add_lora(model, s["lora_r"], s["lora_alpha"], s["lora_dropout"], s["lora_target_modules"])
+    trainable, total = count_parameters(model)
+    logger.info("peft=%s: %s trainable of %s parameters (%.4f%%)", s["peft"], f"{trainable:,}", f"{total:,}",
+                100 * trainable / max(total, 1))
+    return model
+
+
+def save_trainable_weights(model, directory, args):
+    """Writes the weights the method trains, and only them, to `directory`:
+    `adapter.safetensors` (parameter names as in `model.named_parameters()`) and
+    `adapter_config.json` (the peft flags of `args` and `base_model_name_or_path`, taken from
+    `args.model_name_or_path` when present). For P-tuning v2 / LoRA a small fraction of the model;
+    for "none" it is the whole model.
+
+    Raises ValueError when `args.peft` is not the method the model carries.
+    """
+    from safetensors.torch import save_file
+
+    s = _peft_settings(args)
+    if peft_method(model) != s["peft"]:
+        raise ValueError(f"args.peft is {s['peft']!r} but the model carries {peft_method(model)!r}")
+    params = dict(model.named_parameters())
+    state = {n: params[n].detach().contiguous() for n in _peft_parameter_names(model, s["peft"])}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    base = args.get("model_name_or_path") if isinstance(args, dict) else getattr(args, "model_name_or_path", None)
+    config = {**s, "base_model_name_or_path": base}
+    (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+
+def load_trainable_weights(model, directory):
+    """Loads what `save_trainable_weights` wrote onto `model` and returns the model.
+
+    A base model (e.g. freshly from `from_pretrained`) first gets the saved method with the
+    saved settings (`apply_peft`); a model that already carries the same method is loaded as is.
+    Loading is strict: every weight of the method must be in the file, and nothing else.
+
+    Raises FileNotFoundError when `directory` lacks adapter_config.json or adapter.safetensors,
+    ValueError when the model carries another method than the saved one (method mismatch), when
+    keys are missing or unexpected (both listed) or when shapes differ (e.g. another pre_seq_len).
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_file, weights_file = directory / ADAPTER_CONFIG_NAME, directory / ADAPTER_WEIGHTS_NAME
+    for file in (config_file, weights_file):
+        if not file.exists():
+            raise FileNotFoundError(f"{directory} has no {file.name}: it is not a directory written by "
+                                    "save_trainable_weights")
+    config = json.loads(config_file.read_text())
+    method, current = _peft_settings(config)["peft"], peft_method(model)
+    if current == "none" and method != "none":
+        model = apply_peft(model, config)
+    elif current != method:
+        raise ValueError(f"Method mismatch: {directory} holds {method} weights but the model carries {current}")
+    state = load_file(str(weights_file))
+    params = dict(model.named_parameters())
+    expected = set(_peft_parameter_names(model, method))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{weights_file} does not match the model's {method} weights: missing keys {missing[:10]}, "
+                         f"unexpected keys {unexpected[:10]}")
+    wrong = [f"{n} {tuple(state[n].shape)} vs {tuple(params[n].shape)}" for n in sorted(state)
+             if state[n].shape != params[n].shape]
+    if wrong:
+        raise ValueError(f"{weights_file} has other shapes than the model: {wrong[:5]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+    logger.info("Loaded %s weights from %s (base model %s)", method, directory, config.get("base_model_name_or_path"))
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
 # Tokenizer
 # ----------------------------------------------------------------------------------------------
 
@@ -392,6 +669,27 @@ def train_tokenizer(texts, vocab_size: int = 8000):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return _wrap_tokenizer(tokenizer)
+
+
+def load_or_train_tokenizer(tokenizer_name, model_name_or_path, train_texts, output_dir, vocab_size=8000):
+    """The tokenizer a run uses, as scripts resolve `--tokenizer_name` / `--model_name_or_path`.
+
+    `tokenizer_name="train"` trains a byte-level BPE on `train_texts` (the offline default, see
+    `train_tokenizer`) and saves it to `output_dir/tokenizer`, so the run's checkpoints can be
+    reloaded with `--tokenizer_name OUTPUT_DIR/tokenizer`. Otherwise `tokenizer_name` (or, when
+    None, `model_name_or_path`) goes to `load_tokenizer`.
+
+    Raises ValueError for `glm-tiny` without a tokenizer (it has no files of its own).
+    """
+    if tokenizer_name == "train":
+        tokenizer = train_tokenizer(train_texts, vocab_size=vocab_size)
+        tokenizer.save_pretrained(Path(output_dir) / "tokenizer")
+        return tokenizer
+    name = tokenizer_name or model_name_or_path
+    if name == TINY_MODEL_NAME:
+        raise ValueError("glm-tiny has no tokenizer files: pass --tokenizer_name train (a BPE trained on the "
+                         "training texts) or --tokenizer_name DIR (e.g. the released glm-roberta-large files)")
+    return load_tokenizer(name)
 
 
 def _wrap_tokenizer(tokenizer):

@@ -1,0 +1,240 @@
+"""Parameter-efficient tuning (glm_utils.py): P-tuning v2 prefixes and LoRA adapters train only their own
+weights, leave the model's other behaviour intact (packing, padding, cached decoding) and round-trip
+through small adapter files."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from test_glm_utils import EOP, V, W, X, Y, Z, WordTokenizer
+
+import glm_utils
+from glm_utils import (GLMConfig, GLMForConditionalGeneration, PrefixEncoder, add_peft_args, apply_peft,
+                       build_generation_inputs, build_multiple_choice_inputs, count_parameters, disable_peft,
+                       generate, load_trainable_weights, save_trainable_weights, score_choices)
+
+TINY = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=16, max_sequence_length=64)
+CONTEXTS, CHOICES = ["a b [MASK] c", "[MASK] a"], [["x y", "z", "w v x"], ["y", "v w"]]
+METHODS = [["--peft", "ptuning_v2", "--pre_seq_len", "4"],
+           ["--peft", "ptuning_v2", "--pre_seq_len", "4", "--prefix_projection", "--prefix_hidden_size", "8"],
+           ["--peft", "lora", "--lora_r", "2"]]
+METHOD_IDS = ["ptuning_v2", "ptuning_v2_projection", "lora"]
+
+
+def peft_args(argv):
+    return add_peft_args(argparse.ArgumentParser()).parse_args(argv)
+
+
+def base_model(seed=0):
+    """The tiny model of test_glm_utils.py; the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    return GLMForConditionalGeneration(GLMConfig(**TINY)).eval()
+
+
+def peft_model(argv, seed=0, perturb=True):
+    """A tiny model with a method applied; `perturb` makes LoRA's B non-zero so adapters matter."""
+    model = apply_peft(base_model(seed), peft_args(argv))
+    if perturb:
+        torch.manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.1)
+    return model
+
+
+@pytest.fixture
+def tok():
+    return WordTokenizer()
+
+
+def cloze_loss(model, tok):
+    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    return torch.nn.functional.cross_entropy(score_choices(model, batch), torch.tensor([1, 0]))
+
+
+def test_add_peft_args_defaults():
+    args = peft_args([])
+    assert (args.peft, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size) == ("none", 16, False, 512)
+    assert (args.lora_r, args.lora_alpha, args.lora_dropout) == (8, 16, 0.05)
+    assert args.lora_target_modules == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+    assert set(glm_utils.PEFT_DEFAULT_LEARNING_RATES) == set(glm_utils.PEFT_METHODS)
+    model = base_model()
+    assert apply_peft(model, args) is model and count_parameters(model)[0] == count_parameters(model)[1]
+
+
+def test_prefix_encoder_layout():
+    # Each row holds, layer after layer, [key | value]; each of them split into heads of 8.
+    encoder = PrefixEncoder(GLMConfig(**TINY), pre_seq_len=3)
+    assert encoder.embedding.weight.shape == (3, 2 * 2 * 32)
+    past = encoder(batch_size=5)
+    assert len(past) == 2 and all(k.shape == v.shape == (5, 4, 3, 8) for k, v in past)
+    row = encoder.embedding.weight[1]  # prefix token 1
+    torch.testing.assert_close(past[1][0][4, 2, 1], row[2 * 32 + 2 * 8:2 * 32 + 3 * 8])  # layer 1, key, head 2
+    torch.testing.assert_close(past[1][1][0, 3, 1], row[3 * 32 + 3 * 8:3 * 32 + 4 * 8])  # layer 1, value, head 3
+    projected = PrefixEncoder(GLMConfig(**TINY), pre_seq_len=3, prefix_projection=True, prefix_hidden_size=8)
+    assert projected.embedding.weight.shape == (3, 32)
+    assert [p.shape for p in projected.trans.parameters()] == [(8, 32), (8,), (128, 8), (128,)]
+    assert all(k.shape == (2, 4, 3, 8) for k, _ in projected(batch_size=2))
+    with pytest.raises(ValueError, match="pre_seq_len"):
+        PrefixEncoder(GLMConfig(**TINY), pre_seq_len=0)
+
+
+@pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
+def test_training_changes_only_the_method_weights(tok, argv):
+    model = apply_peft(base_model(), peft_args(argv)).train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("prefix_encoder.") or "lora_" in n for n in trainable)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)  # all of them, on purpose
+    for _ in range(2):  # LoRA's A only gets a gradient once B is no longer zero
+        optimizer.zero_grad(), cloze_loss(model, tok).backward(), optimizer.step()
+    for name, p in model.named_parameters():
+        if name in trainable:
+            assert not torch.equal(p, before[name]), f"{name} did not train"
+        else:
+            assert torch.equal(p, before[name]), f"frozen {name} changed"
+
+
+def test_fresh_lora_is_the_base_model_and_disabled_lora_too(tok):
+    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    base = score_choices(base_model(), batch)
+    model = peft_model(["--peft", "lora"], perturb=False)
+    assert torch.equal(score_choices(model, batch), base)  # B = 0
+    model = peft_model(["--peft", "lora"])
+    adapted = score_choices(model, batch)
+    assert not torch.allclose(adapted, base)
+    with disable_peft(model):
+        assert torch.equal(score_choices(model, batch), base)
+    assert torch.equal(score_choices(model, batch), adapted)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_prefix_changes_the_output_and_disabled_prefix_does_not(tok):
+    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    base = score_choices(base_model(), batch)
+    model = peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"])
+    assert not torch.allclose(score_choices(model, batch), base)
+    with disable_peft(model):
+        assert model.prefix_encoder is None and torch.equal(score_choices(model, batch), base)
+    assert model.prefix_encoder is not None
+
+
+def test_prefix_is_visible_to_every_query_and_hides_nothing(tok):
+    # With the prefix, the separator and key-padding mask forms still equal the full mask (past_length
+    # counts the prefix), and the prefix encoder does what passing its output as past_key_values does.
+    model = peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"])
+    ids = torch.tensor([[0, 6, 3, 7, 2, 4, 9], [0, 8, 3, 2, 4, 10, 11]])
+    pos = torch.tensor([[0, 1, 2, 3, 4, 2, 2], [0, 0, 0, 0, 0, 1, 2]])[None].expand(2, -1, -1)
+    sep = torch.tensor([5, 4])
+    i = torch.arange(7)
+    full = ((i[None, None, :] < sep[:, None, None]) | (i[None, :] <= i[:, None])[None])[:, None]
+    with_prefix = model(ids, pos, full).logits
+    torch.testing.assert_close(model(ids, pos, sep).logits, with_prefix)
+    encoder = model.prefix_encoder
+    with disable_peft(model):
+        torch.testing.assert_close(model(ids, pos, full, past_key_values=encoder(2)).logits, with_prefix)
+    out = model(ids, pos, full, use_cache=True)
+    assert out.past_key_values[0][0].shape == (2, 4, 4 + 7, 8)  # the cache begins with the prefix
+
+
+@pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
+def test_packed_scores_equal_one_forward_per_choice(tok, argv):
+    model = peft_model(argv)
+    packed = score_choices(model, build_multiple_choice_inputs(tok, CONTEXTS, CHOICES))
+    for b, (context, example_choices) in enumerate(zip(CONTEXTS, CHOICES)):
+        for c, choice in enumerate(example_choices):
+            alone = score_choices(model, build_multiple_choice_inputs(tok, [context], [[choice]]))
+            torch.testing.assert_close(packed[b, c], alone[0, 0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
+def test_cached_decoding_equals_recomputing(tok, argv):
+    model = peft_model(argv)
+    batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK] c"])
+    cached = glm_utils._SpanDecoder(model, batch, use_cache=True)
+    full = glm_utils._SpanDecoder(model, batch, use_cache=False)
+    for token in [X, Y, Z, W]:
+        torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=0)
+        step = torch.tensor([token, V])
+        cached.append(step), full.append(step)
+    torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=0)
+    kwargs = dict(eop_token_id=EOP, max_new_tokens=6)
+    for beams in (1, 3):
+        assert generate(model, batch, num_beams=beams, use_cache=True, **kwargs) == \
+            generate(model, batch, num_beams=beams, use_cache=False, **kwargs)
+
+
+@pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
+def test_batched_generation_equals_one_by_one(tok, argv):
+    model = peft_model(argv)
+    contexts = ["a b c [MASK]", "[MASK]", "x [MASK] y z"]
+    for beams in (1, 3):
+        kwargs = dict(eop_token_id=EOP, max_new_tokens=7, num_beams=beams, no_repeat_ngram_size=2)
+        together = generate(model, build_generation_inputs(tok, contexts), **kwargs)
+        assert together == [generate(model, build_generation_inputs(tok, [c]), **kwargs)[0] for c in contexts]
+
+
+@pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
+def test_save_and_reload_onto_a_fresh_base_model(tmp_path, tok, argv):
+    args = peft_args(argv)
+    args.model_name_or_path = "glm-tiny"
+    model = apply_peft(base_model(), args).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad(), cloze_loss(model, tok).backward(), optimizer.step()
+    model.eval()
+    save_trainable_weights(model, tmp_path / "adapter", args)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft"] == args.peft and config["base_model_name_or_path"] == "glm-tiny"
+    reloaded = load_trainable_weights(base_model(), tmp_path / "adapter").eval()
+    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    assert torch.equal(score_choices(reloaded, batch), score_choices(model, batch))
+    with disable_peft(model):
+        base_model().save_pretrained(tmp_path / "model")
+    adapter_bytes = (tmp_path / "adapter" / "adapter.safetensors").stat().st_size
+    assert adapter_bytes < (tmp_path / "model" / "model.safetensors").stat().st_size / 4
+
+
+def test_reload_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_trainable_weights(base_model(), tmp_path)
+    lora_args = peft_args(["--peft", "lora", "--lora_r", "2"])
+    save_trainable_weights(peft_model(["--peft", "lora", "--lora_r", "2"]), tmp_path / "lora", lora_args)
+    with pytest.raises(ValueError, match="Method mismatch: .* holds lora weights but the model carries ptuning_v2"):
+        load_trainable_weights(peft_model(["--peft", "ptuning_v2"]), tmp_path / "lora")
+    with pytest.raises(ValueError, match="args.peft is 'ptuning_v2' but the model carries 'lora'"):
+        save_trainable_weights(peft_model(["--peft", "lora"]), tmp_path / "x", peft_args(["--peft", "ptuning_v2"]))
+    prefix_args = peft_args(["--peft", "ptuning_v2", "--pre_seq_len", "4"])
+    save_trainable_weights(peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"]), tmp_path / "p", prefix_args)
+    with pytest.raises(ValueError, match="other shapes"):  # same method, another pre_seq_len
+        load_trainable_weights(peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "5"]), tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "adapter_config.json").read_text())
+    config["prefix_projection"] = True
+    (tmp_path / "p" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="missing keys \\['prefix_encoder.trans.0.bias'.*unexpected keys \\[\\]"):
+        load_trainable_weights(base_model(), tmp_path / "p")
+    with pytest.raises(ValueError, match="already carries lora"):
+        apply_peft(peft_model(["--peft", "lora"]), peft_args(["--peft", "ptuning_v2"]))
+
+
+def test_bf16_autocast_with_a_prefix_runs_close_to_fp32(tok):
+    model = peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"])
+    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    fp32 = score_choices(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = score_choices(model, batch)
+    torch.testing.assert_close(bf16, fp32, atol=0.1, rtol=0.05)
+
+
+def test_full_size_trainable_share_is_below_one_percent():
+    with torch.device("meta"):
+        prefix = apply_peft(GLMForConditionalGeneration(GLMConfig()), peft_args(["--peft", "ptuning_v2"]))
+        lora = apply_peft(GLMForConditionalGeneration(GLMConfig()), peft_args(["--peft", "lora"]))
+    trainable, total = count_parameters(prefix)
+    assert trainable == 16 * 24 * 2 * 1024 and total == 354_873_344 + trainable
+    assert trainable / total < 0.01  # 0.22%
+    trainable, total = count_parameters(lora)
+    assert trainable == 24 * 8 * ((1024 + 3072) + (1024 + 1024) + (1024 + 4096) + (4096 + 1024))
+    assert trainable / total < 0.01  # 0.88%
