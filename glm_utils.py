@@ -192,7 +192,8 @@ def expand_attention_mask(attention_mask, batch_size, query_length, key_length, 
     keys before them (a P-tuning v2 prefix, see `past_key_values`) are visible to every query.
     A query row with no visible key (only padding ever has one) is opened to every key so that
     attention stays finite; the released code makes such a row uniform instead. Neither reaches
-    a real token.
+    a real token. A mask that hides nothing gives None, as no mask at all: SDPA then takes its
+    fastest kernel (flash attention on a GPU) and skips the masking work (benchmarks/bench.py).
 
     Raises ValueError for a mask of another shape.
     """
@@ -214,6 +215,8 @@ def expand_attention_mask(attention_mask, batch_size, query_length, key_length, 
     if m.shape[-1] != key_length or m.shape[2] != query_length:
         raise ValueError(f"attention_mask covers {tuple(m.shape[2:])} (queries, keys) but the input has "
                          f"{query_length} queries and {key_length} keys")
+    if m.all():  # e.g. a padding mask of a batch without padding, or a decoding step
+        return None
     return m | ~m.any(dim=-1, keepdim=True)
 
 
@@ -352,6 +355,80 @@ def _normalise_keys(state: dict, model: nn.Module) -> dict:
                          f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
                          f"{' ...' if len(unexpected) > 10 else ''}")
     return state
+
+
+@dataclass
+class GLMClassifierOutput:
+    """What `GLMForSequenceClassification.forward` returns: loss (or None), logits [B, num_labels]."""
+
+    loss: Optional[torch.Tensor]
+    logits: torch.Tensor
+
+
+class GLMForSequenceClassification(nn.Module):
+    """GLM with a linear head on the first token: the conventional fine-tuning baseline that the
+    cloze formulation (`score_choices`, no new parameters) is compared with on GLM itself.
+
+    The input is plain text `<s> x1 .. xn </s>` (no `[MASK]`), read bidirectionally: positions
+    0..S-1, block positions 0. logits = Linear(dropout(h[:, 0])), h the final hidden states (after
+    the final layer norm) and position 0 the `<s>` token; dropout = `output_dropout_prob`.
+    """
+
+    def __init__(self, config: GLMConfig, num_labels: int, glm: Optional[GLMModel] = None):
+        super().__init__()
+        if num_labels < 2:
+            raise ValueError(f"num_labels must be at least 2, got {num_labels}")
+        self.config, self.num_labels = config, num_labels
+        self.glm = GLMModel(config) if glm is None else glm
+        self.dropout = nn.Dropout(config.output_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init = GLMForConditionalGeneration._init_weights
+        (self.classifier if glm is not None else self).apply(lambda module: init(self, module))
+
+    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None):
+        """input_ids [B, S]; attention_mask [B, S] 0/1 (1 = real token) or None (all real);
+        labels [B] class ids (optional); position_ids [B, 2, S] (default: 0..S-1 and zeros).
+        Returns a `GLMClassifierOutput` (loss = mean cross-entropy when labels are given)."""
+        B, S = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.zeros(B, 2, S, dtype=torch.long, device=input_ids.device)
+            position_ids[:, 0] = torch.arange(S, device=input_ids.device)
+        mask = expand_attention_mask(attention_mask, B, S, S, input_ids.device)
+        hidden, _ = self.glm(input_ids, position_ids, mask)
+        logits = self.classifier(self.dropout(hidden[:, 0]))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return GLMClassifierOutput(loss, logits)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, num_labels: Optional[int] = None, vocab_size: Optional[int] = None):
+        """The body of a GLM checkpoint (loaded by `GLMForConditionalGeneration.from_pretrained`:
+        local directory, hub id or `glm-tiny`) under a new random head of `num_labels` classes; or,
+        from a directory written by this class's `save_pretrained`, the whole classifier (the head
+        included; `num_labels` may then be omitted, and must match when given)."""
+        saved = Path(name_or_path) / "config.json"
+        if os.path.isdir(name_or_path) and saved.is_file():
+            config = json.loads(saved.read_text())
+            if cls.__name__ in config.get("architectures", []):
+                if num_labels is not None and num_labels != config["num_labels"]:
+                    raise ValueError(f"{name_or_path} holds a {config['num_labels']}-class head, not {num_labels}")
+                model = cls(GLMConfig.from_dict(config), config["num_labels"])
+                model.load_state_dict(_read_state_dict(Path(name_or_path)), strict=True)
+                return model
+        if num_labels is None:
+            raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")
+        lm = GLMForConditionalGeneration.from_pretrained(name_or_path, vocab_size=vocab_size)
+        return cls(lm.config, num_labels, glm=lm.glm)
+
+    def save_pretrained(self, directory):
+        """Writes `config.json` (GLMConfig fields, architectures, num_labels) and `model.safetensors`."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {**self.config.to_dict(), "architectures": [type(self).__name__], "num_labels": self.num_labels}
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -917,6 +994,8 @@ class _SpanDecoder:
         out = model(self.input_ids, self.position_ids, self.mask, use_cache=use_cache,
                     logits_positions=self._last())
         self.past, self.logits = out.past_key_values, out.logits.float()
+        if use_cache:  # cached steps need only `key_valid`, not the [B, 1, S, S] mask
+            self.mask = None
 
     def _last(self):
         last = torch.zeros_like(self.input_ids, dtype=torch.bool)
@@ -926,7 +1005,9 @@ class _SpanDecoder:
     def reorder(self, index):
         """Keeps the rows `index` [B'] (beam search's surviving hypotheses)."""
         self.input_ids, self.position_ids = self.input_ids[index], self.position_ids[index]
-        self.mask, self.key_valid, self.logits = self.mask[index], self.key_valid[index], self.logits[index]
+        self.key_valid, self.logits = self.key_valid[index], self.logits[index]
+        if self.mask is not None:
+            self.mask = self.mask[index]
         if self.past is not None:
             self.past = tuple((k[index], v[index]) for k, v in self.past)
 
@@ -937,13 +1018,13 @@ class _SpanDecoder:
         self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
         self.position_ids = torch.cat([self.position_ids, position], dim=2)
         self.key_valid = F.pad(self.key_valid, (0, 1), value=True)
-        self.mask = F.pad(self.mask, (0, 1, 0, 1))
-        self.mask[:, 0, -1] = self.key_valid
         if self.use_cache:
             out = self.model(tokens[:, None], position, self.key_valid[:, None, None, :],
                              past_key_values=self.past, use_cache=True)
             self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
         else:
+            self.mask = F.pad(self.mask, (0, 1, 0, 1))
+            self.mask[:, 0, -1] = self.key_valid
             out = self.model(self.input_ids, self.position_ids, self.mask, logits_positions=self._last())
             self.logits = out.logits.float()
 

@@ -299,7 +299,37 @@ def _records_to_columns(numbered_records, path, unit):
                 f"{path}, {unit} {position}: keys {sorted(record)} differ from the first record's "
                 f"{sorted(keys)}; every record needs the same keys."
             )
+    _check_json_field_kinds(numbered_records, keys, path, unit)
     return {key: [record[key] for _, record in numbered_records] for key in keys}
+
+
+def _json_kind(value):
+    """The kind of a JSON value as a column holds it: ints and floats are both "number"."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "text", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _check_json_field_kinds(numbered_records, keys, path, unit):
+    """Every field holds one kind of value (null allowed anywhere): a column cannot mix text
+    with numbers, lists or objects. Raises ValueError naming the field and the first record
+    whose kind differs."""
+    for key in keys:
+        first = None
+        for position, record in numbered_records:
+            if record[key] is None:
+                continue
+            kind = _json_kind(record[key])
+            if first is None:
+                first = (position, kind)
+            elif kind != first[1]:
+                raise ValueError(
+                    f"{path}, {unit} {position}: field {key!r} is {kind} ({record[key]!r:.60}) but {first[1]} in "
+                    f"{unit} {first[0]}; a field must hold one kind of value in every record (e.g. quote numbers "
+                    "that are text)."
+                )
 
 
 def load_offline_dataset(dataset_name):
@@ -883,8 +913,9 @@ def build_prompted_examples(dataset, template, task, skip_empty=True):
         (examples, counts). examples: list of dicts with "context" (input with one
         "[MASK]", see make_cloze_context), "input", "target", "choices" (list[str] for cls,
         None for gen), "label" (index of target in choices for cls, None for gen),
-        "source_key" (the rendered input; group_references groups by it). counts: dict
-        with "rows", "kept", "not_applicable", "empty_field", "empty_input",
+        "source_key" (the rendered input; group_references groups by it), "row" (the
+        0-based index of its dataset row, e.g. to read the raw text columns there).
+        counts: dict with "rows", "kept", "not_applicable", "empty_field", "empty_input",
         "empty_target".
     Raises:
         ValueError (row numbers are 0-based dataset indices): a "cls" template without
@@ -964,6 +995,7 @@ def _prompt_row(template, task, row, example, fields):
         "choices": choices if is_cls else None,
         "label": _label_index(template, row, target, choices) if is_cls else None,
         "source_key": input_text,
+        "row": row,
     }
     return prompted, None
 
@@ -1502,3 +1534,247 @@ def padding_fraction(lengths, batches):
     slots = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches if batch)
     tokens = sum(lengths[i] for batch in batches for i in batch)
     return 0.0 if slots == 0 else (slots - tokens) / slots
+
+
+class EpochSampler:
+    """The order of the training examples in each epoch, for `DataLoader(sampler=...)`.
+
+    A fresh order each epoch that depends only on (seed, epoch), never on a random state, so
+    a run resumed in the middle of epoch e replays exactly the batches an uninterrupted run
+    sees (Accelerate's prepared DataLoader passes its `set_epoch` on to this sampler; call it
+    before iterating, also on a `skip_first_batches` copy). With `lengths`
+    (--group_by_length) the order is length_grouped_indices(lengths, batch_size,
+    seed + epoch); without, a shuffle by random.Random(seed + epoch).
+
+    Raises:
+        ValueError: lengths given with a length other than num_examples, or batch_size < 1.
+    """
+
+    def __init__(self, num_examples, seed, lengths=None, batch_size=1):
+        if lengths is not None and len(lengths) != num_examples:
+            raise ValueError(f"EpochSampler: {len(lengths)} lengths for {num_examples} examples.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.num_examples, self.seed, self.lengths, self.batch_size = num_examples, seed, lengths, batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.num_examples
+
+    def __iter__(self):
+        seed = self.seed + self.epoch
+        if self.lengths is not None:
+            return iter(length_grouped_indices(self.lengths, self.batch_size, seed))
+        order = list(range(self.num_examples))
+        random.Random(seed).shuffle(order)
+        return iter(order)
+
+
+class TrainingTracker:
+    """Run bookkeeping that must survive an interruption, and the best evaluation's weights.
+
+    A training loop counts optimizer steps in `completed_steps`, adds each batch's loss with
+    `add_loss`, the time it trained with `train_time_s`, and calls `record_evaluation` after
+    each validation: the history (results.json "epochs": {"epoch", "step", "train_loss",
+    "validation"}) grows, the running loss restarts, and when `metric` improved (strictly, so
+    ties keep the earlier evaluation) a CPU copy of the model's trainable parameters is kept.
+    `restore_best(model)` puts them back, so that test scores the best evaluation, not the
+    last. `save(dir)` / `load(dir)` write all of it next to an Accelerate checkpoint
+    (`training_state.json` + `best_weights.safetensors`; no pickle is read), so a resumed run
+    ends exactly like an uninterrupted one; `find_checkpoint` looks for these files.
+
+    Args:
+        metric: the validation metric that picks the best evaluation. greater_is_better: bool.
+    Attributes:
+        completed_steps, history, train_time_s, train_examples, best_index (into history).
+    """
+
+    STATE_NAME = "training_state.json"
+    WEIGHTS_NAME = "best_weights.safetensors"
+
+    def __init__(self, metric, greater_is_better=True):
+        self.metric, self.greater_is_better = metric, greater_is_better
+        self.completed_steps, self.history, self.best_index = 0, [], None
+        self.loss_sum, self.loss_count, self.train_time_s, self.train_examples = 0.0, 0, 0.0, 0
+        self.best_weights = None
+
+    def add_loss(self, loss, examples):
+        """Adds one batch's mean loss (float) and its number of examples."""
+        self.loss_sum += float(loss)
+        self.loss_count += 1
+        self.train_examples += int(examples)
+
+    @property
+    def best(self):
+        """The best evaluation's history record, or None before any evaluation."""
+        return None if self.best_index is None else self.history[self.best_index]
+
+    def record_evaluation(self, epoch, metrics, model):
+        """Appends an evaluation at `completed_steps`; returns True when it is the new best.
+
+        Raises:
+            KeyError: `metrics` lacks the tracked metric (names the ones it has).
+        """
+        if self.metric not in metrics:
+            raise KeyError(f"Metric {self.metric!r} is not among the validation metrics {sorted(metrics)}.")
+        train_loss = self.loss_sum / self.loss_count if self.loss_count else None
+        self.history.append({"epoch": epoch, "step": self.completed_steps, "train_loss": train_loss,
+                             "validation": dict(metrics)})  # fmt: skip
+        self.loss_sum, self.loss_count = 0.0, 0
+        score, best = metrics[self.metric], self.best
+        improved = best is None or (
+            score > best["validation"][self.metric] if self.greater_is_better else score < best["validation"][self.metric]
+        )
+        if improved:
+            self.best_index = len(self.history) - 1
+            self.best_weights = {
+                name: parameter.detach().to("cpu", copy=True).contiguous()
+                for name, parameter in model.named_parameters()
+                if parameter.requires_grad
+            }
+        return improved
+
+    def restore_best(self, model):
+        """Copies the best evaluation's weights back into `model`; False when there are none.
+
+        Raises:
+            ValueError: the saved names are not the model's trainable parameters.
+        """
+        if self.best_weights is None:
+            return False
+        import torch
+
+        parameters = dict(model.named_parameters())
+        unknown = sorted(set(self.best_weights) - set(parameters))
+        if unknown:
+            raise ValueError(f"The best weights hold parameters the model lacks: {unknown[:5]}.")
+        with torch.no_grad():
+            for name, value in self.best_weights.items():
+                parameters[name].copy_(value)
+        return True
+
+    def state_dict(self):
+        """The JSON part of the state (everything except the best weights)."""
+        keys = ("metric", "greater_is_better", "completed_steps", "history", "best_index", "loss_sum",
+                "loss_count", "train_time_s", "train_examples")  # fmt: skip
+        return {key: getattr(self, key) for key in keys}
+
+    def save(self, directory):
+        """Writes training_state.json (atomically) and best_weights.safetensors into directory."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.best_weights is not None:
+            save_file(self.best_weights, str(directory / self.WEIGHTS_NAME))
+        write_json_atomic(directory / self.STATE_NAME, self.state_dict())
+
+    def load(self, directory):
+        """Reads what `save` wrote.
+
+        Raises:
+            FileNotFoundError: a file is missing. ValueError: the checkpoint tracked another metric.
+        """
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        state_file = directory / self.STATE_NAME
+        if not state_file.is_file():
+            raise FileNotFoundError(f"{directory} has no {self.STATE_NAME}: not a checkpoint of these scripts.")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if (state["metric"], state["greater_is_better"]) != (self.metric, self.greater_is_better):
+            raise ValueError(
+                f"{directory} picked the best evaluation by {state['metric']!r}, this run by {self.metric!r}: "
+                "resume with the same --metric_for_best_model."
+            )
+        for key, value in state.items():
+            setattr(self, key, value)
+        self.best_weights = None
+        if self.best_index is not None:
+            weights_file = directory / self.WEIGHTS_NAME
+            if not weights_file.is_file():
+                raise FileNotFoundError(f"{directory} records a best evaluation but has no {self.WEIGHTS_NAME}.")
+            self.best_weights = load_file(str(weights_file))
+
+    def resume_position(self, batches_per_epoch, gradient_accumulation_steps=1):
+        """(epoch, batches to skip in it) that continue the run after `completed_steps`.
+
+        An epoch of `batches_per_epoch` batches (per process) makes
+        ceil(batches_per_epoch / gradient_accumulation_steps) optimizer steps, each of
+        gradient_accumulation_steps batches except possibly the epoch's last one.
+        """
+        steps_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
+        epoch, steps_into_epoch = divmod(self.completed_steps, steps_per_epoch)
+        return epoch, steps_into_epoch * gradient_accumulation_steps
+
+
+def find_checkpoint(resume_from_checkpoint, output_dir):
+    """The checkpoint folder that --resume_from_checkpoint names.
+
+    A path: that folder, which must hold TrainingTracker's training_state.json. "latest": the
+    folder of output_dir whose training_state.json has the most completed steps (a tie goes to
+    the newest file).
+
+    Returns:
+        pathlib.Path.
+    Raises:
+        FileNotFoundError: the folder is no checkpoint, or "latest" finds none (says how to get one).
+    """
+    state_name = TrainingTracker.STATE_NAME
+    if resume_from_checkpoint != "latest":
+        path = Path(resume_from_checkpoint)
+        if not (path / state_name).is_file():
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {path}: no {state_name} there. Pass a step_N or epoch_N folder "
+                "of a run's --output_dir, or 'latest'."
+            )
+        return path
+    candidates = []
+    for state_file in Path(output_dir).glob(f"*/{state_name}"):
+        try:
+            steps = json.loads(state_file.read_text(encoding="utf-8"))["completed_steps"]
+        except (OSError, ValueError, KeyError):
+            continue  # a checkpoint cut short while being written
+        candidates.append((steps, state_file.stat().st_mtime, state_file.parent))
+    if not candidates:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: no checkpoint in {output_dir}. Checkpoints are written with "
+            "--checkpointing_steps N or --checkpointing_steps epoch."
+        )
+    return max(candidates, key=lambda candidate: candidate[:2])[2]
+
+
+def peak_memory_mb():
+    """Peak memory of this process in MiB: torch.cuda.max_memory_allocated on a GPU, else the
+    peak resident set size (resource.getrusage; ru_maxrss is KiB on Linux, bytes on macOS)."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def check_launch(accelerator):
+    """Refuse a multi-process launch that Accelerate runs as independent single processes.
+
+    On a machine without GPUs, `torchrun --nproc_per_node N` (or `accelerate launch --multi_gpu`)
+    starts N processes, but Accelerate sets up distributed CPU training only when told to use
+    the CPU; otherwise each process trains alone and they all write the same output_dir.
+    (`accelerate launch --cpu --num_processes N` starts a single process unless an MPI
+    hostfile is given.)
+
+    Raises:
+        RuntimeError: WORLD_SIZE > 1 but the accelerator has one process; says what to run.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"Launched as {world_size} processes (WORLD_SIZE) but Accelerate runs each alone. On CPUs set "
+            f"ACCELERATE_USE_CPU=true: ACCELERATE_USE_CPU=true torchrun --nproc_per_node {world_size} SCRIPT ..."
+        )

@@ -333,3 +333,16 @@ def test_real_tokenizer_ids():
     assert t("Hello [MASK]world")["input_ids"] == [0, 31414, 50267, 8331, 2]
     assert glm_utils.encode_choice(t, "good") == [205]            # "Ġgood", mid-sentence form
     assert glm_utils.encode_choice(t, "good", prefix_space=False) == [8396]
+
+
+def test_mask_that_hides_nothing_becomes_no_mask(model):
+    """An all-visible mask (a batch without padding, a decoding step) is dropped, which lets SDPA
+    use its fastest kernel; a mask that hides something is kept."""
+    expand = glm_utils.expand_attention_mask
+    assert expand(torch.ones(2, 4, dtype=torch.long), 2, 4, 4, "cpu") is None
+    assert expand(torch.ones(2, 1, 1, 6, dtype=torch.bool), 2, 1, 6, "cpu") is None
+    assert expand(torch.tensor([4]), 1, 4, 4, "cpu") is None          # separator after every token
+    assert expand(torch.tensor([[1, 1, 1, 0]]), 1, 4, 4, "cpu")[0, 0].int().tolist() == [[1, 1, 1, 0]] * 4
+    ids = torch.tensor([[6, 7, 8, 9]])
+    position_ids = torch.stack([torch.arange(4)[None], torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(ids, position_ids, torch.ones(1, 4)).logits, model(ids, position_ids).logits)

@@ -92,6 +92,12 @@ def test_json_records_need_the_same_keys(tmp_path):
         tu.load_local_file(path)
 
 
+def test_a_json_field_mixing_text_and_other_kinds_names_the_field_and_line(tmp_path):
+    path = write(tmp_path / "rows.jsonl", '{"mr": "name[A]", "n": 1}\n{"mr": null, "n": 2.5}\n{"mr": {"name": "B"}, "n": 3}\n')
+    with pytest.raises(ValueError, match=r"rows\.jsonl, line 3: field 'mr' is object .* but text in line 1"):
+        tu.load_local_file(path)
+
+
 def test_json_file_with_one_object_per_line_is_read(tmp_path):
     dataset = tu.load_local_file(write(tmp_path / "rows.json", '{"a": 1}\n{"a": 2}\n'))
     assert dataset["a"] == [1, 2]

@@ -1,0 +1,476 @@
+#!/usr/bin/env python
+"""Fine-tune GLM for classification as a cloze question (paper, Figure 2a), with Accelerate.
+
+A prompt template renders each example; the answer slot becomes GLM's `[MASK]` (where the template
+writes "[MASK]", else at the end of the prompt, where promptsource puts the target), and the
+template's answer choices (the verbalizers) are the spans that may fill it. All choices of an
+example are packed after its context and scored in ONE forward pass: score(c) = sum of the
+log-probabilities of c's tokens (optionally divided by its length), and the loss is cross-entropy
+over the scores of the choices. No linear head: the language model itself classifies.
+Default task: TREC coarse question classification (6 classes). Defaults follow the paper's cloze
+fine-tuning: AdamW lr 1e-5, batch 16, 10% warmup then linear decay, weight decay 0.1, gradient
+clipping 1.0, 256 tokens.
+
+    accelerate launch run_cls.py --prompt_id 2 --output_dir runs/trec      # glm-roberta-large
+    python run_cls.py --model_name_or_path glm-tiny --tokenizer_name train --learning_rate 3e-4 \\
+        --train_file ../shared/data/trec/train.csv --test_file ../shared/data/trec/test.csv \\
+        --output_dir runs/trec-tiny                                        # CPU, offline
+    python run_cls.py --list_prompts                                       # prompt ids and examples
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 run_cls.py ...     # 2 CPU processes
+
+Writes to --output_dir: results.json (schema: task_utils.results_record), predictions_test.jsonl
+(input, gold, predicted, score of each choice), step_N / epoch_N checkpoints with
+--checkpointing_steps (continue with --resume_from_checkpoint latest), and best_model/ with
+--save_best_model.
+"""
+
+import argparse
+import logging
+import math
+import time
+
+import datasets
+import torch
+import torch.nn.functional as F
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from glm_utils import (
+    HUB_MODEL_ID,
+    PEFT_DEFAULT_LEARNING_RATES,
+    GLMForConditionalGeneration,
+    add_peft_args,
+    apply_peft,
+    build_multiple_choice_inputs,
+    encode_choice,
+    encode_context,
+    load_or_train_tokenizer,
+    save_trainable_weights,
+    score_choices,
+)
+from task_utils import (
+    EpochSampler,
+    TrainingTracker,
+    adapt_columns,
+    add_data_and_prompt_args,
+    add_training_args,
+    apply_max_samples,
+    build_prompted_examples,
+    check_finite,
+    check_launch,
+    classification_metrics,
+    count_parameters,
+    create_optimizer,
+    describe_templates,
+    find_checkpoint,
+    load_raw_datasets,
+    load_templates,
+    majority_class_baseline,
+    peak_memory_mb,
+    prepare_output_dir,
+    results_record,
+    select_template,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+
+logger = get_logger(__name__)
+
+CLS_METRICS = ("accuracy", "macro_f1")  # what --metric_for_best_model may name
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Fine-tune GLM for classification as a cloze question.")
+    add_data_and_prompt_args(parser, "cls")
+    add_training_args(parser, defaults={"model_name_or_path": HUB_MODEL_ID, "learning_rate": None,
+                                        "metric_for_best_model": "accuracy"})  # fmt: skip
+    # Parameter-efficient tuning (glm_utils): --peft lora | ptuning_v2 freezes the backbone.
+    add_peft_args(parser)
+    group = parser.add_argument_group("cloze classification")
+    group.add_argument(
+        "--max_seq_length", type=int, default=256,
+        help="Tokens per example: the context (cut around its [MASK] when too long) plus every answer choice.",
+    )  # fmt: skip
+    group.add_argument(
+        "--choice_prefix_space", action=argparse.BooleanOptionalAction, default=True,
+        help="Encode each answer choice as a mid-sentence word (' word'), as spans were in pretraining.",
+    )  # fmt: skip
+    group.add_argument("--length_normalize", action="store_true", help="Divide a choice's score by its token count.")
+    group.add_argument(
+        "--save_best_model", action="store_true",
+        help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT weights).",
+    )  # fmt: skip
+
+    argv = list(argv) if argv is not None else None
+    # Listing the prompts needs only the data arguments (no --output_dir).
+    listing, _ = add_data_and_prompt_args(argparse.ArgumentParser(add_help=False), "cls").parse_known_args(argv)
+    if listing.list_prompts:
+        return listing
+    args = parser.parse_args(argv)
+    if args.learning_rate is None:
+        args.learning_rate = PEFT_DEFAULT_LEARNING_RATES[args.peft]
+    problems = []
+    if args.metric_for_best_model not in CLS_METRICS:
+        problems.append(f"--metric_for_best_model must be one of {CLS_METRICS}, got {args.metric_for_best_model!r}")
+    if args.max_seq_length < 4:
+        problems.append("--max_seq_length must be >= 4 (<s> [MASK] </s> and one choice token)")
+    if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
+        problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        problems.append("--eval_steps must be >= 1")
+    if args.num_train_epochs < 0 or (args.max_train_steps is not None and args.max_train_steps < 0):
+        problems.append("--num_train_epochs and --max_train_steps must be >= 0")
+    if not 0 <= args.warmup_ratio <= 1:
+        problems.append("--warmup_ratio must lie in [0, 1]")
+    if args.resume_from_checkpoint and not args.do_train:
+        problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def list_prompts(args):
+    """--list_prompts: every usable template with its answer choices and one rendered example."""
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
+    print(describe_templates(templates))
+    try:
+        raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                         args.validation_file, args.test_file, seed=0)  # fmt: skip
+        raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    except (OSError, RuntimeError, ValueError) as err:
+        print(f"\n(No rendered examples: the data could not be loaded. {err})")
+        return None
+    rows = next(iter(raw_datasets.values()))
+    rows = rows.select(range(min(len(rows), 20)))
+    for prompt_id, template in enumerate(templates):
+        print(f"\n--- {prompt_id}: {template.name}")
+        try:
+            examples, _ = build_prompted_examples(rows, template, "cls")
+        except ValueError as err:
+            print(f"cannot render this data: {err}")
+            continue
+        if not examples:
+            print("(renders nothing for the first rows)")
+            continue
+        print(f"answer choices: {examples[0]['choices']}\ncloze context:\n{examples[0]['context']}")
+        print(f"gold answer: {examples[0]['target']}")
+    return None
+
+
+def cloze_lengths(tokenizer, examples, max_seq_length, choice_prefix_space, split):
+    """Tokens of each example's packed input, checked now (not at its batch): one [MASK] in the
+    context, non-empty choices that fit max_seq_length. Returns (lengths, contexts that are cut)."""
+    choice_tokens = {}
+    lengths, cut = [], 0
+    for example in examples:
+        try:
+            spans = sum(
+                len(choice_tokens.setdefault(choice, encode_choice(tokenizer, choice, choice_prefix_space)))
+                for choice in example["choices"]
+            )
+            if spans + 3 > max_seq_length:
+                raise ValueError(f"its answer choices take {spans} tokens: raise --max_seq_length above {spans + 2}")
+            context_tokens = len(encode_context(tokenizer, example["context"], 10**9)[0])
+        except ValueError as err:
+            raise ValueError(f"{split} example {example['index']} (data row {example['row']}): {err}") from err
+        cut += context_tokens + spans > max_seq_length
+        lengths.append(min(context_tokens + spans, max_seq_length))
+    return lengths, cut
+
+
+def evaluate(accelerator, model, dataloader, length_normalize):
+    """Scores every example of a prepared DataLoader. Every process gets all of them, each once
+    (gather_for_metrics drops the copies that even out the last batch across processes).
+
+    Returns (indices: list[int], scores: float tensor [N, C], labels: list[int]).
+    """
+    was_training = model.training
+    model.eval()
+    indices, scores, labels = [], [], []
+    with torch.inference_mode():
+        for batch in dataloader:
+            batch_scores = score_choices(model, batch, length_normalize)
+            batch_scores, batch_labels, batch_index = accelerator.gather_for_metrics(
+                (batch_scores, batch["labels"], batch["index"])
+            )
+            scores.append(batch_scores.float().cpu())
+            labels += batch_labels.tolist()
+            indices += batch_index.tolist()
+    model.train(was_training)
+    if sorted(indices) != list(range(len(dataloader.dataset))):
+        raise RuntimeError(f"Evaluation scored {len(indices)} examples for {len(dataloader.dataset)}: some were "
+                           "missed or repeated across processes.")  # fmt: skip
+    return indices, torch.cat(scores), labels
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list_prompts:
+        return list_prompts(args)
+
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    check_launch(accelerator)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)  # fmt: skip
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+
+    # A finished run is never overwritten (checked before any work, on every process alike).
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+
+    # Data and prompt. Every split is rendered and checked here, before the first step.
+    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                     args.validation_file, args.test_file, args.validation_split_percentage,
+                                     args.seed)  # fmt: skip
+    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
+                                     args.max_test_samples)  # fmt: skip
+    train_steps_asked = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs
+    do_train = args.do_train and train_steps_asked > 0  # otherwise zero-shot: the same evaluation, untuned
+    if do_train and not {"train", "validation"} <= set(raw_datasets):
+        raise ValueError(f"Training needs train and validation splits, got {list(raw_datasets)}: pass --train_file "
+                         "(validation is carved from it), or --no-do_train to evaluate zero-shot.")  # fmt: skip
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
+    template = select_template(templates, args.prompt_id, args.prompt_name)
+    prompt_id = templates.index(template)
+    examples, data_counts = {}, {}
+    for split, dataset in raw_datasets.items():
+        # Checks the template's fields against the columns, renders, and checks each label
+        # against the answer choices (task_utils: check_template_fields, _label_index).
+        examples[split], data_counts[split] = build_prompted_examples(dataset, template, "cls", args.skip_empty)
+        if not examples[split]:
+            raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
+        for index, example in enumerate(examples[split]):
+            example["index"] = index
+    first = next(iter(examples.values()))[0]
+    logger.info("Prompt %d: %s [%s]. Cloze form of the first example (the answer fills [MASK]):\n%s\n"
+                "answer choices %s, gold %r", prompt_id, template.name, template.source, first["context"],
+                first["choices"], first["target"])  # fmt: skip
+    num_choices = max(len(e["choices"]) for split_examples in examples.values() for e in split_examples)
+
+    # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and choices).
+    train_texts = [e["context"] for e in examples.get("train", [])]
+    train_texts += sorted({choice for e in examples.get("train", []) for choice in e["choices"]})
+    if args.tokenizer_name == "train" and not train_texts:
+        raise ValueError("--tokenizer_name train needs training data: pass --train_file or a tokenizer directory.")
+    with accelerator.main_process_first():
+        tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, train_texts, output_dir)
+    lengths = {}
+    for split in examples:
+        lengths[split], data_counts[split]["cut_contexts"] = cloze_lengths(
+            tokenizer, examples[split], args.max_seq_length, args.choice_prefix_space, split
+        )
+        if data_counts[split]["cut_contexts"]:
+            logger.warning("%s: %d of %d contexts are longer than --max_seq_length %d with their choices; they are "
+                           "cut around the [MASK].", split, data_counts[split]["cut_contexts"], len(examples[split]),
+                           args.max_seq_length)  # fmt: skip
+
+    # Model.
+    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
+    model = apply_peft(model, args)
+    trainable_params, total_params = count_parameters(model)
+
+    def collate(batch):
+        inputs = build_multiple_choice_inputs(tokenizer, [e["context"] for e in batch], [e["choices"] for e in batch],
+                                              args.max_seq_length, args.choice_prefix_space)  # fmt: skip
+        # The same number of choice columns in every batch, so that scores gather across processes.
+        inputs["choice_mask"] = F.pad(inputs["choice_mask"], (0, num_choices - inputs["choice_mask"].shape[1]))
+        inputs["labels"] = torch.tensor([e["label"] for e in batch])
+        inputs["index"] = torch.tensor([e["index"] for e in batch])
+        return inputs
+
+    # DataLoaders. The training order depends on (seed, epoch) only, and each loader draws its
+    # worker seed from a private generator rather than the global one that dropout uses: a
+    # resumed run then sees the same batches and the same dropout masks as an uninterrupted one.
+    train_dataloader = None
+    if do_train:
+        sampler = EpochSampler(len(examples["train"]), args.seed,
+                               lengths["train"] if args.group_by_length else None, args.per_device_train_batch_size)
+        train_dataloader = DataLoader(examples["train"], sampler=sampler, batch_size=args.per_device_train_batch_size,
+                                      collate_fn=collate, generator=torch.Generator())  # fmt: skip
+    eval_dataloaders = {
+        split: DataLoader(examples[split], batch_size=args.per_device_eval_batch_size, collate_fn=collate,
+                          generator=torch.Generator())
+        for split in ("validation", "test")
+        if split in examples
+    }  # fmt: skip
+
+    # Optimizer and schedule.
+    optimizer = lr_scheduler = None
+    if do_train:
+        optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+        # Batches per process once accelerator.prepare has sharded them (even_batches: rounded up).
+        batches_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes)
+        steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+        if args.max_train_steps is None:
+            args.max_train_steps = args.num_train_epochs * steps_per_epoch
+        args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+        # The prepared scheduler steps once per process at each optimizer step.
+        lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                     num_warmup_steps=math.ceil(args.warmup_ratio * args.max_train_steps)
+                                     * accelerator.num_processes,
+                                     num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip
+
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
+                                                                           lr_scheduler)  # fmt: skip
+    eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
+
+    # Run bookkeeping (history, best weights, timing) that a checkpoint carries with Accelerate's state.
+    tracker = TrainingTracker(args.metric_for_best_model)
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
+        accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states
+        tracker.load(checkpoint)
+        logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
+
+    def save_checkpoint(name):
+        accelerator.save_state(str(output_dir / name))
+        if accelerator.is_main_process:  # written last: a folder with training_state.json is complete
+            tracker.save(output_dir / name)
+
+    def run_validation(epoch):
+        _, scores, labels = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize)
+        metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
+        improved = tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+        record = tracker.history[-1]
+        logger.info("epoch %d step %d: train loss %s, validation accuracy %.4f macro-F1 %.4f%s", epoch, record["step"],
+                    "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}", metrics["accuracy"],
+                    metrics["macro_f1"], " (best)" if improved else "")  # fmt: skip
+
+    # Training.
+    validation_metrics = None  # of the best evaluation (zero-shot: of the untuned model)
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    if do_train:
+        logger.info("***** Running training *****")
+        logger.info("  Examples = %d, epochs = %d, total batch size = %d, optimization steps = %d, lr = %g, "
+                    "trainable parameters = %d of %d", len(examples["train"]), args.num_train_epochs,
+                    total_batch_size, args.max_train_steps, args.learning_rate, trainable_params,
+                    total_params)  # fmt: skip
+        progress_bar = tqdm(range(args.max_train_steps), initial=tracker.completed_steps,
+                            disable=not accelerator.is_local_main_process)  # fmt: skip
+        starting_epoch, resume_batches = tracker.resume_position(batches_per_epoch, args.gradient_accumulation_steps)
+        model.train()
+        for epoch in range(starting_epoch, args.num_train_epochs):
+            train_dataloader.set_epoch(epoch)  # the order of epoch e, also for the skipping copy below
+            active_dataloader = train_dataloader
+            if epoch == starting_epoch and resume_batches:
+                active_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
+            start = time.perf_counter()
+            for batch in active_dataloader:
+                with accelerator.accumulate(model):
+                    scores = score_choices(model, batch, args.length_normalize)
+                    loss = F.cross_entropy(scores, batch["labels"])
+                    batch_loss = accelerator.reduce(loss.detach(), "mean")  # the same on every process
+                    # Before the update, so the weights and the last checkpoint stay good.
+                    check_finite(batch_loss, tracker.completed_steps + 1)
+                    tracker.add_loss(batch_loss.item(), len(batch["labels"]) * accelerator.num_processes)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                tracker.completed_steps += 1
+                step = tracker.completed_steps
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{batch_loss.item():.3f}")
+                # Epoch ends, --eval_steps and the last step are evaluated here, before a checkpoint
+                # at the same step, so that a resumed run never misses or repeats an evaluation.
+                end_of_epoch = step % steps_per_epoch == 0
+                done = step >= args.max_train_steps
+                tracker.train_time_s += time.perf_counter() - start
+                if (args.eval_steps and step % args.eval_steps == 0) or (not args.eval_steps and end_of_epoch) or done:
+                    run_validation(epoch)
+                if isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0:
+                    save_checkpoint(f"step_{step}")
+                elif args.checkpointing_steps == "epoch" and end_of_epoch:
+                    save_checkpoint(f"epoch_{epoch}")
+                start = time.perf_counter()
+                if done:
+                    break
+            if tracker.completed_steps >= args.max_train_steps:
+                break
+        progress_bar.close()
+        # Test with the weights of the best validation, not the last.
+        if tracker.restore_best(accelerator.unwrap_model(model)):
+            best = tracker.best
+            validation_metrics = best["validation"]
+            logger.info("Restored the weights of epoch %d step %d (validation %s %.4f).", best["epoch"], best["step"],
+                        args.metric_for_best_model, best["validation"][args.metric_for_best_model])  # fmt: skip
+    elif "validation" in eval_dataloaders:
+        _, scores, labels = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize)
+        validation_metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
+        logger.info("Zero-shot validation: %s", validation_metrics)
+
+    # Test, and the majority class of the training labels as the trivial baseline.
+    final_split = "test" if "test" in eval_dataloaders else "validation"
+    final_metrics = predictions = None
+    if final_split in eval_dataloaders:
+        indices, scores, labels = evaluate(accelerator, model, eval_dataloaders[final_split], args.length_normalize)
+        predictions = dict(zip(indices, scores.tolist()))
+        final_metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
+    baselines = {}
+    if "train" in examples and final_metrics is not None:
+        baselines["majority_class"] = majority_class_baseline([e["label"] for e in examples["train"]],
+                                                              [e["label"] for e in examples[final_split]],
+                                                              num_choices)  # fmt: skip
+
+    if args.save_best_model and accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if args.peft == "none":
+            unwrapped.save_pretrained(output_dir / "best_model")
+        else:
+            save_trainable_weights(unwrapped, output_dir / "best_model", args)
+        tokenizer.save_pretrained(output_dir / "best_model")
+
+    record = None
+    if accelerator.is_main_process:
+        if predictions is not None:
+            rows = []
+            for example in examples[final_split]:
+                choice_scores = predictions[example["index"]][: len(example["choices"])]
+                predicted = max(range(len(choice_scores)), key=choice_scores.__getitem__)
+                rows.append({"input": example["context"], "gold": example["target"],
+                             "predicted": example["choices"][predicted],
+                             "scores": dict(zip(example["choices"], choice_scores))})  # fmt: skip
+            write_jsonl_atomic(output_dir / f"predictions_{final_split}.jsonl", rows)
+        best = tracker.best
+        record = results_record(
+            args, "cls", "glm_cloze", script="run_cls.py", prompt_id=prompt_id, prompt_name=template.name,
+            total_train_batch_size=total_batch_size, epochs=tracker.history,
+            best_epoch=best["epoch"] if best else None, validation=validation_metrics,
+            test=final_metrics if final_split == "test" else None, baselines=baselines,
+            train_time_s=tracker.train_time_s,
+            train_examples_per_s=tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
+            peak_memory_mb=peak_memory_mb(), trainable_params=trainable_params, total_params=total_params,
+            peft=None if args.peft == "none" else args.peft, metric_for_best_model=args.metric_for_best_model,
+        )  # fmt: skip
+        record["best_step"] = best["step"] if best else None
+        record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
+        write_json_atomic(output_dir / "results.json", record)
+    accelerator.wait_for_everyone()
+    if final_metrics is not None:
+        majority = baselines.get("majority_class", {}).get("accuracy")
+        accelerator.print(
+            f"{final_split} accuracy {final_metrics['accuracy']:.4f} (macro-F1 {final_metrics['macro_f1']:.4f}, "
+            f"{len(examples[final_split])} examples) vs majority class "
+            f"{'n/a' if majority is None else f'{majority:.4f}'}; results in {output_dir / 'results.json'}"
+        )
+    return record
+
+
+if __name__ == "__main__":
+    main()

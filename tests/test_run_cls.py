@@ -1,0 +1,463 @@
+"""Specification of run_cls.py: cloze classification fine-tuning, end to end on slices of TREC.
+
+Runs call `run_cls.main(argv)` in-process with glm-tiny (random init) and a BPE trained on the
+slice (`--tokenizer_name train`), so each takes seconds on a CPU; only the multi-process test
+starts processes (torchrun, gloo). Every run gets a fresh Accelerate state, as a new process would.
+"""
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+import run_cls
+import task_utils as tu
+
+REPO = Path(__file__).resolve().parents[1]
+TREC = REPO.parent / "shared" / "data" / "trec"
+REAL_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "glm-roberta-large"
+needs_trec = pytest.mark.skipif(not (TREC / "train.csv").is_file(), reason="../shared/data/trec not present")
+
+SCHEMA_KEYS = [
+    "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
+    "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
+    "epochs", "best_epoch", "validation", "test", "baselines", "train_time_s", "train_examples_per_s",
+    "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env", "best_step", "data",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads, and on a shared 2-core machine two OpenMP threads
+    # can be ten times slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(argv):
+    """run_cls.main in a fresh Accelerate state, as a new process would have it."""
+    try:
+        return run_cls.main([str(a) for a in argv])
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trec(tmp_path_factory):
+    """Slices of the real TREC files: the first 48 / 40 training rows and the first 37 test rows."""
+    folder = tmp_path_factory.mktemp("trec")
+    train = list(csv.DictReader(open(TREC / "train.csv", encoding="utf-8")))
+    test = list(csv.DictReader(open(TREC / "test.csv", encoding="utf-8")))
+    return {
+        "train48": write_csv(folder / "train48.csv", train[:48]),
+        "train40": write_csv(folder / "train40.csv", train[:40]),
+        "test37": write_csv(folder / "test37.csv", test[:37]),
+    }
+
+
+def tiny(output_dir, train, validation, test, *extra):
+    return ["--model_name_or_path", "glm-tiny", "--tokenizer_name", "train", "--train_file", train,
+            "--validation_file", validation, "--test_file", test, "--output_dir", output_dir, "--seed", 0,
+            *extra]  # fmt: skip
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+@needs_trec
+def test_learns_a_slice_of_trec_and_writes_results_and_predictions(trec, tmp_path):
+    out = tmp_path / "run"
+    # Validation is the training slice itself: the run must fit what it trains on.
+    record = run(tiny(out, trec["train48"], trec["train48"], trec["test37"], "--learning_rate", 1e-3,
+                      "--per_device_train_batch_size", 8, "--max_train_steps", 60, "--eval_steps", 15))  # fmt: skip
+
+    losses = [epoch["train_loss"] for epoch in record["epochs"]]
+    assert [epoch["step"] for epoch in record["epochs"]] == [15, 30, 45, 60]
+    assert losses[-1] < losses[0] - 0.3, losses
+    best_accuracy = record["validation"]["accuracy"]
+    majority = 12 / 48  # the commonest class of the 48 rows
+    assert best_accuracy >= majority + 0.25, record["epochs"]
+    assert best_accuracy == max(epoch["validation"]["accuracy"] for epoch in record["epochs"])
+
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved) == SCHEMA_KEYS
+    assert (saved["script"], saved["task"], saved["method"], saved["peft"]) == ("run_cls.py", "cls", "glm_cloze", None)
+    assert (saved["prompt_id"], saved["prompt_name"], saved["metric_for_best_model"]) == (0, "pick_the_best_descriptor", "accuracy")
+    assert saved["trainable_params"] == saved["total_params"] and saved["trainable_share"] == 1.0
+    assert saved["train_time_s"] > 0 and saved["train_examples_per_s"] > 0 and saved["peak_memory_mb"] > 0
+    assert set(saved["test"]) == {"accuracy", "macro_f1"}
+    assert set(saved["baselines"]["majority_class"]) == {"accuracy", "macro_f1"}
+    assert saved["data"]["train"]["kept"] == 48 and saved["data"]["test"]["kept"] == 37
+
+    rows = read_jsonl(out / "predictions_test.jsonl")
+    assert len(rows) == 37
+    choices = ["Description", "Entity", "Abbreviation", "Person", "Quantity", "Location"]
+    for row in rows:
+        assert set(row) == {"input", "gold", "predicted", "scores"}
+        assert row["input"].count("[MASK]") == 1 and list(row["scores"]) == choices
+        assert row["predicted"] == max(row["scores"], key=row["scores"].get) and row["gold"] in choices
+    accuracy = sum(row["predicted"] == row["gold"] for row in rows) / len(rows)
+    assert accuracy == pytest.approx(saved["test"]["accuracy"])
+
+
+@needs_trec
+def test_the_test_split_is_scored_with_the_best_weights_not_the_last(trec, tmp_path, monkeypatch):
+    class FirstEvaluationWins(tu.TrainingTracker):
+        def record_evaluation(self, epoch, metrics, model):
+            if self.history:  # every later evaluation scores 0
+                metrics = dict.fromkeys(metrics, 0.0)
+            return super().record_evaluation(epoch, metrics, model)
+
+    monkeypatch.setattr(run_cls, "TrainingTracker", FirstEvaluationWins)
+    out = tmp_path / "run"
+    record = run(tiny(out, trec["train40"], trec["train40"], trec["test37"], "--learning_rate", 1e-3,
+                      "--per_device_train_batch_size", 8, "--max_train_steps", 6, "--eval_steps", 2,
+                      "--checkpointing_steps", 6, "--save_best_model"))  # fmt: skip
+    assert (record["best_epoch"], record["best_step"]) == (0, 2)
+    best = load_file(str(out / "best_model" / "model.safetensors"))
+    last = load_file(str(out / "step_6" / "model.safetensors"))
+    assert not torch.equal(best["glm.word_embeddings.weight"], last["glm.word_embeddings.weight"])
+    # The saved best model, evaluated on its own, reproduces the run's test predictions.
+    monkeypatch.undo()
+    again = run(tiny(tmp_path / "again", trec["train40"], trec["train40"], trec["test37"], "--no-do_train",
+                     "--model_name_or_path", out / "best_model", "--tokenizer_name", out / "best_model"))  # fmt: skip
+    assert again["test"] == record["test"]
+    assert read_jsonl(tmp_path / "again" / "predictions_test.jsonl") == read_jsonl(out / "predictions_test.jsonl")
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@needs_trec
+def test_two_cpu_processes_give_the_metrics_and_predictions_of_one(trec, tmp_path):
+    tokenizer = REAL_TOKENIZER if REAL_TOKENIZER.is_dir() else "train"
+    args = ["--model_name_or_path", "glm-tiny", "--tokenizer_name", tokenizer, "--train_file", trec["train40"],
+            "--validation_file", trec["test37"], "--test_file", trec["test37"], "--no-do_train",
+            "--per_device_eval_batch_size", 4, "--seed", 0]  # fmt: skip
+    one = run([*args, "--output_dir", tmp_path / "one"])
+    # Accelerate sets up distributed CPU runs only when told to use the CPU (see check_launch).
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "run_cls.py"), *map(str, args), "--output_dir", str(tmp_path / "two")]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Num processes: 2" in done.stderr
+
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["test"] == pytest.approx(one["test"], abs=1e-12)
+    assert two["validation"] == pytest.approx(one["validation"], abs=1e-12)
+    rows_one, rows_two = read_jsonl(tmp_path / "one" / "predictions_test.jsonl"), read_jsonl(tmp_path / "two" / "predictions_test.jsonl")
+    assert len(rows_one) == len(rows_two) == 37  # 37 = 4 x 2 x 4 + 5: the last round is evened out, then dropped
+    for a, b in zip(rows_one, rows_two):
+        assert (a["input"], a["gold"], a["predicted"]) == (b["input"], b["gold"], b["predicted"])
+        assert list(b["scores"].values()) == pytest.approx(list(a["scores"].values()), abs=1e-4)
+
+
+def test_a_multi_process_launch_that_accelerate_runs_as_one_is_refused(monkeypatch):
+    class OneProcess:
+        num_processes = 1
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2"):
+        tu.check_launch(OneProcess())
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    tu.check_launch(OneProcess())
+
+
+# ----------------------------------------------------------------------------- resume and reproducibility
+
+
+def resume_args(trec, output_dir, *extra):
+    # 40 rows in batches of 4 with 2 accumulation steps: 5 optimizer steps an epoch; 12 steps
+    # end in the middle of the third epoch. Dropout is on, so RNG restoring matters.
+    return tiny(output_dir, trec["train40"], trec["test37"], trec["test37"], "--learning_rate", 1e-3,
+                "--per_device_train_batch_size", 4, "--gradient_accumulation_steps", 2, "--group_by_length",
+                "--max_train_steps", 12, *extra)  # fmt: skip
+
+
+class Killed(Exception):
+    pass
+
+
+@needs_trec
+def test_a_killed_run_resumed_from_its_last_checkpoint_ends_like_an_uninterrupted_one(trec, tmp_path, monkeypatch):
+    full = run(resume_args(trec, tmp_path / "full"))
+    same_seed = run(resume_args(trec, tmp_path / "same_seed"))
+    assert same_seed["epochs"] == full["epochs"] and same_seed["test"] == full["test"]
+    assert [epoch["step"] for epoch in full["epochs"]] == [5, 10, 12]
+
+    # The run dies in step 8; its last checkpoint is step_6 (epoch 1, 2 batches in).
+    real_check = run_cls.check_finite
+
+    def dies_in_step_8(loss, step):
+        if step == 8:
+            raise Killed
+        real_check(loss, step)
+
+    monkeypatch.setattr(run_cls, "check_finite", dies_in_step_8)
+    killed = tmp_path / "killed"
+    with pytest.raises(Killed):
+        run(resume_args(trec, killed, "--checkpointing_steps", 3))
+    monkeypatch.undo()
+    assert sorted(path.name for path in killed.glob("step_*")) == ["step_3", "step_6"]
+    assert tu.find_checkpoint("latest", killed) == killed / "step_6"
+    assert not (killed / "results.json").exists()
+
+    resumed = run(resume_args(trec, killed, "--checkpointing_steps", 3, "--resume_from_checkpoint", "latest"))
+    assert resumed["epochs"] == full["epochs"]  # the same validation metrics and train losses, exactly
+    assert (resumed["test"], resumed["best_epoch"], resumed["best_step"]) == (full["test"], full["best_epoch"], full["best_step"])
+    assert read_jsonl(killed / "predictions_test.jsonl") == read_jsonl(tmp_path / "full" / "predictions_test.jsonl")
+
+
+@needs_trec
+def test_a_short_run_continued_to_the_full_length_ends_like_the_full_run(trec, tmp_path):
+    # --max_train_steps 5 then resuming to 12: identical only with a schedule that does not
+    # depend on the run length (a linear decay over 5 steps is another schedule than over 12).
+    constant = ("--lr_scheduler_type", "constant", "--warmup_ratio", 0, "--checkpointing_steps", 5)
+    full = run(resume_args(trec, tmp_path / "full", *constant))
+    short_args = resume_args(trec, tmp_path / "short", *constant)
+    short_args[short_args.index("--max_train_steps") + 1] = 5
+    short = run(short_args)
+    assert [epoch["step"] for epoch in short["epochs"]] == [5]
+    resumed = run(resume_args(trec, tmp_path / "short", *constant, "--resume_from_checkpoint", tmp_path / "short" / "step_5",
+                              "--overwrite_output_dir"))  # fmt: skip
+    assert resumed["epochs"] == full["epochs"]
+    assert resumed["test"] == full["test"]
+
+
+@needs_trec
+def test_zero_shot_by_flag_or_by_zero_epochs_is_the_same_evaluation(trec, tmp_path):
+    no_train = run(tiny(tmp_path / "a", trec["train40"], trec["test37"], trec["test37"], "--no-do_train"))
+    zero_epochs = run(tiny(tmp_path / "b", trec["train40"], trec["test37"], trec["test37"], "--num_train_epochs", 0))
+    assert no_train["epochs"] == zero_epochs["epochs"] == [] and no_train["best_epoch"] is None
+    assert no_train["test"] == zero_epochs["test"] and no_train["validation"] == zero_epochs["validation"]
+    assert no_train["train_time_s"] == 0.0
+
+
+# ----------------------------------------------------------------------------- numerical faults
+
+
+@needs_trec
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trec, tmp_path, monkeypatch):
+    real_score = run_cls.score_choices
+    training_batches = []
+
+    def nan_at_step_3(model, batch, length_normalize=False):
+        scores = real_score(model, batch, length_normalize)
+        if model.training:
+            training_batches.append(1)
+            if len(training_batches) == 3:
+                return scores * float("nan")
+        return scores
+
+    monkeypatch.setattr(run_cls, "score_choices", nan_at_step_3)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss \(nan\) at step 3.*bf16 instead of fp16.*--learning_rate"):
+        run(tiny(out, trec["train40"], trec["test37"], trec["test37"], "--max_train_steps", 5, "--checkpointing_steps", 1))
+    assert sorted(path.name for path in out.glob("step_*")) == ["step_1", "step_2"]
+    assert not (out / "results.json").exists()
+    weights = load_file(str(out / "step_2" / "model.safetensors"))
+    assert all(torch.isfinite(value).all() for value in weights.values())
+    assert tu.find_checkpoint("latest", out) == out / "step_2"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@needs_trec
+def test_unknown_prompt_id_lists_the_valid_ones(trec, tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown --prompt_id 9; valid prompts:\n0: pick_the_best_descriptor") as error:
+        run(tiny(tmp_path / "o", trec["train40"], trec["test37"], trec["test37"], "--prompt_id", 9))
+    assert "4: which_category_best_describes" in str(error.value)
+
+
+@needs_trec
+def test_a_template_field_missing_from_the_data_is_named(trec, tmp_path):
+    renamed = write_csv(tmp_path / "renamed.csv", [{"question": "Who?", "label_coarse": 3, "label_fine": 4}])
+    with pytest.raises(ValueError, match=r"reads field\(s\) \['text'\].*available columns: \['label_coarse', 'label_fine', 'question'\]"):
+        run(tiny(tmp_path / "o", renamed, renamed, renamed))
+
+
+@needs_trec
+def test_a_label_outside_the_answer_choices_is_refused_with_its_row(trec, tmp_path):
+    rows = [{"text": "Who?", "label_coarse": 3, "label_fine": 4}, {"text": "What?", "label_coarse": 9, "label_fine": 4}]
+    bad = write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(ValueError, match=r"Row 1: Template 'pick_the_best_descriptor' failed to render: list object has no element 9"):
+        run(tiny(tmp_path / "o", bad, bad, bad))
+
+
+def test_a_target_outside_a_local_templates_choices_is_refused(tmp_path):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "reviews.yaml").write_text(
+        "templates:\n"
+        "  - name: good_or_bad\n"
+        "    jinja: \"{{ review }} All in all, it was [MASK]. ||| {{ verdict }}\"\n"
+        "    answer_choices: good ||| bad\n"
+    )  # fmt: skip
+    data = write_csv(tmp_path / "reviews.csv", [{"review": "Tasty.", "verdict": "good"}, {"review": "Meh.", "verdict": "so-so"}])
+    with pytest.raises(ValueError, match=r"Row 1: target 'so-so' rendered by template 'good_or_bad' is not one of its answer choices \['good', 'bad'\]"):
+        run(tiny(tmp_path / "o", data, data, data, "--dataset_name", "reviews", "--prompts_dir", prompts))
+
+
+def test_a_local_template_with_two_masks_is_refused(tmp_path):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "reviews.yaml").write_text(
+        "templates:\n"
+        "  - name: two_blanks\n"
+        "    jinja: \"{{ review }} It was [MASK], really [MASK]. ||| {{ verdict }}\"\n"
+        "    answer_choices: good ||| bad\n"
+    )  # fmt: skip
+    data = write_csv(tmp_path / "reviews.csv", [{"review": "Tasty.", "verdict": "good"}])
+    with pytest.raises(ValueError, match=r"Row 0, template 'two_blanks': The prompt has 2 \[MASK\] tokens; a cloze prompt needs at most one"):
+        run(tiny(tmp_path / "o", data, data, data, "--dataset_name", "reviews", "--prompts_dir", prompts))
+
+
+@needs_trec
+def test_rows_with_empty_text_are_skipped_and_counted_or_refused(trec, tmp_path):
+    rows = list(csv.DictReader(open(trec["test37"], encoding="utf-8")))[:6]
+    rows[1]["text"] = "   "
+    data = write_csv(tmp_path / "blank.csv", rows)
+    record = run(tiny(tmp_path / "skip", trec["train40"], data, data, "--no-do_train"))
+    assert record["data"]["test"]["empty_field"] == 1 and record["data"]["test"]["kept"] == 5
+    assert len(read_jsonl(tmp_path / "skip" / "predictions_test.jsonl")) == 5
+    with pytest.raises(ValueError, match="Row 1: empty field with template 'pick_the_best_descriptor'"):
+        run(tiny(tmp_path / "strict", trec["train40"], data, data, "--no-do_train", "--no-skip_empty"))
+
+
+class Payload:
+    """Unpickling this would create a file: a stand-in for code hidden in a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@needs_trec
+def test_a_checkpoint_with_a_pickled_payload_is_refused_on_resume(trec, tmp_path):
+    out = tmp_path / "run"
+    run(tiny(out, trec["train40"], trec["test37"], trec["test37"], "--max_train_steps", 1, "--checkpointing_steps", 1))
+    marker = tmp_path / "payload_ran"
+    torch.save({"state": {}, "param_groups": Payload(marker)}, out / "step_1" / "optimizer.bin")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        run(tiny(out, trec["train40"], trec["test37"], trec["test37"], "--max_train_steps", 2,
+                 "--resume_from_checkpoint", "latest", "--overwrite_output_dir"))  # fmt: skip
+    assert not marker.exists()
+
+
+@needs_trec
+def test_an_existing_finished_run_is_not_overwritten(trec, tmp_path):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="results.json exists: a finished run is there. Pass --overwrite_output_dir"):
+        run(tiny(out, trec["train40"], trec["test37"], trec["test37"]))
+    assert (out / "results.json").read_text() == "{}"
+
+
+@needs_trec
+def test_resuming_without_a_checkpoint_says_how_to_get_one(trec, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*--checkpointing_steps"):
+        run(tiny(tmp_path / "o", trec["train40"], trec["test37"], trec["test37"], "--resume_from_checkpoint", "latest"))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--metric_for_best_model", "bleu"], "--metric_for_best_model must be one of"),
+        (["--no-do_train", "--resume_from_checkpoint", "latest"], "--resume_from_checkpoint continues training"),
+        (["--max_seq_length", "2"], "--max_seq_length must be >= 4"),
+    ],
+)
+def test_incompatible_or_impossible_flags_fail_at_parsing(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        run_cls.parse_args(["--output_dir", "o", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_output_dir_is_required_except_for_listing_prompts(capsys):
+    with pytest.raises(SystemExit):
+        run_cls.parse_args([])
+    assert "--output_dir" in capsys.readouterr().err
+    assert run_cls.parse_args(["--list_prompts"]).list_prompts
+
+
+@needs_trec
+def test_list_prompts_shows_each_prompt_with_its_choices_and_a_rendered_cloze(trec, capsys):
+    assert run_cls.main(["--list_prompts", "--train_file", str(trec["train40"])]) is None
+    out = capsys.readouterr().out
+    assert out.startswith("0: pick_the_best_descriptor [promptsource] choices: Description ||| Entity")
+    assert out.count("answer choices: ['Description', 'Entity', 'Abbreviation', 'Person', 'Quantity', 'Location']") == 5
+    assert "Best Descriptor? [MASK]" in out and "--- 4: which_category_best_describes" in out
+
+
+# ----------------------------------------------------------------------------- PEFT
+
+
+@needs_trec
+def test_lora_trains_only_its_adapters_and_saves_only_them(trec, tmp_path):
+    out = tmp_path / "lora"
+    record = run(tiny(out, trec["train40"], trec["test37"], trec["test37"], "--peft", "lora", "--max_train_steps", 2,
+                      "--save_best_model"))  # fmt: skip
+    assert record["peft"] == "lora" and record["learning_rate"] == run_cls.PEFT_DEFAULT_LEARNING_RATES["lora"]
+    assert 0 < record["trainable_share"] < 0.5
+    saved = load_file(str(out / "best_model" / "adapter.safetensors"))
+    assert saved and all("lora_" in name for name in saved)
+    assert sum(value.numel() for value in saved.values()) == record["trainable_params"]
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def test_training_tracker_keeps_the_best_weights_and_round_trips(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    tracker = tu.TrainingTracker("accuracy")
+    tracker.add_loss(2.0, 4)
+    tracker.add_loss(1.0, 4)
+    tracker.completed_steps = 5
+    assert tracker.record_evaluation(0, {"accuracy": 0.5}, model)
+    best_weight = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    tracker.completed_steps = 10
+    assert not tracker.record_evaluation(1, {"accuracy": 0.5}, model)  # a tie keeps the earlier one
+    assert tracker.history == [
+        {"epoch": 0, "step": 5, "train_loss": 1.5, "validation": {"accuracy": 0.5}},
+        {"epoch": 1, "step": 10, "train_loss": None, "validation": {"accuracy": 0.5}},
+    ]
+    tracker.save(tmp_path / "step_10")
+    loaded = tu.TrainingTracker("accuracy")
+    loaded.load(tmp_path / "step_10")
+    assert loaded.state_dict() == tracker.state_dict() and loaded.best == tracker.history[0]
+    assert loaded.restore_best(model) and torch.equal(model.weight, best_weight)
+    assert loaded.resume_position(batches_per_epoch=7, gradient_accumulation_steps=2) == (2, 4)  # 4 steps an epoch
+    with pytest.raises(ValueError, match="resume with the same --metric_for_best_model"):
+        tu.TrainingTracker("macro_f1").load(tmp_path / "step_10")
+    with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint .*no training_state.json"):
+        tu.find_checkpoint(tmp_path, tmp_path)
