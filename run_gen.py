@@ -1,0 +1,448 @@
+#!/usr/bin/env python
+"""Fine-tune GLM to generate text as blank infilling (paper, Figure 2b), with Accelerate.
+
+The prompt ends with a `[MASK]`; the model learns to write its span (`sop target eop`) and, at
+evaluation, decodes it (beam search, greedy or sampling) with a K/V cache. Each distinct source
+is decoded once and scored against ALL its references (BLEU, ROUGE-1/2/L, generated length).
+Default task: E2E NLG (promptsource `e2e_nlg_cleaned`: meaning representation -> restaurant
+description). Defaults follow the paper's seq2seq settings: AdamW lr 2e-5, warmup 6%, weight
+decay 0.1, label smoothing 0.1, beam 4, no_repeat_ngram 3, length penalty 1.0.
+
+    accelerate launch run_gen.py --output_dir runs/e2e                       # glm-roberta-large
+    python run_gen.py --model_name_or_path glm-tiny --tokenizer_name train \\
+        --dataset_name hhs_breaches --output_dir runs/hhs                    # offline, CPU
+    python run_gen.py --list_prompts                                         # the prompt ids
+
+Writes to --output_dir: results.json (schema: task_utils.results_record, plus "data": rows kept
+and skipped, prompts and targets cut), generations_test.jsonl (source, references, prediction),
+step_N / epoch_N checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint
+latest), and best_model/ with --save_best_model.
+"""
+
+import argparse
+import logging
+import math
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from glm_utils import (
+    HUB_MODEL_ID,
+    PEFT_DEFAULT_LEARNING_RATES,
+    GLMForConditionalGeneration,
+    add_peft_args,
+    apply_peft,
+    build_generation_inputs,
+    generate,
+    load_or_train_tokenizer,
+    save_trainable_weights,
+)
+from task_utils import (
+    EpochSampler,
+    TrainingTracker,
+    adapt_columns,
+    add_data_and_prompt_args,
+    add_training_args,
+    apply_max_samples,
+    build_prompted_examples,
+    check_finite,
+    check_launch,
+    count_parameters,
+    create_optimizer,
+    describe_templates,
+    find_checkpoint,
+    generation_metrics,
+    group_references,
+    load_raw_datasets,
+    load_templates,
+    most_frequent_reference_baseline,
+    peak_memory_mb,
+    prepare_output_dir,
+    results_record,
+    select_template,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+
+logger = get_logger(__name__)
+
+GEN_LEARNING_RATE = 2e-5  # full fine-tuning; the paper's seq2seq range is 1e-5..3e-5
+GEN_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")  # what --metric_for_best_model may name
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Fine-tune GLM for generation (blank infilling).")
+    add_data_and_prompt_args(parser, "gen")
+    add_training_args(parser, defaults={"model_name_or_path": HUB_MODEL_ID, "learning_rate": None,
+                                        "warmup_ratio": 0.06, "metric_for_best_model": "bleu"})
+    add_peft_args(parser)
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max_source_length", type=int, default=256,
+                       help="Prompt tokens kept (cut around the [MASK], which always survives).")
+    group.add_argument("--max_target_length", type=int, default=64,
+                       help="Target tokens trained on (longer ones are cut and counted) and generated at most.")
+    group.add_argument("--min_target_length", type=int, default=0, help="Tokens generated at least (eop banned before).")
+    group.add_argument("--label_smoothing", type=float, default=0.1, help="Label smoothing of the training loss.")
+    group.add_argument("--num_beams", type=int, default=4, help="Beam width; 1 = greedy (or sampling).")
+    group.add_argument("--length_penalty", type=float, default=1.0, help="Beam score = sum log p / length ** this.")
+    group.add_argument("--no_repeat_ngram_size", type=int, default=3, help="Never repeat an n-gram of this size (0: off).")
+    group.add_argument("--do_sample", action="store_true", help="Sample instead of greedy (needs --num_beams 1).")
+    group.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling mass.")
+    group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
+    group.add_argument(
+        "--save_best_model", action="store_true",
+        help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT weights).",
+    )
+
+    argv = list(argv) if argv is not None else None
+    # Listing the prompts needs nothing but the data arguments (no --output_dir).
+    listing, _ = add_data_and_prompt_args(argparse.ArgumentParser(add_help=False), "gen").parse_known_args(argv)
+    if listing.list_prompts:
+        return listing
+    args = parser.parse_args(argv)
+    if args.learning_rate is None:
+        args.learning_rate = GEN_LEARNING_RATE if args.peft == "none" else PEFT_DEFAULT_LEARNING_RATES[args.peft]
+    problems = []
+    if args.metric_for_best_model not in GEN_METRICS:
+        problems.append(f"--metric_for_best_model must be one of {GEN_METRICS}, got {args.metric_for_best_model!r}")
+    if args.max_target_length < 1 or args.max_source_length < 3:
+        problems.append("--max_target_length must be >= 1 and --max_source_length >= 3 (<s> [MASK] </s>)")
+    if not 0 <= args.min_target_length <= args.max_target_length:
+        problems.append("--min_target_length must lie in [0, --max_target_length]")
+    if args.num_beams < 1:
+        problems.append("--num_beams must be >= 1")
+    if args.do_sample and args.num_beams > 1:
+        problems.append("--do_sample samples one sequence: pass --num_beams 1 with it")
+    if not 0 < args.top_p <= 1 or args.temperature <= 0:
+        problems.append("--top_p must lie in (0, 1] and --temperature be > 0")
+    if not 0 <= args.label_smoothing < 1:
+        problems.append("--label_smoothing must lie in [0, 1)")
+    if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
+        problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        problems.append("--eval_steps must be >= 1")
+    if args.num_train_epochs < 0 or (args.max_train_steps is not None and args.max_train_steps < 0):
+        problems.append("--num_train_epochs and --max_train_steps must be >= 0")
+    if not 0 <= args.warmup_ratio <= 1:
+        problems.append("--warmup_ratio must lie in [0, 1]")
+    if args.resume_from_checkpoint and not args.do_train:
+        problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def prompted_splits(raw_datasets, template, skip_empty):
+    """Renders every split with the template before anything trains; returns (examples, counts)
+    per split. A split that loses every row is an error (its counts say why)."""
+    examples, counts = {}, {}
+    for split, dataset in raw_datasets.items():
+        examples[split], counts[split] = build_prompted_examples(dataset, template, "gen", skip_empty=skip_empty)
+        if not examples[split]:
+            raise ValueError(f"The {split} split has no usable example with template {template.name!r} "
+                             f"(counts: {counts[split]}); check the data and the prompt (--list_prompts).")
+    return examples, counts
+
+
+def count_long_texts(tokenizer, examples, max_source_length, max_target_length):
+    """(sources longer than max_source_length, targets longer than max_target_length), in tokens,
+    and the token length of each example (prompt + target, as trained: for --group_by_length)."""
+    contexts = tokenizer([e["context"] for e in examples])["input_ids"]
+    targets = tokenizer([e["target"] for e in examples], add_special_tokens=False)["input_ids"]
+    long_sources = sum(len(c) > max_source_length for c in contexts)
+    long_targets = sum(len(t) > max_target_length for t in targets)
+    lengths = [min(len(c), max_source_length) + min(len(t), max_target_length) + 1 for c, t in zip(contexts, targets)]
+    return long_sources, long_targets, lengths
+
+
+class SourceDataset(torch.utils.data.Dataset):
+    """The distinct prompts of a split, each decoded once (index i = source i)."""
+
+    def __init__(self, contexts):
+        self.contexts = contexts
+
+    def __len__(self):
+        return len(self.contexts)
+
+    def __getitem__(self, i):
+        return {"index": i, "context": self.contexts[i]}
+
+
+def evaluate(args, accelerator, model, tokenizer, dataloader, references, description):
+    """Decodes every source of `dataloader` once and scores it against all its references.
+
+    Returns (generation_metrics dict, predictions: list[str] in source order).
+    """
+    was_training = model.training
+    model.eval()
+    unwrapped = accelerator.unwrap_model(model)
+    predictions = [None] * len(references)
+    with torch.inference_mode():
+        for batch in tqdm(dataloader, desc=description, leave=False, disable=not accelerator.is_local_main_process):
+            inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}
+            generated = generate(unwrapped, inputs, tokenizer.eop_token_id, max_new_tokens=args.max_target_length,
+                                 min_new_tokens=args.min_target_length, num_beams=args.num_beams,
+                                 length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                 do_sample=args.do_sample, top_p=args.top_p, temperature=args.temperature)
+            # Same width on every process so that the outputs can be gathered; -1 pads.
+            tokens = torch.full((len(generated), args.max_target_length), -1, dtype=torch.long, device=accelerator.device)
+            for row, ids in enumerate(generated):
+                tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            tokens, index = accelerator.gather_for_metrics((tokens, batch["index"]))
+            for row, i in zip(tokens.tolist(), index.tolist()):
+                predictions[i] = tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
+    model.train(was_training)
+    return generation_metrics(predictions, references), predictions
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list_prompts:
+        print(describe_templates(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "gen")))
+        return None
+
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    check_launch(accelerator)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+
+    # A finished run is never overwritten (checked before any work, on every process alike).
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+
+    # Data and prompt. Every split is rendered and checked here, before the first step.
+    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                     args.validation_file, args.test_file, args.validation_split_percentage, args.seed)
+    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
+                                     args.max_test_samples)
+    if not {"train", "validation"} <= set(raw_datasets):
+        raise ValueError(f"Need train and validation data, got splits {list(raw_datasets)}: pass --train_file "
+                         "(validation is carved from it when there is no --validation_file).")
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "gen")
+    template = select_template(templates, args.prompt_id, args.prompt_name)
+    prompt_id = templates.index(template)
+    examples, data_counts = prompted_splits(raw_datasets, template, args.skip_empty)
+    first = examples["train"][0]
+    logger.info("Prompt %d: %s [%s]. GLM input of the first example (the target fills [MASK]):\n%s\ntarget: %r",
+                prompt_id, template.name, template.source, first["context"], first["target"])
+    # Decoding and scoring work per distinct source, against all its references.
+    eval_splits = {split: group_references(examples[split]) for split in ("validation", "test") if split in examples}
+    for split, (sources, _) in eval_splits.items():
+        logger.info("%s: %d rows -> %d distinct sources", split, len(examples[split]), len(sources))
+
+    # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and targets), and
+    # the length checks on the whole training set before the first step.
+    with accelerator.main_process_first():
+        tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path,
+                                            [t for e in examples["train"] for t in (e["input"], e["target"])],
+                                            output_dir)
+    long_sources, long_targets, train_lengths = count_long_texts(tokenizer, examples["train"], args.max_source_length,
+                                                                 args.max_target_length)
+    data_counts["train"].update(long_sources=long_sources, long_targets=long_targets)
+    if long_targets:
+        logger.warning("%d of %d training targets are longer than --max_target_length %d tokens: they are cut there "
+                       "(raise --max_target_length to keep them whole).", long_targets, len(train_lengths),
+                       args.max_target_length)
+    if long_sources:
+        logger.warning("%d of %d training prompts are longer than --max_source_length %d tokens: they are cut around "
+                       "the [MASK].", long_sources, len(train_lengths), args.max_source_length)
+
+    # Model.
+    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
+    model = apply_peft(model, args)
+    trainable_params, total_params = count_parameters(model)
+
+    def collate_train(batch):
+        inputs = build_generation_inputs(tokenizer, [e["context"] for e in batch], [e["target"] for e in batch],
+                                         args.max_source_length, args.max_target_length)
+        return {k: inputs[k] for k in ("input_ids", "position_ids", "attention_mask", "labels")}
+
+    def collate_sources(batch):
+        inputs = build_generation_inputs(tokenizer, [e["context"] for e in batch], None, args.max_source_length)
+        inputs = {k: inputs[k] for k in ("input_ids", "position_ids", "attention_mask")}
+        return {**inputs, "index": torch.tensor([e["index"] for e in batch])}
+
+    # DataLoaders. The training order depends on (seed, epoch) only, and each loader draws its
+    # worker seed from a private generator rather than the global one that dropout uses: a
+    # resumed run then sees the same batches and the same dropout masks as an uninterrupted one.
+    sampler = EpochSampler(len(examples["train"]), args.seed, train_lengths if args.group_by_length else None,
+                           args.per_device_train_batch_size)
+    train_dataloader = DataLoader(examples["train"], sampler=sampler, batch_size=args.per_device_train_batch_size,
+                                  collate_fn=collate_train, generator=torch.Generator())
+    contexts = {split: {e["source_key"]: e["context"] for e in examples[split]} for split in eval_splits}
+    eval_dataloaders = {
+        split: DataLoader(SourceDataset([contexts[split][s] for s in sources]), collate_fn=collate_sources,
+                          batch_size=args.per_device_eval_batch_size, generator=torch.Generator())
+        for split, (sources, _) in eval_splits.items()
+    }
+
+    # Optimizer and schedule.
+    optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+    # Batches per process once accelerator.prepare has sharded them (even_batches: rounded up).
+    batches_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * steps_per_epoch
+    args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    # The prepared scheduler steps once per process at each optimizer step.
+    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                 num_warmup_steps=math.ceil(args.warmup_ratio * args.max_train_steps)
+                                 * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
+                                                                           lr_scheduler)
+    eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
+
+    # Run bookkeeping (history, best weights, timing) that a checkpoint carries with Accelerate's state.
+    tracker = TrainingTracker(args.metric_for_best_model)
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
+        accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states
+        tracker.load(checkpoint)
+        logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
+
+    def save_checkpoint(name):
+        accelerator.save_state(str(output_dir / name))
+        if accelerator.is_main_process:  # written last: a folder with training_state.json is complete
+            tracker.save(output_dir / name)
+
+    def run_validation(epoch):
+        metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
+                              eval_splits["validation"][1], "validation")
+        improved = tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+        record = tracker.history[-1]
+        logger.info("epoch %d step %d: train loss %s, validation %s%s", epoch, record["step"],
+                    "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}",
+                    {k: round(v, 2) for k, v in metrics.items()}, " (best)" if improved else "")
+
+    # Training.
+    validation_metrics = None  # of the best evaluation (no training: of the model as loaded)
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    if args.do_train and args.max_train_steps > 0:
+        logger.info("***** Running training *****")
+        logger.info("  Examples = %d, epochs = %d, total batch size = %d, optimization steps = %d, lr = %g, "
+                    "trainable parameters = %d of %d", len(examples["train"]), args.num_train_epochs,
+                    total_batch_size, args.max_train_steps, args.learning_rate, trainable_params, total_params)
+        progress_bar = tqdm(range(args.max_train_steps), initial=tracker.completed_steps,
+                            disable=not accelerator.is_local_main_process)
+        starting_epoch, resume_batches = tracker.resume_position(batches_per_epoch, args.gradient_accumulation_steps)
+        model.train()
+        for epoch in range(starting_epoch, args.num_train_epochs):
+            train_dataloader.set_epoch(epoch)  # the order of epoch e, also for the skipping copy below
+            active_dataloader = train_dataloader
+            if epoch == starting_epoch and resume_batches:
+                active_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
+            start = time.perf_counter()
+            for batch in active_dataloader:
+                with accelerator.accumulate(model):
+                    labels = batch["labels"]
+                    # Teacher-forced blank infilling; vocabulary logits only where a target token is
+                    # predicted (the target span and its eop), not over the whole [B, S, 50k].
+                    loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=labels,
+                                 logits_positions=labels != -100, label_smoothing=args.label_smoothing).loss
+                    batch_loss = accelerator.reduce(loss.detach(), "mean")  # the same on every process
+                    # Before the update, so the weights and the last checkpoint stay good.
+                    check_finite(batch_loss, tracker.completed_steps + 1)
+                    tracker.add_loss(batch_loss.item(), len(labels) * accelerator.num_processes)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                tracker.completed_steps += 1
+                step = tracker.completed_steps
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{batch_loss.item():.3f}")
+                # Epoch ends, --eval_steps and the last step are evaluated here, before a checkpoint
+                # at the same step, so that a resumed run never misses or repeats an evaluation.
+                end_of_epoch = step % steps_per_epoch == 0
+                done = step >= args.max_train_steps
+                tracker.train_time_s += time.perf_counter() - start
+                if (args.eval_steps and step % args.eval_steps == 0) or (not args.eval_steps and end_of_epoch) or done:
+                    run_validation(epoch)
+                if isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0:
+                    save_checkpoint(f"step_{step}")
+                elif args.checkpointing_steps == "epoch" and end_of_epoch:
+                    save_checkpoint(f"epoch_{epoch}")
+                start = time.perf_counter()
+                if done:
+                    break
+            if tracker.completed_steps >= args.max_train_steps:
+                break
+        progress_bar.close()
+        # Test with the weights of the best validation, not the last.
+        if tracker.restore_best(accelerator.unwrap_model(model)):
+            best = tracker.best
+            validation_metrics = best["validation"]
+            logger.info("Restored the weights of epoch %d step %d (validation %s %.2f).", best["epoch"], best["step"],
+                        args.metric_for_best_model, best["validation"][args.metric_for_best_model])
+    else:
+        validation_metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
+                                         eval_splits["validation"][1], "validation")
+        logger.info("Validation without training: %s", validation_metrics)
+
+    # Test (without a test split: validation) with the best weights, and the trivial baseline:
+    # the most frequent training target emitted for every source.
+    final_split = "test" if "test" in eval_splits else "validation"
+    final_sources, final_references = eval_splits[final_split]
+    final_metrics, predictions = evaluate(args, accelerator, model, tokenizer, eval_dataloaders[final_split],
+                                          final_references, final_split)
+    baseline = most_frequent_reference_baseline([e["target"] for e in examples["train"]], final_references)
+
+    if args.save_best_model and accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if args.peft == "none":
+            unwrapped.save_pretrained(output_dir / "best_model")
+        else:
+            save_trainable_weights(unwrapped, output_dir / "best_model", args)
+        tokenizer.save_pretrained(output_dir / "best_model")
+
+    record = None
+    if accelerator.is_main_process:
+        rows = [{"source": source, "references": references, "prediction": prediction}
+                for source, references, prediction in zip(final_sources, final_references, predictions)]
+        write_jsonl_atomic(output_dir / f"generations_{final_split}.jsonl", rows)
+        best = tracker.best
+        record = results_record(
+            args, "gen", "glm_gen", script="run_gen.py", prompt_id=prompt_id, prompt_name=template.name,
+            total_train_batch_size=total_batch_size, epochs=tracker.history,
+            best_epoch=best["epoch"] if best else None, validation=validation_metrics,
+            test=final_metrics if final_split == "test" else None,
+            baselines={"most_frequent_reference": baseline}, train_time_s=tracker.train_time_s,
+            train_examples_per_s=tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
+            peak_memory_mb=peak_memory_mb(), trainable_params=trainable_params, total_params=total_params,
+            peft=None if args.peft == "none" else args.peft, metric_for_best_model=args.metric_for_best_model,
+        )
+        record["best_step"] = best["step"] if best else None
+        record["data"] = data_counts  # rows kept / skipped per split; long prompts and targets in train
+        write_json_atomic(output_dir / "results.json", record)
+    accelerator.wait_for_everyone()
+    accelerator.print(
+        f"{final_split} BLEU {final_metrics['bleu']:.2f} (ROUGE-L {final_metrics['rougeL']:.2f}, "
+        f"{len(final_sources)} sources) vs most-frequent-reference baseline BLEU {baseline['bleu']:.2f} "
+        f"(ROUGE-L {baseline['rougeL']:.2f}); results in {output_dir / 'results.json'}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

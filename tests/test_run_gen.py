@@ -1,0 +1,193 @@
+"""Specification of run_gen.py: runs of main() in-process on tiny data, one behaviour each.
+
+Every run uses `glm-tiny` (random init) with `--tokenizer_name train` (a BPE trained on the
+training texts: a small vocabulary, so a step takes milliseconds on a CPU).
+"""
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_gen
+
+E2E = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "e2e_nlg_cleaned"
+
+PAIRS = [
+    ("name[Alpha], food[Thai]", "Alpha serves Thai food."),
+    ("name[Bravo], area[riverside]", "Bravo is by the riverside."),
+    ("name[Crown], priceRange[cheap]", "The Crown is cheap."),
+    ("name[Delta], familyFriendly[yes]", "Delta welcomes families."),
+]
+TOY_TEMPLATE = 'templates:\n  - name: describe\n    jinja: "Describe: {{mr}} ||| {{text}}"\n'
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine two threads that
+    wait on each other make a step 10-20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def toy_args(tmp_path, rows=None, template=TOY_TEMPLATE, output="out"):
+    """Flags for a run on the toy pairs (train = validation = test), template from tmp_path."""
+    rows = rows or [{"mr": mr, "text": text} for mr, text in PAIRS]
+    (tmp_path / "prompts").mkdir(exist_ok=True)
+    (tmp_path / "prompts" / "toy.yaml").write_text(template, encoding="utf-8")
+    data = write_jsonl(tmp_path / "toy.jsonl", rows)
+    return ["--dataset_name", "toy", "--prompts_dir", str(tmp_path / "prompts"), "--train_file", data,
+            "--validation_file", data, "--test_file", data, "--model_name_or_path", "glm-tiny",
+            "--tokenizer_name", "train", "--output_dir", str(tmp_path / output), "--seed", "0"]
+
+
+def read_results(output_dir):
+    results = json.loads((Path(output_dir) / "results.json").read_text())
+    generations = [json.loads(line) for line in (Path(output_dir) / "generations_test.jsonl").read_text().splitlines()]
+    return results, generations
+
+
+def test_overfits_a_handful_of_pairs_and_then_generates_them_exactly(tmp_path):
+    run_gen.main(toy_args(tmp_path) + [
+        "--per_device_train_batch_size", "4", "--learning_rate", "3e-3", "--warmup_ratio", "0",
+        "--max_train_steps", "60", "--eval_steps", "30", "--label_smoothing", "0", "--num_beams", "1"])
+
+    results, generations = read_results(tmp_path / "out")
+    assert [g["prediction"] for g in generations] == [text for _, text in PAIRS]
+    assert [g["references"] for g in generations] == [[text] for _, text in PAIRS]
+    assert [g["source"] for g in generations] == [f"Describe: {mr}" for mr, _ in PAIRS]
+    assert results["test"]["bleu"] == pytest.approx(100.0)
+
+
+@pytest.mark.skipif(not E2E.is_dir(), reason="../shared/data/e2e_nlg_cleaned not present")
+def test_e2e_slice_trains_scores_and_writes_one_generation_per_distinct_test_source(tmp_path):
+    output = tmp_path / "e2e"
+    run_gen.main([
+        "--dataset_name", "e2e_nlg_cleaned", "--train_file", str(E2E / "train.csv"),
+        "--validation_file", str(E2E / "validation.csv"), "--test_file", str(E2E / "test.csv"),
+        "--max_train_samples", "96", "--max_eval_samples", "12", "--max_test_samples", "20",
+        "--model_name_or_path", "glm-tiny", "--tokenizer_name", "train", "--output_dir", str(output),
+        "--learning_rate", "1e-3", "--per_device_train_batch_size", "8", "--max_train_steps", "24",
+        "--eval_steps", "8", "--num_beams", "2", "--max_target_length", "24", "--group_by_length"])
+
+    results, generations = read_results(output)
+    with open(E2E / "test.csv", newline="", encoding="utf-8") as f:
+        test_rows = list(csv.DictReader(f))[:20]
+    sources = list(dict.fromkeys(row["meaning_representation"] for row in test_rows))
+    assert len(generations) == len(sources) < 20  # several references per source
+    assert all(source in g["source"] for source, g in zip(sources, generations))
+    assert sum(len(g["references"]) for g in generations) == 20
+    assert {"script", "task", "method", "peft", "epochs", "best_epoch", "validation", "test", "baselines",
+            "train_time_s", "trainable_params", "total_params", "args", "env", "data"} <= set(results)
+    assert (results["script"], results["task"], results["method"], results["peft"]) == ("run_gen.py", "gen", "glm_gen", None)
+    assert set(results["test"]) == {"bleu", "rouge1", "rouge2", "rougeL", "gen_len"}
+    assert set(results["baselines"]["most_frequent_reference"]) == set(results["test"])
+    assert [e["step"] for e in results["epochs"]] == [8, 16, 24]
+    assert results["epochs"][-1]["train_loss"] < results["epochs"][0]["train_loss"] - 1.0
+    best = max(results["epochs"], key=lambda e: e["validation"]["bleu"])
+    assert results["validation"] == best["validation"]
+    assert results["data"]["train"]["kept"] == 96
+
+
+def test_a_template_that_renders_an_empty_target_is_counted_and_skipped(tmp_path, caplog):
+    template = ('templates:\n  - name: describe\n    jinja: "Describe: {{mr}} ||| '
+                '{% if keep == \'yes\' %}{{text}}{% endif %}"\n')
+    rows = [{"mr": mr, "text": text, "keep": "no" if i == 1 else "yes"} for i, (mr, text) in enumerate(PAIRS)]
+    with caplog.at_level(logging.WARNING):
+        run_gen.main(toy_args(tmp_path, rows, template) + ["--max_train_steps", "2", "--num_beams", "1"])
+
+    results, generations = read_results(tmp_path / "out")
+    assert results["data"]["train"]["empty_target"] == 1
+    assert results["data"]["train"]["kept"] == 3
+    assert len(generations) == 3 and all("Bravo" not in g["source"] for g in generations)
+    assert "skipped 1 row(s)" in caplog.text
+
+
+def test_an_empty_target_with_no_skip_empty_stops_before_training_and_names_the_row(tmp_path):
+    rows = [{"mr": mr, "text": "  " if i == 2 else text} for i, (mr, text) in enumerate(PAIRS)]
+    with pytest.raises(ValueError, match=r"Row 2: empty field"):
+        run_gen.main(toy_args(tmp_path, rows) + ["--no-skip_empty"])
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_field_that_is_not_text_in_some_rows_stops_before_training_and_names_the_line(tmp_path):
+    rows = [{"mr": mr, "text": 7 if i == 2 else text} for i, (mr, text) in enumerate(PAIRS)]
+    with pytest.raises(ValueError, match=r"toy\.jsonl, line 3: field 'text' is number \(7\) but text in line 1"):
+        run_gen.main(toy_args(tmp_path, rows))
+
+
+def test_targets_longer_than_max_target_length_are_cut_and_counted(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        run_gen.main(toy_args(tmp_path) + ["--max_target_length", "3", "--max_train_steps", "2", "--num_beams", "1"])
+
+    results, generations = read_results(tmp_path / "out")
+    assert results["data"]["train"]["long_targets"] == 4  # every toy target has more than 3 tokens
+    assert "4 of 4 training targets are longer than --max_target_length 3" in caplog.text
+    assert all(g["prediction"].count(" ") <= 2 for g in generations)  # at most 3 tokens generated
+
+
+def test_an_existing_results_json_is_never_overwritten(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.json").write_text('{"finished": true}')
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        run_gen.main(toy_args(tmp_path))
+    assert (tmp_path / "out" / "results.json").read_text() == '{"finished": true}'
+
+
+def test_a_run_resumed_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path):
+    common = ["--per_device_train_batch_size", "2", "--learning_rate", "3e-3", "--max_train_steps", "6",
+              "--eval_steps", "2", "--num_beams", "1", "--checkpointing_steps", "3"]
+    run_gen.main(toy_args(tmp_path, output="full") + common)
+    run_gen.main(toy_args(tmp_path, output="resumed") + common
+                 + ["--resume_from_checkpoint", str(tmp_path / "full" / "step_3")])
+
+    full, full_generations = read_results(tmp_path / "full")
+    resumed, resumed_generations = read_results(tmp_path / "resumed")
+    assert resumed_generations == full_generations
+    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
+    assert [e["step"] for e in resumed["epochs"]] == [2, 4, 6]
+    for a, b in zip(resumed["epochs"], full["epochs"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["validation"] == b["validation"]
+
+
+@pytest.mark.parametrize("method, weights", [("lora", ".lora_"), ("ptuning_v2", "prefix_encoder.")])
+def test_peft_trains_only_its_weights_and_saves_only_them(tmp_path, method, weights):
+    run_gen.main(toy_args(tmp_path) + ["--peft", method, "--max_train_steps", "2", "--num_beams", "1",
+                                       "--max_target_length", "8", "--save_best_model"])
+
+    results, _ = read_results(tmp_path / "out")
+    assert results["peft"] == method and results["learning_rate"] == run_gen.PEFT_DEFAULT_LEARNING_RATES[method]
+    assert 0 < results["trainable_params"] < results["total_params"] / 10
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "out" / "best_model" / "adapter.safetensors"))
+    assert saved and all(weights in name for name in saved)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--do_sample", "--num_beams", "4"], "--do_sample samples one sequence"),
+    (["--metric_for_best_model", "accuracy"], "--metric_for_best_model must be one of"),
+    (["--min_target_length", "80"], "--min_target_length must lie in"),
+])
+def test_incompatible_flags_fail_at_once_with_the_reason(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        run_gen.parse_args(["--output_dir", str(tmp_path)] + flags)
+    assert message in capsys.readouterr().err
+
+
+def test_list_prompts_prints_the_generation_prompts_without_an_output_dir(capsys):
+    run_gen.main(["--list_prompts"])
+    listed = capsys.readouterr().out
+    assert "0: coherent_text [promptsource]" in listed
+    assert "generate_text_restaurant" in listed
