@@ -147,6 +147,11 @@ def test_hhs_breaches_offline_dataset_has_only_described_rows_and_a_fixed_split(
     descriptions = [d for ds in raw.values() for d in ds["description"]]
     assert all(len(d.split()) > 20 and "\x1a" not in d and "\\" not in d for d in descriptions)
     row = raw["train"][0]
+    assert row["first_sentence"] == ("An unencrypted laptop computer containing the electronic protected health "
+                                     "information (ePHI) of 625 individuals was stolen from the covered entity's (CE) "
+                                     "mobile dental van.")
+    assert all(d.startswith(f) for d, f in zip(raw["train"]["description"], raw["train"]["first_sentence"]))
+    assert "between Dr. Andrew F. Brooker's business associate" in raw["train"][3]["first_sentence"]
     assert row["source"].startswith(f"entity_name[{row['entity_name']}], entity_type[{row['entity_type']}], state[")
     assert row["business_associate"] in ("yes", "no")
 
