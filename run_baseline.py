@@ -1,0 +1,1006 @@
+#!/usr/bin/env python
+"""Baselines for GLM's prompt-based fine-tuning, on the same splits, prompts and metrics, with Accelerate.
+
+Every row of the comparison table must come from identical data: this script loads, renders and
+scores exactly as run_cls.py / run_gen.py do (task_utils: load_raw_datasets, the promptsource
+template chosen by --prompt_id, build_prompted_examples, classification_metrics /
+generation_metrics, results_record), and only the model and the way it answers change.
+
+--method linear_head   (--task cls) the conventional fine-tuning: a new linear head on the encoder's
+                       first token, fed the RAW input text (no template; the template only fixes the
+                       rows and the label ids, which are the indices of its answer choices, as in
+                       run_cls.py). The text columns are the template's fields that appear in its
+                       input part and never in its target part and hold strings (TREC: `text`);
+                       --text_column overrides (two columns are encoded as a pair). Models: RoBERTa
+                       (default roberta-large, AutoModelForSequenceClassification) or GLM itself
+                       (BAAI/glm-roberta-large, glm-tiny: glm_utils.GLMForSequenceClassification), so
+                       that linear head vs cloze can be compared on GLM.
+--method mlm_prompt    (--task cls) PET-style prompting of a masked LM (RoBERTa): the same template,
+                       its answer slot filled with one mask token per verbalizer token
+                       (task_utils.make_mlm_context). Choices are grouped by token length: one input
+                       per distinct length, so all choices of an example are scored in one forward
+                       pass. score(c) = MEAN over c's tokens of log p(c_t at mask t) (--choice_score
+                       mean, the default; `sum` is also offered). PET (Schick & Schuetze, NAACL 2021)
+                       sums log-probabilities and, at inference, fills the masks one at a time, most
+                       confident first; we score all masks in one pass, and the mean keeps choices
+                       of different lengths (scored in different inputs) on one per-token scale.
+                       Loss: cross-entropy over the choice scores (as GLM's cloze; no new weights).
+--method seq2seq       T5 (default t5-large) or BART (facebook/bart-large) as text-to-text models on
+                       the rendered prompt. --task gen: fine-tuning on (prompt, reference) pairs and
+                       HF `generate` (beam search etc.); each distinct source is decoded once and
+                       scored against all its references, as run_gen.py does. --task cls: trained
+                       on the gold answer choice as the target (LM loss); predicted by RANK
+                       CLASSIFICATION: score(c) = sum of log p(c's target tokens | prompt)
+                       (--choice_score sum, the default; `mean` divides by the token count), the
+                       highest score wins. Target tokens are exactly the training labels' (the
+                       tokenizer's specials included, e.g. the closing </s>).
+
+Tiny random models (no download; for tests and CPU runs): roberta-tiny, t5-tiny, bart-tiny,
+glm-tiny, all 2 layers (T5/BART: 2 + 2), hidden 256, 4 heads, FFN 1024 (as glm-tiny). They need
+--tokenizer_name: `train` (a byte-level BPE trained on the training texts,
+glm_utils.train_tokenizer; specials <s> <pad> </s> <unk> <mask>, mask token [MASK]) or a folder
+with vocab.json + merges.txt (e.g. ../shared/tokenizers/glm-roberta-large: the RoBERTa/BART
+byte-level BPE, used as transformers.RobertaTokenizer with `<mask>`). T5 built from a config is
+tokenizer-agnostic: its pad / eos / decoder-start ids come from the tokenizer.
+
+Learning rate, when --learning_rate is not given: 1e-5 (RoBERTa, GLM), 3e-5 (BART), 1e-4 (T5) for
+full fine-tuning, 3e-4 for the tiny random models, 5e-4 with --peft lora. Warmup 10% (cls) / 6%
+(gen), then linear decay; the other training flags and defaults are run_cls.py's.
+
+--peft lora applies where it makes sense: peft's LoraConfig on the attention and MLP projections
+of each architecture (LORA_TARGET_MODULES below unless --lora_target_modules is given; for GLM
+glm_utils.apply_peft), with task type SEQ_CLS (the new head stays fully trained) or
+SEQ_2_SEQ_LM. --peft ptuning_v2 is GLM's native prefix and is refused here.
+
+    accelerate launch run_baseline.py --method linear_head --output_dir runs/trec_roberta_head
+    accelerate launch run_baseline.py --method mlm_prompt --output_dir runs/trec_roberta_pet
+    accelerate launch run_baseline.py --task gen --method seq2seq --model_name_or_path t5-large \\
+        --output_dir runs/e2e_t5
+    python run_baseline.py --method seq2seq --model_name_or_path t5-tiny --tokenizer_name train \\
+        --train_file ../shared/data/trec/train.csv --test_file ../shared/data/trec/test.csv \\
+        --dataset_name trec --output_dir runs/trec_t5_tiny                 # offline, CPU
+
+Writes to --output_dir what run_cls.py / run_gen.py write: results.json (task_utils.results_record,
+method linear_head / mlm_prompt / seq2seq), predictions_test.jsonl (cls: input, gold, predicted, score
+of each choice) or generations_test.jsonl (gen: source, references, prediction), step_N / epoch_N
+checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint latest), and
+best_model/ with --save_best_model (save_pretrained: the whole model, or the LoRA adapter).
+"""
+
+import argparse
+import functools
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from glm_utils import (
+    HUB_MODEL_ID,
+    LORA_TARGET_MODULES as GLM_LORA_TARGET_MODULES,
+    PEFT_DEFAULT_LEARNING_RATES,
+    TINY_MODEL_NAME as GLM_TINY,
+    GLMForSequenceClassification,
+    add_peft_args,
+    apply_peft,
+    load_or_train_tokenizer,
+)
+from task_utils import (
+    TASKS,
+    EpochSampler,
+    TrainingTracker,
+    adapt_columns,
+    add_data_and_prompt_args,
+    add_training_args,
+    apply_max_samples,
+    build_prompted_examples,
+    check_finite,
+    check_launch,
+    classification_metrics,
+    count_parameters,
+    create_optimizer,
+    describe_templates,
+    find_checkpoint,
+    generation_metrics,
+    group_references,
+    load_raw_datasets,
+    load_templates,
+    majority_class_baseline,
+    make_mlm_context,
+    most_frequent_reference_baseline,
+    peak_memory_mb,
+    prepare_output_dir,
+    results_record,
+    select_template,
+    template_fields,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+
+logger = get_logger(__name__)
+
+METHODS = ("linear_head", "mlm_prompt", "seq2seq")
+METHOD_TASKS = {"linear_head": ("cls",), "mlm_prompt": ("cls",), "seq2seq": ("cls", "gen")}
+DEFAULT_MODELS = {"linear_head": "roberta-large", "mlm_prompt": "roberta-large", "seq2seq": "t5-large"}
+# Random models built from transformers config classes (no download): name -> architecture.
+TINY_MODELS = {"roberta-tiny": "roberta", "t5-tiny": "t5", "bart-tiny": "bart", GLM_TINY: "glm"}
+TINY_SIZE = {"layers": 2, "hidden": 256, "heads": 4, "ffn": 1024}  # the size of glm-tiny
+# Full fine-tuning learning rates usual for each architecture (large models); tiny random models
+# learn nothing at those and get TINY_LEARNING_RATE; LoRA gets PEFT_DEFAULT_LEARNING_RATES["lora"].
+FULL_LEARNING_RATES = {"roberta": 1e-5, "glm": 1e-5, "bart": 3e-5, "t5": 1e-4}
+TINY_LEARNING_RATE = 3e-4
+# LoRA on the attention (q, k, v, output) and MLP projections, like GLM's LORA_TARGET_MODULES;
+# peft matches a name when the module's name ends with it. Heads are left out on purpose.
+LORA_TARGET_MODULES = {
+    "roberta": ["query", "key", "value", "output.dense", "intermediate.dense"],
+    "bart": ["q_proj", "k_proj", "v_proj", "self_attn.out_proj", "encoder_attn.out_proj", "fc1", "fc2"],
+    "t5": ["q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"],
+    "glm": list(GLM_LORA_TARGET_MODULES),
+}
+HEAD_MODULES = ("classifier", "classification_head", "score")  # new heads: trained in full with LoRA
+CLS_METRICS = ("accuracy", "macro_f1")
+GEN_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
+OFFLINE_HINT = ("Offline, use a tiny random model: --model_name_or_path roberta-tiny|t5-tiny|bart-tiny|glm-tiny "
+                "with --tokenizer_name train (a BPE trained on the training texts) or --tokenizer_name DIR "
+                "(vocab.json + merges.txt, e.g. ../shared/tokenizers/glm-roberta-large), or a local folder "
+                "holding a saved model.")
+
+
+def parse_args(argv=None):
+    argv = list(argv) if argv is not None else None
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--task", choices=TASKS, default="cls")
+    first.add_argument("--method", choices=METHODS, default=None)
+    known, _ = first.parse_known_args(argv)
+    task = known.task
+
+    parser = argparse.ArgumentParser(description="Baselines (RoBERTa / T5 / BART / GLM linear head) on the "
+                                                 "data and prompts of run_cls.py / run_gen.py.")
+    parser.add_argument("--task", choices=TASKS, default="cls", help="cls (classification) or gen (generation).")
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="linear_head (cls), mlm_prompt (cls) or seq2seq (cls by rank classification, gen).")
+    add_data_and_prompt_args(parser, task)
+    add_training_args(parser, defaults={"learning_rate": None, "warmup_ratio": 0.06 if task == "gen" else 0.1,
+                                        "metric_for_best_model": "bleu" if task == "gen" else "accuracy"})
+    add_peft_args(parser)
+    group = parser.add_argument_group("baseline")
+    group.add_argument("--text_column", nargs="+", default=None,
+                       help="linear_head: the raw text column(s) fed to the model (default: the template's "
+                            "string fields of its input part); two columns are encoded as a pair.")
+    group.add_argument("--max_seq_length", type=int, default=256,
+                       help="Input tokens for linear_head (raw text) and mlm_prompt (the prompt, cut around "
+                            "its masks, which always survive).")
+    group.add_argument("--choice_score", choices=("mean", "sum"), default=None,
+                       help="How the log-probabilities of a choice's tokens combine: mlm_prompt default mean, "
+                            "seq2seq rank classification default sum (mean = length-normalised).")
+    group.add_argument("--choice_prefix_space", action=argparse.BooleanOptionalAction, default=True,
+                       help="mlm_prompt: encode a verbalizer as a mid-sentence word (' good'), as it follows "
+                            "the space before the answer slot.")
+    group.add_argument("--save_best_model", action="store_true",
+                       help="Write the tested (best) weights to output_dir/best_model (with --peft lora: the adapter).")
+    group = parser.add_argument_group("seq2seq")
+    group.add_argument("--max_source_length", type=int, default=256, help="Encoder input tokens (the prompt).")
+    group.add_argument("--max_target_length", type=int, default=64,
+                       help="Target tokens trained on (longer ones are cut and counted) and generated at most.")
+    group.add_argument("--min_target_length", type=int, default=0, help="Tokens generated at least.")
+    group.add_argument("--label_smoothing", type=float, default=None,
+                       help="Label smoothing of the seq2seq loss (default 0.1 for gen, 0 for cls).")
+    group.add_argument("--num_beams", type=int, default=4, help="Beam width; 1 = greedy (or sampling).")
+    group.add_argument("--length_penalty", type=float, default=1.0, help="Beam score = sum log p / length ** this.")
+    group.add_argument("--no_repeat_ngram_size", type=int, default=3, help="Never repeat an n-gram of this size (0: off).")
+    group.add_argument("--do_sample", action="store_true", help="Sample instead of greedy (needs --num_beams 1).")
+    group.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling mass.")
+    group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
+
+    # Listing the prompts needs nothing but the data arguments (no --output_dir, no --method).
+    listing, _ = add_data_and_prompt_args(argparse.ArgumentParser(add_help=False), task).parse_known_args(argv)
+    if listing.list_prompts:
+        listing.task = task
+        return listing
+    args = parser.parse_args(argv)
+    problems = []
+    if args.method is None:
+        problems.append(f"--method is required: one of {METHODS}")
+    elif args.task not in METHOD_TASKS[args.method]:
+        problems.append(f"--method {args.method} does {' and '.join(METHOD_TASKS[args.method])} only, not --task "
+                        f"{args.task}" + (" (generation baselines: --method seq2seq)" if args.task == "gen" else ""))
+    if args.peft == "ptuning_v2":
+        problems.append("--peft ptuning_v2 is GLM's native prefix (run_cls.py / run_gen.py) and is incompatible "
+                        "with the baselines; use --peft lora or --peft none")
+    if problems:
+        parser.error("; ".join(problems))
+    if args.model_name_or_path is None:
+        args.model_name_or_path = DEFAULT_MODELS[args.method]
+    if args.choice_score is None:
+        args.choice_score = "mean" if args.method == "mlm_prompt" else "sum"
+    if args.label_smoothing is None:
+        args.label_smoothing = 0.1 if args.task == "gen" else 0.0
+    metrics = GEN_METRICS if args.task == "gen" else CLS_METRICS
+    if args.metric_for_best_model not in metrics:
+        problems.append(f"--metric_for_best_model must be one of {metrics}, got {args.metric_for_best_model!r}")
+    if args.max_seq_length < 8 or args.max_source_length < 8 or args.max_target_length < 1:
+        problems.append("--max_seq_length and --max_source_length must be >= 8, --max_target_length >= 1")
+    if not 0 <= args.min_target_length <= args.max_target_length:
+        problems.append("--min_target_length must lie in [0, --max_target_length]")
+    if args.num_beams < 1 or (args.do_sample and args.num_beams > 1):
+        problems.append("--num_beams must be >= 1, and 1 with --do_sample")
+    if not 0 < args.top_p <= 1 or args.temperature <= 0:
+        problems.append("--top_p must lie in (0, 1] and --temperature be > 0")
+    if not 0 <= args.label_smoothing < 1:
+        problems.append("--label_smoothing must lie in [0, 1)")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        problems.append("--eval_steps must be >= 1")
+    if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
+        problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
+    if args.num_train_epochs < 0 or (args.max_train_steps is not None and args.max_train_steps < 0):
+        problems.append("--num_train_epochs and --max_train_steps must be >= 0")
+    if not 0 <= args.warmup_ratio <= 1:
+        problems.append("--warmup_ratio must lie in [0, 1]")
+    if args.resume_from_checkpoint and not args.do_train:
+        problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
+    if args.text_column is not None and (args.method != "linear_head" or len(args.text_column) > 2):
+        problems.append("--text_column is for --method linear_head, with one or two columns")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and tokenizers
+# ----------------------------------------------------------------------------------------------
+
+
+def _hub_error(what, name, error):
+    return OSError(f"Could not load the {what} '{name}': it is not a local folder and the Hugging Face hub did not "
+                   f"serve it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                   + OFFLINE_HINT)
+
+
+def model_family(name_or_path):
+    """The architecture of a model name: "roberta", "t5", "bart", "glm", or another transformers
+    model_type (read from the config). GLM: glm-tiny, BAAI/glm-roberta-large, or a folder whose
+    config.json is a GLM one (GLMConfig fields). Raises OSError (with the offline alternatives)
+    when a hub config cannot be fetched."""
+    if name_or_path in TINY_MODELS:
+        return TINY_MODELS[name_or_path]
+    if name_or_path == HUB_MODEL_ID:
+        return "glm"
+    config_file = Path(name_or_path) / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        if config.get("model_type") == "glm" and "num_layers" in config and "max_sequence_length" in config:
+            return "glm"
+    try:
+        config = transformers.AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise _hub_error("model", name_or_path, error) from None
+    return config.model_type
+
+
+def check_method_and_model(method, family, name):
+    """Refuses a model that cannot run a method, saying which script or model fits."""
+    if method == "mlm_prompt" and (family in ("glm", "t5", "bart") or family.endswith("t5")):
+        other = "run_cls.py (GLM cloze)" if family == "glm" else "--method seq2seq"
+        raise ValueError(f"--method mlm_prompt needs a masked LM (RoBERTa: roberta-large, roberta-tiny); "
+                         f"{name} is {family}: use {other}.")
+    if method == "seq2seq" and family in ("glm", "roberta", "bert"):
+        other = "run_gen.py / run_cls.py" if family == "glm" else "--method linear_head or mlm_prompt"
+        raise ValueError(f"--method seq2seq needs an encoder-decoder (t5-large, facebook/bart-large, t5-tiny, "
+                         f"bart-tiny); {name} is {family}: use {other}.")
+
+
+def roberta_bpe_tokenizer(directory):
+    """The RoBERTa / BART byte-level BPE from `vocab.json` + `merges.txt` (any other file, e.g. GLM's
+    tokenizer_config.json and added tokens, is ignored): <s>=0 <pad>=1 </s>=2 <unk>=3, and
+    `<mask>` which, as in RoBERTa, absorbs the space before it."""
+    from transformers import AddedToken, RobertaTokenizer
+
+    directory = Path(directory)
+    vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+    lines = (directory / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True)
+    return RobertaTokenizer(vocab=vocab, merges=merges, mask_token=mask)
+
+
+def load_baseline_tokenizer(args, family, train_texts, output_dir):
+    """The tokenizer of a run (see the module docstring): GLM's own for GLM; `train` (a BPE trained on
+    the training texts, saved to output_dir/tokenizer, <pad> as padding); a folder with vocab.json +
+    merges.txt (RoBERTa BPE); otherwise AutoTokenizer (hub id or saved folder)."""
+    name = args.tokenizer_name
+    if family == "glm":
+        return load_or_train_tokenizer(name, args.model_name_or_path, train_texts, output_dir)
+    if name == "train":
+        tokenizer = load_or_train_tokenizer("train", None, train_texts, output_dir)
+        tokenizer.pad_token = "<pad>"  # not </s>: RoBERTa's positions and T5's decoder start read the pad id
+        tokenizer.save_pretrained(Path(output_dir) / "tokenizer")
+        return tokenizer
+    name = name or args.model_name_or_path
+    if name in TINY_MODELS:
+        raise ValueError(f"{name} has no tokenizer files: pass --tokenizer_name train (a BPE trained on the training "
+                         "texts) or --tokenizer_name DIR (vocab.json + merges.txt, e.g. "
+                         "../shared/tokenizers/glm-roberta-large).")
+    if (Path(name) / "vocab.json").is_file() and (Path(name) / "merges.txt").is_file():
+        return roberta_bpe_tokenizer(name)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise _hub_error("tokenizer", name, error) from None
+
+
+def tiny_config(family, tokenizer, num_labels=None, max_positions=1024):
+    """A random 2-layer configuration of an architecture, sized like glm-tiny, with the tokenizer's ids."""
+    from transformers import BartConfig, RobertaConfig, T5Config
+
+    s, vocab = TINY_SIZE, len(tokenizer)
+    pad, bos, eos = tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    if family == "roberta":
+        return RobertaConfig(vocab_size=vocab, hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+                             num_attention_heads=s["heads"], intermediate_size=s["ffn"], type_vocab_size=1,
+                             max_position_embeddings=max_positions + 2, pad_token_id=pad, bos_token_id=bos,
+                             eos_token_id=eos, **extra)
+    if family == "t5":
+        return T5Config(vocab_size=vocab, d_model=s["hidden"], d_kv=s["hidden"] // s["heads"], d_ff=s["ffn"],
+                        num_layers=s["layers"], num_decoder_layers=s["layers"], num_heads=s["heads"],
+                        pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad, **extra)
+    if family == "bart":
+        return BartConfig(vocab_size=vocab, d_model=s["hidden"], encoder_layers=s["layers"],
+                          decoder_layers=s["layers"], encoder_attention_heads=s["heads"],
+                          decoder_attention_heads=s["heads"], encoder_ffn_dim=s["ffn"], decoder_ffn_dim=s["ffn"],
+                          max_position_embeddings=max_positions, pad_token_id=pad, bos_token_id=bos,
+                          eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos, **extra)
+    raise ValueError(f"No tiny configuration for {family}")
+
+
+def load_baseline_model(args, family, tokenizer, num_labels=None):
+    """The model a method trains: a sequence classifier (linear_head), a masked LM (mlm_prompt) or
+    an encoder-decoder LM (seq2seq); tiny names are built from their configuration."""
+    auto = {"linear_head": transformers.AutoModelForSequenceClassification,
+            "mlm_prompt": transformers.AutoModelForMaskedLM,
+            "seq2seq": transformers.AutoModelForSeq2SeqLM}[args.method]
+    name = args.model_name_or_path
+    if family == "glm":
+        return GLMForSequenceClassification.from_pretrained(name, num_labels, vocab_size=len(tokenizer))
+    if name in TINY_MODELS:
+        longest = max(args.max_seq_length, args.max_source_length, args.max_target_length + 2)
+        return auto.from_config(tiny_config(family, tokenizer, num_labels, max_positions=longest))
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    try:
+        model = auto.from_pretrained(name, **extra)
+    except OSError as error:
+        raise _hub_error("model", name, error) from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def apply_baseline_peft(model, args, family):
+    """--peft none: unchanged. --peft lora: GLM through glm_utils.apply_peft (its new head kept
+    trainable); other models through peft.get_peft_model with LORA_TARGET_MODULES[family] (or the
+    --lora_target_modules given) and the task type of the method."""
+    if args.peft == "none":
+        return model
+    if family == "glm":
+        model = apply_peft(model, args)
+        model.classifier.requires_grad_(True)
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = args.lora_target_modules
+    if list(targets) == list(GLM_LORA_TARGET_MODULES):  # the flag's default is GLM's module names
+        if family not in LORA_TARGET_MODULES:
+            raise ValueError(f"No default LoRA targets for {family}: pass --lora_target_modules")
+        targets = LORA_TARGET_MODULES[family]
+    task_type = {"linear_head": TaskType.SEQ_CLS, "seq2seq": TaskType.SEQ_2_SEQ_LM}.get(args.method)
+    heads = [h for h in HEAD_MODULES if hasattr(model, h)] if args.method == "linear_head" else None
+    config = LoraConfig(task_type=task_type, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                        target_modules=list(targets), modules_to_save=heads, bias="none")
+    model = get_peft_model(model, config)
+    trainable, total = count_parameters(model)
+    logger.info("peft=lora on %s: %s trainable of %s parameters (%.4f%%)", targets, f"{trainable:,}", f"{total:,}",
+                100 * trainable / max(total, 1))
+    return model
+
+
+class MaskedLMScorer(torch.nn.Module):
+    """A masked LM that computes vocabulary logits only at the scored (mask) positions: the encoder
+    runs on every token, the LM head on the K scored ones ([K, V] instead of [R, S, V], a large saving
+    with a 50k vocabulary). Wraps a transformers *ForMaskedLM (or a peft model of one) whose encoder is
+    its `base_model_prefix` attribute and whose head is `lm_head` (RoBERTa) or `cls` (BERT); other
+    models fall back to their full logits."""
+
+    def __init__(self, mlm):
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, input_ids, attention_mask, score_row, score_pos):
+        base = self.mlm.get_base_model() if hasattr(self.mlm, "get_base_model") else self.mlm
+        head = base.lm_head if hasattr(base, "lm_head") else getattr(base, "cls", None)
+        encoder = getattr(base, base.base_model_prefix, None)
+        if head is None or encoder is None:
+            return self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits[score_row, score_pos]
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return head(hidden[score_row, score_pos])
+
+    def save_pretrained(self, directory):
+        self.mlm.save_pretrained(directory)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs of each method
+# ----------------------------------------------------------------------------------------------
+
+
+def default_text_columns(template, dataset):
+    """The raw text columns of linear_head: the template's fields that appear in its input part (before
+    '|||'), never in its target part, and hold strings, in order of appearance."""
+    source_part, _, target_part = template.jinja.partition("|||")
+    found = []
+    for field in template_fields(template):
+        where = re.search(rf"\b{re.escape(field)}\b", source_part)
+        if where and not re.search(rf"\b{re.escape(field)}\b", target_part) and len(dataset) \
+                and isinstance(dataset[0][field], str):
+            found.append((where.start(), field))
+    columns = [field for _, field in sorted(found)]
+    if not columns or len(columns) > 2:
+        raise ValueError(f"Could not tell the raw text column(s) of template {template.name!r} (found {columns}); "
+                         f"pass --text_column with one or two of {list(dataset.column_names)}.")
+    return columns
+
+
+def truncate_around(ids, start, end, max_length):
+    """Cuts `<s> left [start:end] right </s>` to max_length tokens, dropping tokens from the far end of
+    the longer side (the start of the left text, the end of the right text) so that ids[start:end]
+    (the masks) always survive. Returns (ids, new start). Raises ValueError when even the kept span
+    and the two special tokens do not fit."""
+    if end - start + 2 > max_length:
+        raise ValueError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
+    left, middle, right = ids[1:start], ids[start:end], ids[end:-1]
+    excess = len(ids) - max_length
+    while excess > 0:
+        if len(left) >= len(right):
+            left = left[1:]
+        else:
+            right = right[:-1]
+        excess -= 1
+    return [ids[0], *left, *middle, *right, ids[-1]], len(left) + 1
+
+
+def encode_linear_head(tokenizer, examples, dataset, text_columns, max_length):
+    """Raw text of each example's row (one column, or two as a pair) -> input ids, with the label."""
+    features = []
+    for index, example in enumerate(examples):
+        texts = [str(dataset[example["row"]][column]) for column in text_columns]
+        ids = tokenizer(*texts, truncation=True, max_length=max_length)["input_ids"]
+        features.append({"index": index, "input_ids": ids, "label": example["label"]})
+    return features
+
+
+def encode_mlm(tokenizer, examples, max_length, prefix_space=True):
+    """PET-style inputs: per example, one prompt per distinct verbalizer token length n, its answer
+    slot filled with n mask tokens (make_mlm_context); each choice points at the prompt of its length
+    and the first of its masks. Returns features: {"index", "rows": [ids, ...], "choices": [(row,
+    first mask, token ids), ...], "label"}."""
+    mask = tokenizer.mask_token
+    features = []
+    for index, example in enumerate(examples):
+        choice_ids = []
+        for choice in example["choices"]:
+            ids = tokenizer((" " if prefix_space else "") + choice.strip(), add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"Answer choice {choice!r} encodes to no token")
+            choice_ids.append(ids)
+        lengths = sorted({len(ids) for ids in choice_ids})
+        rows, starts = [], {}
+        for n in lengths:
+            ids = tokenizer(make_mlm_context(example["input"], mask, n))["input_ids"]
+            positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_token_id]
+            if len(positions) != n or positions[-1] - positions[0] != n - 1:
+                raise ValueError(f"The prompt of example {index} holds {len(positions)} mask tokens where {n} "
+                                 f"consecutive ones were placed; it contains a mask token of its own?")
+            ids, start = truncate_around(ids, positions[0], positions[-1] + 1, max_length)
+            starts[n] = (len(rows), start)
+            rows.append(ids)
+        choices = [(*starts[len(ids)], ids) for ids in choice_ids]
+        features.append({"index": index, "rows": rows, "choices": choices, "label": example["label"]})
+    return features
+
+
+def encode_seq2seq(tokenizer, examples, max_source_length, max_target_length):
+    """(prompt, target) -> encoder ids and target ids (the tokenizer's specials included, cut to
+    max_target_length); for cls also the target ids of every answer choice (rank classification)."""
+    sources = tokenizer([e["input"] for e in examples], truncation=True, max_length=max_source_length)["input_ids"]
+    targets = tokenizer([e["target"] for e in examples], truncation=True, max_length=max_target_length)["input_ids"]
+    features = []
+    for index, (example, source, target) in enumerate(zip(examples, sources, targets)):
+        feature = {"index": index, "input_ids": source, "labels": target, "label": example["label"]}
+        if example["choices"] is not None:
+            feature["choice_labels"] = tokenizer(example["choices"], truncation=True,
+                                                 max_length=max_target_length)["input_ids"]
+        features.append(feature)
+    return features
+
+
+def _pad(rows, value):
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def _inputs(rows, pad_token_id):
+    ids = _pad(rows, pad_token_id)
+    mask = _pad([[1] * len(r) for r in rows], 0)
+    return ids, mask
+
+
+def collate_linear_head(features, pad_token_id):
+    ids, mask = _inputs([f["input_ids"] for f in features], pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask, "class_labels": torch.tensor([f["label"] for f in features]),
+            "index": torch.tensor([f["index"] for f in features])}
+
+
+def collate_mlm(features, pad_token_id, num_choices):
+    """Flattens every prompt of the batch into rows [R, S] and lists, for each scored token, its row,
+    position, token id and flat choice index (b * num_choices + c)."""
+    rows, score_row, score_pos, score_token, score_choice = [], [], [], [], []
+    lengths = torch.zeros(len(features), num_choices)
+    choice_mask = torch.zeros(len(features), num_choices, dtype=torch.bool)
+    for b, feature in enumerate(features):
+        offset = len(rows)
+        rows.extend(feature["rows"])
+        for c, (row, start, ids) in enumerate(feature["choices"]):
+            for t, token in enumerate(ids):
+                score_row.append(offset + row), score_pos.append(start + t)
+                score_token.append(token), score_choice.append(b * num_choices + c)
+            lengths[b, c], choice_mask[b, c] = len(ids), True
+    ids, mask = _inputs(rows, pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask, "score_row": torch.tensor(score_row),
+            "score_pos": torch.tensor(score_pos), "score_token": torch.tensor(score_token),
+            "score_choice": torch.tensor(score_choice), "choice_lengths": lengths, "choice_mask": choice_mask,
+            "class_labels": torch.tensor([f["label"] for f in features]),
+            "index": torch.tensor([f["index"] for f in features])}
+
+
+def collate_seq2seq(features, pad_token_id):
+    ids, mask = _inputs([f["input_ids"] for f in features], pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask, "labels": _pad([f["labels"] for f in features], -100),
+            "index": torch.tensor([f["index"] for f in features])}
+
+
+def collate_sources(features, pad_token_id):
+    ids, mask = _inputs([f["input_ids"] for f in features], pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask, "index": torch.tensor([f["index"] for f in features])}
+
+
+def collate_rank(features, pad_token_id, num_choices):
+    """Rank classification: one row per (example, choice): the example's encoder input, the choice's
+    target ids as labels, and its flat choice index (b * num_choices + c)."""
+    sources, targets, choice_index = [], [], []
+    choice_mask = torch.zeros(len(features), num_choices, dtype=torch.bool)
+    for b, feature in enumerate(features):
+        for c, target in enumerate(feature["choice_labels"]):
+            sources.append(feature["input_ids"]), targets.append(target), choice_index.append(b * num_choices + c)
+            choice_mask[b, c] = True
+    ids, mask = _inputs(sources, pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask, "labels": _pad(targets, -100),
+            "choice_index": torch.tensor(choice_index), "choice_mask": choice_mask,
+            "class_labels": torch.tensor([f["label"] for f in features]),
+            "index": torch.tensor([f["index"] for f in features])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------
+
+
+def score_mlm_choices(model, batch, choice_score="mean"):
+    """PET scores [B, C]: the log-probability of each verbalizer token at its mask, summed per choice,
+    divided by the choice's token count for "mean". Padding choices get -inf. `model` is a
+    MaskedLMScorer (logits [K, V] at the K scored positions)."""
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["score_row"], batch["score_pos"])
+    token_logp = logits.float().log_softmax(-1).gather(-1, batch["score_token"][:, None])[:, 0]
+    B, C = batch["choice_mask"].shape
+    scores = token_logp.new_zeros(B * C).index_add(0, batch["score_choice"], token_logp).view(B, C)
+    if choice_score == "mean":
+        scores = scores / batch["choice_lengths"].to(scores).clamp(min=1)
+    return scores.masked_fill(~batch["choice_mask"], float("-inf"))
+
+
+def rank_choices(model, batch, choice_score="sum"):
+    """Rank classification scores [B, C]: log p(choice target | encoder input) = the sum of its target
+    tokens' log-probabilities (teacher forcing), divided by their count for "mean". Padding -inf."""
+    labels = batch["labels"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    valid = labels != -100
+    token_logp = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0] * valid
+    row_scores = token_logp.sum(-1)
+    if choice_score == "mean":
+        row_scores = row_scores / valid.sum(-1).clamp(min=1)
+    B, C = batch["choice_mask"].shape
+    scores = row_scores.new_full((B * C,), float("-inf")).index_copy(0, batch["choice_index"], row_scores)
+    return scores.view(B, C)
+
+
+def seq2seq_loss(model, batch, label_smoothing=0.0):
+    """Token cross-entropy of the target (teacher forcing), with optional label smoothing."""
+    labels = batch["labels"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                           label_smoothing=label_smoothing)
+
+
+def training_loss(args, model, batch):
+    if args.method == "linear_head":
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["class_labels"]).loss
+    if args.method == "mlm_prompt":
+        return F.cross_entropy(score_mlm_choices(model, batch, args.choice_score), batch["class_labels"])
+    return seq2seq_loss(model, batch, args.label_smoothing)
+
+
+def class_scores(args, model, batch):
+    """[B, C] scores of the answer choices (the prediction is the argmax)."""
+    if args.method == "linear_head":
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    if args.method == "mlm_prompt":
+        return score_mlm_choices(model, batch, args.choice_score)
+    return rank_choices(model, batch, args.choice_score)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_cls(args, accelerator, model, dataloader):
+    """Scores the answer choices of every example of a prepared DataLoader (each once, on every
+    process). Returns (indices: list[int], scores: float tensor [N, C], labels: list[int])."""
+    was_training = model.training
+    model.eval()
+    indices, scores, labels = [], [], []
+    with torch.inference_mode():
+        for batch in dataloader:
+            batch_scores, batch_labels, batch_index = accelerator.gather_for_metrics(
+                (class_scores(args, model, batch), batch["class_labels"], batch["index"]))
+            scores.append(batch_scores.float().cpu())
+            labels += batch_labels.tolist()
+            indices += batch_index.tolist()
+    model.train(was_training)
+    return indices, torch.cat(scores), labels
+
+
+def evaluate_gen(args, accelerator, model, tokenizer, dataloader, references):
+    """Decodes every source once with `generate` and scores it against all its references.
+    Returns (generation_metrics dict, predictions: list[str] in source order)."""
+    was_training = model.training
+    model.eval()
+    unwrapped = accelerator.unwrap_model(model)
+    options = dict(max_new_tokens=args.max_target_length, min_new_tokens=args.min_target_length,
+                   num_beams=args.num_beams, length_penalty=args.length_penalty,
+                   no_repeat_ngram_size=args.no_repeat_ngram_size, do_sample=args.do_sample)
+    if args.do_sample:
+        options.update(top_p=args.top_p, temperature=args.temperature)
+    predictions = [None] * len(references)
+    with torch.inference_mode():
+        for batch in dataloader:
+            generated = unwrapped.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                           **options)
+            generated = accelerator.pad_across_processes(generated, dim=1, pad_index=tokenizer.pad_token_id)
+            generated, index = accelerator.gather_for_metrics((generated, batch["index"]))
+            for ids, i in zip(generated.tolist(), index.tolist()):
+                predictions[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    model.train(was_training)
+    return generation_metrics(predictions, references), predictions
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list_prompts:
+        print(describe_templates(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir,
+                                                args.task)))
+        return None
+
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    check_launch(accelerator)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+
+    # The model must be reachable before any work (offline, a hub name fails here, with the alternatives).
+    family = model_family(args.model_name_or_path)
+    check_method_and_model(args.method, family, args.model_name_or_path)
+    if args.learning_rate is None:
+        args.learning_rate = (PEFT_DEFAULT_LEARNING_RATES["lora"] if args.peft == "lora" else TINY_LEARNING_RATE
+                              if args.model_name_or_path in TINY_MODELS else FULL_LEARNING_RATES.get(family, 1e-5))
+    # A finished run is never overwritten (checked before any work, on every process alike).
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+
+    # Data and prompt, exactly as run_cls.py / run_gen.py: every split rendered and checked here.
+    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                     args.validation_file, args.test_file, args.validation_split_percentage, args.seed)
+    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
+                                     args.max_test_samples)
+    train_steps_asked = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs
+    do_train = args.do_train and train_steps_asked > 0  # otherwise the untuned model is evaluated
+    if not {"train", "validation"} <= set(raw_datasets):
+        raise ValueError(f"Need train and validation splits (the train split also gives the trivial baseline), got "
+                         f"{list(raw_datasets)}: pass --train_file (validation is carved from it).")
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, args.task)
+    template = select_template(templates, args.prompt_id, args.prompt_name)
+    prompt_id = templates.index(template)
+    examples, data_counts = {}, {}
+    for split, dataset in raw_datasets.items():
+        examples[split], data_counts[split] = build_prompted_examples(dataset, template, args.task, args.skip_empty)
+        if not examples[split]:
+            raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
+    logger.info("Prompt %d: %s [%s]", prompt_id, template.name, template.source)
+
+    text_columns = None
+    if args.method == "linear_head":
+        text_columns = args.text_column or default_text_columns(template, raw_datasets["train"])
+        missing = sorted(set(text_columns) - set(raw_datasets["train"].column_names))
+        if missing:
+            raise ValueError(f"--text_column {missing} not in the data: {raw_datasets['train'].column_names}")
+        logger.info("linear_head reads the raw text of column(s) %s (no template)", text_columns)
+        train_texts = [str(raw_datasets["train"][e["row"]][c]) for e in examples["train"] for c in text_columns]
+    else:
+        train_texts = [t for e in examples["train"] for t in (e["input"], e["target"])]
+    with accelerator.main_process_first():
+        tokenizer = load_baseline_tokenizer(args, family, train_texts, output_dir)
+
+    # Features of each split, and how a batch is made of them.
+    num_choices = None
+    if args.task == "cls":
+        num_choices = max(len(e["choices"]) for split in examples.values() for e in split)
+        if args.method == "linear_head" and len({tuple(e["choices"]) for s in examples.values() for e in s}) != 1:
+            raise ValueError(f"A linear head needs one fixed label set, but template {template.name!r} renders "
+                             "several answer-choice lists; use --method mlm_prompt or seq2seq.")
+    pad_id = tokenizer.pad_token_id
+    if args.method == "linear_head":
+        features = {split: encode_linear_head(tokenizer, examples[split], raw_datasets[split], text_columns,
+                                              args.max_seq_length) for split in examples}
+        lengths = [len(f["input_ids"]) for f in features["train"]]
+        collate_train = collate_eval = functools.partial(collate_linear_head, pad_token_id=pad_id)
+    elif args.method == "mlm_prompt":
+        features = {split: encode_mlm(tokenizer, examples[split], args.max_seq_length, args.choice_prefix_space)
+                    for split in examples}
+        lengths = [sum(len(r) for r in f["rows"]) for f in features["train"]]
+        collate_train = collate_eval = functools.partial(collate_mlm, pad_token_id=pad_id, num_choices=num_choices)
+    else:
+        features = {split: encode_seq2seq(tokenizer, examples[split], args.max_source_length, args.max_target_length)
+                    for split in examples}
+        lengths = [len(f["input_ids"]) + len(f["labels"]) for f in features["train"]]
+        collate_train = functools.partial(collate_seq2seq, pad_token_id=pad_id)
+        collate_eval = (functools.partial(collate_rank, pad_token_id=pad_id, num_choices=num_choices)
+                        if args.task == "cls" else functools.partial(collate_sources, pad_token_id=pad_id))
+        full_targets = tokenizer([e["target"] for e in examples["train"]])["input_ids"]
+        data_counts["train"]["long_targets"] = sum(len(t) > args.max_target_length for t in full_targets)
+        if data_counts["train"]["long_targets"]:
+            logger.warning("%d training targets are longer than --max_target_length %d tokens: they are cut there.",
+                           data_counts["train"]["long_targets"], args.max_target_length)
+    eval_sets = {}  # split -> (rows of its DataLoader, references | None, sources | None)
+    for split in ("validation", "test"):
+        if split not in examples:
+            continue
+        if args.task == "cls":
+            eval_sets[split] = (features[split], None, None)
+        else:  # each distinct source is decoded once and scored against all its references
+            sources, references = group_references(examples[split])
+            first = {}
+            for feature, example in zip(features[split], examples[split]):
+                first.setdefault(example["source_key"], feature)
+            rows = [{"index": i, "input_ids": first[source]["input_ids"]} for i, source in enumerate(sources)]
+            eval_sets[split] = (rows, references, sources)
+            logger.info("%s: %d rows -> %d distinct sources", split, len(examples[split]), len(sources))
+
+    # Model.
+    model = load_baseline_model(args, family, tokenizer, num_choices if args.method == "linear_head" else None)
+    model = apply_baseline_peft(model, args, family)
+    if args.method == "mlm_prompt":
+        model = MaskedLMScorer(model)
+    trainable_params, total_params = count_parameters(model)
+
+    # DataLoaders: the training order depends on (seed, epoch) only (resumable), see run_cls.py.
+    train_dataloader = None
+    if do_train:
+        sampler = EpochSampler(len(features["train"]), args.seed, lengths if args.group_by_length else None,
+                               args.per_device_train_batch_size)
+        train_dataloader = DataLoader(features["train"], sampler=sampler, batch_size=args.per_device_train_batch_size,
+                                      collate_fn=collate_train, generator=torch.Generator())
+    eval_dataloaders = {split: DataLoader(rows, batch_size=args.per_device_eval_batch_size, collate_fn=collate_eval,
+                                          generator=torch.Generator())
+                        for split, (rows, _, _) in eval_sets.items()}
+
+    # Optimizer and schedule.
+    optimizer = lr_scheduler = None
+    if do_train:
+        optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+        batches_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes)
+        steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+        if args.max_train_steps is None:
+            args.max_train_steps = args.num_train_epochs * steps_per_epoch
+        args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+        # The prepared scheduler steps once per process at each optimizer step.
+        lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                     num_warmup_steps=math.ceil(args.warmup_ratio * args.max_train_steps)
+                                     * accelerator.num_processes,
+                                     num_training_steps=args.max_train_steps * accelerator.num_processes)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
+                                                                           lr_scheduler)
+    eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
+
+    def evaluate(split):
+        """(metrics, outputs): cls outputs {index: scores}; gen outputs the predictions in source order."""
+        if args.task == "gen":
+            return evaluate_gen(args, accelerator, model, tokenizer, eval_dataloaders[split], eval_sets[split][1])
+        indices, scores, labels = evaluate_cls(args, accelerator, model, eval_dataloaders[split])
+        metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
+        return metrics, dict(zip(indices, scores.tolist()))
+
+    # Run bookkeeping (history, best weights, timing) that a checkpoint carries with Accelerate's state.
+    tracker = TrainingTracker(args.metric_for_best_model)
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
+        accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states
+        tracker.load(checkpoint)
+        logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
+
+    def save_checkpoint(name):
+        accelerator.save_state(str(output_dir / name))
+        if accelerator.is_main_process:  # written last: a folder with training_state.json is complete
+            tracker.save(output_dir / name)
+
+    def run_validation(epoch):
+        metrics, _ = evaluate("validation")
+        improved = tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+        record = tracker.history[-1]
+        logger.info("epoch %d step %d: train loss %s, validation %s%s", epoch, record["step"],
+                    "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}",
+                    {k: round(v, 4) for k, v in metrics.items()}, " (best)" if improved else "")
+
+    # Training.
+    validation_metrics = None  # of the best evaluation (without training: of the untuned model)
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    if do_train:
+        logger.info("***** Running training: %s [%s] *****", args.method, args.model_name_or_path)
+        logger.info("  Examples = %d, epochs = %d, total batch size = %d, optimization steps = %d, lr = %g, "
+                    "trainable parameters = %d of %d", len(features["train"]), args.num_train_epochs,
+                    total_batch_size, args.max_train_steps, args.learning_rate, trainable_params, total_params)
+        progress_bar = tqdm(range(args.max_train_steps), initial=tracker.completed_steps,
+                            disable=not accelerator.is_local_main_process)
+        starting_epoch, resume_batches = tracker.resume_position(batches_per_epoch, args.gradient_accumulation_steps)
+        model.train()
+        for epoch in range(starting_epoch, args.num_train_epochs):
+            train_dataloader.set_epoch(epoch)  # the order of epoch e, also for the skipping copy below
+            active_dataloader = train_dataloader
+            if epoch == starting_epoch and resume_batches:
+                active_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
+            start = time.perf_counter()
+            for batch in active_dataloader:
+                with accelerator.accumulate(model):
+                    loss = training_loss(args, model, batch)
+                    batch_loss = accelerator.reduce(loss.detach(), "mean")  # the same on every process
+                    check_finite(batch_loss, tracker.completed_steps + 1)  # before the update
+                    tracker.add_loss(batch_loss.item(), len(batch["index"]) * accelerator.num_processes)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                tracker.completed_steps += 1
+                step = tracker.completed_steps
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{batch_loss.item():.3f}")
+                # Evaluated before a checkpoint at the same step, so a resumed run never misses or repeats one.
+                end_of_epoch = step % steps_per_epoch == 0
+                done = step >= args.max_train_steps
+                tracker.train_time_s += time.perf_counter() - start
+                if (args.eval_steps and step % args.eval_steps == 0) or (not args.eval_steps and end_of_epoch) or done:
+                    run_validation(epoch)
+                if isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0:
+                    save_checkpoint(f"step_{step}")
+                elif args.checkpointing_steps == "epoch" and end_of_epoch:
+                    save_checkpoint(f"epoch_{epoch}")
+                start = time.perf_counter()
+                if done:
+                    break
+            if tracker.completed_steps >= args.max_train_steps:
+                break
+        progress_bar.close()
+        # Test with the weights of the best validation, not the last.
+        if tracker.restore_best(accelerator.unwrap_model(model)):
+            best = tracker.best
+            validation_metrics = best["validation"]
+            logger.info("Restored the weights of epoch %d step %d (validation %s %.4f).", best["epoch"], best["step"],
+                        args.metric_for_best_model, best["validation"][args.metric_for_best_model])
+    else:
+        validation_metrics, _ = evaluate("validation")
+        logger.info("Untrained validation: %s", validation_metrics)
+
+    # Test (or, without a test split, validation) with the best weights, and the trivial baseline.
+    final_split = "test" if "test" in eval_sets else "validation"
+    final_metrics, outputs = evaluate(final_split)
+    if args.task == "cls":
+        baselines = {"majority_class": majority_class_baseline([e["label"] for e in examples["train"]],
+                                                               [e["label"] for e in examples[final_split]],
+                                                               num_choices)}
+    else:
+        baselines = {"most_frequent_reference": most_frequent_reference_baseline(
+            [e["target"] for e in examples["train"]], eval_sets[final_split][1])}
+
+    if args.save_best_model and accelerator.is_main_process:
+        # A whole model, or a peft model's adapter (+ its new head); GLM with LoRA: the whole model.
+        accelerator.unwrap_model(model).save_pretrained(output_dir / "best_model")
+        tokenizer.save_pretrained(output_dir / "best_model")
+
+    record = None
+    if accelerator.is_main_process:
+        if args.task == "cls":  # the rows of run_cls.py's predictions file; input = what the model read
+            rows = []
+            for index, (example, feature) in enumerate(zip(examples[final_split], features[final_split])):
+                choice_scores = outputs[index][: len(example["choices"])]
+                predicted = max(range(len(choice_scores)), key=choice_scores.__getitem__)
+                read = {"linear_head": lambda: tokenizer.decode(feature["input_ids"], skip_special_tokens=True),
+                        "mlm_prompt": lambda: example["context"], "seq2seq": lambda: example["input"]}[args.method]()
+                rows.append({"input": read, "gold": example["target"], "predicted": example["choices"][predicted],
+                             "scores": dict(zip(example["choices"], choice_scores))})
+            write_jsonl_atomic(output_dir / f"predictions_{final_split}.jsonl", rows)
+        else:
+            _, references, sources = eval_sets[final_split]
+            rows = [{"source": s, "references": r, "prediction": p} for s, r, p in zip(sources, references, outputs)]
+            write_jsonl_atomic(output_dir / f"generations_{final_split}.jsonl", rows)
+        best = tracker.best
+        uses_prompt = args.method != "linear_head"  # a linear head reads the raw text: no prompt
+        record = results_record(
+            args, args.task, args.method, script="run_baseline.py", prompt_id=prompt_id if uses_prompt else None,
+            prompt_name=template.name if uses_prompt else None, total_train_batch_size=total_batch_size,
+            epochs=tracker.history, best_epoch=best["epoch"] if best else None, validation=validation_metrics,
+            test=final_metrics if final_split == "test" else None, baselines=baselines,
+            train_time_s=tracker.train_time_s,
+            train_examples_per_s=tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
+            peak_memory_mb=peak_memory_mb(), trainable_params=trainable_params, total_params=total_params,
+            peft=None if args.peft == "none" else args.peft, metric_for_best_model=args.metric_for_best_model)
+        record["best_step"] = best["step"] if best else None
+        record["data"] = data_counts  # rows kept / skipped per split (as run_cls.py / run_gen.py)
+        write_json_atomic(output_dir / "results.json", record)
+    accelerator.wait_for_everyone()
+    metric = args.metric_for_best_model
+    baseline_name, baseline = next(iter(baselines.items()))
+    accelerator.print(f"{args.method} [{args.model_name_or_path}] {final_split} {metric} {final_metrics[metric]:.4f} "
+                      f"vs {baseline_name} {baseline[metric]:.4f}; best epoch {best['epoch'] if best else None}; "
+                      f"results in {output_dir / 'results.json'}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Specification of report.py: synthetic results.json files with known numbers in, tables out."""
+
+import json
+import math
+import re
+
+import pandas as pd
+import pytest
+
+import report
+import task_utils as tu
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_id=0, lr=1e-5, bs=16, seed=1,
+           val=0.5, test=0.5, epochs=None, trainable=1000, total=1000, train_time_s=10.0, metric=None):
+    """A results.json record of the real schema (task_utils.results_record)."""
+    metric = metric or ("accuracy" if task == "cls" else "bleu")
+    args = {"dataset_name": "trec" if task == "cls" else "e2e_nlg_cleaned", "model_name_or_path": model,
+            "learning_rate": lr, "per_device_train_batch_size": bs, "seed": seed, "prompt_id": prompt_id,
+            "metric_for_best_model": metric, "peft": peft or "none", "train_file": None}
+    if epochs is None:
+        epochs = [{"epoch": 0, "step": 10, "train_loss": 1.0, "validation": {metric: val}}]
+    baselines = {"majority_class": {"accuracy": 0.2, "macro_f1": 0.1}} if task == "cls" else \
+        {"most_frequent_reference": {"bleu": 3.0, "rougeL": 10.0}}
+    return tu.results_record(
+        args, task, method, script="run_cls.py" if task == "cls" else "run_gen.py", prompt_id=prompt_id,
+        prompt_name=None if prompt_id is None else f"prompt{prompt_id}", total_train_batch_size=bs, epochs=epochs,
+        best_epoch=0, validation={metric: val}, test={metric: test}, baselines=baselines,
+        train_time_s=train_time_s, train_examples_per_s=1.0, peak_memory_mb=None, trainable_params=trainable,
+        total_params=total, peft=peft, metric_for_best_model=metric)
+
+
+def write_runs(root, records):
+    for i, rec in enumerate(records):
+        folder = root / f"run{i:03d}"
+        folder.mkdir(parents=True)
+        tu.write_json_atomic(folder / "results.json", rec)
+    return root
+
+
+def accuracy_runs():
+    """GLM cloze, one prompt, 2 lr x 2 bs x 2 seeds. Validation means (%): (1e-5, 16) 70,
+    (1e-5, 32) 60, (3e-5, 16) 80 (the best on validation), (3e-5, 32) 75. Test would pick
+    (1e-5, 32): test 95 there, 65 at the validation-best config."""
+    grid = {  # (lr, bs): ((val seed1, val seed2), (test seed1, test seed2))
+        (1e-5, 16): ((0.68, 0.72), (0.70, 0.70)),
+        (1e-5, 32): ((0.60, 0.60), (0.94, 0.96)),
+        (3e-5, 16): ((0.78, 0.82), (0.64, 0.66)),
+        (3e-5, 32): ((0.75, 0.75), (0.70, 0.70)),
+    }
+    return [record(lr=lr, bs=bs, seed=seed, val=vals[i], test=tests[i])
+            for (lr, bs), (vals, tests) in grid.items() for i, seed in enumerate((1, 2))]
+
+
+def scored(runs):
+    return report.add_scores(runs, "accuracy")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_load_results_reads_every_results_json_with_its_settings(tmp_path):
+    write_runs(tmp_path, accuracy_runs() + [record(method="linear_head", model="roberta-tiny", prompt_id=None)])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{not json")
+
+    runs = report.load_results(tmp_path)
+
+    assert len(runs) == 9  # the broken file is skipped
+    assert set(runs["learning_rate"]) == {1e-5, 3e-5} and set(runs["batch_size"]) == {16, 32}
+    assert runs["peft"].eq("none").all()
+    assert runs.loc[runs["method"] == "linear_head", "prompt_id"].tolist() == [report.NO_PROMPT]
+
+
+def test_dataset_and_model_names_are_short():
+    assert report.dataset_name({"train": "../shared/data/trec/train.csv"}) == "trec"
+    assert report.dataset_name("CogComp/trec") == "trec"
+    assert report.model_name("BAAI/glm-roberta-large") == "glm-roberta-large"
+
+
+def test_accuracy_is_shown_in_percent_and_bleu_as_is():
+    assert report.metric_scale("accuracy") == 100 and report.metric_label("accuracy") == "accuracy (%)"
+    assert report.metric_scale("bleu") == 1 and report.metric_label("bleu") == "BLEU (0-100)"
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_grid_table_holds_mean_and_sample_std_over_seeds(tmp_path):
+    runs = scored(report.load_results(write_runs(tmp_path, accuracy_runs())))
+
+    table = report.grid_table(runs, "accuracy").set_index(["learning_rate", "batch_size"])
+
+    assert table.loc[(1e-5, 16), "val_mean"] == pytest.approx(70.0)
+    assert table.loc[(1e-5, 16), "val_std"] == pytest.approx(math.sqrt(2 * 2**2 / 1))  # 68, 72: std 2.83
+    assert table.loc[(3e-5, 16), "val_mean"] == pytest.approx(80.0)
+    assert table.loc[(3e-5, 32), "val_std"] == pytest.approx(0.0)
+    assert table["n_seeds"].eq(2).all()
+
+
+def test_best_config_is_chosen_on_validation_even_when_test_would_pick_another(tmp_path):
+    runs = scored(report.load_results(write_runs(tmp_path, accuracy_runs())))
+
+    table = report.grid_table(runs, "accuracy")
+    best = table[table["best"]].iloc[0]
+
+    assert (best["learning_rate"], best["batch_size"]) == (3e-5, 16)
+    assert best["test_mean"] == pytest.approx(65.0) and best["test_std"] == pytest.approx(math.sqrt(2))
+    assert table["test_mean"].idxmax() != table["val_mean"].idxmax()  # test would have chosen (1e-5, 32)
+
+
+def test_ties_on_validation_go_to_the_smaller_spread():
+    summary = pd.DataFrame({"val_mean": [80.0, 80.0], "val_std": [5.0, 1.0], "test_mean": [99.0, 10.0]})
+    assert report.best_row(summary, "accuracy")["val_std"] == 1.0
+
+
+def test_a_lower_is_better_metric_picks_the_smallest():
+    summary = pd.DataFrame({"val_mean": [2.0, 1.0], "val_std": [0.0, 0.0]})
+    assert report.best_row(summary, "loss")["val_mean"] == 1.0
+
+
+def test_prompt_table_gives_each_prompt_its_own_best_config(tmp_path):
+    records = [
+        record(prompt_id=0, lr=1e-5, seed=1, val=0.60, test=0.60), record(prompt_id=0, lr=1e-5, seed=2, val=0.62, test=0.58),
+        record(prompt_id=0, lr=3e-5, seed=1, val=0.70, test=0.50), record(prompt_id=0, lr=3e-5, seed=2, val=0.70, test=0.52),
+        record(prompt_id=1, lr=1e-5, seed=1, val=0.90, test=0.80), record(prompt_id=1, lr=1e-5, seed=2, val=0.90, test=0.84),
+        record(prompt_id=1, lr=3e-5, seed=1, val=0.50, test=0.99), record(prompt_id=1, lr=3e-5, seed=2, val=0.50, test=0.99),
+    ]  # fmt: skip
+    runs = scored(report.load_results(write_runs(tmp_path, records)))
+
+    table = report.prompt_table(runs, "accuracy").set_index("prompt_id")
+
+    assert table.loc[0, "learning_rate"] == 3e-5 and table.loc[0, "test_mean"] == pytest.approx(51.0)
+    assert table.loc[1, "learning_rate"] == 1e-5 and table.loc[1, "test_mean"] == pytest.approx(82.0)
+    assert table.loc[1, "val_mean"] == pytest.approx(90.0) and table.loc[1, "prompt_name"] == "prompt1"
+
+
+def test_comparison_table_has_one_row_per_system_at_its_validation_best(tmp_path):
+    records = accuracy_runs() + [
+        record(peft="lora", lr=5e-4, seed=s, val=v, test=t, trainable=10, total=1010, train_time_s=4.0)
+        for s, v, t in ((1, 0.70, 0.60), (2, 0.72, 0.62))
+    ] + [
+        record(method="linear_head", model="roberta-tiny", prompt_id=None, seed=s, val=0.5, test=0.4)
+        for s in (1, 2)
+    ]  # fmt: skip
+    runs = scored(report.load_results(write_runs(tmp_path, records)))
+
+    table = report.comparison_table(runs, "accuracy")
+
+    assert table["method"].tolist() == ["glm_cloze", "glm_cloze", "linear_head"]  # full FT, PEFT, baselines
+    assert table["peft"].tolist() == ["none", "lora", "none"]
+    full, lora, head = (row for _, row in table.iterrows())
+    assert full["val_mean"] == pytest.approx(80.0) and full["test_mean"] == pytest.approx(65.0)
+    assert lora["test_mean"] == pytest.approx(61.0) and lora["trainable_share"] == pytest.approx(10 / 1010)
+    assert lora["train_time_s"] == pytest.approx(4.0)
+    assert head["prompt_id"] == report.NO_PROMPT
+    assert report.trivial_baselines(runs, "accuracy") == {"majority_class": (pytest.approx(math.nan, nan_ok=True), 20.0)}
+
+
+def test_learning_curve_averages_the_seeds_per_epoch(tmp_path):
+    curves = [[{"epoch": e, "step": 5 * (e + 1), "train_loss": 1.0, "validation": {"accuracy": v}} for e, v in enumerate(vs)]
+              for vs in ((0.5, 0.7), (0.7, 0.9))]  # fmt: skip
+    records = [record(seed=s, epochs=c, val=c[-1]["validation"]["accuracy"]) for s, c in zip((1, 2), curves)]
+    runs = report.load_results(write_runs(tmp_path, records))
+
+    curve, xlabel = report.learning_curve(runs, "accuracy")
+
+    assert xlabel == "epochs completed"
+    assert curve["x"].tolist() == [1, 2]  # epochs 0 and 1, validated at their ends
+    assert curve["mean"].tolist() == pytest.approx([60.0, 80.0])
+    assert curve["std"].tolist() == pytest.approx([math.sqrt(200), math.sqrt(200)])
+
+
+def test_several_evaluations_per_epoch_are_plotted_by_step(tmp_path):
+    epochs = [{"epoch": 0, "step": s, "train_loss": 1.0, "validation": {"accuracy": 0.5}} for s in (5, 10)]
+    runs = report.load_results(write_runs(tmp_path, [record(epochs=epochs)]))
+    curve, xlabel = report.learning_curve(runs, "accuracy")
+    assert xlabel == "optimizer steps" and curve["x"].tolist() == [5, 10]
+
+
+def test_latex_tables_use_booktabs_and_escape_specials():
+    table = report.Table(caption="a_b 50%", label="tab:x", header=["method", "score"],
+                         rows=[["glm_cloze", "80.00 ± 2.00"]], bold={0})  # fmt: skip
+    latex = table.latex()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert rule in latex
+    assert r"\textbf{glm\_cloze}" in latex and r"80.00 $\pm$ 2.00" in latex and r"a\_b 50\%" in latex
+    assert "| **glm_cloze** | **80.00 ± 2.00** |" in table.markdown()
+
+
+# ----------------------------------------------------------------------------- the whole report
+
+
+def make_report(tmp_path, records):
+    results = write_runs(tmp_path / "runs", records)
+    out = tmp_path / "report"
+    report.main([str(results), "--output_dir", str(out)])
+    return out
+
+
+def assert_png(path):
+    assert path.exists() and path.stat().st_size > 1000, path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_report_writes_markdown_latex_and_figures(tmp_path):
+    records = accuracy_runs() + [record(prompt_id=1, lr=lr, bs=bs, seed=s, val=0.5, test=0.5)
+                                 for lr in (1e-5, 3e-5) for bs in (16, 32) for s in (1, 2)]  # fmt: skip
+    out = make_report(tmp_path, records)
+
+    text = (out / "report.md").read_text()
+    assert "never looks at test" in text
+    # The grid row of the selected config, in bold, and its test score in the sentence after.
+    assert "| **0** | **3e-5** | **16** | **2** | **80.00 ± 2.83** | **best** |" in text
+    assert "**test 65.00 ± 1.41**" in text
+    assert "| 0 | 1e-5 | 32 | 2 | 60.00 ± 0.00 |  |" in text
+    # Prompt comparison: prompt 1 (all 50) at its first grid point.
+    assert re.search(r"\| 1: prompt1 \| 1e-5 \| 16 \| 2 \| 50.00 ± 0.00 \| 50.00 ± 0.00 \|", text)
+    assert "| majority class | – | – | no training | – | – | 20.00 | 0 | 0 |" in text
+    latex = (out / "tables.tex").read_text()
+    assert latex.count(r"\toprule") == latex.count(r"\bottomrule") == 3  # methods compared, grid, prompts
+    assert r"80.00 $\pm$ 2.83" in latex
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["curves_cls_trec.png", "heatmap_cls_trec_glm_cloze_glm-tiny.png",
+                    "prompts_cls_trec_glm_cloze_glm-tiny.png"]  # fmt: skip
+    for name in pngs:
+        assert_png(out / name)
+        assert f"]({name})" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cls/trec"][0]["test_mean"] == pytest.approx(65.0)
+
+
+def test_glm_example_readme_has_the_sections_the_glm_repository_asks_for(tmp_path):
+    results = write_runs(tmp_path / "runs", accuracy_runs())
+    report.main([str(results), "--output_dir", str(tmp_path / "report"), "--glm_example_readme", str(tmp_path / "ex")])
+
+    text = (tmp_path / "ex" / "README.md").read_text()
+
+    assert text.startswith("# TREC\n")
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert headings == ["Authors", "Task Description", "Running Commands", "Results", "Reference"]
+    assert "--learning_rate 3e-5" in text and "--per_device_train_batch_size 16" in text
+    assert 'LEARNING_RATES="1e-5 3e-5"' in text and "./sweeps.sh --task cls" in text
+    assert "65.00 ± 1.41" in text and "@inproceedings{du-etal-2022-glm" in text
+
+
+def test_sweep_command_reproduces_the_grid_with_per_method_axes(tmp_path):
+    records = accuracy_runs() + [
+        record(peft="lora", lr=lr, seed=s) for lr in (5e-4, 1e-3) for s in (1, 2)
+    ] + [record(method="linear_head", model="roberta-tiny", prompt_id=None, lr=lr, bs=bs, seed=s)
+         for lr in (1e-5, 3e-5) for bs in (16, 32) for s in (1, 2)]  # fmt: skip
+    runs = report.load_results(write_runs(tmp_path, records))
+
+    command = report.sweep_command(runs, "cls", "trec")
+
+    assert 'LEARNING_RATES="1e-5 3e-5"' in command and 'BATCH_SIZES="16 32"' in command
+    assert 'PROMPT_IDS="0"' in command and 'SEEDS="1 2"' in command
+    assert 'CLS_METHODS="glm_cloze glm_cloze+lora@lr=5e-4,1e-3@bs=16 baseline:roberta-tiny:linear_head@prompt=none"' in command
+    assert command.endswith("./sweeps.sh --task cls --out runs/trec")
+
+
+def test_glm_example_readme_needs_a_dataset_when_the_sweep_has_several(tmp_path):
+    results = write_runs(tmp_path / "runs", [record(), record(task="gen", method="glm_gen", val=20.0, test=21.0)])
+    with pytest.raises(SystemExit, match="--dataset"):
+        report.main([str(results), "--output_dir", str(tmp_path / "r"), "--glm_example_readme", str(tmp_path / "ex")])
+
+
+def test_report_lists_sweep_folders_that_have_no_results(tmp_path):
+    results = write_runs(tmp_path / "runs", accuracy_runs())
+    killed = results / "cls_trec" / "glm_cloze" / "p0_lr1e-5_bs16_seed3"
+    killed.mkdir(parents=True)
+    (killed / "sweep.log").write_text("Traceback ...")
+    report.main([str(results), "--output_dir", str(tmp_path / "report")])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "1 run folder(s) have no results.json" in text and "- `cls_trec/glm_cloze/p0_lr1e-5_bs16_seed3`" in text
