@@ -18,7 +18,6 @@ nanoGPT; the facts it matches are in GLM_NOTES.md of the team's shared folder.
 import contextlib
 import json
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path

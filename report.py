@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 

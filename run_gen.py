@@ -23,7 +23,6 @@ import argparse
 import logging
 import math
 import time
-from pathlib import Path
 
 import datasets
 import torch

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 import run_cls
+from conftest import run_main
 import task_utils as tu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,23 +34,8 @@ SCHEMA_KEYS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core machine two OpenMP threads
-    # can be ten times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(argv):
-    """run_cls.main in a fresh Accelerate state, as a new process would have it."""
-    try:
-        return run_cls.main([str(a) for a in argv])
-    finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+    return run_main(run_cls, argv)
 
 
 def write_csv(path, rows):

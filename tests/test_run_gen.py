@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 import run_gen
 
@@ -23,16 +22,6 @@ PAIRS = [
     ("name[Delta], familyFriendly[yes]", "Delta welcomes families."),
 ]
 TOY_TEMPLATE = 'templates:\n  - name: describe\n    jinja: "Describe: {{mr}} ||| {{text}}"\n'
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine two threads that
-    wait on each other make a step 10-20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_jsonl(path, rows):
