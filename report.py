@@ -364,9 +364,11 @@ _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$"
 
 
 def latex_escape(text):
-    """Text safe in LaTeX; "±" becomes $\\pm$ and "→" $\\rightarrow$."""
+    """Text safe in LaTeX (ASCII apart from the text itself): "±" becomes $\\pm$, "–" --."""
     escaped = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-    return escaped.replace("±", r"$\pm$").replace("→", r"$\rightarrow$").replace("×", r"$\times$")
+    for symbol, latex in (("±", r"$\pm$"), ("→", r"$\rightarrow$"), ("×", r"$\times$"), ("–", "--")):
+        escaped = escaped.replace(symbol, latex)
+    return escaped
 
 
 def fmt_mean_std(mean, std, digits=2):
@@ -435,7 +437,7 @@ def make_prompt_table(task, dataset, system, table, metric):
     ]  # fmt: skip
     return Table(
         caption=f"{DATASET_TITLES.get(dataset, dataset)} ({task}), {system}: prompts compared, each at its best "
-        f"learning rate and batch size (chosen on validation). {label}, mean ± std over seeds.",
+        f"learning rate and batch size (chosen on validation). Scores: {label}, mean ± std over seeds.",
         label=f"tab:prompts-{safe_name(task + '-' + dataset + '-' + system)}",
         header=["prompt", "learning rate", "batch size", "seeds", f"validation {label}", f"test {label}"],
         rows=rows, align="lrrrrr",
@@ -456,8 +458,9 @@ def make_comparison_table(task, dataset, table, trivial, metric):
                      fmt_mean_std(val, None), fmt_mean_std(test, None), "0", "0"])  # fmt: skip
     return Table(
         caption=f"{DATASET_TITLES.get(dataset, dataset)} ({task}): methods compared at their best configuration "
-        f"(chosen on validation over prompts, learning rates and batch sizes). {label}, mean ± std over seeds; "
-        "trainable share = trainable / total parameters; train time = mean seconds per run.",
+        f"(chosen on validation over prompts, learning rates and batch sizes). Scores: {label}, mean ± std over "
+        "seeds. Trainable params: count (share of all parameters). Train time: mean wall-clock seconds of training "
+        "per run, on the machine that ran it. Reference rows: the scripts' trivial baselines, on test.",
         label=f"tab:compare-{safe_name(task + '-' + dataset)}",
         header=["method", "model", "PEFT", "best config", "seeds", f"validation {label}", f"test {label}",
                 "trainable params", "train time (s)"],
@@ -516,15 +519,15 @@ def plot_prompts(table, metric, title, path, references=None):
         stds = np.nan_to_num(table[f"{split}_std"].to_numpy(dtype=float))
         name = "validation" if split == "val" else "test"
         bars = ax.bar(x + offset, means, width, yerr=stds, capsize=4, color=color, label=name)
-        labelled += list(zip(bars, means))
+        labelled += list(zip(bars, means, stds))
     for (name, value), style in zip((references or {}).items(), ("--", ":", "-.")):
         if np.isfinite(value):
             ax.axhline(value, color="gray", linestyle=style, label=f"{name.replace('_', ' ')} (test)")
     top = ax.get_ylim()[1]
-    for bar, mean in labelled:  # each value at the foot of its bar (above it when the bar is too short)
+    for bar, mean, std in labelled:  # each value at the foot of its bar (above its whisker when the bar is short)
         if np.isfinite(mean):
             inside = mean > 0.08 * top
-            ax.annotate(f"{mean:.1f}", (bar.get_x() + bar.get_width() / 2, 0 if inside else mean), xytext=(0, 4),
+            ax.annotate(f"{mean:.1f}", (bar.get_x() + bar.get_width() / 2, 0 if inside else mean + std), xytext=(0, 4),
                         textcoords="offset points", ha="center", fontsize=8, color="white" if inside else "black")
     ax.set_xticks(x, [fmt_prompt(p, _short(n)) for p, n in zip(table["prompt_id"], table["prompt_name"])],
                   rotation=20, ha="right", fontsize=8)  # fmt: skip
@@ -555,7 +558,11 @@ def plot_learning_curves(curves, metric, title, path):
         ax.plot(curve["x"], curve["mean"], marker="o", label=f"{label} (n={int(curve['n'].max())})")
         ax.fill_between(curve["x"], curve["mean"] - std, curve["mean"] + std, alpha=0.2)
     ax.set_xlabel(" / ".join(sorted(xlabels)) or "epochs completed")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ticks = sorted({x for curve, _ in curves.values() for x in curve["x"]})
+    if 0 < len(ticks) <= 12:  # a tick at each evaluation
+        ax.set_xticks(ticks)
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(f"validation {metric_label(metric)}")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -597,8 +604,9 @@ def report_sections(runs, output_dir):
         lines += ["### Methods compared", "", table.caption, "", table.markdown(), ""]
 
         curves = {}
-        for system, system_runs in group.groupby(SYSTEM, sort=False):
-            system = dict(zip(SYSTEM, system))
+        for _, row in comparison.iterrows():  # the table's order: GLM, GLM + PEFT, baselines
+            system = {key: row[key] for key in SYSTEM}
+            system_runs = group[(group[SYSTEM] == pd.Series(system)).all(axis=1)]
             lines += system_section(task, dataset, system, system_runs, metric, output_dir, tables, trivial)
             best = best_runs(system_runs, metric)
             curves[f"{system_label(system)}\n{fmt_config(best.iloc[0])}"] = learning_curve(best, metric)
@@ -629,11 +637,16 @@ def system_section(task, dataset, system, system_runs, metric, output_dir, table
         "",
     ]  # fmt: skip
     at_best_prompt = grid[grid["prompt_id"] == best["prompt_id"]]
+    if best["prompt_id"] == NO_PROMPT:
+        prompt = "no prompt"
+    elif grid["prompt_id"].nunique() > 1:
+        prompt = f"prompt {fmt_prompt(best['prompt_id'])} (the best on validation)"
+    else:
+        prompt = f"prompt {fmt_prompt(best['prompt_id'])}"
     figure = f"heatmap_{stem}.png"
     plot_heatmap(at_best_prompt, metric,
                  f"{title} ({task}), {label}\n"
-                 f"validation {METRIC_NAMES.get(metric, metric)}, "
-                 f"prompt {fmt_prompt(best['prompt_id'])} (the best on validation)\n"
+                 f"validation {METRIC_NAMES.get(metric, metric)}, {prompt}\n"
                  f"cells: mean ± std over {n_seeds} seed(s); red frame: selected configuration",
                  output_dir / figure)  # fmt: skip
     lines += [f"![lr x batch size heatmap]({figure})", ""]
@@ -861,7 +874,7 @@ def sweep_command(runs, task, dataset):
             "prompt": ("PROMPT_IDS", "prompt_id"), "seed": ("SEEDS", "seed")}  # fmt: skip
     env = {variable: _axis_values(main[column]) for variable, column in axes.values()}
     entries = []
-    for _, system_runs in runs.groupby(SYSTEM, sort=False):
+    for _, system_runs in sorted(runs.groupby(SYSTEM, sort=True), key=lambda item: _system_order(item[1].iloc[0])):
         entry = method_entry(system_runs.iloc[0])
         for option, (variable, column) in axes.items():
             values = _axis_values(system_runs[column])

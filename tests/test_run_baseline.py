@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import huggingface_hub.constants
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.state import PartialState
+from conftest import run_main
 
 import run_baseline as rb
 import task_utils as tu
@@ -28,32 +29,17 @@ needs_trec = pytest.mark.skipif(not (TREC / "train.csv").is_file(), reason="../s
 needs_e2e = pytest.mark.skipif(not (E2E / "train.csv").is_file(), reason="../shared/data/e2e_nlg_cleaned not present")
 needs_bpe = pytest.mark.skipif(not (BPE_FILES / "vocab.json").is_file(), reason="../shared/tokenizers not present")
 
-# run_cls.py's results.json, key for key and in order: results_record's schema, then best_step and data.
-SCHEMA_KEYS = [
-    "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
-    "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
-    "epochs", "best_epoch", "validation", "test", "baselines", "train_time_s", "train_examples_per_s",
-    "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env", "best_step", "data",
-]  # fmt: skip
+# run_cls.py's results.json, key for key and in order: task_utils.results_record's schema, then the
+# two keys run_cls.py adds (best_step, data).
+SCHEMA_KEYS = [*tu.results_record({}, "cls", "any", script="any", prompt_id=None, prompt_name=None,
+                                  total_train_batch_size=1, epochs=[], best_epoch=None, validation=None, test=None,
+                                  baselines={}, train_time_s=0.0, train_examples_per_s=0.0, peak_memory_mb=None,
+                                  trainable_params=1, total_params=1), "best_step", "data"]
 TREC_CHOICES = ["Description", "Entity", "Abbreviation", "Person", "Quantity", "Location"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads; on a shared 2-core machine two can be 10x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(argv):
-    """run_baseline.main in a fresh Accelerate state, as a new process would have it."""
-    try:
-        return rb.main([str(a) for a in argv])
-    finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+    return run_main(rb, argv)  # a fresh Accelerate state, as a new process would have it
 
 
 def write_csv(path, rows):
