@@ -88,6 +88,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from glm_utils import (
+    count_parameters,
     HUB_MODEL_ID,
     LORA_TARGET_MODULES as GLM_LORA_TARGET_MODULES,
     PEFT_DEFAULT_LEARNING_RATES,
@@ -109,7 +110,6 @@ from task_utils import (
     check_finite,
     check_launch,
     classification_metrics,
-    count_parameters,
     create_optimizer,
     describe_templates,
     find_checkpoint,

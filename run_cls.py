@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from glm_utils import (
+    count_parameters,
     HUB_MODEL_ID,
     PEFT_DEFAULT_LEARNING_RATES,
     GLMForConditionalGeneration,
@@ -64,7 +65,6 @@ from task_utils import (
     check_finite,
     check_launch,
     classification_metrics,
-    count_parameters,
     create_optimizer,
     describe_templates,
     find_checkpoint,

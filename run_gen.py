@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from glm_utils import (
+    count_parameters,
     HUB_MODEL_ID,
     PEFT_DEFAULT_LEARNING_RATES,
     GLMForConditionalGeneration,
@@ -55,7 +56,6 @@ from task_utils import (
     build_prompted_examples,
     check_finite,
     check_launch,
-    count_parameters,
     create_optimizer,
     describe_templates,
     find_checkpoint,

@@ -1478,16 +1478,6 @@ def create_optimizer(model, learning_rate, weight_decay):
     return torch.optim.AdamW(groups, lr=learning_rate)
 
 
-def count_parameters(model):
-    """(trainable, total) parameter counts; tied parameters count once."""
-    trainable = total = 0
-    for parameter in model.parameters():
-        total += parameter.numel()
-        if parameter.requires_grad:
-            trainable += parameter.numel()
-    return trainable, total
-
-
 def check_finite(loss, step):
     """Stop training on a NaN or infinite loss.
 

@@ -13,6 +13,7 @@ import jinja2.sandbox
 import pytest
 import torch
 
+import glm_utils
 import task_utils as tu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -544,7 +545,7 @@ def test_optimizer_groups_skip_decay_for_biases_and_norms():
     assert [p.shape for p in decay["params"]] == [torch.Size([3, 4])]
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert len(no_decay["params"]) == 3  # dense.bias, LayerNorm.weight, LayerNorm.bias
-    assert tu.count_parameters(model) == (12 + 3 + 3 + 3, 12 + 3 + 3 + 3 + 4)
+    assert glm_utils.count_parameters(model) == (12 + 3 + 3 + 3, 12 + 3 + 3 + 3 + 4)
 
 
 def test_check_finite():
