@@ -125,11 +125,11 @@ def test_cpu_demo_preset_covers_both_tasks_with_3_prompts_2_lrs_2_batch_sizes_2_
     dirs = [output_dir(line).relative_to(tmp_path).parts for line in lines]
 
     methods = {(task, method) for task, method, _ in dirs}
-    assert methods == {("cls_trec", "glm_cloze"), ("cls_trec", "glm_cloze_lora"),
+    assert methods == {("cls_trec", "glm_cloze"), ("cls_trec", "glm_cloze_ptuning_v2"),
                        ("cls_trec", "baseline_roberta-tiny_linear_head"), ("gen_e2e_nlg_cleaned", "glm_gen"),
-                       ("gen_e2e_nlg_cleaned", "glm_gen_lora"), ("gen_e2e_nlg_cleaned", "baseline_t5-tiny_seq2seq")}
+                       ("gen_e2e_nlg_cleaned", "glm_gen_ptuning_v2"), ("gen_e2e_nlg_cleaned", "baseline_t5-tiny_seq2seq")}
     for task in ("cls_trec", "gen_e2e_nlg_cleaned"):
-        glm = [run for t, m, run in dirs if t == task and m.startswith("glm_") and "lora" not in m]
+        glm = [run for t, m, run in dirs if t == task and m in ("glm_cloze", "glm_gen")]
         assert len(glm) == 3 * 2 * 2 * 2
         assert {run.split("_")[0] for run in glm} == {"p0", "p1", "p2"}
     assert all("--model_name_or_path glm-tiny" in line for line in lines if "run_cls.py" in line)
