@@ -70,22 +70,14 @@ best_model/ with --save_best_model (save_pretrained: the whole model, or the LoR
 import argparse
 import functools
 import json
-import logging
-import math
 import re
-import time
 from pathlib import Path
 
-import datasets
 import torch
 import torch.nn.functional as F
 import transformers
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from glm_utils import (
     count_parameters,
@@ -107,12 +99,10 @@ from task_utils import (
     add_training_args,
     apply_max_samples,
     build_prompted_examples,
-    check_finite,
-    check_launch,
     classification_metrics,
+    create_lr_scheduler,
     create_optimizer,
     describe_templates,
-    find_checkpoint,
     generation_metrics,
     group_references,
     load_raw_datasets,
@@ -124,6 +114,9 @@ from task_utils import (
     prepare_output_dir,
     results_record,
     select_template,
+    setup_accelerator,
+    train_loop,
+    training_args_problems,
     template_fields,
     write_json_atomic,
     write_jsonl_atomic,
@@ -210,7 +203,7 @@ def parse_args(argv=None):
         listing.task = task
         return listing
     args = parser.parse_args(argv)
-    problems = []
+    problems = training_args_problems(args)
     if args.method is None:
         problems.append(f"--method is required: one of {METHODS}")
     elif args.task not in METHOD_TASKS[args.method]:
@@ -240,16 +233,6 @@ def parse_args(argv=None):
         problems.append("--top_p must lie in (0, 1] and --temperature be > 0")
     if not 0 <= args.label_smoothing < 1:
         problems.append("--label_smoothing must lie in [0, 1)")
-    if args.eval_steps is not None and args.eval_steps < 1:
-        problems.append("--eval_steps must be >= 1")
-    if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
-        problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
-    if args.num_train_epochs < 0 or (args.max_train_steps is not None and args.max_train_steps < 0):
-        problems.append("--num_train_epochs and --max_train_steps must be >= 0")
-    if not 0 <= args.warmup_ratio <= 1:
-        problems.append("--warmup_ratio must lie in [0, 1]")
-    if args.resume_from_checkpoint and not args.do_train:
-        problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
     if args.text_column is not None and (args.method != "linear_head" or len(args.text_column) > 2):
         problems.append("--text_column is for --method linear_head, with one or two columns")
     if problems:
@@ -719,18 +702,7 @@ def main(argv=None):
                                                 args.task)))
         return None
 
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
-    check_launch(accelerator)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    logger.info(accelerator.state, main_process_only=False)
-    if accelerator.is_local_main_process:
-        datasets.utils.logging.set_verbosity_warning()
-        transformers.utils.logging.set_verbosity_warning()
-    else:
-        datasets.utils.logging.set_verbosity_error()
-        transformers.utils.logging.set_verbosity_error()
-    set_seed(args.seed)
+    accelerator = setup_accelerator(args)
 
     # The model must be reachable before any work (offline, a hub name fails here, with the alternatives).
     family = model_family(args.model_name_or_path)
@@ -842,16 +814,8 @@ def main(argv=None):
     optimizer = lr_scheduler = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
-        batches_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes)
-        steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-        if args.max_train_steps is None:
-            args.max_train_steps = args.num_train_epochs * steps_per_epoch
-        args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
-        # The prepared scheduler steps once per process at each optimizer step.
-        lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                                     num_warmup_steps=math.ceil(args.warmup_ratio * args.max_train_steps)
-                                     * accelerator.num_processes,
-                                     num_training_steps=args.max_train_steps * accelerator.num_processes)
+        lr_scheduler, batches_per_epoch = create_lr_scheduler(args, optimizer, len(train_dataloader),
+                                                              accelerator.num_processes)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
@@ -864,87 +828,22 @@ def main(argv=None):
         metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
         return metrics, dict(zip(indices, scores.tolist()))
 
-    # Run bookkeeping (history, best weights, timing) that a checkpoint carries with Accelerate's state.
-    tracker = TrainingTracker(args.metric_for_best_model)
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
-        accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states
-        tracker.load(checkpoint)
-        logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
+    def validate():
+        return evaluate("validation")[0]
 
-    def save_checkpoint(name):
-        accelerator.save_state(str(output_dir / name))
-        if accelerator.is_main_process:  # written last: a folder with training_state.json is complete
-            tracker.save(output_dir / name)
+    def compute_loss(batch):
+        return training_loss(args, model, batch), len(batch["index"])
 
-    def run_validation(epoch):
-        metrics, _ = evaluate("validation")
-        improved = tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
-        record = tracker.history[-1]
-        logger.info("epoch %d step %d: train loss %s, validation %s%s", epoch, record["step"],
-                    "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}",
-                    {k: round(v, 4) for k, v in metrics.items()}, " (best)" if improved else "")
-
-    # Training.
+    # Training (task_utils.train_loop: resume, evaluation, checkpoints; then the best weights are back).
+    tracker = TrainingTracker(args.metric_for_best_model)  # history, best weights, timing
     validation_metrics = None  # of the best evaluation (without training: of the untuned model)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
-        logger.info("***** Running training: %s [%s] *****", args.method, args.model_name_or_path)
-        logger.info("  Examples = %d, epochs = %d, total batch size = %d, optimization steps = %d, lr = %g, "
-                    "trainable parameters = %d of %d", len(features["train"]), args.num_train_epochs,
-                    total_batch_size, args.max_train_steps, args.learning_rate, trainable_params, total_params)
-        progress_bar = tqdm(range(args.max_train_steps), initial=tracker.completed_steps,
-                            disable=not accelerator.is_local_main_process)
-        starting_epoch, resume_batches = tracker.resume_position(batches_per_epoch, args.gradient_accumulation_steps)
-        model.train()
-        for epoch in range(starting_epoch, args.num_train_epochs):
-            train_dataloader.set_epoch(epoch)  # the order of epoch e, also for the skipping copy below
-            active_dataloader = train_dataloader
-            if epoch == starting_epoch and resume_batches:
-                active_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
-            start = time.perf_counter()
-            for batch in active_dataloader:
-                with accelerator.accumulate(model):
-                    loss = training_loss(args, model, batch)
-                    batch_loss = accelerator.reduce(loss.detach(), "mean")  # the same on every process
-                    check_finite(batch_loss, tracker.completed_steps + 1)  # before the update
-                    tracker.add_loss(batch_loss.item(), len(batch["index"]) * accelerator.num_processes)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                tracker.completed_steps += 1
-                step = tracker.completed_steps
-                progress_bar.update(1)
-                progress_bar.set_postfix(loss=f"{batch_loss.item():.3f}")
-                # Evaluated before a checkpoint at the same step, so a resumed run never misses or repeats one.
-                end_of_epoch = step % steps_per_epoch == 0
-                done = step >= args.max_train_steps
-                tracker.train_time_s += time.perf_counter() - start
-                if (args.eval_steps and step % args.eval_steps == 0) or (not args.eval_steps and end_of_epoch) or done:
-                    run_validation(epoch)
-                if isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0:
-                    save_checkpoint(f"step_{step}")
-                elif args.checkpointing_steps == "epoch" and end_of_epoch:
-                    save_checkpoint(f"epoch_{epoch}")
-                start = time.perf_counter()
-                if done:
-                    break
-            if tracker.completed_steps >= args.max_train_steps:
-                break
-        progress_bar.close()
-        # Test with the weights of the best validation, not the last.
-        if tracker.restore_best(accelerator.unwrap_model(model)):
-            best = tracker.best
-            validation_metrics = best["validation"]
-            logger.info("Restored the weights of epoch %d step %d (validation %s %.4f).", best["epoch"], best["step"],
-                        args.metric_for_best_model, best["validation"][args.metric_for_best_model])
+        logger.info("Training %s [%s]", args.method, args.model_name_or_path)
+        validation_metrics = train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataloader,
+                                        batches_per_epoch, tracker, compute_loss, validate, output_dir)
     else:
-        validation_metrics, _ = evaluate("validation")
+        validation_metrics = validate()
         logger.info("Untrained validation: %s", validation_metrics)
 
     # Test (or, without a test split, validation) with the best weights, and the trivial baseline.

@@ -20,19 +20,11 @@ latest), and best_model/ with --save_best_model.
 """
 
 import argparse
-import logging
-import math
-import time
 
-import datasets
 import torch
-import transformers
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from glm_utils import (
     count_parameters,
@@ -54,11 +46,9 @@ from task_utils import (
     add_training_args,
     apply_max_samples,
     build_prompted_examples,
-    check_finite,
-    check_launch,
+    create_lr_scheduler,
     create_optimizer,
     describe_templates,
-    find_checkpoint,
     generation_metrics,
     group_references,
     load_raw_datasets,
@@ -68,6 +58,9 @@ from task_utils import (
     prepare_output_dir,
     results_record,
     select_template,
+    setup_accelerator,
+    train_loop,
+    training_args_problems,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -110,7 +103,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.learning_rate is None:
         args.learning_rate = GEN_LEARNING_RATE if args.peft == "none" else PEFT_DEFAULT_LEARNING_RATES[args.peft]
-    problems = []
+    problems = training_args_problems(args)
     if args.metric_for_best_model not in GEN_METRICS:
         problems.append(f"--metric_for_best_model must be one of {GEN_METRICS}, got {args.metric_for_best_model!r}")
     if args.max_target_length < 1 or args.max_source_length < 3:
@@ -125,16 +118,6 @@ def parse_args(argv=None):
         problems.append("--top_p must lie in (0, 1] and --temperature be > 0")
     if not 0 <= args.label_smoothing < 1:
         problems.append("--label_smoothing must lie in [0, 1)")
-    if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
-        problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
-    if args.eval_steps is not None and args.eval_steps < 1:
-        problems.append("--eval_steps must be >= 1")
-    if args.num_train_epochs < 0 or (args.max_train_steps is not None and args.max_train_steps < 0):
-        problems.append("--num_train_epochs and --max_train_steps must be >= 0")
-    if not 0 <= args.warmup_ratio <= 1:
-        problems.append("--warmup_ratio must lie in [0, 1]")
-    if args.resume_from_checkpoint and not args.do_train:
-        problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -209,18 +192,7 @@ def main(argv=None):
         print(describe_templates(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "gen")))
         return None
 
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
-    check_launch(accelerator)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    logger.info(accelerator.state, main_process_only=False)
-    if accelerator.is_local_main_process:
-        datasets.utils.logging.set_verbosity_warning()
-        transformers.utils.logging.set_verbosity_warning()
-    else:
-        datasets.utils.logging.set_verbosity_error()
-        transformers.utils.logging.set_verbosity_error()
-    set_seed(args.seed)
+    accelerator = setup_accelerator(args)
 
     # A finished run is never overwritten (checked before any work, on every process alike).
     output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
@@ -294,110 +266,33 @@ def main(argv=None):
 
     # Optimizer and schedule.
     optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
-    # Batches per process once accelerator.prepare has sharded them (even_batches: rounded up).
-    batches_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * steps_per_epoch
-    args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
-    # The prepared scheduler steps once per process at each optimizer step.
-    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                                 num_warmup_steps=math.ceil(args.warmup_ratio * args.max_train_steps)
-                                 * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    lr_scheduler, batches_per_epoch = create_lr_scheduler(args, optimizer, len(train_dataloader),
+                                                          accelerator.num_processes)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
 
-    # Run bookkeeping (history, best weights, timing) that a checkpoint carries with Accelerate's state.
-    tracker = TrainingTracker(args.metric_for_best_model)
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
-        accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states
-        tracker.load(checkpoint)
-        logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
-
-    def save_checkpoint(name):
-        accelerator.save_state(str(output_dir / name))
-        if accelerator.is_main_process:  # written last: a folder with training_state.json is complete
-            tracker.save(output_dir / name)
-
-    def run_validation(epoch):
+    def validate():
         metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
                               eval_splits["validation"][1], "validation")
-        improved = tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
-        record = tracker.history[-1]
-        logger.info("epoch %d step %d: train loss %s, validation %s%s", epoch, record["step"],
-                    "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}",
-                    {k: round(v, 2) for k, v in metrics.items()}, " (best)" if improved else "")
+        return metrics
 
-    # Training.
-    validation_metrics = None  # of the best evaluation (no training: of the model as loaded)
+    def compute_loss(batch):
+        # Teacher-forced blank infilling; vocabulary logits only where a target token is
+        # predicted (the target span and its eop), not over the whole [B, S, 50k].
+        labels = batch["labels"]
+        loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=labels,
+                     logits_positions=labels != -100, label_smoothing=args.label_smoothing).loss
+        return loss, len(labels)
+
+    # Training (task_utils.train_loop: resume, evaluation, checkpoints; then the best weights are back).
+    tracker = TrainingTracker(args.metric_for_best_model)  # history, best weights, timing
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if args.do_train and args.max_train_steps > 0:
-        logger.info("***** Running training *****")
-        logger.info("  Examples = %d, epochs = %d, total batch size = %d, optimization steps = %d, lr = %g, "
-                    "trainable parameters = %d of %d", len(examples["train"]), args.num_train_epochs,
-                    total_batch_size, args.max_train_steps, args.learning_rate, trainable_params, total_params)
-        progress_bar = tqdm(range(args.max_train_steps), initial=tracker.completed_steps,
-                            disable=not accelerator.is_local_main_process)
-        starting_epoch, resume_batches = tracker.resume_position(batches_per_epoch, args.gradient_accumulation_steps)
-        model.train()
-        for epoch in range(starting_epoch, args.num_train_epochs):
-            train_dataloader.set_epoch(epoch)  # the order of epoch e, also for the skipping copy below
-            active_dataloader = train_dataloader
-            if epoch == starting_epoch and resume_batches:
-                active_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
-            start = time.perf_counter()
-            for batch in active_dataloader:
-                with accelerator.accumulate(model):
-                    labels = batch["labels"]
-                    # Teacher-forced blank infilling; vocabulary logits only where a target token is
-                    # predicted (the target span and its eop), not over the whole [B, S, 50k].
-                    loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=labels,
-                                 logits_positions=labels != -100, label_smoothing=args.label_smoothing).loss
-                    batch_loss = accelerator.reduce(loss.detach(), "mean")  # the same on every process
-                    # Before the update, so the weights and the last checkpoint stay good.
-                    check_finite(batch_loss, tracker.completed_steps + 1)
-                    tracker.add_loss(batch_loss.item(), len(labels) * accelerator.num_processes)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                tracker.completed_steps += 1
-                step = tracker.completed_steps
-                progress_bar.update(1)
-                progress_bar.set_postfix(loss=f"{batch_loss.item():.3f}")
-                # Epoch ends, --eval_steps and the last step are evaluated here, before a checkpoint
-                # at the same step, so that a resumed run never misses or repeats an evaluation.
-                end_of_epoch = step % steps_per_epoch == 0
-                done = step >= args.max_train_steps
-                tracker.train_time_s += time.perf_counter() - start
-                if (args.eval_steps and step % args.eval_steps == 0) or (not args.eval_steps and end_of_epoch) or done:
-                    run_validation(epoch)
-                if isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0:
-                    save_checkpoint(f"step_{step}")
-                elif args.checkpointing_steps == "epoch" and end_of_epoch:
-                    save_checkpoint(f"epoch_{epoch}")
-                start = time.perf_counter()
-                if done:
-                    break
-            if tracker.completed_steps >= args.max_train_steps:
-                break
-        progress_bar.close()
-        # Test with the weights of the best validation, not the last.
-        if tracker.restore_best(accelerator.unwrap_model(model)):
-            best = tracker.best
-            validation_metrics = best["validation"]
-            logger.info("Restored the weights of epoch %d step %d (validation %s %.2f).", best["epoch"], best["step"],
-                        args.metric_for_best_model, best["validation"][args.metric_for_best_model])
+        validation_metrics = train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataloader,
+                                        batches_per_epoch, tracker, compute_loss, validate, output_dir)
     else:
-        validation_metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
-                                         eval_splits["validation"][1], "validation")
+        validation_metrics = validate()
         logger.info("Validation without training: %s", validation_metrics)
 
     # Test (without a test split: validation) with the best weights, and the trivial baseline:

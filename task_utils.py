@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -1448,6 +1449,50 @@ def add_training_args(parser, defaults=None):
 # ---------------------------------------------------------------------------------------
 
 
+def training_args_problems(args):
+    """What is wrong with the flags of `add_training_args`: a list of messages (empty when all is well),
+    which each script joins with its own into one `parser.error`."""
+    problems = []
+    if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
+        problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        problems.append("--eval_steps must be >= 1")
+    if args.num_train_epochs < 0 or (args.max_train_steps is not None and args.max_train_steps < 0):
+        problems.append("--num_train_epochs and --max_train_steps must be >= 0")
+    if not 0 <= args.warmup_ratio <= 1:
+        problems.append("--warmup_ratio must lie in [0, 1]")
+    if args.resume_from_checkpoint and not args.do_train:
+        problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
+    return problems
+
+
+def setup_accelerator(args):
+    """The run's Accelerator (gradient accumulation from the flags), after `check_launch`, with the
+    Hugging Face examples' logging (INFO on the main process, warnings elsewhere; datasets and
+    transformers quieter) and `--seed` set everywhere (python, numpy, torch).
+
+    Raises:
+        RuntimeError: see `check_launch`.
+    """
+    import transformers
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    check_launch(accelerator)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)  # fmt: skip
+    logger.info("%s", accelerator.state)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+    return accelerator
+
+
 def _no_weight_decay(name, parameter):
     lowered = name.lower()
     return parameter.ndim <= 1 or "bias" in lowered or "layernorm" in lowered or "layer_norm" in lowered
@@ -1742,6 +1787,134 @@ def find_checkpoint(resume_from_checkpoint, output_dir):
             "--checkpointing_steps N or --checkpointing_steps epoch."
         )
     return max(candidates, key=lambda candidate: candidate[:2])[2]
+
+
+def create_lr_scheduler(args, optimizer, train_batches, num_processes):
+    """The learning-rate schedule of a run, sized from its data.
+
+    An epoch is `train_batches` batches sharded over `num_processes` (Accelerate's even_batches:
+    rounded up), one optimizer step per --gradient_accumulation_steps of them. Sets
+    `args.max_train_steps` (from --num_train_epochs when unset) and `args.num_train_epochs` (the
+    epochs those steps reach).
+
+    Returns:
+        (lr_scheduler, batches_per_epoch): transformers' --lr_scheduler_type schedule, warming up
+        over --warmup_ratio of the steps, counted in per-process steps (a prepared scheduler steps
+        once per process at each optimizer step); batches per process and epoch.
+    """
+    from transformers import get_scheduler
+
+    batches_per_epoch = math.ceil(train_batches / num_processes)
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * steps_per_epoch
+    args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                 num_warmup_steps=math.ceil(args.warmup_ratio * args.max_train_steps) * num_processes,
+                                 num_training_steps=args.max_train_steps * num_processes)  # fmt: skip
+    return lr_scheduler, batches_per_epoch
+
+
+def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataloader, batches_per_epoch, tracker,
+          compute_loss, validate, output_dir):
+    """The optimization loop of run_cls.py, run_gen.py and run_baseline.py.
+
+    Takes the objects `accelerator.prepare` returned. Resumes from --resume_from_checkpoint
+    (model, optimizer, scheduler and RNG states, and `tracker`), makes `args.max_train_steps`
+    optimizer steps, validates every --eval_steps (else at each epoch's end) and at the last
+    step, each before the checkpoint of the same step (--checkpointing_steps), so that a resumed
+    run never misses or repeats an evaluation; then puts back the weights of the best validation,
+    so that what follows (test, saving) uses them.
+
+    Args:
+        batches_per_epoch: int, per process (from `create_lr_scheduler`).
+        tracker: TrainingTracker; holds the history, timing and best weights afterwards.
+        compute_loss: batch -> (loss, examples): the 0-d training loss tensor of the batch and
+            its number of examples.
+        validate: () -> dict of validation metrics, among them --metric_for_best_model.
+    Returns:
+        The best evaluation's validation metrics, or None when nothing was evaluated.
+    Raises:
+        FloatingPointError: a non-finite loss, before its update (the last checkpoint stays good).
+        FileNotFoundError: --resume_from_checkpoint names no checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    def save_checkpoint(name):
+        accelerator.save_state(str(output_dir / name))
+        if accelerator.is_main_process:  # written last: a folder with training_state.json is complete
+            tracker.save(output_dir / name)
+
+    def run_validation(epoch):
+        metrics = validate()
+        improved = tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+        record = tracker.history[-1]
+        logger.info("epoch %d step %d: train loss %s, validation %s%s", epoch, record["step"],
+                    "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}",
+                    {name: round(value, 4) for name, value in metrics.items()}, " (best)" if improved else "")
+
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
+        accelerator.load_state(str(checkpoint))
+        tracker.load(checkpoint)
+        logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running training *****")
+    logger.info("  Examples = %d, epochs = %d, total batch size = %d, optimization steps = %d, lr = %g",
+                len(train_dataloader.dataset), args.num_train_epochs, total_batch_size, args.max_train_steps,
+                args.learning_rate)  # fmt: skip
+
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    progress_bar = tqdm(range(args.max_train_steps), initial=tracker.completed_steps,
+                        disable=not accelerator.is_local_main_process)  # fmt: skip
+    starting_epoch, resume_batches = tracker.resume_position(batches_per_epoch, args.gradient_accumulation_steps)
+    model.train()
+    for epoch in range(starting_epoch, args.num_train_epochs):
+        train_dataloader.set_epoch(epoch)  # the order of epoch e, also for the skipping copy below
+        active_dataloader = train_dataloader
+        if epoch == starting_epoch and resume_batches:
+            active_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
+        start = time.perf_counter()
+        for batch in active_dataloader:
+            with accelerator.accumulate(model):
+                loss, examples = compute_loss(batch)
+                batch_loss = accelerator.reduce(loss.detach(), "mean")  # the same on every process
+                check_finite(batch_loss, tracker.completed_steps + 1)  # before the update
+                tracker.add_loss(batch_loss.item(), examples * accelerator.num_processes)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            tracker.completed_steps += 1
+            step = tracker.completed_steps
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{batch_loss.item():.3f}")
+            tracker.train_time_s += time.perf_counter() - start
+            end_of_epoch = step % steps_per_epoch == 0
+            done = step >= args.max_train_steps
+            if (args.eval_steps and step % args.eval_steps == 0) or (not args.eval_steps and end_of_epoch) or done:
+                run_validation(epoch)
+            if isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0:
+                save_checkpoint(f"step_{step}")
+            elif args.checkpointing_steps == "epoch" and end_of_epoch:
+                save_checkpoint(f"epoch_{epoch}")
+            start = time.perf_counter()
+            if done:
+                break
+        if tracker.completed_steps >= args.max_train_steps:
+            break
+    progress_bar.close()
+
+    if not tracker.restore_best(accelerator.unwrap_model(model)):
+        return None
+    best = tracker.best
+    logger.info("Restored the weights of epoch %d step %d (validation %s %.4f).", best["epoch"], best["step"],
+                args.metric_for_best_model, best["validation"][args.metric_for_best_model])
+    return best["validation"]
 
 
 def peak_memory_mb():

@@ -195,14 +195,14 @@ def test_a_killed_run_resumed_from_its_last_checkpoint_ends_like_an_uninterrupte
     assert [epoch["step"] for epoch in full["epochs"]] == [5, 10, 12]
 
     # The run dies in step 8; its last checkpoint is step_6 (epoch 1, 2 batches in).
-    real_check = run_cls.check_finite
+    real_check = tu.check_finite
 
     def dies_in_step_8(loss, step):
         if step == 8:
             raise Killed
         real_check(loss, step)
 
-    monkeypatch.setattr(run_cls, "check_finite", dies_in_step_8)
+    monkeypatch.setattr(tu, "check_finite", dies_in_step_8)
     killed = tmp_path / "killed"
     with pytest.raises(Killed):
         run(resume_args(trec, killed, "--checkpointing_steps", 3))

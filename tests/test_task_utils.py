@@ -554,6 +554,26 @@ def test_check_finite():
         tu.check_finite(torch.tensor(float("nan")), step=7)
 
 
+@pytest.mark.parametrize("max_train_steps, expected_steps, expected_epochs", [(None, 9, 3), (7, 7, 3), (2, 2, 1)])
+def test_create_lr_scheduler_sizes_the_run_from_sharded_accumulated_batches(max_train_steps, expected_steps,
+                                                                             expected_epochs):
+    # 10 batches over 2 processes: 5 per process and epoch; 2 per optimizer step: 3 steps an epoch.
+    args = argparse.Namespace(max_train_steps=max_train_steps, num_train_epochs=3, gradient_accumulation_steps=2,
+                              lr_scheduler_type="linear", warmup_ratio=0.5)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    scheduler, batches_per_epoch = tu.create_lr_scheduler(args, optimizer, train_batches=10, num_processes=2)
+
+    assert batches_per_epoch == 5
+    assert (args.max_train_steps, args.num_train_epochs) == (expected_steps, expected_epochs)
+    # Warmup: ceil(0.5 * steps) optimizer steps, each stepping the scheduler once per process.
+    warmup = math.ceil(0.5 * expected_steps) * 2
+    for _ in range(warmup):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
 def test_length_grouped_indices():
     lengths = [(i * 37) % 101 + 1 for i in range(1000)]
     order = tu.length_grouped_indices(lengths, batch_size=4, seed=0)
