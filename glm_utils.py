@@ -578,7 +578,8 @@ def disable_peft(model):
 def add_peft_args(parser):
     """Adds the parameter-efficient tuning flags to an argparse parser (and returns it):
     --peft {none,lora,ptuning_v2}, --pre_seq_len, --prefix_projection, --prefix_hidden_size,
-    --lora_r, --lora_alpha, --lora_dropout, --lora_target_modules (defaults: PEFT_ARG_DEFAULTS)."""
+    --lora_r, --lora_alpha, --lora_dropout, --lora_target_modules (defaults: PEFT_ARG_DEFAULTS),
+    --peft_weights (saved weights to evaluate, see `apply_peft`)."""
     d = PEFT_ARG_DEFAULTS
     group = parser.add_argument_group("parameter-efficient tuning")
     group.add_argument("--peft", choices=PEFT_METHODS, default=d["peft"],
@@ -594,6 +595,9 @@ def add_peft_args(parser):
     group.add_argument("--lora_dropout", type=float, default=d["lora_dropout"], help="dropout on the LoRA input")
     group.add_argument("--lora_target_modules", nargs="+", default=list(d["lora_target_modules"]),
                        help="names of the nn.Linear layers that get adapters")
+    group.add_argument("--peft_weights", default=None, metavar="DIR",
+                       help="evaluate PEFT weights saved by --save_best_model (DIR = that run's best_model): "
+                            "the method, its settings and weights come from DIR; use with --no-do_train")
     return parser
 
 
@@ -612,8 +616,24 @@ def apply_peft(model, args):
     returns it: "none" changes nothing, "ptuning_v2" calls `add_prefix_encoder`, "lora" calls
     `add_lora`; both freeze the backbone. Logs trainable / total parameters and the share.
 
-    Raises ValueError for an unknown method or a model that already carries one.
+    With `args.peft_weights` (a directory written by `save_trainable_weights`) the method, its
+    settings and its weights are the saved ones (`load_trainable_weights`), and `args` takes the
+    saved settings so that results report them.
+
+    Raises ValueError for an unknown method, a model that already carries one, or `args.peft`
+    naming another method than the saved weights; FileNotFoundError (see `load_trainable_weights`).
     """
+    weights_dir = None if isinstance(args, dict) else getattr(args, "peft_weights", None)
+    if weights_dir:
+        saved = _peft_settings(json.loads((Path(weights_dir) / ADAPTER_CONFIG_NAME).read_text())
+                               if (Path(weights_dir) / ADAPTER_CONFIG_NAME).is_file() else {})
+        if args.peft not in ("none", saved["peft"]):
+            raise ValueError(f"--peft_weights {weights_dir} holds {saved['peft']} weights, not {args.peft}: "
+                             f"drop --peft (the saved method is used) or pass --peft {saved['peft']}")
+        model = load_trainable_weights(model, weights_dir)
+        for name, value in saved.items():
+            setattr(args, name, value)
+        return model
     s = _peft_settings(args)
     current = peft_method(model)
     if current != "none" and s["peft"] != "none":

@@ -209,6 +209,8 @@ def parse_args(argv=None):
     elif args.task not in METHOD_TASKS[args.method]:
         problems.append(f"--method {args.method} does {' and '.join(METHOD_TASKS[args.method])} only, not --task "
                         f"{args.task}" + (" (generation baselines: --method seq2seq)" if args.task == "gen" else ""))
+    if args.peft_weights:
+        problems.append("--peft_weights loads GLM's PEFT weights in run_cls.py / run_gen.py, not in a baseline")
     if args.peft == "ptuning_v2":
         problems.append("--peft ptuning_v2 is GLM's native prefix (run_cls.py / run_gen.py) and is incompatible "
                         "with the baselines; use --peft lora or --peft none")

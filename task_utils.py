@@ -1463,6 +1463,9 @@ def training_args_problems(args):
         problems.append("--warmup_ratio must lie in [0, 1]")
     if args.resume_from_checkpoint and not args.do_train:
         problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
+    if getattr(args, "peft_weights", None) and args.do_train:
+        problems.append("--peft_weights evaluates saved PEFT weights: add --no-do_train (to continue a training "
+                        "run, use --resume_from_checkpoint)")
     return problems
 
 

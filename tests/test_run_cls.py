@@ -417,6 +417,30 @@ def test_lora_trains_only_its_adapters_and_saves_only_them(trec, tmp_path):
     assert sum(value.numel() for value in saved.values()) == record["trainable_params"]
 
 
+@needs_trec
+def test_saved_ptuning_weights_evaluated_with_peft_weights_score_the_test_set_as_the_run_did(trec, tmp_path, capsys):
+    trained = tmp_path / "trained"
+    first = run(tiny(trained, trec["train40"], trec["test37"], trec["test37"], "--peft", "ptuning_v2",
+                     "--pre_seq_len", 4, "--max_train_steps", 3, "--save_best_model"))  # fmt: skip
+    best_model = trained / "best_model"
+    # The saved method and settings come from best_model: no --peft / --pre_seq_len here.
+    evaluated = tmp_path / "evaluated"
+    second = run(tiny(evaluated, trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name", best_model,
+                      "--peft_weights", best_model, "--no-do_train"))  # fmt: skip
+
+    assert (second["peft"], second["args"]["pre_seq_len"]) == ("ptuning_v2", 4)
+    assert second["trainable_params"] == first["trainable_params"]
+    assert second["test"] == first["test"]
+    assert read_jsonl(evaluated / "predictions_test.jsonl") == read_jsonl(trained / "predictions_test.jsonl")
+
+    with pytest.raises(ValueError, match="holds ptuning_v2 weights, not lora: drop --peft"):
+        run(tiny(tmp_path / "wrong", trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name", best_model,
+                 "--peft_weights", best_model, "--no-do_train", "--peft", "lora"))  # fmt: skip
+    with pytest.raises(SystemExit):
+        run(tiny(tmp_path / "trains", trec["train40"], trec["test37"], trec["test37"], "--peft_weights", best_model))
+    assert "--peft_weights evaluates saved PEFT weights: add --no-do_train" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- shared helpers
 
 
