@@ -625,11 +625,18 @@ def apply_peft(model, args):
     """
     weights_dir = None if isinstance(args, dict) else getattr(args, "peft_weights", None)
     if weights_dir:
-        saved = _peft_settings(json.loads((Path(weights_dir) / ADAPTER_CONFIG_NAME).read_text())
-                               if (Path(weights_dir) / ADAPTER_CONFIG_NAME).is_file() else {})
+        config = read_peft_config(weights_dir)
+        saved = _peft_settings(config)
         if args.peft not in ("none", saved["peft"]):
             raise ValueError(f"--peft_weights {weights_dir} holds {saved['peft']} weights, not {args.peft}: "
                              f"drop --peft (the saved method is used) or pass --peft {saved['peft']}")
+        base, seed = config.get("base_model_name_or_path"), config.get("seed")
+        if base == TINY_MODEL_NAME and args.model_name_or_path == TINY_MODEL_NAME and seed != args.seed:
+            raise ValueError(f"--peft_weights {weights_dir} was trained on glm-tiny initialised with --seed {seed}: "
+                             f"pass --seed {seed}, or the weights meet another random base model")
+        if base != args.model_name_or_path:
+            logger.warning("--peft_weights %s was trained on %s; loading it onto %s", weights_dir, base,
+                           args.model_name_or_path)
         model = load_trainable_weights(model, weights_dir)
         for name, value in saved.items():
             setattr(args, name, value)
@@ -651,8 +658,8 @@ def apply_peft(model, args):
 def save_trainable_weights(model, directory, args):
     """Writes the weights the method trains, and only them, to `directory`:
     `adapter.safetensors` (parameter names as in `model.named_parameters()`) and
-    `adapter_config.json` (the peft flags of `args` and `base_model_name_or_path`, taken from
-    `args.model_name_or_path` when present). For P-tuning v2 / LoRA a small fraction of the model;
+    `adapter_config.json` (the peft flags of `args`, and `base_model_name_or_path` and `seed`
+    from `args.model_name_or_path` and `args.seed` when present: a glm-tiny base is random by seed). For P-tuning v2 / LoRA a small fraction of the model;
     for "none" it is the whole model.
 
     Raises ValueError when `args.peft` is not the method the model carries.
@@ -667,9 +674,27 @@ def save_trainable_weights(model, directory, args):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(state, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-    base = args.get("model_name_or_path") if isinstance(args, dict) else getattr(args, "model_name_or_path", None)
-    config = {**s, "base_model_name_or_path": base}
+    get = args.get if isinstance(args, dict) else lambda name: getattr(args, name, None)
+    config = {**s, "base_model_name_or_path": get("model_name_or_path"), "seed": get("seed")}
     (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+
+def read_peft_config(directory) -> dict:
+    """The adapter_config.json of a folder written by `save_trainable_weights` (a run's best_model
+    with --peft and --save_best_model): the peft flags, base_model_name_or_path and seed.
+
+    Raises FileNotFoundError, saying what such a folder is, when it lacks adapter_config.json or
+    adapter.safetensors.
+    """
+    directory = Path(directory)
+    for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(
+                f"{directory} has no {name}: PEFT weights are the best_model folder of a run with --peft lora or "
+                "--peft ptuning_v2 and --save_best_model (a fully fine-tuned best_model loads with "
+                "--model_name_or_path DIR)."
+            )
+    return json.loads((directory / ADAPTER_CONFIG_NAME).read_text())
 
 
 def load_trainable_weights(model, directory):
@@ -685,13 +710,7 @@ def load_trainable_weights(model, directory):
     """
     from safetensors.torch import load_file
 
-    directory = Path(directory)
-    config_file, weights_file = directory / ADAPTER_CONFIG_NAME, directory / ADAPTER_WEIGHTS_NAME
-    for file in (config_file, weights_file):
-        if not file.exists():
-            raise FileNotFoundError(f"{directory} has no {file.name}: it is not a directory written by "
-                                    "save_trainable_weights")
-    config = json.loads(config_file.read_text())
+    config, weights_file = read_peft_config(directory), Path(directory) / ADAPTER_WEIGHTS_NAME
     method, current = _peft_settings(config)["peft"], peft_method(model)
     if current == "none" and method != "none":
         model = apply_peft(model, config)

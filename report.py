@@ -671,8 +671,17 @@ def unfinished_runs(results_dir):
     return sorted(log.parent for log in logs if not (log.parent / "results.json").exists())
 
 
-def write_report(runs, results_dir, output_dir, title):
-    """Write report.md, tables.tex and the figures; return the comparison tables."""
+def split_untrained(runs):
+    """(trained runs, runs without any training step): zero-shot runs and --peft_weights
+    evaluations have no validation history, and their learning rate and batch size mean nothing,
+    so they must not compete in the grid search."""
+    trained = runs["epochs"].map(len) > 0
+    return runs[trained], runs[~trained]
+
+
+def write_report(runs, results_dir, output_dir, title, untrained=None):
+    """Write report.md, tables.tex and the figures; return the comparison tables. `untrained`
+    runs (see `split_untrained`) are listed with their test score, outside the tables."""
     output_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "",
              f"{len(runs)} runs (results.json files) under `{results_dir}`; "
@@ -683,6 +692,16 @@ def write_report(runs, results_dir, output_dir, title):
         lines += [f"{len(unfinished)} run folder(s) have no results.json (failed, killed or still running; see "
                   "their sweep.log and failed_runs.txt) and are missing from the tables:", ""]
         lines += [f"- `{path.relative_to(results_dir)}`" for path in unfinished] + [""]
+    if untrained is not None and len(untrained):
+        lines += [f"{len(untrained)} run(s) did not train (zero-shot, or `--peft_weights` evaluations of saved "
+                  "weights); they are left out of the grid search and the tables:", ""]
+        for run in untrained.itertuples():
+            metric = run.metric_for_best_model
+            score = run.test.get(metric, run.validation.get(metric))
+            split = "test" if metric in run.test else "validation"
+            lines.append(f"- `{Path(run.path).parent.relative_to(results_dir)}`: {split} {metric} "
+                         f"{'n/a' if score is None else f'{score:.4f}'}")
+        lines.append("")
     sections, tables, comparisons = report_sections(runs, output_dir)
     lines += sections
     (output_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -962,9 +981,10 @@ def main(argv=None):
     results_dir = Path(args.results_dir)
     output_dir = Path(args.output_dir) if args.output_dir else results_dir / "report"
     runs = load_results(results_dir)
+    runs, untrained = split_untrained(runs)
     if runs.empty:
-        raise SystemExit(f"No results.json under {results_dir}.")
-    comparisons = write_report(runs, results_dir, output_dir, args.title)
+        raise SystemExit(f"No results.json of a trained run under {results_dir} ({len(untrained)} without training).")
+    comparisons = write_report(runs, results_dir, output_dir, args.title, untrained)
     logger.info("Wrote %s, %s and %d figures.", output_dir / "report.md", output_dir / "tables.tex",
                 len(list(output_dir.glob("*.png"))))  # fmt: skip
     if args.glm_example_readme:

@@ -712,8 +712,9 @@ def main(argv=None):
     if args.learning_rate is None:
         args.learning_rate = (PEFT_DEFAULT_LEARNING_RATES["lora"] if args.peft == "lora" else TINY_LEARNING_RATE
                               if args.model_name_or_path in TINY_MODELS else FULL_LEARNING_RATES.get(family, 1e-5))
-    # A finished run is never overwritten (checked before any work, on every process alike).
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+    # A finished run is never overwritten; --overwrite_output_dir first removes its outputs.
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint,
+                                    keep=(args.model_name_or_path, args.tokenizer_name, args.peft_weights))
 
     # Data and prompt, exactly as run_cls.py / run_gen.py: every split rendered and checked here.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -864,7 +865,7 @@ def main(argv=None):
         accelerator.unwrap_model(model).save_pretrained(output_dir / "best_model")
         tokenizer.save_pretrained(output_dir / "best_model")
 
-    record = None
+    record, best = None, tracker.best
     if accelerator.is_main_process:
         if args.task == "cls":  # the rows of run_cls.py's predictions file; input = what the model read
             rows = []
@@ -880,7 +881,6 @@ def main(argv=None):
             _, references, sources = eval_sets[final_split]
             rows = [{"source": s, "references": r, "prediction": p} for s, r, p in zip(sources, references, outputs)]
             write_jsonl_atomic(output_dir / f"generations_{final_split}.jsonl", rows)
-        best = tracker.best
         uses_prompt = args.method != "linear_head"  # a linear head reads the raw text: no prompt
         record = results_record(
             args, args.task, args.method, script="run_baseline.py", prompt_id=prompt_id if uses_prompt else None,

@@ -194,8 +194,9 @@ def main(argv=None):
 
     accelerator = setup_accelerator(args)
 
-    # A finished run is never overwritten (checked before any work, on every process alike).
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+    # A finished run is never overwritten; --overwrite_output_dir first removes its outputs.
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint,
+                                    keep=(args.model_name_or_path, args.tokenizer_name, args.peft_weights))
 
     # Data and prompt. Every split is rendered and checked here, before the first step.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -311,12 +312,11 @@ def main(argv=None):
             save_trainable_weights(unwrapped, output_dir / "best_model", args)
         tokenizer.save_pretrained(output_dir / "best_model")
 
-    record = None
+    record, best = None, tracker.best
     if accelerator.is_main_process:
         rows = [{"source": source, "references": references, "prediction": prediction}
                 for source, references, prediction in zip(final_sources, final_references, predictions)]
         write_jsonl_atomic(output_dir / f"generations_{final_split}.jsonl", rows)
-        best = tracker.best
         record = results_record(
             args, "gen", "glm_gen", script="run_gen.py", prompt_id=prompt_id, prompt_name=template.name,
             total_train_batch_size=total_batch_size, epochs=tracker.history,

@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -1139,20 +1140,40 @@ def most_frequent_reference_baseline(train_targets, references_list):
 # ---------------------------------------------------------------------------------------
 
 
-def prepare_output_dir(output_dir, overwrite_output_dir=False):
+# What a run writes into its --output_dir (besides tokenizer/, which a later run may read).
+RUN_OUTPUTS = ("results.json", "predictions_*.jsonl", "generations_*.jsonl", "step_*", "epoch_*", "best_model")
+
+
+def prepare_output_dir(output_dir, overwrite_output_dir=False, resume=False, keep=()):
     """Create output_dir (and parents); refuse to reuse one that holds a finished run.
+
+    With `overwrite_output_dir` (and not `resume`), the previous run's outputs go first, so that
+    nothing of it is mixed with the new run or resumed by mistake: results.json, predictions_* /
+    generations_* files, step_* / epoch_* checkpoints and best_model/ (unless it is in `keep`, the
+    paths this run reads). The main process removes them and logs each; all processes then meet.
 
     Returns:
         pathlib.Path of output_dir.
     Raises:
         FileExistsError: results.json exists there and overwrite_output_dir is False.
     """
+    from accelerate import PartialState
+
     path = Path(output_dir)
     if (path / "results.json").exists() and not overwrite_output_dir:
         raise FileExistsError(
             f"{path / 'results.json'} exists: a finished run is there. Pass --overwrite_output_dir "
             "to replace it, or choose another --output_dir."
         )
+    if overwrite_output_dir and not resume and path.is_dir():
+        kept = {Path(p).resolve() for p in keep if p}
+        previous = [old for pattern in RUN_OUTPUTS for old in sorted(path.glob(pattern)) if old.resolve() not in kept]
+        state = PartialState()
+        if state.is_main_process:
+            for old in previous:
+                logger.warning("--overwrite_output_dir: removing %s of the previous run", old)
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        state.wait_for_everyone()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -1450,8 +1471,9 @@ def add_training_args(parser, defaults=None):
 
 
 def training_args_problems(args):
-    """What is wrong with the flags of `add_training_args`: a list of messages (empty when all is well),
-    which each script joins with its own into one `parser.error`."""
+    """What is wrong with the flags of `add_training_args` (and --peft_weights): a list of messages
+    (empty when all is well), which each script joins with its own into one `parser.error`. Checks
+    that --peft_weights and --resume_from_checkpoint name what they must, before any work."""
     problems = []
     if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
         problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
@@ -1463,9 +1485,21 @@ def training_args_problems(args):
         problems.append("--warmup_ratio must lie in [0, 1]")
     if args.resume_from_checkpoint and not args.do_train:
         problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
-    if getattr(args, "peft_weights", None) and args.do_train:
-        problems.append("--peft_weights evaluates saved PEFT weights: add --no-do_train (to continue a training "
-                        "run, use --resume_from_checkpoint)")
+    steps = args.num_train_epochs if args.max_train_steps is None else args.max_train_steps
+    if getattr(args, "peft_weights", None):
+        from glm_utils import read_peft_config
+
+        if args.do_train and steps > 0:
+            problems.append("--peft_weights evaluates saved PEFT weights without training: add --no-do_train")
+        try:
+            read_peft_config(args.peft_weights)
+        except FileNotFoundError as error:
+            problems.append(f"--peft_weights: {error}")
+    if args.resume_from_checkpoint:
+        try:
+            find_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        except FileNotFoundError as error:
+            problems.append(str(error))
     return problems
 
 
@@ -1618,6 +1652,12 @@ class EpochSampler:
         return iter(order)
 
 
+# The flags a resumed run must share with its checkpoint (what the weights, schedule and data order depend on).
+RESUME_SETTINGS = ("model_name_or_path", "dataset_name", "prompt_id", "method", "peft", "learning_rate",
+                   "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
+                   "warmup_ratio", "weight_decay", "seed")  # fmt: skip
+
+
 class TrainingTracker:
     """Run bookkeeping that must survive an interruption, and the best evaluation's weights.
 
@@ -1633,6 +1673,8 @@ class TrainingTracker:
 
     Args:
         metric: the validation metric that picks the best evaluation. greater_is_better: bool.
+        settings: the flags that shape the run (`RESUME_SETTINGS`); `load` refuses a checkpoint
+            written with other values.
     Attributes:
         completed_steps, history, train_time_s, train_examples, best_index (into history).
     """
@@ -1640,8 +1682,9 @@ class TrainingTracker:
     STATE_NAME = "training_state.json"
     WEIGHTS_NAME = "best_weights.safetensors"
 
-    def __init__(self, metric, greater_is_better=True):
+    def __init__(self, metric, greater_is_better=True, settings=None):
         self.metric, self.greater_is_better = metric, greater_is_better
+        self.settings = dict(settings or {})
         self.completed_steps, self.history, self.best_index = 0, [], None
         self.loss_sum, self.loss_count, self.train_time_s, self.train_examples = 0.0, 0, 0.0, 0
         self.best_weights = None
@@ -1703,7 +1746,7 @@ class TrainingTracker:
 
     def state_dict(self):
         """The JSON part of the state (everything except the best weights)."""
-        keys = ("metric", "greater_is_better", "completed_steps", "history", "best_index", "loss_sum",
+        keys = ("metric", "greater_is_better", "settings", "completed_steps", "history", "best_index", "loss_sum",
                 "loss_count", "train_time_s", "train_examples")  # fmt: skip
         return {key: getattr(self, key) for key in keys}
 
@@ -1721,7 +1764,8 @@ class TrainingTracker:
         """Reads what `save` wrote.
 
         Raises:
-            FileNotFoundError: a file is missing. ValueError: the checkpoint tracked another metric.
+            FileNotFoundError: a file is missing. ValueError: the checkpoint tracked another metric,
+            or was written with other `settings` (each difference named).
         """
         from safetensors.torch import load_file
 
@@ -1734,6 +1778,14 @@ class TrainingTracker:
             raise ValueError(
                 f"{directory} picked the best evaluation by {state['metric']!r}, this run by {self.metric!r}: "
                 "resume with the same --metric_for_best_model."
+            )
+        saved = state.get("settings", {})
+        differences = [f"--{name} {saved[name]} there, {self.settings[name]} here" for name in sorted(saved)
+                       if name in self.settings and saved[name] != self.settings[name]]  # fmt: skip
+        if differences:
+            raise ValueError(
+                f"{directory} was written by a run with other settings ({'; '.join(differences)}): resume with "
+                "the same flags, or start over in an empty --output_dir (or with --overwrite_output_dir)."
             )
         for key, value in state.items():
             setattr(self, key, value)
@@ -1823,7 +1875,8 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
     """The optimization loop of run_cls.py, run_gen.py and run_baseline.py.
 
     Takes the objects `accelerator.prepare` returned. Resumes from --resume_from_checkpoint
-    (model, optimizer, scheduler and RNG states, and `tracker`), makes `args.max_train_steps`
+    (model, optimizer, scheduler and RNG states, and `tracker`; refused when the checkpoint was
+    written with other `RESUME_SETTINGS`), makes `args.max_train_steps`
     optimizer steps, validates every --eval_steps (else at each epoch's end) and at the last
     step, each before the checkpoint of the same step (--checkpointing_steps), so that a resumed
     run never misses or repeats an evaluation; then puts back the weights of the best validation,
@@ -1840,6 +1893,7 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
     Raises:
         FloatingPointError: a non-finite loss, before its update (the last checkpoint stays good).
         FileNotFoundError: --resume_from_checkpoint names no checkpoint.
+        ValueError: the checkpoint was written with other settings (see `TrainingTracker.load`).
     """
     from tqdm.auto import tqdm
 
@@ -1856,6 +1910,7 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
                     "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}",
                     {name: round(value, 4) for name, value in metrics.items()}, " (best)" if improved else "")
 
+    tracker.settings = {name: getattr(args, name) for name in RESUME_SETTINGS if hasattr(args, name)}
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
         accelerator.load_state(str(checkpoint))
@@ -1873,6 +1928,8 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
     starting_epoch, resume_batches = tracker.resume_position(batches_per_epoch, args.gradient_accumulation_steps)
     model.train()
     for epoch in range(starting_epoch, args.num_train_epochs):
+        if tracker.completed_steps >= args.max_train_steps:  # also: resumed from the last step's checkpoint
+            break
         train_dataloader.set_epoch(epoch)  # the order of epoch e, also for the skipping copy below
         active_dataloader = train_dataloader
         if epoch == starting_epoch and resume_batches:
@@ -1908,8 +1965,6 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
             start = time.perf_counter()
             if done:
                 break
-        if tracker.completed_steps >= args.max_train_steps:
-            break
     progress_bar.close()
 
     if not tracker.restore_best(accelerator.unwrap_model(model)):

@@ -232,6 +232,18 @@ def test_report_writes_markdown_latex_and_figures(tmp_path):
     assert summary["cls/trec"][0]["test_mean"] == pytest.approx(65.0)
 
 
+def test_runs_without_training_are_listed_apart_and_never_selected(tmp_path):
+    # A --peft_weights evaluation (or zero-shot run) records the default lr and no history; it
+    # scores higher than every trained run but must not become a grid point.
+    evaluation = record(lr=1e-6, val=0.99, test=0.99, epochs=[])
+    out = make_report(tmp_path, accuracy_runs() + [evaluation])
+
+    text = (out / "report.md").read_text()
+    assert "1 run(s) did not train" in text and "- `run008`: test accuracy 0.9900" in text
+    assert "| **0** | **3e-5** | **16** | **2** | **80.00 ± 2.83** | **best** |" in text
+    assert "1e-6" not in text
+
+
 def test_glm_example_readme_has_the_sections_the_glm_repository_asks_for(tmp_path):
     results = write_runs(tmp_path / "runs", accuracy_runs())
     report.main([str(results), "--output_dir", str(tmp_path / "report"), "--glm_example_readme", str(tmp_path / "ex")])

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import accelerate
 import huggingface_hub.constants
 import pytest
 import torch
@@ -109,6 +110,14 @@ def test_linear_head_on_roberta_reads_the_raw_text_and_learns(trec, tmp_path):
     # No template: the model read the question itself, and the prompt is recorded as none.
     assert [row["input"] for row in rows] == trec["texts"]
     assert record["prompt_name"] is None and record["args"]["text_column"] is None
+
+
+@needs_trec
+def test_a_process_other_than_the_main_one_finishes_without_writing(trec, tmp_path, monkeypatch):
+    # What rank 1 of a 2-process launch does: every step, but no files and no record.
+    monkeypatch.setattr(accelerate.Accelerator, "is_main_process", property(lambda self: False))
+    assert trec_run(trec, tmp_path / "run", "linear_head", "roberta-tiny", 2, 2) is None
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 @needs_trec

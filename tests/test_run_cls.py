@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -367,9 +368,26 @@ def test_an_existing_finished_run_is_not_overwritten(trec, tmp_path):
 
 
 @needs_trec
-def test_resuming_without_a_checkpoint_says_how_to_get_one(trec, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint in .*--checkpointing_steps"):
+def test_resuming_without_a_checkpoint_says_how_to_get_one_before_any_work(trec, tmp_path, capsys):
+    with pytest.raises(SystemExit):
         run(tiny(tmp_path / "o", trec["train40"], trec["test37"], trec["test37"], "--resume_from_checkpoint", "latest"))
+    assert re.search("no checkpoint in .*--checkpointing_steps", capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+@needs_trec
+def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_settings_are_refused(trec, tmp_path):
+    out = tmp_path / "run"
+    full = run(resume_args(trec, out, "--checkpointing_steps", 3))  # step_12 is the last step's checkpoint
+    (out / "results.json").unlink()  # as if the run had died while testing
+
+    resumed = run(resume_args(trec, out, "--checkpointing_steps", 3, "--resume_from_checkpoint", "latest"))
+    assert resumed["epochs"] == full["epochs"] and resumed["test"] == full["test"]
+
+    (out / "results.json").unlink()
+    with pytest.raises(ValueError, match=r"other settings \(--learning_rate 0.001 there, 0.003 here\)"):
+        run(resume_args(trec, out, "--checkpointing_steps", 3, "--resume_from_checkpoint", "latest",
+                        "--learning_rate", 3e-3))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -378,6 +396,8 @@ def test_resuming_without_a_checkpoint_says_how_to_get_one(trec, tmp_path):
         (["--metric_for_best_model", "bleu"], "--metric_for_best_model must be one of"),
         (["--no-do_train", "--resume_from_checkpoint", "latest"], "--resume_from_checkpoint continues training"),
         (["--max_seq_length", "2"], "--max_seq_length must be >= 4"),
+        (["--no-do_train", "--peft_weights", "nowhere"], "--peft_weights: nowhere has no adapter_config.json"),
+        (["--num_train_epochs", "1", "--peft_weights", "nowhere"], "evaluates saved PEFT weights without training"),
     ],
 )
 def test_incompatible_or_impossible_flags_fail_at_parsing(flags, message, capsys):
@@ -436,9 +456,12 @@ def test_saved_ptuning_weights_evaluated_with_peft_weights_score_the_test_set_as
     with pytest.raises(ValueError, match="holds ptuning_v2 weights, not lora: drop --peft"):
         run(tiny(tmp_path / "wrong", trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name", best_model,
                  "--peft_weights", best_model, "--no-do_train", "--peft", "lora"))  # fmt: skip
+    with pytest.raises(ValueError, match="trained on glm-tiny initialised with --seed 0: pass --seed 0"):
+        run(tiny(tmp_path / "other_seed", trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name",
+                 best_model, "--peft_weights", best_model, "--no-do_train", "--seed", 1))  # fmt: skip
     with pytest.raises(SystemExit):
         run(tiny(tmp_path / "trains", trec["train40"], trec["test37"], trec["test37"], "--peft_weights", best_model))
-    assert "--peft_weights evaluates saved PEFT weights: add --no-do_train" in capsys.readouterr().err
+    assert "--peft_weights evaluates saved PEFT weights without training: add --no-do_train" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- shared helpers

@@ -445,6 +445,27 @@ def test_prepare_output_dir_refuses_to_overwrite_results(tmp_path):
     assert tu.prepare_output_dir(out, overwrite_output_dir=True) == out
 
 
+def test_overwrite_output_dir_removes_the_previous_runs_outputs_unless_resuming_or_read(tmp_path):
+    def previous_run(out):
+        for name in ("results.json", "predictions_test.jsonl", "step_3/training_state.json", "epoch_0/model.bin",
+                     "best_model/adapter.safetensors", "tokenizer/vocab.json", "notes.txt"):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            write(out / name, "x")
+        return out
+
+    out = previous_run(tmp_path / "a")
+    tu.prepare_output_dir(out, overwrite_output_dir=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "tokenizer"]
+
+    out = previous_run(tmp_path / "b")
+    tu.prepare_output_dir(out, overwrite_output_dir=True, resume="latest")
+    assert len(list(out.iterdir())) == 7
+
+    out = previous_run(tmp_path / "c")
+    tu.prepare_output_dir(out, overwrite_output_dir=True, keep=(None, str(out / "best_model")))
+    assert sorted(p.name for p in out.iterdir()) == ["best_model", "notes.txt", "tokenizer"]
+
+
 def test_atomic_writes_leave_no_temp_files_and_keep_the_old_file_on_failure(tmp_path):
     path = tmp_path / "results.json"
     tu.write_json_atomic(path, {"b": 1, "a": [1.5]})
