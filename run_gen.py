@@ -266,9 +266,13 @@ def main(argv=None):
     }
 
     # Optimizer and schedule.
-    optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
-    lr_scheduler, batches_per_epoch = create_lr_scheduler(args, optimizer, len(train_dataloader),
-                                                          accelerator.num_processes)
+    train_steps_asked = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs
+    do_train = args.do_train and train_steps_asked > 0  # otherwise the model as loaded is evaluated
+    optimizer = lr_scheduler = None
+    if do_train:
+        optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+        lr_scheduler, batches_per_epoch = create_lr_scheduler(args, optimizer, len(train_dataloader),
+                                                              accelerator.num_processes)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
@@ -289,7 +293,7 @@ def main(argv=None):
     # Training (task_utils.train_loop: resume, evaluation, checkpoints; then the best weights are back).
     tracker = TrainingTracker(args.metric_for_best_model)  # history, best weights, timing
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    if args.do_train and args.max_train_steps > 0:
+    if do_train:
         validation_metrics = train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataloader,
                                         batches_per_epoch, tracker, compute_loss, validate, output_dir)
     else:

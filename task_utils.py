@@ -98,8 +98,9 @@ _TRUE_STRINGS = {"1", "on", "yes", "true"}
 _OFFLINE_HINT = (
     "Either pass local files with --train_file/--validation_file/--test_file (csv, json or "
     "jsonl), or use a dataset that needs no network: --dataset_name fine_foods "
-    "(classification) or --dataset_name hhs_breaches (generation), with "
-    "--model_name_or_path glm-tiny --tokenizer_name train."
+    "(classification) or --dataset_name hhs_breaches (generation), with a tiny random model "
+    "(--model_name_or_path glm-tiny; in run_baseline.py also roberta-tiny, t5-tiny, bart-tiny) "
+    "and --tokenizer_name train."
 )
 
 # ---------------------------------------------------------------------------------------

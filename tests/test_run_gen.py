@@ -180,3 +180,15 @@ def test_list_prompts_prints_the_generation_prompts_without_an_output_dir(capsys
     listed = capsys.readouterr().out
     assert "0: coherent_text [promptsource]" in listed
     assert "generate_text_restaurant" in listed
+
+
+def test_no_training_by_flag_or_by_zero_epochs_is_the_same_evaluation_of_the_model_as_loaded(tmp_path):
+    common = ["--num_beams", "1", "--max_target_length", "8"]
+    run_gen.main(toy_args(tmp_path, output="flag") + common + ["--no-do_train"])
+    run_gen.main(toy_args(tmp_path, output="zero") + common + ["--num_train_epochs", "0"])
+
+    flag, flag_generations = read_results(tmp_path / "flag")
+    zero, zero_generations = read_results(tmp_path / "zero")
+    assert flag["epochs"] == zero["epochs"] == [] and flag["best_epoch"] is None
+    assert flag["test"] == zero["test"] and flag_generations == zero_generations
+    assert flag["args"]["max_train_steps"] is None  # nothing was sized for a run that did not train
