@@ -611,6 +611,26 @@ def _peft_settings(args) -> dict:
     return settings
 
 
+def peft_weights_problems(args) -> list:
+    """What is wrong with `--peft_weights DIR` for this run (empty list: nothing): DIR is no folder
+    of `save_trainable_weights`, `args.peft` names another method than the saved one, or the saved
+    weights were trained on glm-tiny (a random base, fixed by the seed) with another `--seed`."""
+    weights_dir = args.peft_weights
+    try:
+        config = read_peft_config(weights_dir)
+    except FileNotFoundError as error:
+        return [f"--peft_weights: {error}"]
+    problems, method = [], _peft_settings(config)["peft"]
+    if args.peft not in ("none", method):
+        problems.append(f"--peft_weights {weights_dir} holds {method} weights, not {args.peft}: drop --peft (the "
+                        f"saved method is used) or pass --peft {method}")
+    base, seed = config.get("base_model_name_or_path"), config.get("seed")
+    if base == TINY_MODEL_NAME and args.model_name_or_path == TINY_MODEL_NAME and seed != args.seed:
+        problems.append(f"--peft_weights {weights_dir} was trained on glm-tiny initialised with --seed {seed}: pass "
+                        f"--seed {seed}, or the weights meet another random base model")
+    return problems
+
+
 def apply_peft(model, args):
     """Applies the method `args.peft` chose (flags from `add_peft_args`) to `model` in place and
     returns it: "none" changes nothing, "ptuning_v2" calls `add_prefix_encoder`, "lora" calls
@@ -620,23 +640,19 @@ def apply_peft(model, args):
     settings and its weights are the saved ones (`load_trainable_weights`), and `args` takes the
     saved settings so that results report them.
 
-    Raises ValueError for an unknown method, a model that already carries one, or `args.peft`
-    naming another method than the saved weights; FileNotFoundError (see `load_trainable_weights`).
+    Raises ValueError for an unknown method, a model that already carries one, or saved weights
+    that do not fit this run (`peft_weights_problems`).
     """
     weights_dir = None if isinstance(args, dict) else getattr(args, "peft_weights", None)
     if weights_dir:
+        problems = peft_weights_problems(args)
+        if problems:
+            raise ValueError("; ".join(problems))
         config = read_peft_config(weights_dir)
+        if config.get("base_model_name_or_path") != args.model_name_or_path:
+            logger.warning("--peft_weights %s was trained on %s; loading it onto %s", weights_dir,
+                           config.get("base_model_name_or_path"), args.model_name_or_path)
         saved = _peft_settings(config)
-        if args.peft not in ("none", saved["peft"]):
-            raise ValueError(f"--peft_weights {weights_dir} holds {saved['peft']} weights, not {args.peft}: "
-                             f"drop --peft (the saved method is used) or pass --peft {saved['peft']}")
-        base, seed = config.get("base_model_name_or_path"), config.get("seed")
-        if base == TINY_MODEL_NAME and args.model_name_or_path == TINY_MODEL_NAME and seed != args.seed:
-            raise ValueError(f"--peft_weights {weights_dir} was trained on glm-tiny initialised with --seed {seed}: "
-                             f"pass --seed {seed}, or the weights meet another random base model")
-        if base != args.model_name_or_path:
-            logger.warning("--peft_weights %s was trained on %s; loading it onto %s", weights_dir, base,
-                           args.model_name_or_path)
         model = load_trainable_weights(model, weights_dir)
         for name, value in saved.items():
             setattr(args, name, value)

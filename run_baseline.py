@@ -97,6 +97,7 @@ from task_utils import (
     adapt_columns,
     add_data_and_prompt_args,
     add_training_args,
+    clear_previous_run,
     apply_max_samples,
     build_prompted_examples,
     classification_metrics,
@@ -712,9 +713,8 @@ def main(argv=None):
     if args.learning_rate is None:
         args.learning_rate = (PEFT_DEFAULT_LEARNING_RATES["lora"] if args.peft == "lora" else TINY_LEARNING_RATE
                               if args.model_name_or_path in TINY_MODELS else FULL_LEARNING_RATES.get(family, 1e-5))
-    # A finished run is never overwritten; --overwrite_output_dir first removes its outputs.
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint,
-                                    keep=(args.model_name_or_path, args.tokenizer_name, args.peft_weights))
+    # A finished run is never overwritten without --overwrite_output_dir (see clear_previous_run).
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
 
     # Data and prompt, exactly as run_cls.py / run_gen.py: every split rendered and checked here.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -812,6 +812,8 @@ def main(argv=None):
     eval_dataloaders = {split: DataLoader(rows, batch_size=args.per_device_eval_batch_size, collate_fn=collate_eval,
                                           generator=torch.Generator())
                         for split, (rows, _, _) in eval_sets.items()}
+
+    clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
 
     # Optimizer and schedule.
     optimizer = lr_scheduler = None

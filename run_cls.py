@@ -51,6 +51,7 @@ from task_utils import (
     adapt_columns,
     add_data_and_prompt_args,
     add_training_args,
+    clear_previous_run,
     apply_max_samples,
     build_prompted_examples,
     classification_metrics,
@@ -197,9 +198,8 @@ def main(argv=None):
 
     accelerator = setup_accelerator(args)
 
-    # A finished run is never overwritten; --overwrite_output_dir first removes its outputs.
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint,
-                                    keep=(args.model_name_or_path, args.tokenizer_name, args.peft_weights))
+    # A finished run is never overwritten without --overwrite_output_dir (see clear_previous_run).
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
 
     # Data and prompt. Every split is rendered and checked here, before the first step.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -277,6 +277,8 @@ def main(argv=None):
         for split in ("validation", "test")
         if split in examples
     }  # fmt: skip
+
+    clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
 
     # Optimizer and schedule.
     optimizer = lr_scheduler = None

@@ -1145,38 +1145,42 @@ def most_frequent_reference_baseline(train_targets, references_list):
 RUN_OUTPUTS = ("results.json", "predictions_*.jsonl", "generations_*.jsonl", "step_*", "epoch_*", "best_model")
 
 
-def prepare_output_dir(output_dir, overwrite_output_dir=False, resume=False, keep=()):
+def prepare_output_dir(output_dir, overwrite_output_dir=False):
     """Create output_dir (and parents); refuse to reuse one that holds a finished run.
-
-    With `overwrite_output_dir` (and not `resume`), the previous run's outputs go first, so that
-    nothing of it is mixed with the new run or resumed by mistake: results.json, predictions_* /
-    generations_* files, step_* / epoch_* checkpoints and best_model/ (unless it is in `keep`, the
-    paths this run reads). The main process removes them and logs each; all processes then meet.
 
     Returns:
         pathlib.Path of output_dir.
     Raises:
         FileExistsError: results.json exists there and overwrite_output_dir is False.
     """
-    from accelerate import PartialState
-
     path = Path(output_dir)
     if (path / "results.json").exists() and not overwrite_output_dir:
         raise FileExistsError(
             f"{path / 'results.json'} exists: a finished run is there. Pass --overwrite_output_dir "
             "to replace it, or choose another --output_dir."
         )
-    if overwrite_output_dir and not resume and path.is_dir():
-        kept = {Path(p).resolve() for p in keep if p}
-        previous = [old for pattern in RUN_OUTPUTS for old in sorted(path.glob(pattern)) if old.resolve() not in kept]
-        state = PartialState()
-        if state.is_main_process:
-            for old in previous:
-                logger.warning("--overwrite_output_dir: removing %s of the previous run", old)
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-        state.wait_for_everyone()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def clear_previous_run(args, output_dir):
+    """With --overwrite_output_dir (and no --resume_from_checkpoint), removes what the previous
+    run wrote to `output_dir`, so that nothing of it is mixed with this run or resumed by
+    mistake: results.json, predictions_* / generations_* files, step_* / epoch_* checkpoints and
+    best_model/ (tokenizer/ is rewritten by a run that trains one). Scripts call it once every
+    check has passed, just before training. The main process removes and logs; all then meet.
+    """
+    from accelerate import PartialState
+
+    if not args.overwrite_output_dir or args.resume_from_checkpoint:
+        return
+    previous = [old for pattern in RUN_OUTPUTS for old in sorted(Path(output_dir).glob(pattern))]
+    state = PartialState()
+    if state.is_main_process:
+        for old in previous:
+            logger.warning("--overwrite_output_dir: removing %s of the previous run", old)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    state.wait_for_everyone()
 
 
 def _write_atomic(path, text):
@@ -1474,7 +1478,8 @@ def add_training_args(parser, defaults=None):
 def training_args_problems(args):
     """What is wrong with the flags of `add_training_args` (and --peft_weights): a list of messages
     (empty when all is well), which each script joins with its own into one `parser.error`. Checks
-    that --peft_weights and --resume_from_checkpoint name what they must, before any work."""
+    before any work that --resume_from_checkpoint names a checkpoint of this run's settings and
+    --peft_weights weights this run can evaluate, outside --output_dir."""
     problems = []
     if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
         problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
@@ -1484,23 +1489,29 @@ def training_args_problems(args):
         problems.append("--num_train_epochs and --max_train_steps must be >= 0")
     if not 0 <= args.warmup_ratio <= 1:
         problems.append("--warmup_ratio must lie in [0, 1]")
-    if args.resume_from_checkpoint and not args.do_train:
-        problems.append("--resume_from_checkpoint continues training: drop --no-do_train")
     steps = args.num_train_epochs if args.max_train_steps is None else args.max_train_steps
-    if getattr(args, "peft_weights", None):
-        from glm_utils import read_peft_config
-
-        if args.do_train and steps > 0:
-            problems.append("--peft_weights evaluates saved PEFT weights without training: add --no-do_train")
+    trains = args.do_train and steps > 0
+    if args.resume_from_checkpoint and not trains:
+        problems.append("--resume_from_checkpoint continues training: drop --no-do_train (and give it steps)")
+    elif args.resume_from_checkpoint:
         try:
-            read_peft_config(args.peft_weights)
-        except FileNotFoundError as error:
-            problems.append(f"--peft_weights: {error}")
-    if args.resume_from_checkpoint:
-        try:
-            find_checkpoint(args.resume_from_checkpoint, args.output_dir)
+            checkpoint = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
+            # Flags whose default is resolved later (None now) are compared again when the state loads.
+            settings = {name: getattr(args, name) for name in RESUME_SETTINGS if getattr(args, name, None) is not None}
+            problems += TrainingTracker.settings_differences(checkpoint, settings)
         except FileNotFoundError as error:
             problems.append(str(error))
+    for read in ("peft_weights", "model_name_or_path"):
+        path = getattr(args, read, None)
+        if path and args.output_dir and Path(args.output_dir).resolve() in Path(path).resolve().parents:
+            problems.append(f"--{read} {path} lies inside --output_dir {args.output_dir}: write this run to another "
+                            "--output_dir (it would replace the results of the run that made it)")
+    if getattr(args, "peft_weights", None):
+        from glm_utils import peft_weights_problems
+
+        if trains:
+            problems.append("--peft_weights evaluates saved PEFT weights without training: add --no-do_train")
+        problems += peft_weights_problems(args)
     return problems
 
 
@@ -1653,10 +1664,16 @@ class EpochSampler:
         return iter(order)
 
 
-# The flags a resumed run must share with its checkpoint (what the weights, schedule and data order depend on).
-RESUME_SETTINGS = ("model_name_or_path", "dataset_name", "prompt_id", "method", "peft", "learning_rate",
-                   "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
-                   "warmup_ratio", "weight_decay", "seed")  # fmt: skip
+# The flags a resumed run must share with its checkpoint: what its weights, schedule, data and data
+# order depend on (train_loop adds the number of processes). --max_train_steps may grow: a run can be
+# continued to more steps (the same run only with a schedule that does not depend on the length).
+RESUME_SETTINGS = ("model_name_or_path", "tokenizer_name", "dataset_name", "dataset_config_name", "train_file",
+                   "validation_file", "validation_split_percentage", "max_train_samples", "prompt_id", "prompt_name",
+                   "method", "max_seq_length", "max_source_length", "max_target_length", "length_normalize",
+                   "label_smoothing", "group_by_length", "learning_rate", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm",
+                   "seed", "peft", "pre_seq_len", "prefix_projection", "prefix_hidden_size", "lora_r", "lora_alpha",
+                   "lora_dropout", "lora_target_modules")  # fmt: skip
 
 
 class TrainingTracker:
@@ -1780,14 +1797,9 @@ class TrainingTracker:
                 f"{directory} picked the best evaluation by {state['metric']!r}, this run by {self.metric!r}: "
                 "resume with the same --metric_for_best_model."
             )
-        saved = state.get("settings", {})
-        differences = [f"--{name} {saved[name]} there, {self.settings[name]} here" for name in sorted(saved)
-                       if name in self.settings and saved[name] != self.settings[name]]  # fmt: skip
+        differences = self.settings_differences(directory, self.settings)
         if differences:
-            raise ValueError(
-                f"{directory} was written by a run with other settings ({'; '.join(differences)}): resume with "
-                "the same flags, or start over in an empty --output_dir (or with --overwrite_output_dir)."
-            )
+            raise ValueError(differences[0])
         for key, value in state.items():
             setattr(self, key, value)
         self.best_weights = None
@@ -1796,6 +1808,20 @@ class TrainingTracker:
             if not weights_file.is_file():
                 raise FileNotFoundError(f"{directory} records a best evaluation but has no {self.WEIGHTS_NAME}.")
             self.best_weights = load_file(str(weights_file))
+
+    @classmethod
+    def settings_differences(cls, directory, settings):
+        """[] when the checkpoint in `directory` was written with `settings` (those it recorded and
+        `settings` holds), else one message naming each difference and what to do."""
+        state = json.loads((Path(directory) / cls.STATE_NAME).read_text(encoding="utf-8"))
+        saved = state.get("settings", {})
+        differences = [f"--{name} {saved[name]} there, {settings[name]} here" for name in sorted(saved)
+                       if name in settings and saved[name] != settings[name]]  # fmt: skip
+        if not differences:
+            return []
+        return [f"{directory} was written by a run with other settings ({'; '.join(differences)}): resume with the "
+                "same flags and number of processes, or start over in an empty --output_dir (or with "
+                "--overwrite_output_dir)."]
 
     def resume_position(self, batches_per_epoch, gradient_accumulation_steps=1):
         """(epoch, batches to skip in it) that continue the run after `completed_steps`.
@@ -1912,10 +1938,11 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
                     {name: round(value, 4) for name, value in metrics.items()}, " (best)" if improved else "")
 
     tracker.settings = {name: getattr(args, name) for name in RESUME_SETTINGS if hasattr(args, name)}
+    tracker.settings["num_processes"] = accelerator.num_processes
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
+        tracker.load(checkpoint)  # first: it refuses a checkpoint of other settings
         accelerator.load_state(str(checkpoint))
-        tracker.load(checkpoint)
         logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training *****")

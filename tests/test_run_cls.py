@@ -274,10 +274,16 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trec
 
 
 @needs_trec
-def test_unknown_prompt_id_lists_the_valid_ones(trec, tmp_path):
+def test_unknown_prompt_id_lists_the_valid_ones_and_overwrites_nothing(trec, tmp_path):
+    previous = tmp_path / "o"
+    for name in ("results.json", "step_5/training_state.json", "best_model/model.safetensors"):
+        (previous / name).parent.mkdir(parents=True, exist_ok=True)
+        (previous / name).write_text("{}")
     with pytest.raises(ValueError, match=r"Unknown --prompt_id 9; valid prompts:\n0: pick_the_best_descriptor") as error:
-        run(tiny(tmp_path / "o", trec["train40"], trec["test37"], trec["test37"], "--prompt_id", 9))
+        run(tiny(previous, trec["train40"], trec["test37"], trec["test37"], "--prompt_id", 9, "--overwrite_output_dir"))
     assert "4: which_category_best_describes" in str(error.value)
+    # --overwrite_output_dir removes the previous run only once every check has passed.
+    assert all((previous / name).exists() for name in ("results.json", "step_5", "best_model"))
 
 
 @needs_trec
@@ -376,7 +382,8 @@ def test_resuming_without_a_checkpoint_says_how_to_get_one_before_any_work(trec,
 
 
 @needs_trec
-def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_settings_are_refused(trec, tmp_path):
+def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_settings_are_refused(trec, tmp_path,
+                                                                                                 capsys):
     out = tmp_path / "run"
     full = run(resume_args(trec, out, "--checkpointing_steps", 3))  # step_12 is the last step's checkpoint
     (out / "results.json").unlink()  # as if the run had died while testing
@@ -384,10 +391,14 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_set
     resumed = run(resume_args(trec, out, "--checkpointing_steps", 3, "--resume_from_checkpoint", "latest"))
     assert resumed["epochs"] == full["epochs"] and resumed["test"] == full["test"]
 
+    # Other settings are refused before any work (nothing in the run's folder changes).
     (out / "results.json").unlink()
-    with pytest.raises(ValueError, match=r"other settings \(--learning_rate 0.001 there, 0.003 here\)"):
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    with pytest.raises(SystemExit):
         run(resume_args(trec, out, "--checkpointing_steps", 3, "--resume_from_checkpoint", "latest",
-                        "--learning_rate", 3e-3))  # fmt: skip
+                        "--learning_rate", 3e-3, "--seed", 1))  # fmt: skip
+    assert "other settings (--learning_rate 0.001 there, 0.003 here; --seed 0 there, 1 here)" in capsys.readouterr().err
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
 
 
 @pytest.mark.parametrize(
@@ -398,6 +409,7 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_set
         (["--max_seq_length", "2"], "--max_seq_length must be >= 4"),
         (["--no-do_train", "--peft_weights", "nowhere"], "--peft_weights: nowhere has no adapter_config.json"),
         (["--num_train_epochs", "1", "--peft_weights", "nowhere"], "evaluates saved PEFT weights without training"),
+        (["--max_train_steps", "0", "--resume_from_checkpoint", "latest"], "--resume_from_checkpoint continues training"),
     ],
 )
 def test_incompatible_or_impossible_flags_fail_at_parsing(flags, message, capsys):
@@ -453,15 +465,23 @@ def test_saved_ptuning_weights_evaluated_with_peft_weights_score_the_test_set_as
     assert second["test"] == first["test"]
     assert read_jsonl(evaluated / "predictions_test.jsonl") == read_jsonl(trained / "predictions_test.jsonl")
 
-    with pytest.raises(ValueError, match="holds ptuning_v2 weights, not lora: drop --peft"):
-        run(tiny(tmp_path / "wrong", trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name", best_model,
-                 "--peft_weights", best_model, "--no-do_train", "--peft", "lora"))  # fmt: skip
-    with pytest.raises(ValueError, match="trained on glm-tiny initialised with --seed 0: pass --seed 0"):
-        run(tiny(tmp_path / "other_seed", trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name",
-                 best_model, "--peft_weights", best_model, "--no-do_train", "--seed", 1))  # fmt: skip
+    # Weights that do not fit the run are refused at parsing, before any work.
+    capsys.readouterr()
+    for flags, message in [
+        (["--no-do_train", "--peft", "lora"], "holds ptuning_v2 weights, not lora: drop --peft"),
+        (["--no-do_train", "--seed", 1], "trained on glm-tiny initialised with --seed 0: pass --seed 0"),
+        ([], "--peft_weights evaluates saved PEFT weights without training: add --no-do_train"),
+    ]:
+        with pytest.raises(SystemExit):
+            run(tiny(tmp_path / "refused", trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name",
+                     best_model, "--peft_weights", best_model, *flags))  # fmt: skip
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    # Evaluating into the training run's own folder would replace its results.
     with pytest.raises(SystemExit):
-        run(tiny(tmp_path / "trains", trec["train40"], trec["test37"], trec["test37"], "--peft_weights", best_model))
-    assert "--peft_weights evaluates saved PEFT weights without training: add --no-do_train" in capsys.readouterr().err
+        run(tiny(trained, trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name", best_model,
+                 "--peft_weights", best_model, "--no-do_train", "--overwrite_output_dir"))  # fmt: skip
+    assert "lies inside --output_dir" in capsys.readouterr().err and (trained / "results.json").exists()
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -491,5 +511,10 @@ def test_training_tracker_keeps_the_best_weights_and_round_trips(tmp_path):
     assert loaded.resume_position(batches_per_epoch=7, gradient_accumulation_steps=2) == (2, 4)  # 4 steps an epoch
     with pytest.raises(ValueError, match="resume with the same --metric_for_best_model"):
         tu.TrainingTracker("macro_f1").load(tmp_path / "step_10")
+    tracker.settings = {"num_processes": 2, "seed": 1}
+    tracker.save(tmp_path / "step_12")
+    with pytest.raises(ValueError, match=r"other settings \(--num_processes 2 there, 1 here\): resume with the same "
+                                         "flags and number of processes"):
+        tu.TrainingTracker("accuracy", settings={"num_processes": 1, "seed": 1}).load(tmp_path / "step_12")
     with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint .*no training_state.json"):
         tu.find_checkpoint(tmp_path, tmp_path)

@@ -125,7 +125,8 @@ def test_offline_hub_failure_says_what_to_use_instead(monkeypatch):
     last_line = done.stderr.strip().splitlines()[-1]
     assert last_line.startswith("RuntimeError: The hub dataset CogComp/trec (revision refs/convert/parquet) could not be loaded")
     for hint in ("--train_file/--validation_file/--test_file", "--dataset_name fine_foods", "--dataset_name hhs_breaches",
-                 "--model_name_or_path glm-tiny --tokenizer_name train", "HF_HUB_OFFLINE is set"):  # fmt: skip
+                 "--model_name_or_path glm-tiny;", "roberta-tiny, t5-tiny, bart-tiny) and --tokenizer_name train",
+                 "HF_HUB_OFFLINE is set"):  # fmt: skip
         assert hint in last_line
 
 
@@ -445,7 +446,7 @@ def test_prepare_output_dir_refuses_to_overwrite_results(tmp_path):
     assert tu.prepare_output_dir(out, overwrite_output_dir=True) == out
 
 
-def test_overwrite_output_dir_removes_the_previous_runs_outputs_unless_resuming_or_read(tmp_path):
+def test_overwrite_output_dir_removes_the_previous_runs_outputs_unless_resuming(tmp_path):
     def previous_run(out):
         for name in ("results.json", "predictions_test.jsonl", "step_3/training_state.json", "epoch_0/model.bin",
                      "best_model/adapter.safetensors", "tokenizer/vocab.json", "notes.txt"):
@@ -453,17 +454,17 @@ def test_overwrite_output_dir_removes_the_previous_runs_outputs_unless_resuming_
             write(out / name, "x")
         return out
 
+    def flags(overwrite, resume=None):
+        return argparse.Namespace(overwrite_output_dir=overwrite, resume_from_checkpoint=resume)
+
     out = previous_run(tmp_path / "a")
-    tu.prepare_output_dir(out, overwrite_output_dir=True)
+    tu.clear_previous_run(flags(True), out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "tokenizer"]
 
-    out = previous_run(tmp_path / "b")
-    tu.prepare_output_dir(out, overwrite_output_dir=True, resume="latest")
-    assert len(list(out.iterdir())) == 7
-
-    out = previous_run(tmp_path / "c")
-    tu.prepare_output_dir(out, overwrite_output_dir=True, keep=(None, str(out / "best_model")))
-    assert sorted(p.name for p in out.iterdir()) == ["best_model", "notes.txt", "tokenizer"]
+    for name, settings in (("b", flags(True, resume="latest")), ("c", flags(False))):
+        out = previous_run(tmp_path / name)
+        tu.clear_previous_run(settings, out)
+        assert len(list(out.iterdir())) == 7
 
 
 def test_atomic_writes_leave_no_temp_files_and_keep_the_old_file_on_failure(tmp_path):
