@@ -581,7 +581,8 @@ SELECTION_NOTE = (
     "**Model selection never looks at test.** For every method, the configuration (prompt, learning "
     "rate, batch size) with the best mean *validation* score over seeds is selected, and only then is "
     "its *test* score (mean ± std over the same seeds) read. Within each run the checkpoint is also "
-    "chosen on validation (best epoch). Test scores of other configurations are not shown."
+    "chosen on validation (best epoch). Test scores are shown only for selected configurations: each "
+    "method's, and in the prompt comparison each prompt's own (its best learning rate and batch size)."
 )
 
 

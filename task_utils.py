@@ -1664,13 +1664,14 @@ class EpochSampler:
         return iter(order)
 
 
-# The flags a resumed run must share with its checkpoint: what its weights, schedule, data and data
-# order depend on (train_loop adds the number of processes). --max_train_steps may grow: a run can be
+# The flags a resumed run must share with its checkpoint: what its weights, schedule, data, data
+# order and evaluations depend on (train_loop adds the number of processes). --max_train_steps may grow: a run can be
 # continued to more steps (the same run only with a schedule that does not depend on the length).
 RESUME_SETTINGS = ("model_name_or_path", "tokenizer_name", "dataset_name", "dataset_config_name", "train_file",
                    "validation_file", "validation_split_percentage", "max_train_samples", "prompt_id", "prompt_name",
                    "method", "max_seq_length", "max_source_length", "max_target_length", "length_normalize",
-                   "label_smoothing", "group_by_length", "learning_rate", "per_device_train_batch_size",
+                   "label_smoothing", "group_by_length", "max_eval_samples", "eval_steps", "metric_for_best_model",
+                   "learning_rate", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm",
                    "seed", "peft", "pre_seq_len", "prefix_projection", "prefix_hidden_size", "lora_r", "lora_alpha",
                    "lora_dropout", "lora_target_modules")  # fmt: skip
@@ -1838,7 +1839,8 @@ class TrainingTracker:
 def find_checkpoint(resume_from_checkpoint, output_dir):
     """The checkpoint folder that --resume_from_checkpoint names.
 
-    A path: that folder, which must hold TrainingTracker's training_state.json. "latest": the
+    A path (or a folder name inside output_dir, e.g. step_500): that folder, which must hold
+    TrainingTracker's training_state.json. "latest": the
     folder of output_dir whose training_state.json has the most completed steps (a tie goes to
     the newest file).
 
@@ -1850,6 +1852,8 @@ def find_checkpoint(resume_from_checkpoint, output_dir):
     state_name = TrainingTracker.STATE_NAME
     if resume_from_checkpoint != "latest":
         path = Path(resume_from_checkpoint)
+        if not (path / state_name).is_file() and (Path(output_dir) / path / state_name).is_file():
+            path = Path(output_dir) / path  # a bare step_N / epoch_N of output_dir
         if not (path / state_name).is_file():
             raise FileNotFoundError(
                 f"--resume_from_checkpoint {path}: no {state_name} there. Pass a step_N or epoch_N folder "
@@ -1942,6 +1946,9 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.resume_from_checkpoint, output_dir)
         tracker.load(checkpoint)  # first: it refuses a checkpoint of other settings
+        if tracker.completed_steps > args.max_train_steps:
+            raise ValueError(f"{checkpoint} is {tracker.completed_steps} steps in, past --max_train_steps "
+                             f"{args.max_train_steps}: resume an earlier checkpoint or ask for more steps")
         accelerator.load_state(str(checkpoint))
         logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
