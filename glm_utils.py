@@ -863,8 +863,18 @@ def encode_context(tokenizer, context: str, max_length: int):
         raise ValueError(f"A GLM context needs exactly one {MASK_TOKEN}, found {count} in: {context!r}")
     if max_length < 3:
         raise ValueError(f"max_length={max_length} cannot hold <s> [MASK] </s>")
-    m = ids.index(tokenizer.mask_token_id)
-    left, right = ids[1:m], ids[m + 1:-1]
+    mask = ids.index(tokenizer.mask_token_id)
+    return truncate_around(ids, mask, mask + 1, max_length)
+
+
+def truncate_around(ids, start, end, max_length):
+    """Cuts `<s> left [start:end] right </s>` to max_length tokens, dropping tokens from the far end of
+    the longer side (the start of the left text, the end of the right text) so that ids[start:end]
+    (the masks) always survive. Returns (ids, new start). Raises ValueError when even the kept span
+    and the two special tokens do not fit."""
+    if end - start + 2 > max_length:
+        raise ValueError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
+    left, middle, right = ids[1:start], ids[start:end], ids[end:-1]
     excess = len(ids) - max_length
     while excess > 0:
         if len(left) >= len(right):
@@ -872,7 +882,7 @@ def encode_context(tokenizer, context: str, max_length: int):
         else:
             right = right[:-1]
         excess -= 1
-    return [ids[0], *left, tokenizer.mask_token_id, *right, ids[-1]], len(left) + 1
+    return [ids[0], *left, *middle, *right, ids[-1]], len(left) + 1
 
 
 def encode_choice(tokenizer, choice: str, prefix_space: bool = True):

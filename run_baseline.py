@@ -89,6 +89,7 @@ from glm_utils import (
     add_peft_args,
     apply_peft,
     load_or_train_tokenizer,
+    truncate_around,
 )
 from task_utils import (
     TASKS,
@@ -97,10 +98,10 @@ from task_utils import (
     adapt_columns,
     add_data_and_prompt_args,
     add_training_args,
-    clear_previous_run,
     apply_max_samples,
     build_prompted_examples,
     classification_metrics,
+    clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
     describe_templates,
@@ -447,24 +448,6 @@ def default_text_columns(template, dataset):
         raise ValueError(f"Could not tell the raw text column(s) of template {template.name!r} (found {columns}); "
                          f"pass --text_column with one or two of {list(dataset.column_names)}.")
     return columns
-
-
-def truncate_around(ids, start, end, max_length):
-    """Cuts `<s> left [start:end] right </s>` to max_length tokens, dropping tokens from the far end of
-    the longer side (the start of the left text, the end of the right text) so that ids[start:end]
-    (the masks) always survive. Returns (ids, new start). Raises ValueError when even the kept span
-    and the two special tokens do not fit."""
-    if end - start + 2 > max_length:
-        raise ValueError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
-    left, middle, right = ids[1:start], ids[start:end], ids[end:-1]
-    excess = len(ids) - max_length
-    while excess > 0:
-        if len(left) >= len(right):
-            left = left[1:]
-        else:
-            right = right[:-1]
-        excess -= 1
-    return [ids[0], *left, *middle, *right, ids[-1]], len(left) + 1
 
 
 def encode_linear_head(tokenizer, examples, dataset, text_columns, max_length):

@@ -1,4 +1,8 @@
-"""Shared test helpers: one torch thread per test process, and scripts run in-process."""
+"""Shared test helpers: one torch thread per test process, scripts run in-process, small files."""
+
+import csv
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,3 +26,16 @@ def run_main(module, argv):
     finally:
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
+
+
+def write_csv(path, rows):
+    """Writes `rows` (dicts with the same keys) as a csv file with a header; returns `path`."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]

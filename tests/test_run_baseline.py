@@ -17,7 +17,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 from accelerate.state import PartialState
-from conftest import run_main
+from conftest import read_jsonl, run_main, write_csv
 
 import run_baseline as rb
 import task_utils as tu
@@ -41,18 +41,6 @@ TREC_CHOICES = ["Description", "Entity", "Abbreviation", "Person", "Quantity", "
 
 def run(argv):
     return run_main(rb, argv)  # a fresh Accelerate state, as a new process would have it
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import run_cls
-from conftest import run_main
+from conftest import read_jsonl, run_main, write_csv
 import task_utils as tu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,14 +39,6 @@ def run(argv):
     return run_main(run_cls, argv)
 
 
-def write_csv(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def trec(tmp_path_factory):
     """Slices of the real TREC files: the first 48 / 40 training rows and the first 37 test rows."""
@@ -64,10 +56,6 @@ def tiny(output_dir, train, validation, test, *extra):
     return ["--model_name_or_path", "glm-tiny", "--tokenizer_name", "train", "--train_file", train,
             "--validation_file", validation, "--test_file", test, "--output_dir", output_dir, "--seed", 0,
             *extra]  # fmt: skip
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 # ----------------------------------------------------------------------------- learning
@@ -301,29 +289,24 @@ def test_a_label_outside_the_answer_choices_is_refused_with_its_row(trec, tmp_pa
         run(tiny(tmp_path / "o", bad, bad, bad))
 
 
-def test_a_target_outside_a_local_templates_choices_is_refused(tmp_path):
+def review_prompts(tmp_path, name, jinja):
+    """A prompts/ folder with one local template for a "reviews" dataset (choices good ||| bad)."""
     prompts = tmp_path / "prompts"
     prompts.mkdir()
-    (prompts / "reviews.yaml").write_text(
-        "templates:\n"
-        "  - name: good_or_bad\n"
-        "    jinja: \"{{ review }} All in all, it was [MASK]. ||| {{ verdict }}\"\n"
-        "    answer_choices: good ||| bad\n"
-    )  # fmt: skip
+    (prompts / "reviews.yaml").write_text(f"templates:\n  - name: {name}\n    jinja: \"{jinja}\"\n"
+                                          "    answer_choices: good ||| bad\n")
+    return prompts
+
+
+def test_a_target_outside_a_local_templates_choices_is_refused(tmp_path):
+    prompts = review_prompts(tmp_path, "good_or_bad", "{{ review }} All in all, it was [MASK]. ||| {{ verdict }}")
     data = write_csv(tmp_path / "reviews.csv", [{"review": "Tasty.", "verdict": "good"}, {"review": "Meh.", "verdict": "so-so"}])
     with pytest.raises(ValueError, match=r"Row 1: target 'so-so' rendered by template 'good_or_bad' is not one of its answer choices \['good', 'bad'\]"):
         run(tiny(tmp_path / "o", data, data, data, "--dataset_name", "reviews", "--prompts_dir", prompts))
 
 
 def test_a_local_template_with_two_masks_is_refused(tmp_path):
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    (prompts / "reviews.yaml").write_text(
-        "templates:\n"
-        "  - name: two_blanks\n"
-        "    jinja: \"{{ review }} It was [MASK], really [MASK]. ||| {{ verdict }}\"\n"
-        "    answer_choices: good ||| bad\n"
-    )  # fmt: skip
+    prompts = review_prompts(tmp_path, "two_blanks", "{{ review }} It was [MASK], really [MASK]. ||| {{ verdict }}")
     data = write_csv(tmp_path / "reviews.csv", [{"review": "Tasty.", "verdict": "good"}])
     with pytest.raises(ValueError, match=r"Row 0, template 'two_blanks': The prompt has 2 \[MASK\] tokens; a cloze prompt needs at most one"):
         run(tiny(tmp_path / "o", data, data, data, "--dataset_name", "reviews", "--prompts_dir", prompts))
