@@ -611,15 +611,16 @@ def _peft_settings(args) -> dict:
     return settings
 
 
-def peft_weights_problems(args) -> list:
+def peft_weights_problems(args, config=None) -> list:
     """What is wrong with `--peft_weights DIR` for this run (empty list: nothing): DIR is no folder
     of `save_trainable_weights`, `args.peft` names another method than the saved one, or the saved
     weights were trained on glm-tiny (a random base, fixed by the seed) with another `--seed`."""
     weights_dir = args.peft_weights
-    try:
-        config = read_peft_config(weights_dir)
-    except FileNotFoundError as error:
-        return [f"--peft_weights: {error}"]
+    if config is None:
+        try:
+            config = read_peft_config(weights_dir)
+        except FileNotFoundError as error:
+            return [f"--peft_weights: {error}"]
     problems, method = [], _peft_settings(config)["peft"]
     if args.peft not in ("none", method):
         problems.append(f"--peft_weights {weights_dir} holds {method} weights, not {args.peft}: drop --peft (the "
@@ -645,15 +646,18 @@ def apply_peft(model, args):
     """
     weights_dir = None if isinstance(args, dict) else getattr(args, "peft_weights", None)
     if weights_dir:
-        problems = peft_weights_problems(args)
+        try:
+            config = read_peft_config(weights_dir)
+        except FileNotFoundError as error:
+            raise ValueError(f"--peft_weights: {error}") from error
+        problems = peft_weights_problems(args, config)
         if problems:
             raise ValueError("; ".join(problems))
-        config = read_peft_config(weights_dir)
         if config.get("base_model_name_or_path") != args.model_name_or_path:
             logger.warning("--peft_weights %s was trained on %s; loading it onto %s", weights_dir,
                            config.get("base_model_name_or_path"), args.model_name_or_path)
         saved = _peft_settings(config)
-        model = load_trainable_weights(model, weights_dir)
+        model = _load_trainable_weights(model, weights_dir, config)
         for name, value in saved.items():
             setattr(args, name, value)
         return model
@@ -695,6 +699,16 @@ def save_trainable_weights(model, directory, args):
     (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
 
+def save_model_and_tokenizer(model, tokenizer, directory, args):
+    """What --save_best_model writes to `directory`: the whole model (`save_pretrained`) after full
+    fine-tuning, only the PEFT weights (`save_trainable_weights`) with `args.peft`; and the tokenizer."""
+    if _peft_settings(args)["peft"] == "none":
+        model.save_pretrained(directory)
+    else:
+        save_trainable_weights(model, directory, args)
+    tokenizer.save_pretrained(directory)
+
+
 def read_peft_config(directory) -> dict:
     """The adapter_config.json of a folder written by `save_trainable_weights` (a run's best_model
     with --peft and --save_best_model): the peft flags, base_model_name_or_path and seed.
@@ -724,9 +738,14 @@ def load_trainable_weights(model, directory):
     ValueError when the model carries another method than the saved one (method mismatch), when
     keys are missing or unexpected (both listed) or when shapes differ (e.g. another pre_seq_len).
     """
+    return _load_trainable_weights(model, directory, read_peft_config(directory))
+
+
+def _load_trainable_weights(model, directory, config):
+    """`load_trainable_weights` with the folder's adapter_config.json already read (`config`)."""
     from safetensors.torch import load_file
 
-    config, weights_file = read_peft_config(directory), Path(directory) / ADAPTER_WEIGHTS_NAME
+    weights_file = Path(directory) / ADAPTER_WEIGHTS_NAME
     method, current = _peft_settings(config)["peft"], peft_method(model)
     if current == "none" and method != "none":
         model = apply_peft(model, config)

@@ -90,8 +90,12 @@ from glm_utils import (
     apply_peft,
     load_or_train_tokenizer,
     truncate_around,
+    encode_choice,
+    train_tokenizer,
 )
 from task_utils import (
+    CLS_METRICS,
+    GEN_METRICS,
     TASKS,
     EpochSampler,
     TrainingTracker,
@@ -119,6 +123,7 @@ from task_utils import (
     setup_accelerator,
     train_loop,
     training_args_problems,
+    will_train,
     template_fields,
     write_json_atomic,
     write_jsonl_atomic,
@@ -142,11 +147,8 @@ LORA_TARGET_MODULES = {
     "roberta": ["query", "key", "value", "output.dense", "intermediate.dense"],
     "bart": ["q_proj", "k_proj", "v_proj", "self_attn.out_proj", "encoder_attn.out_proj", "fc1", "fc2"],
     "t5": ["q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"],
-    "glm": list(GLM_LORA_TARGET_MODULES),
 }
 HEAD_MODULES = ("classifier", "classification_head", "score")  # new heads: trained in full with LoRA
-CLS_METRICS = ("accuracy", "macro_f1")
-GEN_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
 OFFLINE_HINT = ("Offline, use a tiny random model: --model_name_or_path roberta-tiny|t5-tiny|bart-tiny|glm-tiny "
                 "with --tokenizer_name train (a BPE trained on the training texts) or --tokenizer_name DIR "
                 "(vocab.json + merges.txt, e.g. ../shared/tokenizers/glm-roberta-large), or a local folder "
@@ -310,7 +312,7 @@ def load_baseline_tokenizer(args, family, train_texts, output_dir):
     if family == "glm":
         return load_or_train_tokenizer(name, args.model_name_or_path, train_texts, output_dir)
     if name == "train":
-        tokenizer = load_or_train_tokenizer("train", None, train_texts, output_dir)
+        tokenizer = train_tokenizer(train_texts)
         tokenizer.pad_token = "<pad>"  # not </s>: RoBERTa's positions and T5's decoder start read the pad id
         tokenizer.save_pretrained(Path(output_dir) / "tokenizer")
         return tokenizer
@@ -468,12 +470,7 @@ def encode_mlm(tokenizer, examples, max_length, prefix_space=True):
     mask = tokenizer.mask_token
     features = []
     for index, example in enumerate(examples):
-        choice_ids = []
-        for choice in example["choices"]:
-            ids = tokenizer((" " if prefix_space else "") + choice.strip(), add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"Answer choice {choice!r} encodes to no token")
-            choice_ids.append(ids)
+        choice_ids = [encode_choice(tokenizer, choice, prefix_space) for choice in example["choices"]]
         lengths = sorted({len(ids) for ids in choice_ids})
         rows, starts = [], {}
         for n in lengths:
@@ -705,8 +702,7 @@ def main(argv=None):
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
                                      args.max_test_samples)
-    train_steps_asked = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs
-    do_train = args.do_train and train_steps_asked > 0  # otherwise the untuned model is evaluated
+    do_train = will_train(args)  # otherwise the untuned model is evaluated
     if not {"train", "validation"} <= set(raw_datasets):
         raise ValueError(f"Need train and validation splits (the train split also gives the trivial baseline), got "
                          f"{list(raw_datasets)}: pass --train_file (validation is carved from it).")

@@ -42,10 +42,11 @@ from glm_utils import (
     encode_choice,
     encode_context,
     load_or_train_tokenizer,
-    save_trainable_weights,
+    save_model_and_tokenizer,
     score_choices,
 )
 from task_utils import (
+    CLS_METRICS,
     EpochSampler,
     TrainingTracker,
     adapt_columns,
@@ -68,13 +69,13 @@ from task_utils import (
     setup_accelerator,
     train_loop,
     training_args_problems,
+    will_train,
     write_json_atomic,
     write_jsonl_atomic,
 )
 
 logger = get_logger(__name__)
 
-CLS_METRICS = ("accuracy", "macro_f1")  # what --metric_for_best_model may name
 
 
 def parse_args(argv=None):
@@ -208,8 +209,7 @@ def main(argv=None):
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
                                      args.max_test_samples)  # fmt: skip
-    train_steps_asked = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs
-    do_train = args.do_train and train_steps_asked > 0  # otherwise zero-shot: the same evaluation, untuned
+    do_train = will_train(args)  # otherwise zero-shot: the same evaluation, untuned
     if do_train and not {"train", "validation"} <= set(raw_datasets):
         raise ValueError(f"Training needs train and validation splits, got {list(raw_datasets)}: pass --train_file "
                          "(validation is carved from it), or --no-do_train to evaluate zero-shot.")  # fmt: skip
@@ -324,12 +324,7 @@ def main(argv=None):
                                                               num_choices)  # fmt: skip
 
     if args.save_best_model and accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if args.peft == "none":
-            unwrapped.save_pretrained(output_dir / "best_model")
-        else:
-            save_trainable_weights(unwrapped, output_dir / "best_model", args)
-        tokenizer.save_pretrained(output_dir / "best_model")
+        save_model_and_tokenizer(accelerator.unwrap_model(model), tokenizer, output_dir / "best_model", args)
 
     record, best = None, tracker.best
     if accelerator.is_main_process:

@@ -36,9 +36,10 @@ from glm_utils import (
     build_generation_inputs,
     generate,
     load_or_train_tokenizer,
-    save_trainable_weights,
+    save_model_and_tokenizer,
 )
 from task_utils import (
+    GEN_METRICS,
     EpochSampler,
     TrainingTracker,
     adapt_columns,
@@ -62,6 +63,7 @@ from task_utils import (
     setup_accelerator,
     train_loop,
     training_args_problems,
+    will_train,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -69,7 +71,6 @@ from task_utils import (
 logger = get_logger(__name__)
 
 GEN_LEARNING_RATE = 2e-5  # full fine-tuning; the paper's seq2seq range is 1e-5..3e-5
-GEN_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")  # what --metric_for_best_model may name
 
 
 def parse_args(argv=None):
@@ -268,8 +269,7 @@ def main(argv=None):
     clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
 
     # Optimizer and schedule.
-    train_steps_asked = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs
-    do_train = args.do_train and train_steps_asked > 0  # otherwise the model as loaded is evaluated
+    do_train = will_train(args)  # otherwise the model as loaded is evaluated
     optimizer = lr_scheduler = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
@@ -311,12 +311,7 @@ def main(argv=None):
     baseline = most_frequent_reference_baseline([e["target"] for e in examples["train"]], final_references)
 
     if args.save_best_model and accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if args.peft == "none":
-            unwrapped.save_pretrained(output_dir / "best_model")
-        else:
-            save_trainable_weights(unwrapped, output_dir / "best_model", args)
-        tokenizer.save_pretrained(output_dir / "best_model")
+        save_model_and_tokenizer(accelerator.unwrap_model(model), tokenizer, output_dir / "best_model", args)
 
     record, best = None, tracker.best
     if accelerator.is_main_process:

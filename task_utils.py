@@ -1045,6 +1045,10 @@ def group_references(examples):
 # ---------------------------------------------------------------------------------------
 
 
+CLS_METRICS = ("accuracy", "macro_f1")  # what --metric_for_best_model may name
+GEN_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
+
+
 def classification_metrics(predictions, labels, num_classes=None):
     """Accuracy and macro-F1 (scikit-learn).
 
@@ -1475,6 +1479,13 @@ def add_training_args(parser, defaults=None):
 # ---------------------------------------------------------------------------------------
 
 
+def will_train(args):
+    """Whether the run trains: --do_train (the default) and some steps asked for (--max_train_steps,
+    else --num_train_epochs). Otherwise the scripts evaluate the model as loaded (zero-shot)."""
+    steps = args.num_train_epochs if args.max_train_steps is None else args.max_train_steps
+    return args.do_train and steps > 0
+
+
 def training_args_problems(args):
     """What is wrong with the flags of `add_training_args` (and --peft_weights): a list of messages
     (empty when all is well), which each script joins with its own into one `parser.error`. Checks
@@ -1489,8 +1500,7 @@ def training_args_problems(args):
         problems.append("--num_train_epochs and --max_train_steps must be >= 0")
     if not 0 <= args.warmup_ratio <= 1:
         problems.append("--warmup_ratio must lie in [0, 1]")
-    steps = args.num_train_epochs if args.max_train_steps is None else args.max_train_steps
-    trains = args.do_train and steps > 0
+    trains = will_train(args)
     if args.resume_from_checkpoint and not trains:
         problems.append("--resume_from_checkpoint continues training: drop --no-do_train (and give it steps)")
     elif args.resume_from_checkpoint:
@@ -1498,7 +1508,8 @@ def training_args_problems(args):
             checkpoint = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
             # Flags whose default is resolved later (None now) are compared again when the state loads.
             settings = {name: getattr(args, name) for name in RESUME_SETTINGS if getattr(args, name, None) is not None}
-            problems += TrainingTracker.settings_differences(checkpoint, settings)
+            state = json.loads((checkpoint / TrainingTracker.STATE_NAME).read_text(encoding="utf-8"))
+            problems += TrainingTracker.settings_differences(checkpoint, state.get("settings", {}), settings)
         except FileNotFoundError as error:
             problems.append(str(error))
     for read in ("peft_weights", "model_name_or_path"):
@@ -1798,7 +1809,7 @@ class TrainingTracker:
                 f"{directory} picked the best evaluation by {state['metric']!r}, this run by {self.metric!r}: "
                 "resume with the same --metric_for_best_model."
             )
-        differences = self.settings_differences(directory, self.settings)
+        differences = self.settings_differences(directory, state.get("settings", {}), self.settings)
         if differences:
             raise ValueError(differences[0])
         for key, value in state.items():
@@ -1810,12 +1821,10 @@ class TrainingTracker:
                 raise FileNotFoundError(f"{directory} records a best evaluation but has no {self.WEIGHTS_NAME}.")
             self.best_weights = load_file(str(weights_file))
 
-    @classmethod
-    def settings_differences(cls, directory, settings):
-        """[] when the checkpoint in `directory` was written with `settings` (those it recorded and
-        `settings` holds), else one message naming each difference and what to do."""
-        state = json.loads((Path(directory) / cls.STATE_NAME).read_text(encoding="utf-8"))
-        saved = state.get("settings", {})
+    @staticmethod
+    def settings_differences(directory, saved, settings):
+        """[] when the checkpoint in `directory`, written with `saved` settings, agrees with
+        `settings` (on the names both hold), else one message naming each difference and what to do."""
         differences = [f"--{name} {saved[name]} there, {settings[name]} here" for name in sorted(saved)
                        if name in settings and saved[name] != settings[name]]  # fmt: skip
         if not differences:
@@ -1973,9 +1982,9 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
         for batch in active_dataloader:
             with accelerator.accumulate(model):
                 loss, examples = compute_loss(batch)
-                batch_loss = accelerator.reduce(loss.detach(), "mean")  # the same on every process
+                batch_loss = accelerator.reduce(loss.detach(), "mean").item()  # the same on every process
                 check_finite(batch_loss, tracker.completed_steps + 1)  # before the update
-                tracker.add_loss(batch_loss.item(), examples * accelerator.num_processes)
+                tracker.add_loss(batch_loss, examples * accelerator.num_processes)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -1987,7 +1996,7 @@ def train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataload
             tracker.completed_steps += 1
             step = tracker.completed_steps
             progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{batch_loss.item():.3f}")
+            progress_bar.set_postfix(loss=f"{batch_loss:.3f}")
             tracker.train_time_s += time.perf_counter() - start
             end_of_epoch = step % steps_per_epoch == 0
             done = step >= args.max_train_steps

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from glm_utils import (GLMConfig, GLMForConditionalGeneration, build_generation_inputs,  # noqa: E402
                        build_multiple_choice_inputs, generate, score_choices)
+from task_utils import length_grouped_indices, padding_fraction  # noqa: E402
 
 # Model shapes. `small` fits a 2-core CPU; `large` is glm-roberta-large itself.
 SIZES = {
@@ -428,22 +429,17 @@ def bench_data_side(bench):
     `data_examples` randomly chosen examples (so only the padding differs): random ids padded to
     each batch's longest sequence, a key-padding mask, logits at 15% of the real tokens.
     """
-    try:
-        from task_utils import length_grouped_indices, padding_fraction
-    except ImportError as error:
-        return [row(5, "data side", "-", "-", "-", "-", f"skipped: task_utils not ready ({error})")]
     model, lines, batch_size, seed = bench.glm(train=True), [], 16, bench.args.seed
     for name in ("trec", "e2e_nlg_cleaned"):
         lengths = dataset_lengths(name)
         if lengths is None:
             lines.append(row(5, name, "-", "-", "-", "-", f"skipped: ../shared/data/{name}/train.csv absent"))
             continue
-        pad = {side: padding_fraction(lengths, arrange(side, lengths, batch_size, seed, length_grouped_indices))
+        pad = {side: padding_fraction(lengths, arrange(side, lengths, batch_size, seed))
                for side in ("random", "grouped")}
         subset = random.Random(seed).sample(range(len(lengths)), min(bench.args.data_examples, len(lengths)))
         sub_lengths = [lengths[i] for i in subset]
-        timed = {side: padded_batches(bench, sub_lengths, arrange(side, sub_lengths, batch_size, seed,
-                                                                  length_grouped_indices))
+        timed = {side: padded_batches(bench, sub_lengths, arrange(side, sub_lengths, batch_size, seed))
                  for side in ("random", "grouped")}
         t = bench.time(**{side: lambda b=batches: forward_backward(bench, model, b) for side, batches in timed.items()})
         rate = {side: len(subset) / t[side] for side in t}
@@ -456,7 +452,7 @@ def bench_data_side(bench):
     return lines
 
 
-def arrange(side, lengths, batch_size, seed, length_grouped_indices):
+def arrange(side, lengths, batch_size, seed):
     """Batches of indices into `lengths`: a random shuffle, or `length_grouped_indices` cut into batches."""
     if side == "grouped":
         order = list(length_grouped_indices(lengths, batch_size, seed))

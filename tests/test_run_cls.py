@@ -274,15 +274,13 @@ def test_unknown_prompt_id_lists_the_valid_ones_and_overwrites_nothing(trec, tmp
     assert all((previous / name).exists() for name in ("results.json", "step_5", "best_model"))
 
 
-@needs_trec
-def test_a_template_field_missing_from_the_data_is_named(trec, tmp_path):
+def test_a_template_field_missing_from_the_data_is_named(tmp_path):
     renamed = write_csv(tmp_path / "renamed.csv", [{"question": "Who?", "label_coarse": 3, "label_fine": 4}])
     with pytest.raises(ValueError, match=r"reads field\(s\) \['text'\].*available columns: \['label_coarse', 'label_fine', 'question'\]"):
         run(tiny(tmp_path / "o", renamed, renamed, renamed))
 
 
-@needs_trec
-def test_a_label_outside_the_answer_choices_is_refused_with_its_row(trec, tmp_path):
+def test_a_label_outside_the_answer_choices_is_refused_with_its_row(tmp_path):
     rows = [{"text": "Who?", "label_coarse": 3, "label_fine": 4}, {"text": "What?", "label_coarse": 9, "label_fine": 4}]
     bad = write_csv(tmp_path / "bad.csv", rows)
     with pytest.raises(ValueError, match=r"Row 1: Template 'pick_the_best_descriptor' failed to render: list object has no element 9"):
