@@ -13,7 +13,7 @@ generation_metrics, results_record), and only the model and the way it answers c
                        input part and never in its target part and hold strings (TREC: `text`);
                        --text_column overrides (two columns are encoded as a pair). Models: RoBERTa
                        (default roberta-large, AutoModelForSequenceClassification) or GLM itself
-                       (BAAI/glm-roberta-large, glm-tiny: glm_utils.GLMForSequenceClassification), so
+                       (BAAI/glm-roberta-large, glm-tiny: modeling_glm.GLMForSequenceClassification), so
                        that linear head vs cloze can be compared on GLM.
 --method mlm_prompt    (--task cls) PET-style prompting of a masked LM (RoBERTa): the same template,
                        its answer slot filled with one mask token per verbalizer token
@@ -49,7 +49,7 @@ full fine-tuning, 3e-4 for the tiny random models, 5e-4 with --peft lora. Warmup
 
 --peft lora applies where it makes sense: peft's LoraConfig on the attention and MLP projections
 of each architecture (LORA_TARGET_MODULES below unless --lora_target_modules is given; for GLM
-glm_utils.apply_peft), with task type SEQ_CLS (the new head stays fully trained) or
+glm_peft.apply_peft), with task type SEQ_CLS (the new head stays fully trained) or
 SEQ_2_SEQ_LM. --peft ptuning_v2 is GLM's native prefix and is refused here.
 
     accelerate launch run_baseline.py --method linear_head --output_dir runs/trec_roberta_head
@@ -60,7 +60,7 @@ SEQ_2_SEQ_LM. --peft ptuning_v2 is GLM's native prefix and is refused here.
         --train_file ../shared/data/trec/train.csv --test_file ../shared/data/trec/test.csv \\
         --dataset_name trec --output_dir runs/trec_t5_tiny                 # offline, CPU
 
-Writes to --output_dir what run_cls.py / run_gen.py write: results.json (task_utils.results_record,
+Writes to --output_dir what run_cls.py / run_gen.py write: results.json (training.results_record,
 method linear_head / mlm_prompt / seq2seq), predictions_test.jsonl (cls: input, gold, predicted, score
 of each choice) or generations_test.jsonl (gen: source, references, prediction), step_N / epoch_N
 checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint latest), and
@@ -79,52 +79,49 @@ import transformers
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 
-from glm_utils import (
+from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME as GLM_TINY, GLMForSequenceClassification
+from glm_peft import (
     count_parameters,
-    HUB_MODEL_ID,
     LORA_TARGET_MODULES as GLM_LORA_TARGET_MODULES,
     PEFT_DEFAULT_LEARNING_RATES,
-    TINY_MODEL_NAME as GLM_TINY,
-    GLMForSequenceClassification,
     add_peft_args,
     apply_peft,
-    load_or_train_tokenizer,
-    truncate_around,
-    encode_choice,
-    train_tokenizer,
 )
-from task_utils import (
+from glm_utils import load_or_train_tokenizer, truncate_around, encode_choice, train_tokenizer
+from data import adapt_columns, apply_max_samples, load_raw_datasets
+from templates import (
+    TASKS,
+    build_prompted_examples,
+    describe_templates,
+    group_references,
+    load_templates,
+    make_mlm_context,
+    select_template,
+    template_fields,
+)
+from metrics import (
     CLS_METRICS,
     GEN_METRICS,
-    TASKS,
+    classification_metrics,
+    generation_metrics,
+    majority_class_baseline,
+    most_frequent_reference_baseline,
+)
+from training import (
     EpochSampler,
     TrainingTracker,
-    adapt_columns,
     add_data_and_prompt_args,
     add_training_args,
-    apply_max_samples,
-    build_prompted_examples,
-    classification_metrics,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
-    describe_templates,
-    generation_metrics,
-    group_references,
-    load_raw_datasets,
-    load_templates,
-    majority_class_baseline,
-    make_mlm_context,
-    most_frequent_reference_baseline,
     peak_memory_mb,
     prepare_output_dir,
     results_record,
-    select_template,
     setup_accelerator,
     train_loop,
     training_args_problems,
     will_train,
-    template_fields,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -379,7 +376,7 @@ def load_baseline_model(args, family, tokenizer, num_labels=None):
 
 
 def apply_baseline_peft(model, args, family):
-    """--peft none: unchanged. --peft lora: GLM through glm_utils.apply_peft (its new head kept
+    """--peft none: unchanged. --peft lora: GLM through glm_peft.apply_peft (its new head kept
     trainable); other models through peft.get_peft_model with LORA_TARGET_MODULES[family] (or the
     --lora_target_modules given) and the task type of the method."""
     if args.peft == "none":

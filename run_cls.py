@@ -18,7 +18,7 @@ clipping 1.0, 256 tokens.
     python run_cls.py --list_prompts                                       # prompt ids and examples
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 run_cls.py ...     # 2 CPU processes
 
-Writes to --output_dir: results.json (schema: task_utils.results_record), predictions_test.jsonl
+Writes to --output_dir: results.json (schema: training.results_record), predictions_test.jsonl
 (input, gold, predicted, score of each choice), step_N / epoch_N checkpoints with
 --checkpointing_steps (continue with --resume_from_checkpoint latest), and best_model/ with
 --save_best_model.
@@ -31,41 +31,35 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 
-from glm_utils import (
+from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from glm_peft import (
     count_parameters,
-    HUB_MODEL_ID,
     PEFT_DEFAULT_LEARNING_RATES,
-    GLMForConditionalGeneration,
     add_peft_args,
     apply_peft,
+    save_model_and_tokenizer,
+)
+from glm_utils import (
     build_multiple_choice_inputs,
     encode_choice,
     encode_context,
     load_or_train_tokenizer,
-    save_model_and_tokenizer,
     score_choices,
 )
-from task_utils import (
-    CLS_METRICS,
+from data import adapt_columns, apply_max_samples, load_raw_datasets
+from templates import build_prompted_examples, describe_templates, load_templates, select_template
+from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
+from training import (
     EpochSampler,
     TrainingTracker,
-    adapt_columns,
     add_data_and_prompt_args,
     add_training_args,
-    apply_max_samples,
-    build_prompted_examples,
-    classification_metrics,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
-    describe_templates,
-    load_raw_datasets,
-    load_templates,
-    majority_class_baseline,
     peak_memory_mb,
     prepare_output_dir,
     results_record,
-    select_template,
     setup_accelerator,
     train_loop,
     training_args_problems,

@@ -13,7 +13,7 @@ decay 0.1, label smoothing 0.1, beam 4, no_repeat_ngram 3, length penalty 1.0.
         --dataset_name hhs_breaches --output_dir runs/hhs                    # offline, CPU
     python run_gen.py --list_prompts                                         # the prompt ids
 
-Writes to --output_dir: results.json (schema: task_utils.results_record, plus "data": rows kept
+Writes to --output_dir: results.json (schema: training.results_record, plus "data": rows kept
 and skipped, prompts and targets cut), generations_test.jsonl (source, references, prediction),
 step_N / epoch_N checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint
 latest), and best_model/ with --save_best_model.
@@ -26,40 +26,29 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from glm_utils import (
+from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from glm_peft import (
     count_parameters,
-    HUB_MODEL_ID,
     PEFT_DEFAULT_LEARNING_RATES,
-    GLMForConditionalGeneration,
     add_peft_args,
     apply_peft,
-    build_generation_inputs,
-    generate,
-    load_or_train_tokenizer,
     save_model_and_tokenizer,
 )
-from task_utils import (
-    GEN_METRICS,
+from glm_utils import build_generation_inputs, generate, load_or_train_tokenizer
+from data import adapt_columns, apply_max_samples, load_raw_datasets
+from templates import build_prompted_examples, describe_templates, group_references, load_templates, select_template
+from metrics import GEN_METRICS, generation_metrics, most_frequent_reference_baseline
+from training import (
     EpochSampler,
     TrainingTracker,
-    adapt_columns,
     add_data_and_prompt_args,
     add_training_args,
-    apply_max_samples,
-    build_prompted_examples,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
-    describe_templates,
-    generation_metrics,
-    group_references,
-    load_raw_datasets,
-    load_templates,
-    most_frequent_reference_baseline,
     peak_memory_mb,
     prepare_output_dir,
     results_record,
-    select_template,
     setup_accelerator,
     train_loop,
     training_args_problems,

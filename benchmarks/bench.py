@@ -37,9 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
-from glm_utils import (GLMConfig, GLMForConditionalGeneration, build_generation_inputs,  # noqa: E402
-                       build_multiple_choice_inputs, generate, score_choices)
-from task_utils import length_grouped_indices, padding_fraction  # noqa: E402
+from modeling_glm import GLMConfig, GLMForConditionalGeneration  # noqa: E402
+from glm_utils import build_generation_inputs, build_multiple_choice_inputs, generate, score_choices  # noqa: E402
+from training import length_grouped_indices, padding_fraction  # noqa: E402
 
 # Model shapes. `small` fits a 2-core CPU; `large` is glm-roberta-large itself.
 SIZES = {
@@ -424,7 +424,7 @@ def bench_data_side(bench):
     """A/B = examples/s of a GLM forward+backward over random batches / over length-grouped batches.
 
     Batches of 16 from the real TREC and E2E training lengths, arranged by a random shuffle or by
-    `task_utils.length_grouped_indices`; the padding fraction (`task_utils.padding_fraction`) is
+    `training.length_grouped_indices`; the padding fraction (`training.padding_fraction`) is
     that of the whole training set. The timing runs both arrangements over the SAME
     `data_examples` randomly chosen examples (so only the padding differs): random ids padded to
     each batch's longest sequence, a key-padding mask, logits at 15% of the real tokens.

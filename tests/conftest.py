@@ -39,3 +39,9 @@ def write_csv(path, rows):
 
 def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def write(path, text):
+    """Writes `text` to `path` (utf-8); returns `path`."""
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 import glm_utils
-from glm_utils import (GLMConfig, GLMForConditionalGeneration, build_generation_inputs,
-                       build_multiple_choice_inputs, encode_context, generate, load_tokenizer, score_choices)
+from modeling_glm import GLMConfig, GLMForConditionalGeneration
+from glm_utils import (
+    build_generation_inputs,
+    build_multiple_choice_inputs,
+    encode_context,
+    generate,
+    load_tokenizer,
+    score_choices,
+)
+from modeling_glm import GLMOutput, expand_attention_mask
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_TOKENIZER = SHARED / "tokenizers" / "glm-roberta-large"
@@ -214,7 +222,7 @@ class BigramModel(torch.nn.Module):
                 logits_positions=None):
         logits = self.table[input_ids]
         logits = logits[logits_positions] if logits_positions is not None else logits
-        return glm_utils.GLMOutput(None, logits, () if use_cache else None)
+        return GLMOutput(None, logits, () if use_cache else None)
 
 
 def test_beam_search_finds_what_greedy_misses(tok):
@@ -244,7 +252,7 @@ def test_checkpoint_round_trip(tmp_path, model):
         directory.mkdir()
         (directory / "config.json").write_text(
             '{"num_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "vocab_size": 16, '
-            '"max_sequence_length": 64, "model_type": "glm", "auto_map": {"AutoModel": "modeling_glm.GLMModel"}}')
+            '"max_sequence_length": 64, "model_type": "glm", "auto_map": {"AutoModel": "GLMModel"}}')
         torch.save(state, directory / "pytorch_model.bin")
         loaded = GLMForConditionalGeneration.from_pretrained(str(directory)).eval()
         torch.testing.assert_close(loaded(ids, pos, torch.tensor([5])).logits, expected)
@@ -338,7 +346,7 @@ def test_real_tokenizer_ids():
 def test_mask_that_hides_nothing_becomes_no_mask(model):
     """An all-visible mask (a batch without padding, a decoding step) is dropped, which lets SDPA
     use its fastest kernel; a mask that hides something is kept."""
-    expand = glm_utils.expand_attention_mask
+    expand = expand_attention_mask
     assert expand(torch.ones(2, 4, dtype=torch.long), 2, 4, 4, "cpu") is None
     assert expand(torch.ones(2, 1, 1, 6, dtype=torch.bool), 2, 1, 6, "cpu") is None
     assert expand(torch.tensor([4]), 1, 4, 4, "cpu") is None          # separator after every token

@@ -10,9 +10,17 @@ import torch
 from test_glm_utils import EOP, V, W, X, Y, Z, WordTokenizer
 
 import glm_utils
-from glm_utils import (GLMConfig, GLMForConditionalGeneration, PrefixEncoder, add_peft_args, apply_peft,
-                       build_generation_inputs, build_multiple_choice_inputs, count_parameters, disable_peft,
-                       generate, load_trainable_weights, save_trainable_weights, score_choices)
+from modeling_glm import GLMConfig, GLMForConditionalGeneration, PrefixEncoder
+from glm_peft import (
+    add_peft_args,
+    apply_peft,
+    count_parameters,
+    disable_peft,
+    load_trainable_weights,
+    save_trainable_weights,
+)
+from glm_utils import build_generation_inputs, build_multiple_choice_inputs, generate, score_choices
+from glm_peft import PEFT_DEFAULT_LEARNING_RATES, PEFT_METHODS
 
 TINY = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=16, max_sequence_length=64)
 CONTEXTS, CHOICES = ["a b [MASK] c", "[MASK] a"], [["x y", "z", "w v x"], ["y", "v w"]]
@@ -59,7 +67,7 @@ def test_add_peft_args_defaults():
     assert (args.peft, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size) == ("none", 16, False, 512)
     assert (args.lora_r, args.lora_alpha, args.lora_dropout) == (8, 16, 0.05)
     assert args.lora_target_modules == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-    assert set(glm_utils.PEFT_DEFAULT_LEARNING_RATES) == set(glm_utils.PEFT_METHODS)
+    assert set(PEFT_DEFAULT_LEARNING_RATES) == set(PEFT_METHODS)
     model = base_model()
     assert apply_peft(model, args) is model and count_parameters(model)[0] == count_parameters(model)[1]
 

@@ -8,14 +8,31 @@ import pandas as pd
 import pytest
 
 import report
-import task_utils as tu
+from analysis import (
+    NO_PROMPT,
+    Table,
+    add_scores,
+    best_row,
+    comparison_table,
+    dataset_name,
+    grid_table,
+    learning_curve,
+    load_results,
+    metric_label,
+    metric_scale,
+    model_name,
+    prompt_table,
+    trivial_baselines,
+)
+from glm_examples import sweep_command
+from training import results_record, write_json_atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_id=0, lr=1e-5, bs=16, seed=1,
            val=0.5, test=0.5, epochs=None, trainable=1000, total=1000, train_time_s=10.0, metric=None):
-    """A results.json record of the real schema (task_utils.results_record)."""
+    """A results.json record of the real schema (results_record)."""
     metric = metric or ("accuracy" if task == "cls" else "bleu")
     args = {"dataset_name": "trec" if task == "cls" else "e2e_nlg_cleaned", "model_name_or_path": model,
             "learning_rate": lr, "per_device_train_batch_size": bs, "seed": seed, "prompt_id": prompt_id,
@@ -24,7 +41,7 @@ def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_i
         epochs = [{"epoch": 0, "step": 10, "train_loss": 1.0, "validation": {metric: val}}]
     baselines = {"majority_class": {"accuracy": 0.2, "macro_f1": 0.1}} if task == "cls" else \
         {"most_frequent_reference": {"bleu": 3.0, "rougeL": 10.0}}
-    return tu.results_record(
+    return results_record(
         args, task, method, script="run_cls.py" if task == "cls" else "run_gen.py", prompt_id=prompt_id,
         prompt_name=None if prompt_id is None else f"prompt{prompt_id}", total_train_batch_size=bs, epochs=epochs,
         best_epoch=0, validation={metric: val}, test={metric: test}, baselines=baselines,
@@ -36,7 +53,7 @@ def write_runs(root, records):
     for i, rec in enumerate(records):
         folder = root / f"run{i:03d}"
         folder.mkdir(parents=True)
-        tu.write_json_atomic(folder / "results.json", rec)
+        write_json_atomic(folder / "results.json", rec)
     return root
 
 
@@ -55,7 +72,7 @@ def accuracy_runs():
 
 
 def scored(runs):
-    return report.add_scores(runs, "accuracy")
+    return add_scores(runs, "accuracy")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -66,32 +83,32 @@ def test_load_results_reads_every_results_json_with_its_settings(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text("{not json")
 
-    runs = report.load_results(tmp_path)
+    runs = load_results(tmp_path)
 
     assert len(runs) == 9  # the broken file is skipped
     assert set(runs["learning_rate"]) == {1e-5, 3e-5} and set(runs["batch_size"]) == {16, 32}
     assert runs["peft"].eq("none").all()
-    assert runs.loc[runs["method"] == "linear_head", "prompt_id"].tolist() == [report.NO_PROMPT]
+    assert runs.loc[runs["method"] == "linear_head", "prompt_id"].tolist() == [NO_PROMPT]
 
 
 def test_dataset_and_model_names_are_short():
-    assert report.dataset_name({"train": "../shared/data/trec/train.csv"}) == "trec"
-    assert report.dataset_name("CogComp/trec") == "trec"
-    assert report.model_name("BAAI/glm-roberta-large") == "glm-roberta-large"
+    assert dataset_name({"train": "../shared/data/trec/train.csv"}) == "trec"
+    assert dataset_name("CogComp/trec") == "trec"
+    assert model_name("BAAI/glm-roberta-large") == "glm-roberta-large"
 
 
 def test_accuracy_is_shown_in_percent_and_bleu_as_is():
-    assert report.metric_scale("accuracy") == 100 and report.metric_label("accuracy") == "accuracy (%)"
-    assert report.metric_scale("bleu") == 1 and report.metric_label("bleu") == "BLEU (0-100)"
+    assert metric_scale("accuracy") == 100 and metric_label("accuracy") == "accuracy (%)"
+    assert metric_scale("bleu") == 1 and metric_label("bleu") == "BLEU (0-100)"
 
 
 # ----------------------------------------------------------------------------- tables
 
 
 def test_grid_table_holds_mean_and_sample_std_over_seeds(tmp_path):
-    runs = scored(report.load_results(write_runs(tmp_path, accuracy_runs())))
+    runs = scored(load_results(write_runs(tmp_path, accuracy_runs())))
 
-    table = report.grid_table(runs, "accuracy").set_index(["learning_rate", "batch_size"])
+    table = grid_table(runs, "accuracy").set_index(["learning_rate", "batch_size"])
 
     assert table.loc[(1e-5, 16), "val_mean"] == pytest.approx(70.0)
     assert table.loc[(1e-5, 16), "val_std"] == pytest.approx(math.sqrt(2 * 2**2 / 1))  # 68, 72: std 2.83
@@ -101,9 +118,9 @@ def test_grid_table_holds_mean_and_sample_std_over_seeds(tmp_path):
 
 
 def test_best_config_is_chosen_on_validation_even_when_test_would_pick_another(tmp_path):
-    runs = scored(report.load_results(write_runs(tmp_path, accuracy_runs())))
+    runs = scored(load_results(write_runs(tmp_path, accuracy_runs())))
 
-    table = report.grid_table(runs, "accuracy")
+    table = grid_table(runs, "accuracy")
     best = table[table["best"]].iloc[0]
 
     assert (best["learning_rate"], best["batch_size"]) == (3e-5, 16)
@@ -113,12 +130,12 @@ def test_best_config_is_chosen_on_validation_even_when_test_would_pick_another(t
 
 def test_ties_on_validation_go_to_the_smaller_spread():
     summary = pd.DataFrame({"val_mean": [80.0, 80.0], "val_std": [5.0, 1.0], "test_mean": [99.0, 10.0]})
-    assert report.best_row(summary, "accuracy")["val_std"] == 1.0
+    assert best_row(summary, "accuracy")["val_std"] == 1.0
 
 
 def test_a_lower_is_better_metric_picks_the_smallest():
     summary = pd.DataFrame({"val_mean": [2.0, 1.0], "val_std": [0.0, 0.0]})
-    assert report.best_row(summary, "loss")["val_mean"] == 1.0
+    assert best_row(summary, "loss")["val_mean"] == 1.0
 
 
 def test_prompt_table_gives_each_prompt_its_own_best_config(tmp_path):
@@ -128,9 +145,9 @@ def test_prompt_table_gives_each_prompt_its_own_best_config(tmp_path):
         record(prompt_id=1, lr=1e-5, seed=1, val=0.90, test=0.80), record(prompt_id=1, lr=1e-5, seed=2, val=0.90, test=0.84),
         record(prompt_id=1, lr=3e-5, seed=1, val=0.50, test=0.99), record(prompt_id=1, lr=3e-5, seed=2, val=0.50, test=0.99),
     ]  # fmt: skip
-    runs = scored(report.load_results(write_runs(tmp_path, records)))
+    runs = scored(load_results(write_runs(tmp_path, records)))
 
-    table = report.prompt_table(runs, "accuracy").set_index("prompt_id")
+    table = prompt_table(runs, "accuracy").set_index("prompt_id")
 
     assert table.loc[0, "learning_rate"] == 3e-5 and table.loc[0, "test_mean"] == pytest.approx(51.0)
     assert table.loc[1, "learning_rate"] == 1e-5 and table.loc[1, "test_mean"] == pytest.approx(82.0)
@@ -145,9 +162,9 @@ def test_comparison_table_has_one_row_per_system_at_its_validation_best(tmp_path
         record(method="linear_head", model="roberta-tiny", prompt_id=None, seed=s, val=0.5, test=0.4)
         for s in (1, 2)
     ]  # fmt: skip
-    runs = scored(report.load_results(write_runs(tmp_path, records)))
+    runs = scored(load_results(write_runs(tmp_path, records)))
 
-    table = report.comparison_table(runs, "accuracy")
+    table = comparison_table(runs, "accuracy")
 
     assert table["method"].tolist() == ["glm_cloze", "glm_cloze", "linear_head"]  # full FT, PEFT, baselines
     assert table["peft"].tolist() == ["none", "lora", "none"]
@@ -155,17 +172,17 @@ def test_comparison_table_has_one_row_per_system_at_its_validation_best(tmp_path
     assert full["val_mean"] == pytest.approx(80.0) and full["test_mean"] == pytest.approx(65.0)
     assert lora["test_mean"] == pytest.approx(61.0) and lora["trainable_share"] == pytest.approx(10 / 1010)
     assert lora["train_time_s"] == pytest.approx(4.0)
-    assert head["prompt_id"] == report.NO_PROMPT
-    assert report.trivial_baselines(runs, "accuracy") == {"majority_class": (pytest.approx(math.nan, nan_ok=True), 20.0)}
+    assert head["prompt_id"] == NO_PROMPT
+    assert trivial_baselines(runs, "accuracy") == {"majority_class": (pytest.approx(math.nan, nan_ok=True), 20.0)}
 
 
 def test_learning_curve_averages_the_seeds_per_epoch(tmp_path):
     curves = [[{"epoch": e, "step": 5 * (e + 1), "train_loss": 1.0, "validation": {"accuracy": v}} for e, v in enumerate(vs)]
               for vs in ((0.5, 0.7), (0.7, 0.9))]  # fmt: skip
     records = [record(seed=s, epochs=c, val=c[-1]["validation"]["accuracy"]) for s, c in zip((1, 2), curves)]
-    runs = report.load_results(write_runs(tmp_path, records))
+    runs = load_results(write_runs(tmp_path, records))
 
-    curve, xlabel = report.learning_curve(runs, "accuracy")
+    curve, xlabel = learning_curve(runs, "accuracy")
 
     assert xlabel == "epochs completed"
     assert curve["x"].tolist() == [1, 2]  # epochs 0 and 1, validated at their ends
@@ -175,13 +192,13 @@ def test_learning_curve_averages_the_seeds_per_epoch(tmp_path):
 
 def test_several_evaluations_per_epoch_are_plotted_by_step(tmp_path):
     epochs = [{"epoch": 0, "step": s, "train_loss": 1.0, "validation": {"accuracy": 0.5}} for s in (5, 10)]
-    runs = report.load_results(write_runs(tmp_path, [record(epochs=epochs)]))
-    curve, xlabel = report.learning_curve(runs, "accuracy")
+    runs = load_results(write_runs(tmp_path, [record(epochs=epochs)]))
+    curve, xlabel = learning_curve(runs, "accuracy")
     assert xlabel == "optimizer steps" and curve["x"].tolist() == [5, 10]
 
 
 def test_latex_tables_use_booktabs_and_escape_specials():
-    table = report.Table(caption="a_b 50%", label="tab:x", header=["method", "score"],
+    table = Table(caption="a_b 50%", label="tab:x", header=["method", "score"],
                          rows=[["glm_cloze", "80.00 ± 2.00"]], bold={0})  # fmt: skip
     latex = table.latex()
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
@@ -263,9 +280,9 @@ def test_sweep_command_reproduces_the_grid_with_per_method_axes(tmp_path):
         record(peft="lora", lr=lr, seed=s) for lr in (5e-4, 1e-3) for s in (1, 2)
     ] + [record(method="linear_head", model="roberta-tiny", prompt_id=None, lr=lr, bs=bs, seed=s)
          for lr in (1e-5, 3e-5) for bs in (16, 32) for s in (1, 2)]  # fmt: skip
-    runs = report.load_results(write_runs(tmp_path, records))
+    runs = load_results(write_runs(tmp_path, records))
 
-    command = report.sweep_command(runs, "cls", "trec")
+    command = sweep_command(runs, "cls", "trec")
 
     assert 'LEARNING_RATES="1e-5 3e-5"' in command and 'BATCH_SIZES="16 32"' in command
     assert 'PROMPT_IDS="0"' in command and 'SEEDS="1 2"' in command

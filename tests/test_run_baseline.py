@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import accelerate
+import datasets
 import huggingface_hub.constants
 import pytest
 import torch
@@ -20,8 +21,12 @@ from accelerate.state import PartialState
 from conftest import read_jsonl, run_main, write_csv
 
 import run_baseline as rb
-import task_utils as tu
-from glm_utils import GLMForConditionalGeneration, GLMForSequenceClassification, train_tokenizer
+from modeling_glm import GLMForConditionalGeneration, GLMForSequenceClassification
+from glm_utils import train_tokenizer
+from data import load_raw_datasets
+from metrics import generation_metrics
+from templates import PromptTemplate, build_prompted_examples, group_references, load_templates, select_template
+from training import results_record
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TREC, E2E = SHARED / "data" / "trec", SHARED / "data" / "e2e_nlg_cleaned"
@@ -30,9 +35,9 @@ needs_trec = pytest.mark.skipif(not (TREC / "train.csv").is_file(), reason="../s
 needs_e2e = pytest.mark.skipif(not (E2E / "train.csv").is_file(), reason="../shared/data/e2e_nlg_cleaned not present")
 needs_bpe = pytest.mark.skipif(not (BPE_FILES / "vocab.json").is_file(), reason="../shared/tokenizers not present")
 
-# run_cls.py's results.json, key for key and in order: task_utils.results_record's schema, then the
+# run_cls.py's results.json, key for key and in order: results_record's schema, then the
 # two keys run_cls.py adds (best_step, data).
-SCHEMA_KEYS = [*tu.results_record({}, "cls", "any", script="any", prompt_id=None, prompt_name=None,
+SCHEMA_KEYS = [*results_record({}, "cls", "any", script="any", prompt_id=None, prompt_name=None,
                                   total_train_batch_size=1, epochs=[], best_epoch=None, validation=None, test=None,
                                   baselines={}, train_time_s=0.0, train_examples_per_s=0.0, peak_memory_mb=None,
                                   trainable_params=1, total_params=1), "best_step", "data"]
@@ -148,14 +153,14 @@ def test_seq2seq_generation_on_e2e_decodes_each_source_once_against_all_referenc
                                                                                           "e2e_nlg_cleaned", 0)
     assert set(record["test"]) == set(record["baselines"]["most_frequent_reference"]) == {
         "bleu", "rouge1", "rouge2", "rougeL", "gen_len"}
-    raw = tu.load_raw_datasets("e2e_nlg_cleaned", test_file=E2E / "test.csv")
-    template = tu.load_templates("e2e_nlg_cleaned", task="gen")[0]
-    examples, _ = tu.build_prompted_examples(raw["test"].select(range(12)), template, "gen")
-    sources, references = tu.group_references(examples)
+    raw = load_raw_datasets("e2e_nlg_cleaned", test_file=E2E / "test.csv")
+    template = load_templates("e2e_nlg_cleaned", task="gen")[0]
+    examples, _ = build_prompted_examples(raw["test"].select(range(12)), template, "gen")
+    sources, references = group_references(examples)
     rows = read_jsonl(out / "generations_test.jsonl")
     assert [r["source"] for r in rows] == sources and [r["references"] for r in rows] == references
     assert all(row["prediction"] for row in rows)
-    assert tu.generation_metrics([r["prediction"] for r in rows], references) == pytest.approx(record["test"])
+    assert generation_metrics([r["prediction"] for r in rows], references) == pytest.approx(record["test"])
 
 
 # ----------------------------------------------------------------------------- scoring rules
@@ -241,15 +246,15 @@ def test_mlm_inputs_hold_one_prompt_per_choice_length_and_keep_the_masks_when_cu
 
 
 def test_linear_head_text_columns_come_from_the_templates_input_part():
-    trec1 = tu.select_template(tu.load_templates("trec", task="cls"), prompt_name="trec1")
-    rows = tu.datasets.Dataset.from_dict({"text": ["q ?"], "label_coarse": [0], "label_fine": [0]})
+    trec1 = select_template(load_templates("trec", task="cls"), prompt_name="trec1")
+    rows = datasets.Dataset.from_dict({"text": ["q ?"], "label_coarse": [0], "label_fine": [0]})
     assert rb.default_text_columns(trec1, rows) == ["text"]
-    pair = tu.PromptTemplate("pair", "{{premise}} Question: {{hypothesis}} ||| {{answer_choices[label]}}",
+    pair = PromptTemplate("pair", "{{premise}} Question: {{hypothesis}} ||| {{answer_choices[label]}}",
                              "yes ||| no", True, "test")
-    nli = tu.datasets.Dataset.from_dict({"hypothesis": ["h"], "premise": ["p"], "label": [1]})
+    nli = datasets.Dataset.from_dict({"hypothesis": ["h"], "premise": ["p"], "label": [1]})
     assert rb.default_text_columns(pair, nli) == ["premise", "hypothesis"]
-    named = tu.PromptTemplate("named", "{{review}} ||| {{sentiment}}", "positive ||| negative", True, "test")
-    reviews = tu.datasets.Dataset.from_dict({"review": ["fine"], "sentiment": ["positive"]})
+    named = PromptTemplate("named", "{{review}} ||| {{sentiment}}", "positive ||| negative", True, "test")
+    reviews = datasets.Dataset.from_dict({"review": ["fine"], "sentiment": ["positive"]})
     assert rb.default_text_columns(named, reviews) == ["review"]  # the target's column is no input
 
 

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 import run_cls
 from conftest import read_jsonl, run_main, write_csv
-import task_utils as tu
+import training
+from training import TrainingTracker, check_finite, check_launch, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TREC = REPO.parent / "shared" / "data" / "trec"
@@ -99,7 +100,7 @@ def test_learns_a_slice_of_trec_and_writes_results_and_predictions(trec, tmp_pat
 
 @needs_trec
 def test_the_test_split_is_scored_with_the_best_weights_not_the_last(trec, tmp_path, monkeypatch):
-    class FirstEvaluationWins(tu.TrainingTracker):
+    class FirstEvaluationWins(TrainingTracker):
         def record_evaluation(self, epoch, metrics, model):
             if self.history:  # every later evaluation scores 0
                 metrics = dict.fromkeys(metrics, 0.0)
@@ -156,9 +157,9 @@ def test_a_multi_process_launch_that_accelerate_runs_as_one_is_refused(monkeypat
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2"):
-        tu.check_launch(OneProcess())
+        check_launch(OneProcess())
     monkeypatch.setenv("WORLD_SIZE", "1")
-    tu.check_launch(OneProcess())
+    check_launch(OneProcess())
 
 
 # ----------------------------------------------------------------------------- resume and reproducibility
@@ -184,20 +185,20 @@ def test_a_killed_run_resumed_from_its_last_checkpoint_ends_like_an_uninterrupte
     assert [epoch["step"] for epoch in full["epochs"]] == [5, 10, 12]
 
     # The run dies in step 8; its last checkpoint is step_6 (epoch 1, 2 batches in).
-    real_check = tu.check_finite
+    real_check = check_finite
 
     def dies_in_step_8(loss, step):
         if step == 8:
             raise Killed
         real_check(loss, step)
 
-    monkeypatch.setattr(tu, "check_finite", dies_in_step_8)
+    monkeypatch.setattr(training, "check_finite", dies_in_step_8)
     killed = tmp_path / "killed"
     with pytest.raises(Killed):
         run(resume_args(trec, killed, "--checkpointing_steps", 3))
     monkeypatch.undo()
     assert sorted(path.name for path in killed.glob("step_*")) == ["step_3", "step_6"]
-    assert tu.find_checkpoint("latest", killed) == killed / "step_6"
+    assert find_checkpoint("latest", killed) == killed / "step_6"
     assert not (killed / "results.json").exists()
 
     resumed = run(resume_args(trec, killed, "--checkpointing_steps", 3, "--resume_from_checkpoint", "latest"))
@@ -255,7 +256,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trec
     assert not (out / "results.json").exists()
     weights = load_file(str(out / "step_2" / "model.safetensors"))
     assert all(torch.isfinite(value).all() for value in weights.values())
-    assert tu.find_checkpoint("latest", out) == out / "step_2"
+    assert find_checkpoint("latest", out) == out / "step_2"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -474,7 +475,7 @@ def test_saved_ptuning_weights_evaluated_with_peft_weights_score_the_test_set_as
 
 def test_training_tracker_keeps_the_best_weights_and_round_trips(tmp_path):
     model = torch.nn.Linear(2, 1)
-    tracker = tu.TrainingTracker("accuracy")
+    tracker = TrainingTracker("accuracy")
     tracker.add_loss(2.0, 4)
     tracker.add_loss(1.0, 4)
     tracker.completed_steps = 5
@@ -489,17 +490,17 @@ def test_training_tracker_keeps_the_best_weights_and_round_trips(tmp_path):
         {"epoch": 1, "step": 10, "train_loss": None, "validation": {"accuracy": 0.5}},
     ]
     tracker.save(tmp_path / "step_10")
-    loaded = tu.TrainingTracker("accuracy")
+    loaded = TrainingTracker("accuracy")
     loaded.load(tmp_path / "step_10")
     assert loaded.state_dict() == tracker.state_dict() and loaded.best == tracker.history[0]
     assert loaded.restore_best(model) and torch.equal(model.weight, best_weight)
     assert loaded.resume_position(batches_per_epoch=7, gradient_accumulation_steps=2) == (2, 4)  # 4 steps an epoch
     with pytest.raises(ValueError, match="resume with the same --metric_for_best_model"):
-        tu.TrainingTracker("macro_f1").load(tmp_path / "step_10")
+        TrainingTracker("macro_f1").load(tmp_path / "step_10")
     tracker.settings = {"num_processes": 2, "seed": 1}
     tracker.save(tmp_path / "step_12")
     with pytest.raises(ValueError, match=r"other settings \(--num_processes 2 there, 1 here\): resume with the same "
                                          "flags and number of processes"):
-        tu.TrainingTracker("accuracy", settings={"num_processes": 1, "seed": 1}).load(tmp_path / "step_12")
+        TrainingTracker("accuracy", settings={"num_processes": 1, "seed": 1}).load(tmp_path / "step_12")
     with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint .*no training_state.json"):
-        tu.find_checkpoint(tmp_path, tmp_path)
+        find_checkpoint(tmp_path, tmp_path)

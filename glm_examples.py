@@ -1,0 +1,276 @@
+"""The README of a dataset folder in the format of the GLM repository's `examples/`."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only, no display
+
+
+from analysis import (
+    DATASET_TITLES,
+    NO_PROMPT,
+    SYSTEM,
+    TASK_NAMES,
+    _system_order,
+    add_scores,
+    best_runs,
+    choose_metric,
+    fmt_lr,
+    make_comparison_table,
+    metric_label,
+    trivial_baselines,
+)
+
+
+# ---------------------------------------------------------------------------------------
+# README for the GLM repository's examples/ folder
+# ---------------------------------------------------------------------------------------
+
+DATASET_DESCRIPTIONS = {
+    "trec": (
+        "TREC question classification (Li and Roth, 2002): about 5.5k training and 500 test English "
+        "questions, each labelled with the type of its answer. We use the 6 coarse classes "
+        "(description, entity, abbreviation, human, numeric value, location). Validation is a split "
+        "of the training set. Metric: accuracy."
+    ),
+    "e2e_nlg_cleaned": (
+        "E2E NLG, cleaned version (Novikova et al., 2017; Dušek et al., 2019): turn a restaurant's "
+        "meaning representation (attribute[value] pairs such as `name[Aromi], food[Chinese]`) into a "
+        "fluent English description. Several human references per input. Metric: corpus BLEU "
+        "(sacrebleu) against all references, with ROUGE."
+    ),
+}
+TASK_METHODS = {
+    "cls": (
+        "We fine-tune GLM (`{model}`) with prompts from promptsource: each input becomes a cloze "
+        "question with one `[MASK]`, and every answer choice (verbalizer) is scored by GLM's blank "
+        "infilling, with no new classification head."
+    ),
+    "gen": (
+        "We fine-tune GLM (`{model}`) with prompts from promptsource: the prompt ends with a "
+        "`[MASK]` that GLM fills autoregressively (blank infilling), trained with teacher forcing and "
+        "decoded with beam search."
+    ),
+}
+REFERENCES = {
+    "glm": """@inproceedings{du-etal-2022-glm,
+  title = {{GLM}: General Language Model Pretraining with Autoregressive Blank Infilling},
+  author = {Du, Zhengxiao and Qian, Yujie and Liu, Xiao and Ding, Ming and Qiu, Jiezhong and Yang, Zhilin and Tang, Jie},
+  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics (Volume 1: Long Papers)},
+  pages = {320--335},
+  year = {2022}
+}""",
+    "trec": """@inproceedings{li-roth-2002-learning,
+  title = {Learning Question Classifiers},
+  author = {Li, Xin and Roth, Dan},
+  booktitle = {{COLING} 2002: The 19th International Conference on Computational Linguistics},
+  year = {2002}
+}""",
+    "e2e_nlg_cleaned": """@inproceedings{novikova-etal-2017-e2e,
+  title = {The {E2E} Dataset: New Challenges For End-to-End Generation},
+  author = {Novikova, Jekaterina and Du{\\v{s}}ek, Ond{\\v{r}}ej and Rieser, Verena},
+  booktitle = {Proceedings of the 18th Annual {SIG}dial Meeting on Discourse and Dialogue},
+  pages = {201--206},
+  year = {2017}
+}
+
+@inproceedings{dusek-etal-2019-semantic,
+  title = {Semantic Noise Matters for Neural Natural Language Generation},
+  author = {Du{\\v{s}}ek, Ond{\\v{r}}ej and Howcroft, David M. and Rieser, Verena},
+  booktitle = {Proceedings of the 12th International Conference on Natural Language Generation},
+  pages = {421--426},
+  year = {2019}
+}""",
+    "promptsource": """@inproceedings{bach-etal-2022-promptsource,
+  title = {{P}rompt{S}ource: An Integrated Development Environment and Repository for Natural Language Prompts},
+  author = {Bach, Stephen H. and Sanh, Victor and Yong, Zheng-Xin and others},
+  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics: System Demonstrations},
+  year = {2022}
+}""",
+    "ptuning_v2": """@inproceedings{liu-etal-2022-p,
+  title = {{P}-Tuning: Prompt Tuning Can Be Comparable to Fine-tuning Across Scales and Tasks},
+  author = {Liu, Xiao and Ji, Kaixuan and Fu, Yicheng and Tam, Weng and Du, Zhengxiao and Yang, Zhilin and Tang, Jie},
+  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics (Volume 2: Short Papers)},
+  pages = {61--68},
+  year = {2022}
+}""",
+    "lora": """@inproceedings{hu2022lora,
+  title = {{LoRA}: Low-Rank Adaptation of Large Language Models},
+  author = {Hu, Edward J. and Shen, Yelong and Wallis, Phillip and Allen-Zhu, Zeyuan and Li, Yuanzhi and Wang, Shean and Wang, Lu and Chen, Weizhu},
+  booktitle = {International Conference on Learning Representations},
+  year = {2022}
+}""",
+    "roberta": """@article{liu2019roberta,
+  title = {{RoBERTa}: A Robustly Optimized {BERT} Pretraining Approach},
+  author = {Liu, Yinhan and Ott, Myle and Goyal, Naman and Du, Jingfei and Joshi, Mandar and Chen, Danqi and Levy, Omer and Lewis, Mike and Zettlemoyer, Luke and Stoyanov, Veselin},
+  journal = {arXiv preprint arXiv:1907.11692},
+  year = {2019}
+}""",
+    "t5": """@article{raffel2020exploring,
+  title = {Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer},
+  author = {Raffel, Colin and Shazeer, Noam and Roberts, Adam and Lee, Katherine and Narang, Sharan and Matena, Michael and Zhou, Yanqi and Li, Wei and Liu, Peter J.},
+  journal = {Journal of Machine Learning Research},
+  volume = {21},
+  number = {140},
+  pages = {1--67},
+  year = {2020}
+}""",
+    "bart": """@inproceedings{lewis-etal-2020-bart,
+  title = {{BART}: Denoising Sequence-to-Sequence Pre-training for Natural Language Generation, Translation, and Comprehension},
+  author = {Lewis, Mike and Liu, Yinhan and Goyal, Naman and Ghazvininejad, Marjan and Mohamed, Abdelrahman and Levy, Omer and Stoyanov, Veselin and Zettlemoyer, Luke},
+  booktitle = {Proceedings of the 58th Annual Meeting of the Association for Computational Linguistics},
+  pages = {7871--7880},
+  year = {2020}
+}""",
+}
+
+# Run arguments worth repeating in a command line (the others keep the scripts' defaults).
+SETTING_ARGS = ("task", "method", "model_name_or_path", "tokenizer_name", "peft", "pre_seq_len", "lora_r")
+DATA_ARGS = ("dataset_name", "train_file", "validation_file", "test_file")
+GRID_ARGS = ("prompt_id", "learning_rate", "per_device_train_batch_size", "seed")
+BUDGET_ARGS = (
+    "num_train_epochs", "max_train_steps", "eval_steps", "max_train_samples", "max_eval_samples",
+    "max_test_samples", "max_target_length", "num_beams",
+)  # fmt: skip
+
+
+def shell_value(value):
+    """A value as written on a command line: 1e-4 rather than 0.0001."""
+    if isinstance(value, float):
+        short = fmt_lr(value)
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+def run_command(row):
+    """A command line that repeats one run: its script and its main arguments."""
+    args = dict(row["args"])
+    if args.get("peft") in (None, "none"):
+        args = {k: v for k, v in args.items() if k not in ("peft", "pre_seq_len", "lora_r")}
+    names = SETTING_ARGS + DATA_ARGS + GRID_ARGS + BUDGET_ARGS
+    parts = [f"python {row['script'] or 'run_cls.py'}"]
+    parts += [f"--{k} {shell_value(args[k])}" for k in names if args.get(k) is not None]
+    parts.append("--output_dir outputs/best")
+    return " \\\n    ".join(parts)
+
+
+def method_entry(row):
+    """The sweeps.sh method entry of a run: glm_cloze, glm_gen+lora, baseline:roberta-large:linear_head."""
+    if str(row["method"]).startswith("glm"):
+        entry = row["method"]
+    else:
+        entry = f"baseline:{row['args'].get('model_name_or_path', row['model'])}:{row['method']}"
+    return entry if row["peft"] == "none" else f"{entry}+{row['peft']}"
+
+
+def _axis_values(column):
+    values = sorted(column.dropna().unique())
+    return " ".join("none" if v == NO_PROMPT and column.name == "prompt_id" else shell_value(v) for v in values)
+
+
+def _constant_flags(runs, names):
+    """ "--name value" for each argument that has one value in every run."""
+    flags = []
+    for name in names:
+        values = {json.dumps(args.get(name)) for args in runs["args"]}
+        value = runs["args"].iloc[0].get(name)
+        if len(values) == 1 and value is not None:
+            flags.append(f"--{name} {shell_value(value)}")
+    return " ".join(flags)
+
+
+def sweep_command(runs, task, dataset):
+    """The sweeps.sh command (environment variables + flags) that reruns the grid of these
+    runs: the GLM full fine-tuning grid as the global axes, every other method entry with
+    @lr= / @bs= / @prompt= / @seed= where its axis differs, and the data and budget flags
+    that all runs share."""
+    glm = runs[runs["method"].str.startswith("glm") & (runs["peft"] == "none")]
+    main = glm if len(glm) else runs
+    axes = {"lr": ("LEARNING_RATES", "learning_rate"), "bs": ("BATCH_SIZES", "batch_size"),
+            "prompt": ("PROMPT_IDS", "prompt_id"), "seed": ("SEEDS", "seed")}  # fmt: skip
+    env = {variable: _axis_values(main[column]) for variable, column in axes.values()}
+    entries = []
+    for _, system_runs in sorted(runs.groupby(SYSTEM, sort=True), key=lambda item: _system_order(item[1].iloc[0])):
+        entry = method_entry(system_runs.iloc[0])
+        for option, (variable, column) in axes.items():
+            values = _axis_values(system_runs[column])
+            if values != env[variable]:
+                entry += f"@{option}={values.replace(' ', ',')}"
+        entries.append(entry)
+    prefix = task.upper()
+    first = main["args"].iloc[0]
+    env["MODEL"] = first.get("model_name_or_path")
+    env["TOKENIZER"] = first.get("tokenizer_name")
+    env[f"{prefix}_DATASET"] = dataset
+    env[f"{prefix}_METHODS"] = " ".join(entries)
+    env[f"{prefix}_DATA_ARGS"] = _constant_flags(runs, DATA_ARGS[1:])
+    env["COMMON_ARGS"] = _constant_flags(runs, BUDGET_ARGS)
+    for variable, peft, names in (("LORA_ARGS", "lora", ("lora_r",)), ("PTUNING_ARGS", "ptuning_v2", ("pre_seq_len",))):
+        if (runs["peft"] == peft).any():
+            env[variable] = _constant_flags(runs[runs["peft"] == peft], names)
+    baselines = runs[~runs["method"].str.startswith("glm")]
+    if len(baselines):
+        env["BASELINE_ARGS"] = _constant_flags(baselines, ("tokenizer_name",))
+    assignments = [f'{name}="{value}"' for name, value in env.items() if value]
+    return " \\\n".join(assignments + [f"./sweeps.sh --task {task} --out runs/{dataset}"])
+
+
+def references_for(runs, dataset):
+    """Keys of REFERENCES cited by the runs of one dataset."""
+    keys = ["glm", dataset, "promptsource"]
+    text = " ".join(runs["peft"].astype(str)) + " " + " ".join(runs["model"].astype(str)).lower()
+    keys += [k for k in ("lora", "ptuning_v2") if k in text]
+    keys += [k for k in ("roberta", "t5", "bart") if k in text]
+    return [k for k in dict.fromkeys(keys) if k in REFERENCES]
+
+
+def write_glm_example_readme(runs, comparisons, directory, dataset=None):
+    """Write directory/README.md for one dataset in the layout the GLM repository's examples/
+    folder asks of contributions: title, Authors, Task Description, Running Commands,
+    Results (with comparison methods), Reference."""
+    datasets_ = sorted(runs["dataset"].unique())
+    if dataset is None:
+        if len(datasets_) != 1:
+            raise SystemExit(f"--glm_example_readme: the sweep holds datasets {datasets_}; pick one with --dataset.")
+        dataset = datasets_[0]
+    if dataset not in datasets_:
+        raise SystemExit(f"--dataset {dataset!r} has no runs; the sweep holds {datasets_}.")
+    runs = runs[runs["dataset"] == dataset]
+    task = runs["task"].iloc[0]
+    metric = choose_metric(runs)
+    scored = add_scores(runs, metric)
+    glm = scored[scored["method"].str.startswith("glm") & (scored["peft"] == "none")]
+    best = best_runs(glm if len(glm) else scored, metric).iloc[0]
+    comparison = comparisons[(task, dataset)]
+    table = make_comparison_table(task, dataset, comparison, trivial_baselines(scored, metric), metric)
+    lines = [
+        f"# {DATASET_TITLES.get(dataset, dataset)}", "",
+        "## Authors", "",
+        "**Your Name** (your.email@example.com), homepage: https://example.com  <!-- fill in -->", "",
+        "## Task Description", "",
+        DATASET_DESCRIPTIONS.get(dataset, f"The `{dataset}` dataset ({TASK_NAMES.get(task, task)})."), "",
+        TASK_METHODS.get(task, "").format(model=best["args"].get("model_name_or_path") or best["model"]), "",
+        "## Running Commands", "",
+        "Install (Python 3.11):", "",
+        "```bash", "pip install -r requirements.txt",
+        "pip install --no-deps --ignore-requires-python promptsource==0.2.3", "```", "",
+        "The grid search behind the results below (each run writes its own results.json), then the tables:", "",
+        "```bash", sweep_command(scored, task, dataset),
+        f"python report.py runs/{dataset}", "```", "",
+        "One run at the selected configuration (one seed):", "",
+        "```bash", run_command(best), "```", "",
+        "## Results", "",
+        f"Test {metric_label(metric)} of each method at its configuration chosen on the "
+        "validation set (the test set is never used for selection); mean ± std over seeds.", "",
+        table.markdown(), "",
+        "## Reference", "",
+        "```bibtex", "\n\n".join(REFERENCES[k] for k in references_for(runs, dataset)), "```", "",
+    ]  # fmt: skip
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    return directory / "README.md"
+

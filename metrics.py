@@ -1,0 +1,110 @@
+"""Metrics and trivial baselines: accuracy and macro-F1 (scikit-learn), BLEU (sacrebleu) and
+ROUGE (rouge-score), the majority class and the most frequent reference."""
+
+import logging
+from collections import Counter
+
+
+logger = logging.getLogger(__name__)
+
+
+# Metrics (scikit-learn, sacrebleu, rouge_score)
+# ---------------------------------------------------------------------------------------
+
+
+CLS_METRICS = ("accuracy", "macro_f1")  # what --metric_for_best_model may name
+GEN_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
+
+
+def classification_metrics(predictions, labels, num_classes=None):
+    """Accuracy and macro-F1 (scikit-learn).
+
+    Macro-F1 averages over range(num_classes) when given (an absent class counts as F1 0),
+    else over the classes present in labels or predictions.
+
+    Args:
+        predictions, labels: equal-length sequences of int class ids.
+    Returns:
+        {"accuracy": float, "macro_f1": float}, both in [0, 1].
+    Raises:
+        ValueError: empty or different-length inputs.
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
+    if not labels or len(predictions) != len(labels):
+        raise ValueError(f"Need equal, non-zero numbers of predictions and labels, got {len(predictions)} and {len(labels)}.")
+    classes = list(range(num_classes)) if num_classes is not None else sorted(set(labels) | set(predictions))
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
+    }
+
+
+def majority_class_baseline(train_labels, eval_labels, num_classes):
+    """Metrics of always predicting the most frequent training label (ties: lowest id).
+
+    Returns:
+        the classification_metrics dict {"accuracy", "macro_f1"} on eval_labels.
+    Raises:
+        ValueError: no training labels.
+    """
+    if not train_labels:
+        raise ValueError("majority_class_baseline needs at least one training label.")
+    counts = Counter(int(y) for y in train_labels)
+    majority = min(counts, key=lambda label: (-counts[label], label))
+    return classification_metrics([majority] * len(eval_labels), eval_labels, num_classes)
+
+
+def generation_metrics(predictions, references_list):
+    """Corpus BLEU (sacrebleu, against every reference of each source) and ROUGE.
+
+    BLEU: sacrebleu corpus_bleu with default 13a tokenisation. Sources with fewer
+    references than the most have their missing reference streams padded with None, which
+    sacrebleu drops per segment (an empty string would count as a 0-length reference).
+    ROUGE-1/2/L: rouge_score F-measure with stemming, the best over each source's
+    references, averaged over sources. All scaled 0-100. gen_len: mean number of
+    whitespace-separated words per prediction.
+
+    Args:
+        predictions: list[str], one per source. references_list: list[list[str]], the
+            references of each source (at least one each).
+    Returns:
+        {"bleu", "rouge1", "rouge2", "rougeL", "gen_len"}: floats.
+    Raises:
+        ValueError: empty inputs, different lengths, or a source with no reference.
+    """
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if not predictions or len(predictions) != len(references_list):
+        raise ValueError(
+            f"Need one prediction per source and at least one source, got {len(predictions)} "
+            f"predictions for {len(references_list)} sources."
+        )
+    if any(not refs for refs in references_list):
+        raise ValueError("Every source needs at least one reference.")
+    most = max(len(refs) for refs in references_list)
+    streams = [[refs[i] if i < len(refs) else None for refs in references_list] for i in range(most)]
+    bleu = sacrebleu.corpus_bleu(predictions, streams).score
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = Counter()
+    for prediction, refs in zip(predictions, references_list):
+        for key, score in scorer.score_multi(refs, prediction).items():
+            totals[key] += score.fmeasure
+    result = {"bleu": float(bleu)}
+    result.update({key: 100.0 * totals[key] / len(predictions) for key in ("rouge1", "rouge2", "rougeL")})
+    result["gen_len"] = sum(len(p.split()) for p in predictions) / len(predictions)
+    return result
+
+
+def most_frequent_reference_baseline(train_targets, references_list):
+    """generation_metrics of emitting the most frequent training target for every source
+    (ties: the one seen first). Raises ValueError when train_targets is empty."""
+    if not train_targets:
+        raise ValueError("most_frequent_reference_baseline needs at least one training target.")
+    constant = Counter(train_targets).most_common(1)[0][0]
+    return generation_metrics([constant] * len(references_list), references_list)
+
+
+# ---------------------------------------------------------------------------------------

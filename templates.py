@@ -1,0 +1,547 @@
+"""Prompt templates: promptsource and `prompts/*.yaml`, rendered in a jinja sandbox.
+
+`load_templates` lists the usable templates of a dataset, `select_template` picks one by id or
+name, and `build_prompted_examples` turns dataset rows into prompted examples: a cloze context
+with GLM's `[MASK]` where the answer goes, the answer choices (verbalizers) and the gold label
+(classification), or a source and its target (generation).
+"""
+
+import functools
+import logging
+import math
+import random
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import jinja2
+import jinja2.meta
+import jinja2.sandbox
+import yaml
+
+from data import HUB_DATASETS, OTHER_TASK_LABEL_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+
+# The GLM answer slot in a prompt, and where templates put it (see make_cloze_context).
+GLM_MASK = "[MASK]"
+
+TASKS = ("cls", "gen")
+
+# Prompt templates
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One prompt: a jinja template whose output is "input ||| target".
+
+    name: unique per dataset. jinja: the template source. answer_choices: jinja for the
+    "a ||| b ||| c" list of verbalizers (None for generation). original_task: the prompt
+    asks for the dataset's own task. source: "promptsource" or the path of our YAML file.
+    """
+
+    name: str
+    jinja: str
+    answer_choices: Optional[str]
+    original_task: bool
+    source: str
+
+
+def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts", task="cls"):
+    """The usable prompt templates of a dataset, in a stable order (the prompt id = index).
+
+    Sources: promptsource 0.2.3's templates for (dataset_name, dataset_config_name) (only
+    their fields are read; promptsource's own unsandboxed rendering is never used), then
+    every template in `<prompts_dir>/<dataset_name>.yaml` (see prompts/*.yaml for the
+    format). A relative `prompts_dir` is looked up in the working directory, then next to
+    this file.
+
+    Usable: original_task true, and for task "cls" with answer_choices, for "gen" without.
+    For "cls", templates that read a label column of another task
+    (OTHER_TASK_LABEL_COLUMNS, e.g. trec's `label_fine`) are left out. Order: promptsource
+    templates sorted by name, then local ones sorted by name.
+
+    Returns:
+        list[PromptTemplate], never empty.
+    Raises:
+        ValueError: unknown task, malformed YAML, duplicate names, or no usable template.
+        ImportError: promptsource is not installed.
+    """
+    _check_task(task)
+    dataset_name = _short_dataset_name(dataset_name)
+    local_path = _resolve_prompts_dir(prompts_dir) / f"{dataset_name}.yaml"
+    candidates = _promptsource_templates(dataset_name, dataset_config_name)
+    if local_path.is_file():
+        candidates += _local_templates(local_path)
+    _check_unique_names(candidates)
+    usable = [t for t in candidates if _is_usable(t, task) and not _reads_other_task(t, dataset_name)]
+    if not usable:
+        raise ValueError(
+            f"No usable {task} templates for dataset {dataset_name!r} (config {dataset_config_name!r}): "
+            f"promptsource has none with original_task true and "
+            f"{'answer choices' if task == 'cls' else 'no answer choices'}, and {local_path} "
+            f"{'adds none' if local_path.is_file() else 'does not exist'}. Write templates there "
+            "(format: see the comment at the top of prompts/fine_foods.yaml)."
+        )
+    return usable
+
+
+def _check_task(task):
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+
+
+def _short_dataset_name(dataset_name):
+    """'CogComp/trec' -> 'trec' (our registry name); other names unchanged."""
+    for short, repo in HUB_DATASETS.items():
+        if dataset_name == repo:
+            return short
+    return dataset_name
+
+
+def _resolve_prompts_dir(prompts_dir):
+    path = Path(prompts_dir)
+    if path.is_absolute() or path.is_dir():
+        return path
+    return Path(__file__).resolve().parent / path
+
+
+def _promptsource_templates(dataset_name, dataset_config_name):
+    with warnings.catch_warnings():  # promptsource imports pkg_resources, which warns
+        warnings.simplefilter("ignore")
+        try:
+            from promptsource.templates import TEMPLATES_FOLDER_PATH, DatasetTemplates
+        except ImportError as err:
+            raise ImportError(
+                "promptsource is not installed; install it with: "
+                "pip install --no-deps --ignore-requires-python promptsource==0.2.3"
+            ) from err
+        folder = Path(TEMPLATES_FOLDER_PATH, dataset_name, *([dataset_config_name] if dataset_config_name else []))
+        if not (folder / "templates.yaml").is_file():
+            return []
+        collection = DatasetTemplates(dataset_name, dataset_config_name)
+    return sorted(
+        (
+            PromptTemplate(
+                name=t.name,
+                jinja=t.jinja,
+                answer_choices=t.answer_choices,
+                original_task=bool(t.metadata.original_task),
+                source="promptsource",
+            )
+            for t in collection.templates.values()
+        ),
+        key=lambda t: t.name,
+    )
+
+
+_YAML_KEYS = {"name", "jinja", "answer_choices", "original_task"}
+
+
+def _local_templates(path):
+    """Templates from one of our YAML files (safe_load; keys checked; jinja syntax checked)."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"Prompt file {path} is not valid YAML: {err}") from err
+    entries = document.get("templates") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"Prompt file {path} needs a top-level 'templates:' list of mappings.")
+    templates = []
+    for position, entry in enumerate(entries, start=1):
+        where = f"{path}, template {position}"
+        if not isinstance(entry, dict) or not {"name", "jinja"} <= set(entry):
+            raise ValueError(f"{where}: each template is a mapping with at least 'name' and 'jinja'.")
+        unknown = set(entry) - _YAML_KEYS
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_YAML_KEYS)}.")
+        template = PromptTemplate(
+            name=str(entry["name"]),
+            jinja=str(entry["jinja"]),
+            answer_choices=None if entry.get("answer_choices") is None else str(entry["answer_choices"]),
+            original_task=bool(entry.get("original_task", True)),
+            source=str(path),
+        )
+        template_fields(template)  # raises on a jinja syntax error, naming the template
+        templates.append(template)
+    return sorted(templates, key=lambda t: t.name)
+
+
+def _check_unique_names(templates):
+    counts = Counter(t.name for t in templates)
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    if duplicates:
+        raise ValueError(f"Duplicate template name(s) {duplicates}: rename the local one(s) in prompts/.")
+
+
+def _is_usable(template, task):
+    has_choices = template.answer_choices is not None
+    return template.original_task and has_choices == (task == "cls")
+
+
+def _reads_other_task(template, dataset_name):
+    other = set(OTHER_TASK_LABEL_COLUMNS.get(dataset_name, ())) & template_fields(template)
+    if other:
+        logger.info("Leaving out template %r: it predicts %s, another task.", template.name, sorted(other))
+    return bool(other)
+
+
+def select_template(templates, prompt_id=None, prompt_name=None):
+    """Pick one template by id (index in `templates`) or by name.
+
+    With neither given, the first template (id 0) is used; for trec that is
+    pick_the_best_descriptor (see load_templates for the order).
+
+    Raises:
+        ValueError: both given, an unknown id or name (the message lists the valid
+            "id: name" pairs), or an empty list.
+    """
+    if not templates:
+        raise ValueError("No templates to choose from.")
+    if prompt_id is not None and prompt_name is not None:
+        raise ValueError("Pass either --prompt_id or --prompt_name, not both.")
+    if prompt_name is not None:
+        for template in templates:
+            if template.name == prompt_name:
+                return template
+        raise ValueError(f"Unknown --prompt_name {prompt_name!r}; valid prompts:\n{describe_templates(templates)}")
+    if prompt_id is None:
+        return templates[0]
+    if not 0 <= prompt_id < len(templates):
+        raise ValueError(f"Unknown --prompt_id {prompt_id}; valid prompts:\n{describe_templates(templates)}")
+    return templates[prompt_id]
+
+
+def describe_templates(templates):
+    """One line per template, "id: name [source] choices: a | b" (what --list_prompts prints)."""
+    lines = []
+    for prompt_id, template in enumerate(templates):
+        choices = f" choices: {template.answer_choices}" if template.answer_choices else ""
+        lines.append(f"{prompt_id}: {template.name} [{template.source}]{choices}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering (sandboxed: templates can read the example, never reach Python internals)
+# ---------------------------------------------------------------------------------------
+
+
+def _highlight(text):
+    """promptsource's `highlight` filter: wrap text in a coloured HTML span."""
+    return "<span style='color: #F08080'>" + text + "</span>"
+
+
+def _choice(choices):
+    """promptsource's `choice` filter: one element at random (Python's `random`, so
+    accelerate's set_seed makes it reproducible)."""
+    return random.choice(choices)
+
+
+def _most_frequent(items):
+    """promptsource's `most_frequent` filter: every item with the highest count, in first
+    appearance order; None for an empty input."""
+    if not items:
+        return None
+    counts = Counter(items)
+    top = max(counts.values())
+    return [item for item, count in counts.items() if count == top]
+
+
+def _make_environment():
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    env.globals["zip"] = zip
+    env.filters.update(highlight=_highlight, choice=_choice, most_frequent=_most_frequent)
+    return env
+
+
+_ENV = _make_environment()
+_SEPARATOR = "|||"
+# Stands in for "|||" inside example values while rendering, so only the template's own
+# separator splits input from target (the same protection promptsource applies).
+_PIPE_PLACEHOLDER = "\ue000PIPES\ue000"
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(source, template_name):
+    try:
+        return _ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"Template {template_name!r} has a jinja syntax error: {err}") from err
+
+
+def template_fields(template):
+    """The example fields a template reads (its jinja and its answer_choices jinja).
+
+    Returns:
+        set[str] of undeclared variables, without `answer_choices` and the globals.
+    Raises:
+        ValueError: a jinja syntax error (names the template).
+    """
+    fields = set()
+    for source in (template.jinja, template.answer_choices):
+        if source is None:
+            continue
+        try:
+            fields |= jinja2.meta.find_undeclared_variables(_ENV.parse(source))
+        except jinja2.TemplateSyntaxError as err:
+            raise ValueError(f"Template {template.name!r} has a jinja syntax error: {err}") from err
+    return fields - {"answer_choices"} - set(_ENV.globals)
+
+
+def check_template_fields(template, column_names):
+    """Check before training that the dataset has every field the template reads.
+
+    Raises:
+        ValueError: names the missing field(s) and the available columns.
+    """
+    missing = sorted(template_fields(template) - set(column_names))
+    if missing:
+        raise ValueError(
+            f"Template {template.name!r} ({template.source}) reads field(s) {missing} that the "
+            f"dataset lacks; available columns: {sorted(column_names)}. Choose another prompt "
+            "(--list_prompts), or rename the columns of your files to match."
+        )
+
+
+def _render(source, template_name, context):
+    compiled = _compile(source, template_name)
+    try:
+        return compiled.render(**context)
+    except jinja2.sandbox.SecurityError as err:
+        raise ValueError(
+            f"Template {template_name!r} was refused by the sandbox ({err}): templates may only "
+            "read the example's fields; rewrite it or choose another prompt."
+        ) from err
+    except (jinja2.TemplateError, TypeError, KeyError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"Template {template_name!r} failed to render: {err}. Check that the fields have the "
+            "types the template expects (e.g. an integer label that indexes answer_choices)."
+        ) from err
+
+
+def _split_parts(rendered):
+    return [part.replace(_PIPE_PLACEHOLDER, _SEPARATOR).strip() for part in rendered.split(_SEPARATOR)]
+
+
+def render_example(template, example):
+    """Render one example with a template, in a sandbox.
+
+    The answer choices jinja is rendered with the example and split on "|||"; the template
+    is rendered with the example plus `answer_choices` and split on "|||" into input and
+    target; every piece is stripped. "|||" inside example values never splits anything.
+
+    Args:
+        template: PromptTemplate. example: dict of field -> value.
+    Returns:
+        (input_text: str, target_text: str or None when the template has no "|||" part,
+        answer_choices: list[str] or None). A template that renders to nothing for this
+        example (promptsource's conditional templates) gives ("", None, choices).
+    Raises:
+        ValueError: the sandbox refused the template (e.g. access to `__class__`), a field
+            is missing or unusable, the example has a key `answer_choices`, or the output
+            has more than one "|||".
+    """
+    if "answer_choices" in example:
+        raise ValueError("The example has a field named 'answer_choices', which templates reserve; rename it.")
+    protected = {
+        key: value.replace(_SEPARATOR, _PIPE_PLACEHOLDER) if isinstance(value, str) else value
+        for key, value in example.items()
+    }
+    choices = None
+    if template.answer_choices is not None:
+        choices = _split_parts(_render(template.answer_choices, template.name, protected))
+    parts = _split_parts(_render(template.jinja, template.name, {**protected, "answer_choices": choices}))
+    if len(parts) > 2:
+        raise ValueError(f"Template {template.name!r} rendered {len(parts) - 1} '|||' separators; it needs one.")
+    target = parts[1] if len(parts) == 2 else None
+    return parts[0], target, choices
+
+
+def make_cloze_context(input_text, mask_token=GLM_MASK):
+    """The GLM cloze context of a rendered prompt: the prompt with exactly one mask token.
+
+    Exactly one `mask_token` in the text: kept where the template put it. None: " " +
+    mask_token is appended, because promptsource templates put the target right after the
+    prompt, so the blank the model fills is at the end. Two or more: ValueError, since GLM
+    cloze scoring fills one blank.
+
+    Returns:
+        str. Raises: ValueError for two or more mask tokens.
+    """
+    count = input_text.count(mask_token)
+    if count == 0:
+        return f"{input_text} {mask_token}"
+    if count == 1:
+        return input_text
+    raise ValueError(
+        f"The prompt has {count} {mask_token} tokens; a cloze prompt needs at most one answer slot. "
+        f"Prompt: {input_text!r}"
+    )
+
+
+def make_mlm_context(input_text, mask_token, n):
+    """A PET-style masked-LM context: the answer slot replaced by `n` mask tokens.
+
+    The slot is placed as in make_cloze_context (the template's "[MASK]", else the end).
+    For RoBERTa pass mask_token="<mask>" and n = the verbalizer's token count.
+
+    Returns:
+        str. Raises: ValueError for n < 1 or two or more "[MASK]" in the prompt.
+    """
+    if n < 1:
+        raise ValueError(f"n (mask tokens for the answer slot) must be >= 1, got {n}.")
+    return make_cloze_context(input_text).replace(GLM_MASK, mask_token * n)
+
+
+# ---------------------------------------------------------------------------------------
+# Prompted examples
+# ---------------------------------------------------------------------------------------
+
+
+def _is_empty_field(value):
+    """None, NaN, or a blank string: a value with no text to prompt with."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def build_prompted_examples(dataset, template, task, skip_empty=True):
+    """Render every row of a dataset into the examples the scripts train and evaluate on.
+
+    Checks first that the dataset has the template's fields (check_template_fields).
+    Per row: rows where the template renders to nothing (promptsource's conditional
+    templates) are always skipped ("not_applicable"). Rows with an empty field (None, NaN
+    or a blank string in a field the template reads: a prompt around an empty question is
+    no example), an empty rendered input or an empty target are skipped and counted when
+    `skip_empty`, with one logged warning; otherwise they raise. For "cls" the target must
+    be one of the rendered answer choices.
+
+    Args:
+        dataset: datasets.Dataset or list of dicts. template: PromptTemplate.
+        task: "cls" or "gen". skip_empty: bool.
+    Returns:
+        (examples, counts). examples: list of dicts with "context" (input with one
+        "[MASK]", see make_cloze_context), "input", "target", "choices" (list[str] for cls,
+        None for gen), "label" (index of target in choices for cls, None for gen),
+        "source_key" (the rendered input; group_references groups by it), "row" (the
+        0-based index of its dataset row, e.g. to read the raw text columns there).
+        counts: dict with "rows", "kept", "not_applicable", "empty_field", "empty_input",
+        "empty_target".
+    Raises:
+        ValueError (row numbers are 0-based dataset indices): a "cls" template without
+        answer choices, a missing column, a template without "|||", an empty field, input
+        or target when not skip_empty, a "cls" target outside the answer
+        choices (names the target and the choices), duplicate or empty answer choices.
+    """
+    _check_task(task)
+    if task == "cls" and template.answer_choices is None:
+        raise ValueError(
+            f"Template {template.name!r} has no answer choices, so it cannot be used for "
+            "classification; choose a prompt listed by --list_prompts."
+        )
+    check_template_fields(template, _column_names(dataset))
+    fields = sorted(template_fields(template))
+    examples, skipped_rows = [], []
+    counts = dict.fromkeys(("rows", "kept", "not_applicable", "empty_field", "empty_input", "empty_target"), 0)
+    for row, example in enumerate(dataset):
+        counts["rows"] += 1
+        prompted, reason = _prompt_row(template, task, row, example, fields)
+        if prompted is not None:
+            examples.append(prompted)
+            continue
+        counts[reason] += 1
+        if reason == "not_applicable":
+            continue
+        if not skip_empty:
+            raise ValueError(
+                f"Row {row}: {reason.replace('_', ' ')} with template {template.name!r}; fix the "
+                "data, or pass --skip_empty to skip such rows."
+            )
+        skipped_rows.append(row)
+    counts["kept"] = len(examples)
+    if skipped_rows:
+        logger.warning(
+            "Template %r: skipped %d row(s) with empty fields or empty rendered text (first rows: %s); counts: %s",
+            template.name, len(skipped_rows), skipped_rows[:10], counts,
+        )  # fmt: skip
+    return examples, counts
+
+
+def _column_names(dataset):
+    """Columns of a datasets.Dataset, or the keys of the first dict of a list."""
+    if hasattr(dataset, "column_names"):
+        return dataset.column_names
+    return list(dataset[0]) if len(dataset) else []
+
+
+def _prompt_row(template, task, row, example, fields):
+    """(prompted example, None) for a usable row, else (None, name of the counter it adds to)."""
+    if any(_is_empty_field(example[field]) for field in fields):
+        return None, "empty_field"
+    try:
+        input_text, target, choices = render_example(template, example)
+    except ValueError as err:
+        raise ValueError(f"Row {row}: {err}") from err
+    if not input_text and target is None:
+        return None, "not_applicable"
+    if target is None:
+        raise ValueError(
+            f"Template {template.name!r} rendered no '|||' separator for row {row}; a training "
+            "template needs 'input ||| target'."
+        )
+    if not input_text:
+        return None, "empty_input"
+    if not target:
+        return None, "empty_target"
+    try:
+        context = make_cloze_context(input_text)
+    except ValueError as err:
+        raise ValueError(f"Row {row}, template {template.name!r}: {err}") from err
+    is_cls = task == "cls"
+    prompted = {
+        "context": context,
+        "input": input_text,
+        "target": target,
+        "choices": choices if is_cls else None,
+        "label": _label_index(template, row, target, choices) if is_cls else None,
+        "source_key": input_text,
+        "row": row,
+    }
+    return prompted, None
+
+
+def _label_index(template, row, target, choices):
+    if "" in choices or len(set(choices)) != len(choices):
+        raise ValueError(
+            f"Template {template.name!r}, row {row}: answer choices {choices} contain an empty or "
+            "repeated choice, so the label would be ambiguous; fix the template's answer_choices."
+        )
+    if target not in choices:
+        raise ValueError(
+            f"Row {row}: target {target!r} rendered by template {template.name!r} is not one of its "
+            f"answer choices {choices}. The row's label is outside the template's label set: check "
+            "the label encoding (adapt_columns) or the template."
+        )
+    return choices.index(target)
+
+
+def group_references(examples):
+    """Group generation examples by source: every reference of the same input together.
+
+    Args:
+        examples: dicts with "source_key" and "target" (from build_prompted_examples).
+    Returns:
+        (sources, references_list): sources is list[str] of distinct source keys in order of
+        first appearance; references_list[i] is list[str], the targets of sources[i] in order.
+    """
+    grouped = {}
+    for example in examples:
+        grouped.setdefault(example["source_key"], []).append(example["target"])
+    return list(grouped), list(grouped.values())
+
+
+# ---------------------------------------------------------------------------------------

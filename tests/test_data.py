@@ -1,0 +1,206 @@
+"""Specification of data.py: one behaviour per test, expected values worked out by hand."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+
+from data import (
+    TREC_COARSE_LABELS,
+    TREC_FINE_LABELS,
+    TREC_HUB_COARSE_LABELS,
+    TREC_HUB_FINE_LABELS,
+    adapt_columns,
+    apply_max_samples,
+    load_local_file,
+    load_raw_datasets,
+)
+from templates import (
+    load_templates,
+    render_example,
+    select_template,
+)
+
+from conftest import write
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
+PROMPTS = REPO / "prompts"
+
+
+
+@needs_shared
+def test_trec_local_files_carve_a_deterministic_disjoint_validation_split():
+    files = {"train_file": SHARED_DATA / "trec/train.csv", "test_file": SHARED_DATA / "trec/test.csv"}
+    first = load_raw_datasets("trec", **files)
+    again = load_raw_datasets("trec", **files)
+    other_seed = load_raw_datasets("trec", seed=7, **files)
+
+    assert list(first) == ["train", "validation", "test"]
+    # 10% of 5444 rows is 544.4: datasets rounds the test share up.
+    assert (len(first["train"]), len(first["validation"]), len(first["test"])) == (4899, 545, 499)
+    assert first["validation"]["text"] == again["validation"]["text"]
+    assert first["validation"]["text"] != other_seed["validation"]["text"]
+    full = load_local_file(SHARED_DATA / "trec/train.csv")
+    assert Counter(first["train"]["text"]) + Counter(first["validation"]["text"]) == Counter(full["text"])
+    assert first["train"][0].keys() == {"text", "label_coarse", "label_fine"}
+
+
+@needs_shared
+def test_local_trec_csv_is_already_in_the_promptsource_encoding():
+    raw = datasets.DatasetDict({"test": load_local_file(SHARED_DATA / "trec/test.csv")})
+    assert adapt_columns(raw, "trec") is raw
+    assert raw["test"].column_names == ["text", "label_coarse", "label_fine"]
+    # "How far is it from Denver to Aspen ?" NUM, "What country is Modesto , California in ?"
+    # LOC, "Who was Galileo ?" HUM: ids 4, 5, 3 in the order DESC, ENTY, ABBR, HUM, NUM, LOC.
+    assert raw["test"]["label_coarse"][:3] == [4, 5, 3]
+
+
+def test_apply_max_samples_keeps_the_first_rows():
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"x": [5, 6, 7]})})
+    sliced = apply_max_samples(raw, max_train_samples=2, max_test_samples=1)
+    assert sliced["train"]["x"] == [5, 6]
+    assert list(sliced) == ["train"]
+
+
+def test_malformed_csv_names_the_file_and_line(tmp_path):
+    path = write(tmp_path / "bad.csv", 'text,label\n"fine, quoted",0\nthree,fields,here\n')
+    with pytest.raises(ValueError, match=r"bad\.csv, line 3 \(data row 2\): 3 fields where the header has 2"):
+        load_local_file(path)
+
+
+def test_csv_integer_columns_become_ints_and_empty_cells_stay_strings(tmp_path):
+    dataset = load_local_file(write(tmp_path / "ok.csv", "text,label\nhi,1\n,0\n"))
+    assert dataset["label"] == [1, 0]
+    assert dataset["text"] == ["hi", ""]
+
+
+def test_malformed_jsonl_names_the_line(tmp_path):
+    path = write(tmp_path / "bad.jsonl", '{"text": "a", "label": 0}\n\n{"text": "b", "label": }\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 3"):
+        load_local_file(path)
+
+
+def test_json_records_need_the_same_keys(tmp_path):
+    path = write(tmp_path / "rows.json", '[{"text": "a", "label": 0}, {"text": "b"}]')
+    with pytest.raises(ValueError, match=r"item 2: keys \['text'\] differ"):
+        load_local_file(path)
+
+
+def test_a_json_field_mixing_text_and_other_kinds_names_the_field_and_line(tmp_path):
+    path = write(tmp_path / "rows.jsonl", '{"mr": "name[A]", "n": 1}\n{"mr": null, "n": 2.5}\n{"mr": {"name": "B"}, "n": 3}\n')
+    with pytest.raises(ValueError, match=r"rows\.jsonl, line 3: field 'mr' is object .* but text in line 1"):
+        load_local_file(path)
+
+
+def test_json_file_with_one_object_per_line_is_read(tmp_path):
+    dataset = load_local_file(write(tmp_path / "rows.json", '{"a": 1}\n{"a": 2}\n'))
+    assert dataset["a"] == [1, 2]
+
+
+def test_unknown_extension_lists_the_supported_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"'\.tsv'.*\.csv, \.json, \.jsonl"):
+        load_local_file(write(tmp_path / "data.tsv", "a\tb\n"))
+
+
+def test_no_source_at_all_is_refused():
+    with pytest.raises(ValueError, match="--dataset_name"):
+        load_raw_datasets()
+
+
+def test_offline_hub_failure_says_what_to_use_instead(monkeypatch):
+    # HF_HUB_OFFLINE is read when huggingface_hub is imported, so run a fresh interpreter.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    done = subprocess.run(
+        [sys.executable, "-c", "import data; data.load_raw_datasets('trec')"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("RuntimeError: The hub dataset CogComp/trec (revision refs/convert/parquet) could not be loaded")
+    for hint in ("--train_file/--validation_file/--test_file", "--dataset_name fine_foods", "--dataset_name hhs_breaches",
+                 "--model_name_or_path glm-tiny;", "roberta-tiny, t5-tiny, bart-tiny) and --tokenizer_name train",
+                 "HF_HUB_OFFLINE is set"):  # fmt: skip
+        assert hint in last_line
+
+
+def test_fine_foods_offline_dataset():
+    raw = load_raw_datasets("fine_foods")
+    assert {split: len(ds) for split, ds in raw.items()} == {"train": 3600, "validation": 400, "test": 1000}
+    assert raw["test"].features["label"].names == ["great", "other"]
+    assert raw["test"].column_names == ["review", "label"]
+    # 658 of the 1000 test reviews gave 5 stars ("great" = label 0).
+    assert raw["test"]["label"].count(0) == 658
+    assert not any("<br" in review for review in raw["train"]["review"])
+
+
+def test_hhs_breaches_offline_dataset_has_only_described_rows_and_a_fixed_split():
+    raw = load_raw_datasets("hhs_breaches", seed=123)  # --seed never moves this split
+    again = load_raw_datasets("hhs_breaches")
+    # 209 of the 1151 reports have a description: 80/10/10 -> 167/21/21.
+    assert {split: len(ds) for split, ds in raw.items()} == {"train": 167, "validation": 21, "test": 21}
+    assert raw["test"]["description"] == again["test"]["description"]
+    descriptions = [d for ds in raw.values() for d in ds["description"]]
+    assert all(len(d.split()) > 20 and "\x1a" not in d and "\\" not in d for d in descriptions)
+    row = raw["train"][0]
+    assert row["first_sentence"] == ("An unencrypted laptop computer containing the electronic protected health "
+                                     "information (ePHI) of 625 individuals was stolen from the covered entity's (CE) "
+                                     "mobile dental van.")
+    assert all(d.startswith(f) for d, f in zip(raw["train"]["description"], raw["train"]["first_sentence"]))
+    assert "between Dr. Andrew F. Brooker's business associate" in raw["train"][3]["first_sentence"]
+    assert row["source"].startswith(f"entity_name[{row['entity_name']}], entity_type[{row['entity_type']}], state[")
+    assert row["business_associate"] in ("yes", "no")
+
+
+def hub_trec(coarse_names, fine_names, rows):
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "coarse_label": datasets.ClassLabel(names=coarse_names),
+            "fine_label": datasets.ClassLabel(names=fine_names),
+        }
+    )
+    columns = {"text": [r[0] for r in rows], "coarse_label": [r[1] for r in rows], "fine_label": [r[2] for r in rows]}
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(columns, features=features)})
+
+
+def test_trec_hub_labels_are_mapped_by_name_to_the_promptsource_encoding():
+    # The hub copy's ids: DESC=2 DESC:manner=26 (the card's example row), ABBR=0 ABBR:abb=0,
+    # HUM=3 HUM:desc=31, NUM=5 NUM:other=43, LOC=4 LOC:other=35.
+    rows = [("How did serfdom develop in and then leave Russia ?", 2, 26), ("a", 0, 0), ("b", 3, 31), ("c", 5, 43), ("d", 4, 35)]
+    hub = hub_trec(TREC_HUB_COARSE_LABELS, TREC_HUB_FINE_LABELS, rows)
+    adapted = adapt_columns(hub, "trec")["train"]
+    assert adapted.column_names == ["text", "label_coarse", "label_fine"]
+    # promptsource: coarse DESC=0 ABBR=2 HUM=3 NUM=4 LOC=5; fine manner=0 abb=34 desc=12 other=14.
+    assert adapted["label_coarse"] == [0, 2, 3, 4, 5]
+    assert adapted["label_fine"] == [0, 34, 12, 14, 14]
+    trec1 = select_template(load_templates("trec", task="cls"), prompt_name="trec1")
+    assert render_example(trec1, adapted[0])[1] == "Description"
+
+
+def test_trec_hub_labels_in_another_order_are_refused():
+    promptsource_order = ["DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC"]
+    hub = hub_trec(promptsource_order, TREC_HUB_FINE_LABELS, [("q", 0, 0)])
+    with pytest.raises(ValueError, match=r"'coarse_label' has label names \['DESC', 'ENTY'"):
+        adapt_columns(hub, "trec")
+
+
+def test_trec_hub_fine_label_mismatch_is_refused():
+    renamed = [name.replace("HUM:ind", "HUM:individual") for name in TREC_HUB_FINE_LABELS]
+    with pytest.raises(ValueError, match="'fine_label'"):
+        adapt_columns(hub_trec(TREC_HUB_COARSE_LABELS, renamed, [("q", 0, 0)]), "trec")
+
+
+@needs_shared
+def test_trec_label_constants_match_the_shared_labels_json():
+    names = json.loads((SHARED_DATA / "trec/labels.json").read_text())
+    assert TREC_COARSE_LABELS == names["label_coarse"]
+    assert TREC_FINE_LABELS == names["label_fine"]
+    assert len(TREC_HUB_FINE_LABELS) == 50
+    assert {name.split(":")[1] for name in TREC_HUB_FINE_LABELS} == set(names["label_fine"])

@@ -1,0 +1,70 @@
+"""Specification of metrics.py: one behaviour per test, expected values worked out by hand."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from metrics import (
+    classification_metrics,
+    generation_metrics,
+    majority_class_baseline,
+    most_frequent_reference_baseline,
+)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
+PROMPTS = REPO / "prompts"
+
+
+
+def test_classification_metrics_hand_worked():
+    # Per-class F1: class 0 = 1, class 1 = 2/3 (P 1/2, R 1), class 2 = 2/3 (P 1, R 1/2).
+    assert classification_metrics([0, 1, 1, 2], [0, 1, 2, 2]) == pytest.approx({"accuracy": 0.75, "macro_f1": 7 / 9})
+    # With num_classes=2 the never-seen class 1 counts as F1 0.
+    assert classification_metrics([0, 0], [0, 0], num_classes=2) == {"accuracy": 1.0, "macro_f1": 0.5}
+
+
+def test_majority_class_baseline():
+    # Train majority is 2; eval labels [2, 0, 2, 1]: accuracy 1/2, F1 of class 2 = 2/3, others 0.
+    result = majority_class_baseline([2, 2, 0, 1, 2], [2, 0, 2, 1], num_classes=3)
+    assert result == pytest.approx({"accuracy": 0.5, "macro_f1": 2 / 9})
+
+
+def test_bleu_and_rouge_hand_worked():
+    result = generation_metrics(["the cat sat on the mat"], [["the cat sat on a mat"]])
+    # n-gram precisions 5/6, 3/5, 2/4, 1/3; equal lengths, so no brevity penalty.
+    assert result["bleu"] == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    assert result["rouge1"] == pytest.approx(100 * 5 / 6)
+    assert result["rouge2"] == pytest.approx(60.0)
+    assert result["rougeL"] == pytest.approx(100 * 5 / 6)
+    assert result["gen_len"] == 6.0
+
+
+def test_bleu_uses_every_reference_and_variable_reference_counts():
+    predictions = ["the cat sat on the mat", "a dog runs in"]
+    references = [["the cat sat on the mat", "x"], ["a dog runs in the park today ."]]
+    result = generation_metrics(predictions, references)
+    # Every n-gram matches; closest reference lengths 6 and 8 against 10 output tokens:
+    # brevity penalty exp(1 - 14/10). Padding the missing reference with "" instead of None
+    # would make the empty string the "closest" reference of source 2 and give 100.
+    assert result["bleu"] == pytest.approx(100 * math.exp(-0.4))
+    # ROUGE-1 of source 2: P 4/4, R 4/7 -> F 8/11; ROUGE-2: P 3/3, R 3/6 -> F 2/3.
+    assert result["rouge1"] == pytest.approx(100 * (1 + 8 / 11) / 2)
+    assert result["rouge2"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert result["gen_len"] == 5.0
+
+
+def test_prediction_equal_to_one_reference_scores_100():
+    result = generation_metrics(["a dog runs in the park"], [["a cat", "a dog runs in the park", "the dog ran"]])
+    assert result["bleu"] == pytest.approx(100.0)
+    assert result["rougeL"] == pytest.approx(100.0)
+
+
+def test_most_frequent_reference_baseline():
+    result = most_frequent_reference_baseline(["x y z w", "a b c d", "a b c d"], [["a b c d"], ["a b c d", "q"]])
+    assert result["bleu"] == pytest.approx(100.0)
+    assert result["gen_len"] == 4.0
