@@ -6,7 +6,7 @@ the trained weights (`adapter.safetensors` + `adapter_config.json`), and `count_
 gives the trainable share a report shows.
 """
 
-import contextlib
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -22,15 +22,16 @@ logger = logging.getLogger(__name__)
 # Parameter-efficient tuning: P-tuning v2 (native) and LoRA (through peft)
 # ----------------------------------------------------------------------------------------------
 
-PEFT_METHODS = ("none", "lora", "ptuning_v2")
+PEFT_METHODS = ("lora", "ptuning_v2")  # --peft; None (the default) is full fine-tuning
 LORA_TARGET_MODULES = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
-PEFT_ARG_DEFAULTS = {"peft": "none", "pre_seq_len": 16, "prefix_projection": False, "prefix_hidden_size": 512,
-                     "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
-                     "lora_target_modules": list(LORA_TARGET_MODULES)}
+# The flags that define a method; adapter_config.json stores them.
+PEFT_FLAGS = ("peft", "pre_seq_len", "prefix_projection", "prefix_hidden_size", "lora_r", "lora_alpha", "lora_dropout",
+              "lora_target_modules")
 # Learning rates that suit each method (a frozen backbone takes far larger steps on few weights;
 # P-tuning v2 reports 5e-3 to 1e-2). Scripts use them when --learning_rate is not given.
-PEFT_DEFAULT_LEARNING_RATES = {"none": 1e-5, "lora": 5e-4, "ptuning_v2": 5e-3}
+PEFT_DEFAULT_LEARNING_RATES = {None: 1e-5, "lora": 5e-4, "ptuning_v2": 5e-3}
 ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME = "adapter.safetensors", "adapter_config.json"
+
 
 def add_prefix_encoder(model, pre_seq_len: int, prefix_projection: bool = False, prefix_hidden_size: int = 512):
     """Turns `model` into a P-tuning v2 model in place: sets `model.prefix_encoder` and freezes
@@ -78,71 +79,48 @@ def add_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05
     return model.train(model.training)  # the new modules start in training mode (dropout on) whatever the model's
 
 
-def peft_method(model) -> str:
-    """Which method `model` carries: "ptuning_v2", "lora" or "none"."""
+def peft_method(model):
+    """Which method `model` carries: "ptuning_v2", "lora" or None."""
     if getattr(model, "prefix_encoder", None) is not None:
         return "ptuning_v2"
     if any(hasattr(module, "lora_A") for module in model.modules()):
         return "lora"
-    return "none"
+    return None
 
 
-def _peft_parameter_names(model, method: str) -> list:
-    """The parameters a method trains (all of them for "none")."""
+def _method_parameter_names(model, method):
+    """The parameters a method trains (all of them for None)."""
+    names = [name for name, _ in model.named_parameters()]
     if method == "ptuning_v2":
-        return [n for n, _ in model.named_parameters() if n.startswith("prefix_encoder.")]
+        return [name for name in names if name.startswith("prefix_encoder.")]
     if method == "lora":
-        return [n for n, _ in model.named_parameters() if "lora_" in n]
-    return [n for n, _ in model.named_parameters()]
+        return [name for name in names if "lora_" in name]
+    return names
 
 
-def count_parameters(model) -> tuple:
+def count_parameters(model):
     """(trainable, total) parameter counts of `model`."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-@contextlib.contextmanager
-def disable_peft(model):
-    """Inside the block `model` computes its base model: the prefix is removed and LoRA layers
-    are bypassed; both come back (with their requires_grad flags) on exit."""
-    encoder = getattr(model, "prefix_encoder", None)
-    lora_layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "enable_adapters")]
-    flags = {p: p.requires_grad for m in lora_layers for p in m.parameters()}
-    if encoder is not None:
-        model.prefix_encoder = None
-    for layer in lora_layers:
-        layer.enable_adapters(False)
-    try:
-        yield model
-    finally:
-        if encoder is not None:
-            model.prefix_encoder = encoder
-        for layer in lora_layers:
-            layer.enable_adapters(True)
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-
-
 def add_peft_args(parser):
-    """Adds the parameter-efficient tuning flags to an argparse parser (and returns it):
-    --peft {none,lora,ptuning_v2}, --pre_seq_len, --prefix_projection, --prefix_hidden_size,
-    --lora_r, --lora_alpha, --lora_dropout, --lora_target_modules (defaults: PEFT_ARG_DEFAULTS),
+    """Adds the parameter-efficient tuning flags to an argparse parser and returns it: --peft
+    {lora,ptuning_v2} (default None: full fine-tuning), --pre_seq_len, --prefix_projection,
+    --prefix_hidden_size, --lora_r, --lora_alpha, --lora_dropout, --lora_target_modules, and
     --peft_weights (saved weights to evaluate, see `apply_peft`)."""
-    d = PEFT_ARG_DEFAULTS
     group = parser.add_argument_group("parameter-efficient tuning")
-    group.add_argument("--peft", choices=PEFT_METHODS, default=d["peft"],
-                       help="none: full fine-tuning; lora: LoRA adapters (peft); ptuning_v2: a learned "
-                            "key/value prefix in every layer. Both freeze the backbone.")
-    group.add_argument("--pre_seq_len", type=int, default=d["pre_seq_len"], help="P-tuning v2 prefix length")
+    group.add_argument("--peft", choices=PEFT_METHODS, default=None,
+                       help="lora: LoRA adapters (peft); ptuning_v2: a learned key/value prefix in every layer. "
+                            "Both freeze the backbone. Default: full fine-tuning.")
+    group.add_argument("--pre_seq_len", type=int, default=16, help="P-tuning v2 prefix length")
     group.add_argument("--prefix_projection", action="store_true",
                        help="P-tuning v2: produce the prefix with a 2-layer MLP (reparameterization)")
-    group.add_argument("--prefix_hidden_size", type=int, default=d["prefix_hidden_size"],
-                       help="P-tuning v2: hidden size of that MLP")
-    group.add_argument("--lora_r", type=int, default=d["lora_r"], help="LoRA rank")
-    group.add_argument("--lora_alpha", type=int, default=d["lora_alpha"], help="LoRA scaling (alpha / r)")
-    group.add_argument("--lora_dropout", type=float, default=d["lora_dropout"], help="dropout on the LoRA input")
-    group.add_argument("--lora_target_modules", nargs="+", default=list(d["lora_target_modules"]),
+    group.add_argument("--prefix_hidden_size", type=int, default=512, help="P-tuning v2: hidden size of that MLP")
+    group.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
+    group.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling (alpha / r)")
+    group.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    group.add_argument("--lora_target_modules", nargs="+", default=list(LORA_TARGET_MODULES),
                        help="names of the nn.Linear layers that get adapters")
     group.add_argument("--peft_weights", default=None, metavar="DIR",
                        help="evaluate PEFT weights saved by --save_best_model (DIR = that run's best_model): "
@@ -150,120 +128,13 @@ def add_peft_args(parser):
     return parser
 
 
-def _peft_settings(args) -> dict:
-    """The peft flags of `args` (a Namespace or a dict), with defaults for the missing ones."""
-    get = args.get if isinstance(args, dict) else lambda name, default: getattr(args, name, default)
-    settings = {name: get(name, default) for name, default in PEFT_ARG_DEFAULTS.items()}
-    if settings["peft"] not in PEFT_METHODS:
-        raise ValueError(f"Unknown peft method {settings['peft']!r}; choose one of {PEFT_METHODS}")
-    settings["lora_target_modules"] = list(settings["lora_target_modules"])
-    return settings
+def read_peft_config(directory):
+    """The adapter_config.json of a folder written by `save_trainable_weights` (a run's best_model with
+    --peft and --save_best_model): the PEFT_FLAGS, base_model_name_or_path and seed.
 
-
-def peft_weights_problems(args, config=None) -> list:
-    """What is wrong with `--peft_weights DIR` for this run (empty list: nothing): DIR is no folder
-    of `save_trainable_weights`, `args.peft` names another method than the saved one, or the saved
-    weights were trained on glm-tiny (a random base, fixed by the seed) with another `--seed`."""
-    weights_dir = args.peft_weights
-    if config is None:
-        try:
-            config = read_peft_config(weights_dir)
-        except FileNotFoundError as error:
-            return [f"--peft_weights: {error}"]
-    problems, method = [], _peft_settings(config)["peft"]
-    if args.peft not in ("none", method):
-        problems.append(f"--peft_weights {weights_dir} holds {method} weights, not {args.peft}: drop --peft (the "
-                        f"saved method is used) or pass --peft {method}")
-    base, seed = config.get("base_model_name_or_path"), config.get("seed")
-    if base == TINY_MODEL_NAME and args.model_name_or_path == TINY_MODEL_NAME and seed != args.seed:
-        problems.append(f"--peft_weights {weights_dir} was trained on glm-tiny initialised with --seed {seed}: pass "
-                        f"--seed {seed}, or the weights meet another random base model")
-    return problems
-
-
-def apply_peft(model, args):
-    """Applies the method `args.peft` chose (flags from `add_peft_args`) to `model` in place and
-    returns it: "none" changes nothing, "ptuning_v2" calls `add_prefix_encoder`, "lora" calls
-    `add_lora`; both freeze the backbone. Logs trainable / total parameters and the share.
-
-    With `args.peft_weights` (a directory written by `save_trainable_weights`) the method, its
-    settings and its weights are the saved ones (`load_trainable_weights`), and `args` takes the
-    saved settings so that results report them.
-
-    Raises ValueError for an unknown method, a model that already carries one, or saved weights
-    that do not fit this run (`peft_weights_problems`).
-    """
-    weights_dir = None if isinstance(args, dict) else getattr(args, "peft_weights", None)
-    if weights_dir:
-        try:
-            config = read_peft_config(weights_dir)
-        except FileNotFoundError as error:
-            raise ValueError(f"--peft_weights: {error}") from error
-        problems = peft_weights_problems(args, config)
-        if problems:
-            raise ValueError("; ".join(problems))
-        if config.get("base_model_name_or_path") != args.model_name_or_path:
-            logger.warning("--peft_weights %s was trained on %s; loading it onto %s", weights_dir,
-                           config.get("base_model_name_or_path"), args.model_name_or_path)
-        saved = _peft_settings(config)
-        model = _load_trainable_weights(model, weights_dir, config)
-        for name, value in saved.items():
-            setattr(args, name, value)
-        return model
-    s = _peft_settings(args)
-    current = peft_method(model)
-    if current != "none" and s["peft"] != "none":
-        raise ValueError(f"The model already carries {current}; apply_peft expects a base model")
-    if s["peft"] == "ptuning_v2":
-        add_prefix_encoder(model, s["pre_seq_len"], s["prefix_projection"], s["prefix_hidden_size"])
-    elif s["peft"] == "lora":
-        model = add_lora(model, s["lora_r"], s["lora_alpha"], s["lora_dropout"], s["lora_target_modules"])
-    trainable, total = count_parameters(model)
-    logger.info("peft=%s: %s trainable of %s parameters (%.4f%%)", s["peft"], f"{trainable:,}", f"{total:,}",
-                100 * trainable / max(total, 1))
-    return model
-
-
-def save_trainable_weights(model, directory, args):
-    """Writes the weights the method trains, and only them, to `directory`:
-    `adapter.safetensors` (parameter names as in `model.named_parameters()`) and
-    `adapter_config.json` (the peft flags of `args`, and `base_model_name_or_path` and `seed`
-    from `args.model_name_or_path` and `args.seed` when present: a glm-tiny base is random by seed). For P-tuning v2 / LoRA a small fraction of the model;
-    for "none" it is the whole model.
-
-    Raises ValueError when `args.peft` is not the method the model carries.
-    """
-    from safetensors.torch import save_file
-
-    s = _peft_settings(args)
-    if peft_method(model) != s["peft"]:
-        raise ValueError(f"args.peft is {s['peft']!r} but the model carries {peft_method(model)!r}")
-    params = dict(model.named_parameters())
-    state = {n: params[n].detach().contiguous() for n in _peft_parameter_names(model, s["peft"])}
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-    get = args.get if isinstance(args, dict) else lambda name: getattr(args, name, None)
-    config = {**s, "base_model_name_or_path": get("model_name_or_path"), "seed": get("seed")}
-    (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2))
-
-
-def save_model_and_tokenizer(model, tokenizer, directory, args):
-    """What --save_best_model writes to `directory`: the whole model (`save_pretrained`) after full
-    fine-tuning, only the PEFT weights (`save_trainable_weights`) with `args.peft`; and the tokenizer."""
-    if _peft_settings(args)["peft"] == "none":
-        model.save_pretrained(directory)
-    else:
-        save_trainable_weights(model, directory, args)
-    tokenizer.save_pretrained(directory)
-
-
-def read_peft_config(directory) -> dict:
-    """The adapter_config.json of a folder written by `save_trainable_weights` (a run's best_model
-    with --peft and --save_best_model): the peft flags, base_model_name_or_path and seed.
-
-    Raises FileNotFoundError, saying what such a folder is, when it lacks adapter_config.json or
-    adapter.safetensors.
+    Raises:
+        FileNotFoundError: the folder lacks adapter_config.json or adapter.safetensors (says what such a
+            folder is).
     """
     directory = Path(directory)
     for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
@@ -276,33 +147,118 @@ def read_peft_config(directory) -> dict:
     return json.loads((directory / ADAPTER_CONFIG_NAME).read_text())
 
 
-def load_trainable_weights(model, directory):
-    """Loads what `save_trainable_weights` wrote onto `model` and returns the model.
+def peft_weights_problems(args):
+    """What is wrong with `--peft_weights DIR` for this run (empty list: nothing): DIR is no folder of
+    `save_trainable_weights`, --peft names another method than the saved one, or the weights were
+    trained on glm-tiny (a random base, fixed by the seed) with another --seed."""
+    try:
+        config = read_peft_config(args.peft_weights)
+    except FileNotFoundError as error:
+        return [f"--peft_weights: {error}"]
+    problems, method = [], config["peft"]
+    if args.peft not in (None, method):
+        problems.append(f"--peft_weights {args.peft_weights} holds {method} weights, not {args.peft}: drop --peft "
+                        f"(the saved method is used) or pass --peft {method}")
+    base, seed = config.get("base_model_name_or_path"), config.get("seed")
+    if base == TINY_MODEL_NAME and args.model_name_or_path == TINY_MODEL_NAME and seed != args.seed:
+        problems.append(f"--peft_weights {args.peft_weights} was trained on glm-tiny initialised with --seed {seed}: "
+                        f"pass --seed {seed}, or the weights meet another random base model")
+    return problems
 
-    A base model (e.g. freshly from `from_pretrained`) first gets the saved method with the
-    saved settings (`apply_peft`); a model that already carries the same method is loaded as is.
-    Loading is strict: every weight of the method must be in the file, and nothing else.
 
-    Raises FileNotFoundError when `directory` lacks adapter_config.json or adapter.safetensors,
-    ValueError when the model carries another method than the saved one (method mismatch), when
-    keys are missing or unexpected (both listed) or when shapes differ (e.g. another pre_seq_len).
+def saved_peft_flags(directory):
+    """The PEFT_FLAGS that the weights in `directory` were trained with (see `read_peft_config`)."""
+    config = read_peft_config(directory)
+    return {name: config[name] for name in PEFT_FLAGS}
+
+
+def apply_peft(model, args):
+    """Gives `model` (in place; it is returned) the method of `args.peft` with its flags: None changes
+    nothing, "ptuning_v2" calls `add_prefix_encoder`, "lora" calls `add_lora`; both freeze the backbone.
+    With `args.peft_weights` the weights saved there are loaded too (strictly, see
+    `load_trainable_weights`); its flags must then be the saved ones (`saved_peft_flags`). Logs the
+    trainable share.
+
+    Raises:
+        ValueError: the model already carries a method, or the saved weights do not fit it.
     """
-    return _load_trainable_weights(model, directory, read_peft_config(directory))
+    current = peft_method(model)
+    if current is not None and args.peft is not None:
+        raise ValueError(f"The model already carries {current}; apply_peft expects a base model")
+    if args.peft == "ptuning_v2":
+        add_prefix_encoder(model, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size)
+    elif args.peft == "lora":
+        model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+    if args.peft_weights:
+        _load_weights(model, Path(args.peft_weights), args.peft)
+    trainable, total = count_parameters(model)
+    logger.info("peft=%s: %s trainable of %s parameters (%.4f%%)", args.peft, f"{trainable:,}", f"{total:,}",
+                100 * trainable / total)
+    return model
 
 
-def _load_trainable_weights(model, directory, config):
-    """`load_trainable_weights` with the folder's adapter_config.json already read (`config`)."""
+def save_trainable_weights(model, directory, args):
+    """Writes the weights the method of `args.peft` trains, and only them, to `directory`:
+    adapter.safetensors (names as in `model.named_parameters()`; the whole model for None) and
+    adapter_config.json (the PEFT_FLAGS of `args`, and its model_name_or_path as base_model_name_or_path
+    and its seed: a glm-tiny base is random by seed).
+
+    Raises:
+        ValueError: `args.peft` is not the method the model carries.
+    """
+    from safetensors.torch import save_file
+
+    if peft_method(model) != args.peft:
+        raise ValueError(f"args.peft is {args.peft!r} but the model carries {peft_method(model)!r}")
+    params = dict(model.named_parameters())
+    state = {name: params[name].detach().contiguous() for name in _method_parameter_names(model, args.peft)}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    config = {**{name: getattr(args, name) for name in PEFT_FLAGS},
+              "base_model_name_or_path": args.model_name_or_path, "seed": args.seed}
+    (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+
+def save_model_and_tokenizer(model, tokenizer, directory, args):
+    """What --save_best_model writes to `directory`: the whole model (`save_pretrained`) after full
+    fine-tuning, only the PEFT weights (`save_trainable_weights`) with --peft; and the tokenizer."""
+    if args.peft is None:
+        model.save_pretrained(directory)
+    else:
+        save_trainable_weights(model, directory, args)
+    tokenizer.save_pretrained(directory)
+
+
+def load_trainable_weights(model, directory):
+    """Loads what `save_trainable_weights` wrote onto `model` and returns the model: a base model (e.g.
+    fresh from `from_pretrained`) first gets the saved method with the saved flags; a model that
+    already carries that method is loaded as is. Strict: every weight of the method must be in the
+    file, and nothing else.
+
+    Raises:
+        FileNotFoundError: `directory` lacks adapter_config.json or adapter.safetensors.
+        ValueError: the model carries another method than the saved one, keys are missing or unexpected
+            (both listed), or shapes differ (e.g. another pre_seq_len).
+    """
+    flags = argparse.Namespace(**saved_peft_flags(directory), peft_weights=None)
+    current = peft_method(model)
+    if current is None and flags.peft is not None:
+        model = apply_peft(model, flags)
+    elif current != flags.peft:
+        raise ValueError(f"Method mismatch: {directory} holds {flags.peft} weights but the model carries {current}")
+    _load_weights(model, Path(directory), flags.peft)
+    return model
+
+
+def _load_weights(model, directory, method):
+    """Copies the adapter.safetensors of `directory` into the `method` parameters of `model` (strict)."""
     from safetensors.torch import load_file
 
-    weights_file = Path(directory) / ADAPTER_WEIGHTS_NAME
-    method, current = _peft_settings(config)["peft"], peft_method(model)
-    if current == "none" and method != "none":
-        model = apply_peft(model, config)
-    elif current != method:
-        raise ValueError(f"Method mismatch: {directory} holds {method} weights but the model carries {current}")
+    weights_file = directory / ADAPTER_WEIGHTS_NAME
     state = load_file(str(weights_file))
     params = dict(model.named_parameters())
-    expected = set(_peft_parameter_names(model, method))
+    expected = set(_method_parameter_names(model, method))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ValueError(f"{weights_file} does not match the model's {method} weights: missing keys {missing[:10]}, "
@@ -314,8 +270,4 @@ def _load_trainable_weights(model, directory, config):
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
-    logger.info("Loaded %s weights from %s (base model %s)", method, directory, config.get("base_model_name_or_path"))
-    return model
-
-
-# ----------------------------------------------------------------------------------------------
+    logger.info("Loaded %s weights from %s", method, directory)

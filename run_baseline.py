@@ -2,9 +2,10 @@
 """Baselines for GLM's prompt-based fine-tuning, on the same splits, prompts and metrics, with Accelerate.
 
 Every row of the comparison table must come from identical data: this script loads, renders and
-scores exactly as run_cls.py / run_gen.py do (task_utils: load_raw_datasets, the promptsource
-template chosen by --prompt_id, build_prompted_examples, classification_metrics /
-generation_metrics, results_record), and only the model and the way it answers change.
+scores exactly as run_cls.py / run_gen.py do (data.load_raw_datasets, the promptsource template
+chosen by --prompt_id, templates.build_prompted_examples, metrics.classification_metrics /
+generation_metrics, training.results_record), and trains with the same loop; only the model and
+the way it answers change.
 
 --method linear_head   (--task cls) the conventional fine-tuning: a new linear head on the encoder's
                        first token, fed the RAW input text (no template; the template only fixes the
@@ -17,7 +18,7 @@ generation_metrics, results_record), and only the model and the way it answers c
                        that linear head vs cloze can be compared on GLM.
 --method mlm_prompt    (--task cls) PET-style prompting of a masked LM (RoBERTa): the same template,
                        its answer slot filled with one mask token per verbalizer token
-                       (task_utils.make_mlm_context). Choices are grouped by token length: one input
+                       (templates.make_mlm_context). Choices are grouped by token length: one input
                        per distinct length, so all choices of an example are scored in one forward
                        pass. score(c) = MEAN over c's tokens of log p(c_t at mask t) (--choice_score
                        mean, the default; `sum` is also offered). PET (Schick & Schuetze, NAACL 2021)
@@ -63,14 +64,16 @@ SEQ_2_SEQ_LM. --peft ptuning_v2 is GLM's native prefix and is refused here.
 Writes to --output_dir what run_cls.py / run_gen.py write: results.json (training.results_record,
 method linear_head / mlm_prompt / seq2seq), predictions_test.jsonl (cls: input, gold, predicted, score
 of each choice) or generations_test.jsonl (gen: source, references, prediction), step_N / epoch_N
-checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint latest), and
-best_model/ with --save_best_model (save_pretrained: the whole model, or the LoRA adapter).
+checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint latest) and beside
+them best_weights.safetensors, and best_model/ with --save_best_model (save_pretrained: the whole
+model, or the LoRA adapter).
 """
 
 import argparse
 import functools
 import json
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -78,17 +81,22 @@ import torch.nn.functional as F
 import transformers
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME as GLM_TINY, GLMForSequenceClassification
-from glm_peft import (
-    count_parameters,
-    LORA_TARGET_MODULES as GLM_LORA_TARGET_MODULES,
-    PEFT_DEFAULT_LEARNING_RATES,
-    add_peft_args,
-    apply_peft,
-)
-from glm_utils import load_or_train_tokenizer, truncate_around, encode_choice, train_tokenizer
 from data import adapt_columns, apply_max_samples, load_raw_datasets
+from glm_peft import LORA_TARGET_MODULES as GLM_LORA_TARGET_MODULES
+from glm_peft import PEFT_DEFAULT_LEARNING_RATES, add_peft_args, apply_peft, count_parameters
+from glm_utils import encode_choice, load_or_train_tokenizer, train_tokenizer, truncate_around
+from metrics import (
+    CLS_METRICS,
+    GEN_METRICS,
+    classification_metrics,
+    generation_metrics,
+    majority_class_baseline,
+    most_frequent_reference_baseline,
+)
+from modeling_glm import HUB_MODEL_ID, GLMForSequenceClassification
+from modeling_glm import TINY_MODEL_NAME as GLM_TINY
 from templates import (
     TASKS,
     build_prompted_examples,
@@ -99,27 +107,21 @@ from templates import (
     select_template,
     template_fields,
 )
-from metrics import (
-    CLS_METRICS,
-    GEN_METRICS,
-    classification_metrics,
-    generation_metrics,
-    majority_class_baseline,
-    most_frequent_reference_baseline,
-)
 from training import (
     EpochSampler,
+    TrainingPlan,
     TrainingTracker,
     add_data_and_prompt_args,
     add_training_args,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
-    peak_memory_mb,
+    load_checkpoint,
     prepare_output_dir,
     results_record,
+    resume_settings,
+    save_checkpoint,
     setup_accelerator,
-    train_loop,
     training_args_problems,
     will_train,
     write_json_atomic,
@@ -166,9 +168,11 @@ def parse_args(argv=None):
     parser.add_argument("--method", choices=METHODS, default=None,
                         help="linear_head (cls), mlm_prompt (cls) or seq2seq (cls by rank classification, gen).")
     add_data_and_prompt_args(parser, task)
-    add_training_args(parser, defaults={"learning_rate": None, "warmup_ratio": 0.06 if task == "gen" else 0.1,
-                                        "metric_for_best_model": "bleu" if task == "gen" else "accuracy"})
+    add_training_args(parser)
     add_peft_args(parser)
+    # learning_rate None: the model's and method's (see the module docstring), set in main.
+    parser.set_defaults(learning_rate=None, warmup_ratio=0.06 if task == "gen" else 0.1,
+                        metric_for_best_model="bleu" if task == "gen" else "accuracy")
     group = parser.add_argument_group("baseline")
     group.add_argument("--text_column", nargs="+", default=None,
                        help="linear_head: the raw text column(s) fed to the model (default: the template's "
@@ -214,7 +218,7 @@ def parse_args(argv=None):
         problems.append("--peft_weights loads GLM's PEFT weights in run_cls.py / run_gen.py, not in a baseline")
     if args.peft == "ptuning_v2":
         problems.append("--peft ptuning_v2 is GLM's native prefix (run_cls.py / run_gen.py) and is incompatible "
-                        "with the baselines; use --peft lora or --peft none")
+                        "with the baselines; use --peft lora, or no --peft")
     if problems:
         parser.error("; ".join(problems))
     if args.model_name_or_path is None:
@@ -376,10 +380,10 @@ def load_baseline_model(args, family, tokenizer, num_labels=None):
 
 
 def apply_baseline_peft(model, args, family):
-    """--peft none: unchanged. --peft lora: GLM through glm_peft.apply_peft (its new head kept
+    """No --peft: unchanged. --peft lora: GLM through glm_peft.apply_peft (its new head kept
     trainable); other models through peft.get_peft_model with LORA_TARGET_MODULES[family] (or the
     --lora_target_modules given) and the task type of the method."""
-    if args.peft == "none":
+    if args.peft is None:
         return model
     if family == "glm":
         model = apply_peft(model, args)
@@ -629,9 +633,9 @@ def class_scores(args, model, batch):
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_cls(args, accelerator, model, dataloader):
+def evaluate_cls(args, accelerator, model, dataloader, num_choices):
     """Scores the answer choices of every example of a prepared DataLoader (each once, on every
-    process). Returns (indices: list[int], scores: float tensor [N, C], labels: list[int])."""
+    process). Returns (classification_metrics dict, {example index: list of its C choice scores})."""
     was_training = model.training
     model.eval()
     indices, scores, labels = [], [], []
@@ -643,7 +647,8 @@ def evaluate_cls(args, accelerator, model, dataloader):
             labels += batch_labels.tolist()
             indices += batch_index.tolist()
     model.train(was_training)
-    return indices, torch.cat(scores), labels
+    scores = torch.cat(scores)
+    return classification_metrics(scores.argmax(-1).tolist(), labels, num_choices), dict(zip(indices, scores.tolist()))
 
 
 def evaluate_gen(args, accelerator, model, tokenizer, dataloader, references):
@@ -791,12 +796,12 @@ def main(argv=None):
 
     clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
 
-    # Optimizer and schedule.
-    optimizer = lr_scheduler = None
+    # Optimizer, the length of the run and its learning-rate schedule.
+    optimizer = lr_scheduler = plan = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
-        lr_scheduler, batches_per_epoch = create_lr_scheduler(args, optimizer, len(train_dataloader),
-                                                              accelerator.num_processes)
+        plan = TrainingPlan.from_args(args, len(train_dataloader), accelerator.num_processes)
+        lr_scheduler = create_lr_scheduler(args, optimizer, plan.max_train_steps, accelerator.num_processes)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
@@ -805,26 +810,58 @@ def main(argv=None):
         """(metrics, outputs): cls outputs {index: scores}; gen outputs the predictions in source order."""
         if args.task == "gen":
             return evaluate_gen(args, accelerator, model, tokenizer, eval_dataloaders[split], eval_sets[split][1])
-        indices, scores, labels = evaluate_cls(args, accelerator, model, eval_dataloaders[split])
-        metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
-        return metrics, dict(zip(indices, scores.tolist()))
+        return evaluate_cls(args, accelerator, model, eval_dataloaders[split], num_choices)
 
-    def validate():
-        return evaluate("validation")[0]
-
-    def compute_loss(batch):
-        return training_loss(args, model, batch), len(batch["index"])
-
-    # Training (task_utils.train_loop: resume, evaluation, checkpoints; then the best weights are back).
-    tracker = TrainingTracker(args.metric_for_best_model)  # history, best weights, timing
-    validation_metrics = None  # of the best evaluation (without training: of the untuned model)
+    # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
+    # put back at the end so that test scores them.
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
-        logger.info("Training %s [%s]", args.method, args.model_name_or_path)
-        validation_metrics = train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataloader,
-                                        batches_per_epoch, tracker, compute_loss, validate, output_dir)
+        if args.resume_from_checkpoint:
+            load_checkpoint(accelerator, tracker, args.resume_from_checkpoint, output_dir, plan.max_train_steps)
+        logger.info("***** Running training: %s [%s] *****\n  Examples = %d, epochs = %d, total batch size = %d, "
+                    "optimization steps = %d, lr = %g", args.method, args.model_name_or_path, len(features["train"]),
+                    plan.num_train_epochs, total_batch_size, plan.max_train_steps, args.learning_rate)
+        progress_bar = tqdm(range(plan.max_train_steps), initial=tracker.completed_steps,
+                            disable=not accelerator.is_local_main_process)
+        first_epoch, skip_batches = plan.resume_position(tracker.completed_steps)
+        model.train()
+        for epoch in range(first_epoch, plan.num_train_epochs):
+            train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
+            batches = train_dataloader
+            if epoch == first_epoch and skip_batches:
+                batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
+            start = time.perf_counter()
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = training_loss(args, model, batch)
+                    tracker.add_batch(loss, len(batch["index"]) * accelerator.num_processes)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
+                        if args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                tracker.completed_steps += 1
+                tracker.train_time_s += time.perf_counter() - start
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+                step = tracker.completed_steps
+                if plan.evaluates_at(step):
+                    tracker.record_evaluation(epoch, evaluate("validation")[0], accelerator.unwrap_model(model))
+                if plan.checkpoint_at(step):
+                    save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step))
+                if step == plan.max_train_steps:
+                    break
+                start = time.perf_counter()
+        progress_bar.close()
+        validation_metrics = tracker.restore_best(accelerator.unwrap_model(model))
     else:
-        validation_metrics = validate()
+        validation_metrics = evaluate("validation")[0]
         logger.info("Untrained validation: %s", validation_metrics)
 
     # Test (or, without a test split, validation) with the best weights, and the trivial baseline.
@@ -843,7 +880,7 @@ def main(argv=None):
         accelerator.unwrap_model(model).save_pretrained(output_dir / "best_model")
         tokenizer.save_pretrained(output_dir / "best_model")
 
-    record, best = None, tracker.best
+    record = None
     if accelerator.is_main_process:
         if args.task == "cls":  # the rows of run_cls.py's predictions file; input = what the model read
             rows = []
@@ -863,20 +900,16 @@ def main(argv=None):
         record = results_record(
             args, args.task, args.method, script="run_baseline.py", prompt_id=prompt_id if uses_prompt else None,
             prompt_name=template.name if uses_prompt else None, total_train_batch_size=total_batch_size,
-            epochs=tracker.history, best_epoch=best["epoch"] if best else None, validation=validation_metrics,
+            tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
-            train_time_s=tracker.train_time_s,
-            train_examples_per_s=tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
-            peak_memory_mb=peak_memory_mb(), trainable_params=trainable_params, total_params=total_params,
-            peft=None if args.peft == "none" else args.peft, metric_for_best_model=args.metric_for_best_model)
-        record["best_step"] = best["step"] if best else None
+            trainable_params=trainable_params, total_params=total_params)
         record["data"] = data_counts  # rows kept / skipped per split (as run_cls.py / run_gen.py)
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()
     metric = args.metric_for_best_model
     baseline_name, baseline = next(iter(baselines.items()))
     accelerator.print(f"{args.method} [{args.model_name_or_path}] {final_split} {metric} {final_metrics[metric]:.4f} "
-                      f"vs {baseline_name} {baseline[metric]:.4f}; best epoch {best['epoch'] if best else None}; "
+                      f"vs {baseline_name} {baseline[metric]:.4f}; best epoch {tracker.best and tracker.best['epoch']}; "
                       f"results in {output_dir / 'results.json'}")
     return record
 

@@ -18,25 +18,30 @@ clipping 1.0, 256 tokens.
     python run_cls.py --list_prompts                                       # prompt ids and examples
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 run_cls.py ...     # 2 CPU processes
 
-Writes to --output_dir: results.json (schema: training.results_record), predictions_test.jsonl
-(input, gold, predicted, score of each choice), step_N / epoch_N checkpoints with
---checkpointing_steps (continue with --resume_from_checkpoint latest), and best_model/ with
---save_best_model.
+Flags: the data and prompt flags and the training flags all scripts share (training.py), the PEFT
+flags (glm_peft.py), and the cloze flags below. Writes to --output_dir: results.json (schema:
+training.results_record), predictions_test.jsonl (input, gold, predicted, score of each choice),
+step_N / epoch_N checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint
+latest) and beside them best_weights.safetensors (the best evaluation's weights, once), and
+best_model/ with --save_best_model.
 """
 
 import argparse
+import time
 
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from data import adapt_columns, apply_max_samples, load_raw_datasets
 from glm_peft import (
-    count_parameters,
     PEFT_DEFAULT_LEARNING_RATES,
     add_peft_args,
     apply_peft,
+    count_parameters,
+    saved_peft_flags,
     save_model_and_tokenizer,
 )
 from glm_utils import (
@@ -46,22 +51,24 @@ from glm_utils import (
     load_or_train_tokenizer,
     score_choices,
 )
-from data import adapt_columns, apply_max_samples, load_raw_datasets
-from templates import build_prompted_examples, describe_templates, load_templates, select_template
 from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
+from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from templates import build_prompted_examples, describe_templates, load_templates, select_template
 from training import (
     EpochSampler,
+    TrainingPlan,
     TrainingTracker,
     add_data_and_prompt_args,
     add_training_args,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
-    peak_memory_mb,
+    load_checkpoint,
     prepare_output_dir,
     results_record,
+    resume_settings,
+    save_checkpoint,
     setup_accelerator,
-    train_loop,
     training_args_problems,
     will_train,
     write_json_atomic,
@@ -71,30 +78,24 @@ from training import (
 logger = get_logger(__name__)
 
 
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Fine-tune GLM for classification as a cloze question.")
     add_data_and_prompt_args(parser, "cls")
-    add_training_args(parser, defaults={"model_name_or_path": HUB_MODEL_ID, "learning_rate": None,
-                                        "metric_for_best_model": "accuracy"})  # fmt: skip
-    # Parameter-efficient tuning (glm_utils): --peft lora | ptuning_v2 freezes the backbone.
+    add_training_args(parser)
     add_peft_args(parser)
+    # learning_rate None: the method's (glm_peft.PEFT_DEFAULT_LEARNING_RATES).
+    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, metric_for_best_model="accuracy")
     group = parser.add_argument_group("cloze classification")
-    group.add_argument(
-        "--max_seq_length", type=int, default=256,
-        help="Tokens per example: the context (cut around its [MASK] when too long) plus every answer choice.",
-    )  # fmt: skip
-    group.add_argument(
-        "--choice_prefix_space", action=argparse.BooleanOptionalAction, default=True,
-        help="Encode each answer choice as a mid-sentence word (' word'), as spans were in pretraining.",
-    )  # fmt: skip
+    group.add_argument("--max_seq_length", type=int, default=256,
+                       help="Tokens per example: the context (cut around its [MASK] when too long) plus every "
+                            "answer choice.")
+    group.add_argument("--choice_prefix_space", action=argparse.BooleanOptionalAction, default=True,
+                       help="Encode each answer choice as a mid-sentence word (' word'), as spans were in pretraining.")
     group.add_argument("--length_normalize", action="store_true", help="Divide a choice's score by its token count.")
-    group.add_argument(
-        "--save_best_model", action="store_true",
-        help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT weights).",
-    )  # fmt: skip
+    group.add_argument("--save_best_model", action="store_true",
+                       help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT "
+                            "weights).")
 
-    argv = list(argv) if argv is not None else None
     # Listing the prompts needs only the data arguments (no --output_dir).
     listing, _ = add_data_and_prompt_args(argparse.ArgumentParser(add_help=False), "cls").parse_known_args(argv)
     if listing.list_prompts:
@@ -109,6 +110,8 @@ def parse_args(argv=None):
         problems.append("--max_seq_length must be >= 4 (<s> [MASK] </s> and one choice token)")
     if problems:
         parser.error("; ".join(problems))
+    if args.peft_weights:  # the saved method and its flags are this run's (results.json reports them)
+        vars(args).update(saved_peft_flags(args.peft_weights))
     return args
 
 
@@ -118,7 +121,7 @@ def list_prompts(args):
     print(describe_templates(templates))
     try:
         raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                         args.validation_file, args.test_file, seed=0)  # fmt: skip
+                                         args.validation_file, args.test_file, seed=0)
         raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
     except (OSError, RuntimeError, ValueError) as err:
         print(f"\n(No rendered examples: the data could not be loaded. {err})")
@@ -161,11 +164,11 @@ def cloze_lengths(tokenizer, examples, max_seq_length, choice_prefix_space, spli
     return lengths, cut
 
 
-def evaluate(accelerator, model, dataloader, length_normalize):
+def evaluate(accelerator, model, dataloader, length_normalize, num_choices):
     """Scores every example of a prepared DataLoader. Every process gets all of them, each once
     (gather_for_metrics drops the copies that even out the last batch across processes).
 
-    Returns (indices: list[int], scores: float tensor [N, C], labels: list[int]).
+    Returns (classification_metrics dict, {example index: list of its C choice scores}).
     """
     was_training = model.training
     model.eval()
@@ -182,8 +185,10 @@ def evaluate(accelerator, model, dataloader, length_normalize):
     model.train(was_training)
     if sorted(indices) != list(range(len(dataloader.dataset))):
         raise RuntimeError(f"Evaluation scored {len(indices)} examples for {len(dataloader.dataset)}: some were "
-                           "missed or repeated across processes.")  # fmt: skip
-    return indices, torch.cat(scores), labels
+                           "missed or repeated across processes.")
+    scores = torch.cat(scores)
+    metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
+    return metrics, dict(zip(indices, scores.tolist()))
 
 
 def main(argv=None):
@@ -199,21 +204,21 @@ def main(argv=None):
     # Data and prompt. Every split is rendered and checked here, before the first step.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
                                      args.validation_file, args.test_file, args.validation_split_percentage,
-                                     args.seed)  # fmt: skip
+                                     args.seed)
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
-                                     args.max_test_samples)  # fmt: skip
+                                     args.max_test_samples)
     do_train = will_train(args)  # otherwise zero-shot: the same evaluation, untuned
     if do_train and not {"train", "validation"} <= set(raw_datasets):
         raise ValueError(f"Training needs train and validation splits, got {list(raw_datasets)}: pass --train_file "
-                         "(validation is carved from it), or --no-do_train to evaluate zero-shot.")  # fmt: skip
+                         "(validation is carved from it), or --no-do_train to evaluate zero-shot.")
     templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
     template = select_template(templates, args.prompt_id, args.prompt_name)
     prompt_id = templates.index(template)
     examples, data_counts = {}, {}
     for split, dataset in raw_datasets.items():
         # Checks the template's fields against the columns, renders, and checks each label
-        # against the answer choices (task_utils: check_template_fields, _label_index).
+        # against the answer choices (templates: check_template_fields, _label_index).
         examples[split], data_counts[split] = build_prompted_examples(dataset, template, "cls", args.skip_empty)
         if not examples[split]:
             raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
@@ -222,7 +227,7 @@ def main(argv=None):
     first = next(iter(examples.values()))[0]
     logger.info("Prompt %d: %s [%s]. Cloze form of the first example (the answer fills [MASK]):\n%s\n"
                 "answer choices %s, gold %r", prompt_id, template.name, template.source, first["context"],
-                first["choices"], first["target"])  # fmt: skip
+                first["choices"], first["target"])
     num_choices = max(len(e["choices"]) for split_examples in examples.values() for e in split_examples)
 
     # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and choices).
@@ -240,7 +245,7 @@ def main(argv=None):
         if data_counts[split]["cut_contexts"]:
             logger.warning("%s: %d of %d contexts are longer than --max_seq_length %d with their choices; they are "
                            "cut around the [MASK].", split, data_counts[split]["cut_contexts"], len(examples[split]),
-                           args.max_seq_length)  # fmt: skip
+                           args.max_seq_length)
 
     # Model.
     model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
@@ -249,7 +254,7 @@ def main(argv=None):
 
     def collate(batch):
         inputs = build_multiple_choice_inputs(tokenizer, [e["context"] for e in batch], [e["choices"] for e in batch],
-                                              args.max_seq_length, args.choice_prefix_space)  # fmt: skip
+                                              args.max_seq_length, args.choice_prefix_space)
         # The same number of choice columns in every batch, so that scores gather across processes.
         inputs["choice_mask"] = F.pad(inputs["choice_mask"], (0, num_choices - inputs["choice_mask"].shape[1]))
         inputs["labels"] = torch.tensor([e["label"] for e in batch])
@@ -264,63 +269,98 @@ def main(argv=None):
         sampler = EpochSampler(len(examples["train"]), args.seed,
                                lengths["train"] if args.group_by_length else None, args.per_device_train_batch_size)
         train_dataloader = DataLoader(examples["train"], sampler=sampler, batch_size=args.per_device_train_batch_size,
-                                      collate_fn=collate, generator=torch.Generator())  # fmt: skip
+                                      collate_fn=collate, generator=torch.Generator())
     eval_dataloaders = {
         split: DataLoader(examples[split], batch_size=args.per_device_eval_batch_size, collate_fn=collate,
                           generator=torch.Generator())
         for split in ("validation", "test")
         if split in examples
-    }  # fmt: skip
+    }
 
     clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
 
-    # Optimizer and schedule.
-    optimizer = lr_scheduler = None
+    # Optimizer, the length of the run and its learning-rate schedule.
+    optimizer = lr_scheduler = plan = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
-        lr_scheduler, batches_per_epoch = create_lr_scheduler(args, optimizer, len(train_dataloader),
-                                                              accelerator.num_processes)  # fmt: skip
-
+        plan = TrainingPlan.from_args(args, len(train_dataloader), accelerator.num_processes)
+        lr_scheduler = create_lr_scheduler(args, optimizer, plan.max_train_steps, accelerator.num_processes)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
-                                                                           lr_scheduler)  # fmt: skip
+                                                                           lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
 
-    def validate():
-        _, scores, labels = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize)
-        return classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
-
-    def compute_loss(batch):
-        scores = score_choices(model, batch, args.length_normalize)
-        return F.cross_entropy(scores, batch["labels"]), len(batch["labels"])
-
-    # Training (task_utils.train_loop: resume, evaluation, checkpoints; then the best weights are back).
-    tracker = TrainingTracker(args.metric_for_best_model)  # history, best weights, timing
-    validation_metrics = None  # of the best evaluation (zero-shot: of the untuned model)
+    # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
+    # put back at the end so that test scores them. Zero-shot: the model as loaded is evaluated.
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    validation_metrics = None  # of the best evaluation
     if do_train:
-        validation_metrics = train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataloader,
-                                   batches_per_epoch, tracker, compute_loss, validate, output_dir)  # fmt: skip
+        if args.resume_from_checkpoint:
+            load_checkpoint(accelerator, tracker, args.resume_from_checkpoint, output_dir, plan.max_train_steps)
+        logger.info("***** Running training *****\n  Examples = %d, epochs = %d, total batch size = %d, "
+                    "optimization steps = %d, lr = %g", len(examples["train"]), plan.num_train_epochs,
+                    total_batch_size, plan.max_train_steps, args.learning_rate)
+        progress_bar = tqdm(range(plan.max_train_steps), initial=tracker.completed_steps,
+                            disable=not accelerator.is_local_main_process)
+        first_epoch, skip_batches = plan.resume_position(tracker.completed_steps)
+        model.train()
+        for epoch in range(first_epoch, plan.num_train_epochs):
+            train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
+            batches = train_dataloader
+            if epoch == first_epoch and skip_batches:
+                batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
+            start = time.perf_counter()
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = F.cross_entropy(score_choices(model, batch, args.length_normalize), batch["labels"])
+                    tracker.add_batch(loss, len(batch["labels"]) * accelerator.num_processes)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
+                        if args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                tracker.completed_steps += 1
+                tracker.train_time_s += time.perf_counter() - start
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+                step = tracker.completed_steps
+                if plan.evaluates_at(step):
+                    metrics, _ = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize,
+                                          num_choices)
+                    tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+                if plan.checkpoint_at(step):
+                    save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step))
+                if step == plan.max_train_steps:
+                    break
+                start = time.perf_counter()
+        progress_bar.close()
+        validation_metrics = tracker.restore_best(accelerator.unwrap_model(model))
     elif "validation" in eval_dataloaders:
-        validation_metrics = validate()
+        validation_metrics, _ = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize,
+                                         num_choices)
         logger.info("Zero-shot validation: %s", validation_metrics)
 
     # Test, and the majority class of the training labels as the trivial baseline.
     final_split = "test" if "test" in eval_dataloaders else "validation"
     final_metrics = predictions = None
     if final_split in eval_dataloaders:
-        indices, scores, labels = evaluate(accelerator, model, eval_dataloaders[final_split], args.length_normalize)
-        predictions = dict(zip(indices, scores.tolist()))
-        final_metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
+        final_metrics, predictions = evaluate(accelerator, model, eval_dataloaders[final_split], args.length_normalize,
+                                              num_choices)
     baselines = {}
     if "train" in examples and final_metrics is not None:
         baselines["majority_class"] = majority_class_baseline([e["label"] for e in examples["train"]],
                                                               [e["label"] for e in examples[final_split]],
-                                                              num_choices)  # fmt: skip
+                                                              num_choices)
 
     if args.save_best_model and accelerator.is_main_process:
         save_model_and_tokenizer(accelerator.unwrap_model(model), tokenizer, output_dir / "best_model", args)
 
-    record, best = None, tracker.best
+    record = None
     if accelerator.is_main_process:
         if predictions is not None:
             rows = []
@@ -329,19 +369,14 @@ def main(argv=None):
                 predicted = max(range(len(choice_scores)), key=choice_scores.__getitem__)
                 rows.append({"input": example["context"], "gold": example["target"],
                              "predicted": example["choices"][predicted],
-                             "scores": dict(zip(example["choices"], choice_scores))})  # fmt: skip
+                             "scores": dict(zip(example["choices"], choice_scores))})
             write_jsonl_atomic(output_dir / f"predictions_{final_split}.jsonl", rows)
         record = results_record(
             args, "cls", "glm_cloze", script="run_cls.py", prompt_id=prompt_id, prompt_name=template.name,
-            total_train_batch_size=total_batch_size, epochs=tracker.history,
-            best_epoch=best["epoch"] if best else None, validation=validation_metrics,
+            total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
-            train_time_s=tracker.train_time_s,
-            train_examples_per_s=tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
-            peak_memory_mb=peak_memory_mb(), trainable_params=trainable_params, total_params=total_params,
-            peft=None if args.peft == "none" else args.peft, metric_for_best_model=args.metric_for_best_model,
-        )  # fmt: skip
-        record["best_step"] = best["step"] if best else None
+            trainable_params=trainable_params, total_params=total_params,
+        )
         record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()

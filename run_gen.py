@@ -13,44 +13,50 @@ decay 0.1, label smoothing 0.1, beam 4, no_repeat_ngram 3, length penalty 1.0.
         --dataset_name hhs_breaches --output_dir runs/hhs                    # offline, CPU
     python run_gen.py --list_prompts                                         # the prompt ids
 
-Writes to --output_dir: results.json (schema: training.results_record, plus "data": rows kept
-and skipped, prompts and targets cut), generations_test.jsonl (source, references, prediction),
-step_N / epoch_N checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint
-latest), and best_model/ with --save_best_model.
+Flags: the data and prompt flags and the training flags all scripts share (training.py), the PEFT
+flags (glm_peft.py), and the generation flags below. Writes to --output_dir: results.json (schema:
+training.results_record, plus "data": rows kept and skipped, prompts and targets cut),
+generations_test.jsonl (source, references, prediction), step_N / epoch_N checkpoints with
+--checkpointing_steps (continue with --resume_from_checkpoint latest) and beside them
+best_weights.safetensors (the best evaluation's weights, once), and best_model/ with --save_best_model.
 """
 
 import argparse
+import time
 
 import torch
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from data import adapt_columns, apply_max_samples, load_raw_datasets
 from glm_peft import (
-    count_parameters,
     PEFT_DEFAULT_LEARNING_RATES,
     add_peft_args,
     apply_peft,
+    count_parameters,
+    saved_peft_flags,
     save_model_and_tokenizer,
 )
 from glm_utils import build_generation_inputs, generate, load_or_train_tokenizer
-from data import adapt_columns, apply_max_samples, load_raw_datasets
-from templates import build_prompted_examples, describe_templates, group_references, load_templates, select_template
 from metrics import GEN_METRICS, generation_metrics, most_frequent_reference_baseline
+from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from templates import build_prompted_examples, describe_templates, group_references, load_templates, select_template
 from training import (
     EpochSampler,
+    TrainingPlan,
     TrainingTracker,
     add_data_and_prompt_args,
     add_training_args,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
-    peak_memory_mb,
+    load_checkpoint,
     prepare_output_dir,
     results_record,
+    resume_settings,
+    save_checkpoint,
     setup_accelerator,
-    train_loop,
     training_args_problems,
     will_train,
     write_json_atomic,
@@ -65,9 +71,11 @@ GEN_LEARNING_RATE = 2e-5  # full fine-tuning; the paper's seq2seq range is 1e-5.
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Fine-tune GLM for generation (blank infilling).")
     add_data_and_prompt_args(parser, "gen")
-    add_training_args(parser, defaults={"model_name_or_path": HUB_MODEL_ID, "learning_rate": None,
-                                        "warmup_ratio": 0.06, "metric_for_best_model": "bleu"})
+    add_training_args(parser)
     add_peft_args(parser)
+    # learning_rate None: GEN_LEARNING_RATE, or the PEFT method's (glm_peft.PEFT_DEFAULT_LEARNING_RATES).
+    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, warmup_ratio=0.06,
+                        metric_for_best_model="bleu")
     group = parser.add_argument_group("generation")
     group.add_argument("--max_source_length", type=int, default=256,
                        help="Prompt tokens kept (cut around the [MASK], which always survives).")
@@ -86,14 +94,13 @@ def parse_args(argv=None):
         help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT weights).",
     )
 
-    argv = list(argv) if argv is not None else None
     # Listing the prompts needs nothing but the data arguments (no --output_dir).
     listing, _ = add_data_and_prompt_args(argparse.ArgumentParser(add_help=False), "gen").parse_known_args(argv)
     if listing.list_prompts:
         return listing
     args = parser.parse_args(argv)
     if args.learning_rate is None:
-        args.learning_rate = GEN_LEARNING_RATE if args.peft == "none" else PEFT_DEFAULT_LEARNING_RATES[args.peft]
+        args.learning_rate = PEFT_DEFAULT_LEARNING_RATES[args.peft] if args.peft else GEN_LEARNING_RATE
     problems = training_args_problems(args)
     if args.metric_for_best_model not in GEN_METRICS:
         problems.append(f"--metric_for_best_model must be one of {GEN_METRICS}, got {args.metric_for_best_model!r}")
@@ -111,6 +118,8 @@ def parse_args(argv=None):
         problems.append("--label_smoothing must lie in [0, 1)")
     if problems:
         parser.error("; ".join(problems))
+    if args.peft_weights:  # the saved method and its flags are this run's (results.json reports them)
+        vars(args).update(saved_peft_flags(args.peft_weights))
     return args
 
 
@@ -257,38 +266,75 @@ def main(argv=None):
 
     clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
 
-    # Optimizer and schedule.
+    # Optimizer, the length of the run and its learning-rate schedule.
     do_train = will_train(args)  # otherwise the model as loaded is evaluated
-    optimizer = lr_scheduler = None
+    optimizer = lr_scheduler = plan = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
-        lr_scheduler, batches_per_epoch = create_lr_scheduler(args, optimizer, len(train_dataloader),
-                                                              accelerator.num_processes)
+        plan = TrainingPlan.from_args(args, len(train_dataloader), accelerator.num_processes)
+        lr_scheduler = create_lr_scheduler(args, optimizer, plan.max_train_steps, accelerator.num_processes)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
+    validation_references = eval_splits["validation"][1]
 
-    def validate():
-        metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
-                              eval_splits["validation"][1], "validation")
-        return metrics
-
-    def compute_loss(batch):
-        # Teacher-forced blank infilling; vocabulary logits only where a target token is
-        # predicted (the target span and its eop), not over the whole [B, S, 50k].
-        labels = batch["labels"]
-        loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=labels,
-                     logits_positions=labels != -100, label_smoothing=args.label_smoothing).loss
-        return loss, len(labels)
-
-    # Training (task_utils.train_loop: resume, evaluation, checkpoints; then the best weights are back).
-    tracker = TrainingTracker(args.metric_for_best_model)  # history, best weights, timing
+    # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
+    # put back at the end so that test scores them.
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
-        validation_metrics = train_loop(args, accelerator, model, optimizer, lr_scheduler, train_dataloader,
-                                        batches_per_epoch, tracker, compute_loss, validate, output_dir)
+        if args.resume_from_checkpoint:
+            load_checkpoint(accelerator, tracker, args.resume_from_checkpoint, output_dir, plan.max_train_steps)
+        logger.info("***** Running training *****\n  Examples = %d, epochs = %d, total batch size = %d, "
+                    "optimization steps = %d, lr = %g", len(examples["train"]), plan.num_train_epochs,
+                    total_batch_size, plan.max_train_steps, args.learning_rate)
+        progress_bar = tqdm(range(plan.max_train_steps), initial=tracker.completed_steps,
+                            disable=not accelerator.is_local_main_process)
+        first_epoch, skip_batches = plan.resume_position(tracker.completed_steps)
+        model.train()
+        for epoch in range(first_epoch, plan.num_train_epochs):
+            train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
+            batches = train_dataloader
+            if epoch == first_epoch and skip_batches:
+                batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
+            start = time.perf_counter()
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    # Teacher-forced blank infilling; vocabulary logits only where a target token is
+                    # predicted (the target span and its eop), not over the whole [B, S, 50k].
+                    labels = batch["labels"]
+                    loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=labels,
+                                 logits_positions=labels != -100, label_smoothing=args.label_smoothing).loss
+                    tracker.add_batch(loss, len(labels) * accelerator.num_processes)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
+                        if args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                tracker.completed_steps += 1
+                tracker.train_time_s += time.perf_counter() - start
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+                step = tracker.completed_steps
+                if plan.evaluates_at(step):
+                    metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
+                                          validation_references, "validation")
+                    tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+                if plan.checkpoint_at(step):
+                    save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step))
+                if step == plan.max_train_steps:
+                    break
+                start = time.perf_counter()
+        progress_bar.close()
+        validation_metrics = tracker.restore_best(accelerator.unwrap_model(model))
     else:
-        validation_metrics = validate()
+        validation_metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
+                                         validation_references, "validation")
         logger.info("Validation without training: %s", validation_metrics)
 
     # Test (without a test split: validation) with the best weights, and the trivial baseline:
@@ -302,22 +348,17 @@ def main(argv=None):
     if args.save_best_model and accelerator.is_main_process:
         save_model_and_tokenizer(accelerator.unwrap_model(model), tokenizer, output_dir / "best_model", args)
 
-    record, best = None, tracker.best
+    record = None
     if accelerator.is_main_process:
         rows = [{"source": source, "references": references, "prediction": prediction}
                 for source, references, prediction in zip(final_sources, final_references, predictions)]
         write_jsonl_atomic(output_dir / f"generations_{final_split}.jsonl", rows)
         record = results_record(
             args, "gen", "glm_gen", script="run_gen.py", prompt_id=prompt_id, prompt_name=template.name,
-            total_train_batch_size=total_batch_size, epochs=tracker.history,
-            best_epoch=best["epoch"] if best else None, validation=validation_metrics,
-            test=final_metrics if final_split == "test" else None,
-            baselines={"most_frequent_reference": baseline}, train_time_s=tracker.train_time_s,
-            train_examples_per_s=tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
-            peak_memory_mb=peak_memory_mb(), trainable_params=trainable_params, total_params=total_params,
-            peft=None if args.peft == "none" else args.peft, metric_for_best_model=args.metric_for_best_model,
+            total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
+            test=final_metrics if final_split == "test" else None, baselines={"most_frequent_reference": baseline},
+            trainable_params=trainable_params, total_params=total_params,
         )
-        record["best_step"] = best["step"] if best else None
         record["data"] = data_counts  # rows kept / skipped per split; long prompts and targets in train
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()

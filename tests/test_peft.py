@@ -1,4 +1,4 @@
-"""Parameter-efficient tuning (glm_utils.py): P-tuning v2 prefixes and LoRA adapters train only their own
+"""Parameter-efficient tuning (glm_peft.py): P-tuning v2 prefixes and LoRA adapters train only their own
 weights, leave the model's other behaviour intact (packing, padding, cached decoding) and round-trip
 through small adapter files."""
 
@@ -12,15 +12,15 @@ from test_glm_utils import EOP, V, W, X, Y, Z, WordTokenizer
 import glm_utils
 from modeling_glm import GLMConfig, GLMForConditionalGeneration, PrefixEncoder
 from glm_peft import (
+    PEFT_DEFAULT_LEARNING_RATES,
+    PEFT_METHODS,
     add_peft_args,
     apply_peft,
     count_parameters,
-    disable_peft,
     load_trainable_weights,
     save_trainable_weights,
 )
 from glm_utils import build_generation_inputs, build_multiple_choice_inputs, generate, score_choices
-from glm_peft import PEFT_DEFAULT_LEARNING_RATES, PEFT_METHODS
 
 TINY = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=16, max_sequence_length=64)
 CONTEXTS, CHOICES = ["a b [MASK] c", "[MASK] a"], [["x y", "z", "w v x"], ["y", "v w"]]
@@ -31,7 +31,10 @@ METHOD_IDS = ["ptuning_v2", "ptuning_v2_projection", "lora"]
 
 
 def peft_args(argv):
-    return add_peft_args(argparse.ArgumentParser()).parse_args(argv)
+    """The PEFT flags of `argv`, with the base model and seed a script's flags would add."""
+    parser = add_peft_args(argparse.ArgumentParser())
+    parser.set_defaults(model_name_or_path="glm-tiny", seed=0)
+    return parser.parse_args(argv)
 
 
 def base_model(seed=0):
@@ -64,10 +67,10 @@ def cloze_loss(model, tok):
 
 def test_add_peft_args_defaults():
     args = peft_args([])
-    assert (args.peft, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size) == ("none", 16, False, 512)
+    assert (args.peft, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size) == (None, 16, False, 512)
     assert (args.lora_r, args.lora_alpha, args.lora_dropout) == (8, 16, 0.05)
     assert args.lora_target_modules == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-    assert set(PEFT_DEFAULT_LEARNING_RATES) == set(PEFT_METHODS)
+    assert set(PEFT_DEFAULT_LEARNING_RATES) == {None, *PEFT_METHODS}
     model = base_model()
     assert apply_peft(model, args) is model and count_parameters(model)[0] == count_parameters(model)[1]
 
@@ -105,28 +108,21 @@ def test_training_changes_only_the_method_weights(tok, argv):
             assert torch.equal(p, before[name]), f"frozen {name} changed"
 
 
-def test_fresh_lora_is_the_base_model_and_disabled_lora_too(tok):
+def test_fresh_lora_is_the_base_model(tok):
     batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
     base = score_choices(base_model(), batch)
     model = peft_model(["--peft", "lora"], perturb=False)
     assert torch.equal(score_choices(model, batch), base)  # B = 0
     model = peft_model(["--peft", "lora"])
-    adapted = score_choices(model, batch)
-    assert not torch.allclose(adapted, base)
-    with disable_peft(model):
-        assert torch.equal(score_choices(model, batch), base)
-    assert torch.equal(score_choices(model, batch), adapted)
+    assert not torch.allclose(score_choices(model, batch), base)
     assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
 
 
-def test_prefix_changes_the_output_and_disabled_prefix_does_not(tok):
+def test_prefix_changes_the_output(tok):
     batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
     base = score_choices(base_model(), batch)
     model = peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"])
     assert not torch.allclose(score_choices(model, batch), base)
-    with disable_peft(model):
-        assert model.prefix_encoder is None and torch.equal(score_choices(model, batch), base)
-    assert model.prefix_encoder is not None
 
 
 def test_prefix_is_visible_to_every_query_and_hides_nothing(tok):
@@ -140,9 +136,9 @@ def test_prefix_is_visible_to_every_query_and_hides_nothing(tok):
     full = ((i[None, None, :] < sep[:, None, None]) | (i[None, :] <= i[:, None])[None])[:, None]
     with_prefix = model(ids, pos, full).logits
     torch.testing.assert_close(model(ids, pos, sep).logits, with_prefix)
-    encoder = model.prefix_encoder
-    with disable_peft(model):
-        torch.testing.assert_close(model(ids, pos, full, past_key_values=encoder(2)).logits, with_prefix)
+    # The same backbone without the prefix encoder, given the prefix as past keys and values.
+    torch.testing.assert_close(base_model()(ids, pos, full, past_key_values=model.prefix_encoder(2)).logits,
+                               with_prefix)
     out = model(ids, pos, full, use_cache=True)
     assert out.past_key_values[0][0].shape == (2, 4, 4 + 7, 8)  # the cache begins with the prefix
 
@@ -187,7 +183,6 @@ def test_batched_generation_equals_one_by_one(tok, argv):
 @pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
 def test_save_and_reload_onto_a_fresh_base_model(tmp_path, tok, argv):
     args = peft_args(argv)
-    args.model_name_or_path = "glm-tiny"
     model = apply_peft(base_model(), args).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
@@ -199,8 +194,7 @@ def test_save_and_reload_onto_a_fresh_base_model(tmp_path, tok, argv):
     reloaded = load_trainable_weights(base_model(), tmp_path / "adapter").eval()
     batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
     assert torch.equal(score_choices(reloaded, batch), score_choices(model, batch))
-    with disable_peft(model):
-        base_model().save_pretrained(tmp_path / "model")
+    base_model().save_pretrained(tmp_path / "model")
     adapter_bytes = (tmp_path / "adapter" / "adapter.safetensors").stat().st_size
     assert adapter_bytes < (tmp_path / "model" / "model.safetensors").stat().st_size / 4
 

@@ -7,6 +7,7 @@ of ../shared/data (skipped when absent). Scoring rules are checked on stub model
 probabilities are written out here.
 """
 
+import argparse
 import csv
 import json
 from pathlib import Path
@@ -26,7 +27,7 @@ from glm_utils import train_tokenizer
 from data import load_raw_datasets
 from metrics import generation_metrics
 from templates import PromptTemplate, build_prompted_examples, group_references, load_templates, select_template
-from training import results_record
+from training import TrainingTracker, results_record
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TREC, E2E = SHARED / "data" / "trec", SHARED / "data" / "e2e_nlg_cleaned"
@@ -35,12 +36,11 @@ needs_trec = pytest.mark.skipif(not (TREC / "train.csv").is_file(), reason="../s
 needs_e2e = pytest.mark.skipif(not (E2E / "train.csv").is_file(), reason="../shared/data/e2e_nlg_cleaned not present")
 needs_bpe = pytest.mark.skipif(not (BPE_FILES / "vocab.json").is_file(), reason="../shared/tokenizers not present")
 
-# run_cls.py's results.json, key for key and in order: results_record's schema, then the
-# two keys run_cls.py adds (best_step, data).
-SCHEMA_KEYS = [*results_record({}, "cls", "any", script="any", prompt_id=None, prompt_name=None,
-                                  total_train_batch_size=1, epochs=[], best_epoch=None, validation=None, test=None,
-                                  baselines={}, train_time_s=0.0, train_examples_per_s=0.0, peak_memory_mb=None,
-                                  trainable_params=1, total_params=1), "best_step", "data"]
+# run_cls.py's results.json, key for key and in order: results_record's schema, then the key
+# run_cls.py adds (data).
+SCHEMA_KEYS = [*results_record(argparse.Namespace(), "cls", "any", script="any", prompt_id=None, prompt_name=None,
+                               total_train_batch_size=1, tracker=TrainingTracker("accuracy"), plan=None,
+                               validation=None, test=None, baselines={}, trainable_params=1, total_params=1), "data"]
 TREC_CHOICES = ["Description", "Entity", "Abbreviation", "Person", "Quantity", "Location"]
 
 

@@ -20,8 +20,7 @@ from safetensors.torch import load_file
 
 import run_cls
 from conftest import read_jsonl, run_main, write_csv
-import training
-from training import TrainingTracker, check_finite, check_launch, find_checkpoint
+from training import TrainingTracker, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TREC = REPO.parent / "shared" / "data" / "trec"
@@ -151,17 +150,6 @@ def test_two_cpu_processes_give_the_metrics_and_predictions_of_one(trec, tmp_pat
         assert list(b["scores"].values()) == pytest.approx(list(a["scores"].values()), abs=1e-4)
 
 
-def test_a_multi_process_launch_that_accelerate_runs_as_one_is_refused(monkeypatch):
-    class OneProcess:
-        num_processes = 1
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2"):
-        check_launch(OneProcess())
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    check_launch(OneProcess())
-
-
 # ----------------------------------------------------------------------------- resume and reproducibility
 
 
@@ -185,19 +173,22 @@ def test_a_killed_run_resumed_from_its_last_checkpoint_ends_like_an_uninterrupte
     assert [epoch["step"] for epoch in full["epochs"]] == [5, 10, 12]
 
     # The run dies in step 8; its last checkpoint is step_6 (epoch 1, 2 batches in).
-    real_check = check_finite
+    real_end_step = TrainingTracker.end_step
 
-    def dies_in_step_8(loss, step):
-        if step == 8:
+    def dies_in_step_8(tracker, accelerator):
+        if tracker.completed_steps + 1 == 8:
             raise Killed
-        real_check(loss, step)
+        return real_end_step(tracker, accelerator)
 
-    monkeypatch.setattr(training, "check_finite", dies_in_step_8)
+    monkeypatch.setattr(TrainingTracker, "end_step", dies_in_step_8)
     killed = tmp_path / "killed"
     with pytest.raises(Killed):
         run(resume_args(trec, killed, "--checkpointing_steps", 3))
     monkeypatch.undo()
     assert sorted(path.name for path in killed.glob("step_*")) == ["step_3", "step_6"]
+    # The best weights are stored once, beside the checkpoints, not in each of them.
+    assert [path.name for path in killed.rglob("best_weights.safetensors")] == ["best_weights.safetensors"]
+    assert (killed / "best_weights.safetensors").is_file()
     assert find_checkpoint("latest", killed) == killed / "step_6"
     assert not (killed / "results.json").exists()
 
@@ -468,39 +459,3 @@ def test_saved_ptuning_weights_evaluated_with_peft_weights_score_the_test_set_as
         run(tiny(trained, trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name", best_model,
                  "--peft_weights", best_model, "--no-do_train", "--overwrite_output_dir"))  # fmt: skip
     assert "lies inside --output_dir" in capsys.readouterr().err and (trained / "results.json").exists()
-
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def test_training_tracker_keeps_the_best_weights_and_round_trips(tmp_path):
-    model = torch.nn.Linear(2, 1)
-    tracker = TrainingTracker("accuracy")
-    tracker.add_loss(2.0, 4)
-    tracker.add_loss(1.0, 4)
-    tracker.completed_steps = 5
-    assert tracker.record_evaluation(0, {"accuracy": 0.5}, model)
-    best_weight = model.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    tracker.completed_steps = 10
-    assert not tracker.record_evaluation(1, {"accuracy": 0.5}, model)  # a tie keeps the earlier one
-    assert tracker.history == [
-        {"epoch": 0, "step": 5, "train_loss": 1.5, "validation": {"accuracy": 0.5}},
-        {"epoch": 1, "step": 10, "train_loss": None, "validation": {"accuracy": 0.5}},
-    ]
-    tracker.save(tmp_path / "step_10")
-    loaded = TrainingTracker("accuracy")
-    loaded.load(tmp_path / "step_10")
-    assert loaded.state_dict() == tracker.state_dict() and loaded.best == tracker.history[0]
-    assert loaded.restore_best(model) and torch.equal(model.weight, best_weight)
-    assert loaded.resume_position(batches_per_epoch=7, gradient_accumulation_steps=2) == (2, 4)  # 4 steps an epoch
-    with pytest.raises(ValueError, match="resume with the same --metric_for_best_model"):
-        TrainingTracker("macro_f1").load(tmp_path / "step_10")
-    tracker.settings = {"num_processes": 2, "seed": 1}
-    tracker.save(tmp_path / "step_12")
-    with pytest.raises(ValueError, match=r"other settings \(--num_processes 2 there, 1 here\): resume with the same "
-                                         "flags and number of processes"):
-        TrainingTracker("accuracy", settings={"num_processes": 1, "seed": 1}).load(tmp_path / "step_12")
-    with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint .*no training_state.json"):
-        find_checkpoint(tmp_path, tmp_path)

@@ -10,19 +10,24 @@ import pytest
 import torch
 
 from glm_peft import count_parameters
+from accelerate.state import AcceleratorState, GradientState
+
 from training import (
+    EpochSampler,
+    TrainingPlan,
+    TrainingTracker,
     add_data_and_prompt_args,
     add_training_args,
-    check_finite,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
     environment_info,
-    length_grouped_indices,
+    find_checkpoint,
     padding_fraction,
     prepare_output_dir,
     results_record,
     safe_name,
+    setup_accelerator,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -98,34 +103,30 @@ def test_results_record_schema():
     parser = argparse.ArgumentParser()
     add_data_and_prompt_args(parser, "cls")
     add_training_args(parser)
-    args = parser.parse_args(["--output_dir", "out", "--train_file", "t.csv", "--dataset_name", ""])
+    args = parser.parse_args(["--output_dir", "out", "--train_file", "t.csv", "--dataset_name", "",
+                              "--metric_for_best_model", "accuracy"])
+    tracker = TrainingTracker("accuracy")
+    tracker.completed_steps, tracker.train_time_s, tracker.train_examples = 10, 2.0, 20
+    tracker.record_evaluation(0, {"accuracy": 0.5}, torch.nn.Linear(1, 1))
+    plan = TrainingPlan(batches_per_epoch=4, gradient_accumulation_steps=2, max_train_steps=10)
     record = results_record(
         args, "cls", "glm_cloze", script="run_cls.py", prompt_id=1, prompt_name="trec1", total_train_batch_size=32,
-        epochs=[{"epoch": 0, "step": 10, "train_loss": 1.0, "validation": {"accuracy": 0.5}}], best_epoch=0,
-        validation={"accuracy": 0.5}, test={"accuracy": 0.4}, baselines={"majority_class": {"accuracy": 0.2}},
-        train_time_s=1.0, train_examples_per_s=10.0, peak_memory_mb=None, trainable_params=25, total_params=100,
-        metric_for_best_model="accuracy",
-    )  # fmt: skip
+        tracker=tracker, plan=plan, validation={"accuracy": 0.5}, test={"accuracy": 0.4},
+        baselines={"majority_class": {"accuracy": 0.2}}, trainable_params=25, total_params=100,
+    )
     assert list(record) == [
         "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
         "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
         "epochs", "best_epoch", "validation", "test", "baselines", "train_time_s", "train_examples_per_s",
-        "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env",
-    ]  # fmt: skip
+        "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env", "best_step",
+    ]
     assert record["dataset"] == {"train": "t.csv"}
-    assert record["trainable_share"] == 0.25
+    assert record["trainable_share"] == 0.25 and record["train_examples_per_s"] == 10.0
+    assert (record["best_epoch"], record["best_step"], record["epochs"]) == (0, 10, tracker.history)
     assert (record["learning_rate"], record["seed"], record["args"]["output_dir"]) == (1e-5, 42, "out")
+    # The length the run had: 10 steps of 2 an epoch (4 batches, 2 per step) are 5 epochs.
+    assert (record["args"]["max_train_steps"], record["args"]["num_train_epochs"]) == (10, 5)
     json.dumps(record)
-    with pytest.raises(ValueError, match="peft"):
-        results_record(args, "cls", "glm_cloze", **{**_record_kwargs(), "peft": "adapter"})
-
-
-def _record_kwargs():
-    return dict(
-        script="s", prompt_id=0, prompt_name="p", total_train_batch_size=1, epochs=[], best_epoch=None, validation={},
-        test=None, baselines={}, train_time_s=0.0, train_examples_per_s=0.0, peak_memory_mb=None, trainable_params=1,
-        total_params=1,
-    )  # fmt: skip
 
 
 def test_data_and_prompt_args_defaults_per_task():
@@ -135,14 +136,25 @@ def test_data_and_prompt_args_defaults_per_task():
     assert (gen_args.dataset_name, gen_args.skip_empty, gen_args.max_eval_samples) == ("e2e_nlg_cleaned", False, 5)
 
 
-def test_training_args_defaults_and_overrides():
-    parser = add_training_args(argparse.ArgumentParser(), {"learning_rate": 5e-3})
+def test_training_args_defaults():
+    parser = add_training_args(argparse.ArgumentParser())
     args = parser.parse_args(["--output_dir", "o", "--checkpointing_steps", "epoch", "--no-do_train"])
-    assert (args.learning_rate, args.weight_decay, args.per_device_train_batch_size, args.warmup_ratio) == (5e-3, 0.1, 16, 0.1)
+    assert (args.learning_rate, args.weight_decay, args.per_device_train_batch_size, args.warmup_ratio) == (1e-5, 0.1, 16, 0.1)
     assert (args.checkpointing_steps, args.do_train, args.eval_steps, args.lr_scheduler_type) == ("epoch", False, None, "linear")
     assert parser.parse_args(["--output_dir", "o", "--checkpointing_steps", "100"]).checkpointing_steps == 100
-    with pytest.raises(ValueError, match="unknown default"):
-        add_training_args(argparse.ArgumentParser(), {"learning_rte": 1.0})
+
+
+def test_a_multi_process_launch_that_accelerate_runs_as_one_is_refused(monkeypatch):
+    args = argparse.Namespace(gradient_accumulation_steps=1, seed=0)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun on CPUs without ACCELERATE_USE_CPU
+    try:
+        with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2"):
+            setup_accelerator(args)
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        assert setup_accelerator(args).num_processes == 1
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
 
 
 class Tiny(torch.nn.Module):
@@ -164,46 +176,146 @@ def test_optimizer_groups_skip_decay_for_biases_and_norms():
     assert count_parameters(model) == (12 + 3 + 3 + 3, 12 + 3 + 3 + 3 + 4)
 
 
-def test_check_finite():
-    check_finite(torch.tensor(0.5), step=3)
+class OneProcess:
+    """What TrainingTracker.end_step needs of an Accelerator, for one process."""
+
+    @staticmethod
+    def reduce(tensor, reduction):
+        return tensor.clone()
+
+
+def test_the_step_loss_is_the_mean_of_its_batches_and_a_non_finite_one_stops_the_step():
+    tracker = TrainingTracker("accuracy")
+    tracker.add_batch(torch.tensor(2.0), 4)
+    tracker.add_batch(torch.tensor(1.0), 4)
+    assert tracker.end_step(OneProcess()) == 1.5
+    tracker.completed_steps = 1
+    tracker.add_batch(torch.tensor(4.0), 3)
+    assert tracker.end_step(OneProcess()) == 4.0
+    assert (tracker.loss_sum, tracker.loss_count, tracker.train_examples) == (7.0, 3, 11)
+    tracker.completed_steps = 6
+    tracker.add_batch(torch.tensor(float("nan")), 4)
     with pytest.raises(FloatingPointError, match="at step 7. Try bf16 instead of fp16"):
-        check_finite(torch.tensor(float("nan")), step=7)
+        tracker.end_step(OneProcess())
 
 
 @pytest.mark.parametrize("max_train_steps, expected_steps, expected_epochs", [(None, 9, 3), (7, 7, 3), (2, 2, 1)])
-def test_create_lr_scheduler_sizes_the_run_from_sharded_accumulated_batches(max_train_steps, expected_steps,
-                                                                             expected_epochs):
+def test_the_plan_sizes_the_run_from_sharded_accumulated_batches(max_train_steps, expected_steps, expected_epochs):
     # 10 batches over 2 processes: 5 per process and epoch; 2 per optimizer step: 3 steps an epoch.
     args = argparse.Namespace(max_train_steps=max_train_steps, num_train_epochs=3, gradient_accumulation_steps=2,
-                              lr_scheduler_type="linear", warmup_ratio=0.5)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+                              lr_scheduler_type="linear", warmup_ratio=0.5, eval_steps=None, checkpointing_steps=None)
+    plan = TrainingPlan.from_args(args, train_batches=10, num_processes=2)
+    assert (plan.batches_per_epoch, plan.steps_per_epoch) == (5, 3)
+    assert (plan.max_train_steps, plan.num_train_epochs) == (expected_steps, expected_epochs)
+    assert args.max_train_steps == max_train_steps  # the flags stay as given
 
-    scheduler, batches_per_epoch = create_lr_scheduler(args, optimizer, train_batches=10, num_processes=2)
-
-    assert batches_per_epoch == 5
-    assert (args.max_train_steps, args.num_train_epochs) == (expected_steps, expected_epochs)
     # Warmup: ceil(0.5 * steps) optimizer steps, each stepping the scheduler once per process.
-    warmup = math.ceil(0.5 * expected_steps) * 2
-    for _ in range(warmup):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = create_lr_scheduler(args, optimizer, plan.max_train_steps, num_processes=2)
+    for _ in range(math.ceil(0.5 * expected_steps) * 2):
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)
 
 
-def test_length_grouped_indices():
+def test_the_plan_evaluates_checkpoints_and_resumes_at_the_right_steps():
+    # 7 batches per epoch, 2 per step: 4 steps an epoch (the last of 1 batch); 10 steps in all.
+    plan = TrainingPlan(batches_per_epoch=7, gradient_accumulation_steps=2, max_train_steps=10, checkpointing_steps=3)
+    assert [step for step in range(1, 11) if plan.evaluates_at(step)] == [4, 8, 10]
+    assert [plan.checkpoint_at(step) for step in (3, 4, 6)] == ["step_3", None, "step_6"]
+    each_epoch = TrainingPlan(7, 2, 10, eval_steps=3, checkpointing_steps="epoch")
+    assert [step for step in range(1, 11) if each_epoch.evaluates_at(step)] == [3, 6, 9, 10]
+    assert [each_epoch.checkpoint_at(step) for step in (4, 6, 8)] == ["epoch_0", None, "epoch_1"]
+    assert plan.resume_position(6) == (1, 4)  # 2 steps into epoch 1: skip 4 batches
+    assert plan.resume_position(8) == (2, 0)
+    assert plan.resume_position(10) == (3, 0) and plan.num_train_epochs == 3  # nothing left
+
+
+def test_the_epoch_order_depends_on_seed_and_epoch_only_and_groups_lengths():
     lengths = [(i * 37) % 101 + 1 for i in range(1000)]
-    order = length_grouped_indices(lengths, batch_size=4, seed=0)
+    sampler = EpochSampler(1000, seed=0, lengths=lengths, batch_size=4)
+    order = list(sampler)
     assert sorted(order) == list(range(1000))
-    assert order == length_grouped_indices(lengths, batch_size=4, seed=0)
-    assert order != length_grouped_indices(lengths, batch_size=4, seed=1)
-    assert lengths[order[0]] == max(lengths)
-    megabatch = order[:200]  # 50 batches of 4, sorted longest first
-    assert [lengths[i] for i in megabatch] == sorted((lengths[i] for i in megabatch), reverse=True)
+    assert order == list(EpochSampler(1000, seed=0, lengths=lengths, batch_size=4))
+    assert order != list(EpochSampler(1000, seed=1, lengths=lengths, batch_size=4))
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    sampler.set_epoch(0)
+    assert list(sampler) == order
+    assert lengths[order[0]] == max(lengths)  # an out-of-memory error shows on the first step
     grouped = [order[i : i + 4] for i in range(0, 1000, 4)]
-    shuffled = [list(range(1000))[i : i + 4] for i in range(0, 1000, 4)]
+    shuffled = list(EpochSampler(1000, seed=0))
+    assert sorted(shuffled) == list(range(1000)) and shuffled != list(range(1000))
+    shuffled = [shuffled[i : i + 4] for i in range(0, 1000, 4)]
     assert padding_fraction(lengths, grouped) < 0.05 < padding_fraction(lengths, shuffled)
 
 
 def test_padding_fraction_hand_worked():
     # Batches padded to 4 and 3: 8 + 6 = 14 slots for 10 tokens.
     assert padding_fraction([1, 2, 3, 4], [[0, 3], [1, 2]]) == pytest.approx(4 / 14)
+
+
+def test_training_tracker_keeps_the_best_weights_once_and_round_trips(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    settings = {"metric_for_best_model": "accuracy", "seed": 1, "num_processes": 1}
+    tracker = TrainingTracker("accuracy", settings)
+    tracker.add_batch(torch.tensor(2.0), 4)
+    tracker.add_batch(torch.tensor(1.0), 4)
+    tracker.end_step(OneProcess())
+    tracker.completed_steps = 5
+    assert tracker.record_evaluation(0, {"accuracy": 0.5}, model)
+    best_weight = model.weight.detach().clone()
+    (tmp_path / "step_5").mkdir()
+    tracker.save(tmp_path / "step_5")
+    written = (tmp_path / "best_weights.safetensors").stat().st_mtime_ns
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    tracker.completed_steps = 10
+    assert not tracker.record_evaluation(1, {"accuracy": 0.5}, model)  # a tie keeps the earlier one
+    assert tracker.history == [
+        {"epoch": 0, "step": 5, "train_loss": 1.5, "validation": {"accuracy": 0.5}},
+        {"epoch": 1, "step": 10, "train_loss": None, "validation": {"accuracy": 0.5}},
+    ]
+    (tmp_path / "step_10").mkdir()
+    tracker.save(tmp_path / "step_10")  # the same best weights are not written again
+    assert (tmp_path / "best_weights.safetensors").stat().st_mtime_ns == written
+    assert sorted(p.name for p in (tmp_path / "step_10").iterdir()) == ["training_state.json"]
+
+    loaded = TrainingTracker("accuracy", settings)
+    loaded.load(tmp_path / "step_10", max_train_steps=12)
+    assert loaded.state_dict() == tracker.state_dict() and loaded.best == tracker.history[0]
+    assert loaded.restore_best(model) == {"accuracy": 0.5} and torch.equal(model.weight, best_weight)
+    with pytest.raises(ValueError, match=r"other settings \(--num_processes 1 there, 2 here; --seed 1 there, 0 here\): "
+                                         "resume with the same flags and number of processes"):
+        TrainingTracker("accuracy", {**settings, "num_processes": 2, "seed": 0}).load(tmp_path / "step_10", 12)
+    with pytest.raises(ValueError, match="step_10 is 10 steps in, past --max_train_steps 9"):
+        TrainingTracker("accuracy", settings).load(tmp_path / "step_10", max_train_steps=9)
+    with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint .*no training_state.json"):
+        find_checkpoint(tmp_path, tmp_path)
+    assert find_checkpoint("latest", tmp_path) == tmp_path / "step_10"
+
+
+def test_best_weights_replaced_after_a_checkpoint_are_taken_again_from_the_resumed_run(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    first = TrainingTracker("accuracy")
+    first.completed_steps = 2
+    first.record_evaluation(0, {"accuracy": 0.5}, model)
+    (tmp_path / "step_3").mkdir()
+    first.completed_steps = 3
+    first.save(tmp_path / "step_3")
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    first.completed_steps = 4
+    first.record_evaluation(0, {"accuracy": 0.7}, model)  # a better evaluation after step_3 ...
+    (tmp_path / "step_6").mkdir()
+    first.save(tmp_path / "step_6")  # ... replaces the best weights of step_3's best (step 2)
+
+    resumed = TrainingTracker("accuracy")
+    resumed.load(tmp_path / "step_3", max_train_steps=6)  # step 4 lies ahead: it will be evaluated again
+    with pytest.raises(RuntimeError, match=r"best evaluation \(step 2\) were replaced"):
+        resumed.restore_best(model)
+    resumed.completed_steps = 4
+    resumed.record_evaluation(0, {"accuracy": 0.7}, model)
+    assert resumed.restore_best(model) == {"accuracy": 0.7}
+    with pytest.raises(FileNotFoundError, match="holds the weights of step 4, not those of the best evaluation"):
+        TrainingTracker("accuracy").load(tmp_path / "step_3", max_train_steps=3)
