@@ -1,9 +1,10 @@
 """Parameter-efficient tuning of GLM: P-tuning v2 (native) and LoRA (through peft).
 
-`add_peft_args` declares the flags, `apply_peft` turns a loaded model into the chosen method
-(freezing the backbone), `save_trainable_weights` / `load_trainable_weights` write and read only
-the trained weights (`adapter.safetensors` + `adapter_config.json`), and `count_parameters`
-gives the trainable share a report shows.
+`add_peft_args` declares the flags (--peft lora | ptuning_v2; without it, None: full fine-tuning),
+`apply_peft` gives a loaded model the chosen method (freezing the backbone) and, with
+--peft_weights, the weights saved by an earlier run; `save_trainable_weights` /
+`load_trainable_weights` write and read only the trained weights (adapter.safetensors +
+adapter_config.json), and `count_parameters` gives the trainable share a report shows.
 """
 
 import argparse

@@ -908,8 +908,9 @@ def main(argv=None):
     accelerator.wait_for_everyone()
     metric = args.metric_for_best_model
     baseline_name, baseline = next(iter(baselines.items()))
+    best_epoch = tracker.best["epoch"] if tracker.best else None
     accelerator.print(f"{args.method} [{args.model_name_or_path}] {final_split} {metric} {final_metrics[metric]:.4f} "
-                      f"vs {baseline_name} {baseline[metric]:.4f}; best epoch {tracker.best and tracker.best['epoch']}; "
+                      f"vs {baseline_name} {baseline[metric]:.4f}; best epoch {best_epoch}; "
                       f"results in {output_dir / 'results.json'}")
     return record
 

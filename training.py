@@ -1,17 +1,11 @@
-"""What a run needs around its training loop; the loop itself is written out in each script.
-
-    flags          add_data_and_prompt_args, add_training_args (the flags all three scripts share),
-                   training_args_problems, will_train
-    setup          setup_accelerator, prepare_output_dir, clear_previous_run
-    optimization   create_optimizer (AdamW groups), TrainingPlan (steps, epochs, when to evaluate and
-                   checkpoint, where a resumed run starts), create_lr_scheduler, EpochSampler
-    bookkeeping    TrainingTracker (step losses, evaluations, the best weights), save_checkpoint,
-                   load_checkpoint, find_checkpoint
-    results        results_record, write_json_atomic, write_jsonl_atomic, safe_name
+"""What a run needs around its training loop (the loop itself is written out in each script):
+the flags all scripts share and their checks, accelerator setup, the output folder, AdamW groups,
+the plan of steps / evaluations / checkpoints, the learning-rate schedule, the data order of each
+epoch, the tracker of losses, evaluations and best weights, checkpoints, and results.json.
 
 A run resumed from any checkpoint ends exactly like an uninterrupted one: the data order depends on
 (seed, epoch) only, Accelerate's checkpoint holds the model, optimizer, scheduler and RNG states,
-and the tracker's training_state.json the rest; the best weights are stored once per output folder.
+the tracker's training_state.json the rest; the best weights are stored once per output folder.
 """
 
 import argparse
@@ -42,18 +36,14 @@ from glm_peft import peft_weights_problems
 
 logger = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------------------------------------
-# Flags (the names of the Hugging Face examples)
-# ---------------------------------------------------------------------------------------------
+# ----- Flags (the names of the Hugging Face examples) ---------------------------------------------
 
 DEFAULT_DATASETS = {"cls": "trec", "gen": "e2e_nlg_cleaned"}
 
 
 def add_data_and_prompt_args(parser, task):
-    """Adds the data and prompt flags of all scripts to `parser` and returns it: --dataset_name
-    (default trec for task "cls", e2e_nlg_cleaned for "gen"), --dataset_config_name, --train_file,
-    --validation_file, --test_file, --validation_split_percentage, --max_{train,eval,test}_samples,
-    --prompt_id, --prompt_name, --list_prompts, --prompts_dir, --skip_empty / --no-skip_empty."""
+    """Adds the data and prompt flags of all scripts to `parser` and returns it; --dataset_name
+    defaults to the task's ("cls": trec, "gen": e2e_nlg_cleaned)."""
     group = parser.add_argument_group("data and prompts")
     group.add_argument("--dataset_name", default=DEFAULT_DATASETS[task],
                        help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, "
@@ -150,10 +140,9 @@ def _settings_problem(checkpoint, saved, settings):
 
 
 def training_args_problems(args):
-    """What is wrong with the flags of `add_training_args` and --peft_weights, as a list of messages
-    that each script joins with its own into one `parser.error`, before any work. Checks that
-    --resume_from_checkpoint names a checkpoint of this run's flags (those still unset are compared
-    again when it loads) and that --peft_weights holds weights this run can evaluate."""
+    """What is wrong with the flags of `add_training_args` and --peft_weights: messages that each script
+    joins with its own into one `parser.error`, before any work. --resume_from_checkpoint must name a
+    checkpoint of this run's flags (those still unset are compared again when it loads)."""
     problems = []
     if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
         problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
@@ -187,20 +176,15 @@ def training_args_problems(args):
     return problems
 
 
-# ---------------------------------------------------------------------------------------------
-# Setup
-# ---------------------------------------------------------------------------------------------
+# ----- Setup --------------------------------------------------------------------------------------
 
 
 def setup_accelerator(args):
-    """The run's Accelerator (gradient accumulation from the flags), with the Hugging Face examples'
-    logging (INFO on the main process, warnings elsewhere; datasets and transformers quieter) and
-    --seed set everywhere (python, numpy, torch).
+    """The run's Accelerator, with the Hugging Face examples' logging and --seed set everywhere.
 
     Raises:
-        RuntimeError: launched as several processes (WORLD_SIZE > 1) that Accelerate runs as independent
-            single ones: on CPUs torchrun needs ACCELERATE_USE_CPU=true, else every process trains alone
-            and all write the same --output_dir.
+        RuntimeError: launched as processes (WORLD_SIZE > 1) that Accelerate runs as independent ones (on
+            CPUs torchrun needs ACCELERATE_USE_CPU=true), which would all write the same --output_dir.
     """
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -212,9 +196,9 @@ def setup_accelerator(args):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logger.info("%s", accelerator.state)
-    verbosity = "warning" if accelerator.is_local_main_process else "error"
-    getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
-    getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
+    quieter = logging.WARNING if accelerator.is_local_main_process else logging.ERROR
+    datasets.utils.logging.set_verbosity(quieter)
+    transformers.utils.logging.set_verbosity(quieter)
     set_seed(args.seed)
     return accelerator
 
@@ -225,11 +209,8 @@ RUN_OUTPUTS = ("results.json", "predictions_*.jsonl", "generations_*.jsonl", "st
 
 
 def prepare_output_dir(output_dir, overwrite_output_dir=False):
-    """Creates output_dir (and parents) and returns it as a Path.
-
-    Raises:
-        FileExistsError: a finished run is there (results.json) and overwrite_output_dir is False.
-    """
+    """Creates output_dir (and parents) and returns it as a Path. Raises FileExistsError when a finished
+    run is there (results.json) and overwrite_output_dir is False."""
     path = Path(output_dir)
     if (path / "results.json").exists() and not overwrite_output_dir:
         raise FileExistsError(f"{path / 'results.json'} exists: a finished run is there. Pass --overwrite_output_dir "
@@ -252,9 +233,7 @@ def clear_previous_run(args, output_dir):
     state.wait_for_everyone()
 
 
-# ---------------------------------------------------------------------------------------------
-# Optimization: optimizer, length of the run, learning-rate schedule, data order
-# ---------------------------------------------------------------------------------------------
+# ----- Optimization: optimizer, length of the run, learning-rate schedule, data order -------------
 
 
 def create_optimizer(model, learning_rate, weight_decay):
@@ -281,12 +260,8 @@ def create_optimizer(model, learning_rate, weight_decay):
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPlan:
-    """How long a run trains and when it evaluates and checkpoints, in optimizer steps.
-
-    An epoch is `batches_per_epoch` batches per process, one optimizer step per
-    `gradient_accumulation_steps` of them (its last step may take fewer): ceil(batches_per_epoch /
-    gradient_accumulation_steps) steps.
-    """
+    """How long a run trains and when it evaluates and checkpoints, in optimizer steps: an epoch is
+    `batches_per_epoch` batches per process, one step per `gradient_accumulation_steps` of them."""
 
     batches_per_epoch: int
     gradient_accumulation_steps: int
@@ -296,9 +271,8 @@ class TrainingPlan:
 
     @classmethod
     def from_args(cls, args, train_batches, num_processes):
-        """The plan of --max_train_steps (else --num_train_epochs), --eval_steps and --checkpointing_steps
-        for `train_batches` batches shared out over `num_processes` (rounded up, as Accelerate's
-        even_batches does)."""
+        """The plan of the flags for `train_batches` batches shared out over `num_processes` (rounded up,
+        as Accelerate's even_batches does); --num_train_epochs counts when --max_train_steps is unset."""
         batches_per_epoch = math.ceil(train_batches / num_processes)
         steps = args.max_train_steps
         if steps is None:
@@ -312,7 +286,6 @@ class TrainingPlan:
 
     @property
     def num_train_epochs(self):
-        """The epochs that max_train_steps reach (the last one possibly cut short)."""
         return math.ceil(self.max_train_steps / self.steps_per_epoch)
 
     def evaluates_at(self, step):
@@ -346,15 +319,13 @@ def create_lr_scheduler(args, optimizer, max_train_steps, num_processes):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """The order of the training examples in each epoch, for `DataLoader(sampler=...)`.
-
-    The order depends only on (seed, epoch), never on a random state, so a run resumed in the middle
-    of an epoch replays exactly the batches of an uninterrupted one (Accelerate's prepared DataLoader
-    passes `set_epoch` on; call it before iterating, also on a `skip_first_batches` copy). With `lengths`
-    (--group_by_length): transformers' `get_length_grouped_indices` (megabatches of shuffled examples,
-    each sorted longest first, the longest example in the first batch) drawn from a torch generator
-    seeded with seed + epoch; without: a shuffle by random.Random(seed + epoch).
-    """
+    """The order of the training examples in each epoch, for `DataLoader(sampler=...)`. It depends on
+    (seed, epoch) only, so a run resumed mid-epoch replays exactly the batches of an uninterrupted one
+    (a prepared DataLoader passes `set_epoch` on, also a `skip_first_batches` copy). With `lengths`
+    (--group_by_length): transformers' `get_length_grouped_indices` (shuffled megabatches, each sorted
+    longest first) drawn with a torch generator seeded seed + epoch; without: random.Random(seed + epoch)
+    shuffles. (Accelerate's seedable sampler draws another permutation: the same seed would give other
+    results than before.)"""
 
     def __init__(self, num_examples, seed, lengths=None, batch_size=1):
         self.num_examples, self.seed, self.lengths, self.batch_size = num_examples, seed, lengths, batch_size
@@ -384,32 +355,26 @@ def padding_fraction(lengths, batches):
     return 0.0 if slots == 0 else (slots - tokens) / slots
 
 
-# ---------------------------------------------------------------------------------------------
-# Bookkeeping: losses, evaluations, best weights, checkpoints
-# ---------------------------------------------------------------------------------------------
+# ----- Bookkeeping: losses, evaluations, best weights, checkpoints --------------------------------
 
 
 class TrainingTracker:
     """What a run must remember across an interruption, and the best evaluation's weights.
 
-    In the loop: `add_batch` adds each batch's loss (kept on its device), `end_step` closes an
-    optimizer step (one all-reduce and .item(); it stops a non-finite loss before its update),
-    `completed_steps` and `train_time_s` count, and `record_evaluation` appends each validation to
-    `history` (results.json "epochs": {"epoch", "step", "train_loss", "validation"}) and, when `metric`
-    improved (strictly: a tie keeps the earlier evaluation), keeps a CPU copy of the trainable
-    parameters, which `restore_best` puts back so that test scores the best evaluation, not the last.
-
-    `save(checkpoint)` writes training_state.json into a checkpoint folder and the best weights ONCE
-    into the folder above it (best_weights.safetensors, tagged with the step of their evaluation,
-    rewritten when a better one came); `load` reads both back. No pickle is read.
+    The loop calls `add_batch` with each batch's loss, `end_step` at each optimizer step, counts
+    `completed_steps` and `train_time_s`, and calls `record_evaluation` after each validation: the
+    `history` (results.json "epochs") grows and, when `metric` improved (strictly: a tie keeps the earlier
+    evaluation), a CPU copy of the trainable parameters is kept for `restore_best`. `save` writes
+    training_state.json into a checkpoint and the best weights ONCE beside the checkpoints
+    (best_weights.safetensors, tagged with their step); `load` reads both. No pickle is read.
     """
 
     STATE_NAME = "training_state.json"
     BEST_WEIGHTS_NAME = "best_weights.safetensors"
 
     def __init__(self, metric, settings=None):
-        """metric: the validation metric that picks the best evaluation (greater is better). settings:
-        the flags the run depends on (`resume_settings`); `load` refuses a checkpoint of other ones."""
+        """metric: the validation metric that picks the best evaluation (greater is better); settings:
+        `resume_settings`, which `load` compares with the checkpoint's."""
         self.metric, self.settings = metric, dict(settings or {})
         self.completed_steps, self.history, self.best_index = 0, [], None
         self.loss_sum, self.loss_count, self.train_time_s, self.train_examples = 0.0, 0, 0.0, 0
@@ -417,20 +382,17 @@ class TrainingTracker:
         self._step_loss, self._step_batches = None, 0
 
     def add_batch(self, loss, examples):
-        """Adds one batch's 0-d mean loss tensor (summed on its device: no synchronisation) and its
-        number of examples on all processes."""
+        """Adds a batch's 0-d loss tensor (summed on its device: no synchronisation) and its number of
+        examples on all processes."""
         loss = loss.detach()
         self._step_loss = loss if self._step_loss is None else self._step_loss + loss
         self._step_batches += 1
         self.train_examples += examples
 
     def end_step(self, accelerator):
-        """Closes the optimizer step at its last batch, before the update: averages the step's loss over
-        processes (one all-reduce and one .item() per step) and returns its mean over the step's batches.
-
-        Raises:
-            FloatingPointError: the loss is not finite (the last checkpoint stays good); says what to try.
-        """
+        """At the last batch of an optimizer step, before the update: one all-reduce and .item() of the
+        step's loss; returns its mean over the step's batches. Raises FloatingPointError (saying what to
+        try) for a non-finite loss, so that the weights and the last checkpoint stay good."""
         total = accelerator.reduce(self._step_loss, "mean").item()  # the same on every process
         if not math.isfinite(total):
             raise FloatingPointError(f"Non-finite loss ({total}) at step {self.completed_steps + 1}. Try bf16 instead "
@@ -447,11 +409,8 @@ class TrainingTracker:
         return None if self.best_index is None else self.history[self.best_index]
 
     def record_evaluation(self, epoch, metrics, model):
-        """Appends (and logs) an evaluation at `completed_steps`; returns True when it is the new best.
-
-        Raises:
-            KeyError: `metrics` lacks the tracked metric (names the ones it has).
-        """
+        """Appends (and logs) an evaluation at `completed_steps`; True when it is the new best. Raises
+        KeyError when `metrics` lacks the tracked metric."""
         if self.metric not in metrics:
             raise KeyError(f"Metric {self.metric!r} is not among the validation metrics {sorted(metrics)}.")
         train_loss = self.loss_sum / self.loss_count if self.loss_count else None
@@ -470,11 +429,7 @@ class TrainingTracker:
 
     def restore_best(self, model):
         """Copies the best evaluation's weights back into `model`; returns that evaluation's metrics.
-
-        Raises:
-            RuntimeError: they are not at hand: the run resumed from a checkpoint whose best weights were
-                replaced by a later evaluation (see `load`) that this run did not reproduce.
-        """
+        Raises RuntimeError when they are not at hand (see `load`)."""
         best = self.best
         if self.best_weights is None:
             raise RuntimeError(f"The weights of the best evaluation (step {best['step']}) were replaced, after the "
@@ -491,13 +446,13 @@ class TrainingTracker:
 
     def state_dict(self):
         """The JSON part of the state (everything but the best weights)."""
-        keys = ("metric", "settings", "completed_steps", "history", "best_index", "loss_sum", "loss_count",
-                "train_time_s", "train_examples")
+        keys = ("settings", "completed_steps", "history", "best_index", "loss_sum", "loss_count", "train_time_s",
+                "train_examples")
         return {key: getattr(self, key) for key in keys}
 
     def save(self, checkpoint):
-        """Writes the best weights into checkpoint's parent when they changed since last written there,
-        then (atomically, last: a folder with it is complete) training_state.json into `checkpoint`."""
+        """Writes the best weights beside `checkpoint` when they changed, then (atomically, last: a folder
+        with it is complete) training_state.json into it."""
         checkpoint = Path(checkpoint)
         best_step = self.best["step"] if self.best else None
         if self.best_weights is not None and best_step != self._written_best_step:
@@ -514,16 +469,12 @@ class TrainingTracker:
         return json.loads((Path(checkpoint) / cls.STATE_NAME).read_text(encoding="utf-8"))
 
     def load(self, checkpoint, max_train_steps):
-        """Reads what `save` wrote for `checkpoint`.
-
-        When the best weights file beside it holds a later evaluation than the checkpoint's best (the run
-        went on after this checkpoint), the run resumed here evaluates that step again and keeps its
-        weights, as the first run did.
+        """Reads what `save` wrote for `checkpoint`. When the best weights beside it are of a later
+        evaluation (the run went on), this run makes that evaluation again and keeps its weights.
 
         Raises:
-            ValueError: the checkpoint was written with other `settings` (each difference named), or is
-                past max_train_steps.
-            FileNotFoundError: the best weights file is missing or holds an earlier evaluation.
+            ValueError: the checkpoint has other `settings` (each difference named) or is past max_train_steps.
+            FileNotFoundError: the best weights are missing or of an evaluation this run cannot redo.
         """
         checkpoint = Path(checkpoint)
         state = self.read_state(checkpoint)
@@ -547,7 +498,8 @@ class TrainingTracker:
             self.best_weights = load_file(str(path))
         elif not self.completed_steps < saved_step <= max_train_steps:
             raise FileNotFoundError(f"{path} holds the weights of step {saved_step}, not those of the best evaluation "
-                                    f"of {checkpoint} (step {best_step}): resume from another checkpoint or start over.")
+                                    f"of {checkpoint} (step {best_step}): resume another checkpoint or start over.")
+
 
 def find_checkpoint(resume_from_checkpoint, output_dir):
     """The checkpoint folder (a pathlib.Path) that --resume_from_checkpoint names: a path or a folder
@@ -566,13 +518,8 @@ def find_checkpoint(resume_from_checkpoint, output_dir):
             raise FileNotFoundError(f"--resume_from_checkpoint {path}: no {state_name} there. Pass a step_N or "
                                     "epoch_N folder of a run's --output_dir, or 'latest'.")
         return path
-    candidates = []
-    for state_file in Path(output_dir).glob(f"*/{state_name}"):
-        try:
-            steps = json.loads(state_file.read_text(encoding="utf-8"))["completed_steps"]
-        except (OSError, ValueError, KeyError):
-            continue  # a checkpoint cut short while being written
-        candidates.append((steps, state_file.stat().st_mtime, state_file.parent))
+    candidates = [(TrainingTracker.read_state(state.parent)["completed_steps"], state.stat().st_mtime, state.parent)
+                  for state in Path(output_dir).glob(f"*/{state_name}")]  # written last, atomically: complete
     if not candidates:
         raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}. Checkpoints are "
                                 "written with --checkpointing_steps N or --checkpointing_steps epoch.")
@@ -580,25 +527,22 @@ def find_checkpoint(resume_from_checkpoint, output_dir):
 
 
 def save_checkpoint(accelerator, tracker, checkpoint):
-    """Accelerate's state (model, optimizer, scheduler, RNG) into the folder `checkpoint`, then the
-    tracker's (main process)."""
+    """Accelerate's state (model, optimizer, scheduler, RNG) into the folder `checkpoint`, then the tracker's."""
     accelerator.save_state(str(checkpoint))
     if accelerator.is_main_process:
         tracker.save(checkpoint)
 
 
 def load_checkpoint(accelerator, tracker, resume_from_checkpoint, output_dir, max_train_steps):
-    """Resumes from --resume_from_checkpoint (see `find_checkpoint`): the tracker first (it refuses a
-    checkpoint of other settings, see `TrainingTracker.load`), then Accelerate's state."""
+    """Resumes from --resume_from_checkpoint: the tracker first (it refuses a checkpoint of other
+    settings), then Accelerate's state."""
     checkpoint = find_checkpoint(resume_from_checkpoint, output_dir)
     tracker.load(checkpoint, max_train_steps)
     accelerator.load_state(str(checkpoint))
     logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
 
 
-# ---------------------------------------------------------------------------------------------
-# Results files
-# ---------------------------------------------------------------------------------------------
+# ----- Results files ------------------------------------------------------------------------------
 
 
 def _write_atomic(path, text):
@@ -617,8 +561,7 @@ def _write_atomic(path, text):
 
 
 def write_json_atomic(path, obj):
-    """Writes obj as indented JSON to path atomically (the parent must exist). Raises TypeError for
-    objects json cannot encode (path is then left untouched)."""
+    """Writes obj as indented JSON to path atomically (TypeError for what json cannot encode: path untouched)."""
     _write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -655,28 +598,13 @@ def _git(*arguments):
 
 def safe_name(name):
     """A prompt or dataset name made safe as one path component: characters outside [A-Za-z0-9._-] and
-    runs of two or more dots become "_", runs of "_" collapse, "._-" are stripped from both ends
-    ("CogComp/trec" -> "CogComp_trec", "../../etc" -> "etc").
-
-    Raises:
-        ValueError: nothing usable is left (e.g. "/..").
-    """
+    runs of dots become "_", runs of "_" collapse, "._-" are stripped from both ends ("CogComp/trec" ->
+    "CogComp_trec", "../../etc" -> "etc"). Raises ValueError when nothing is left (e.g. "/..")."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]|\.{2,}", "_", str(name))
     cleaned = re.sub(r"_+", "_", cleaned).strip("._-")
     if not cleaned:
         raise ValueError(f"Name {name!r} has no characters usable in a file name.")
     return cleaned
-
-
-def _jsonable(value):
-    """argparse values as JSON: paths and other objects become strings."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    return str(value)
 
 
 def peak_memory_mb():
@@ -703,7 +631,7 @@ def results_record(args, task, method, *, script, prompt_id, prompt_name, total_
         best evaluation's metrics; test: {metric: float} | None; baselines: {"majority_class": {...}}
         (cls) or {"most_frequent_reference": {...}} (gen); train_time_s; train_examples_per_s;
         peak_memory_mb: float | None; trainable_params; total_params; trainable_share; args: every flag
-        (JSON-safe; max_train_steps and num_train_epochs as `plan` ran them); env: environment_info();
+        (max_train_steps and num_train_epochs as `plan` ran them); env: environment_info();
         best_step: int | None.
 
     Args:
@@ -712,35 +640,18 @@ def results_record(args, task, method, *, script, prompt_id, prompt_name, total_
     arguments = dict(vars(args))
     if plan is not None:
         arguments.update(max_train_steps=plan.max_train_steps, num_train_epochs=plan.num_train_epochs)
-    dataset = arguments.get("dataset_name") or {split: str(arguments[f"{split}_file"]) for split in ("train", "validation", "test")
-                                    if arguments.get(f"{split}_file")}
+    files = {split: arguments.get(f"{split}_file") for split in ("train", "validation", "test")}
+    dataset = arguments.get("dataset_name") or {split: str(path) for split, path in files.items() if path}
     best = tracker.best
-    return {
-        "script": script,
-        "task": task,
-        "method": method,
-        "peft": arguments.get("peft"),
-        "model_name_or_path": arguments.get("model_name_or_path"),
-        "dataset": dataset,
-        "prompt_id": prompt_id,
-        "prompt_name": prompt_name,
-        "learning_rate": arguments.get("learning_rate"),
-        "per_device_train_batch_size": arguments.get("per_device_train_batch_size"),
-        "total_train_batch_size": total_train_batch_size,
-        "seed": arguments.get("seed"),
-        "metric_for_best_model": arguments.get("metric_for_best_model"),
-        "epochs": tracker.history,
-        "best_epoch": best["epoch"] if best else None,
-        "validation": validation,
-        "test": test,
-        "baselines": baselines,
-        "train_time_s": tracker.train_time_s,
-        "train_examples_per_s": tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
-        "peak_memory_mb": peak_memory_mb(),
-        "trainable_params": trainable_params,
-        "total_params": total_params,
-        "trainable_share": trainable_params / total_params,
-        "args": _jsonable(arguments),
-        "env": environment_info(),
-        "best_step": best["step"] if best else None,
-    }
+    return {"script": script, "task": task, "method": method, "peft": arguments.get("peft"),
+            "model_name_or_path": arguments.get("model_name_or_path"), "dataset": dataset, "prompt_id": prompt_id,
+            "prompt_name": prompt_name, "learning_rate": arguments.get("learning_rate"),
+            "per_device_train_batch_size": arguments.get("per_device_train_batch_size"),
+            "total_train_batch_size": total_train_batch_size, "seed": arguments.get("seed"),
+            "metric_for_best_model": arguments.get("metric_for_best_model"), "epochs": tracker.history,
+            "best_epoch": best["epoch"] if best else None, "validation": validation, "test": test,
+            "baselines": baselines, "train_time_s": tracker.train_time_s,
+            "train_examples_per_s": tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
+            "peak_memory_mb": peak_memory_mb(), "trainable_params": trainable_params, "total_params": total_params,
+            "trainable_share": trainable_params / total_params, "args": arguments, "env": environment_info(),
+            "best_step": best["step"] if best else None}

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from modeling_glm import GLMConfig, GLMForConditionalGeneration  # noqa: E402
 from glm_utils import build_generation_inputs, build_multiple_choice_inputs, generate, score_choices  # noqa: E402
-from training import length_grouped_indices, padding_fraction  # noqa: E402
+from training import EpochSampler, padding_fraction  # noqa: E402
 
 # Model shapes. `small` fits a 2-core CPU; `large` is glm-roberta-large itself.
 SIZES = {
@@ -424,7 +424,7 @@ def bench_data_side(bench):
     """A/B = examples/s of a GLM forward+backward over random batches / over length-grouped batches.
 
     Batches of 16 from the real TREC and E2E training lengths, arranged by a random shuffle or by
-    `training.length_grouped_indices`; the padding fraction (`training.padding_fraction`) is
+    `training.EpochSampler` with --group_by_length; the padding fraction (`training.padding_fraction`) is
     that of the whole training set. The timing runs both arrangements over the SAME
     `data_examples` randomly chosen examples (so only the padding differs): random ids padded to
     each batch's longest sequence, a key-padding mask, logits at 15% of the real tokens.
@@ -453,12 +453,8 @@ def bench_data_side(bench):
 
 
 def arrange(side, lengths, batch_size, seed):
-    """Batches of indices into `lengths`: a random shuffle, or `length_grouped_indices` cut into batches."""
-    if side == "grouped":
-        order = list(length_grouped_indices(lengths, batch_size, seed))
-    else:
-        order = list(range(len(lengths)))
-        random.Random(seed).shuffle(order)
+    """Batches of indices into `lengths`: a random shuffle, or the length-grouped order of training cut into batches."""
+    order = list(EpochSampler(len(lengths), seed, lengths if side == "grouped" else None, batch_size))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 

@@ -132,7 +132,7 @@ def test_two_cpu_processes_give_the_metrics_and_predictions_of_one(trec, tmp_pat
             "--validation_file", trec["test37"], "--test_file", trec["test37"], "--no-do_train",
             "--per_device_eval_batch_size", 4, "--seed", 0]  # fmt: skip
     one = run([*args, "--output_dir", tmp_path / "one"])
-    # Accelerate sets up distributed CPU runs only when told to use the CPU (see check_launch).
+    # Accelerate sets up distributed CPU runs only when told to use the CPU (see training.setup_accelerator).
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "run_cls.py"), *map(str, args), "--output_dir", str(tmp_path / "two")]  # fmt: skip
