@@ -1,5 +1,6 @@
 """Specification of report.py: synthetic results.json files with known numbers in, tables out."""
 
+import argparse
 import json
 import math
 import re
@@ -25,7 +26,7 @@ from analysis import (
     trivial_baselines,
 )
 from glm_examples import sweep_command
-from training import results_record, write_json_atomic
+from training import TrainingTracker, results_record, write_json_atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -36,17 +37,19 @@ def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_i
     metric = metric or ("accuracy" if task == "cls" else "bleu")
     args = {"dataset_name": "trec" if task == "cls" else "e2e_nlg_cleaned", "model_name_or_path": model,
             "learning_rate": lr, "per_device_train_batch_size": bs, "seed": seed, "prompt_id": prompt_id,
-            "metric_for_best_model": metric, "peft": peft or "none", "train_file": None}
+            "metric_for_best_model": metric, "peft": peft, "train_file": None}
     if epochs is None:
         epochs = [{"epoch": 0, "step": 10, "train_loss": 1.0, "validation": {metric: val}}]
     baselines = {"majority_class": {"accuracy": 0.2, "macro_f1": 0.1}} if task == "cls" else \
         {"most_frequent_reference": {"bleu": 3.0, "rougeL": 10.0}}
+    tracker = TrainingTracker(metric)
+    tracker.history, tracker.best_index = epochs, 0 if epochs else None
+    tracker.train_time_s = tracker.train_examples = train_time_s  # 1 example per second
     return results_record(
-        args, task, method, script="run_cls.py" if task == "cls" else "run_gen.py", prompt_id=prompt_id,
-        prompt_name=None if prompt_id is None else f"prompt{prompt_id}", total_train_batch_size=bs, epochs=epochs,
-        best_epoch=0, validation={metric: val}, test={metric: test}, baselines=baselines,
-        train_time_s=train_time_s, train_examples_per_s=1.0, peak_memory_mb=None, trainable_params=trainable,
-        total_params=total, peft=peft, metric_for_best_model=metric)
+        argparse.Namespace(**args), task, method, script="run_cls.py" if task == "cls" else "run_gen.py",
+        prompt_id=prompt_id, prompt_name=None if prompt_id is None else f"prompt{prompt_id}",
+        total_train_batch_size=bs, tracker=tracker, plan=None, validation={metric: val}, test={metric: test},
+        baselines=baselines, trainable_params=trainable, total_params=total)
 
 
 def write_runs(root, records):
