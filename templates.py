@@ -3,7 +3,9 @@
 `load_templates` lists the usable templates of a dataset, `select_template` picks one by id or
 name, and `build_prompted_examples` turns dataset rows into prompted examples: a cloze context
 with GLM's `[MASK]` where the answer goes, the answer choices (verbalizers) and the gold label
-(classification), or a source and its target (generation).
+(classification), or a source and its target (generation). It checks every row first and
+reports every unusable one by its place in the user's file; a split whose labels are all
+hidden (-1 or empty, as benchmarks publish test sets) gives examples without labels.
 """
 
 import functools
@@ -18,10 +20,11 @@ from typing import Optional
 
 import jinja2
 import jinja2.meta
+import jinja2.nodes
 import jinja2.sandbox
 import yaml
 
-from data import HUB_DATASETS, OTHER_TASK_LABEL_COLUMNS
+from data import HUB_DATASETS, ORIGIN_COLUMN, OTHER_TASK_LABEL_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -296,21 +299,81 @@ def check_template_fields(template, column_names):
     """Check before training that the dataset has every field the template reads.
 
     Raises:
-        ValueError: names the missing field(s) and the available columns.
+        ValueError: names the missing field(s) and the available columns; when only answer
+            fields are missing (a test file without labels), says how to mark hidden labels.
     """
     missing = sorted(template_fields(template) - set(column_names))
     if missing:
+        columns = sorted(set(column_names) - {ORIGIN_COLUMN})
+        unlabelled = (
+            " A file whose labels are hidden still needs the column, with every cell empty (or -1 for "
+            "integer labels)."
+            if set(missing) <= answer_fields(template) else ""
+        )
         raise ValueError(
             f"Template {template.name!r} ({template.source}) reads field(s) {missing} that the "
-            f"dataset lacks; available columns: {sorted(column_names)}. Choose another prompt "
-            "(--list_prompts), or rename the columns of your files to match."
+            f"dataset lacks; available columns: {columns}. Choose another prompt "
+            f"(--list_prompts), or rename the columns of your files to match.{unlabelled}"
         )
+
+
+def answer_fields(template):
+    """The fields the answer (the part after "|||") reads, e.g. {"label_coarse"} for
+    "{{text}} ||| {{answer_choices[label_coarse]}}": the fields read after the first "|||"
+    of the template's text, in the order jinja parses it.
+
+    Returns:
+        set[str], a subset of template_fields(template).
+    """
+    known = template_fields(template)  # raises first on a syntax error, naming the template
+    after_separator, fields = False, set()
+    for node in _ENV.parse(template.jinja).find_all((jinja2.nodes.TemplateData, jinja2.nodes.Name)):
+        if isinstance(node, jinja2.nodes.TemplateData):
+            after_separator = after_separator or _SEPARATOR in node.data
+        elif after_separator:
+            fields.add(node.name)
+    return fields & known
+
+
+class LabelError(ValueError):
+    """A template indexed its answer choices with a value that is not one of their indices."""
+
+    def __init__(self, index, count):
+        if isinstance(index, int) and not isinstance(index, bool):
+            self.why = f"is outside the {count} answer choices (0 to {count - 1})"
+        else:
+            self.why = f"is not a whole number, so it picks none of the {count} answer choices"
+        self.index = index
+        super().__init__(f"answer_choices[{index!r}]: {index!r} {self.why}")
+
+
+class _AnswerChoices(list):
+    """The answer choices as a template reads them. A label must be a whole number in
+    0..len-1: Python's list would read -1 (the mark of a hidden label) as the last choice,
+    and jinja would turn a text label into an undefined value. Slices work as for a list."""
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return super().__getitem__(index)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self):
+            raise LabelError(index, len(self))
+        return super().__getitem__(index)
+
+
+class _HiddenAnswer(list):
+    """The answer choices of a row whose label is hidden: any index gives "" (the answer is
+    not rendered; only the prompt is used)."""
+
+    def __getitem__(self, index):
+        return super().__getitem__(index) if isinstance(index, slice) else ""
 
 
 def _render(source, template_name, context):
     compiled = _compile(source, template_name)
     try:
         return compiled.render(**context)
+    except LabelError:
+        raise
     except jinja2.sandbox.SecurityError as err:
         raise ValueError(
             f"Template {template_name!r} was refused by the sandbox ({err}): templates may only "
@@ -319,7 +382,7 @@ def _render(source, template_name, context):
     except (jinja2.TemplateError, TypeError, KeyError, IndexError, ValueError) as err:
         raise ValueError(
             f"Template {template_name!r} failed to render: {err}. Check that the fields have the "
-            "types the template expects (e.g. an integer label that indexes answer_choices)."
+            "types the template expects."
         ) from err
 
 
@@ -333,6 +396,7 @@ def render_example(template, example):
     The answer choices jinja is rendered with the example and split on "|||"; the template
     is rendered with the example plus `answer_choices` and split on "|||" into input and
     target; every piece is stripped. "|||" inside example values never splits anything.
+    `answer_choices[i]` needs a whole number i in 0..len-1 (never wrapped from the end).
 
     Args:
         template: PromptTemplate. example: dict of field -> value.
@@ -341,10 +405,16 @@ def render_example(template, example):
         answer_choices: list[str] or None). A template that renders to nothing for this
         example (promptsource's conditional templates) gives ("", None, choices).
     Raises:
+        LabelError (a ValueError): answer_choices indexed with a negative, too large or
+            non-integer value.
         ValueError: the sandbox refused the template (e.g. access to `__class__`), a field
             is missing or unusable, the example has a key `answer_choices`, or the output
             has more than one "|||".
     """
+    return _render_example(template, example, _AnswerChoices)
+
+
+def _render_example(template, example, choices_type):
     if "answer_choices" in example:
         raise ValueError("The example has a field named 'answer_choices', which templates reserve; rename it.")
     protected = {
@@ -354,7 +424,8 @@ def render_example(template, example):
     choices = None
     if template.answer_choices is not None:
         choices = _split_parts(_render(template.answer_choices, template.name, protected))
-    parts = _split_parts(_render(template.jinja, template.name, {**protected, "answer_choices": choices}))
+    context = {**protected, "answer_choices": None if choices is None else choices_type(choices)}
+    parts = _split_parts(_render(template.jinja, template.name, context))
     if len(parts) > 2:
         raise ValueError(f"Template {template.name!r} rendered {len(parts) - 1} '|||' separators; it needs one.")
     target = parts[1] if len(parts) == 2 else None
@@ -409,33 +480,55 @@ def _is_empty_field(value):
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _is_hidden_mark(value):
+    """-1: how benchmarks (GLUE, QASC, ...) mark a test label they do not publish."""
+    return isinstance(value, int) and not isinstance(value, bool) and value == -1
+
+
+# How many unusable rows a message lists before it gives the count of the rest.
+_ROWS_LISTED = 10
+
+
 def build_prompted_examples(dataset, template, task, skip_empty=True):
     """Render every row of a dataset into the examples the scripts train and evaluate on.
 
-    Checks first that the dataset has the template's fields (check_template_fields).
-    Per row: rows where the template renders to nothing (promptsource's conditional
-    templates) are always skipped ("not_applicable"). Rows with an empty field (None, NaN
-    or a blank string in a field the template reads: a prompt around an empty question is
-    no example), an empty rendered input or an empty target are skipped and counted when
-    `skip_empty`, with one logged warning; otherwise they raise. For "cls" the target must
-    be one of the rendered answer choices.
+    Checks first that the dataset has the template's fields (check_template_fields), then
+    whether the split's labels are hidden: every value of the answer fields (answer_fields:
+    the label column of a classification prompt, the reference of a generation prompt) is
+    empty (None, NaN, blank) or, for "cls", -1. A hidden split gives examples whose
+    "target" and "label" are None (its answers are never rendered: a -1 label is never
+    read as the last choice), for predictions only.
+
+    Per row, in a split with labels: rows where the template renders to nothing
+    (promptsource's conditional templates) are skipped ("not_applicable"). Rows with an
+    empty field (including an empty label, whether an integer or a word), an empty rendered
+    input or an empty target are skipped and counted when `skip_empty`, with one logged
+    warning listing them; otherwise they are errors. For "cls" an integer label must index
+    the answer choices (0..len-1), and the rendered target must be one of them; a -1 label
+    among labelled rows is an error.
+
+    Every row is checked before anything is raised: the ValueError lists the unusable rows
+    (the first 10, then how many more), each by its place (the row's ORIGIN_COLUMN, e.g.
+    "data/train.csv line 8 (validation split)", else "row i", its 0-based index) and cause
+    in words ("label_coarse 6 is outside the 6 answer choices (0 to 5)").
 
     Args:
         dataset: datasets.Dataset or list of dicts. template: PromptTemplate.
         task: "cls" or "gen". skip_empty: bool.
     Returns:
         (examples, counts). examples: list of dicts with "context" (input with one
-        "[MASK]", see make_cloze_context), "input", "target", "choices" (list[str] for cls,
-        None for gen), "label" (index of target in choices for cls, None for gen),
-        "source_key" (the rendered input; group_references groups by it), "row" (the
-        0-based index of its dataset row, e.g. to read the raw text columns there).
+        "[MASK]", see make_cloze_context), "input", "target" (None when hidden), "choices"
+        (list[str] for cls, None for gen), "label" (index of target in choices for cls;
+        None for gen and hidden labels), "source_key" (the rendered input; group_references
+        groups by it), "row" (the 0-based index of its dataset row, e.g. to read the raw
+        text columns there), "origin" (its place, as in the messages).
         counts: dict with "rows", "kept", "not_applicable", "empty_field", "empty_input",
-        "empty_target".
+        "empty_target" (ints) and "labels_hidden": None, or why the split's labels are
+        hidden, e.g. "every label_coarse is -1".
     Raises:
-        ValueError (row numbers are 0-based dataset indices): a "cls" template without
-        answer choices, a missing column, a template without "|||", an empty field, input
-        or target when not skip_empty, a "cls" target outside the answer
-        choices (names the target and the choices), duplicate or empty answer choices.
+        ValueError: a "cls" template without answer choices, a missing column, a template
+            without "|||", duplicate or empty answer choices, a template that fails to
+            render (first row, with its place), or unusable rows (listed as above).
     """
     _check_task(task)
     if task == "cls" and template.answer_choices is None:
@@ -444,31 +537,57 @@ def build_prompted_examples(dataset, template, task, skip_empty=True):
             "classification; choose a prompt listed by --list_prompts."
         )
     check_template_fields(template, _column_names(dataset))
-    fields = sorted(template_fields(template))
-    examples, skipped_rows = [], []
+    fields, answers = sorted(template_fields(template)), sorted(answer_fields(template))
     counts = dict.fromkeys(("rows", "kept", "not_applicable", "empty_field", "empty_input", "empty_target"), 0)
+    counts["labels_hidden"] = _hidden_labels(dataset, answers, task)
+    # A hidden split's answer fields are empty or -1 by definition: only its other fields count.
+    checked = [field for field in fields if counts["labels_hidden"] is None or field not in answers]
+    examples, skipped, problems = [], [], []
     for row, example in enumerate(dataset):
         counts["rows"] += 1
-        prompted, reason = _prompt_row(template, task, row, example, fields)
+        origin = example.get(ORIGIN_COLUMN) or f"row {row}"
+        try:
+            prompted, kind, cause = _prompt_row(template, task, example, checked, answers, counts["labels_hidden"])
+        except ValueError as err:  # the template itself fails: one row shows it
+            raise ValueError(f"{origin}: {err}") from err
         if prompted is not None:
-            examples.append(prompted)
-            continue
-        counts[reason] += 1
-        if reason == "not_applicable":
-            continue
-        if not skip_empty:
-            raise ValueError(
-                f"Row {row}: {reason.replace('_', ' ')} with template {template.name!r}; fix the "
-                "data, or pass --skip_empty to skip such rows."
-            )
-        skipped_rows.append(row)
+            examples.append({**prompted, "row": row, "origin": origin})
+        elif kind == "not_applicable":
+            counts[kind] += 1
+        elif kind != "label" and skip_empty:
+            counts[kind] += 1
+            skipped.append(f"{origin}: {cause}")
+        else:
+            problems.append(f"{origin}: {cause}")
     counts["kept"] = len(examples)
-    if skipped_rows:
+    if problems:
+        raise ValueError(
+            f"{len(problems)} of {counts['rows']} rows cannot be used with prompt {template.name!r}:\n"
+            f"{_list_rows(problems)}\n{_PROBLEM_ADVICE[task]}"
+            + ("" if skip_empty else " Rows with empty fields can be skipped with --skip_empty.")
+        )
+    if skipped:
         logger.warning(
-            "Template %r: skipped %d row(s) with empty fields or empty rendered text (first rows: %s); counts: %s",
-            template.name, len(skipped_rows), skipped_rows[:10], counts,
+            "Prompt %r: skipped %d row(s) with empty fields or empty rendered text (counts: %s):\n%s",
+            template.name, len(skipped), counts, _list_rows(skipped),
         )  # fmt: skip
     return examples, counts
+
+
+_PROBLEM_ADVICE = {
+    "cls": "Integer labels index the answer choices from 0; word labels must be one of them. Fix these rows "
+    "in the file (a test file whose labels are hidden has -1 or an empty label on every row), or choose "
+    "another prompt (--list_prompts).",
+    "gen": "Fix these rows in the file, or choose another prompt (--list_prompts).",
+}
+
+
+def _list_rows(lines):
+    """The first _ROWS_LISTED lines, indented, then how many more there are."""
+    listed = [f"  {line}" for line in lines[:_ROWS_LISTED]]
+    if len(lines) > _ROWS_LISTED:
+        listed.append(f"  ... and {len(lines) - _ROWS_LISTED} more")
+    return "\n".join(listed)
 
 
 def _column_names(dataset):
@@ -478,55 +597,80 @@ def _column_names(dataset):
     return list(dataset[0]) if len(dataset) else []
 
 
-def _prompt_row(template, task, row, example, fields):
-    """(prompted example, None) for a usable row, else (None, name of the counter it adds to)."""
-    if any(_is_empty_field(example[field]) for field in fields):
-        return None, "empty_field"
+def _column(dataset, field):
+    """The values of one field: a datasets column, or the field of each dict of a list."""
+    return dataset[field] if hasattr(dataset, "column_names") else [row[field] for row in dataset]
+
+
+def _hidden_labels(dataset, answers, task):
+    """None when the split has a label; else why its labels are hidden ("every label is -1")."""
+    if not answers or not len(dataset):
+        return None
+    marks = set()
+    for field in answers:
+        for value in _column(dataset, field):
+            if _is_empty_field(value):
+                marks.add("empty")
+            elif task == "cls" and _is_hidden_mark(value):
+                marks.add("-1")
+            else:
+                return None
+    return f"every {' and '.join(answers)} is {' or '.join(sorted(marks))}"
+
+
+def _prompt_row(template, task, example, checked, answers, hidden):
+    """One row -> (prompted example, None, None) when usable, else (None, kind, cause in
+    words): kind "not_applicable", "empty_field", "empty_input", "empty_target" (skippable)
+    or "label" (an error). Raises ValueError where the template fails, whatever the row."""
+    empty = [field for field in checked if _is_empty_field(example[field])]
+    if empty:
+        return None, "empty_field", f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
+    marked = [field for field in answers if not hidden and task == "cls" and _is_hidden_mark(example[field])]
+    if marked:
+        return None, "label", f"{marked[0]} is -1, the mark of a hidden label, but other rows of this split have labels"
     try:
-        input_text, target, choices = render_example(template, example)
-    except ValueError as err:
-        raise ValueError(f"Row {row}: {err}") from err
+        input_text, target, choices = _render_example(template, example, _HiddenAnswer if hidden else _AnswerChoices)
+    except LabelError as err:
+        named = [field for field in answers if type(example[field]) is type(err.index) and example[field] == err.index]
+        return None, "label", f"{named[0] if named else 'label'} {err.index!r} {err.why}"
     if not input_text and target is None:
-        return None, "not_applicable"
+        return None, "not_applicable", None
     if target is None:
         raise ValueError(
-            f"Template {template.name!r} rendered no '|||' separator for row {row}; a training "
-            "template needs 'input ||| target'."
+            f"Template {template.name!r} rendered no '|||' separator; a training template needs 'input ||| target'."
         )
     if not input_text:
-        return None, "empty_input"
-    if not target:
-        return None, "empty_target"
+        return None, "empty_input", "the prompt renders empty"
+    if not target and not hidden:
+        return None, "empty_target", "the answer renders empty"
     try:
         context = make_cloze_context(input_text)
     except ValueError as err:
-        raise ValueError(f"Row {row}, template {template.name!r}: {err}") from err
-    is_cls = task == "cls"
+        raise ValueError(f"Template {template.name!r}: {err}") from err
+    label = None
+    if task == "cls":
+        _check_choices(template, choices)
+        if not hidden and target not in choices:
+            named = answers[0] if len(answers) == 1 and str(example[answers[0]]) == target else "the answer"
+            return None, "label", f"{named} {target!r} is not one of the answer choices {choices}"
+        label = None if hidden else choices.index(target)
     prompted = {
         "context": context,
         "input": input_text,
-        "target": target,
-        "choices": choices if is_cls else None,
-        "label": _label_index(template, row, target, choices) if is_cls else None,
+        "target": None if hidden else target,
+        "choices": choices if task == "cls" else None,
+        "label": label,
         "source_key": input_text,
-        "row": row,
     }
-    return prompted, None
+    return prompted, None, None
 
 
-def _label_index(template, row, target, choices):
+def _check_choices(template, choices):
     if "" in choices or len(set(choices)) != len(choices):
         raise ValueError(
-            f"Template {template.name!r}, row {row}: answer choices {choices} contain an empty or "
-            "repeated choice, so the label would be ambiguous; fix the template's answer_choices."
+            f"Template {template.name!r}: answer choices {choices} contain an empty or repeated choice, so "
+            "the label would be ambiguous; fix the template's answer_choices."
         )
-    if target not in choices:
-        raise ValueError(
-            f"Row {row}: target {target!r} rendered by template {template.name!r} is not one of its "
-            f"answer choices {choices}. The row's label is outside the template's label set: check "
-            "the label encoding (adapt_columns) or the template."
-        )
-    return choices.index(target)
 
 
 def group_references(examples):
@@ -536,11 +680,14 @@ def group_references(examples):
         examples: dicts with "source_key" and "target" (from build_prompted_examples).
     Returns:
         (sources, references_list): sources is list[str] of distinct source keys in order of
-        first appearance; references_list[i] is list[str], the targets of sources[i] in order.
+        first appearance; references_list[i] is list[str], the targets of sources[i] in order
+        ([] for a split whose references are hidden: targets None).
     """
     grouped = {}
     for example in examples:
-        grouped.setdefault(example["source_key"], []).append(example["target"])
+        references = grouped.setdefault(example["source_key"], [])
+        if example["target"] is not None:
+            references.append(example["target"])
     return list(grouped), list(grouped.values())
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import write
 
 from data import (
+    ORIGIN_COLUMN,
     TREC_COARSE_LABELS,
     TREC_FINE_LABELS,
     TREC_HUB_COARSE_LABELS,
@@ -18,14 +20,13 @@ from data import (
     apply_max_samples,
     load_local_file,
     load_raw_datasets,
+    resolve_dataset_name,
 )
 from templates import (
     load_templates,
     render_example,
     select_template,
 )
-
-from conftest import write
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,14 +50,20 @@ def test_trec_local_files_carve_a_deterministic_disjoint_validation_split():
     assert first["validation"]["text"] != other_seed["validation"]["text"]
     full = load_local_file(SHARED_DATA / "trec/train.csv")
     assert Counter(first["train"]["text"]) + Counter(first["validation"]["text"]) == Counter(full["text"])
-    assert first["train"][0].keys() == {"text", "label_coarse", "label_fine"}
+    assert first["train"][0].keys() == {"text", "label_coarse", "label_fine", ORIGIN_COLUMN}
+    # Each carved row still names its line in train.csv (the file has no quoted line breaks:
+    # data row i is on line i + 2), and the split it ended up in.
+    path = SHARED_DATA / "trec/train.csv"
+    for row in first["validation"].select(range(50)):
+        line = int(row[ORIGIN_COLUMN].removeprefix(f"{path} line ").removesuffix(" (validation split)"))
+        assert full[line - 2]["text"] == row["text"]
 
 
 @needs_shared
 def test_local_trec_csv_is_already_in_the_promptsource_encoding():
     raw = datasets.DatasetDict({"test": load_local_file(SHARED_DATA / "trec/test.csv")})
     assert adapt_columns(raw, "trec") is raw
-    assert raw["test"].column_names == ["text", "label_coarse", "label_fine"]
+    assert raw["test"].column_names == ["text", "label_coarse", "label_fine", ORIGIN_COLUMN]
     # "How far is it from Denver to Aspen ?" NUM, "What country is Modesto , California in ?"
     # LOC, "Who was Galileo ?" HUM: ids 4, 5, 3 in the order DESC, ENTY, ABBR, HUM, NUM, LOC.
     assert raw["test"]["label_coarse"][:3] == [4, 5, 3]
@@ -81,16 +88,44 @@ def test_csv_integer_columns_become_ints_and_empty_cells_stay_strings(tmp_path):
     assert dataset["text"] == ["hi", ""]
 
 
+def test_an_empty_cell_in_an_integer_column_is_a_missing_value_not_text(tmp_path):
+    dataset = load_local_file(write(tmp_path / "ok.csv", "text,label,note\nNA,1,x\nNone,,-3\nnull,-1,\n"))
+    assert dataset["label"] == [1, None, -1]
+    # Words pandas would read as missing stay words; a column with any non-integer stays text.
+    assert dataset["text"] == ["NA", "None", "null"]
+    assert dataset["note"] == ["x", "-3", ""]
+
+
+def test_local_files_are_read_by_datasets_into_its_cache(tmp_path):
+    for name, text in (("a.csv", "x,y\n1,b\n"), ("a.jsonl", '{"x": 1, "y": "b"}\n')):
+        dataset = load_local_file(write(tmp_path / name, text))
+        assert dataset.cache_files  # memory-mapped arrow written by datasets' csv / json builder
+        assert (dataset["x"], dataset["y"]) == ([1], ["b"])
+
+
+def test_each_csv_row_keeps_the_line_it_starts_on(tmp_path):
+    path = write(tmp_path / "rows.csv", 'text,label\n"two\nlines",0\n\nlast\u2028word,1\n')
+    dataset = load_local_file(path)
+    assert dataset["text"] == ["two\nlines", "last\u2028word"]  # U+2028 ends no csv line
+    assert dataset[ORIGIN_COLUMN] == [f"{path} line 2", f"{path} line 5"]
+
+
+def test_each_json_record_keeps_its_line_or_item(tmp_path):
+    lines = write(tmp_path / "rows.jsonl", '{"a": 1,\n "b": "x"}\n\n{"a": 2, "b": "y"}\n')
+    items = write(tmp_path / "rows.json", '[{"a": 1}, {"a": 2}]')
+    assert load_local_file(lines)[ORIGIN_COLUMN] == [f"{lines} line 1", f"{lines} line 4"]
+    assert load_local_file(items)[ORIGIN_COLUMN] == [f"{items} item 1", f"{items} item 2"]
+
+
 def test_malformed_jsonl_names_the_line(tmp_path):
     path = write(tmp_path / "bad.jsonl", '{"text": "a", "label": 0}\n\n{"text": "b", "label": }\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl, line 3"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 3 column 24: Expecting value"):
         load_local_file(path)
 
 
-def test_json_records_need_the_same_keys(tmp_path):
-    path = write(tmp_path / "rows.json", '[{"text": "a", "label": 0}, {"text": "b"}]')
-    with pytest.raises(ValueError, match=r"item 2: keys \['text'\] differ"):
-        load_local_file(path)
+def test_a_json_record_without_a_key_has_none_there(tmp_path):
+    dataset = load_local_file(write(tmp_path / "rows.json", '[{"text": "a", "label": 0}, {"text": "b"}]'))
+    assert dataset["label"] == [0, None]
 
 
 def test_a_json_field_mixing_text_and_other_kinds_names_the_field_and_line(tmp_path):
@@ -99,14 +134,55 @@ def test_a_json_field_mixing_text_and_other_kinds_names_the_field_and_line(tmp_p
         load_local_file(path)
 
 
+def test_a_json_record_that_is_no_object_is_refused_with_its_line(tmp_path):
+    with pytest.raises(ValueError, match=r"rows\.jsonl, line 2: expected a JSON object \(one per record\), got list"):
+        load_local_file(write(tmp_path / "rows.jsonl", '{"a": 1}\n[1, 2]\n'))
+
+
 def test_json_file_with_one_object_per_line_is_read(tmp_path):
     dataset = load_local_file(write(tmp_path / "rows.json", '{"a": 1}\n{"a": 2}\n'))
     assert dataset["a"] == [1, 2]
 
 
+def test_a_csv_header_needs_distinct_names(tmp_path):
+    for header in ("a,a", "a,b,"):
+        with pytest.raises(ValueError, match=r"header \[.*\] must give every column its own non-empty name"):
+            load_local_file(write(tmp_path / "h.csv", f"{header}\n" + ",".join("1" * len(header.split(","))) + "\n"))
+
+
+def test_a_file_name_is_not_a_pattern(tmp_path):
+    write(tmp_path / "train_old.csv", "a\n1\n")
+    assert load_local_file(write(tmp_path / "train*.csv", "a\n2\n"))["a"] == [2]
+    assert load_local_file(write(tmp_path / "odd[1].csv", "a\n3\n"))["a"] == [3]
+
+
+def test_a_file_without_records_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"head\.csv holds no records"):
+        load_local_file(write(tmp_path / "head.csv", "text,label\n"))
+
+
 def test_unknown_extension_lists_the_supported_ones(tmp_path):
     with pytest.raises(ValueError, match=r"'\.tsv'.*\.csv, \.json, \.jsonl"):
         load_local_file(write(tmp_path / "data.tsv", "a\tb\n"))
+
+
+def test_every_split_names_the_file_line_and_split_of_its_rows(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\n" + "".join(f"q{i},0\n" for i in range(2, 22)))
+    raw = load_raw_datasets("mine", train_file=train, test_file=write(tmp_path / "test.csv", "text,label\nt,1\n"))
+    assert raw["test"][ORIGIN_COLUMN] == [f"{tmp_path / 'test.csv'} line 2 (test split)"]
+    # 10% of 20 rows carved at random: row "q<n>" is on line n wherever it ends up.
+    for split in ("train", "validation"):
+        assert [origin for origin in raw[split][ORIGIN_COLUMN]] == [
+            f"{train} line {text[1:]} ({split} split)" for text in raw[split]["text"]
+        ]
+
+
+def test_the_default_dataset_applies_only_without_local_files():
+    assert resolve_dataset_name(None, "cls") == "trec"
+    assert resolve_dataset_name(None, "gen") == "e2e_nlg_cleaned"
+    assert resolve_dataset_name("reviews", "cls", train_file="mine.csv") == "reviews"
+    with pytest.raises(ValueError, match=r"Local data files need --dataset_name NAME.*prompts/NAME\.yaml"):
+        resolve_dataset_name(None, "cls", train_file="mine.csv")
 
 
 def test_no_source_at_all_is_refused():
@@ -134,7 +210,8 @@ def test_fine_foods_offline_dataset():
     raw = load_raw_datasets("fine_foods")
     assert {split: len(ds) for split, ds in raw.items()} == {"train": 3600, "validation": 400, "test": 1000}
     assert raw["test"].features["label"].names == ["great", "other"]
-    assert raw["test"].column_names == ["review", "label"]
+    assert raw["test"].column_names == ["review", "label", ORIGIN_COLUMN]
+    assert raw["test"][ORIGIN_COLUMN][:2] == ["fine_foods test[0] (test split)", "fine_foods test[1] (test split)"]
     # 658 of the 1000 test reviews gave 5 stars ("great" = label 0).
     assert raw["test"]["label"].count(0) == 658
     assert not any("<br" in review for review in raw["train"]["review"])

@@ -12,7 +12,6 @@ from metrics import (
     most_frequent_reference_baseline,
 )
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -68,3 +67,17 @@ def test_most_frequent_reference_baseline():
     result = most_frequent_reference_baseline(["x y z w", "a b c d", "a b c d"], [["a b c d"], ["a b c d", "q"]])
     assert result["bleu"] == pytest.approx(100.0)
     assert result["gen_len"] == 4.0
+
+
+def test_hidden_labels_are_never_scored_as_a_class():
+    # scikit-learn would score -1 as a seventh class: accuracy 0.5 here, against no real label.
+    for labels in ([-1, 2], [None, 2], [6, 2]):
+        with pytest.raises(ValueError, match=r"not class ids \(0\.\.5\): a split whose labels are hidden"):
+            classification_metrics([5, 2], labels, num_classes=6)
+    with pytest.raises(ValueError, match=r"Labels -1 are not class ids \(0 or more\)"):
+        majority_class_baseline([1, 1], [-1, 1], num_classes=None)
+
+
+def test_a_source_without_references_is_refused():
+    with pytest.raises(ValueError, match="Every source needs at least one reference: a split whose references are hidden"):
+        generation_metrics(["x"], [[]])

@@ -275,7 +275,7 @@ def test_a_template_field_missing_from_the_data_is_named(tmp_path):
 def test_a_label_outside_the_answer_choices_is_refused_with_its_row(tmp_path):
     rows = [{"text": "Who?", "label_coarse": 3, "label_fine": 4}, {"text": "What?", "label_coarse": 9, "label_fine": 4}]
     bad = write_csv(tmp_path / "bad.csv", rows)
-    with pytest.raises(ValueError, match=r"Row 1: Template 'pick_the_best_descriptor' failed to render: list object has no element 9"):
+    with pytest.raises(ValueError, match=r"bad\.csv line 3 \(train split\): label_coarse 9 is outside the 6 answer choices \(0 to 5\)"):
         run(tiny(tmp_path / "o", bad, bad, bad))
 
 
@@ -291,14 +291,14 @@ def review_prompts(tmp_path, name, jinja):
 def test_a_target_outside_a_local_templates_choices_is_refused(tmp_path):
     prompts = review_prompts(tmp_path, "good_or_bad", "{{ review }} All in all, it was [MASK]. ||| {{ verdict }}")
     data = write_csv(tmp_path / "reviews.csv", [{"review": "Tasty.", "verdict": "good"}, {"review": "Meh.", "verdict": "so-so"}])
-    with pytest.raises(ValueError, match=r"Row 1: target 'so-so' rendered by template 'good_or_bad' is not one of its answer choices \['good', 'bad'\]"):
+    with pytest.raises(ValueError, match=r"reviews\.csv line 3 \(train split\): verdict 'so-so' is not one of the answer choices \['good', 'bad'\]"):
         run(tiny(tmp_path / "o", data, data, data, "--dataset_name", "reviews", "--prompts_dir", prompts))
 
 
 def test_a_local_template_with_two_masks_is_refused(tmp_path):
     prompts = review_prompts(tmp_path, "two_blanks", "{{ review }} It was [MASK], really [MASK]. ||| {{ verdict }}")
     data = write_csv(tmp_path / "reviews.csv", [{"review": "Tasty.", "verdict": "good"}])
-    with pytest.raises(ValueError, match=r"Row 0, template 'two_blanks': The prompt has 2 \[MASK\] tokens; a cloze prompt needs at most one"):
+    with pytest.raises(ValueError, match=r"reviews\.csv line 2 \(train split\): Template 'two_blanks': The prompt has 2 \[MASK\] tokens; a cloze prompt needs at most one"):
         run(tiny(tmp_path / "o", data, data, data, "--dataset_name", "reviews", "--prompts_dir", prompts))
 
 
@@ -310,7 +310,7 @@ def test_rows_with_empty_text_are_skipped_and_counted_or_refused(trec, tmp_path)
     record = run(tiny(tmp_path / "skip", trec["train40"], data, data, "--no-do_train"))
     assert record["data"]["test"]["empty_field"] == 1 and record["data"]["test"]["kept"] == 5
     assert len(read_jsonl(tmp_path / "skip" / "predictions_test.jsonl")) == 5
-    with pytest.raises(ValueError, match="Row 1: empty field with template 'pick_the_best_descriptor'"):
+    with pytest.raises(ValueError, match=r"prompt 'pick_the_best_descriptor':\n  .*blank\.csv line 3 \(validation split\): text is empty\n"):
         run(tiny(tmp_path / "strict", trec["train40"], data, data, "--no-do_train", "--no-skip_empty"))
 
 

@@ -104,7 +104,7 @@ def test_a_template_that_renders_an_empty_target_is_counted_and_skipped(tmp_path
 
 def test_an_empty_target_with_no_skip_empty_stops_before_training_and_names_the_row(tmp_path):
     rows = [{"mr": mr, "text": "  " if i == 2 else text} for i, (mr, text) in enumerate(PAIRS)]
-    with pytest.raises(ValueError, match=r"Row 2: empty field"):
+    with pytest.raises(ValueError, match=r"toy\.jsonl line 3 \(train split\): text is empty"):
         run_gen.main(toy_args(tmp_path, rows) + ["--no-skip_empty"])
     assert not (tmp_path / "out" / "results.json").exists()
 
