@@ -1,26 +1,42 @@
-"""Reading a sweep's results.json files into tables: loading, metric scales, aggregation over
-seeds, model selection on validation, and Markdown / LaTeX tables (used by report.py)."""
+"""Reading a sweep's results.json files (used by report.py and glm_examples.py): loading, telling
+apart runs that may share a table cell, metric scales, aggregation over seeds, model selection on
+validation, and hyperparameter and prompt sensitivity in numbers.
+
+Runs share a cell only when every setting but the seed is equal (read from the `args` each
+results.json records; see `separate_runs`). A (task, dataset) is one study when its runs used the
+same data (files, sizes, sample limits, the same test examples); runs on other data form studies of
+their own, reported in their own sections. Within a study a system is (method, PEFT, model, and
+every other setting); runs of the same method with other settings (steps, sequence lengths, PEFT
+sizes...) are a system of their own, labelled with what differs.
+"""
 
 import json
 import logging
-import math
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
 
-import matplotlib
-import matplotlib.ticker
-
-matplotlib.use("Agg")  # files only, no display
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from training import safe_name  # noqa: E402
+import numpy as np
+import pandas as pd
 
 logger = logging.getLogger("report")
 
-SYSTEM = ["task", "dataset", "method", "peft", "model"]
+SYSTEM = ["task", "dataset", "study", "method", "peft", "model", "variant"]
 CONFIG = ["prompt_id", "learning_rate", "batch_size"]
 NO_PROMPT = -1  # prompt_id of runs that use no prompt (e.g. a linear head on raw text)
+
+# Arguments that do not change what a run computes: where it writes and how it saves, resumes,
+# logs and batches its evaluation.
+OPERATIONAL_ARGS = frozenset({
+    "seed", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit",
+    "save_best_model", "per_device_eval_batch_size", "list_prompts", "debug", "with_tracking", "report_to",
+    "do_train", "peft_weights",
+})  # fmt: skip
+# The grid axes, read from the record (its prompt_id is the one the run resolved).
+GRID_ARGS = frozenset({"prompt_id", "prompt_name", "learning_rate", "per_device_train_batch_size"})
+DATA_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
+             "validation_split_percentage", "max_train_samples", "max_eval_samples", "max_test_samples", "skip_empty")
+PEFT_ARGS = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+             "ptuning_v2": ("pre_seq_len", "prefix_projection", "prefix_hidden_size")}  # fmt: skip
 
 DEFAULT_METRIC = {"cls": "accuracy", "gen": "bleu"}
 PERCENT_METRICS = {"accuracy", "macro_f1", "f1", "precision", "recall"}
@@ -33,7 +49,6 @@ DATASET_TITLES = {"trec": "TREC", "e2e_nlg_cleaned": "E2E NLG (cleaned)"}
 TASK_NAMES = {"cls": "classification", "gen": "generation"}
 
 
-
 # ---------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------
@@ -42,10 +57,12 @@ TASK_NAMES = {"cls": "classification", "gen": "generation"}
 def load_results(results_dir):
     """One row per results.json under results_dir (searched recursively).
 
-    Columns: the SYSTEM and CONFIG keys, seed, metric_for_best_model, validation / test (the
-    metric dicts), epochs, baselines, train_time_s, trainable_share, trainable_params,
-    total_params, script, args, path. prompt_id None becomes NO_PROMPT; peft None "none".
-    Files that cannot be read are skipped with a warning.
+    Columns: task, dataset, method, peft, model, the CONFIG keys, seed, metric_for_best_model,
+    validation / test (the metric dicts; test {} when its labels were hidden), test_hidden,
+    epochs, baselines, train_time_s, trainable_share, trainable_params, script, args,
+    data_settings, settings (see `separate_runs`), path; study and variant "" until
+    `separate_runs` sets them. prompt_id None becomes NO_PROMPT; peft None "none". Files that
+    cannot be read are skipped with a warning.
     """
     rows = []
     for path in sorted(Path(results_dir).rglob("results.json")):
@@ -54,37 +71,53 @@ def load_results(results_dir):
             rows.append(_row(record, path))
         except (OSError, ValueError, KeyError, TypeError) as error:
             logger.warning("Skipping %s: %s", path, error)
-    columns = SYSTEM + CONFIG + ["seed", "path"]
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows)
 
 
 def _row(record, path):
     """The DataFrame row of one results.json record."""
+    args = record.get("args") or {}
+    peft = record.get("peft") or "none"
+    hidden = bool(record.get("test_labels_hidden"))
+    test_rows = ((record.get("data") or {}).get("test") or {}).get("kept")
     return {
         "task": record["task"],
         "dataset": dataset_name(record["dataset"]),
+        "study": "",
         "method": record["method"],
-        "peft": record.get("peft") or "none",
+        "peft": peft,
         "model": model_name(record.get("model_name_or_path")),
+        "variant": "",
         "prompt_id": NO_PROMPT if record.get("prompt_id") is None else int(record["prompt_id"]),
         "prompt_name": record.get("prompt_name") or "",
         "learning_rate": float(record["learning_rate"]),
         "batch_size": int(record["per_device_train_batch_size"]),
-        "total_batch_size": record.get("total_train_batch_size"),
         "seed": record.get("seed"),
         "metric_for_best_model": record.get("metric_for_best_model"),
         "validation": record.get("validation") or {},
         "test": record.get("test") or {},
+        "test_hidden": hidden,
         "epochs": record.get("epochs") or [],
         "baselines": record.get("baselines") or {},
         "train_time_s": record.get("train_time_s"),
         "trainable_share": record.get("trainable_share"),
         "trainable_params": record.get("trainable_params"),
-        "total_params": record.get("total_params"),
         "script": record.get("script"),
-        "args": record.get("args") or {},
+        "args": args,
+        "data_settings": {**{name: args.get(name) for name in DATA_ARGS}, "test examples": test_rows,
+                          "test labels hidden": hidden},
+        "settings": run_settings(args, peft),
         "path": str(path),
-    }
+    }  # fmt: skip
+
+
+def run_settings(args, peft):
+    """The settings a run's cell is defined by besides the data, the grid axes (prompt, learning
+    rate, batch size) and the seed: every recorded argument but OPERATIONAL_ARGS, GRID_ARGS,
+    DATA_ARGS and the arguments of the PEFT methods the run does not use."""
+    unused = {name for method, names in PEFT_ARGS.items() if method != peft for name in names}
+    skip = OPERATIONAL_ARGS | GRID_ARGS | set(DATA_ARGS) | unused
+    return {name: value for name, value in sorted(args.items()) if name not in skip}
 
 
 def dataset_name(dataset):
@@ -102,9 +135,90 @@ def model_name(model_name_or_path):
 
 
 def system_label(system):
-    """A readable name for a system row: "glm_cloze + lora [glm-tiny]"."""
+    """A readable name for a system row: "glm_cloze + lora [glm-tiny]", with its variant
+    "glm_cloze [glm-tiny] (max_train_steps 1)"."""
     peft = "" if system["peft"] == "none" else f" + {system['peft']}"
-    return f"{system['method']}{peft} [{system['model']}]"
+    variant = f" ({system['variant']})" if system.get("variant") else ""
+    return f"{system['method']}{peft} [{system['model']}]{variant}"
+
+
+# ---------------------------------------------------------------------------------------
+# Which runs may share a cell
+# ---------------------------------------------------------------------------------------
+
+
+def split_untrained(runs):
+    """(trained runs, runs without any training step): zero-shot runs and --peft_weights
+    evaluations have no validation history, and their learning rate and batch size mean nothing,
+    so they must not compete in the grid search."""
+    trained = runs["epochs"].map(len) > 0
+    return runs[trained], runs[~trained]
+
+
+def separate_runs(runs):
+    """Set the study and variant of every run and drop repeated runs, so that the runs of one
+    table cell (study, system, prompt, learning rate, batch size) differ in their seed only.
+
+    Per (task, dataset), the data settings (DATA_ARGS, the number of test examples, hidden test
+    labels) shared by the most runs make the main study (study ""); runs on other data get a study
+    named by what differs ("max_train_samples 72"). Within a study, per (method, peft, model), the
+    most common `run_settings` make the main variant; runs with other settings get a variant named
+    by what differs ("max_train_steps 1"). Ties go to the settings seen first (path order). A run
+    with the cell and seed of an earlier one (a rerun elsewhere) is left out.
+
+    Returns:
+        (runs with study and variant set and repeats removed, list of Markdown lines saying which
+        runs were set apart and why).
+    """
+    runs = runs.copy()
+    notes = []
+    for (task, dataset), group in runs.groupby(["task", "dataset"], sort=False):
+        title = DATASET_TITLES.get(dataset, dataset)
+        for label, members, differences, main_count in _minorities(group, "data_settings"):
+            runs.loc[members.index, "study"] = label
+            notes.append(f"- {len(members)} run(s) of {task}/{dataset} used other data than the {main_count} others "
+                         f"({differences}): reported in their own section, \"{title} ({label})\".")
+    for (task, dataset, study, *system), group in runs.groupby(SYSTEM[:-1], sort=False):
+        name = system_label(dict(zip(("method", "peft", "model"), system)))
+        for label, members, differences, main_count in _minorities(group, "settings"):
+            runs.loc[members.index, "variant"] = label
+            notes.append(f"- {len(members)} run(s) of {name} on {task}/{dataset} differ from its {main_count} other "
+                         f"run(s) in {differences}: a system of their own, \"{name.rsplit(' [', 1)[0]} "
+                         f"[{system[-1]}] ({label})\".")
+    repeated = runs.duplicated(SYSTEM + CONFIG + ["seed"])
+    for path in runs.loc[repeated, "path"]:
+        notes.append(f"- `{path}` repeats the settings and seed of another run: left out (each seed counts once).")
+    return runs[~repeated], notes
+
+
+def _minorities(group, column):
+    """For the rows of `group` whose `column` (a dict) differs from the most common value: (short
+    label, rows, differences in words, number of rows with the most common value), per value."""
+    keys = group[column].map(lambda value: json.dumps(value, sort_keys=True, default=str))
+    counts = Counter(keys)
+    main = max(counts, key=counts.get)  # the first most common, in path order
+    main_value = group.loc[keys == main, column].iloc[0]
+    found = []
+    for key in counts:
+        if key == main:
+            continue
+        members = group[keys == key]
+        value = members[column].iloc[0]
+        names = [name for name in sorted(set(value) | set(main_value)) if value.get(name) != main_value.get(name)]
+        label = ", ".join(f"{name} {_short(value.get(name))}" for name in names[:3])
+        label += f", +{len(names) - 3} more" if len(names) > 3 else ""
+        differences = "; ".join(f"{name} {_short(value.get(name))} vs {_short(main_value.get(name))}" for name in names)
+        found.append((label, members, differences, counts[main]))
+    return found
+
+
+def _short(value):
+    """A setting in a few characters: None -> "none", a path -> its last two components."""
+    if value is None:
+        return "none"
+    if isinstance(value, str) and "/" in value:
+        return "/".join(Path(value).parts[-2:])
+    return str(value)
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,11 +258,11 @@ def metric_label(metric):
 
 def add_scores(runs, metric):
     """Copy of runs with columns val and test: the metric (shown scale) read from the
-    validation / test dicts (NaN where a run lacks it)."""
+    validation / test dicts (NaN where a run lacks it, and for hidden test labels)."""
     scale = metric_scale(metric)
     runs = runs.copy()
-    runs["val"] = [scale * v[metric] if metric in v and v[metric] is not None else np.nan for v in runs["validation"]]
-    runs["test"] = [scale * t[metric] if metric in t and t[metric] is not None else np.nan for t in runs["test"]]
+    runs["val"] = [scale * v[metric] if v.get(metric) is not None else np.nan for v in runs["validation"]]
+    runs["test"] = [scale * t[metric] if t.get(metric) is not None else np.nan for t in runs["test"]]
     runs["metric"] = metric
     return runs
 
@@ -162,7 +276,9 @@ def summarize(runs, keys):
     """Mean and sample std over seeds of the validation and test scores, per group of keys.
 
     Returns a DataFrame with the keys and val_mean, val_std, test_mean, test_std, n_seeds,
-    train_time_s, trainable_share (means); std is NaN for a single seed.
+    train_time_s, trainable_share, trainable_params (means), test_hidden (any run's) and paths
+    (the runs' results.json paths); std is NaN for a single seed (one run per seed: see
+    `separate_runs`).
     """
     grouped = runs.groupby(keys, sort=True)
     summary = grouped.agg(
@@ -170,7 +286,7 @@ def summarize(runs, keys):
         test_mean=("test", "mean"), test_std=("test", "std"),
         n_seeds=("seed", "nunique"),
         train_time_s=("train_time_s", "mean"), trainable_share=("trainable_share", "mean"),
-        trainable_params=("trainable_params", "mean"),
+        trainable_params=("trainable_params", "mean"), test_hidden=("test_hidden", "any"), paths=("path", list),
     )  # fmt: skip
     return summary.reset_index()
 
@@ -214,11 +330,12 @@ def comparison_table(runs, metric):
         row.update(best.to_dict())
         rows.append(row)
     table = pd.DataFrame(rows)
-    order = table.apply(_system_order, axis=1)
-    return table.assign(_order=order).sort_values(["_order", "method", "peft", "model"]).drop(columns="_order")
+    order = table.apply(system_order, axis=1)
+    return (table.assign(_order=order).sort_values(["_order", "method", "peft", "model", "variant"])
+            .drop(columns="_order").reset_index(drop=True))  # fmt: skip
 
 
-def _system_order(row):
+def system_order(row):
     """Table order: GLM full fine-tuning, GLM + PEFT, then baselines."""
     is_glm = str(row["method"]).startswith("glm")
     return (0 if row["peft"] == "none" else 1) if is_glm else 2
@@ -226,22 +343,21 @@ def _system_order(row):
 
 def trivial_baselines(runs, metric):
     """The scripts' reference scores (majority class / most frequent reference) found in the
-    runs' "baselines" field: {name: (validation, test)} on the shown scale (NaN if absent).
+    runs' "baselines" field: {name: (validation, test)} on the shown scale, each the mean over
+    seeds (a validation split carved from train depends on the seed); NaN where absent.
 
     A baseline entry is either {"validation": {...}, "test": {...}} or a flat metric dict
-    (then taken as the test score)."""
+    (then taken as the test score). `runs` must share their data (one study)."""
     scale = metric_scale(metric)
-    found = {}
-    for baselines in runs["baselines"]:
+    values = {}
+    for seed, baselines in zip(runs["seed"], runs["baselines"]):
         for name, entry in (baselines or {}).items():
-            if name in found or not isinstance(entry, dict):
-                continue
             if "validation" in entry or "test" in entry:
                 val, test = (entry.get(split) or {} for split in ("validation", "test"))
             else:
                 val, test = {}, entry
-            found[name] = tuple(scale * d[metric] if metric in d else np.nan for d in (val, test))
-    return found
+            values.setdefault(name, {}).setdefault(seed, [scale * d.get(metric, np.nan) for d in (val, test)])
+    return {name: tuple(pd.DataFrame(list(by_seed.values())).mean()) for name, by_seed in values.items()}
 
 
 def best_runs(system_runs, metric):
@@ -278,153 +394,44 @@ def learning_curve(runs, metric):
 
 
 # ---------------------------------------------------------------------------------------
-# Tables: one structure, rendered as Markdown and as LaTeX (booktabs)
+# Sensitivity in numbers
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Table:
-    """A table to render twice: header, rows of strings, rows to set in bold."""
+def grid_sensitivity(grid, metric):
+    """How much the lr x batch-size grid of one prompt matters, from its cells' validation means.
 
-    caption: str
-    label: str
-    header: list
-    rows: list
-    bold: set = field(default_factory=set)
-    align: str = ""
-
-    def markdown(self):
-        cells = [[f"**{c}**" if i in self.bold and c else c for c in row] for i, row in enumerate(self.rows)]
-        align = self.align or "l" * len(self.header)
-        rules = ["--:" if a == "r" else ":--" for a in align]
-        lines = ["| " + " | ".join(self.header) + " |", "|" + "|".join(rules) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in cells]
-        return "\n".join(lines)
-
-    def latex(self):
-        align = self.align or "l" * len(self.header)
-        body = []
-        for i, row in enumerate(self.rows):
-            cells = [latex_escape(c) for c in row]
-            if i in self.bold:
-                cells = [rf"\textbf{{{c}}}" if c else c for c in cells]
-            body.append(" & ".join(cells) + r" \\")
-        return "\n".join([
-            r"\begin{table}[t]", r"\centering", r"\small",
-            rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-            " & ".join(latex_escape(h) for h in self.header) + r" \\", r"\midrule",
-            *body, r"\bottomrule", r"\end{tabular}",
-            rf"\caption{{{latex_escape(self.caption)}}}", rf"\label{{{self.label}}}", r"\end{table}",
-        ])  # fmt: skip
+    Args:
+        grid: rows of `grid_table` for one prompt (val_mean, val_std, learning_rate, batch_size,
+            best, n_seeds).
+    Returns:
+        dict: cells, best (the selected row), worst (value), spread (best - worst), cell_std
+        (sample std of the cell means; NaN for one cell), best_lr {batch size: the lr with the
+        best mean at it}, lr_moves (whether that lr differs between batch sizes), seed_std (the
+        sample std over seeds at the best cell; NaN for one seed).
+    """
+    values = grid["val_mean"].dropna()
+    best = grid[grid["best"]].iloc[0]
+    worst = values.min() if higher_is_better(metric) else values.max()
+    best_lr = {int(bs): best_row(cells, metric)["learning_rate"] for bs, cells in grid.groupby("batch_size")}
+    return {
+        "cells": len(values), "best": best, "worst": worst, "spread": abs(best["val_mean"] - worst),
+        "cell_std": values.std(), "best_lr": best_lr, "lr_moves": len(set(best_lr.values())) > 1,
+        "seed_std": best["val_std"],
+    }  # fmt: skip
 
 
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+def prompt_sensitivity(prompts):
+    """How much the prompt matters, from `prompt_table` rows (each prompt at its best config).
 
-
-def latex_escape(text):
-    """Text safe in LaTeX (ASCII apart from the text itself): "±" becomes $\\pm$, "–" --."""
-    escaped = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-    for symbol, latex in (("±", r"$\pm$"), ("→", r"$\rightarrow$"), ("×", r"$\times$"), ("–", "--")):
-        escaped = escaped.replace(symbol, latex)
-    return escaped
-
-
-def fmt_mean_std(mean, std, digits=2):
-    """ "80.00 ± 2.00"; the mean alone for one seed; "–" when missing."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def fmt_lr(lr):
-    return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e+")
-
-
-def fmt_prompt(prompt_id, prompt_name=""):
-    if prompt_id == NO_PROMPT:
-        return "(none)"
-    return f"{int(prompt_id)}: {prompt_name}" if prompt_name else str(int(prompt_id))
-
-
-def fmt_config(row):
-    """ "p 2, lr 1e-3, bs 16": a configuration in a few characters."""
-    return f"p {fmt_prompt(row['prompt_id'])}, lr {fmt_lr(row['learning_rate'])}, bs {int(row['batch_size'])}"
-
-
-def fmt_trainable(params, share):
-    """Trainable parameters and their share of all: "1.2M (0.52%)"."""
-    if share is None or (isinstance(share, float) and math.isnan(share)):
-        return "–"
-    if params is None or (isinstance(params, float) and math.isnan(params)):
-        return f"{100 * share:.3g}%"
-    for factor, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, "")):
-        if params >= factor or factor == 1:
-            return f"{params / factor:.3g}{suffix} ({100 * share:.3g}%)"
-
-
-def fmt_seconds(seconds):
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "–"
-    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
-
-
-def make_grid_table(task, dataset, system, table, metric):
-    label = metric_label(metric)
-    rows = [
-        [fmt_prompt(r.prompt_id), fmt_lr(r.learning_rate), str(int(r.batch_size)), str(int(r.n_seeds)),
-         fmt_mean_std(r.val_mean, r.val_std), "best" if r.best else ""]
-        for r in table.itertuples()
-    ]  # fmt: skip
-    return Table(
-        caption=f"{DATASET_TITLES.get(dataset, dataset)} ({task}), {system}: grid search. Validation {label}, "
-        "mean ± std over seeds; the best configuration (bold) is chosen on validation.",
-        label=f"tab:grid-{safe_name(task + '-' + dataset + '-' + system)}",
-        header=["prompt", "learning rate", "batch size", "seeds", f"validation {label}", ""],
-        rows=rows, bold={i for i, r in enumerate(table.itertuples()) if r.best}, align="lrrrrl",
-    )  # fmt: skip
-
-
-def make_prompt_table(task, dataset, system, table, metric):
-    label = metric_label(metric)
-    rows = [
-        [fmt_prompt(r.prompt_id, r.prompt_name), fmt_lr(r.learning_rate), str(int(r.batch_size)),
-         str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_mean_std(r.test_mean, r.test_std)]
-        for r in table.itertuples()
-    ]  # fmt: skip
-    return Table(
-        caption=f"{DATASET_TITLES.get(dataset, dataset)} ({task}), {system}: prompts compared, each at its best "
-        f"learning rate and batch size (chosen on validation). Scores: {label}, mean ± std over seeds.",
-        label=f"tab:prompts-{safe_name(task + '-' + dataset + '-' + system)}",
-        header=["prompt", "learning rate", "batch size", "seeds", f"validation {label}", f"test {label}"],
-        rows=rows, align="lrrrrr",
-    )  # fmt: skip
-
-
-def make_comparison_table(task, dataset, table, trivial, metric):
-    label = metric_label(metric)
-    rows = []
-    for r in table.itertuples():
-        rows.append([
-            str(r.method), str(r.model), str(r.peft), fmt_config(r._asdict()), str(int(r.n_seeds)),
-            fmt_mean_std(r.val_mean, r.val_std), fmt_mean_std(r.test_mean, r.test_std),
-            fmt_trainable(r.trainable_params, r.trainable_share), fmt_seconds(r.train_time_s),
-        ])  # fmt: skip
-    for name, (val, test) in trivial.items():
-        rows.append([name.replace("_", " "), "–", "–", "no training", "–",
-                     fmt_mean_std(val, None), fmt_mean_std(test, None), "0", "0"])  # fmt: skip
-    return Table(
-        caption=f"{DATASET_TITLES.get(dataset, dataset)} ({task}): methods compared at their best configuration "
-        f"(chosen on validation over prompts, learning rates and batch sizes). Scores: {label}, mean ± std over "
-        "seeds. Trainable params: count (share of all parameters). Train time: mean wall-clock seconds of training "
-        "per run, on the machine that ran it. Reference rows: the scripts' trivial baselines, on test.",
-        label=f"tab:compare-{safe_name(task + '-' + dataset)}",
-        header=["method", "model", "PEFT", "best config", "seeds", f"validation {label}", f"test {label}",
-                "trainable params", "train time (s)"],
-        rows=rows, align="llllrrrrr",
-    )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------
+    Returns:
+        dict: prompts, low, high (lowest and highest validation mean), spread (high - low),
+        prompt_std (sample std of the prompts' validation means), seed_std (root mean square of
+        the prompts' seed-to-seed std, over the prompts with 2+ seeds; NaN if none).
+    """
+    values = prompts["val_mean"].dropna()
+    seed_std = prompts["val_std"].dropna()
+    return {
+        "prompts": len(values), "low": values.min(), "high": values.max(), "spread": values.max() - values.min(),
+        "prompt_std": values.std(), "seed_std": float(np.sqrt((seed_std**2).mean())) if len(seed_std) else np.nan,
+    }  # fmt: skip

@@ -3,31 +3,19 @@
 import json
 from pathlib import Path
 
-import matplotlib
-import matplotlib.ticker
-
-matplotlib.use("Agg")  # files only, no display
-
-
 from analysis import (
     DATASET_TITLES,
     NO_PROMPT,
     SYSTEM,
     TASK_NAMES,
-    _system_order,
     add_scores,
     best_runs,
     choose_metric,
-    fmt_lr,
-    make_comparison_table,
     metric_label,
+    system_order,
     trivial_baselines,
 )
-
-
-# ---------------------------------------------------------------------------------------
-# README for the GLM repository's examples/ folder
-# ---------------------------------------------------------------------------------------
+from report_tables import fmt_lr, make_comparison_table
 
 DATASET_DESCRIPTIONS = {
     "trec": (
@@ -193,7 +181,7 @@ def sweep_command(runs, task, dataset):
             "prompt": ("PROMPT_IDS", "prompt_id"), "seed": ("SEEDS", "seed")}  # fmt: skip
     env = {variable: _axis_values(main[column]) for variable, column in axes.values()}
     entries = []
-    for _, system_runs in sorted(runs.groupby(SYSTEM, sort=True), key=lambda item: _system_order(item[1].iloc[0])):
+    for _, system_runs in sorted(runs.groupby(SYSTEM, sort=True), key=lambda item: system_order(item[1].iloc[0])):
         entry = method_entry(system_runs.iloc[0])
         for option, (variable, column) in axes.items():
             values = _axis_values(system_runs[column])
@@ -230,7 +218,9 @@ def references_for(runs, dataset):
 def write_glm_example_readme(runs, comparisons, directory, dataset=None):
     """Write directory/README.md for one dataset in the layout the GLM repository's examples/
     folder asks of contributions: title, Authors, Task Description, Running Commands,
-    Results (with comparison methods), Reference."""
+    Results (with comparison methods), Reference. Only the main study and the main variant of
+    each method (analysis.separate_runs) appear: the runs one sweep command reproduces."""
+    runs = runs[(runs["study"] == "") & (runs["variant"] == "")]
     datasets_ = sorted(runs["dataset"].unique())
     if dataset is None:
         if len(datasets_) != 1:
@@ -244,8 +234,9 @@ def write_glm_example_readme(runs, comparisons, directory, dataset=None):
     scored = add_scores(runs, metric)
     glm = scored[scored["method"].str.startswith("glm") & (scored["peft"] == "none")]
     best = best_runs(glm if len(glm) else scored, metric).iloc[0]
-    comparison = comparisons[(task, dataset)]
-    table = make_comparison_table(task, dataset, comparison, trivial_baselines(scored, metric), metric)
+    comparison = comparisons[(task, dataset, "")]
+    comparison = comparison[comparison["variant"] == ""]
+    table = make_comparison_table(task, dataset, "", comparison, trivial_baselines(scored, metric), metric)
     lines = [
         f"# {DATASET_TITLES.get(dataset, dataset)}", "",
         "## Authors", "",

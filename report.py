@@ -1,37 +1,44 @@
 """Tables and figures for a report, from the results.json files of a sweep.
 
     python report.py runs/sweep                        # -> runs/sweep/report/
-    python report.py runs/sweep --output_dir report    # report.md, tables.tex, *.png
+    python report.py runs/sweep --output_dir report    # report.md, tables.tex, summary.json, *.png
     python report.py runs/sweep --glm_example_readme examples/trec --dataset trec
 
 Every run of run_cls.py / run_gen.py / run_baseline.py writes one results.json
-(training.results_record). This script groups them:
+(training.results_record). This script groups them (analysis.separate_runs):
 
-  system  = (task, dataset, method, peft, model)       e.g. cls / trec / glm_cloze / lora / glm-tiny
-  config  = (prompt_id, learning_rate, batch size)      one grid point
-  seeds   = the repetitions of a config                 mean ± sample std (ddof=1) over them
+  study   = (task, dataset, the data: files, sizes, sample limits)   one section of report.md
+  system  = (method, peft, model, every other setting)               e.g. glm_cloze / lora / glm-tiny
+  config  = (prompt_id, learning_rate, batch size)                   one grid point
+  seeds   = the repetitions of a config                              mean ± sample std (ddof=1)
 
-and writes, per (task, dataset):
+Runs share a cell only when all their settings but the seed are equal; report.md says which runs
+were set apart and why. Per study it writes:
   - a comparison of the systems at their best config (GLM cloze vs baselines, linear head vs
-    cloze, LoRA / P-tuning v2 vs full fine-tuning: score, trainable share, train time);
-  - per system, the grid-search table (validation mean ± std of every config) and an
-    lr x batch-size heatmap (hyperparameter sensitivity);
-  - per system with several prompts, a prompt comparison (table + bar chart);
+    cloze, LoRA / P-tuning v2 vs full fine-tuning: score, 95% bootstrap CI over test examples,
+    paired randomization test against the best system, trainable share, train time), with the
+    trivial baselines of the same data;
+  - per system, the grid-search table (validation mean ± std of every config), an lr x
+    batch-size heatmap and its sensitivity in numbers;
+  - per system with several prompts, a prompt comparison (table, bar chart, paired tests between
+    prompts, prompt vs seed spread);
   - learning curves (validation metric per evaluation) of the best config of each system.
 
 Model selection: the best config of a system is the one with the highest mean VALIDATION
 score over seeds (ties: smaller spread). Test scores are only ever reported for the config
 chosen that way; they never take part in a choice. Within a run, the training script picks
-the checkpoint (best_epoch) on validation too.
+the checkpoint (best_epoch) on validation too. Runs whose test labels were hidden
+(results.json: test_labels_hidden) show validation scores only.
 
 Metrics in [0, 1] (accuracy, macro_f1) are shown as percentages; BLEU and ROUGE are already
 on a 0-100 scale.
 """
 
-
 import argparse
+import itertools
 import logging
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -42,38 +49,46 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from training import safe_name, write_json_atomic  # noqa: E402
-
+import significance  # noqa: E402
 from analysis import (  # noqa: E402
-    DATASET_TITLES,
     METRIC_NAMES,
     NO_PROMPT,
     SYSTEM,
     TASK_NAMES,
     add_scores,
+    best_row,
     best_runs,
     choose_metric,
     comparison_table,
-    fmt_config,
-    fmt_lr,
-    fmt_mean_std,
-    fmt_prompt,
+    grid_sensitivity,
     grid_table,
     higher_is_better,
     learning_curve,
     load_results,
-    make_comparison_table,
-    make_grid_table,
-    make_prompt_table,
     metric_label,
+    metric_scale,
+    prompt_sensitivity,
     prompt_table,
+    separate_runs,
+    split_untrained,
     system_label,
     trivial_baselines,
 )
-from glm_examples import write_glm_example_readme
+from glm_examples import write_glm_example_readme  # noqa: E402
+from report_tables import (  # noqa: E402
+    fmt_ci,
+    fmt_config,
+    fmt_lr,
+    fmt_mean_std,
+    fmt_prompt,
+    make_comparison_table,
+    make_grid_table,
+    make_prompt_table,
+    study_title,
+)
+from training import safe_name, write_json_atomic  # noqa: E402
 
 logger = logging.getLogger("report")
-
 
 
 def parse_args(argv=None):
@@ -82,13 +97,15 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default=None,
                         help="Where report.md, tables.tex and the PNGs go (default RESULTS_DIR/report).")
     parser.add_argument("--glm_example_readme", default=None, metavar="DIR",
-                        help="Also write DIR/README.md for one dataset, in the format of the GLM repository's examples/.")
+                        help="Also write DIR/README.md for one dataset, in the format of the GLM repository's "
+                        "examples/.")
     parser.add_argument("--dataset", default=None,
                         help="Dataset of --glm_example_readme (needed when the sweep holds several).")
     parser.add_argument("--title", default="Prompt-based fine-tuning of GLM: sweep report", help="Title of report.md.")
     return parser.parse_args(argv)
 
 
+# ---------------------------------------------------------------------------------------
 # Figures (matplotlib, Agg)
 # ---------------------------------------------------------------------------------------
 
@@ -194,6 +211,156 @@ def plot_learning_curves(curves, metric, title, path):
 
 
 # ---------------------------------------------------------------------------------------
+# Test statistics from the saved predictions (significance.py)
+# ---------------------------------------------------------------------------------------
+
+
+def prediction_stats(row, task, metric):
+    """Per-example counts of a summary row's runs (significance.example_stats): (array (seeds, n,
+    k), example key), or None when the test labels were hidden, the metric is not one
+    significance.py recomputes, or a run has no predictions file."""
+    if row["test_hidden"] or metric not in significance.SUPPORTED[task]:
+        return None
+    stats, keys = [], []
+    for path in row["paths"]:
+        rows = significance.read_predictions(Path(path).parent, task)
+        if not rows:
+            return None
+        run_stats, key = significance.example_stats(rows, task, metric)
+        stats.append(run_stats)
+        keys.append(key)
+    return np.stack(stats), keys[0]
+
+
+def add_test_statistics(table, task, metric):
+    """Copy of a summary table (comparison or prompts) with test_ci (95% bootstrap CI on the shown
+    scale, or None) and test_examples (n, or 0) per row, and the rows' prediction_stats (list)."""
+    stats = [prediction_stats(row, task, metric) for _, row in table.iterrows()]
+    table = table.copy()
+    scale = metric_scale(metric)
+    table["test_ci"] = [None if s is None else tuple(scale * v for v in significance.bootstrap_ci(s[0], metric))
+                        for s in stats]  # fmt: skip
+    table["test_examples"] = [0 if s is None else s[0].shape[1] for s in stats]
+    return table, stats
+
+
+def add_tests_against_best(table, stats, metric):
+    """Copy of a comparison table with best (the row chosen on validation), diff_vs_best (the row
+    minus the best, shown scale) and p_vs_best (NaN for the best row and where untested)."""
+    table = table.copy()
+    best = best_row(table, metric).name
+    table["best"] = table.index == best
+    table["diff_vs_best"] = table["p_vs_best"] = np.nan
+    for other in table.index.drop(best):
+        result = paired(stats[other], stats[best], metric)
+        if result is not None:
+            table.loc[other, ["diff_vs_best", "p_vs_best"]] = result
+    return table
+
+
+def paired(stats_a, stats_b, metric):
+    """(difference A - B on the shown scale, p) of significance.paired_test, or None when either
+    side has no predictions or they are not on the same test examples."""
+    if stats_a is None or stats_b is None or stats_a[1] != stats_b[1]:
+        return None
+    difference, p = significance.paired_test(stats_a[0], stats_b[0], metric)
+    return metric_scale(metric) * difference, p
+
+
+def difference_sentence(a, b, difference, p, seeds):
+    """ "A beats B by 1.80 points on test (p = 0.031, significant at 0.05; 3 vs 2 seeds)"."""
+    verdict = "**significant**" if p < significance.ALPHA else "not significant"
+    verb = "beats" if difference > 0 else "trails" if difference < 0 else "ties with"
+    by = f" by {abs(difference):.2f} points" if difference else ""
+    return f"{a} {verb} {b}{by} on test ({significance.fmt_p(p)}, {verdict} at {significance.ALPHA}; {seeds})"
+
+
+# ---------------------------------------------------------------------------------------
+# Reading sentences
+# ---------------------------------------------------------------------------------------
+
+
+def comparison_reading(table, trivial):
+    """Sentences under the comparison table (`add_tests_against_best`): the best system on
+    validation, its test score and CI, its paired test against each other system, and the
+    trivial baselines."""
+    row = table[table["best"]].iloc[0]
+    name = system_label(row)
+    validation = fmt_mean_std(row["val_mean"], row["val_std"])
+    if row["test_hidden"]:
+        return [f"**Reading.** {name} is best on validation ({validation}); the test labels are hidden, so no test "
+                "score is reported."]
+    text = f"**Reading.** {name} is best on validation ({validation}); on test it scores " + \
+        fmt_mean_std(row["test_mean"], row["test_std"])
+    if row["test_examples"]:
+        text += f" (95% CI {fmt_ci(row['test_ci'])} over {row['test_examples']} test examples)"
+    lines = [f"{text}, {_seeds(row['n_seeds'])}."]
+    for _, other in table[~table["best"] & table["p_vs_best"].notna()].iterrows():
+        seeds = f"{_seeds(row['n_seeds'])} vs {_seeds(other['n_seeds'])}"
+        sentence = difference_sentence("It", system_label(other), -other["diff_vs_best"], other["p_vs_best"], seeds)
+        lines.append(f"- {sentence}.")
+    for baseline, (_, test) in trivial.items():
+        if np.isfinite(test):
+            lines.append(f"- The {baseline.replace('_', ' ')} baseline scores {test:.2f} on the same test set.")
+    return lines
+
+
+def _seeds(n):
+    return f"{int(n)} seed{'s' if n != 1 else ''}"
+
+
+def prompt_pair_readings(prompts, stats, metric):
+    """Bullets: the paired test of every pair of prompts (each at its best config), the higher on
+    test first."""
+    lines = []
+    for a, b in itertools.combinations(prompts.index, 2):
+        if prompts.loc[b, "test_mean"] > prompts.loc[a, "test_mean"]:
+            a, b = b, a
+        result = paired(stats[a], stats[b], metric)
+        if result is None:
+            continue
+        names = [f"{word} {fmt_prompt(prompts.loc[i, 'prompt_id'])} ({prompts.loc[i, 'prompt_name']})"
+                 for word, i in (("Prompt", a), ("prompt", b))]  # fmt: skip
+        seeds = f"{_seeds(prompts.loc[a, 'n_seeds'])} vs {_seeds(prompts.loc[b, 'n_seeds'])}"
+        lines.append(f"- {difference_sentence(*names, *result, seeds)}.")
+    return lines
+
+
+def grid_reading(sensitivity, metric):
+    """The sensitivity of one heatmap in sentences (analysis.grid_sensitivity)."""
+    s, label = sensitivity, metric_label(metric)
+    best = s["best"]
+    if s["cells"] < 2:
+        return f"**Sensitivity.** One configuration (validation {label} {best['val_mean']:.2f}): nothing to compare."
+    text = (f"**Sensitivity** (validation {label}, {s['cells']} cells): best {best['val_mean']:.2f} at learning rate "
+            f"{fmt_lr(best['learning_rate'])}, batch size {int(best['batch_size'])}; worst {s['worst']:.2f}; spread "
+            f"{s['spread']:.2f} points, std across cells {s['cell_std']:.2f}.")
+    if len(s["best_lr"]) > 1:
+        per_size = ", ".join(f"{fmt_lr(lr)} at batch size {bs}" for bs, lr in s["best_lr"].items())
+        text += f" The best learning rate {'moves' if s['lr_moves'] else 'does not move'} with batch size ({per_size})."
+    if math.isnan(s["seed_std"]):
+        return text + " One seed at the best cell: the seed-to-seed spread is not measured."
+    smaller = s["seed_std"] < s["cell_std"]
+    verdict = "the configuration matters more than the seed" if smaller else "grid differences are within seed noise"
+    return text + (f" The seed-to-seed std at the best cell, {s['seed_std']:.2f}, is {'' if smaller else 'not '}"
+                   f"smaller than the std across cells ({s['cell_std']:.2f}): {verdict}.")
+
+
+def prompt_reading(sensitivity, metric):
+    """The spread across prompts against the spread across seeds (analysis.prompt_sensitivity)."""
+    s = sensitivity
+    text = (f"**Prompt sensitivity** (validation {metric_label(metric)}, each prompt at its best configuration): the "
+            f"{s['prompts']} prompts range from {s['low']:.2f} to {s['high']:.2f} (spread {s['spread']:.2f} points, "
+            f"std across prompts {s['prompt_std']:.2f}).")
+    if math.isnan(s["seed_std"]):
+        return text + " One seed per prompt: the seed-to-seed spread is not measured."
+    smaller = s["seed_std"] < s["prompt_std"]
+    verdict = "the prompt matters more than the seed" if smaller else "prompt differences are within seed noise"
+    return text + (f" The seed-to-seed std at those configurations is {s['seed_std']:.2f} (root mean square), "
+                   f"{'smaller' if smaller else 'not smaller'} than the std across prompts: {verdict}.")
+
+
+# ---------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------
 
@@ -202,59 +369,73 @@ SELECTION_NOTE = (
     "rate, batch size) with the best mean *validation* score over seeds is selected, and only then is "
     "its *test* score (mean ± std over the same seeds) read. Within each run the checkpoint is also "
     "chosen on validation (best epoch). Test scores are shown only for selected configurations: each "
-    "method's, and in the prompt comparison each prompt's own (its best learning rate and batch size)."
+    "method's, and in the prompt comparison each prompt's own (its best learning rate and batch size). "
+    "Runs share a table cell only when all their settings but the seed are equal."
+)
+STATISTICS_NOTE = (
+    f"**Is a difference real?** Test 95% confidence intervals: percentile bootstrap over the test examples "
+    f"({significance.CI_RESAMPLES:,} resamples, seeded) of the mean over seeds. Differences: paired approximate "
+    f"randomization test on the same test examples ({significance.TEST_RESAMPLES:,} random swaps), two-sided; "
+    f"significant means p < {significance.ALPHA}, without correction for the number of comparisons. Both read the "
+    "saved test predictions of each run."
 )
 
 
 def report_sections(runs, output_dir):
-    """Markdown sections, LaTeX tables and figures for every (task, dataset) in runs.
+    """Markdown sections, LaTeX tables and figures for every study (task, dataset, data) in runs.
 
-    Returns (markdown lines, list of Table, {(task, dataset): comparison DataFrame})."""
+    Returns (markdown lines, list of report_tables.Table, {(task, dataset, study): comparison
+    DataFrame})."""
     lines, tables, comparisons = [], [], {}
-    for (task, dataset), group in runs.groupby(["task", "dataset"], sort=True):
+    for (task, dataset, study), group in runs.groupby(["task", "dataset", "study"], sort=True):
         metric = choose_metric(group)
         group = add_scores(group, metric)
-        title = DATASET_TITLES.get(dataset, dataset)
+        title = study_title(dataset, study)
         lines += [f"## {title}: {TASK_NAMES.get(task, task)}, metric {metric_label(metric)}", ""]
+        if group["test_hidden"].any():
+            lines += ["**Test labels hidden.** The test labels of this data are hidden (results.json: "
+                      "`test_labels_hidden`): only validation scores are reported, never a test score.", ""]
 
-        comparison = comparison_table(group, metric)
-        comparisons[(task, dataset)] = comparison
+        comparison, stats = add_test_statistics(comparison_table(group, metric), task, metric)
+        comparison = add_tests_against_best(comparison, stats, metric)
         trivial = trivial_baselines(group, metric)
-        table = make_comparison_table(task, dataset, comparison, trivial, metric)
+        comparisons[(task, dataset, study)] = comparison
+        table = make_comparison_table(task, dataset, study, comparison, trivial, metric)
         tables.append(table)
-        lines += ["### Methods compared", "", table.caption, "", table.markdown(), ""]
+        lines += ["### Methods compared", "", table.caption, "", table.markdown(), "",
+                  *comparison_reading(comparison, trivial), ""]
 
         curves = {}
         for _, row in comparison.iterrows():  # the table's order: GLM, GLM + PEFT, baselines
             system = {key: row[key] for key in SYSTEM}
             system_runs = group[(group[SYSTEM] == pd.Series(system)).all(axis=1)]
-            lines += system_section(task, dataset, system, system_runs, metric, output_dir, tables, trivial)
+            lines += system_section(task, system, system_runs, metric, output_dir, tables, trivial)
             best = best_runs(system_runs, metric)
             curves[f"{system_label(system)}\n{fmt_config(best.iloc[0])}"] = learning_curve(best, metric)
-        figure = f"curves_{safe_name(task + '_' + dataset)}.png"
+        figure = f"curves_{safe_name(f'{task}_{dataset}_{study}')}.png"
         plot_learning_curves(curves, metric, f"{title} ({task}): learning curves of each method's best configuration",
                              output_dir / figure)  # fmt: skip
         lines += ["### Learning curves", "", f"![learning curves]({figure})", ""]
     return lines, tables, comparisons
 
 
-def system_section(task, dataset, system, system_runs, metric, output_dir, tables, trivial=None):
-    """Grid table + heatmap, and the prompt comparison when there are several prompts
-    (`trivial`: {name: (validation, test)} reference scores drawn on its bar chart)."""
-    label = system_label(system)
-    stem = safe_name(f"{task}_{dataset}_{label}")
-    title = DATASET_TITLES.get(dataset, dataset)
+def system_section(task, system, system_runs, metric, output_dir, tables, trivial):
+    """Grid table + heatmap with its sensitivity, and the prompt comparison when there are several
+    prompts (`trivial`: {name: (validation, test)} reference scores drawn on its bar chart)."""
+    dataset, study, label = system["dataset"], system["study"], system_label(system)
+    stem = safe_name(f"{task}_{dataset}_{study}_{label}")
+    title = study_title(dataset, study)
     grid = grid_table(system_runs, metric)
     best = grid[grid["best"]].iloc[0]
-    table = make_grid_table(task, dataset, label, grid, metric)
+    table = make_grid_table(task, dataset, study, label, grid, metric)
     tables.append(table)
     n_seeds = int(system_runs["seed"].nunique())
+    test = "test labels hidden" if best["test_hidden"] else f"test {fmt_mean_std(best['test_mean'], best['test_std'])}"
     lines = [f"### Grid search: {label}", "", table.caption, "", table.markdown(), ""]
     lines += [
         f"Best on validation: prompt {fmt_prompt(best['prompt_id'])}, learning rate {fmt_lr(best['learning_rate'])}, "
         f"batch size {int(best['batch_size'])}: validation {fmt_mean_std(best['val_mean'], best['val_std'])}, "
-        f"**test {fmt_mean_std(best['test_mean'], best['test_std'])}** "
-        f"({metric_label(metric)}, {int(best['n_seeds'])} seed(s)).",
+        f"**{test}** ({metric_label(metric)}, {_seeds(best['n_seeds'])}).",
         "",
     ]  # fmt: skip
     at_best_prompt = grid[grid["prompt_id"] == best["prompt_id"]]
@@ -268,20 +449,25 @@ def system_section(task, dataset, system, system_runs, metric, output_dir, table
     plot_heatmap(at_best_prompt, metric,
                  f"{title} ({task}), {label}\n"
                  f"validation {METRIC_NAMES.get(metric, metric)}, {prompt}\n"
-                 f"cells: mean ± std over {n_seeds} seed(s); red frame: selected configuration",
+                 f"cells: {f'mean ± std over {n_seeds} seeds' if n_seeds > 1 else 'one seed'}; "
+                 "red frame: selected configuration",
                  output_dir / figure)  # fmt: skip
-    lines += [f"![lr x batch size heatmap]({figure})", ""]
+    sensitivity = grid_sensitivity(at_best_prompt, metric)
+    lines += [f"![lr x batch size heatmap]({figure})", "", grid_reading(sensitivity, metric), ""]
 
     if system_runs["prompt_id"].nunique() > 1:
-        prompts = prompt_table(system_runs, metric)
-        table = make_prompt_table(task, dataset, label, prompts, metric)
+        prompts, stats = add_test_statistics(prompt_table(system_runs, metric), task, metric)
+        table = make_prompt_table(task, dataset, study, label, prompts, metric)
         tables.append(table)
         figure = f"prompts_{stem}.png"
-        references = {name: test for name, (_, test) in (trivial or {}).items()}
+        references = {name: test for name, (_, test) in trivial.items()}
         plot_prompts(prompts, metric, f"{title} ({task}), {label}: prompts at their best config", output_dir / figure,
                      references)  # fmt: skip
         lines += [f"### Prompts compared: {label}", "", table.caption, "", table.markdown(), "",
-                  f"![prompt comparison]({figure})", ""]  # fmt: skip
+                  f"![prompt comparison]({figure})", "", prompt_reading(prompt_sensitivity(prompts), metric), ""]
+        pairs = prompt_pair_readings(prompts, stats, metric)
+        if pairs:
+            lines += ["Paired tests between prompts, each at its best configuration:", "", *pairs, ""]
     return lines
 
 
@@ -292,43 +478,41 @@ def unfinished_runs(results_dir):
     return sorted(log.parent for log in logs if not (log.parent / "results.json").exists())
 
 
-def split_untrained(runs):
-    """(trained runs, runs without any training step): zero-shot runs and --peft_weights
-    evaluations have no validation history, and their learning rate and batch size mean nothing,
-    so they must not compete in the grid search."""
-    trained = runs["epochs"].map(len) > 0
-    return runs[trained], runs[~trained]
-
-
-def write_report(runs, results_dir, output_dir, title, untrained=None):
-    """Write report.md, tables.tex and the figures; return the comparison tables. `untrained`
-    runs (see `split_untrained`) are listed with their test score, outside the tables."""
+def write_report(runs, results_dir, output_dir, title, untrained, notes):
+    """Write report.md, tables.tex, summary.json and the figures; return the comparison tables.
+    `untrained` runs (see `split_untrained`) are listed with their score, outside the tables;
+    `notes` (separate_runs) say which runs were set apart and why."""
     output_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "",
              f"{len(runs)} runs (results.json files) under `{results_dir}`; "
              f"{runs['seed'].nunique()} seed(s); std is the sample standard deviation over seeds.", "",
-             SELECTION_NOTE, ""]  # fmt: skip
+             SELECTION_NOTE, "", STATISTICS_NOTE, ""]  # fmt: skip
+    if notes:
+        lines += ["**Runs set apart.** These runs differ from the others of their method in more than prompt, "
+                  "learning rate, batch size and seed:", "", *notes, ""]
     unfinished = unfinished_runs(results_dir)
     if unfinished:
         lines += [f"{len(unfinished)} run folder(s) have no results.json (failed, killed or still running; see "
                   "their sweep.log and failed_runs.txt) and are missing from the tables:", ""]
         lines += [f"- `{path.relative_to(results_dir)}`" for path in unfinished] + [""]
-    if untrained is not None and len(untrained):
+    if len(untrained):
         lines += [f"{len(untrained)} run(s) did not train (zero-shot, or `--peft_weights` evaluations of saved "
                   "weights); they are left out of the grid search and the tables:", ""]
         for run in untrained.itertuples():
             metric = run.metric_for_best_model
-            score = run.test.get(metric, run.validation.get(metric))
             split = "test" if metric in run.test else "validation"
+            score = (run.test if split == "test" else run.validation).get(metric)
+            hidden = " (test labels hidden)" if run.test_hidden else ""
             lines.append(f"- `{Path(run.path).parent.relative_to(results_dir)}`: {split} {metric} "
-                         f"{'n/a' if score is None else f'{score:.4f}'}")
+                         f"{'n/a' if score is None else f'{score:.4f}'}{hidden}")
         lines.append("")
     sections, tables, comparisons = report_sections(runs, output_dir)
     lines += sections
     (output_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     preamble = ["% Tables of report.md; needs \\usepackage{booktabs}.", f"% {SELECTION_NOTE.replace('**', '')}", ""]
-    (output_dir / "tables.tex").write_text("\n".join(preamble + [t.latex() + "\n" for t in tables]), encoding="utf-8")
-    summary = {f"{task}/{dataset}": table.to_dict(orient="records") for (task, dataset), table in comparisons.items()}
+    (output_dir / "tables.tex").write_text("\n".join(preamble + [t.latex() for t in tables]), encoding="utf-8")
+    summary = {"/".join(filter(None, key)): table.drop(columns="paths").to_dict(orient="records")
+               for key, table in comparisons.items()}  # fmt: skip
     write_json_atomic(output_dir / "summary.json", _json_safe(summary))
     return comparisons
 
@@ -339,25 +523,38 @@ def _json_safe(value):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer, np.floating)):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
 
 
+def fail(message):
+    """The one-line error of a user's mistake, exit status 2 (as argparse)."""
+    print(f"report.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     results_dir = Path(args.results_dir)
+    if not results_dir.is_dir():
+        fail(f"{results_dir} is not a folder. Give the folder of a sweep (e.g. runs/cpu-demo): report.py reads "
+             "every results.json under it.")
     output_dir = Path(args.output_dir) if args.output_dir else results_dir / "report"
     runs = load_results(results_dir)
+    if runs.empty:
+        fail(f"no readable results.json under {results_dir} (searched recursively). Each finished run of run_cls.py, "
+             "run_gen.py or run_baseline.py writes one into its --output_dir; run a sweep first (./sweeps.sh) or "
+             "give the folder that holds the runs.")
     runs, untrained = split_untrained(runs)
     if runs.empty:
-        raise SystemExit(f"No results.json of a trained run under {results_dir} ({len(untrained)} without training).")
-    comparisons = write_report(runs, results_dir, output_dir, args.title, untrained)
+        fail(f"the {len(untrained)} results.json under {results_dir} are all from runs without training (zero-shot "
+             "or --peft_weights evaluations): no grid search to report.")
+    runs, notes = separate_runs(runs)
+    comparisons = write_report(runs, results_dir, output_dir, args.title, untrained, notes)
     logger.info("Wrote %s, %s and %d figures.", output_dir / "report.md", output_dir / "tables.tex",
                 len(list(output_dir.glob("*.png"))))  # fmt: skip
     if args.glm_example_readme:

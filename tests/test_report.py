@@ -4,60 +4,96 @@ import argparse
 import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 import report
 from analysis import (
     NO_PROMPT,
-    Table,
     add_scores,
     best_row,
     comparison_table,
     dataset_name,
+    grid_sensitivity,
     grid_table,
     learning_curve,
     load_results,
     metric_label,
     metric_scale,
     model_name,
+    prompt_sensitivity,
     prompt_table,
+    separate_runs,
     trivial_baselines,
 )
 from glm_examples import sweep_command
-from training import TrainingTracker, results_record, write_json_atomic
+from report_tables import Table
+from training import TrainingTracker, results_record, write_json_atomic, write_jsonl_atomic
 
+REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHOICES = ["Description", "Entity", "Abbreviation", "Human", "Numeric", "Location"]
 
 
 def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_id=0, lr=1e-5, bs=16, seed=1,
-           val=0.5, test=0.5, epochs=None, trainable=1000, total=1000, train_time_s=10.0, metric=None):
-    """A results.json record of the real schema (results_record)."""
+           val=0.5, test=0.5, epochs=None, trainable=1000, total=1000, train_time_s=10.0, metric=None,
+           baseline=0.2, hidden=False, **more_args):
+    """A results.json record of the real schema (results_record); `more_args` are further
+    recorded arguments (e.g. max_train_steps=1); `hidden` marks hidden test labels."""
     metric = metric or ("accuracy" if task == "cls" else "bleu")
     args = {"dataset_name": "trec" if task == "cls" else "e2e_nlg_cleaned", "model_name_or_path": model,
             "learning_rate": lr, "per_device_train_batch_size": bs, "seed": seed, "prompt_id": prompt_id,
-            "metric_for_best_model": metric, "peft": peft, "train_file": None}
+            "metric_for_best_model": metric, "peft": peft, "train_file": None,
+            "output_dir": f"runs/{method}/{lr}_{bs}_{seed}", **more_args}  # fmt: skip
     if epochs is None:
         epochs = [{"epoch": 0, "step": 10, "train_loss": 1.0, "validation": {metric: val}}]
-    baselines = {"majority_class": {"accuracy": 0.2, "macro_f1": 0.1}} if task == "cls" else \
+    baselines = {"majority_class": {"accuracy": baseline, "macro_f1": 0.1}} if task == "cls" else \
         {"most_frequent_reference": {"bleu": 3.0, "rougeL": 10.0}}
     tracker = TrainingTracker(metric)
     tracker.history, tracker.best_index = epochs, 0 if epochs else None
     tracker.train_time_s = tracker.train_examples = train_time_s  # 1 example per second
-    return results_record(
+    rec = results_record(
         argparse.Namespace(**args), task, method, script="run_cls.py" if task == "cls" else "run_gen.py",
         prompt_id=prompt_id, prompt_name=None if prompt_id is None else f"prompt{prompt_id}",
-        total_train_batch_size=bs, tracker=tracker, plan=None, validation={metric: val}, test={metric: test},
-        baselines=baselines, trainable_params=trainable, total_params=total)
+        total_train_batch_size=bs, tracker=tracker, plan=None, validation={metric: val},
+        test=None if hidden else {metric: test}, baselines={} if hidden else baselines, trainable_params=trainable,
+        total_params=total)
+    if hidden:
+        rec["test_labels_hidden"] = True
+    return rec
 
 
-def write_runs(root, records):
+def write_runs(root, records, predictions=None):
+    """One folder per record; `predictions[i]` (a list of (gold, predicted) choice indices), when
+    given, becomes run i's predictions_test.jsonl."""
     for i, rec in enumerate(records):
         folder = root / f"run{i:03d}"
         folder.mkdir(parents=True)
         write_json_atomic(folder / "results.json", rec)
+        if predictions and predictions[i] is not None:
+            rows = [{"input": f"question {j}", "gold": CHOICES[g], "predicted": CHOICES[p],
+                     "scores": {c: float(k == p) for k, c in enumerate(CHOICES)}}
+                    for j, (g, p) in enumerate(predictions[i])]  # fmt: skip
+            write_jsonl_atomic(folder / "predictions_test.jsonl", rows)
     return root
+
+
+def loaded(root, records):
+    """The runs of `records` as report.py reads them: loaded, separated, accuracy scored."""
+    runs, _ = separate_runs(load_results(write_runs(root, records)))
+    return add_scores(runs, "accuracy")
+
+
+def table_rows(markdown):
+    """The cells (stripped) of every Markdown table row in a text."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in markdown.splitlines() if line.startswith("|") and not line.startswith("|:")]
 
 
 def accuracy_runs():
@@ -72,10 +108,6 @@ def accuracy_runs():
     }
     return [record(lr=lr, bs=bs, seed=seed, val=vals[i], test=tests[i])
             for (lr, bs), (vals, tests) in grid.items() for i, seed in enumerate((1, 2))]
-
-
-def scored(runs):
-    return add_scores(runs, "accuracy")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -109,7 +141,7 @@ def test_accuracy_is_shown_in_percent_and_bleu_as_is():
 
 
 def test_grid_table_holds_mean_and_sample_std_over_seeds(tmp_path):
-    runs = scored(load_results(write_runs(tmp_path, accuracy_runs())))
+    runs = loaded(tmp_path, accuracy_runs())
 
     table = grid_table(runs, "accuracy").set_index(["learning_rate", "batch_size"])
 
@@ -121,7 +153,7 @@ def test_grid_table_holds_mean_and_sample_std_over_seeds(tmp_path):
 
 
 def test_best_config_is_chosen_on_validation_even_when_test_would_pick_another(tmp_path):
-    runs = scored(load_results(write_runs(tmp_path, accuracy_runs())))
+    runs = loaded(tmp_path, accuracy_runs())
 
     table = grid_table(runs, "accuracy")
     best = table[table["best"]].iloc[0]
@@ -148,7 +180,7 @@ def test_prompt_table_gives_each_prompt_its_own_best_config(tmp_path):
         record(prompt_id=1, lr=1e-5, seed=1, val=0.90, test=0.80), record(prompt_id=1, lr=1e-5, seed=2, val=0.90, test=0.84),
         record(prompt_id=1, lr=3e-5, seed=1, val=0.50, test=0.99), record(prompt_id=1, lr=3e-5, seed=2, val=0.50, test=0.99),
     ]  # fmt: skip
-    runs = scored(load_results(write_runs(tmp_path, records)))
+    runs = loaded(tmp_path, records)
 
     table = prompt_table(runs, "accuracy").set_index("prompt_id")
 
@@ -165,7 +197,7 @@ def test_comparison_table_has_one_row_per_system_at_its_validation_best(tmp_path
         record(method="linear_head", model="roberta-tiny", prompt_id=None, seed=s, val=0.5, test=0.4)
         for s in (1, 2)
     ]  # fmt: skip
-    runs = scored(load_results(write_runs(tmp_path, records)))
+    runs = loaded(tmp_path, records)
 
     table = comparison_table(runs, "accuracy")
 
@@ -201,13 +233,22 @@ def test_several_evaluations_per_epoch_are_plotted_by_step(tmp_path):
 
 
 def test_latex_tables_use_booktabs_and_escape_specials():
-    table = Table(caption="a_b 50%", label="tab:x", header=["method", "score"],
-                         rows=[["glm_cloze", "80.00 ± 2.00"]], bold={0})  # fmt: skip
+    frame = pd.DataFrame([["glm_cloze", "80.00 ± 2.00", "best"], ["linear_head", "3e-5", ""]],
+                         columns=["method", "score (%)", ""])  # fmt: skip
+    table = Table(caption="a_b 50%", label="tab:x", frame=frame, bold=frozenset({0}), align="lrl")
+
     latex = table.latex()
-    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
-        assert rule in latex
-    assert r"\textbf{glm\_cloze}" in latex and r"80.00 $\pm$ 2.00" in latex and r"a\_b 50\%" in latex
-    assert "| **glm_cloze** | **80.00 ± 2.00** |" in table.markdown()
+
+    assert latex.splitlines() == [
+        r"\begin{table}[t]", r"\centering", r"\caption{a\_b 50\%}", r"\label{tab:x}", r"\begin{tabular}{lrl}",
+        r"\toprule", r"method & score (\%) &  \\", r"\midrule",
+        r"\textbf{glm\_cloze} & \textbf{80.00 $\pm$ 2.00} & \textbf{best} \\", r"linear\_head & 3e-5 &  \\",
+        r"\bottomrule", r"\end{tabular}", r"\end{table}",
+    ]  # fmt: skip
+    markdown = table.markdown().splitlines()
+    assert table_rows(table.markdown()) == [["method", "score (%)", ""], ["**glm_cloze**", "**80.00 ± 2.00**", "**best**"],
+                                            ["linear_head", "3e-5", ""]]  # fmt: skip
+    assert re.fullmatch(r"\|:-+\|-+:\|:-+\|", markdown[1])  # left, right, left
 
 
 # ----------------------------------------------------------------------------- the whole report
@@ -231,14 +272,16 @@ def test_report_writes_markdown_latex_and_figures(tmp_path):
     out = make_report(tmp_path, records)
 
     text = (out / "report.md").read_text()
+    rows = table_rows(text)
     assert "never looks at test" in text
     # The grid row of the selected config, in bold, and its test score in the sentence after.
-    assert "| **0** | **3e-5** | **16** | **2** | **80.00 ± 2.83** | **best** |" in text
+    assert ["**0**", "**3e-5**", "**16**", "**2**", "**80.00 ± 2.83**", "**best**"] in rows
     assert "**test 65.00 ± 1.41**" in text
-    assert "| 0 | 1e-5 | 32 | 2 | 60.00 ± 0.00 |  |" in text
-    # Prompt comparison: prompt 1 (all 50) at its first grid point.
-    assert re.search(r"\| 1: prompt1 \| 1e-5 \| 16 \| 2 \| 50.00 ± 0.00 \| 50.00 ± 0.00 \|", text)
-    assert "| majority class | – | – | no training | – | – | 20.00 | 0 | 0 |" in text
+    assert ["0", "1e-5", "32", "2", "60.00 ± 0.00", ""] in rows
+    # Prompt comparison: prompt 1 (all 50) at its first grid point; no predictions, so no CI.
+    assert ["1: prompt1", "1e-5", "16", "2", "50.00 ± 0.00", "50.00 ± 0.00", "–"] in rows
+    assert ["majority class", "–", "–", "no training", "–", "–", "20.00", "–", "–", "0", "0"] in rows
+    assert "Runs set apart" not in text  # all runs differ in prompt, lr, batch size and seed only
     latex = (out / "tables.tex").read_text()
     assert latex.count(r"\toprule") == latex.count(r"\bottomrule") == 3  # methods compared, grid, prompts
     assert r"80.00 $\pm$ 2.83" in latex
@@ -260,7 +303,7 @@ def test_runs_without_training_are_listed_apart_and_never_selected(tmp_path):
 
     text = (out / "report.md").read_text()
     assert "1 run(s) did not train" in text and "- `run008`: test accuracy 0.9900" in text
-    assert "| **0** | **3e-5** | **16** | **2** | **80.00 ± 2.83** | **best** |" in text
+    assert ["**0**", "**3e-5**", "**16**", "**2**", "**80.00 ± 2.83**", "**best**"] in table_rows(text)
     assert "1e-6" not in text
 
 
@@ -307,3 +350,158 @@ def test_report_lists_sweep_folders_that_have_no_results(tmp_path):
     report.main([str(results), "--output_dir", str(tmp_path / "report")])
     text = (tmp_path / "report" / "report.md").read_text()
     assert "1 run folder(s) have no results.json" in text and "- `cls_trec/glm_cloze/p0_lr1e-5_bs16_seed3`" in text
+
+
+# ----------------------------------------------------------------------------- runs that may not share a cell
+
+
+def test_a_run_with_other_settings_is_a_system_of_its_own_and_never_the_best_config(tmp_path):
+    # The 120-step grid of accuracy_runs, and a 1-step run at its best cell and seed scoring far higher
+    # on validation: pooled, it would be the "best config" and give that cell 89.50 ± 13.44 over "2 seeds".
+    records = [record(lr=r["learning_rate"], bs=r["per_device_train_batch_size"], seed=r["seed"],
+                      val=r["validation"]["accuracy"], test=r["test"]["accuracy"], max_train_steps=120)
+               for r in accuracy_runs()]  # fmt: skip
+    records.append(record(lr=3e-5, bs=16, seed=1, val=0.99, test=0.10, max_train_steps=1))
+    out = make_report(tmp_path, records)
+
+    text = (out / "report.md").read_text()
+    rows = table_rows(text)
+    assert ["**0**", "**3e-5**", "**16**", "**2**", "**80.00 ± 2.83**", "**best**"] in rows
+    assert ["**0**", "**3e-5**", "**16**", "**1**", "**99.00**", "**best**"] in rows  # its own grid, no ±
+    assert "### Grid search: glm_cloze [glm-tiny] (max_train_steps 1)" in text
+    assert ("- 1 run(s) of glm_cloze [glm-tiny] on cls/trec differ from its 8 other run(s) in max_train_steps 1 vs "
+            '120: a system of their own, "glm_cloze [glm-tiny] (max_train_steps 1)".') in text
+    methods = [row[0] for row in rows if row[3].startswith("p 0")]
+    assert methods == ["glm_cloze", "glm_cloze (max_train_steps 1)"]
+
+
+def test_settings_that_do_not_change_a_run_do_not_split_it(tmp_path):
+    # Where a run writes and how it checkpoints are not settings of the system; unused PEFT flags neither.
+    records = [record(seed=1, output_dir="a", checkpointing_steps=10, lora_r=8),
+               record(seed=2, output_dir="b", per_device_eval_batch_size=64, lora_r=16)]  # fmt: skip
+    runs, notes = separate_runs(load_results(write_runs(tmp_path, records)))
+    assert notes == [] and runs["variant"].eq("").all() and runs["study"].eq("").all()
+
+
+def test_a_repeated_run_counts_once_and_one_run_never_shows_a_spread(tmp_path):
+    # The same settings and seed twice (a rerun in another folder): one seed, not a spread of two runs.
+    out = make_report(tmp_path, [record(seed=1, val=0.40, test=0.40), record(seed=1, val=0.60, test=0.60)])
+
+    text = (out / "report.md").read_text()
+    assert ["**0**", "**1e-5**", "**16**", "**1**", "**40.00**", "**best**"] in table_rows(text)
+    assert "`run001/results.json` repeats the settings and seed of another run" in text.replace(str(tmp_path / "runs") + "/", "")
+    assert "±" not in text.split("## TREC")[1].replace("mean ± std", "")
+
+
+def test_runs_on_other_data_get_their_own_section_with_their_own_baseline(tmp_path):
+    # A smoke test on the first 100 test rows, whose majority class scores 30 there, next to the full runs
+    # (majority class 20): each table's reference row comes from its own test set.
+    records = accuracy_runs() + [record(seed=s, val=0.9, test=0.9, baseline=0.3, max_test_samples=100) for s in (1, 2)]
+    out = make_report(tmp_path, records)
+
+    text = (out / "report.md").read_text()
+    main, smoke = text.split("## TREC (max_test_samples 100): classification")
+    assert ["majority class", "–", "–", "no training", "–", "–", "20.00", "–", "–", "0", "0"] in table_rows(main)
+    assert ["majority class", "–", "–", "no training", "–", "–", "30.00", "–", "–", "0", "0"] in table_rows(smoke)
+    assert ["**0**", "**1e-5**", "**16**", "**2**", "**90.00 ± 0.00**", "**best**"] in table_rows(smoke)
+    assert "**test 65.00 ± 1.41**" in main  # the smoke runs' 90 never reach the main grid
+    assert "(max_test_samples 100 vs none)" in text
+    assert (out / "curves_cls_trec_max_test_samples_100.png").exists()
+    assert set(json.loads((out / "summary.json").read_text())) == {"cls/trec", "cls/trec/max_test_samples 100"}
+
+
+# ----------------------------------------------------------------------------- hidden test labels
+
+
+def test_runs_with_hidden_test_labels_show_validation_and_never_a_test_score(tmp_path):
+    records = [record(lr=lr, seed=s, val=v, test=0.77, hidden=True) for lr, v in ((1e-5, 0.6), (3e-5, 0.7)) for s in (1, 2)]
+    out = make_report(tmp_path, records)
+
+    text = (out / "report.md").read_text()
+    assert "**Test labels hidden.**" in text
+    assert "**test labels hidden** (accuracy (%), 2 seeds)" in text
+    assert ["glm_cloze", "glm-tiny", "none", "p 0, lr 3e-5, bs 16", "2", "70.00 ± 0.00", "hidden", "–", "–",
+            "1k (100%)", "10"] in table_rows(text)  # fmt: skip
+    assert "77" not in text and "test_mean" not in text
+
+
+# ----------------------------------------------------------------------------- report.py's own errors
+
+
+@pytest.mark.parametrize("make", [lambda root: root / "missing", lambda root: root])
+def test_report_on_a_folder_without_results_says_what_it_looked_for(tmp_path, make):
+    (tmp_path / "cls_trec").mkdir()
+    folder = make(tmp_path)
+    done = subprocess.run([sys.executable, str(REPO / "report.py"), str(folder)], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("report.py: error: ") and str(folder) in error
+    assert ("is not a folder" if folder.name == "missing" else "no readable results.json") in error
+
+
+# ----------------------------------------------------------------------------- is a difference real?
+
+
+def test_report_gives_test_intervals_and_paired_tests_against_the_best_system(tmp_path):
+    # 5 test examples: GLM right on the first four, the linear head on none: 80 points apart, and
+    # exactly 4 of the 2^5 swaps of the paired test are as extreme: p = 0.125.
+    records = [record(val=0.9, test=0.8), record(method="linear_head", model="roberta-tiny", prompt_id=None, val=0.5, test=0.0)]
+    predictions = [[(g, g) for g in range(4)] + [(4, 0)], [(g, (g + 1) % 6) for g in range(5)]]
+    results = write_runs(tmp_path / "runs", records, predictions)
+    report.main([str(results), "--output_dir", str(tmp_path / "report")])
+
+    text = (tmp_path / "report" / "report.md").read_text()
+    rows = {row[0]: row for row in table_rows(text)}
+    expected = scipy.stats.bootstrap(([1.0, 1, 1, 1, 0],), np.mean, n_resamples=1000, batch=100, method="percentile",
+                                     rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    assert rows["glm_cloze"][6:9] == ["80.00", f"[{100 * expected.low:.1f}, {100 * expected.high:.1f}]", "–"]
+    assert rows["linear_head"][6:9] == ["0.00", "[0.0, 0.0]", "0.125"]
+    assert (f"on test it scores 80.00 (95% CI [{100 * expected.low:.1f}, {100 * expected.high:.1f}] over 5 test "
+            "examples), 1 seed.") in text  # fmt: skip
+    assert ("- It beats linear_head [roberta-tiny] by 80.00 points on test (p = 0.125, not significant at 0.05; "
+            "1 seed vs 1 seed).") in text
+
+
+def test_report_tests_every_pair_of_prompts(tmp_path):
+    # 12 examples, prompt 1 right on all, prompt 0 on none: 2 of the 2^12 swaps are as extreme.
+    records = [record(prompt_id=0, val=0.3, test=0.0), record(prompt_id=1, val=0.9, test=1.0)]
+    predictions = [[(g % 6, (g + 1) % 6) for g in range(12)], [(g % 6, g % 6) for g in range(12)]]
+    results = write_runs(tmp_path / "runs", records, predictions)
+    report.main([str(results), "--output_dir", str(tmp_path / "report")])
+
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert ("- Prompt 1 (prompt1) beats prompt 0 (prompt0) by 100.00 points on test (p < 0.001, **significant** at "
+            "0.05; 1 seed vs 1 seed).") in text
+    assert ["1: prompt1", "1e-5", "16", "1", "90.00", "100.00", "[100.0, 100.0]"] in table_rows(text)
+
+
+def test_sensitivity_is_stated_in_numbers_under_the_heatmap_and_the_prompts(tmp_path):
+    records = accuracy_runs() + [record(prompt_id=1, lr=lr, bs=bs, seed=s, val=0.5, test=0.5)
+                                 for lr in (1e-5, 3e-5) for bs in (16, 32) for s in (1, 2)]  # fmt: skip
+    out = make_report(tmp_path, records)
+
+    text = (out / "report.md").read_text()
+    # Cell means 70, 60, 80, 75: spread 20, sample std sqrt(218.75 / 3) = 8.54; 3e-5 is best at both batch sizes.
+    assert ("**Sensitivity** (validation accuracy (%), 4 cells): best 80.00 at learning rate 3e-5, batch size 16; "
+            "worst 60.00; spread 20.00 points, std across cells 8.54. The best learning rate does not move with batch "
+            "size (3e-5 at batch size 16, 3e-5 at batch size 32). The seed-to-seed std at the best cell, 2.83, is "
+            "smaller than the std across cells (8.54): the configuration matters more than the seed.") in text
+    # Prompts at their best: 80 (std 2.83) and 50 (std 0): std across prompts 21.21, seed RMS sqrt(8 / 2) = 2.
+    assert ("the 2 prompts range from 50.00 to 80.00 (spread 30.00 points, std across prompts 21.21). The seed-to-seed "
+            "std at those configurations is 2.00 (root mean square), smaller than the std across prompts: the prompt "
+            "matters more than the seed.") in text
+
+
+def test_grid_sensitivity_sees_the_best_learning_rate_move_with_batch_size():
+    grid = pd.DataFrame({"learning_rate": [1e-5, 3e-5, 1e-5, 3e-5], "batch_size": [16, 16, 32, 32],
+                         "val_mean": [70.0, 80.0, 75.0, 60.0], "val_std": [1.0, 3.0, 1.0, 1.0]})  # fmt: skip
+    grid["best"] = grid["val_mean"].eq(80.0)
+
+    found = grid_sensitivity(grid, "accuracy")
+
+    assert found["best_lr"] == {16: 3e-5, 32: 1e-5} and found["lr_moves"]
+    assert (found["spread"], found["worst"], found["seed_std"]) == (20.0, 60.0, 3.0)
+    assert found["cell_std"] == pytest.approx(math.sqrt(218.75 / 3))
+    assert prompt_sensitivity(grid.assign(val_std=[2.0, np.nan, 1.0, 2.0]))["seed_std"] == pytest.approx(math.sqrt(3))

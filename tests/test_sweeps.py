@@ -120,9 +120,21 @@ def test_a_bad_method_entry_stops_before_any_run(tmp_path, env, message):
     assert done.returncode == 2 and message in done.stderr
 
 
+def fake_shared(tmp_path):
+    """A SHARED folder with (empty) copies of the files the cpu-demo preset reads."""
+    shared = tmp_path / "shared"
+    for name in ("trec/train.csv", "trec/test.csv", "e2e_nlg_cleaned/train.csv", "e2e_nlg_cleaned/validation.csv",
+                 "e2e_nlg_cleaned/test.csv"):  # fmt: skip
+        (shared / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (shared / "data" / name).write_text("")
+    return shared
+
+
 def test_cpu_demo_preset_covers_both_tasks_with_3_prompts_2_lrs_2_batch_sizes_2_seeds(tmp_path):
-    lines = commands(sweep("--preset", "cpu-demo", "--dry-run", "--out", str(tmp_path)).stdout)
-    dirs = [output_dir(line).relative_to(tmp_path).parts for line in lines]
+    shared = fake_shared(tmp_path)
+    out = tmp_path / "runs"
+    lines = commands(sweep("--preset", "cpu-demo", "--dry-run", "--out", str(out), env={"SHARED": str(shared)}).stdout)
+    dirs = [output_dir(line).relative_to(out).parts for line in lines]
 
     methods = {(task, method) for task, method, _ in dirs}
     assert methods == {("cls_trec", "glm_cloze"), ("cls_trec", "glm_cloze_ptuning_v2"),
@@ -133,7 +145,39 @@ def test_cpu_demo_preset_covers_both_tasks_with_3_prompts_2_lrs_2_batch_sizes_2_
         assert len(glm) == 3 * 2 * 2 * 2
         assert {run.split("_")[0] for run in glm} == {"p0", "p1", "p2"}
     assert all("--model_name_or_path glm-tiny" in line for line in lines if "run_cls.py" in line)
-    assert all("--max_train_steps" in line and str(SHARED / "data") in line for line in lines)
+    assert all("--max_train_steps" in line and str(shared / "data") in line for line in lines)
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_cpu_demo_without_its_data_stops_before_the_first_run_with_one_line(tmp_path, dry_run):
+    env = {"SHARED": str(tmp_path / "fresh_clone_has_none"), "PYTHON": fake_python(tmp_path)}
+    done = sweep("--preset", "cpu-demo", "--task", "all", "--out", str(tmp_path / "runs"),
+                 *(["--dry-run"] if dry_run else []), env=env, check=False)  # fmt: skip
+
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(f"sweeps.sh: missing data file(s): {tmp_path}/fresh_clone_has_none/data/trec/train.csv ")
+    assert "set SHARED=DIR" in done.stderr and "--preset cpu-offline, which needs no files" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_data_file_of_ones_own_grid_is_named(tmp_path):
+    env = {**GRID_ENV, "CLS_DATA_ARGS": f"--train_file {SWEEPS} --test_file data/nope.csv"}  # relative: to the repo
+    done = sweep("--dry-run", "--out", str(tmp_path), env=env, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "sweeps.sh: missing data file(s): data/nope.csv (named in *_DATA_ARGS / *_ARGS)."
+
+
+def test_cpu_offline_preset_needs_no_files(tmp_path):
+    out = tmp_path / "runs"
+    env = {"SHARED": str(tmp_path / "none")}
+    lines = commands(sweep("--preset", "cpu-offline", "--task", "all", "--dry-run", "--out", str(out), env=env).stdout)
+
+    assert len(lines) == 64
+    tasks = {output_dir(line).relative_to(out).parts[0] for line in lines}
+    assert tasks == {"cls_fine_foods", "gen_hhs_breaches"}
+    assert not any("_file" in line for line in lines)
+    assert all("--model_name_or_path glm-tiny" in line for line in lines if "run_baseline.py" not in line)
 
 
 # ----------------------------------------------------------------------------- running
@@ -242,11 +286,16 @@ def test_a_real_two_point_sweep_and_its_report(tmp_path):
     low, high = "p0_lr1e-4_bs4_seed1", "p0_lr1e-3_bs4_seed1"
     best = high if val[high] > val[low] else low  # chosen on validation; a tie goes to the first config (smaller lr)
     text = (out / "report" / "report.md").read_text()
-    for name, r in results.items():
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    for name in results:
         lr = "1e-4" if "1e-4" in name else "1e-3"
-        row = f"| 0 | {lr} | 4 | 1 | {val[name]:.2f} |"
-        assert (f"| **0** | **{lr}** | **4** | **1** | **{val[name]:.2f}** | **best** |" if name == best else row) in text
-    assert f"**test {100 * results[best]['test']['accuracy']:.2f}**" in text
+        row = ["0", lr, "4", "1", f"{val[name]:.2f}", ""]
+        assert ([f"**{cell}**" for cell in row[:-1]] + ["**best**"] if name == best else row) in rows
+    test = 100 * results[best]["test"]["accuracy"]
+    assert f"**test {test:.2f}**" in text
+    # The interval is read from the run's predictions_test.jsonl and must hold the score run_cls.py computed.
+    low, high = map(float, re.search(r"on test it scores [\d.]+ \(95% CI \[([\d.]+), ([\d.]+)\] over 16 test", text).groups())
+    assert low <= test <= high
     summary = json.loads((out / "report" / "summary.json").read_text())["cls/trec"][0]
     assert summary["test_mean"] == pytest.approx(100 * results[best]["test"]["accuracy"])
     for figure in ("heatmap_cls_trec_glm_cloze_glm-tiny.png", "curves_cls_trec.png"):

@@ -1,0 +1,197 @@
+"""The report's tables: cells formatted as text, then rendered by pandas as Markdown
+(`DataFrame.to_markdown`, through tabulate) and as booktabs LaTeX (`Styler.to_latex`)."""
+
+import math
+from typing import NamedTuple
+
+import pandas as pd
+
+from analysis import DATASET_TITLES, NO_PROMPT, metric_label
+from significance import ALPHA
+from training import safe_name
+
+
+class Table(NamedTuple):
+    """A table of text cells to render twice: `frame` (one string per cell), the rows (positions)
+    set in bold, and the column alignment ("l"/"r" per column)."""
+
+    caption: str
+    label: str
+    frame: pd.DataFrame
+    bold: frozenset = frozenset()
+    align: str = ""
+
+    def markdown(self):
+        frame = self.frame.copy()
+        for row in self.bold:
+            frame.iloc[row] = [f"**{cell}**" if cell else cell for cell in frame.iloc[row]]
+        align = [{"l": "left", "r": "right"}[a] for a in self.align or "l" * frame.shape[1]]
+        return frame.to_markdown(index=False, colalign=align, disable_numparse=True)
+
+    def latex(self):
+        bold = ["textbf:--rwrap;" if i in self.bold else "" for i in range(len(self.frame))]
+        styler = (self.frame.style.hide(axis="index").format(latex_escape).format_index(latex_escape, axis=1)
+                  .apply(lambda column: [b if cell else "" for b, cell in zip(bold, column)], axis=0))  # fmt: skip
+        return styler.to_latex(column_format=self.align or "l" * self.frame.shape[1], hrules=True,
+                               caption=latex_escape(self.caption), label=self.label, position="t",
+                               position_float="centering")  # fmt: skip
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+_LATEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\rightarrow$", "×": r"$\times$", "–": "--"}
+
+
+def latex_escape(text):
+    """Text safe in LaTeX, ASCII apart from the text itself: "a_b 50%" -> "a\\_b 50\\%", "±" -> $\\pm$."""
+    return "".join(_LATEX_SPECIALS.get(ch, _LATEX_SYMBOLS.get(ch, ch)) for ch in str(text))
+
+
+# ---------------------------------------------------------------------------------------
+# Cells
+# ---------------------------------------------------------------------------------------
+
+
+def _missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_mean_std(mean, std, digits=2):
+    """ "80.00 ± 2.00"; the mean alone when std is NaN (one seed: never a spread of one run); "–"
+    when missing."""
+    if _missing(mean):
+        return "–"
+    if _missing(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_test(row, digits=2):
+    """The test cell of a summary row: mean ± std, or "hidden" when the test labels were hidden."""
+    return "hidden" if row.test_hidden else fmt_mean_std(row.test_mean, row.test_std, digits)
+
+
+def fmt_ci(ci, digits=1):
+    """ "[61.2, 68.8]"; "–" for none."""
+    return "–" if ci is None or _missing(ci) else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def fmt_p_mark(p):
+    """ "0.021*" (* below ALPHA), "<0.001*"; "–" for none."""
+    if _missing(p):
+        return "–"
+    text = "<0.001" if p < 0.001 else f"{p:.3f}"
+    return text + ("*" if p < ALPHA else "")
+
+
+def fmt_lr(lr):
+    return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def fmt_prompt(prompt_id, prompt_name=""):
+    if prompt_id == NO_PROMPT:
+        return "(none)"
+    return f"{int(prompt_id)}: {prompt_name}" if prompt_name else str(int(prompt_id))
+
+
+def fmt_config(row):
+    """ "p 2, lr 1e-3, bs 16": a configuration in a few characters."""
+    return f"p {fmt_prompt(row['prompt_id'])}, lr {fmt_lr(row['learning_rate'])}, bs {int(row['batch_size'])}"
+
+
+def fmt_trainable(params, share):
+    """Trainable parameters and their share of all: "1.2M (0.52%)"."""
+    if _missing(share):
+        return "–"
+    if _missing(params):
+        return f"{100 * share:.3g}%"
+    for factor, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, "")):
+        if params >= factor or factor == 1:
+            return f"{params / factor:.3g}{suffix} ({100 * share:.3g}%)"
+
+
+def fmt_seconds(seconds):
+    if _missing(seconds):
+        return "–"
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
+
+
+def study_title(dataset, study=""):
+    """ "TREC", or for runs on other data "TREC (max_train_samples 72)"."""
+    title = DATASET_TITLES.get(dataset, dataset)
+    return f"{title} ({study})" if study else title
+
+
+# ---------------------------------------------------------------------------------------
+# The tables
+# ---------------------------------------------------------------------------------------
+
+
+def _label(kind, *names):
+    """A LaTeX label: "tab:grid-cls-trec-glm_cloze_glm-tiny"."""
+    return f"tab:{kind}-" + "-".join(safe_name(name) for name in names if name)
+
+
+def make_grid_table(task, dataset, study, system, table, metric):
+    label = metric_label(metric)
+    rows = [
+        [fmt_prompt(r.prompt_id), fmt_lr(r.learning_rate), str(int(r.batch_size)), str(int(r.n_seeds)),
+         fmt_mean_std(r.val_mean, r.val_std), "best" if r.best else ""]
+        for r in table.itertuples()
+    ]  # fmt: skip
+    header = ["prompt", "learning rate", "batch size", "seeds", f"validation {label}", ""]
+    return Table(
+        caption=f"{study_title(dataset, study)} ({task}), {system}: grid search. Validation {label}, "
+        "mean ± std over seeds (the mean alone for one seed); the best configuration (bold) is chosen on validation.",
+        label=_label("grid", task, dataset, study, system),
+        frame=pd.DataFrame(rows, columns=header),
+        bold=frozenset(i for i, best in enumerate(table["best"]) if best), align="lrrrrl",
+    )  # fmt: skip
+
+
+def make_prompt_table(task, dataset, study, system, table, metric):
+    """`table`: prompt_table rows, with test_ci (or None) per prompt."""
+    label = metric_label(metric)
+    rows = [
+        [fmt_prompt(r.prompt_id, r.prompt_name), fmt_lr(r.learning_rate), str(int(r.batch_size)),
+         str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_test(r), fmt_ci(r.test_ci)]
+        for r in table.itertuples()
+    ]  # fmt: skip
+    header = ["prompt", "learning rate", "batch size", "seeds", f"validation {label}", f"test {label}", "test 95% CI"]
+    return Table(
+        caption=f"{study_title(dataset, study)} ({task}), {system}: prompts compared, each at its best learning rate "
+        f"and batch size (chosen on validation). Scores: {label}, mean ± std over seeds. Test 95% CI: bootstrap "
+        "over test examples of the seed mean.",
+        label=_label("prompts", task, dataset, study, system),
+        frame=pd.DataFrame(rows, columns=header), align="lrrrrrr",
+    )  # fmt: skip
+
+
+def make_comparison_table(task, dataset, study, table, trivial, metric):
+    """`table`: comparison_table rows, with test_ci (or None) and p_vs_best (NaN for the best
+    system itself and where there is no test) per system."""
+    label = metric_label(metric)
+    rows = []
+    for r in table.itertuples():
+        rows.append([
+            str(r.method) + (f" ({r.variant})" if r.variant else ""), str(r.model), str(r.peft),
+            fmt_config(r._asdict()), str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_test(r),
+            fmt_ci(r.test_ci), fmt_p_mark(r.p_vs_best), fmt_trainable(r.trainable_params, r.trainable_share),
+            fmt_seconds(r.train_time_s),
+        ])  # fmt: skip
+    hidden = table["test_hidden"].any()
+    for name, (val, test) in trivial.items():
+        rows.append([name.replace("_", " "), "–", "–", "no training", "–", fmt_mean_std(val, None),
+                     "hidden" if hidden else fmt_mean_std(test, None), "–", "–", "0", "0"])  # fmt: skip
+    header = ["method", "model", "PEFT", "best config", "seeds", f"validation {label}", f"test {label}",
+              "test 95% CI", "p vs best", "trainable params", "train time (s)"]  # fmt: skip
+    return Table(
+        caption=f"{study_title(dataset, study)} ({task}): methods compared at their best configuration (chosen on "
+        f"validation over prompts, learning rates and batch sizes). Scores: {label}, mean ± std over seeds (the mean "
+        "alone for one seed). Test 95% CI: bootstrap over test examples; p vs best: paired randomization test on the "
+        f"test examples against the system best on validation, * below {ALPHA}. Trainable params: count (share of "
+        "all parameters). Train time: mean wall-clock seconds of training per run, on the machine that ran it. "
+        "Reference rows: the scripts' trivial baselines on the same data (mean over seeds).",
+        label=_label("compare", task, dataset, study),
+        frame=pd.DataFrame(rows, columns=header), align="llllrrrrrrr",
+    )  # fmt: skip

@@ -1,0 +1,180 @@
+"""Is a difference real? Confidence intervals and paired tests over the test examples of saved
+predictions (used by report.py).
+
+Every metric the scripts report is a function of sums over test examples: each example gives a
+small vector of counts (`example_stats`), a resample of examples sums them, and `finalize` turns
+the sums into the metric, exactly as metrics.py computes it on the whole test set:
+
+  accuracy   [correct]                               mean
+  macro_f1   [tp_c, fp_c, fn_c for each class c]     mean over classes of 2tp / (2tp + fp + fn)
+                                                     (0 where a class is never gold or predicted,
+                                                     as scikit-learn's zero_division=0)
+  bleu       sacrebleu's sentence statistics         corpus BLEU of the summed counts, as
+             [hyp len, ref len, matches 1-4, totals 1-4] sacrebleu computes it (`bleu_from_counts`)
+  rouge*     [F-measure (0-100)]                     mean (rouge-score, best reference per source)
+
+A system's score is the mean over its seeds of the metric on the same examples, so a resample
+draws the same examples for every seed.
+
+- `bootstrap_ci`: 95% percentile bootstrap interval of that score, 1,000 resamples of the test
+  examples, seeded (scipy.stats.bootstrap; Efron and Tibshirani 1993, ch. 13).
+- `paired_test`: two systems on the same test examples, paired approximate randomization (each
+  example's outputs of the two systems swapped at random; Noreen 1989, Riezler and Maxwell 2005)
+  with scipy.stats.permutation_test (permutation_type="samples"; exact when 2^n is at most the
+  number of resamples). Two-sided p-value. The statistic is the difference of the
+  scores of each system's per-example counts averaged over its seeds: for accuracy and ROUGE this
+  is the difference of the seed means, for BLEU and macro-F1 that of the seed-pooled scores.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import sacrebleu
+import scipy.stats
+from rouge_score import rouge_scorer
+
+CONFIDENCE = 0.95
+CI_RESAMPLES = 1000
+TEST_RESAMPLES = 9999
+SEED = 0
+ALPHA = 0.05  # significance level of the marks in report.md
+PREDICTION_FILES = {"cls": "predictions_test.jsonl", "gen": "generations_test.jsonl"}
+SUPPORTED = {"cls": ("accuracy", "macro_f1"), "gen": ("bleu", "rouge1", "rouge2", "rougeL")}
+
+
+def read_predictions(run_dir, task):
+    """The rows of a run's test predictions file (PREDICTION_FILES), or None when there is none."""
+    path = Path(run_dir) / PREDICTION_FILES[task]
+    if not path.exists():
+        return None
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def example_stats(rows, task, metric):
+    """Per-example counts of `metric` (see the module docstring) and the examples' identity.
+
+    Args:
+        rows: predictions_test.jsonl rows (cls: gold, predicted, scores {choice: score}) or
+            generations_test.jsonl rows (gen: references, prediction). task: "cls" | "gen".
+        metric: one of SUPPORTED[task].
+    Returns:
+        (stats float array (n, k), key): key identifies the examples (gold choice indices for cls,
+        references for gen) so that two systems are paired only on the same examples.
+    """
+    if task == "cls":
+        gold = np.array([list(row["scores"]).index(row["gold"]) for row in rows])
+        predicted = np.array([list(row["scores"]).index(row["predicted"]) for row in rows])
+        if metric == "accuracy":
+            return (gold == predicted)[:, None].astype(float), gold.tolist()
+        classes = np.arange(max(len(row["scores"]) for row in rows))
+        is_gold, is_predicted = gold[:, None] == classes, predicted[:, None] == classes
+        counts = [is_gold & is_predicted, ~is_gold & is_predicted, is_gold & ~is_predicted]
+        return np.concatenate(counts, axis=1).astype(float), gold.tolist()
+    references = [row["references"] for row in rows]
+    if metric == "bleu":
+        bleu = sacrebleu.BLEU(effective_order=True)  # only the counts are read; this avoids a warning per call
+        scores = [bleu.sentence_score(row["prediction"], row["references"]) for row in rows]
+        return np.array([[s.sys_len, s.ref_len, *s.counts, *s.totals] for s in scores], dtype=float), references
+    scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
+    scores = [100 * scorer.score_multi(row["references"], row["prediction"])[metric].fmeasure for row in rows]
+    return np.array(scores)[:, None], references
+
+
+def finalize(sums, n, metric):
+    """The metric from summed per-example counts.
+
+    Args:
+        sums: (..., k) sums over n examples of `example_stats`; n: the number of examples.
+    Returns:
+        (...) array of the metric on its stored scale (accuracy / macro-F1 in [0, 1], BLEU and
+        ROUGE 0-100).
+    """
+    if metric == "macro_f1":
+        tp, fp, fn = np.split(sums, 3, axis=-1)
+        denominator = 2 * tp + fp + fn
+        return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0).mean(-1)
+    if metric == "bleu":
+        return bleu_from_counts(sums)
+    return sums[..., 0] / n
+
+
+def bleu_from_counts(sums):
+    """Corpus BLEU (0-100) from summed sentence statistics, vectorized: sacrebleu's
+    BLEU.compute_bleu with its default "exp" smoothing (mteval-v13a: the k-th n-gram order without
+    a match counts as precision 1 / (2^k total)), brevity penalty exp(1 - ref/hyp) for a short
+    output (Papineni et al. 2002). sacrebleu's own function takes one vector of integer counts at a
+    time; the tests take thousands of vectors and seed-averaged (fractional) counts.
+
+    Args:
+        sums: (..., 10) array [hyp len, ref len, matches of 1..4-grams, totals of 1..4-grams].
+    Returns:
+        (...) array.
+    """
+    sys_len, ref_len, correct, total = sums[..., 0], sums[..., 1], sums[..., 2:6], sums[..., 6:10]
+    unmatched = correct == 0
+    smoothed = 1 / (2.0 ** np.cumsum(unmatched, axis=-1) * np.where(total > 0, total, 1))
+    precision = np.where(unmatched, smoothed, correct / np.where(total > 0, total, 1)) * (total > 0)
+    with np.errstate(divide="ignore"):  # a precision of 0 (no n-gram of some order) gives BLEU 0
+        log_mean = np.log(precision).mean(-1)
+        brevity = np.where(sys_len < ref_len, np.exp(1 - ref_len / np.where(sys_len > 0, sys_len, 1)), 1.0)
+    score = 100 * brevity * np.exp(log_mean) * (sys_len > 0)
+    return np.where(unmatched.all(-1), 0.0, score)
+
+
+def seed_mean_score(stats, metric, indices=None):
+    """Mean over seeds of the metric on the examples `indices` (all when None).
+
+    Args:
+        stats: (seeds, n, k) per-example counts of each seed's run. indices: int array (..., m).
+    Returns:
+        (...) array (a float for indices None).
+    """
+    if indices is None:
+        indices = np.arange(stats.shape[1])
+    return finalize(stats[:, indices].sum(-2), indices.shape[-1], metric).mean(0)
+
+
+def bootstrap_ci(stats, metric):
+    """95% percentile bootstrap interval of `seed_mean_score` over test examples (CI_RESAMPLES
+    resamples, rng seeded with SEED; scipy.stats.bootstrap).
+
+    Args:
+        stats: (seeds, n, k) per-example counts (`example_stats` of each seed's run).
+    Returns:
+        (low, high) on the metric's stored scale.
+    """
+    result = scipy.stats.bootstrap(
+        (np.arange(stats.shape[1]),), lambda indices, axis: seed_mean_score(stats, metric, indices),
+        n_resamples=CI_RESAMPLES, batch=100, vectorized=True, method="percentile", confidence_level=CONFIDENCE,
+        rng=np.random.default_rng(SEED),
+    )  # fmt: skip
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def paired_test(stats_a, stats_b, metric):
+    """Paired approximate randomization test of system A against system B on the same examples.
+
+    Args:
+        stats_a, stats_b: (seeds, n, k) per-example counts of each system's seed runs (the seed
+            counts may differ; n and k may not).
+    Returns:
+        (difference A - B of the statistic (module docstring), two-sided p-value), the difference
+        on the metric's stored scale.
+    """
+    n = stats_a.shape[1]
+    pooled = np.concatenate([stats_a.mean(0), stats_b.mean(0)])  # rows 0..n-1: A, n..2n-1: B
+
+    def difference(a, b, axis):
+        return finalize(pooled[a].sum(-2), n, metric) - finalize(pooled[b].sum(-2), n, metric)
+
+    result = scipy.stats.permutation_test(
+        (np.arange(n), np.arange(n, 2 * n)), difference, permutation_type="samples", vectorized=True,
+        n_resamples=TEST_RESAMPLES, batch=500, rng=np.random.default_rng(SEED),
+    )  # fmt: skip
+    return float(result.statistic), float(result.pvalue)
+
+
+def fmt_p(p):
+    """ "p = 0.031", "p < 0.001"."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
