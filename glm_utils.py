@@ -313,6 +313,108 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
     return batch
 
 
+def sample_spans(num_tokens, mask_ratio, poisson_lambda, rng):
+    """Blank-infilling spans of one text of `num_tokens` tokens (paper, section 2.1).
+
+    Span lengths are drawn from Poisson(`poisson_lambda`) conditioned on >= 1 (THUDM/GLM's
+    `block_length_distribution` is the Poisson pmf over lengths 1, 2, ...) until
+    round(mask_ratio * num_tokens) tokens (at least 1, at most all but one) are covered; the last
+    span is cut so the masked share is exact, which matters for short texts. The spans are placed
+    uniformly at random without overlap (two may touch) and returned shuffled: their order is the
+    order of Part B. `rng` is a `numpy.random.Generator`.
+
+    Returns a list of (start, end) half-open token ranges. Raises ValueError for fewer than 2 tokens
+    (a text needs at least one token left in Part A).
+    """
+    if num_tokens < 2:
+        raise ValueError(f"A text of {num_tokens} token(s) cannot have a blank and a context")
+    budget = min(max(1, round(mask_ratio * num_tokens)), num_tokens - 1)
+    lengths = []
+    while sum(lengths) < budget:
+        draw = 0
+        while draw == 0:
+            draw = int(rng.poisson(poisson_lambda))
+        lengths.append(min(draw, budget - sum(lengths)))
+    # Choosing k slots among (unmasked tokens + k) and reading each slot as "a span starts after
+    # this many unmasked tokens" places k spans uniformly without overlap.
+    k, unmasked = len(lengths), num_tokens - budget
+    slots = sorted(rng.choice(unmasked + k, size=k, replace=False).tolist())
+    spans, covered = [], 0
+    for i, (slot, length) in enumerate(zip(slots, lengths)):
+        start = slot - i + covered
+        spans.append((start, start + length))
+        covered += length
+    return [spans[i] for i in rng.permutation(k)]
+
+
+def max_infilling_text_length(max_length, mask_ratio):
+    """The most text tokens that fit `max_length` once blanked: `<s> A </s>` plus a sop and an eop
+    per span, with at most round(mask_ratio * n) spans (each covers at least one token)."""
+    n = max_length - 2
+    while n > 2 and n + 2 + 2 * max(1, round(mask_ratio * n)) > max_length:
+        n -= 1
+    return n
+
+
+def build_blank_infilling_inputs(tokenizer, texts, spans):
+    """GLM's pretraining inputs: autoregressive blank infilling (paper, section 2.1, Figure 1).
+
+    texts: B lists of token ids (no special tokens); spans: per text a list of (start, end) token
+    ranges in Part B order (`sample_spans`). Each span becomes one [MASK] in Part A; the spans follow
+    as Part B, each as `sop + span` with targets `span + eop`. Figure 1, text x1..x6, spans [x5 x6]
+    then [x3]:
+
+        input_ids        <s> x1 x2 [M] x4 [M] </s> | sop x5 x6  | sop x3
+        position_ids[0]   0  1  2   3  4   5   6   |  5   5  5  |  3   3
+        position_ids[1]   0  0  0   0  0   0   0   |  1   2  3  |  1   2
+        labels           -100 ...                  |  x5  x6 eop|  x3 eop
+
+    Part A attends to all of Part A (not Part B); a Part B token attends to Part A and to every
+    Part B token before it, earlier spans included: that is GLM's separator mask, returned as
+    `attention_mask` [B] = the length of each Part A (see `modeling_glm.expand_attention_mask`).
+    Padding goes after Part B, where no real token sees it.
+
+    Returns a dict: input_ids [B, S], position_ids [B, 2, S], attention_mask [B] (long),
+    labels [B, S] (-100 on Part A and padding). Raises ValueError when a span is empty, overlaps
+    another or leaves its text.
+    """
+    rows = [_blank_infilling_row(tokenizer, list(ids), example_spans) for ids, example_spans in zip(texts, spans)]
+    B, S = len(rows), max(len(ids) for ids, _, _, _ in rows)
+    batch = {
+        "input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
+        "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
+        "attention_mask": torch.tensor([part_a for _, _, _, part_a in rows]),
+        "labels": torch.full((B, S), -100, dtype=torch.long),
+    }
+    for b, (ids, positions, labels, _) in enumerate(rows):
+        batch["input_ids"][b, : len(ids)] = torch.tensor(ids)
+        batch["position_ids"][b, :, : len(ids)] = torch.tensor(positions).T
+        batch["labels"][b, : len(ids)] = torch.tensor(labels)
+    return batch
+
+
+def _blank_infilling_row(tokenizer, ids, spans):
+    """One Figure 1 example: (input ids, [position, block position] pairs, labels, Part A length)."""
+    covered = sorted(spans)
+    for (start, end), (next_start, _) in zip(covered, covered[1:] + [(len(ids), None)]):
+        if not 0 <= start < end <= next_start:
+            raise ValueError(f"Spans {covered} must be non-empty, apart and inside the {len(ids)} tokens")
+    part_a, mask_index, cursor = [tokenizer.cls_token_id], {}, 0
+    for start, end in covered:
+        part_a += ids[cursor:start]
+        mask_index[start] = len(part_a)
+        part_a.append(tokenizer.mask_token_id)
+        cursor = end
+    part_a += [*ids[cursor:], tokenizer.eos_token_id]
+    input_ids, labels, positions = list(part_a), [-100] * len(part_a), [(i, 0) for i in range(len(part_a))]
+    for start, end in spans:
+        span = ids[start:end]
+        input_ids += [tokenizer.sop_token_id, *span]
+        labels += [*span, tokenizer.eop_token_id]
+        positions += [(mask_index[start], j) for j in range(1, len(span) + 2)]
+    return input_ids, positions, labels, len(part_a)
+
+
 # ----------------------------------------------------------------------------------------------
 # Decoding
 # ----------------------------------------------------------------------------------------------

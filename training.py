@@ -165,11 +165,11 @@ def training_args_problems(args):
             problem = _settings_problem(checkpoint, TrainingTracker.read_state(checkpoint)["settings"], given)
             problems += [problem] if problem else []
     for read in ("peft_weights", "model_name_or_path"):
-        path = getattr(args, read)
+        path = getattr(args, read, None)  # run_pretrain.py has no --peft_weights
         if path and Path(args.output_dir).resolve() in Path(path).resolve().parents:
             problems.append(f"--{read} {path} lies inside --output_dir {args.output_dir}: write this run to another "
                             "--output_dir (it would replace the results of the run that made it)")
-    if args.peft_weights:
+    if getattr(args, "peft_weights", None):
         if trains:
             problems.append("--peft_weights evaluates saved PEFT weights without training: add --no-do_train")
         problems += peft_weights_problems(args)

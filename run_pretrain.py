@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""Continue GLM's pretraining by autoregressive blank infilling (paper, section 2.1, Figure 1).
+
+Each text loses about --mask_ratio of its tokens in spans whose lengths follow Poisson(--poisson_lambda);
+every span becomes one [MASK] in the text (Part A) and is written back after it, left to right (Part B),
+in shuffled order. The loss is the cross-entropy of the Part B tokens: exactly the objective that
+glm-roberta-large was pretrained with, and the one cloze fine-tuning reuses. Uses: task-adaptive
+pretraining on a task's own unlabeled text before fine-tuning (Gururangan et al., ACL 2020, "Don't Stop
+Pretraining"), and a pretrained `glm-tiny` for CPU demonstrations.
+
+    accelerate launch run_pretrain.py --dataset_name trec --text_column text --output_dir runs/glm_trec_tapt
+    python run_pretrain.py --model_name_or_path glm-tiny --tokenizer_name train --dataset_name trec \\
+        --train_file ../shared/data/trec/train.csv --text_column text --learning_rate 1e-3 \\
+        --num_train_epochs 20 --output_dir runs/glm_tiny_trec                     # CPU, offline
+    python run_cls.py --model_name_or_path runs/glm_tiny_trec ...               # fine-tune it
+
+Texts: the --text_column of the train split (validation is carved from it unless --validation_file),
+or, without --text_column, the prompt text (before the answer) that prompt --prompt_id renders.
+Masks are drawn again in every epoch, from (--seed, epoch, example), so a resumed run sees the same
+blanks as an uninterrupted one; validation keeps the same blanks at every evaluation.
+
+Writes to --output_dir: config.json + model.safetensors + the tokenizer (the released layout, which
+run_cls.py / run_gen.py / run_baseline.py load with --model_name_or_path DIR), results.json (schema:
+training.results_record; validation blank-infilling loss, perplexity and token accuracy per evaluation),
+and step_N / epoch_N checkpoints with --checkpointing_steps.
+"""
+
+import argparse
+import math
+import time
+
+import numpy
+import torch
+from accelerate.logging import get_logger
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from data import adapt_columns, apply_max_samples, load_raw_datasets
+from glm_peft import count_parameters
+from glm_utils import build_blank_infilling_inputs, load_or_train_tokenizer, max_infilling_text_length, sample_spans
+from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from templates import load_templates, render_example, select_template
+from training import (
+    EpochSampler,
+    TrainingPlan,
+    TrainingTracker,
+    add_data_and_prompt_args,
+    add_training_args,
+    clear_previous_run,
+    create_lr_scheduler,
+    create_optimizer,
+    load_checkpoint,
+    prepare_output_dir,
+    results_record,
+    resume_settings,
+    save_checkpoint,
+    setup_accelerator,
+    training_args_problems,
+    write_json_atomic,
+)
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Continue GLM's pretraining by autoregressive blank infilling.")
+    add_data_and_prompt_args(parser, "cls")
+    add_training_args(parser)
+    # Pretraining learns from scratch or adapts on unlabeled text: larger steps than fine-tuning.
+    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=1e-4, weight_decay=0.01,
+                        metric_for_best_model="token_accuracy", num_train_epochs=3)
+    group = parser.add_argument_group("blank infilling")
+    group.add_argument("--text_column", default=None,
+                       help="Column holding the texts; default: the text prompt --prompt_id renders.")
+    group.add_argument("--mask_ratio", type=float, default=0.15, help="Share of each text's tokens blanked.")
+    group.add_argument("--poisson_lambda", type=float, default=3.0, help="Mean span length (Poisson).")
+    group.add_argument("--max_seq_length", type=int, default=512,
+                       help="Tokens per example, Part A and Part B together; longer texts are cut at the end.")
+    group.add_argument("--tokenizer_vocab_size", type=int, default=8000,
+                       help="Vocabulary of the BPE trained by --tokenizer_name train.")
+    args = parser.parse_args(argv)
+    problems = training_args_problems(args)
+    if not 0 < args.mask_ratio < 1:
+        problems.append("--mask_ratio must lie in (0, 1)")
+    if args.poisson_lambda <= 0:
+        problems.append("--poisson_lambda must be > 0")
+    if args.max_seq_length < 8:
+        problems.append("--max_seq_length must be >= 8")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def read_texts(args, raw_datasets):
+    """The texts of each split: the --text_column, or the input that the selected prompt renders."""
+    if args.text_column is not None:
+        missing = [split for split, dataset in raw_datasets.items() if args.text_column not in dataset.column_names]
+        if missing:
+            raise ValueError(f"--text_column {args.text_column!r} is not a column of the {missing[0]} data; columns: "
+                             f"{raw_datasets[missing[0]].column_names}")
+        return {split: [str(text) for text in dataset[args.text_column] if str(text).strip()]
+                for split, dataset in raw_datasets.items()}
+    template = select_template(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls"),
+                               args.prompt_id, args.prompt_name)
+    logger.info("Texts: the input of prompt %r (no answer).", template.name)
+    texts = {}
+    for split, dataset in raw_datasets.items():
+        rendered = (render_example(template, row)[0] for row in dataset)
+        texts[split] = [text for text in rendered if text.strip()]
+    return texts
+
+
+def evaluate(accelerator, model, dataloader):
+    """Blank-infilling loss (mean over Part B tokens), its perplexity and the share of Part B tokens
+    predicted right (greedy), over a prepared DataLoader: per-text sums are gathered, so the copies
+    that even out the last batch across processes are dropped."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)  # summed loss, right tokens, tokens
+    with torch.inference_mode():
+        for batch in dataloader:
+            scored = batch["labels"] != -100
+            logits = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"],
+                           logits_positions=scored).logits.float()
+            targets, text = batch["labels"][scored], scored.nonzero()[:, 0]
+            per_text = torch.zeros(len(scored), 3, device=logits.device)
+            per_text[:, 0].index_add_(0, text, torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+            per_text[:, 1].index_add_(0, text, (logits.argmax(-1) == targets).float())
+            per_text[:, 2] = scored.sum(-1)
+            totals += accelerator.gather_for_metrics(per_text).sum(0).double().cpu()
+    model.train(was_training)
+    loss, correct, count = totals.tolist()
+    return {"loss": loss / count, "perplexity": math.exp(min(loss / count, 50.0)), "token_accuracy": correct / count}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = setup_accelerator(args)
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+
+    # Texts: train, and validation (carved from train when not given). Test texts are never read.
+    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                     args.validation_file, None, args.validation_split_percentage, args.seed)
+    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples)
+    raw_datasets.pop("test", None)
+    if not {"train", "validation"} <= set(raw_datasets):
+        raise ValueError(f"Pretraining needs train and validation texts, got splits {list(raw_datasets)}: pass "
+                         "--train_file (validation is carved from it).")
+    texts = read_texts(args, raw_datasets)
+
+    # Tokenizer, then every text tokenized once and cut to what fits --max_seq_length once blanked.
+    with accelerator.main_process_first():
+        tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, texts["train"], output_dir,
+                                            vocab_size=args.tokenizer_vocab_size)
+    max_text = max_infilling_text_length(args.max_seq_length, args.mask_ratio)
+    token_ids = {split: [ids[:max_text] for ids in tokenizer(split_texts, add_special_tokens=False)["input_ids"]]
+                 for split, split_texts in texts.items()}
+    token_ids = {split: [ids for ids in split_ids if len(ids) >= 2] for split, split_ids in token_ids.items()}
+    data_counts = {split: {"texts": len(split_ids), "tokens": sum(map(len, split_ids))}
+                   for split, split_ids in token_ids.items()}
+    logger.info("Texts and tokens per split: %s", data_counts)
+
+    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
+    trainable_params, total_params = count_parameters(model)
+
+    def collate(features, epoch=None):
+        """Pads a batch of (index, token ids) into Figure 1 inputs, its spans drawn from (seed, epoch, index),
+        or from (seed, index) for validation, whose blanks stay the same at every evaluation."""
+        keys = [[args.seed, index] if epoch is None else [args.seed, epoch, index] for index, _ in features]
+        spans = [sample_spans(len(ids), args.mask_ratio, args.poisson_lambda, numpy.random.default_rng(key))
+                 for key, (_, ids) in zip(keys, features)]
+        return build_blank_infilling_inputs(tokenizer, [ids for _, ids in features], spans)
+
+    train_features = list(enumerate(token_ids["train"]))
+    sampler = EpochSampler(len(train_features), args.seed,
+                           [len(ids) for _, ids in train_features] if args.group_by_length else None,
+                           args.per_device_train_batch_size)
+    # The sampler knows the epoch (the loop sets it); collate reads it there when it draws the blanks.
+    train_dataloader = DataLoader(train_features, sampler=sampler, batch_size=args.per_device_train_batch_size,
+                                  collate_fn=lambda features: collate(features, sampler.epoch),
+                                  generator=torch.Generator())
+    eval_dataloader = DataLoader(list(enumerate(token_ids["validation"])), batch_size=args.per_device_eval_batch_size,
+                                 collate_fn=collate)
+
+    clear_previous_run(args, output_dir)
+    optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+    plan = TrainingPlan.from_args(args, len(train_dataloader), accelerator.num_processes)
+    lr_scheduler = create_lr_scheduler(args, optimizer, plan.max_train_steps, accelerator.num_processes)
+    model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler)
+
+    # Training: the same loop as run_cls.py, with the blank-infilling loss.
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
+    total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    if args.resume_from_checkpoint:
+        load_checkpoint(accelerator, tracker, args.resume_from_checkpoint, output_dir, plan.max_train_steps)
+    initial = evaluate(accelerator, model, eval_dataloader)
+    logger.info("Before training: validation %s", {name: round(value, 4) for name, value in initial.items()})
+    logger.info("***** Running pretraining *****\n  Texts = %d, epochs = %d, total batch size = %d, "
+                "optimization steps = %d, lr = %g", len(train_features), plan.num_train_epochs, total_batch_size,
+                plan.max_train_steps, args.learning_rate)
+    progress_bar = tqdm(range(plan.max_train_steps), initial=tracker.completed_steps,
+                        disable=not accelerator.is_local_main_process)
+    first_epoch, skip_batches = plan.resume_position(tracker.completed_steps)
+    model.train()
+    for epoch in range(first_epoch, plan.num_train_epochs):
+        train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        if epoch == first_epoch and skip_batches:
+            batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
+        start = time.perf_counter()
+        for batch in batches:
+            with accelerator.accumulate(model):
+                scored = batch["labels"] != -100
+                loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"],
+                             labels=batch["labels"], logits_positions=scored).loss
+                tracker.add_batch(loss, len(batch["input_ids"]) * accelerator.num_processes)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    step_loss = tracker.end_step(accelerator)
+                    if args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            tracker.completed_steps += 1
+            tracker.train_time_s += time.perf_counter() - start
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+            step = tracker.completed_steps
+            if plan.evaluates_at(step):
+                tracker.record_evaluation(epoch, evaluate(accelerator, model, eval_dataloader),
+                                          accelerator.unwrap_model(model))
+            if plan.checkpoint_at(step):
+                save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step))
+            if step == plan.max_train_steps:
+                break
+            start = time.perf_counter()
+    progress_bar.close()
+    validation_metrics = tracker.restore_best(accelerator.unwrap_model(model))
+
+    record = None
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(output_dir)  # the released layout: --model_name_or_path DIR
+        tokenizer.save_pretrained(output_dir)
+        record = results_record(
+            args, "pretrain", "blank_infilling", script="run_pretrain.py", prompt_id=None, prompt_name=None,
+            total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
+            test=None, baselines={"before_training": initial}, trainable_params=trainable_params,
+            total_params=total_params,
+        )
+        record["data"] = data_counts
+        write_json_atomic(output_dir / "results.json", record)
+    accelerator.wait_for_everyone()
+    accelerator.print(f"validation blank-infilling loss {validation_metrics['loss']:.4f} (perplexity "
+                      f"{validation_metrics['perplexity']:.1f}, token accuracy {validation_metrics['token_accuracy']:.4f}"
+                      f") vs {initial['loss']:.4f} before training; model in {output_dir}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
