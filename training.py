@@ -568,7 +568,7 @@ RESUME_SETTINGS = ("model_name_or_path", "tokenizer_name", "dataset_name", "data
                    "learning_rate", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm",
                    "seed", "peft", "pre_seq_len", "prefix_projection", "prefix_hidden_size", "lora_r", "lora_alpha",
-                   "lora_dropout", "lora_target_modules")  # fmt: skip
+                   "lora_dropout", "lora_target_modules", "mask_token_id", "choice_eop")  # fmt: skip
 
 
 class TrainingTracker:
