@@ -1,4 +1,4 @@
-"""GLM for prompt-based fine-tuning: the model, its tokenizer, and the builders of its inputs.
+"""GLM for prompt-based fine-tuning: its tokenizer, the builders of its inputs, choice scoring, decoding.
 
 GLM (Du et al., ACL 2022, "GLM: General Language Model Pretraining with Autoregressive Blank
 Infilling") reads a corrupted text (Part A, bidirectional) in which each blank is one `[MASK]`,
@@ -11,19 +11,23 @@ then writes the missing spans (Part B, left to right), each span opened by `<|st
 Fine-tuning keeps this layout (paper, Figure 2): a cloze question is a context with one `[MASK]`
 whose answer choices are scored as spans (`build_multiple_choice_inputs`, `score_choices`), and
 generation is writing the span of a `[MASK]` placed after the prompt (`build_generation_inputs`,
-`generate`). This file holds the whole model in plain PyTorch (no remote code), in the spirit of
-nanoGPT; the facts it matches are in GLM_NOTES.md of the team's shared folder.
+`generate`); the model itself is `modeling_glm.py`. Where GLM's own code and the Hugging Face
+remote code differ, this file follows the code the checkpoint was trained with: `[MASK]` is the
+pretraining id (`load_tokenizer`), multi-token answer choices end with a scored eop
+(`encode_choices`), generation targets carry a leading space (`encode_targets`). The facts it
+matches are in GLM_NOTES.md of the team's shared folder.
 """
 
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from modeling_glm import EOP_TOKEN, MASK_TOKEN, SOP_TOKEN, TINY_MODEL_NAME, _resolve_pretrained_dir
+from modeling_glm import EOP_TOKEN, MASK_TOKEN, SOP_TOKEN, TINY_MODEL_NAME, GLMConfig, _resolve_pretrained_dir
 
 logger = logging.getLogger(__name__)
 
@@ -33,33 +37,62 @@ logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ["vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json"]
 BASE_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..3 and 50264 in RoBERTa
+PRETRAINING_MASK = "<mask>"  # the vocab.json entry whose row GLM was pretrained with as [MASK]
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, mask_token_id: Optional[int] = None):
     """The GLM RoBERTa tokenizer (byte-level BPE) as a `transformers.PreTrainedTokenizerFast`.
 
     `name_or_path` is a directory with the released files (vocab.json, merges.txt,
     added_tokens.json; the remote code named in tokenizer_config.json is NOT run), a directory
-    saved by `train_tokenizer` (tokenizer.json), or a hub id. A text encodes as `<s> ... </s>`;
-    `[MASK]` becomes one token whatever spaces surround it (a space before it is absorbed).
-    The result carries `sop_token_id`, `eop_token_id` (and the usual `mask_token_id`, eos = pad).
+    saved by `train_tokenizer` or by a run (tokenizer.json), or a hub id. A text encodes as
+    `<s> ... </s>`; `[MASK]` becomes one token whatever spaces surround it (a space before it is
+    absorbed). The result carries `sop_token_id`, `eop_token_id` (and the usual `mask_token_id`,
+    eos = pad).
 
-    Raises ValueError when added_tokens.json disagrees with the ids this file builds, OSError
-    when a hub id cannot be reached.
+    Which id `[MASK]` gets from the released files: that of `<mask>` in vocab.json (50264 for
+    glm-roberta-large), the blank the checkpoint was pretrained and fine-tuned with (THUDM/GLM
+    `data_utils/tokenization.py`, `config/ds_blockta_large.sh`; GLM_NOTES.md "Tokenizer"). The
+    `[MASK]` entry of added_tokens.json (50267 on the hub, a row no pretraining example used) is
+    read, not trusted. `mask_token_id` overrides the choice: the `<mask>` id, or the id after eop
+    (a new token, as the hub's files have it). A tokenizer.json keeps its own ids.
+
+    Raises ValueError when added_tokens.json disagrees on sop/eop, when `mask_token_id` is neither
+    of the two ids (or differs from a tokenizer.json's own), OSError when a hub id cannot be reached.
     """
     from tokenizers import Tokenizer, models
 
     directory = Path(name_or_path) if os.path.isdir(name_or_path) else _resolve_pretrained_dir(name_or_path, TOKENIZER_FILES)
     if (directory / "tokenizer.json").exists() and not (directory / "vocab.json").exists():
-        return _wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")))
-    tokenizer = _wrap_tokenizer(Tokenizer(models.BPE.from_file(str(directory / "vocab.json"),
-                                                               str(directory / "merges.txt"))))
+        tokenizer = _wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")))
+        if mask_token_id not in (None, tokenizer.mask_token_id):
+            raise ValueError(f"{directory} holds a saved tokenizer whose [MASK] is id {tokenizer.mask_token_id}: "
+                             f"--mask_token_id {mask_token_id} applies to released vocab.json + merges.txt files only")
+        return tokenizer
+    vocab, merges = models.BPE.read_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
     added_file = directory / "added_tokens.json"
-    if added_file.exists():
-        for token, token_id in json.loads(added_file.read_text()).items():
-            if tokenizer.convert_tokens_to_ids(token) != token_id:
-                raise ValueError(f"{added_file}: {token} should have id {token_id} but gets "
-                                 f"{tokenizer.convert_tokens_to_ids(token)}")
+    added = json.loads(added_file.read_text()) if added_file.exists() else {}
+    pretrained_id, appended_id = vocab[PRETRAINING_MASK], len(vocab) + 2  # a new token comes after sop and eop
+    if mask_token_id not in (None, pretrained_id, appended_id):
+        raise ValueError(f"--mask_token_id {mask_token_id}: [MASK] can be {pretrained_id} (the {PRETRAINING_MASK} row "
+                         f"GLM was pretrained with) or {appended_id} (a new token, as the hub's added_tokens.json)")
+    if mask_token_id in (None, pretrained_id):
+        vocab[MASK_TOKEN] = vocab.pop(PRETRAINING_MASK)  # the text "[MASK]" now encodes to this row
+    tokenizer = _wrap_tokenizer(Tokenizer(models.BPE(vocab, merges)))
+    for token, token_id in added.items():
+        if token != MASK_TOKEN and tokenizer.convert_tokens_to_ids(token) != token_id:
+            raise ValueError(f"{added_file}: {token} should have id {token_id} but gets "
+                             f"{tokenizer.convert_tokens_to_ids(token)}")
+    hub_id = added.get(MASK_TOKEN)
+    if mask_token_id is None:
+        logger.info("[MASK] is id %d (%s in vocab.json), the blank this checkpoint was pretrained with (THUDM/GLM "
+                    "data_utils/tokenization.py)%s.", pretrained_id, PRETRAINING_MASK,
+                    "" if hub_id in (None, pretrained_id) else
+                    f"; added_tokens.json's {hub_id} is a row no pretraining example used (pass --mask_token_id "
+                    f"{hub_id} to use it, as the hub's tokenizer does)")
+    else:
+        logger.info("[MASK] is id %d, as --mask_token_id says (the row GLM was pretrained with is %d).",
+                    mask_token_id, pretrained_id)
     return tokenizer
 
 
@@ -79,17 +112,22 @@ def train_tokenizer(texts, vocab_size: int = 8000):
     return _wrap_tokenizer(tokenizer)
 
 
-def load_or_train_tokenizer(tokenizer_name, model_name_or_path, train_texts, output_dir, vocab_size=8000):
+def load_or_train_tokenizer(tokenizer_name, model_name_or_path, train_texts, output_dir, vocab_size=8000,
+                            mask_token_id=None):
     """The tokenizer a run uses, as scripts resolve `--tokenizer_name` / `--model_name_or_path`.
 
     `tokenizer_name="train"` trains a byte-level BPE on `train_texts` (the offline default, see
     `train_tokenizer`) and saves it to `output_dir/tokenizer`, so the run's checkpoints can be
     reloaded with `--tokenizer_name OUTPUT_DIR/tokenizer`. Otherwise `tokenizer_name` (or, when
-    None, `model_name_or_path`) goes to `load_tokenizer`.
+    None, `model_name_or_path`) goes to `load_tokenizer`, with `mask_token_id` (--mask_token_id).
 
-    Raises ValueError for `glm-tiny` without a tokenizer (it has no files of its own).
+    Raises ValueError for `glm-tiny` without a tokenizer (it has no files of its own), and for a
+    `mask_token_id` with a trained tokenizer (it has its own ids).
     """
     if tokenizer_name == "train":
+        if mask_token_id is not None:
+            raise ValueError("--mask_token_id chooses the [MASK] id of released tokenizer files; a tokenizer trained "
+                             "by --tokenizer_name train has its own: drop --mask_token_id or pass --tokenizer_name DIR")
         tokenizer = train_tokenizer(train_texts, vocab_size=vocab_size)
         tokenizer.save_pretrained(Path(output_dir) / "tokenizer")
         return tokenizer
@@ -97,7 +135,7 @@ def load_or_train_tokenizer(tokenizer_name, model_name_or_path, train_texts, out
     if name == TINY_MODEL_NAME:
         raise ValueError("glm-tiny has no tokenizer files: pass --tokenizer_name train (a BPE trained on the "
                          "training texts) or --tokenizer_name DIR (e.g. the released glm-roberta-large files)")
-    return load_tokenizer(name)
+    return load_tokenizer(name, mask_token_id)
 
 
 def _wrap_tokenizer(tokenizer):
@@ -110,7 +148,8 @@ def _wrap_tokenizer(tokenizer):
     tokenizer.post_processor = processors.RobertaProcessing(("</s>", tokenizer.token_to_id("</s>")),
                                                             ("<s>", tokenizer.token_to_id("<s>")),
                                                             add_prefix_space=False)
-    tokenizer.add_special_tokens(BASE_SPECIAL_TOKENS)
+    # `<mask>` is missing where load_tokenizer gave its row to [MASK].
+    tokenizer.add_special_tokens([t for t in BASE_SPECIAL_TOKENS if tokenizer.token_to_id(t) is not None])
     tokenizer.add_special_tokens([AddedToken(SOP_TOKEN, special=True), AddedToken(EOP_TOKEN, special=True),
                                   AddedToken(MASK_TOKEN, lstrip=True, special=True)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", cls_token="<s>", eos_token="</s>",
@@ -119,6 +158,12 @@ def _wrap_tokenizer(tokenizer):
     fast.sop_token_id = fast.convert_tokens_to_ids(SOP_TOKEN)
     fast.eop_token_id = fast.convert_tokens_to_ids(EOP_TOKEN)
     return fast
+
+
+def special_token_ids(tokenizer) -> dict:
+    """{token: id} of the special tokens GLM's inputs use ([MASK], sop, eop): what
+    `GLMForConditionalGeneration.from_pretrained(special_token_ids=...)` checks in the weights."""
+    return {MASK_TOKEN: tokenizer.mask_token_id, SOP_TOKEN: tokenizer.sop_token_id, EOP_TOKEN: tokenizer.eop_token_id}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,14 +177,12 @@ def encode_context(tokenizer, context: str, max_length: int):
     When too long, tokens are dropped from the far end of whichever side of the mask is longer
     (the start of the left text, the end of the right text), so the mask always survives.
     Returns (token ids, index of the mask). Raises ValueError when the context has no `[MASK]`
-    or several, or when max_length < 3.
+    or several, or when max_length < 3 (`truncate_around`).
     """
     ids = tokenizer(context)["input_ids"]
     count = ids.count(tokenizer.mask_token_id)
     if count != 1:
         raise ValueError(f"A GLM context needs exactly one {MASK_TOKEN}, found {count} in: {context!r}")
-    if max_length < 3:
-        raise ValueError(f"max_length={max_length} cannot hold <s> [MASK] </s>")
     mask = ids.index(tokenizer.mask_token_id)
     return truncate_around(ids, mask, mask + 1, max_length)
 
@@ -171,12 +214,38 @@ def encode_choice(tokenizer, choice: str, prefix_space: bool = True):
     return ids
 
 
-def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256, choice_prefix_space=True):
+def encode_choices(tokenizer, choices, prefix_space=True, choice_eop=None):
+    """Token ids of one example's answer choices as scored spans: each `encode_choice`, plus eop
+    when `choice_eop` is True, or when None (GLM's rule) if any of the choices has several tokens.
+
+    GLM's cloze fine-tuning (THUDM/GLM `tasks/superglue/pvp.py`, `model/downstream.py`) closes
+    multi-token answers with eop and scores it, so that "Person" and "Person name" differ by
+    where the span ends; single-token verbalizers are scored without it. The Hugging Face remote
+    code never adds eop (`choice_eop=False`). Returns a list of lists of ids.
+    """
+    ids = [encode_choice(tokenizer, c, prefix_space) for c in choices]
+    if choice_eop is None:
+        choice_eop = any(len(c) > 1 for c in ids)
+    return [c + [tokenizer.eop_token_id] for c in ids] if choice_eop else ids
+
+
+def _check_max_length(max_length, max_positions):
+    """Raises ValueError when a builder's `max_length` would give position ids past the model's
+    table of `max_positions` (config.max_sequence_length; glm-roberta-large: 512)."""
+    if max_length > max_positions:
+        raise ValueError(f"max_length {max_length} is longer than the {max_positions} positions of the model; "
+                         f"use at most {max_positions}")
+
+
+def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256, choice_prefix_space=True,
+                                 choice_eop=None, max_positions=GLMConfig.max_sequence_length):
     """Packs every answer choice of each example after its context, in ONE sequence.
 
     contexts: B strings, each with one `[MASK]`; choices: B lists of strings (the verbalizers;
-    lists may differ in length, choices in token count). For an example with context tokens
-    `<s> x1 [MASK] x2 </s>` (mask index m) and choices c, d the sequence is
+    lists may differ in length, choices in token count). A choice's span is its tokens, closed by
+    eop per `encode_choices` (`choice_eop`: None = GLM's rule, per example; True / False force it).
+    For an example with context tokens `<s> x1 [MASK] x2 </s>` (mask index m) and choices
+    c = c1..cn, d = d1..dk (each including its eop when there is one) the sequence is
 
         input_ids            <s> x1 [MASK] x2 </s> | sop c1 .. c(n-1) | sop d1 .. d(k-1) | pad
         position_ids[0]       0  1    2     3   4  |  m   m  ..   m   |  m   m  ..   m   |  0
@@ -190,15 +259,17 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256, c
     Returns a dict of tensors: input_ids [B, S], position_ids [B, 2, S], attention_mask bool
     [B, 1, S, S], target_ids [B, S] (-100 where nothing is scored), choice_index [B, S] (which
     choice a scored position belongs to, -1 elsewhere), choice_mask bool [B, C] (real choices).
-    Raises ValueError for a bad context (see `encode_context`) or choices longer than max_length.
+    Raises ValueError for a bad context (see `encode_context`), choices longer than max_length,
+    or a max_length beyond the model's `max_positions`.
     """
+    _check_max_length(max_length, max_positions)
     if len(contexts) != len(choices):
         raise ValueError(f"{len(contexts)} contexts but {len(choices)} choice lists")
     rows = []
     for context, example_choices in zip(contexts, choices):
         if not example_choices:
             raise ValueError(f"No answer choices for context {context!r}")
-        choice_ids = [encode_choice(tokenizer, c, choice_prefix_space) for c in example_choices]
+        choice_ids = encode_choices(tokenizer, example_choices, choice_prefix_space, choice_eop)
         span_length = sum(len(c) for c in choice_ids)
         if span_length + 3 > max_length:
             raise ValueError(f"The answer choices take {span_length} tokens; max_length={max_length} is too small")
@@ -237,11 +308,12 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256, c
 def score_choices(model, batch, length_normalize=False):
     """Log-likelihood of each packed answer choice: [B, C] (padding choices get -inf).
 
-    score(c) = sum_t log p(c_t | context, c_<t), read at the positions of `sop c1 .. c(n-1)`;
-    with `length_normalize` it is divided by the choice's token count. Vocabulary logits are
-    computed only at scored positions. `batch` comes from `build_multiple_choice_inputs`
-    (tensors on the model's device). Cross-entropy over these scores is the paper's cloze
-    fine-tuning loss (no extra classifier).
+    score(c) = sum_t log p(c_t | context, c_<t), read at the positions of `sop c1 .. c(n-1)`,
+    the eop that closes a span included when the batch has one (GLM's cloze fine-tuning, THUDM/GLM
+    `model/downstream.py`); with `length_normalize` it is divided by the choice's scored token
+    count. Vocabulary logits are computed only at scored positions. `batch` comes from
+    `build_multiple_choice_inputs` (tensors on the model's device). Cross-entropy over these scores
+    is the paper's cloze fine-tuning loss (no extra classifier).
     """
     scored = batch["target_ids"] != -100
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
@@ -256,7 +328,14 @@ def score_choices(model, batch, length_normalize=False):
     return scores.view(B, C).masked_fill(~batch["choice_mask"], float("-inf"))
 
 
-def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, max_target_length=64):
+def encode_targets(tokenizer, targets):
+    """Token ids of generation targets as GLM's seq2seq fine-tuning encodes them: `" " + text`, a
+    span inside a sentence (THUDM/GLM `tasks/seq2seq/dataset.py`). A list of lists of ids."""
+    return [tokenizer(" " + t.strip(), add_special_tokens=False)["input_ids"] for t in targets]
+
+
+def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, max_target_length=64,
+                            max_positions=GLMConfig.max_sequence_length):
     """GLM inputs for generating the span of a `[MASK]` (blank infilling, paper Figure 2b).
 
     Each context (one `[MASK]`, usually at its end) is cut around the mask to `max_length`
@@ -268,33 +347,32 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
         position    0..L-1 0| m   m  .. m             0..L-1 0| m
         block pos   0 ..   0| 1   2  .. n+1           0 ..   0| 1
 
-    Context tokens see the real context (bidirectional); span tokens see the real context and
-    the span up to themselves (causal); padding is seen by nobody. Targets longer than
-    `max_target_length` tokens are cut to it (eop is then added); the count of cut targets is
-    returned as `num_truncated_targets`.
+    Targets are encoded with a leading space (`encode_targets`, as GLM's seq2seq data): decoded
+    outputs then start with a space, which callers strip. Context tokens see the real context
+    (bidirectional); span tokens see the real context and the span up to themselves (causal);
+    padding is seen by nobody. Targets longer than `max_target_length` tokens are cut to it (eop
+    is then added).
 
     Returns a dict: input_ids [B, S], position_ids [B, 2, S], attention_mask bool [B, 1, S, S],
-    labels [B, S] (training only), mask_positions [B] (index of each [MASK]), context_length Lc
-    (int), num_truncated_targets (int). Raises ValueError for a context without exactly one mask.
+    labels [B, S] (training only). Raises ValueError for a context without exactly one mask, or
+    when max_length or the span's block positions (max_target_length + 1) pass the model's
+    `max_positions`.
     """
+    _check_max_length(max_length, max_positions)
+    if max_target_length + 1 > max_positions:  # eop's block position
+        raise ValueError(f"max_target_length {max_target_length} gives block positions up to {max_target_length + 1}, "
+                         f"past the {max_positions} positions of the model; use at most {max_positions - 1}")
     encoded = [encode_context(tokenizer, c, max_length) for c in contexts]
     Lc = max(len(ids) for ids, _ in encoded)
-    spans, truncated = [[]] * len(contexts), 0
+    spans = [[]] * len(contexts)
     if targets is not None:
-        spans = []
-        for target in targets:
-            ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-            truncated += len(ids) > max_target_length
-            spans.append(ids[:max_target_length])
+        spans = [ids[:max_target_length] for ids in encode_targets(tokenizer, targets)]
     T = max(len(s) for s in spans) + 1
     B, S = len(contexts), Lc + T
     batch = {
         "input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
         "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
         "attention_mask": torch.zeros(B, 1, S, S, dtype=torch.bool),
-        "mask_positions": torch.tensor([m for _, m in encoded]),
-        "context_length": Lc,
-        "num_truncated_targets": truncated,
     }
     if targets is not None:
         batch["labels"] = torch.full((B, S), -100, dtype=torch.long)
@@ -537,8 +615,7 @@ def generate(model, batch, eop_token_id, max_new_tokens=64, min_new_tokens=0, nu
 def _beam_search(model, batch, eop_token_id, max_new_tokens, min_new_tokens, num_beams, length_penalty,
                  no_repeat_ngram_size, use_cache):
     B, K = batch["input_ids"].shape[0], num_beams
-    expanded = {k: v.repeat_interleave(K, dim=0) if torch.is_tensor(v) and v.dim() > 0 else v
-                for k, v in batch.items()}
+    expanded = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}
     decoder = _SpanDecoder(model, expanded, use_cache)
     device = decoder.logits.device
     beam_scores = torch.full((B, K), float("-inf"), device=device)

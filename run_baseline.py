@@ -188,6 +188,9 @@ def parse_args(argv=None):
                             "the space before the answer slot.")
     group.add_argument("--save_best_model", action="store_true",
                        help="Write the tested (best) weights to output_dir/best_model (with --peft lora: the adapter).")
+    group.add_argument("--mask_token_id", type=int, default=None,
+                       help="GLM only: id of [MASK] with released tokenizer files (default 50264, the row "
+                            "glm-roberta-large was pretrained with; 50267 reproduces the hub's tokenizer).")
     group = parser.add_argument_group("seq2seq")
     group.add_argument("--max_source_length", type=int, default=256, help="Encoder input tokens (the prompt).")
     group.add_argument("--max_target_length", type=int, default=64,
@@ -311,7 +314,10 @@ def load_baseline_tokenizer(args, family, train_texts, output_dir):
     merges.txt (RoBERTa BPE); otherwise AutoTokenizer (hub id or saved folder)."""
     name = args.tokenizer_name
     if family == "glm":
-        return load_or_train_tokenizer(name, args.model_name_or_path, train_texts, output_dir)
+        return load_or_train_tokenizer(name, args.model_name_or_path, train_texts, output_dir,
+                                       mask_token_id=args.mask_token_id)
+    if args.mask_token_id is not None:
+        raise ValueError("--mask_token_id chooses GLM's [MASK] id; other models use their tokenizer's own mask token")
     if name == "train":
         tokenizer = train_tokenizer(train_texts)
         tokenizer.pad_token = "<pad>"  # not </s>: RoBERTa's positions and T5's decoder start read the pad id

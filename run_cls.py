@@ -46,10 +46,11 @@ from glm_peft import (
 )
 from glm_utils import (
     build_multiple_choice_inputs,
-    encode_choice,
+    encode_choices,
     encode_context,
     load_or_train_tokenizer,
     score_choices,
+    special_token_ids,
 )
 from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
 from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
@@ -77,6 +78,7 @@ from training import (
 
 logger = get_logger(__name__)
 
+CHOICE_EOP = {"auto": None, "on": True, "off": False}  # --choice_eop -> build_multiple_choice_inputs(choice_eop=)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Fine-tune GLM for classification as a cloze question.")
@@ -91,7 +93,13 @@ def parse_args(argv=None):
                             "answer choice.")
     group.add_argument("--choice_prefix_space", action=argparse.BooleanOptionalAction, default=True,
                        help="Encode each answer choice as a mid-sentence word (' word'), as spans were in pretraining.")
+    group.add_argument("--choice_eop", choices=CHOICE_EOP, default="auto",
+                       help="Close each answer choice with eop and score it: auto = GLM's rule (when a choice of the "
+                            "example has several tokens), on, off (the Hugging Face remote code).")
     group.add_argument("--length_normalize", action="store_true", help="Divide a choice's score by its token count.")
+    group.add_argument("--mask_token_id", type=int, default=None,
+                       help="Id of [MASK] with released tokenizer files (default: 50264, the row glm-roberta-large was "
+                            "pretrained with; 50267 reproduces the hub's tokenizer).")
     group.add_argument("--save_best_model", action="store_true",
                        help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT "
                             "weights).")
@@ -143,17 +151,17 @@ def list_prompts(args):
     return None
 
 
-def cloze_lengths(tokenizer, examples, max_seq_length, choice_prefix_space, split):
+def cloze_lengths(tokenizer, examples, max_seq_length, choice_prefix_space, choice_eop, split):
     """Tokens of each example's packed input, checked now (not at its batch): one [MASK] in the
     context, non-empty choices that fit max_seq_length. Returns (lengths, contexts that are cut)."""
-    choice_tokens = {}
+    span_tokens = {}
     lengths, cut = [], 0
     for example in examples:
         try:
-            spans = sum(
-                len(choice_tokens.setdefault(choice, encode_choice(tokenizer, choice, choice_prefix_space)))
-                for choice in example["choices"]
-            )
+            choices = tuple(example["choices"])
+            if choices not in span_tokens:
+                span_tokens[choices] = sum(map(len, encode_choices(tokenizer, choices, choice_prefix_space, choice_eop)))
+            spans = span_tokens[choices]
             if spans + 3 > max_seq_length:
                 raise ValueError(f"its answer choices take {spans} tokens: raise --max_seq_length above {spans + 2}")
             context_tokens = len(encode_context(tokenizer, example["context"], 10**9)[0])
@@ -236,11 +244,12 @@ def main(argv=None):
     if args.tokenizer_name == "train" and not train_texts:
         raise ValueError("--tokenizer_name train needs training data: pass --train_file or a tokenizer directory.")
     with accelerator.main_process_first():
-        tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, train_texts, output_dir)
+        tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, train_texts, output_dir,
+                                            mask_token_id=args.mask_token_id)
     lengths = {}
     for split in examples:
         lengths[split], data_counts[split]["cut_contexts"] = cloze_lengths(
-            tokenizer, examples[split], args.max_seq_length, args.choice_prefix_space, split
+            tokenizer, examples[split], args.max_seq_length, args.choice_prefix_space, CHOICE_EOP[args.choice_eop], split
         )
         if data_counts[split]["cut_contexts"]:
             logger.warning("%s: %d of %d contexts are longer than --max_seq_length %d with their choices; they are "
@@ -248,13 +257,15 @@ def main(argv=None):
                            args.max_seq_length)
 
     # Model.
-    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
+    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer),
+                                                        special_token_ids=special_token_ids(tokenizer))
     model = apply_peft(model, args)
     trainable_params, total_params = count_parameters(model)
 
     def collate(batch):
         inputs = build_multiple_choice_inputs(tokenizer, [e["context"] for e in batch], [e["choices"] for e in batch],
-                                              args.max_seq_length, args.choice_prefix_space)
+                                              args.max_seq_length, args.choice_prefix_space,
+                                              CHOICE_EOP[args.choice_eop])
         # The same number of choice columns in every batch, so that scores gather across processes.
         inputs["choice_mask"] = F.pad(inputs["choice_mask"], (0, num_choices - inputs["choice_mask"].shape[1]))
         inputs["labels"] = torch.tensor([e["label"] for e in batch])

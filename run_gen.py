@@ -38,7 +38,7 @@ from glm_peft import (
     saved_peft_flags,
     save_model_and_tokenizer,
 )
-from glm_utils import build_generation_inputs, generate, load_or_train_tokenizer
+from glm_utils import build_generation_inputs, encode_targets, generate, load_or_train_tokenizer, special_token_ids
 from metrics import GEN_METRICS, generation_metrics, most_frequent_reference_baseline
 from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
 from templates import build_prompted_examples, describe_templates, group_references, load_templates, select_template
@@ -83,6 +83,9 @@ def parse_args(argv=None):
                        help="Target tokens trained on (longer ones are cut and counted) and generated at most.")
     group.add_argument("--min_target_length", type=int, default=0, help="Tokens generated at least (eop banned before).")
     group.add_argument("--label_smoothing", type=float, default=0.1, help="Label smoothing of the training loss.")
+    group.add_argument("--mask_token_id", type=int, default=None,
+                       help="Id of [MASK] with released tokenizer files (default: 50264, the row glm-roberta-large "
+                            "was pretrained with; 50267 reproduces the hub's tokenizer).")
     group.add_argument("--num_beams", type=int, default=4, help="Beam width; 1 = greedy (or sampling).")
     group.add_argument("--length_penalty", type=float, default=1.0, help="Beam score = sum log p / length ** this.")
     group.add_argument("--no_repeat_ngram_size", type=int, default=3, help="Never repeat an n-gram of this size (0: off).")
@@ -139,7 +142,7 @@ def count_long_texts(tokenizer, examples, max_source_length, max_target_length):
     """(sources longer than max_source_length, targets longer than max_target_length), in tokens,
     and the token length of each example (prompt + target, as trained: for --group_by_length)."""
     contexts = tokenizer([e["context"] for e in examples])["input_ids"]
-    targets = tokenizer([e["target"] for e in examples], add_special_tokens=False)["input_ids"]
+    targets = encode_targets(tokenizer, [e["target"] for e in examples])
     long_sources = sum(len(c) > max_source_length for c in contexts)
     long_targets = sum(len(t) > max_target_length for t in targets)
     lengths = [min(len(c), max_source_length) + min(len(t), max_target_length) + 1 for c, t in zip(contexts, targets)]
@@ -223,7 +226,7 @@ def main(argv=None):
     with accelerator.main_process_first():
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path,
                                             [t for e in examples["train"] for t in (e["input"], e["target"])],
-                                            output_dir)
+                                            output_dir, mask_token_id=args.mask_token_id)
     long_sources, long_targets, train_lengths = count_long_texts(tokenizer, examples["train"], args.max_source_length,
                                                                  args.max_target_length)
     data_counts["train"].update(long_sources=long_sources, long_targets=long_targets)
@@ -236,7 +239,8 @@ def main(argv=None):
                        "the [MASK].", long_sources, len(train_lengths), args.max_source_length)
 
     # Model.
-    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
+    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer),
+                                                        special_token_ids=special_token_ids(tokenizer))
     model = apply_peft(model, args)
     trainable_params, total_params = count_parameters(model)
 

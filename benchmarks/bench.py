@@ -169,8 +169,9 @@ def bench_choice_scoring(bench):
     lines = []
     for num_choices in (2, 6, 20):
         choices = [tok.words(rng, rng.randint(1, 4)) for _ in range(num_choices)]
-        packed = bench.to_device(build_multiple_choice_inputs(tok, contexts, [choices] * len(contexts)))
-        singles = [bench.to_device(build_multiple_choice_inputs(tok, contexts, [[c]] * len(contexts)))
+        # eop closes every choice (GLM's rule for multi-token choices), alone as packed
+        packed = bench.to_device(build_multiple_choice_inputs(tok, contexts, [choices] * len(contexts), choice_eop=True))
+        singles = [bench.to_device(build_multiple_choice_inputs(tok, contexts, [[c]] * len(contexts), choice_eop=True))
                    for c in choices]
 
         @torch.inference_mode()

@@ -54,7 +54,8 @@ def model():
 
 
 def test_multiple_choice_inputs_hand_worked(tok):
-    batch = build_multiple_choice_inputs(tok, ["a [MASK] b", "[MASK] c"], [["x y", "z"], ["w"]], max_length=32)
+    batch = build_multiple_choice_inputs(tok, ["a [MASK] b", "[MASK] c"], [["x y", "z"], ["w"]], max_length=32,
+                                         choice_eop=False)
     assert batch["input_ids"].tolist() == [[0, A, M, B_, 2, SOP, X, SOP],
                                            [0, M, C_, 2, SOP, PAD, PAD, PAD]]
     assert batch["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 2, 2, 2], [0, 0, 0, 0, 0, 1, 2, 1]],
@@ -83,13 +84,55 @@ def test_multiple_choice_inputs_hand_worked(tok):
     assert batch["attention_mask"][:, 0].int().tolist() == [expected_first, expected_second]
 
 
+def test_multiple_choice_inputs_with_eop_hand_worked(tok):
+    """GLM's rule (choice_eop=None): the first example has a two-token choice, so each of its choices
+    is closed by eop and scored with it; the second has one-token choices only: no eop."""
+    batch = build_multiple_choice_inputs(tok, ["a [MASK] b", "[MASK] c"], [["x y", "z"], ["w", "v"]], max_length=32)
+    assert batch["input_ids"].tolist() == [[0, A, M, B_, 2, SOP, X, Y, SOP, Z],
+                                           [0, M, C_, 2, SOP, SOP, PAD, PAD, PAD, PAD]]
+    assert batch["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 1, 2, 3, 1, 2]],
+                                              [[0, 1, 2, 3, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0, 0]]]
+    assert batch["target_ids"].tolist() == [[-100] * 5 + [X, Y, EOP, Z, EOP], [-100] * 4 + [W, V] + [-100] * 4]
+    assert batch["choice_index"].tolist() == [[-1] * 5 + [0, 0, 0, 1, 1], [-1] * 4 + [0, 1] + [-1] * 4]
+    assert batch["attention_mask"][0, 0].int().tolist() == [
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],  # sop of "x y eop"
+        [1, 1, 1, 1, 1, 1, 1, 0, 0, 0],  # x
+        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0],  # y: predicts eop
+        [1, 1, 1, 1, 1, 0, 0, 0, 1, 0],  # sop of "z eop": never sees the other choice
+        [1, 1, 1, 1, 1, 0, 0, 0, 1, 1],  # z: predicts eop
+    ]
+    forced = build_multiple_choice_inputs(tok, ["[MASK] c"], [["w", "v"]], choice_eop=True)
+    assert forced["target_ids"].tolist() == [[-100] * 4 + [W, EOP, V, EOP]]
+
+
+def test_score_with_eop_equals_one_forward_per_choice(tok, model):
+    """score(choice) with eop = sum of log p of its tokens and eop, each choice run alone in its own
+    forward pass with the separator mask (context bidirectional, then causal): no builder involved."""
+    context, choices = "a b [MASK] c", ["x y", "z", "w v x"]
+    packed = score_choices(model, build_multiple_choice_inputs(tok, [context], [choices]))
+    context_ids = [0, A, B_, M, C_, 2]
+    for c, choice in enumerate(choices):
+        tokens = [tok.words.index(w) for w in choice.split()] + [EOP]
+        ids = torch.tensor([context_ids + [SOP] + tokens[:-1]])
+        L, n = len(context_ids), len(tokens)
+        position_ids = torch.tensor([[list(range(L)) + [3] * n, [0] * L + list(range(1, n + 1))]])
+        logp = model(ids, position_ids, torch.tensor([L])).logits[0].log_softmax(-1)
+        expected = sum(logp[L + t, token] for t, token in enumerate(tokens))
+        torch.testing.assert_close(packed[0, c], expected, atol=1e-5, rtol=0)
+
+
 def test_generation_inputs_hand_worked(tok):
+    # WordTokenizer splits on spaces, so the target's leading space (encode_targets) changes nothing here.
     batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK]"], ["x y", "z"], max_length=32, max_target_length=8)
     assert batch["input_ids"].tolist() == [[0, A, B_, M, 2, SOP, X, Y], [0, M, 2, PAD, PAD, SOP, Z, PAD]]
     assert batch["labels"].tolist() == [[-100] * 5 + [X, Y, EOP], [-100] * 5 + [Z, EOP, -100]]
     assert batch["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 3, 3, 3], [0, 0, 0, 0, 0, 1, 2, 3]],
                                               [[0, 1, 2, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1, 2, 0]]]
-    assert batch["mask_positions"].tolist() == [3, 1] and batch["context_length"] == 5
     assert batch["attention_mask"][1, 0].int().tolist() == [
         [1, 1, 1, 0, 0, 0, 0, 0],
         [1, 1, 1, 0, 0, 0, 0, 0],
@@ -105,10 +148,32 @@ def test_generation_inputs_hand_worked(tok):
     assert inference["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 3], [0, 0, 0, 0, 0, 1]]]
 
 
-def test_long_target_is_cut_and_counted(tok):
+def test_long_target_is_cut(tok):
     batch = build_generation_inputs(tok, ["[MASK]", "[MASK]"], ["x y z w", "x"], max_target_length=2)
-    assert batch["labels"][0, -3:].tolist() == [X, Y, EOP]
-    assert batch["num_truncated_targets"] == 1
+    assert batch["labels"].tolist() == [[-100] * 3 + [X, Y, EOP], [-100] * 3 + [X, EOP, -100]]
+
+
+def test_builders_refuse_lengths_past_the_position_table(tok):
+    with pytest.raises(ValueError, match="max_length 65 is longer than the 64 positions of the model; use at most 64"):
+        build_multiple_choice_inputs(tok, ["a [MASK]"], [["x"]], max_length=65, max_positions=64)
+    with pytest.raises(ValueError, match="max_length 513 is longer than the 512 positions"):
+        build_generation_inputs(tok, ["a [MASK]"], max_length=513)
+    with pytest.raises(ValueError, match="max_target_length 64 gives block positions up to 65, past the 64 positions "
+                                         "of the model; use at most 63"):
+        build_generation_inputs(tok, ["a [MASK]"], ["x"], max_length=64, max_target_length=64, max_positions=64)
+
+
+def test_lengths_at_the_limit_stay_inside_the_table(tok, model):
+    """A context cut to exactly max_sequence_length (64 here) and a target of max_target_length =
+    63 tokens run through the model: every position id is a row of its tables."""
+    long = " ".join(["a"] * 100)
+    cloze = build_multiple_choice_inputs(tok, [long + " [MASK] " + long], [["x y"]], max_length=64, max_positions=64)
+    assert cloze["input_ids"].shape[1] == 64 and cloze["position_ids"].max() == 60  # 61 context + "x y eop"
+    score_choices(model, cloze)
+    gen = build_generation_inputs(tok, [long + " [MASK]"], [" ".join(["x"] * 70)], max_length=64, max_target_length=63,
+                                  max_positions=64)
+    assert gen["position_ids"][:, 0].max() == 63 and gen["position_ids"][:, 1].max() == 64
+    model(gen["input_ids"], gen["position_ids"], gen["attention_mask"], labels=gen["labels"])
 
 
 def test_truncation_cuts_around_the_mask(tok):
@@ -126,18 +191,19 @@ def test_context_needs_exactly_one_mask(tok, context):
         build_multiple_choice_inputs(tok, [context], [["x"]])
 
 
-def test_packed_scores_equal_one_forward_per_choice(tok, model):
+@pytest.mark.parametrize("choice_eop", [True, False])
+def test_packed_scores_equal_one_forward_per_choice(tok, model, choice_eop):
     contexts, choices = ["a b [MASK] c", "[MASK] a"], [["x y", "z", "w v x"], ["y", "v w"]]
-    packed = score_choices(model, build_multiple_choice_inputs(tok, contexts, choices))
+    packed = score_choices(model, build_multiple_choice_inputs(tok, contexts, choices, choice_eop=choice_eop))
     for b, (context, example_choices) in enumerate(zip(contexts, choices)):
         for c, choice in enumerate(example_choices):
-            alone = score_choices(model, build_multiple_choice_inputs(tok, [context], [[choice]]))
+            alone = score_choices(model, build_multiple_choice_inputs(tok, [context], [[choice]], choice_eop=choice_eop))
             torch.testing.assert_close(packed[b, c], alone[0, 0], atol=1e-5, rtol=0)
     assert packed[1, 2] == float("-inf")
 
 
 def test_score_is_the_sum_of_token_log_probs(tok, model):
-    batch = build_multiple_choice_inputs(tok, ["a [MASK]"], [["x y"]])
+    batch = build_multiple_choice_inputs(tok, ["a [MASK]"], [["x y"]], choice_eop=False)
     logits = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"]).logits.log_softmax(-1)
     # <s> a [MASK] </s> sop x: "x y" is read at 4 (sop, predicts x) and 5 (x, predicts y)
     expected = logits[0, 4, X] + logits[0, 5, Y]
@@ -329,18 +395,71 @@ def test_trained_tokenizer_round_trip(tmp_path):
     assert loaded.sop_token_id != loaded.eop_token_id and loaded.pad_token_id == 2
 
 
-@pytest.mark.skipif(not REAL_TOKENIZER.exists(), reason="needs ../shared/tokenizers/glm-roberta-large")
-def test_real_tokenizer_ids():
-    t = load_tokenizer(str(REAL_TOKENIZER))
+needs_real_tokenizer = pytest.mark.skipif(not REAL_TOKENIZER.exists(), reason="needs ../shared/tokenizers/glm-roberta-large")
+
+
+@needs_real_tokenizer
+def test_real_tokenizer_ids(caplog):
+    with caplog.at_level("INFO", logger="glm_utils"):
+        t = load_tokenizer(str(REAL_TOKENIZER))
+    assert "[MASK] is id 50264" in caplog.text and "added_tokens.json's 50267" in caplog.text
     assert (t.cls_token_id, t.pad_token_id, t.eos_token_id) == (0, 2, 2)
-    assert (t.sop_token_id, t.eop_token_id, t.mask_token_id) == (50265, 50266, 50267)
-    assert len(t) == 50268
+    assert (t.sop_token_id, t.eop_token_id, t.mask_token_id) == (50265, 50266, 50264)
+    assert len(t) == 50267
     assert t("Hello world")["input_ids"] == [0, 31414, 232, 2]
     for text in ["Hello [MASK] world", "Hello[MASK] world", "Hello  [MASK] world"]:
-        assert t(text)["input_ids"] == [0, 31414, 50267, 232, 2]
-    assert t("Hello [MASK]world")["input_ids"] == [0, 31414, 50267, 8331, 2]
+        assert t(text)["input_ids"] == [0, 31414, 50264, 232, 2]
+    assert t("Hello [MASK]world")["input_ids"] == [0, 31414, 50264, 8331, 2]
     assert glm_utils.encode_choice(t, "good") == [205]            # "Ġgood", mid-sentence form
     assert glm_utils.encode_choice(t, "good", prefix_space=False) == [8396]
+
+
+@needs_real_tokenizer
+def test_mask_token_id_override_gives_the_hub_id(tmp_path):
+    hub = load_tokenizer(str(REAL_TOKENIZER), mask_token_id=50267)
+    assert (hub.sop_token_id, hub.eop_token_id, hub.mask_token_id, len(hub)) == (50265, 50266, 50267, 50268)
+    assert hub("Hello [MASK] world")["input_ids"] == [0, 31414, 50267, 232, 2]
+    assert load_tokenizer(str(REAL_TOKENIZER), mask_token_id=50264)("Hello [MASK] world")["input_ids"] == \
+        [0, 31414, 50264, 232, 2]
+    with pytest.raises(ValueError, match="--mask_token_id 50300: \\[MASK\\] can be 50264 .* or 50267"):
+        load_tokenizer(str(REAL_TOKENIZER), mask_token_id=50300)
+    # A run saves its tokenizer (tokenizer.json): reloaded, it keeps its ids and refuses another [MASK] id.
+    hub.save_pretrained(tmp_path)
+    assert load_tokenizer(str(tmp_path))("Hello [MASK] world")["input_ids"] == [0, 31414, 50267, 232, 2]
+    with pytest.raises(ValueError, match="saved tokenizer whose \\[MASK\\] is id 50267"):
+        load_tokenizer(str(tmp_path), mask_token_id=50264)
+
+
+@needs_real_tokenizer
+def test_saved_real_tokenizer_keeps_50264(tmp_path):
+    load_tokenizer(str(REAL_TOKENIZER)).save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert (loaded.mask_token_id, loaded.sop_token_id, loaded.eop_token_id, len(loaded)) == (50264, 50265, 50266, 50267)
+    assert loaded("Hello [MASK] world")["input_ids"] == [0, 31414, 50264, 232, 2]
+
+
+@needs_real_tokenizer
+def test_added_tokens_that_disagree_on_sop_are_refused(tmp_path):
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((REAL_TOKENIZER / name).read_bytes())
+    (tmp_path / "added_tokens.json").write_text('{"<|startofpiece|>": 50266, "<|endofpiece|>": 50265, "[MASK]": 50267}')
+    with pytest.raises(ValueError, match="<\\|startofpiece\\|> should have id 50266 but gets 50265"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_mask_token_id_with_a_trained_tokenizer_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--mask_token_id .* trained by --tokenizer_name train has its own"):
+        glm_utils.load_or_train_tokenizer("train", "glm-tiny", ["a b c"], tmp_path, mask_token_id=50264)
+
+
+@needs_real_tokenizer
+def test_generation_target_has_a_leading_space():
+    """GLM's seq2seq data encodes a target as " " + text: the first label of "The cat" is " The" (20)."""
+    t = load_tokenizer(str(REAL_TOKENIZER))
+    batch = build_generation_inputs(t, ["Say it: [MASK]"], ["The cat"])
+    labels = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert labels == [20, 4758, t.eop_token_id] and t("The")["input_ids"][1] == 133
+    assert t.decode(labels[:-1]) == " The cat"  # callers strip the decoded span
 
 
 def test_mask_that_hides_nothing_becomes_no_mask(model):

@@ -146,10 +146,10 @@ def test_prefix_is_visible_to_every_query_and_hides_nothing(tok):
 @pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
 def test_packed_scores_equal_one_forward_per_choice(tok, argv):
     model = peft_model(argv)
-    packed = score_choices(model, build_multiple_choice_inputs(tok, CONTEXTS, CHOICES))
+    packed = score_choices(model, build_multiple_choice_inputs(tok, CONTEXTS, CHOICES, choice_eop=True))
     for b, (context, example_choices) in enumerate(zip(CONTEXTS, CHOICES)):
         for c, choice in enumerate(example_choices):
-            alone = score_choices(model, build_multiple_choice_inputs(tok, [context], [[choice]]))
+            alone = score_choices(model, build_multiple_choice_inputs(tok, [context], [[choice]], choice_eop=True))
             torch.testing.assert_close(packed[b, c], alone[0, 0], atol=1e-5, rtol=0)
 
 
