@@ -396,6 +396,22 @@ def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
         ) from None
 
 
+def max_positions(name_or_path: str) -> int:
+    """The positions a checkpoint's tables hold, `max_sequence_length` (glm-roberta-large: 512): that of
+    the `glm-tiny` preset, or of the config.json of a local directory or hub repository (only that file
+    is downloaded), so that scripts can check their length flags before loading anything else.
+
+    Raises OSError when the config cannot be had (as `from_pretrained`, with the local alternatives).
+    """
+    if name_or_path == TINY_MODEL_NAME:
+        return GLMConfig.max_sequence_length
+    config = _resolve_pretrained_dir(name_or_path, ["config.json"]) / "config.json"
+    if not config.is_file():
+        raise OSError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
+                      f"(config.json + weights), a hub id, or {TINY_MODEL_NAME}.")
+    return GLMConfig.from_dict(json.loads(config.read_text())).max_sequence_length
+
+
 def _read_state_dict(directory: Path) -> dict:
     if (directory / "model.safetensors").exists():
         from safetensors.torch import load_file

@@ -95,7 +95,7 @@ from metrics import (
     majority_class_baseline,
     most_frequent_reference_baseline,
 )
-from modeling_glm import HUB_MODEL_ID, GLMForSequenceClassification
+from modeling_glm import HUB_MODEL_ID, GLMForSequenceClassification, max_positions
 from modeling_glm import TINY_MODEL_NAME as GLM_TINY
 from templates import (
     TASKS,
@@ -108,6 +108,7 @@ from templates import (
     template_fields,
 )
 from training import (
+    ArgumentParser,
     EpochSampler,
     TrainingPlan,
     TrainingTracker,
@@ -116,13 +117,19 @@ from training import (
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
+    data_args_problems,
+    hidden_label_splits,
     load_checkpoint,
-    prepare_output_dir,
+    offline_unless_hub_answers,
+    position_problem,
     results_record,
     resume_settings,
+    run_script,
     save_checkpoint,
     setup_accelerator,
+    stop_interrupted,
     training_args_problems,
+    warn_if_small_validation,
     will_train,
     write_json_atomic,
     write_jsonl_atomic,
@@ -152,18 +159,23 @@ OFFLINE_HINT = ("Offline, use a tiny random model: --model_name_or_path roberta-
                 "with --tokenizer_name train (a BPE trained on the training texts) or --tokenizer_name DIR "
                 "(vocab.json + merges.txt, e.g. ../shared/tokenizers/glm-roberta-large), or a local folder "
                 "holding a saved model.")
+EXAMPLES = """examples:
+  python run_baseline.py --method linear_head --model_name_or_path roberta-tiny --tokenizer_name train \\
+      --dataset_name fine_foods --learning_rate 1e-3 --output_dir runs/b_fine_foods  # offline, CPU
+  accelerate launch run_baseline.py --method linear_head --output_dir runs/trec_roberta_head  # roberta-large
+"""
 
 
 def parse_args(argv=None):
     argv = list(argv) if argv is not None else None
-    first = argparse.ArgumentParser(add_help=False)
+    first = ArgumentParser(add_help=False)
     first.add_argument("--task", choices=TASKS, default="cls")
     first.add_argument("--method", choices=METHODS, default=None)
     known, _ = first.parse_known_args(argv)
     task = known.task
 
-    parser = argparse.ArgumentParser(description="Baselines (RoBERTa / T5 / BART / GLM linear head) on the "
-                                                 "data and prompts of run_cls.py / run_gen.py.")
+    parser = ArgumentParser(description="Baselines (RoBERTa / T5 / BART / GLM linear head) on the data and prompts "
+                                        "of run_cls.py / run_gen.py.", epilog=EXAMPLES)
     parser.add_argument("--task", choices=TASKS, default="cls", help="cls (classification) or gen (generation).")
     parser.add_argument("--method", choices=METHODS, default=None,
                         help="linear_head (cls), mlm_prompt (cls) or seq2seq (cls by rank classification, gen).")
@@ -206,12 +218,15 @@ def parse_args(argv=None):
     group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
 
     # Listing the prompts needs nothing but the data arguments (no --output_dir, no --method).
-    listing, _ = add_data_and_prompt_args(argparse.ArgumentParser(add_help=False), task).parse_known_args(argv)
+    listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), task).parse_known_args(argv)
     if listing.list_prompts:
+        problems = data_args_problems(listing, task)
+        if problems:
+            parser.error("; ".join(problems))
         listing.task = task
         return listing
     args = parser.parse_args(argv)
-    problems = training_args_problems(args)
+    problems = data_args_problems(args, task) + training_args_problems(args)
     if args.method is None:
         problems.append(f"--method is required: one of {METHODS}")
     elif args.task not in METHOD_TASKS[args.method]:
@@ -245,6 +260,9 @@ def parse_args(argv=None):
         problems.append("--label_smoothing must lie in [0, 1)")
     if args.text_column is not None and (args.method != "linear_head" or len(args.text_column) > 2):
         problems.append("--text_column is for --method linear_head, with one or two columns")
+    if args.model_name_or_path in TINY_MODELS and args.tokenizer_name is None:
+        problems.append(f"{args.model_name_or_path} has no tokenizer: pass --tokenizer_name train (a BPE trained on "
+                        "the training texts) or --tokenizer_name DIR (vocab.json + merges.txt)")
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -280,6 +298,22 @@ def model_family(name_or_path):
     except (OSError, ValueError) as error:
         raise _hub_error("model", name_or_path, error) from None
     return config.model_type
+
+
+def max_model_positions(name_or_path, family):
+    """The longest input the model's position table takes, or None when no table bounds it (the tiny
+    models are built to fit the length flags, see load_baseline_model; T5's positions are relative):
+    GLM's max_sequence_length, else the config's max_position_embeddings less RoBERTa's offset (its
+    positions start after the padding index, pad_token_id + 1)."""
+    if family == "glm":
+        return max_positions(name_or_path)
+    if name_or_path in TINY_MODELS:
+        return None
+    config = transformers.AutoConfig.from_pretrained(name_or_path)  # fetched by model_family already
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and family == "roberta":
+        positions -= config.pad_token_id + 1
+    return positions
 
 
 def check_method_and_model(method, family, name):
@@ -323,11 +357,7 @@ def load_baseline_tokenizer(args, family, train_texts, output_dir):
         tokenizer.pad_token = "<pad>"  # not </s>: RoBERTa's positions and T5's decoder start read the pad id
         tokenizer.save_pretrained(Path(output_dir) / "tokenizer")
         return tokenizer
-    name = name or args.model_name_or_path
-    if name in TINY_MODELS:
-        raise ValueError(f"{name} has no tokenizer files: pass --tokenizer_name train (a BPE trained on the training "
-                         "texts) or --tokenizer_name DIR (vocab.json + merges.txt, e.g. "
-                         "../shared/tokenizers/glm-roberta-large).")
+    name = name or args.model_name_or_path  # not a tiny model: parse_args asks them for a tokenizer
     if (Path(name) / "vocab.json").is_file() and (Path(name) / "merges.txt").is_file():
         return roberta_bpe_tokenizer(name)
     try:
@@ -520,9 +550,14 @@ def _inputs(rows, pad_token_id):
     return ids, mask
 
 
+def _class_labels(features):
+    """[B] label ids; -1 for an example whose label is hidden (predictions only, never a loss or a metric)."""
+    return torch.tensor([-1 if f["label"] is None else f["label"] for f in features])
+
+
 def collate_linear_head(features, pad_token_id):
     ids, mask = _inputs([f["input_ids"] for f in features], pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask, "class_labels": torch.tensor([f["label"] for f in features]),
+    return {"input_ids": ids, "attention_mask": mask, "class_labels": _class_labels(features),
             "index": torch.tensor([f["index"] for f in features])}
 
 
@@ -544,7 +579,7 @@ def collate_mlm(features, pad_token_id, num_choices):
     return {"input_ids": ids, "attention_mask": mask, "score_row": torch.tensor(score_row),
             "score_pos": torch.tensor(score_pos), "score_token": torch.tensor(score_token),
             "score_choice": torch.tensor(score_choice), "choice_lengths": lengths, "choice_mask": choice_mask,
-            "class_labels": torch.tensor([f["label"] for f in features]),
+            "class_labels": _class_labels(features),
             "index": torch.tensor([f["index"] for f in features])}
 
 
@@ -571,7 +606,7 @@ def collate_rank(features, pad_token_id, num_choices):
     ids, mask = _inputs(sources, pad_token_id)
     return {"input_ids": ids, "attention_mask": mask, "labels": _pad(targets, -100),
             "choice_index": torch.tensor(choice_index), "choice_mask": choice_mask,
-            "class_labels": torch.tensor([f["label"] for f in features]),
+            "class_labels": _class_labels(features),
             "index": torch.tensor([f["index"] for f in features])}
 
 
@@ -639,9 +674,10 @@ def class_scores(args, model, batch):
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_cls(args, accelerator, model, dataloader, num_choices):
+def evaluate_cls(args, accelerator, model, dataloader, num_choices, labelled=True):
     """Scores the answer choices of every example of a prepared DataLoader (each once, on every
-    process). Returns (classification_metrics dict, {example index: list of its C choice scores})."""
+    process). Returns (classification_metrics dict, or None for a split whose labels are hidden
+    (labelled False), {example index: list of its C choice scores})."""
     was_training = model.training
     model.eval()
     indices, scores, labels = [], [], []
@@ -654,12 +690,14 @@ def evaluate_cls(args, accelerator, model, dataloader, num_choices):
             indices += batch_index.tolist()
     model.train(was_training)
     scores = torch.cat(scores)
-    return classification_metrics(scores.argmax(-1).tolist(), labels, num_choices), dict(zip(indices, scores.tolist()))
+    metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices) if labelled else None
+    return metrics, dict(zip(indices, scores.tolist()))
 
 
 def evaluate_gen(args, accelerator, model, tokenizer, dataloader, references):
-    """Decodes every source once with `generate` and scores it against all its references.
-    Returns (generation_metrics dict, predictions: list[str] in source order)."""
+    """Decodes every source once with `generate` and scores it against all its references (a list per
+    source, or None for a split whose references are hidden).
+    Returns (generation_metrics dict, or None without references, predictions: list[str] in source order)."""
     was_training = model.training
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
@@ -668,7 +706,7 @@ def evaluate_gen(args, accelerator, model, tokenizer, dataloader, references):
                    no_repeat_ngram_size=args.no_repeat_ngram_size, do_sample=args.do_sample)
     if args.do_sample:
         options.update(top_p=args.top_p, temperature=args.temperature)
-    predictions = [None] * len(references)
+    predictions = [None] * len(dataloader.dataset)
     with torch.inference_mode():
         for batch in dataloader:
             generated = unwrapped.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -678,7 +716,7 @@ def evaluate_gen(args, accelerator, model, tokenizer, dataloader, references):
             for ids, i in zip(generated.tolist(), index.tolist()):
                 predictions[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     model.train(was_training)
-    return generation_metrics(predictions, references), predictions
+    return None if references is None else generation_metrics(predictions, references), predictions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -694,15 +732,25 @@ def main(argv=None):
         return None
 
     accelerator = setup_accelerator(args)
+    output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
 
-    # The model must be reachable before any work (offline, a hub name fails here, with the alternatives).
+    # The model must be reachable before any work (offline, a hub name fails here, with the alternatives;
+    # a hub that does not answer is asked once, see offline_unless_hub_answers), and its position table
+    # bounds the length flags.
+    offline_unless_hub_answers(args, local_models=TINY_MODELS)
     family = model_family(args.model_name_or_path)
     check_method_and_model(args.method, family, args.model_name_or_path)
+    positions = max_model_positions(args.model_name_or_path, family)
+    if positions is not None:
+        lengths = ({"max_source_length": 0, "max_target_length": 1} if args.method == "seq2seq"
+                   else {"max_seq_length": 0})  # flag -> positions its input uses beyond the flag (decoder start)
+        problems = [position_problem(flag, getattr(args, flag), positions, args.model_name_or_path, extra=extra)
+                    for flag, extra in lengths.items()]
+        if any(problems):
+            raise ValueError("; ".join(problem for problem in problems if problem))
     if args.learning_rate is None:
         args.learning_rate = (PEFT_DEFAULT_LEARNING_RATES["lora"] if args.peft == "lora" else TINY_LEARNING_RATE
                               if args.model_name_or_path in TINY_MODELS else FULL_LEARNING_RATES.get(family, 1e-5))
-    # A finished run is never overwritten without --overwrite_output_dir (see clear_previous_run).
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
 
     # Data and prompt, exactly as run_cls.py / run_gen.py: every split rendered and checked here.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -722,6 +770,9 @@ def main(argv=None):
         examples[split], data_counts[split] = build_prompted_examples(dataset, template, args.task, args.skip_empty)
         if not examples[split]:
             raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
+    hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
+    if do_train:
+        warn_if_small_validation(len(examples["validation"]), args)
     logger.info("Prompt %d: %s [%s]", prompt_id, template.name, template.source)
 
     text_columns = None
@@ -800,7 +851,10 @@ def main(argv=None):
                                           generator=torch.Generator())
                         for split, (rows, _, _) in eval_sets.items()}
 
-    clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
+    # Every check has passed: the run's folder is made (--tokenizer_name train has saved into it), and
+    # --overwrite_output_dir's old outputs go.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    clear_previous_run(args, output_dir)
 
     # Optimizer, the length of the run and its learning-rate schedule.
     optimizer = lr_scheduler = plan = None
@@ -813,10 +867,12 @@ def main(argv=None):
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
 
     def evaluate(split):
-        """(metrics, outputs): cls outputs {index: scores}; gen outputs the predictions in source order."""
+        """(metrics, None when the split's labels are hidden; outputs): cls outputs {index: scores}; gen
+        outputs the predictions in source order."""
         if args.task == "gen":
-            return evaluate_gen(args, accelerator, model, tokenizer, eval_dataloaders[split], eval_sets[split][1])
-        return evaluate_cls(args, accelerator, model, eval_dataloaders[split], num_choices)
+            return evaluate_gen(args, accelerator, model, tokenizer, eval_dataloaders[split],
+                                None if split in hidden else eval_sets[split][1])
+        return evaluate_cls(args, accelerator, model, eval_dataloaders[split], num_choices, split not in hidden)
 
     # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
     # put back at the end so that test scores them.
@@ -832,54 +888,60 @@ def main(argv=None):
                             disable=not accelerator.is_local_main_process)
         first_epoch, skip_batches = plan.resume_position(tracker.completed_steps)
         model.train()
-        for epoch in range(first_epoch, plan.num_train_epochs):
-            train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
-            batches = train_dataloader
-            if epoch == first_epoch and skip_batches:
-                batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
-            start = time.perf_counter()
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    loss = training_loss(args, model, batch)
-                    tracker.add_batch(loss, len(batch["index"]) * accelerator.num_processes)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
-                        if args.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                tracker.completed_steps += 1
-                tracker.train_time_s += time.perf_counter() - start
-                progress_bar.update(1)
-                progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-                step = tracker.completed_steps
-                if plan.evaluates_at(step):
-                    tracker.record_evaluation(epoch, evaluate("validation")[0], accelerator.unwrap_model(model))
-                if plan.checkpoint_at(step):
-                    save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step))
-                if step == plan.max_train_steps:
-                    break
+        try:
+            for epoch in range(first_epoch, plan.num_train_epochs):
+                train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
+                batches = train_dataloader
+                if epoch == first_epoch and skip_batches:
+                    batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
                 start = time.perf_counter()
+                for batch in batches:
+                    with accelerator.accumulate(model):
+                        loss = training_loss(args, model, batch)
+                        tracker.add_batch(loss, len(batch["index"]) * accelerator.num_processes)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
+                            if args.max_grad_norm > 0:
+                                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad()
+                    if not accelerator.sync_gradients:
+                        continue
+                    tracker.completed_steps += 1
+                    tracker.train_time_s += time.perf_counter() - start
+                    progress_bar.update(1)
+                    progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+                    step = tracker.completed_steps
+                    if plan.evaluates_at(step):
+                        tracker.record_evaluation(epoch, evaluate("validation")[0], accelerator.unwrap_model(model))
+                    if plan.checkpoint_at(step):
+                        save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step),
+                                        args.save_total_limit)
+                    if step == plan.max_train_steps:
+                        break
+                    start = time.perf_counter()
+        except KeyboardInterrupt:  # Ctrl-C: where the run stopped and how to resume it, exit 130
+            progress_bar.close()
+            stop_interrupted(tracker, plan, output_dir)
         progress_bar.close()
         validation_metrics = tracker.restore_best(accelerator.unwrap_model(model))
     else:
         validation_metrics = evaluate("validation")[0]
         logger.info("Untrained validation: %s", validation_metrics)
 
-    # Test (or, without a test split, validation) with the best weights, and the trivial baseline.
+    # Test (or, without a test split, validation) with the best weights, and the trivial baseline
+    # (on labelled splits).
     final_split = "test" if "test" in eval_sets else "validation"
     final_metrics, outputs = evaluate(final_split)
-    if args.task == "cls":
-        baselines = {"majority_class": majority_class_baseline([e["label"] for e in examples["train"]],
-                                                               [e["label"] for e in examples[final_split]],
-                                                               num_choices)}
-    else:
-        baselines = {"most_frequent_reference": most_frequent_reference_baseline(
-            [e["target"] for e in examples["train"]], eval_sets[final_split][1])}
+    baselines = {}
+    if final_metrics is not None and "train" not in hidden and args.task == "cls":
+        baselines["majority_class"] = majority_class_baseline([e["label"] for e in examples["train"]],
+                                                              [e["label"] for e in examples[final_split]], num_choices)
+    elif final_metrics is not None and "train" not in hidden:
+        baselines["most_frequent_reference"] = most_frequent_reference_baseline(
+            [e["target"] for e in examples["train"]], eval_sets[final_split][1])
 
     if args.save_best_model and accelerator.is_main_process:
         # A whole model, or a peft model's adapter (+ its new head); GLM with LoRA: the whole model.
@@ -908,18 +970,22 @@ def main(argv=None):
             prompt_name=template.name if uses_prompt else None, total_train_batch_size=total_batch_size,
             tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
-            trainable_params=trainable_params, total_params=total_params)
+            trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden)
         record["data"] = data_counts  # rows kept / skipped per split (as run_cls.py / run_gen.py)
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()
     metric = args.metric_for_best_model
-    baseline_name, baseline = next(iter(baselines.items()))
     best_epoch = tracker.best["epoch"] if tracker.best else None
-    accelerator.print(f"{args.method} [{args.model_name_or_path}] {final_split} {metric} {final_metrics[metric]:.4f} "
-                      f"vs {baseline_name} {baseline[metric]:.4f}; best epoch {best_epoch}; "
-                      f"results in {output_dir / 'results.json'}")
+    if final_metrics is None:
+        accelerator.print(f"{args.method} [{args.model_name_or_path}] {final_split} labels are hidden: predictions "
+                          f"only, in {output_dir}; best epoch {best_epoch}")
+    else:
+        baseline_name, baseline = next(iter(baselines.items()))
+        accelerator.print(f"{args.method} [{args.model_name_or_path}] {final_split} {metric} "
+                          f"{final_metrics[metric]:.4f} vs {baseline_name} {baseline[metric]:.4f}; best epoch "
+                          f"{best_epoch}; results in {output_dir / 'results.json'}")
     return record
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

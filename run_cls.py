@@ -13,8 +13,8 @@ clipping 1.0, 256 tokens.
 
     accelerate launch run_cls.py --prompt_id 2 --output_dir runs/trec      # glm-roberta-large
     python run_cls.py --model_name_or_path glm-tiny --tokenizer_name train --learning_rate 3e-4 \\
-        --train_file ../shared/data/trec/train.csv --test_file ../shared/data/trec/test.csv \\
-        --output_dir runs/trec-tiny                                        # CPU, offline
+        --dataset_name trec --train_file ../shared/data/trec/train.csv \\
+        --test_file ../shared/data/trec/test.csv --output_dir runs/trec-tiny  # CPU, offline
     python run_cls.py --list_prompts                                       # prompt ids and examples
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 run_cls.py ...     # 2 CPU processes
 
@@ -28,6 +28,7 @@ best_model/ with --save_best_model.
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +54,10 @@ from glm_utils import (
     special_token_ids,
 )
 from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
-from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from templates import build_prompted_examples, describe_templates, load_templates, select_template
 from training import (
+    ArgumentParser,
     EpochSampler,
     TrainingPlan,
     TrainingTracker,
@@ -64,13 +66,19 @@ from training import (
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
+    data_args_problems,
+    hidden_label_splits,
     load_checkpoint,
-    prepare_output_dir,
+    offline_unless_hub_answers,
+    position_problem,
     results_record,
     resume_settings,
+    run_script,
     save_checkpoint,
     setup_accelerator,
+    stop_interrupted,
     training_args_problems,
+    warn_if_small_validation,
     will_train,
     write_json_atomic,
     write_jsonl_atomic,
@@ -79,9 +87,15 @@ from training import (
 logger = get_logger(__name__)
 
 CHOICE_EOP = {"auto": None, "on": True, "off": False}  # --choice_eop -> build_multiple_choice_inputs(choice_eop=)
+EXAMPLES = """examples:
+  python run_cls.py --dataset_name fine_foods --model_name_or_path glm-tiny --tokenizer_name train \\
+      --learning_rate 3e-4 --output_dir runs/fine_foods           # offline, CPU: a random tiny GLM
+  accelerate launch run_cls.py --prompt_id 2 --output_dir runs/trec  # TREC, BAAI/glm-roberta-large
+"""
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Fine-tune GLM for classification as a cloze question.")
+    parser = ArgumentParser(description="Fine-tune GLM for classification as a cloze question.", epilog=EXAMPLES)
     add_data_and_prompt_args(parser, "cls")
     add_training_args(parser)
     add_peft_args(parser)
@@ -105,13 +119,21 @@ def parse_args(argv=None):
                             "weights).")
 
     # Listing the prompts needs only the data arguments (no --output_dir).
-    listing, _ = add_data_and_prompt_args(argparse.ArgumentParser(add_help=False), "cls").parse_known_args(argv)
+    listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), "cls").parse_known_args(argv)
     if listing.list_prompts:
+        problems = data_args_problems(listing, "cls")
+        if problems:
+            parser.error("; ".join(problems))
         return listing
     args = parser.parse_args(argv)
     if args.learning_rate is None:
         args.learning_rate = PEFT_DEFAULT_LEARNING_RATES[args.peft]
-    problems = training_args_problems(args)
+    problems = data_args_problems(args, "cls") + training_args_problems(args)
+    if args.model_name_or_path == TINY_MODEL_NAME and args.tokenizer_name is None:
+        problems.append(f"{TINY_MODEL_NAME} has no tokenizer: pass --tokenizer_name train (a BPE trained on the "
+                        "training texts) or --tokenizer_name DIR")
+    if args.tokenizer_name == "train" and args.train_file is None and (args.validation_file or args.test_file):
+        problems.append("--tokenizer_name train trains on the training texts: pass --train_file or a tokenizer folder")
     if args.metric_for_best_model not in CLS_METRICS:
         problems.append(f"--metric_for_best_model must be one of {CLS_METRICS}, got {args.metric_for_best_model!r}")
     if args.max_seq_length < 4:
@@ -172,11 +194,12 @@ def cloze_lengths(tokenizer, examples, max_seq_length, choice_prefix_space, choi
     return lengths, cut
 
 
-def evaluate(accelerator, model, dataloader, length_normalize, num_choices):
+def evaluate(accelerator, model, dataloader, length_normalize, num_choices, labelled=True):
     """Scores every example of a prepared DataLoader. Every process gets all of them, each once
     (gather_for_metrics drops the copies that even out the last batch across processes).
 
-    Returns (classification_metrics dict, {example index: list of its C choice scores}).
+    Returns (classification_metrics dict, or None for a split whose labels are hidden (labelled
+    False), {example index: list of its C choice scores}).
     """
     was_training = model.training
     model.eval()
@@ -195,7 +218,7 @@ def evaluate(accelerator, model, dataloader, length_normalize, num_choices):
         raise RuntimeError(f"Evaluation scored {len(indices)} examples for {len(dataloader.dataset)}: some were "
                            "missed or repeated across processes.")
     scores = torch.cat(scores)
-    metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices)
+    metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices) if labelled else None
     return metrics, dict(zip(indices, scores.tolist()))
 
 
@@ -205,9 +228,15 @@ def main(argv=None):
         return list_prompts(args)
 
     accelerator = setup_accelerator(args)
+    output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
 
-    # A finished run is never overwritten without --overwrite_output_dir (see clear_previous_run).
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+    # The model's position table bounds --max_seq_length: checked before any data is read (only its
+    # config is fetched; a hub that does not answer is asked once, see offline_unless_hub_answers).
+    offline_unless_hub_answers(args)
+    problem = position_problem("max_seq_length", args.max_seq_length, max_positions(args.model_name_or_path),
+                               args.model_name_or_path, cut="contexts are cut around their [MASK]")
+    if problem:
+        raise ValueError(problem)
 
     # Data and prompt. Every split is rendered and checked here, before the first step.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -232,6 +261,9 @@ def main(argv=None):
             raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
         for index, example in enumerate(examples[split]):
             example["index"] = index
+    hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
+    if do_train:
+        warn_if_small_validation(len(examples["validation"]), args)
     first = next(iter(examples.values()))[0]
     logger.info("Prompt %d: %s [%s]. Cloze form of the first example (the answer fills [MASK]):\n%s\n"
                 "answer choices %s, gold %r", prompt_id, template.name, template.source, first["context"],
@@ -241,8 +273,6 @@ def main(argv=None):
     # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and choices).
     train_texts = [e["context"] for e in examples.get("train", [])]
     train_texts += sorted({choice for e in examples.get("train", []) for choice in e["choices"]})
-    if args.tokenizer_name == "train" and not train_texts:
-        raise ValueError("--tokenizer_name train needs training data: pass --train_file or a tokenizer directory.")
     with accelerator.main_process_first():
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, train_texts, output_dir,
                                             mask_token_id=args.mask_token_id)
@@ -268,7 +298,7 @@ def main(argv=None):
                                               CHOICE_EOP[args.choice_eop])
         # The same number of choice columns in every batch, so that scores gather across processes.
         inputs["choice_mask"] = F.pad(inputs["choice_mask"], (0, num_choices - inputs["choice_mask"].shape[1]))
-        inputs["labels"] = torch.tensor([e["label"] for e in batch])
+        inputs["labels"] = torch.tensor([-1 if e["label"] is None else e["label"] for e in batch])  # -1: hidden
         inputs["index"] = torch.tensor([e["index"] for e in batch])
         return inputs
 
@@ -288,7 +318,10 @@ def main(argv=None):
         if split in examples
     }
 
-    clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
+    # Every check has passed: the run's folder is made (--tokenizer_name train has saved into it), and
+    # --overwrite_output_dir's old outputs go.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    clear_previous_run(args, output_dir)
 
     # Optimizer, the length of the run and its learning-rate schedule.
     optimizer = lr_scheduler = plan = None
@@ -315,55 +348,60 @@ def main(argv=None):
                             disable=not accelerator.is_local_main_process)
         first_epoch, skip_batches = plan.resume_position(tracker.completed_steps)
         model.train()
-        for epoch in range(first_epoch, plan.num_train_epochs):
-            train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
-            batches = train_dataloader
-            if epoch == first_epoch and skip_batches:
-                batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
-            start = time.perf_counter()
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    loss = F.cross_entropy(score_choices(model, batch, args.length_normalize), batch["labels"])
-                    tracker.add_batch(loss, len(batch["labels"]) * accelerator.num_processes)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
-                        if args.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                tracker.completed_steps += 1
-                tracker.train_time_s += time.perf_counter() - start
-                progress_bar.update(1)
-                progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-                step = tracker.completed_steps
-                if plan.evaluates_at(step):
-                    metrics, _ = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize,
-                                          num_choices)
-                    tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
-                if plan.checkpoint_at(step):
-                    save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step))
-                if step == plan.max_train_steps:
-                    break
+        try:
+            for epoch in range(first_epoch, plan.num_train_epochs):
+                train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
+                batches = train_dataloader
+                if epoch == first_epoch and skip_batches:
+                    batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
                 start = time.perf_counter()
+                for batch in batches:
+                    with accelerator.accumulate(model):
+                        loss = F.cross_entropy(score_choices(model, batch, args.length_normalize), batch["labels"])
+                        tracker.add_batch(loss, len(batch["labels"]) * accelerator.num_processes)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
+                            if args.max_grad_norm > 0:
+                                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad()
+                    if not accelerator.sync_gradients:
+                        continue
+                    tracker.completed_steps += 1
+                    tracker.train_time_s += time.perf_counter() - start
+                    progress_bar.update(1)
+                    progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+                    step = tracker.completed_steps
+                    if plan.evaluates_at(step):
+                        metrics, _ = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize,
+                                              num_choices)
+                        tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+                    if plan.checkpoint_at(step):
+                        save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step),
+                                        args.save_total_limit)
+                    if step == plan.max_train_steps:
+                        break
+                    start = time.perf_counter()
+        except KeyboardInterrupt:  # Ctrl-C: where the run stopped and how to resume it, exit 130
+            progress_bar.close()
+            stop_interrupted(tracker, plan, output_dir)
         progress_bar.close()
         validation_metrics = tracker.restore_best(accelerator.unwrap_model(model))
-    elif "validation" in eval_dataloaders:
+    elif "validation" in eval_dataloaders and "validation" not in hidden:
         validation_metrics, _ = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize,
                                          num_choices)
         logger.info("Zero-shot validation: %s", validation_metrics)
 
-    # Test, and the majority class of the training labels as the trivial baseline.
+    # Test, and the majority class of the training labels as the trivial baseline (on labelled splits).
     final_split = "test" if "test" in eval_dataloaders else "validation"
     final_metrics = predictions = None
     if final_split in eval_dataloaders:
         final_metrics, predictions = evaluate(accelerator, model, eval_dataloaders[final_split], args.length_normalize,
-                                              num_choices)
+                                              num_choices, labelled=final_split not in hidden)
     baselines = {}
-    if "train" in examples and final_metrics is not None:
+    if "train" in examples and "train" not in hidden and final_metrics is not None:
         baselines["majority_class"] = majority_class_baseline([e["label"] for e in examples["train"]],
                                                               [e["label"] for e in examples[final_split]],
                                                               num_choices)
@@ -386,7 +424,7 @@ def main(argv=None):
             args, "cls", "glm_cloze", script="run_cls.py", prompt_id=prompt_id, prompt_name=template.name,
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
-            trainable_params=trainable_params, total_params=total_params,
+            trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
         )
         record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
         write_json_atomic(output_dir / "results.json", record)
@@ -398,8 +436,11 @@ def main(argv=None):
             f"{len(examples[final_split])} examples) vs majority class "
             f"{'n/a' if majority is None else f'{majority:.4f}'}; results in {output_dir / 'results.json'}"
         )
+    elif predictions is not None:
+        accelerator.print(f"{final_split} labels are hidden: {len(predictions)} predictions in "
+                          f"{output_dir / f'predictions_{final_split}.jsonl'}, no metrics")
     return record
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

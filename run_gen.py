@@ -21,8 +21,8 @@ generations_test.jsonl (source, references, prediction), step_N / epoch_N checkp
 best_weights.safetensors (the best evaluation's weights, once), and best_model/ with --save_best_model.
 """
 
-import argparse
 import time
+from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
@@ -40,9 +40,10 @@ from glm_peft import (
 )
 from glm_utils import build_generation_inputs, encode_targets, generate, load_or_train_tokenizer, special_token_ids
 from metrics import GEN_METRICS, generation_metrics, most_frequent_reference_baseline
-from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from templates import build_prompted_examples, describe_templates, group_references, load_templates, select_template
 from training import (
+    ArgumentParser,
     EpochSampler,
     TrainingPlan,
     TrainingTracker,
@@ -51,13 +52,19 @@ from training import (
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
+    data_args_problems,
+    hidden_label_splits,
     load_checkpoint,
-    prepare_output_dir,
+    offline_unless_hub_answers,
+    position_problem,
     results_record,
     resume_settings,
+    run_script,
     save_checkpoint,
     setup_accelerator,
+    stop_interrupted,
     training_args_problems,
+    warn_if_small_validation,
     will_train,
     write_json_atomic,
     write_jsonl_atomic,
@@ -67,9 +74,15 @@ logger = get_logger(__name__)
 
 GEN_LEARNING_RATE = 2e-5  # full fine-tuning; the paper's seq2seq range is 1e-5..3e-5
 
+EXAMPLES = """examples:
+  python run_gen.py --dataset_name hhs_breaches --model_name_or_path glm-tiny --tokenizer_name train \\
+      --learning_rate 1e-3 --num_train_epochs 15 --output_dir runs/hhs_breaches  # offline, CPU: a random tiny GLM
+  accelerate launch run_gen.py --prompt_id 0 --output_dir runs/e2e  # E2E NLG, BAAI/glm-roberta-large
+"""
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Fine-tune GLM for generation (blank infilling).")
+    parser = ArgumentParser(description="Fine-tune GLM for generation (blank infilling).", epilog=EXAMPLES)
     add_data_and_prompt_args(parser, "gen")
     add_training_args(parser)
     add_peft_args(parser)
@@ -98,13 +111,19 @@ def parse_args(argv=None):
     )
 
     # Listing the prompts needs nothing but the data arguments (no --output_dir).
-    listing, _ = add_data_and_prompt_args(argparse.ArgumentParser(add_help=False), "gen").parse_known_args(argv)
+    listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), "gen").parse_known_args(argv)
     if listing.list_prompts:
+        problems = data_args_problems(listing, "gen")
+        if problems:
+            parser.error("; ".join(problems))
         return listing
     args = parser.parse_args(argv)
     if args.learning_rate is None:
         args.learning_rate = PEFT_DEFAULT_LEARNING_RATES[args.peft] if args.peft else GEN_LEARNING_RATE
-    problems = training_args_problems(args)
+    problems = data_args_problems(args, "gen") + training_args_problems(args)
+    if args.model_name_or_path == TINY_MODEL_NAME and args.tokenizer_name is None:
+        problems.append(f"{TINY_MODEL_NAME} has no tokenizer: pass --tokenizer_name train (a BPE trained on the "
+                        "training texts) or --tokenizer_name DIR")
     if args.metric_for_best_model not in GEN_METRICS:
         problems.append(f"--metric_for_best_model must be one of {GEN_METRICS}, got {args.metric_for_best_model!r}")
     if args.max_target_length < 1 or args.max_source_length < 3:
@@ -163,14 +182,15 @@ class SourceDataset(torch.utils.data.Dataset):
 
 
 def evaluate(args, accelerator, model, tokenizer, dataloader, references, description):
-    """Decodes every source of `dataloader` once and scores it against all its references.
+    """Decodes every source of `dataloader` once and scores it against all its references (a list per
+    source, or None for a split whose references are hidden).
 
-    Returns (generation_metrics dict, predictions: list[str] in source order).
+    Returns (generation_metrics dict, or None without references, predictions: list[str] in source order).
     """
     was_training = model.training
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
-    predictions = [None] * len(references)
+    predictions = [None] * len(dataloader.dataset)
     with torch.inference_mode():
         for batch in tqdm(dataloader, desc=description, leave=False, disable=not accelerator.is_local_main_process):
             inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}
@@ -186,7 +206,7 @@ def evaluate(args, accelerator, model, tokenizer, dataloader, references, descri
             for row, i in zip(tokens.tolist(), index.tolist()):
                 predictions[i] = tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
     model.train(was_training)
-    return generation_metrics(predictions, references), predictions
+    return None if references is None else generation_metrics(predictions, references), predictions
 
 
 def main(argv=None):
@@ -196,9 +216,18 @@ def main(argv=None):
         return None
 
     accelerator = setup_accelerator(args)
+    output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
 
-    # A finished run is never overwritten without --overwrite_output_dir (see clear_previous_run).
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+    # The model's position tables bound the length flags: checked before any data is read (only its
+    # config is fetched; a hub that does not answer is asked once, see offline_unless_hub_answers).
+    offline_unless_hub_answers(args)
+    positions = max_positions(args.model_name_or_path)
+    problems = [position_problem("max_source_length", args.max_source_length, positions, args.model_name_or_path,
+                                 cut="prompts are cut around their [MASK]"),
+                position_problem("max_target_length", args.max_target_length, positions, args.model_name_or_path,
+                                 extra=1, cut="a span's block positions run from its sop to its eop")]
+    if any(problems):
+        raise ValueError("; ".join(problem for problem in problems if problem))
 
     # Data and prompt. Every split is rendered and checked here, before the first step.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -213,6 +242,10 @@ def main(argv=None):
     template = select_template(templates, args.prompt_id, args.prompt_name)
     prompt_id = templates.index(template)
     examples, data_counts = prompted_splits(raw_datasets, template, args.skip_empty)
+    do_train = will_train(args)  # otherwise the model as loaded is evaluated
+    hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
+    if do_train:
+        warn_if_small_validation(len(examples["validation"]), args)
     first = examples["train"][0]
     logger.info("Prompt %d: %s [%s]. GLM input of the first example (the target fills [MASK]):\n%s\ntarget: %r",
                 prompt_id, template.name, template.source, first["context"], first["target"])
@@ -268,10 +301,12 @@ def main(argv=None):
         for split, (sources, _) in eval_splits.items()
     }
 
-    clear_previous_run(args, output_dir)  # every check passed: --overwrite_output_dir's old outputs go
+    # Every check has passed: the run's folder is made (--tokenizer_name train has saved into it), and
+    # --overwrite_output_dir's old outputs go.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    clear_previous_run(args, output_dir)
 
     # Optimizer, the length of the run and its learning-rate schedule.
-    do_train = will_train(args)  # otherwise the model as loaded is evaluated
     optimizer = lr_scheduler = plan = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
@@ -280,7 +315,8 @@ def main(argv=None):
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
-    validation_references = eval_splits["validation"][1]
+    references_of = {split: None if split in hidden else split_references  # None: hidden, predictions only
+                     for split, (_, split_references) in eval_splits.items()}
 
     # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
     # put back at the end so that test scores them.
@@ -296,58 +332,66 @@ def main(argv=None):
                             disable=not accelerator.is_local_main_process)
         first_epoch, skip_batches = plan.resume_position(tracker.completed_steps)
         model.train()
-        for epoch in range(first_epoch, plan.num_train_epochs):
-            train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
-            batches = train_dataloader
-            if epoch == first_epoch and skip_batches:
-                batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
-            start = time.perf_counter()
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    # Teacher-forced blank infilling; vocabulary logits only where a target token is
-                    # predicted (the target span and its eop), not over the whole [B, S, 50k].
-                    labels = batch["labels"]
-                    loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=labels,
-                                 logits_positions=labels != -100, label_smoothing=args.label_smoothing).loss
-                    tracker.add_batch(loss, len(labels) * accelerator.num_processes)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
-                        if args.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                tracker.completed_steps += 1
-                tracker.train_time_s += time.perf_counter() - start
-                progress_bar.update(1)
-                progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-                step = tracker.completed_steps
-                if plan.evaluates_at(step):
-                    metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
-                                          validation_references, "validation")
-                    tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
-                if plan.checkpoint_at(step):
-                    save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step))
-                if step == plan.max_train_steps:
-                    break
+        try:
+            for epoch in range(first_epoch, plan.num_train_epochs):
+                train_dataloader.set_epoch(epoch)  # this epoch's order, also for the skipping copy below
+                batches = train_dataloader
+                if epoch == first_epoch and skip_batches:
+                    batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
                 start = time.perf_counter()
+                for batch in batches:
+                    with accelerator.accumulate(model):
+                        # Teacher-forced blank infilling; vocabulary logits only where a target token is
+                        # predicted (the target span and its eop), not over the whole [B, S, 50k].
+                        labels = batch["labels"]
+                        loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=labels,
+                                     logits_positions=labels != -100, label_smoothing=args.label_smoothing).loss
+                        tracker.add_batch(loss, len(labels) * accelerator.num_processes)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
+                            if args.max_grad_norm > 0:
+                                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad()
+                    if not accelerator.sync_gradients:
+                        continue
+                    tracker.completed_steps += 1
+                    tracker.train_time_s += time.perf_counter() - start
+                    progress_bar.update(1)
+                    progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+                    step = tracker.completed_steps
+                    if plan.evaluates_at(step):
+                        metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
+                                              references_of["validation"], "validation")
+                        tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+                    if plan.checkpoint_at(step):
+                        save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step),
+                                        args.save_total_limit)
+                    if step == plan.max_train_steps:
+                        break
+                    start = time.perf_counter()
+        except KeyboardInterrupt:  # Ctrl-C: where the run stopped and how to resume it, exit 130
+            progress_bar.close()
+            stop_interrupted(tracker, plan, output_dir)
         progress_bar.close()
         validation_metrics = tracker.restore_best(accelerator.unwrap_model(model))
     else:
         validation_metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
-                                         validation_references, "validation")
+                                         references_of["validation"], "validation")
         logger.info("Validation without training: %s", validation_metrics)
 
     # Test (without a test split: validation) with the best weights, and the trivial baseline:
-    # the most frequent training target emitted for every source.
+    # the most frequent training target emitted for every source (when the split has references).
     final_split = "test" if "test" in eval_splits else "validation"
     final_sources, final_references = eval_splits[final_split]
     final_metrics, predictions = evaluate(args, accelerator, model, tokenizer, eval_dataloaders[final_split],
-                                          final_references, final_split)
-    baseline = most_frequent_reference_baseline([e["target"] for e in examples["train"]], final_references)
+                                          references_of[final_split], final_split)
+    baselines = {}
+    if final_metrics is not None and "train" not in hidden:
+        baselines["most_frequent_reference"] = most_frequent_reference_baseline(
+            [e["target"] for e in examples["train"]], final_references)
 
     if args.save_best_model and accelerator.is_main_process:
         save_model_and_tokenizer(accelerator.unwrap_model(model), tokenizer, output_dir / "best_model", args)
@@ -360,18 +404,23 @@ def main(argv=None):
         record = results_record(
             args, "gen", "glm_gen", script="run_gen.py", prompt_id=prompt_id, prompt_name=template.name,
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
-            test=final_metrics if final_split == "test" else None, baselines={"most_frequent_reference": baseline},
-            trainable_params=trainable_params, total_params=total_params,
+            test=final_metrics if final_split == "test" else None, baselines=baselines,
+            trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
         )
         record["data"] = data_counts  # rows kept / skipped per split; long prompts and targets in train
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()
-    accelerator.print(
-        f"{final_split} BLEU {final_metrics['bleu']:.2f} (ROUGE-L {final_metrics['rougeL']:.2f}, "
-        f"{len(final_sources)} sources) vs most-frequent-reference baseline BLEU {baseline['bleu']:.2f} "
-        f"(ROUGE-L {baseline['rougeL']:.2f}); results in {output_dir / 'results.json'}")
+    if final_metrics is None:
+        accelerator.print(f"{final_split} references are hidden: {len(predictions)} generations in "
+                          f"{output_dir / f'generations_{final_split}.jsonl'}, no metrics")
+    else:
+        baseline = baselines["most_frequent_reference"]
+        accelerator.print(
+            f"{final_split} BLEU {final_metrics['bleu']:.2f} (ROUGE-L {final_metrics['rougeL']:.2f}, "
+            f"{len(final_sources)} sources) vs most-frequent-reference baseline BLEU {baseline['bleu']:.2f} "
+            f"(ROUGE-L {baseline['rougeL']:.2f}); results in {output_dir / 'results.json'}")
     return record
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

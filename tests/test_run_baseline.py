@@ -18,6 +18,7 @@ import datasets
 import huggingface_hub.constants
 import pytest
 import torch
+import transformers
 from accelerate.state import PartialState
 from conftest import read_jsonl, run_main, write_csv
 
@@ -141,7 +142,7 @@ def test_seq2seq_rank_classification_learns(trec, tmp_path):
 def test_seq2seq_generation_on_e2e_decodes_each_source_once_against_all_references(tmp_path):
     out = tmp_path / "e2e"
     record = run(["--task", "gen", "--method", "seq2seq", "--model_name_or_path", "t5-tiny", "--tokenizer_name",
-                  "train", "--train_file", E2E / "train.csv", "--validation_file", E2E / "validation.csv",
+                  "train", "--dataset_name", "e2e_nlg_cleaned", "--train_file", E2E / "train.csv", "--validation_file", E2E / "validation.csv",
                   "--test_file", E2E / "test.csv", "--max_train_samples", 96, "--max_eval_samples", 8,
                   "--max_test_samples", 12, "--output_dir", out, "--learning_rate", 1e-3,
                   "--per_device_train_batch_size", 8, "--max_train_steps", 20, "--eval_steps", 10,
@@ -293,7 +294,8 @@ def test_lora_adapts_the_projections_of_each_architecture_and_trains_a_new_head_
     PartialState()  # the script logs through Accelerate
     tokenizer = train_tokenizer(["a b c d"] * 5, vocab_size=270)
     name = {"roberta": "roberta-tiny", "t5": "t5-tiny", "glm": "glm-tiny"}[family]
-    args = rb.parse_args(["--method", method, "--peft", "lora", "--output_dir", "unused", "--model_name_or_path", name])
+    args = rb.parse_args(["--method", method, "--peft", "lora", "--output_dir", "unused", "--model_name_or_path", name,
+                          "--tokenizer_name", "train"])
     model = rb.load_baseline_model(args, family, tokenizer, 6 if method == "linear_head" else None)
     model = rb.apply_baseline_peft(model, args, family)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -336,10 +338,10 @@ def test_a_hub_model_offline_fails_before_any_work_naming_the_tiny_alternatives(
         rb.load_baseline_tokenizer(rb.parse_args(["--method", "seq2seq", "--output_dir", "x"]), "t5", [], tmp_path)
 
 
-def test_a_tiny_model_without_a_tokenizer_says_which_to_pass(tmp_path):
-    args = rb.parse_args(["--method", "seq2seq", "--model_name_or_path", "bart-tiny", "--output_dir", "x"])
-    with pytest.raises(ValueError, match="--tokenizer_name train"):
-        rb.load_baseline_tokenizer(args, "bart", [], tmp_path)
+def test_a_tiny_model_without_a_tokenizer_says_which_to_pass(capsys):
+    with pytest.raises(SystemExit):
+        rb.parse_args(["--method", "seq2seq", "--model_name_or_path", "bart-tiny", "--output_dir", "x"])
+    assert "bart-tiny has no tokenizer: pass --tokenizer_name train" in capsys.readouterr().err
 
 
 def test_glm_linear_head_puts_a_new_head_on_the_checkpoints_body_and_round_trips(tmp_path):
@@ -364,3 +366,35 @@ def test_glm_linear_head_puts_a_new_head_on_the_checkpoints_body_and_round_trips
 def test_list_prompts_needs_no_method_and_lists_the_tasks_prompts(capsys):
     assert rb.main(["--task", "gen", "--dataset_name", "e2e_nlg_cleaned", "--list_prompts"]) is None
     assert capsys.readouterr().out.splitlines()[0] == "0: coherent_text [promptsource]"
+
+
+# ----------------------------------------------------------------------------- positions, hidden labels
+
+
+def test_a_length_past_the_models_positions_is_refused_before_the_data(tmp_path):
+    with pytest.raises(ValueError) as error:
+        run(["--method", "linear_head", "--model_name_or_path", "glm-tiny", "--tokenizer_name", "train",
+             "--dataset_name", "fine_foods", "--max_seq_length", 600, "--output_dir", tmp_path / "never"])
+    assert str(error.value) == "--max_seq_length 600 is longer than the 512 positions of glm-tiny; use at most 512"
+    assert not (tmp_path / "never").exists()
+
+
+def test_roberta_positions_start_after_its_padding_index(tmp_path):
+    transformers.RobertaConfig(max_position_embeddings=514, pad_token_id=1).save_pretrained(tmp_path)
+    transformers.BartConfig(max_position_embeddings=1024).save_pretrained(tmp_path / "bart")
+    assert rb.max_model_positions(str(tmp_path), rb.model_family(str(tmp_path))) == 512
+    assert rb.max_model_positions(str(tmp_path / "bart"), "bart") == 1024
+    assert rb.max_model_positions("t5-tiny", "t5") is None  # built to fit the flags
+
+
+def test_hidden_test_labels_give_predictions_only(tmp_path):
+    rows = [{"text": f"{'great tasty' if i % 2 else 'awful bland'} {i}", "label_coarse": i % 6, "label_fine": 0}
+            for i in range(12)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    hidden = write_csv(tmp_path / "test.csv", [{**row, "label_coarse": -1} for row in rows[:5]])
+    record = run(["--method", "linear_head", "--model_name_or_path", "roberta-tiny", "--tokenizer_name", "train",
+                  "--dataset_name", "trec", "--train_file", train, "--validation_file", train, "--test_file", hidden,
+                  "--max_train_steps", 1, "--output_dir", tmp_path / "run"])
+    assert (record["test"], record["test_labels_hidden"], record["baselines"]) == (None, True, {})
+    rows = read_jsonl(tmp_path / "run" / "predictions_test.jsonl")
+    assert len(rows) == 5 and all(row["gold"] is None and row["predicted"] in TREC_CHOICES for row in rows)

@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 import run_cls
+from accelerate.state import AcceleratorState, GradientState
 from conftest import read_jsonl, run_main, write_csv
-from training import TrainingTracker, find_checkpoint
+from training import TrainingTracker, find_checkpoint, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 TREC = REPO.parent / "shared" / "data" / "trec"
@@ -30,7 +31,7 @@ needs_trec = pytest.mark.skipif(not (TREC / "train.csv").is_file(), reason="../s
 SCHEMA_KEYS = [
     "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
     "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
-    "epochs", "best_epoch", "validation", "test", "baselines", "train_time_s", "train_examples_per_s",
+    "epochs", "best_epoch", "validation", "test", "test_labels_hidden", "baselines", "train_time_s", "train_examples_per_s",
     "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env", "best_step", "data",
 ]  # fmt: skip
 
@@ -53,9 +54,9 @@ def trec(tmp_path_factory):
 
 
 def tiny(output_dir, train, validation, test, *extra):
-    return ["--model_name_or_path", "glm-tiny", "--tokenizer_name", "train", "--train_file", train,
-            "--validation_file", validation, "--test_file", test, "--output_dir", output_dir, "--seed", 0,
-            *extra]  # fmt: skip
+    return ["--dataset_name", "trec", "--model_name_or_path", "glm-tiny", "--tokenizer_name", "train",
+            "--train_file", train, "--validation_file", validation, "--test_file", test, "--output_dir", output_dir,
+            "--seed", 0, *extra]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- learning
@@ -128,9 +129,9 @@ def test_the_test_split_is_scored_with_the_best_weights_not_the_last(trec, tmp_p
 @needs_trec
 def test_two_cpu_processes_give_the_metrics_and_predictions_of_one(trec, tmp_path):
     tokenizer = REAL_TOKENIZER if REAL_TOKENIZER.is_dir() else "train"
-    args = ["--model_name_or_path", "glm-tiny", "--tokenizer_name", tokenizer, "--train_file", trec["train40"],
-            "--validation_file", trec["test37"], "--test_file", trec["test37"], "--no-do_train",
-            "--per_device_eval_batch_size", 4, "--seed", 0]  # fmt: skip
+    args = ["--dataset_name", "trec", "--model_name_or_path", "glm-tiny", "--tokenizer_name", tokenizer,
+            "--train_file", trec["train40"], "--validation_file", trec["test37"], "--test_file", trec["test37"],
+            "--no-do_train", "--per_device_eval_batch_size", 4, "--seed", 0]  # fmt: skip
     one = run([*args, "--output_dir", tmp_path / "one"])
     # Accelerate sets up distributed CPU runs only when told to use the CPU (see training.setup_accelerator).
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
@@ -277,6 +278,7 @@ def test_a_label_outside_the_answer_choices_is_refused_with_its_row(tmp_path):
     bad = write_csv(tmp_path / "bad.csv", rows)
     with pytest.raises(ValueError, match=r"bad\.csv line 3 \(train split\): label_coarse 9 is outside the 6 answer choices \(0 to 5\)"):
         run(tiny(tmp_path / "o", bad, bad, bad))
+    assert not (tmp_path / "o").exists()  # a failed run leaves no empty folder
 
 
 def review_prompts(tmp_path, name, jinja):
@@ -337,12 +339,13 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_on_resume(trec, tmp_path
 
 
 @needs_trec
-def test_an_existing_finished_run_is_not_overwritten(trec, tmp_path):
+def test_an_existing_finished_run_is_not_overwritten(trec, tmp_path, capsys):
     out = tmp_path / "done"
     out.mkdir()
     (out / "results.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="results.json exists: a finished run is there. Pass --overwrite_output_dir"):
+    with pytest.raises(SystemExit):
         run(tiny(out, trec["train40"], trec["test37"], trec["test37"]))
+    assert "results.json exists: a finished run is there. Pass --overwrite_output_dir" in capsys.readouterr().err
     assert (out / "results.json").read_text() == "{}"
 
 
@@ -387,6 +390,9 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_set
         (["--no-do_train", "--peft_weights", "nowhere"], "--peft_weights: nowhere has no adapter_config.json"),
         (["--num_train_epochs", "1", "--peft_weights", "nowhere"], "evaluates saved PEFT weights without training"),
         (["--max_train_steps", "0", "--resume_from_checkpoint", "latest"], "--resume_from_checkpoint continues training"),
+        (["--learning_rate", "-1"], "--learning_rate must be > 0, got -1.0"),
+        (["--train_file", "x.csv"], "Local data files need --dataset_name NAME"),
+        (["--model_name_or_path", "glm-tiny"], "glm-tiny has no tokenizer: pass --tokenizer_name train"),
     ],
 )
 def test_incompatible_or_impossible_flags_fail_at_parsing(flags, message, capsys):
@@ -404,7 +410,7 @@ def test_output_dir_is_required_except_for_listing_prompts(capsys):
 
 @needs_trec
 def test_list_prompts_shows_each_prompt_with_its_choices_and_a_rendered_cloze(trec, capsys):
-    assert run_cls.main(["--list_prompts", "--train_file", str(trec["train40"])]) is None
+    assert run_cls.main(["--list_prompts", "--dataset_name", "trec", "--train_file", str(trec["train40"])]) is None
     out = capsys.readouterr().out
     assert out.startswith("0: pick_the_best_descriptor [promptsource] choices: Description ||| Entity")
     assert out.count("answer choices: ['Description', 'Entity', 'Abbreviation', 'Person', 'Quantity', 'Location']") == 5
@@ -459,3 +465,130 @@ def test_saved_ptuning_weights_evaluated_with_peft_weights_score_the_test_set_as
         run(tiny(trained, trec["train40"], trec["test37"], trec["test37"], "--tokenizer_name", best_model,
                  "--peft_weights", best_model, "--no-do_train", "--overwrite_output_dir"))  # fmt: skip
     assert "lies inside --output_dir" in capsys.readouterr().err and (trained / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------- your own data: hidden labels, lengths
+
+
+GOOD, BAD = "tasty lovely fresh great", "stale bland awful soggy"
+
+
+def reviews_csv(path, labels, words=2):
+    """A csv of reviews (column review) with the given labels (0 good, 1 bad, -1 hidden): each
+    review repeats its class's words `words` times."""
+    rows = [{"review": " ".join([BAD if label == 1 else GOOD] * words) + f" #{i}", "label": label}
+            for i, label in enumerate(labels)]
+    return write_csv(path, rows)
+
+
+def own_data(tmp_path, train, validation, test, *extra):
+    """run_cls.py on reviews csv files with a local template "{{review}} It was [MASK]. ||| good / bad"."""
+    prompts = tmp_path / "prompts"
+    if not prompts.exists():
+        review_prompts(tmp_path, "it_was", "{{ review }} It was [MASK]. ||| {{ answer_choices[label] }}")
+    return ["--dataset_name", "reviews", "--prompts_dir", prompts, "--model_name_or_path", "glm-tiny",
+            "--tokenizer_name", "train", "--train_file", train, "--validation_file", validation, "--test_file", test,
+            "--output_dir", tmp_path / "run", "--seed", 0, "--per_device_train_batch_size", 4, "--max_train_steps", 2,
+            *extra]  # fmt: skip
+
+
+def test_hidden_test_labels_give_predictions_only_with_one_warning(tmp_path, caplog):
+    train = reviews_csv(tmp_path / "train.csv", [0, 1] * 8)
+    hidden = reviews_csv(tmp_path / "test.csv", [-1] * 6)
+    with caplog.at_level("WARNING"):
+        record = run(own_data(tmp_path, train, train, hidden))
+    assert [m for m in caplog.messages if "hidden" in m] == [
+        "test labels are hidden (every label is -1): writing predictions only, no test metrics."]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (saved["test"], saved["test_labels_hidden"], saved["baselines"]) == (None, True, {})
+    assert set(saved["validation"]) == {"accuracy", "macro_f1"} and saved == json.loads(json.dumps(record))
+    rows = read_jsonl(tmp_path / "run" / "predictions_test.jsonl")
+    assert len(rows) == 6 and all(row["gold"] is None and row["predicted"] in ("good", "bad") for row in rows)
+    # -1 never became the last choice: the rendered inputs hold no answer.
+    assert all(row["input"].endswith("It was [MASK].") for row in rows)
+
+
+def test_a_mix_of_hidden_and_real_test_labels_is_refused_naming_the_rows(tmp_path):
+    train = reviews_csv(tmp_path / "train.csv", [0, 1] * 4)
+    mixed = reviews_csv(tmp_path / "test.csv", [0, -1, 1, -1])
+    with pytest.raises(ValueError, match=r"2 of 4 rows cannot be used.*\n  .*test\.csv line 3 \(test split\): label is "
+                                         r"-1, the mark of a hidden label, but other rows of this split have labels\n"
+                                         r"  .*test\.csv line 5 \(test split\)"):
+        run(own_data(tmp_path, train, train, mixed))
+    assert not (tmp_path / "run").exists()
+
+
+def test_hidden_validation_labels_refuse_training_and_say_what_to_pass(tmp_path):
+    train = reviews_csv(tmp_path / "train.csv", [0, 1] * 4)
+    hidden = reviews_csv(tmp_path / "validation.csv", [-1] * 4)
+    with pytest.raises(ValueError, match=r"The validation labels are hidden \(every label is -1\), but training picks "
+                                         r"its best step on validation: pass a labelled --validation_file, or leave it "
+                                         r"out to carve validation from the training data"):
+        run(own_data(tmp_path, train, hidden, train))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_small_validation_set_is_warned_about(tmp_path, caplog):
+    train = reviews_csv(tmp_path / "train.csv", [0, 1] * 4)
+    with caplog.at_level("WARNING"):
+        run(own_data(tmp_path, train, train, train, "--max_train_steps", 1))
+    assert [m for m in caplog.messages if m.startswith("Validation has only 8 examples")]
+
+
+def test_a_context_cut_at_exactly_the_position_limit_trains(tmp_path):
+    long = reviews_csv(tmp_path / "long.csv", [0, 1] * 2, words=200)  # 800 words: past 512 tokens
+    record = run(own_data(tmp_path, long, long, long, "--max_seq_length", 512, "--per_device_train_batch_size", 2,
+                          "--max_train_steps", 1))
+    assert record["data"]["train"]["cut_contexts"] == 4 and record["epochs"][0]["step"] == 1
+
+
+def test_a_length_flag_past_the_position_table_fails_at_once_with_one_line(tmp_path):
+    not_csv = tmp_path / "train.csv"
+    not_csv.write_text('text,label\n"unclosed,0\n')  # never read: the lengths are checked first
+    command = [sys.executable, str(REPO / "run_cls.py"), "--model_name_or_path", "glm-tiny", "--tokenizer_name",
+               "train", "--dataset_name", "trec", "--train_file", str(not_csv), "--max_seq_length", "513",
+               "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == ("run_cls.py: error: --max_seq_length 513 is longer than the 512 positions "
+                                            "of glm-tiny; use at most 512 (contexts are cut around their [MASK])")
+    assert not (tmp_path / "run").exists()
+
+
+def interrupt_at_training_batch(monkeypatch, number):
+    """Ctrl-C (a KeyboardInterrupt) in the forward pass of the `number`-th training batch."""
+    real_score, batches = run_cls.score_choices, []
+
+    def score(model, batch, length_normalize=False):
+        if model.training:
+            batches.append(1)
+            if len(batches) == number:
+                raise KeyboardInterrupt
+        return real_score(model, batch, length_normalize)
+
+    monkeypatch.setattr(run_cls, "score_choices", score)
+
+
+def run_command(argv):
+    """run_cls.py as a command (training.run_script), in a fresh Accelerate state."""
+    try:
+        return run_script(run_cls.main, [str(a) for a in argv])
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
+@pytest.mark.parametrize("checkpoints, message", [
+    (["--checkpointing_steps", 2], "Interrupted at step 3/5; the last checkpoint is {out}/step_2. Resume with the same "
+                                   "command and --resume_from_checkpoint latest.\n"),
+    ([], "Interrupted at step 3/5; no checkpoint was written: add --checkpointing_steps N (or epoch) to be able to "
+         "resume.\n"),
+])  # fmt: skip
+def test_ctrl_c_in_training_says_how_to_resume_and_exits_130(checkpoints, message, tmp_path, monkeypatch, capsys):
+    train = reviews_csv(tmp_path / "train.csv", [0, 1] * 4)
+    interrupt_at_training_batch(monkeypatch, 3)
+    with pytest.raises(SystemExit) as stop:
+        run_command(own_data(tmp_path, train, train, train, "--max_train_steps", 5, *checkpoints))
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.endswith(message.format(out=tmp_path / "run"))

@@ -10,8 +10,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from accelerate.state import AcceleratorState, GradientState
 
 import run_gen
+from training import TrainingTracker, run_script
 
 E2E = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "e2e_nlg_cleaned"
 
@@ -125,11 +127,12 @@ def test_targets_longer_than_max_target_length_are_cut_and_counted(tmp_path, cap
     assert all(g["prediction"].count(" ") <= 2 for g in generations)  # at most 3 tokens generated
 
 
-def test_an_existing_results_json_is_never_overwritten(tmp_path):
+def test_an_existing_results_json_is_never_overwritten(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.json").write_text('{"finished": true}')
-    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+    with pytest.raises(SystemExit):
         run_gen.main(toy_args(tmp_path))
+    assert "results.json exists: a finished run is there. Pass --overwrite_output_dir" in capsys.readouterr().err
     assert (tmp_path / "out" / "results.json").read_text() == '{"finished": true}'
 
 
@@ -192,3 +195,62 @@ def test_no_training_by_flag_or_by_zero_epochs_is_the_same_evaluation_of_the_mod
     assert flag["epochs"] == zero["epochs"] == [] and flag["best_epoch"] is None
     assert flag["test"] == zero["test"] and flag_generations == zero_generations
     assert flag["args"]["max_train_steps"] is None  # nothing was sized for a run that did not train
+
+
+def test_a_test_split_without_references_gets_generations_only(tmp_path, caplog):
+    args = toy_args(tmp_path)
+    hidden = write_jsonl(tmp_path / "hidden.jsonl", [{"mr": mr, "text": ""} for mr, _ in PAIRS])
+    args[args.index("--test_file") + 1] = hidden
+    with caplog.at_level(logging.WARNING):
+        run_gen.main(args + ["--max_train_steps", "2", "--num_beams", "1", "--max_target_length", "4"])
+    assert [m for m in caplog.messages if "hidden" in m] == [
+        "test labels are hidden (every text is empty): writing predictions only, no test metrics."]
+    results, generations = read_results(tmp_path / "out")
+    assert (results["test"], results["test_labels_hidden"], results["baselines"]) == (None, True, {})
+    assert set(results["validation"]) == {"bleu", "rouge1", "rouge2", "rougeL", "gen_len"}
+    assert [g["source"] for g in generations] == [f"Describe: {mr}" for mr, _ in PAIRS]
+    assert all(g["references"] == [] and isinstance(g["prediction"], str) for g in generations)
+
+
+def test_a_validation_split_without_references_refuses_training(tmp_path):
+    args = toy_args(tmp_path)
+    args[args.index("--validation_file") + 1] = write_jsonl(tmp_path / "hidden.jsonl",
+                                                            [{"mr": mr, "text": None} for mr, _ in PAIRS])
+    with pytest.raises(ValueError, match="The validation labels are hidden .*pass a labelled --validation_file"):
+        run_gen.main(args)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max_source_length", "600"], "--max_source_length 600 is longer than the 512 positions of glm-tiny; use at "
+                                     "most 512 (prompts are cut around their [MASK])"),
+    (["--max_target_length", "512"], "--max_target_length 512 is longer than the 512 positions of glm-tiny; use at "
+                                     "most 511 (a span's block positions run from its sop to its eop)"),
+])  # fmt: skip
+def test_length_flags_past_the_position_table_are_refused_before_the_data(tmp_path, flags, message):
+    args = toy_args(tmp_path)
+    (tmp_path / "toy.jsonl").write_text("{not json", encoding="utf-8")  # never read: lengths come first
+    with pytest.raises(ValueError) as error:
+        run_gen.main(args + flags)
+    assert str(error.value) == message
+
+
+def test_ctrl_c_in_training_says_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
+    real_add_batch = TrainingTracker.add_batch
+
+    def interrupted_in_step_2(tracker, loss, examples):
+        if tracker.completed_steps == 1:
+            raise KeyboardInterrupt
+        real_add_batch(tracker, loss, examples)
+
+    monkeypatch.setattr(TrainingTracker, "add_batch", interrupted_in_step_2)
+    with pytest.raises(SystemExit) as stop:
+        try:
+            run_script(run_gen.main, toy_args(tmp_path) + ["--max_train_steps", "3", "--checkpointing_steps", "1",
+                                                            "--per_device_train_batch_size", "2", "--num_beams", "1"])
+        finally:
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.endswith(f"Interrupted at step 2/3; the last checkpoint is {tmp_path / 'out'}/step_1. "
+                                            "Resume with the same command and --resume_from_checkpoint latest.\n")

@@ -2,32 +2,45 @@
 
 import argparse
 import json
+import logging
 import math
+import os
+import sys
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 import pytest
 import torch
 
 from glm_peft import count_parameters
 from accelerate.state import AcceleratorState, GradientState
 
+from metrics import generation_metrics
 from training import (
+    ArgumentParser,
     EpochSampler,
     TrainingPlan,
     TrainingTracker,
     add_data_and_prompt_args,
     add_training_args,
     clear_previous_run,
+    data_args_problems,
     create_lr_scheduler,
     create_optimizer,
     environment_info,
     find_checkpoint,
+    hidden_label_splits,
+    offline_unless_hub_answers,
     padding_fraction,
-    prepare_output_dir,
+    position_problem,
     results_record,
+    run_script,
     safe_name,
+    save_checkpoint,
     setup_accelerator,
+    training_args_problems,
+    warn_if_small_validation,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -40,15 +53,6 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
 PROMPTS = REPO / "prompts"
 
-
-
-def test_prepare_output_dir_refuses_to_overwrite_results(tmp_path):
-    out = prepare_output_dir(tmp_path / "run" / "a")
-    assert out.is_dir()
-    write(out / "results.json", "{}")
-    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
-        prepare_output_dir(out)
-    assert prepare_output_dir(out, overwrite_output_dir=True) == out
 
 
 def test_overwrite_output_dir_removes_the_previous_runs_outputs_unless_resuming(tmp_path):
@@ -117,9 +121,11 @@ def test_results_record_schema():
     assert list(record) == [
         "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
         "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
-        "epochs", "best_epoch", "validation", "test", "baselines", "train_time_s", "train_examples_per_s",
-        "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env", "best_step",
+        "epochs", "best_epoch", "validation", "test", "test_labels_hidden", "baselines", "train_time_s",
+        "train_examples_per_s", "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env",
+        "best_step",
     ]
+    assert record["test_labels_hidden"] is False
     assert record["dataset"] == {"train": "t.csv"}
     assert record["trainable_share"] == 0.25 and record["train_examples_per_s"] == 10.0
     assert (record["best_epoch"], record["best_step"], record["epochs"]) == (0, 10, tracker.history)
@@ -132,8 +138,20 @@ def test_results_record_schema():
 def test_data_and_prompt_args_defaults_per_task():
     cls_args = add_data_and_prompt_args(argparse.ArgumentParser(), "cls").parse_args([])
     gen_args = add_data_and_prompt_args(argparse.ArgumentParser(), "gen").parse_args(["--no-skip_empty", "--max_eval_samples", "5"])
+    assert data_args_problems(cls_args, "cls") == [] == data_args_problems(gen_args, "gen")
     assert (cls_args.dataset_name, cls_args.skip_empty, cls_args.prompts_dir, cls_args.prompt_id) == ("trec", True, "prompts", None)
     assert (gen_args.dataset_name, gen_args.skip_empty, gen_args.max_eval_samples) == ("e2e_nlg_cleaned", False, 5)
+
+
+def test_local_files_need_a_dataset_name_and_must_exist(tmp_path):
+    parser = add_data_and_prompt_args(argparse.ArgumentParser(), "cls")
+    data = write(tmp_path / "mine.csv", "text,label\nfine,0\n")
+    unnamed = parser.parse_args(["--train_file", str(data), "--test_file", str(tmp_path / "missing.csv")])
+    problems = data_args_problems(unnamed, "cls")
+    assert problems[0].startswith("Local data files need --dataset_name NAME: the name chooses the prompts")
+    assert problems[1:] == [f"--test_file {tmp_path / 'missing.csv'} does not exist"]
+    named = parser.parse_args(["--train_file", str(data), "--dataset_name", "reviews", "--max_predict_samples", "3"])
+    assert data_args_problems(named, "cls") == [] and (named.dataset_name, named.max_test_samples) == ("reviews", 3)
 
 
 def test_training_args_defaults():
@@ -319,3 +337,174 @@ def test_best_weights_replaced_after_a_checkpoint_are_taken_again_from_the_resum
     assert resumed.restore_best(model) == {"accuracy": 0.7}
     with pytest.raises(FileNotFoundError, match="holds the weights of step 4, not those of the best evaluation"):
         TrainingTracker("accuracy").load(tmp_path / "step_3", max_train_steps=3)
+
+
+# ----------------------------------------------------------------------------- mistakes, before any work
+
+
+def test_a_checks_error_prints_one_line_and_exits_2_a_bug_keeps_its_traceback(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run_x.py"])
+
+    def a_check_fails(argv):
+        safe_name("/..")  # training.py raises: a message written for the user
+
+    with pytest.raises(SystemExit) as stop:
+        run_script(a_check_fails, [])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "run_x.py: error: Name '/..' has no characters usable in a file name.\n"
+    with pytest.raises(ValueError, match="no characters usable"):  # --debug: the traceback
+        run_script(a_check_fails, ["--debug"])
+
+    def a_bug(argv):
+        padding_fraction([1], [[5]])  # Python's IndexError inside our code: a bug, not a check
+
+    with pytest.raises(IndexError):
+        run_script(a_bug, [])
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        run_script(interrupted, [])
+    assert stop.value.code == 130 and capsys.readouterr().err == "run_x.py: interrupted\n"
+
+
+def test_argparse_mistakes_are_one_line_that_points_at_help(capsys):
+    parser = add_training_args(ArgumentParser(prog="run_x.py"))
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--output_dir", "o", "--learning_rate", "fast"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("run_x.py: error: argument --learning_rate: invalid float value: 'fast' "
+                                       "(all flags: run_x.py --help)\n")
+
+
+def test_help_shows_the_defaults_but_not_unset_ones():
+    text = add_training_args(ArgumentParser(prog="run_x.py", epilog="examples:\n  a\n  b")).format_help()
+    flat = " ".join(text.split())
+    assert "Train batch size per device. (default: 16)" in flat and "'latest'" in flat and "glm-tiny" in flat
+    assert "(default: None)" not in flat and "(default: False)" not in flat
+    assert text.endswith("examples:\n  a\n  b\n")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--learning_rate", "-1"], "--learning_rate must be > 0, got -1.0"),
+    (["--max_grad_norm", "-1"], "--weight_decay and --max_grad_norm must be >= 0"),
+    (["--save_total_limit", "2"], "--save_total_limit N keeps N >= 1 checkpoints of --checkpointing_steps"),
+    (["--save_total_limit", "0", "--checkpointing_steps", "5"], "--save_total_limit N keeps N >= 1"),
+])  # fmt: skip
+def test_impossible_training_flags_are_problems_before_any_work(flags, message):
+    args = add_training_args(argparse.ArgumentParser()).parse_args(["--output_dir", "o", *flags])
+    args.peft_weights = None
+    problems = training_args_problems(args)
+    assert len(problems) == 1 and problems[0].startswith(message)
+
+
+def test_a_finished_run_in_output_dir_is_a_problem_unless_overwritten(tmp_path):
+    write(tmp_path / "results.json", "{}")
+    parser = add_training_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--output_dir", str(tmp_path)])
+    args.peft_weights = None
+    assert training_args_problems(args) == [
+        f"{tmp_path / 'results.json'} exists: a finished run is there. Pass --overwrite_output_dir to replace it, or "
+        "choose another --output_dir"]
+    args.overwrite_output_dir = True
+    assert training_args_problems(args) == []
+
+
+def test_length_flags_past_the_position_table_are_refused_with_what_fits():
+    assert position_problem("max_seq_length", 512, 512, "glm-tiny") is None
+    assert position_problem("max_seq_length", 800, 512, "BAAI/glm-roberta-large", cut="contexts are cut") == (
+        "--max_seq_length 800 is longer than the 512 positions of BAAI/glm-roberta-large; use at most 512 "
+        "(contexts are cut)")
+    assert position_problem("max_target_length", 511, 512, "glm-tiny", extra=1) is None
+    assert position_problem("max_target_length", 512, 512, "glm-tiny", extra=1) == (
+        "--max_target_length 512 is longer than the 512 positions of glm-tiny; use at most 511")
+
+
+def test_a_hub_that_does_not_answer_is_asked_once_then_the_libraries_work_offline(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    class NoNetwork:
+        def head(self, url, timeout):
+            asked.append((url, timeout))
+            raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", NoNetwork)
+    local = argparse.Namespace(model_name_or_path="glm-tiny", tokenizer_name="train", dataset_name="fine_foods",
+                               train_file=None, validation_file=None, test_file=None)
+    assert offline_unless_hub_answers(local) is False and asked == []  # nothing to ask the hub for
+    files = argparse.Namespace(**{**vars(local), "dataset_name": "some/hub_name", "train_file": "a.csv"})
+    assert offline_unless_hub_answers(files) is False and asked == []  # the name only names the task
+    hub = argparse.Namespace(**{**vars(local), "model_name_or_path": "BAAI/glm-roberta-large"})
+    assert offline_unless_hub_answers(hub) is True and len(asked) == 1
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
+    assert offline_unless_hub_answers(hub) is True and len(asked) == 1  # offline now: not asked again
+
+
+def test_hidden_labels_give_predictions_only_unless_training_needs_them(caplog):
+    counts = {"train": {"labels_hidden": None}, "validation": {"labels_hidden": None},
+              "test": {"labels_hidden": "every label is -1"}}
+    with caplog.at_level(logging.WARNING, logger="training"):
+        assert hidden_label_splits(counts, do_train=True) == {"test"}
+    assert caplog.messages == ["test labels are hidden (every label is -1): writing predictions only, no test metrics."]
+    counts["validation"]["labels_hidden"] = "every label is empty"
+    with pytest.raises(ValueError, match=r"The validation labels are hidden \(every label is empty\), but training "
+                                         "picks its best step on validation: pass a labelled --validation_file"):
+        hidden_label_splits(counts, do_train=True)
+    assert hidden_label_splits(counts, do_train=False) == {"validation", "test"}
+
+
+def test_a_small_validation_set_is_warned_about_with_how_to_pass_a_bigger_one(caplog):
+    args = argparse.Namespace(validation_file=None, validation_split_percentage=10)
+    with caplog.at_level(logging.WARNING, logger="training"):
+        warn_if_small_validation(50, args)
+        warn_if_small_validation(5, args)
+    assert caplog.messages == [
+        "Validation has only 5 examples: the best step is chosen on them, nearly at random with so few. Pass a "
+        "--validation_file of 50 or more labelled rows, or raise --validation_split_percentage (now 10)."]
+
+
+class Saver:
+    """What save_checkpoint needs of an Accelerator, for one process (the state: one file)."""
+
+    is_main_process = True
+
+    @staticmethod
+    def save_state(folder):
+        Path(folder).mkdir()
+        write(Path(folder) / "model.safetensors", "")
+
+
+def test_save_total_limit_keeps_the_newest_checkpoints_and_the_best_ones(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    tracker = TrainingTracker("accuracy")
+    for step, accuracy in ((2, 0.9), (4, 0.5), (6, 0.6), (8, 0.7)):
+        tracker.completed_steps = step
+        tracker.record_evaluation(0, {"accuracy": accuracy}, model)
+        save_checkpoint(Saver(), tracker, tmp_path / f"step_{step}", save_total_limit=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_weights.safetensors", "step_2", "step_6", "step_8"]
+    assert find_checkpoint("latest", tmp_path) == tmp_path / "step_8"
+
+
+def test_results_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "results.json", {})
+        write_jsonl_atomic(tmp_path / "predictions_test.jsonl", [{}])
+    finally:
+        os.umask(umask)
+    assert [oct(p.stat().st_mode & 0o777) for p in sorted(tmp_path.iterdir())] == ["0o644", "0o644"]
+
+
+def test_rouge_scores_do_not_log_a_line_each(caplog):
+    args = argparse.Namespace(gradient_accumulation_steps=1, seed=0)
+    try:
+        setup_accelerator(args)
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    caplog.set_level(logging.INFO)
+    generation_metrics(["a cat"], [["a cat sat"]])
+    assert not [record for record in caplog.records if "Using default tokenizer" in record.getMessage()]
