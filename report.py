@@ -86,7 +86,7 @@ from report_tables import (  # noqa: E402
     make_prompt_table,
     study_title,
 )
-from training import safe_name, write_json_atomic  # noqa: E402
+from training import safe_name, write_json_atomic
 
 logger = logging.getLogger("report")
 

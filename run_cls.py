@@ -36,6 +36,19 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cli import (
+    ArgumentParser,
+    add_data_and_prompt_args,
+    add_training_args,
+    data_args_problems,
+    hidden_label_splits,
+    offline_unless_hub_answers,
+    position_problem,
+    run_script,
+    training_args_problems,
+    warn_if_small_validation,
+    will_train,
+)
 from data import adapt_columns, apply_max_samples, load_raw_datasets
 from glm_peft import (
     PEFT_DEFAULT_LEARNING_RATES,
@@ -57,29 +70,18 @@ from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from templates import build_prompted_examples, describe_templates, load_templates, select_template
 from training import (
-    ArgumentParser,
     EpochSampler,
     TrainingPlan,
     TrainingTracker,
-    add_data_and_prompt_args,
-    add_training_args,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
-    data_args_problems,
-    hidden_label_splits,
     load_checkpoint,
-    offline_unless_hub_answers,
-    position_problem,
     results_record,
     resume_settings,
-    run_script,
     save_checkpoint,
     setup_accelerator,
     stop_interrupted,
-    training_args_problems,
-    warn_if_small_validation,
-    will_train,
     write_json_atomic,
     write_jsonl_atomic,
 )

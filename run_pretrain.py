@@ -25,9 +25,9 @@ training.results_record; validation blank-infilling loss, perplexity and token a
 and step_N / epoch_N checkpoints with --checkpointing_steps.
 """
 
-import argparse
 import math
 import time
+from pathlib import Path
 
 import numpy
 import torch
@@ -35,35 +35,49 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cli import (
+    ArgumentParser,
+    add_data_and_prompt_args,
+    add_training_args,
+    data_args_problems,
+    offline_unless_hub_answers,
+    position_problem,
+    run_script,
+    training_args_problems,
+)
 from data import adapt_columns, apply_max_samples, load_raw_datasets
 from glm_peft import count_parameters
 from glm_utils import build_blank_infilling_inputs, load_or_train_tokenizer, max_infilling_text_length, sample_spans
-from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration
+from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration, max_positions
 from templates import load_templates, render_example, select_template
 from training import (
     EpochSampler,
     TrainingPlan,
     TrainingTracker,
-    add_data_and_prompt_args,
-    add_training_args,
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
     load_checkpoint,
-    prepare_output_dir,
     results_record,
     resume_settings,
     save_checkpoint,
     setup_accelerator,
-    training_args_problems,
+    stop_interrupted,
     write_json_atomic,
 )
 
 logger = get_logger(__name__)
 
+EXAMPLES = """examples:
+  python run_pretrain.py --model_name_or_path glm-tiny --tokenizer_name train --dataset_name fine_foods \\
+      --text_column review --learning_rate 1e-3 --output_dir runs/glm_tiny_foods    # offline, CPU
+  accelerate launch run_pretrain.py --dataset_name trec --text_column text --output_dir runs/glm_trec_tapt
+"""
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Continue GLM's pretraining by autoregressive blank infilling.")
+    parser = ArgumentParser(description="Continue GLM's pretraining by autoregressive blank infilling.",
+                            epilog=EXAMPLES)
     add_data_and_prompt_args(parser, "cls")
     add_training_args(parser)
     # Pretraining learns from scratch or adapts on unlabeled text: larger steps than fine-tuning.
@@ -79,7 +93,7 @@ def parse_args(argv=None):
     group.add_argument("--tokenizer_vocab_size", type=int, default=8000,
                        help="Vocabulary of the BPE trained by --tokenizer_name train.")
     args = parser.parse_args(argv)
-    problems = training_args_problems(args)
+    problems = data_args_problems(args, "cls") + training_args_problems(args)
     if not 0 < args.mask_ratio < 1:
         problems.append("--mask_ratio must lie in (0, 1)")
     if args.poisson_lambda <= 0:
@@ -136,7 +150,12 @@ def evaluate(accelerator, model, dataloader):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = setup_accelerator(args)
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+    output_dir = Path(args.output_dir)  # created once every check has passed
+    offline_unless_hub_answers(args)
+    problem = position_problem("max_seq_length", args.max_seq_length, max_positions(args.model_name_or_path),
+                               args.model_name_or_path, cut="texts are cut at their end")
+    if problem:
+        raise ValueError(problem)
 
     # Texts: train, and validation (carved from train when not given). Test texts are never read.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -183,6 +202,7 @@ def main(argv=None):
     eval_dataloader = DataLoader(list(enumerate(token_ids["validation"])), batch_size=args.per_device_eval_batch_size,
                                  collate_fn=collate)
 
+    output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
     optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
     plan = TrainingPlan.from_args(args, len(train_dataloader), accelerator.num_processes)
@@ -204,41 +224,45 @@ def main(argv=None):
                         disable=not accelerator.is_local_main_process)
     first_epoch, skip_batches = plan.resume_position(tracker.completed_steps)
     model.train()
-    for epoch in range(first_epoch, plan.num_train_epochs):
-        train_dataloader.set_epoch(epoch)
-        batches = train_dataloader
-        if epoch == first_epoch and skip_batches:
-            batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
-        start = time.perf_counter()
-        for batch in batches:
-            with accelerator.accumulate(model):
-                scored = batch["labels"] != -100
-                loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"],
-                             labels=batch["labels"], logits_positions=scored).loss
-                tracker.add_batch(loss, len(batch["input_ids"]) * accelerator.num_processes)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    step_loss = tracker.end_step(accelerator)
-                    if args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            tracker.completed_steps += 1
-            tracker.train_time_s += time.perf_counter() - start
-            progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-            step = tracker.completed_steps
-            if plan.evaluates_at(step):
-                tracker.record_evaluation(epoch, evaluate(accelerator, model, eval_dataloader),
-                                          accelerator.unwrap_model(model))
-            if plan.checkpoint_at(step):
-                save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step))
-            if step == plan.max_train_steps:
-                break
+    try:
+        for epoch in range(first_epoch, plan.num_train_epochs):
+            train_dataloader.set_epoch(epoch)
+            batches = train_dataloader
+            if epoch == first_epoch and skip_batches:
+                batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
             start = time.perf_counter()
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    scored = batch["labels"] != -100
+                    loss = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"],
+                                 labels=batch["labels"], logits_positions=scored).loss
+                    tracker.add_batch(loss, len(batch["input_ids"]) * accelerator.num_processes)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        step_loss = tracker.end_step(accelerator)
+                        if args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                tracker.completed_steps += 1
+                tracker.train_time_s += time.perf_counter() - start
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+                step = tracker.completed_steps
+                if plan.evaluates_at(step):
+                    tracker.record_evaluation(epoch, evaluate(accelerator, model, eval_dataloader),
+                                              accelerator.unwrap_model(model))
+                if plan.checkpoint_at(step):
+                    save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step), args.save_total_limit)
+                if step == plan.max_train_steps:
+                    break
+                start = time.perf_counter()
+    except KeyboardInterrupt:  # Ctrl-C: where the run stopped and how to resume it, exit 130
+        progress_bar.close()
+        stop_interrupted(tracker, plan, output_dir)
     progress_bar.close()
     validation_metrics = tracker.restore_best(accelerator.unwrap_model(model))
 
@@ -262,4 +286,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from modeling_glm import GLMConfig, GLMForConditionalGeneration  # noqa: E402
 from glm_utils import build_generation_inputs, build_multiple_choice_inputs, generate, score_choices  # noqa: E402
-from training import EpochSampler, padding_fraction  # noqa: E402
+from training import EpochSampler, padding_fraction
 
 # Model shapes. `small` fits a 2-core CPU; `large` is glm-roberta-large itself.
 SIZES = {

@@ -18,10 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli import run_script
 import run_cls
 from accelerate.state import AcceleratorState, GradientState
 from conftest import read_jsonl, run_main, write_csv
-from training import TrainingTracker, find_checkpoint, run_script
+from training import TrainingTracker, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TREC = REPO.parent / "shared" / "data" / "trec"
@@ -571,7 +572,7 @@ def interrupt_at_training_batch(monkeypatch, number):
 
 
 def run_command(argv):
-    """run_cls.py as a command (training.run_script), in a fresh Accelerate state."""
+    """run_cls.py as a command (cli.run_script), in a fresh Accelerate state."""
     try:
         return run_script(run_cls.main, [str(a) for a in argv])
     finally:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from accelerate.state import AcceleratorState, GradientState
 
+from cli import run_script
 import run_gen
-from training import TrainingTracker, run_script
+from training import TrainingTracker
 
 E2E = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "e2e_nlg_cleaned"
 

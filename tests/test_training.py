@@ -8,6 +8,18 @@ import os
 import sys
 from pathlib import Path
 
+from cli import (
+    ArgumentParser,
+    add_data_and_prompt_args,
+    add_training_args,
+    data_args_problems,
+    hidden_label_splits,
+    offline_unless_hub_answers,
+    position_problem,
+    run_script,
+    training_args_problems,
+    warn_if_small_validation,
+)
 import datasets
 import huggingface_hub
 import pytest
@@ -18,29 +30,19 @@ from accelerate.state import AcceleratorState, GradientState
 
 from metrics import generation_metrics
 from training import (
-    ArgumentParser,
     EpochSampler,
     TrainingPlan,
     TrainingTracker,
-    add_data_and_prompt_args,
-    add_training_args,
     clear_previous_run,
-    data_args_problems,
     create_lr_scheduler,
     create_optimizer,
     environment_info,
     find_checkpoint,
-    hidden_label_splits,
-    offline_unless_hub_answers,
     padding_fraction,
-    position_problem,
     results_record,
-    run_script,
     safe_name,
     save_checkpoint,
     setup_accelerator,
-    training_args_problems,
-    warn_if_small_validation,
     write_json_atomic,
     write_jsonl_atomic,
 )

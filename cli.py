@@ -1,0 +1,316 @@
+"""The command line the scripts share: their flags (the names of the Hugging Face examples), the checks
+made before any work starts, and how a mistake of the user's prints (one line, no traceback:
+`run_script`). Also the checks that need the model's config or the data: the hub asked once, length
+flags against the model's positions, hidden labels, a small validation set."""
+
+import argparse
+import logging
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+
+from data import OFFLINE_DATASETS, resolve_dataset_name
+from glm_peft import peft_weights_problems
+from modeling_glm import TINY_MODEL_NAME
+
+
+from training import TrainingTracker, _settings_problem, find_checkpoint, resume_settings
+
+logger = logging.getLogger(__name__)
+
+# ----- Flags (the names of the Hugging Face examples) ---------------------------------------------
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each flag's default (unless it is None or False) and the epilog's examples as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The scripts' parser: defaults in --help, and a mistake answered with one line,
+    `run_cls.py: error: MESSAGE (all flags: run_cls.py --help)`, exit status 2 (not the usage)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (all flags: {self.prog} --help)\n")
+
+
+def add_data_and_prompt_args(parser, task):
+    """Adds the data and prompt flags of all scripts to `parser` and returns it; --dataset_name
+    defaults to the task's ("cls": trec, "gen": e2e_nlg_cleaned) unless local files are given
+    (see data_args_problems)."""
+    group = parser.add_argument_group("data and prompts")
+    group.add_argument("--dataset_name", default=None,
+                       help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, hhs_breaches) "
+                            "or a hub id; default trec (run_cls.py) or e2e_nlg_cleaned (run_gen.py). With --*_file "
+                            "it names your task instead, and chooses its prompts (prompts/NAME.yaml).")
+    group.add_argument("--dataset_config_name", default=None, help="Hub dataset configuration.")
+    group.add_argument("--train_file", default=None, help="Local train data (.csv, .json, .jsonl).")
+    group.add_argument("--validation_file", default=None, help="Local validation data.")
+    group.add_argument("--test_file", default=None,
+                       help="Local test data; hidden labels (all -1 or empty) give predictions only.")
+    group.add_argument("--validation_split_percentage", type=int, default=10,
+                       help="Percent of train used as validation when there is no validation split.")
+    group.add_argument("--max_train_samples", type=int, default=None, help="Keep the first N train rows.")
+    group.add_argument("--max_eval_samples", type=int, default=None, help="Keep the first N validation rows.")
+    group.add_argument("--max_test_samples", "--max_predict_samples", dest="max_test_samples", type=int, default=None,
+                       help="Keep the first N test rows.")
+    group.add_argument("--prompt_id", type=int, default=None, help="Prompt id (see --list_prompts); default 0.")
+    group.add_argument("--prompt_name", default=None, help="Prompt name (instead of --prompt_id).")
+    group.add_argument("--list_prompts", action="store_true", help="Print the usable prompts and exit.")
+    group.add_argument("--prompts_dir", default="prompts", help="Folder of our local YAML prompt files.")
+    group.add_argument("--skip_empty", action=argparse.BooleanOptionalAction, default=True,
+                       help="Skip (and count) rows whose prompt or target renders empty; --no-skip_empty raises.")
+    return parser
+
+
+def data_args_problems(args, task):
+    """What is wrong with the flags of `add_data_and_prompt_args` (messages, as training_args_problems);
+    sets args.dataset_name to the task's default when it is unset and no local file is given
+    (data.resolve_dataset_name: local files need a name, which chooses their prompts)."""
+    problems = []
+    files = {split: getattr(args, f"{split}_file") for split in ("train", "validation", "test")}
+    try:
+        args.dataset_name = resolve_dataset_name(args.dataset_name, task, *files.values())
+    except ValueError as error:
+        problems.append(str(error).rstrip("."))
+    problems += [f"--{split}_file {path} does not exist" for split, path in files.items()
+                 if path is not None and not Path(path).is_file()]
+    limits = ("max_train_samples", "max_eval_samples", "max_test_samples")
+    problems += [f"--{name} must be >= 1 (or unset for all rows)" for name in limits
+                 if getattr(args, name) is not None and getattr(args, name) < 1]
+    if not 0 < args.validation_split_percentage < 100:
+        problems.append("--validation_split_percentage must lie in (0, 100)")
+    return problems
+
+
+# transformers.get_scheduler schedules that need nothing but the warmup and total steps.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+
+
+def _checkpointing_steps(value):
+    """argparse type: a positive int or the word "epoch"."""
+    if value == "epoch":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a positive number of steps or 'epoch', got {value!r}")
+
+
+def add_training_args(parser):
+    """Adds the training flags of all scripts to `parser` and returns it (scripts change defaults with
+    `parser.set_defaults`). Mixed precision is Accelerate's (accelerate launch --mixed_precision)."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--model_name_or_path", default=None,
+                       help="Model: a hub id or a local folder; glm-tiny is a random 2-layer GLM that needs no "
+                            "download (for CPU runs and tests, with --tokenizer_name train).")
+    group.add_argument("--tokenizer_name", default=None,
+                       help="Tokenizer name or folder, if not the model's; 'train' trains a byte-level BPE on the "
+                            "training texts (offline; saved in OUTPUT_DIR/tokenizer).")
+    group.add_argument("--output_dir", required=True, help="Where checkpoints, predictions and results.json go.")
+    group.add_argument("--overwrite_output_dir", action="store_true", help="Replace a finished run in --output_dir.")
+    group.add_argument("--per_device_train_batch_size", type=int, default=16, help="Train batch size per device.")
+    group.add_argument("--per_device_eval_batch_size", type=int, default=32, help="Eval batch size per device.")
+    group.add_argument("--learning_rate", type=float, default=1e-5, help="Peak learning rate (AdamW).")
+    group.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay (not on biases, norms).")
+    group.add_argument("--num_train_epochs", type=int, default=3, help="Training epochs.")
+    group.add_argument("--max_train_steps", type=int, default=None, help="Total steps; overrides --num_train_epochs.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
+    group.add_argument("--warmup_ratio", type=float, default=0.1, help="Share of steps for linear warmup.")
+    group.add_argument("--lr_scheduler_type", default="linear", choices=LR_SCHEDULERS,
+                       help="transformers.get_scheduler schedule after the warmup.")
+    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: off).")
+    group.add_argument("--seed", type=int, default=42, help="Random seed.")
+    group.add_argument("--metric_for_best_model", default=None, help="Validation metric that picks the best step.")
+    group.add_argument("--eval_steps", type=int, default=None, help="Evaluate every N steps (default: each epoch).")
+    group.add_argument("--checkpointing_steps", type=_checkpointing_steps, default=None,
+                       help="Save a checkpoint every N steps or each 'epoch'.")
+    group.add_argument("--save_total_limit", type=int, default=None,
+                       help="Keep only the newest N checkpoints and the one of the best evaluation.")
+    group.add_argument("--resume_from_checkpoint", default=None,
+                       help="Continue training from a checkpoint folder, or 'latest' (the newest in --output_dir).")
+    group.add_argument("--group_by_length", action="store_true", help="Batch examples of similar length.")
+    group.add_argument("--do_train", action=argparse.BooleanOptionalAction, default=True,
+                       help="Train (--no-do_train: evaluate the model as loaded).")
+    group.add_argument("--debug", action="store_true",
+                       help="Show the Python traceback of an error (to report a bug), not just its message.")
+    return parser
+
+
+def will_train(args):
+    """Whether the run trains: --do_train (the default) and some steps asked for (--max_train_steps,
+    else --num_train_epochs). Otherwise the scripts evaluate the model as loaded (zero-shot)."""
+    steps = args.num_train_epochs if args.max_train_steps is None else args.max_train_steps
+    return args.do_train and steps > 0
+
+
+# Flags a resumed run may change: where it writes, how often it checkpoints, how long it runs (a run
+# continued to more steps ends like one that asked for them, with a schedule that does not depend on
+# the length) and the evaluation batch size. Every other flag must be the checkpoint's.
+def training_args_problems(args):
+    """What is wrong with the flags of `add_training_args` and --peft_weights: messages that each script
+    joins with its own into one `parser.error`, before any work. --resume_from_checkpoint must name a
+    checkpoint of this run's flags (those still unset are compared again when it loads); a finished run
+    (results.json) in --output_dir is replaced only with --overwrite_output_dir."""
+    problems = []
+    results = Path(args.output_dir) / "results.json"
+    if results.exists() and not args.overwrite_output_dir:
+        problems.append(f"{results} exists: a finished run is there. Pass --overwrite_output_dir to replace it, or "
+                        "choose another --output_dir")
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        problems.append(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.weight_decay < 0 or args.max_grad_norm < 0:
+        problems.append("--weight_decay and --max_grad_norm must be >= 0")
+    if min(args.per_device_train_batch_size, args.per_device_eval_batch_size, args.gradient_accumulation_steps) < 1:
+        problems.append("batch sizes and --gradient_accumulation_steps must be >= 1")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        problems.append("--eval_steps must be >= 1")
+    if args.num_train_epochs < 0 or (args.max_train_steps is not None and args.max_train_steps < 0):
+        problems.append("--num_train_epochs and --max_train_steps must be >= 0")
+    if not 0 <= args.warmup_ratio <= 1:
+        problems.append("--warmup_ratio must lie in [0, 1]")
+    if args.save_total_limit is not None and (args.save_total_limit < 1 or args.checkpointing_steps is None):
+        problems.append("--save_total_limit N keeps N >= 1 checkpoints of --checkpointing_steps: pass both")
+    trains = will_train(args)
+    if args.resume_from_checkpoint and not trains:
+        problems.append("--resume_from_checkpoint continues training: drop --no-do_train (and give it steps)")
+    elif args.resume_from_checkpoint:
+        try:
+            checkpoint = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        except FileNotFoundError as error:
+            problems.append(str(error))
+        else:
+            given = {name: value for name, value in resume_settings(args).items() if value is not None}
+            problem = _settings_problem(checkpoint, TrainingTracker.read_state(checkpoint)["settings"], given)
+            problems += [problem] if problem else []
+    for read in ("peft_weights", "model_name_or_path"):
+        path = getattr(args, read, None)  # run_pretrain.py has no --peft_weights
+        if path and Path(args.output_dir).resolve() in Path(path).resolve().parents:
+            problems.append(f"--{read} {path} lies inside --output_dir {args.output_dir}: write this run to another "
+                            "--output_dir (it would replace the results of the run that made it)")
+    if getattr(args, "peft_weights", None):
+        if trains:
+            problems.append("--peft_weights evaluates saved PEFT weights without training: add --no-do_train")
+        problems += peft_weights_problems(args)
+    return problems
+
+
+# ----- Mistakes, before any work: messages instead of tracebacks, the hub, the model's positions ---
+
+REPOSITORY = Path(__file__).resolve().parent
+
+
+def run_script(main, argv=None):
+    """Runs a script's `main(argv)` as a command (argv: sys.argv[1:] by default). An error that one of
+    our checks raised (see `raised_by_a_check`) prints as `run_cls.py: error: MESSAGE` and exits with 2,
+    as argparse does; Ctrl-C outside the training loop (see `stop_interrupted`) exits with 130. Other
+    errors, and every error with --debug, keep their traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = Path(sys.argv[0]).name
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        if "--debug" in argv:
+            raise
+        sys.stderr.write(f"{prog}: interrupted\n")
+        raise SystemExit(128 + signal.SIGINT) from None
+    except Exception as error:
+        if "--debug" in argv or not raised_by_a_check(error):
+            raise
+        sys.stderr.write(f"{prog}: error: {error}\n")
+        raise SystemExit(2) from None
+
+
+def raised_by_a_check(error):
+    """Whether `error` comes from a `raise` statement of this repository's modules: the checks of our
+    code write their messages for the user (what is wrong, how to fix it). An exception of a library,
+    or one Python raises inside our code (a bug), does not."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().parent == REPOSITORY and \
+        (frames[-1].line or "").startswith("raise ")
+
+
+def offline_unless_hub_answers(args, local_models=(TINY_MODEL_NAME,)):
+    """Asks the Hugging Face hub once whether it answers (a HEAD request, 5 s) when the run names
+    something the hub would serve: --model_name_or_path, --tokenizer_name or (without local files)
+    --dataset_name that is neither a local path nor built in (`local_models`, "train", the offline
+    datasets). When it does not answer, huggingface_hub, transformers and datasets are switched to
+    offline mode, with one logged line: each name is then read from the local cache or fails at once
+    with its message, instead of being retried for half a minute (huggingface_hub's backoff).
+    Returns whether the run works offline."""
+    files = any(getattr(args, f"{split}_file") for split in ("train", "validation", "test"))
+    names = (args.model_name_or_path, args.tokenizer_name, None if files else args.dataset_name)
+    built_in = {*local_models, "train", *OFFLINE_DATASETS}
+    remote = [name for name in names if name and name not in built_in and not Path(name).exists()]
+    if not remote or huggingface_hub.constants.HF_HUB_OFFLINE:
+        return bool(remote)
+    try:
+        huggingface_hub.utils.get_session().head(huggingface_hub.constants.ENDPOINT, timeout=5)
+    except Exception as error:  # any failure (DNS, refused, timeout, proxy) means "not reachable"
+        logger.warning("The Hugging Face hub (%s) does not answer (%s: %s): working offline, so %s must be in the "
+                       "local cache.", huggingface_hub.constants.ENDPOINT, type(error).__name__, error,
+                       ", ".join(remote))
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # read by huggingface_hub and transformers at each call
+        datasets.config.HF_HUB_OFFLINE = True  # datasets keeps its own copy
+        return True
+    return False
+
+
+def position_problem(flag, value, max_positions, model_name, extra=0, cut=None):
+    """None when the inputs of `--flag value` fit the model's position table (value + extra <=
+    max_positions; extra: the positions such an input uses beyond `value`), else the one-line refusal
+    naming the largest value that fits and, with `cut`, what happens to longer texts (issue 20: an
+    index past the table fails only at the first step, as an IndexError)."""
+    if value + extra <= max_positions:
+        return None
+    return (f"--{flag} {value} is longer than the {max_positions} positions of {model_name}; use at most "
+            f"{max_positions - extra}" + (f" ({cut})" if cut else ""))
+
+
+def hidden_label_splits(data_counts, do_train):
+    """The splits whose labels are hidden (templates.build_prompted_examples' counts "labels_hidden",
+    e.g. a benchmark's test file with -1 on every row), each announced with one warning: they get
+    predictions, never metrics or a trivial baseline.
+
+    Raises:
+        ValueError: training needs the hidden labels: those of train, or of validation (which picks the
+            best step); says which labelled file to pass instead.
+    """
+    hidden = {split: counts["labels_hidden"] for split, counts in data_counts.items() if counts["labels_hidden"]}
+    if do_train and "validation" in hidden:
+        raise ValueError(f"The validation labels are hidden ({hidden['validation']}), but training picks its best "
+                         "step on validation: pass a labelled --validation_file, or leave it out to carve validation "
+                         "from the training data (--validation_split_percentage).")
+    if do_train and "train" in hidden:
+        raise ValueError(f"The train labels are hidden ({hidden['train']}): training needs labels. Pass a labelled "
+                         "--train_file, or --no-do_train to predict with the model as loaded.")
+    for split, why in hidden.items():
+        logger.warning("%s labels are hidden (%s): writing predictions only, no %s metrics.", split, why, split)
+    return set(hidden)
+
+
+SMALL_VALIDATION = 50  # fewer examples pick the best step nearly at random
+
+
+def warn_if_small_validation(num_examples, args):
+    """Logs a warning when validation, which picks the best step, has fewer than SMALL_VALIDATION
+    examples, saying how to get more."""
+    if num_examples >= SMALL_VALIDATION:
+        return
+    carved = "" if args.validation_file else (f", or raise --validation_split_percentage (now "
+                                              f"{args.validation_split_percentage})")
+    logger.warning("Validation has only %d examples: the best step is chosen on them, nearly at random with so few. "
+                   "Pass a --validation_file of %d or more labelled rows%s.", num_examples, SMALL_VALIDATION, carved)
+
+
