@@ -26,8 +26,8 @@ def trec(tmp_path_factory):
 
 def cls_args(trec, output_dir, *extra):
     train, test = trec
-    return ["--model_name_or_path", "glm-tiny", "--tokenizer_name", REAL_TOKENIZER, "--dataset_name", "trec", "--train_file", train,
-            "--validation_file", test, "--test_file", test, "--output_dir", output_dir, "--seed", 0,
+    return ["--model_name_or_path", "glm-tiny", "--tokenizer_name", REAL_TOKENIZER, "--dataset_name", "trec",
+            "--train_file", train, "--validation_file", test, "--test_file", test, "--output_dir", output_dir, "--seed", 0,
             "--per_device_train_batch_size", 4, "--learning_rate", 1e-3, *extra]  # fmt: skip
 
 
