@@ -4,6 +4,9 @@
 # Each grid point is one run of run_cls.py, run_gen.py or run_baseline.py in its own folder,
 #   $OUT/<task>_<dataset>/<method entry>/p<prompt>_lr<lr>_bs<batch size>_seed<seed>
 # (characters outside A-Za-z0-9._- become "_"), with its output in <folder>/sweep.log.
+# Each prompt of a GLM entry (glm_cloze, glm_gen, with or without PEFT) is also evaluated once
+# untrained, with the first seed (--no-do_train: the zero-shot score report.py shows next to the
+# fine-tuned one), in $OUT/<task>_<dataset>/<glm_cloze|glm_gen>_zero_shot/p<prompt>_seed<seed>.
 # A run whose results.json exists is skipped, so a killed sweep resumes where it stopped.
 # A failing run is logged (with the path of its log, also appended to $OUT/failed_runs.txt)
 # and the sweep goes on; the summary at the end counts done / skipped / failed (exit 1 if any
@@ -223,7 +226,7 @@ check_entry() {  # task, NAME: die early on an entry that no script can run
   case $peft in "" | lora | ptuning_v2) ;; *) die "unknown PEFT '+$peft' in '$NAME' (lora, ptuning_v2)" ;; esac
 }
 
-build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD
+build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD (name <core>+zero_shot: untrained)
   local task name prompt lr bs seed core peft="" dataset data_args task_args model method
   IFS='|' read -r task name prompt lr bs seed <<<"$1"
   core=${name%%+*}
@@ -231,6 +234,7 @@ build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD
   if [[ $task == cls ]]; then dataset=$CLS_DATASET data_args=$CLS_DATA_ARGS task_args=$CLS_ARGS
   else dataset=$GEN_DATASET data_args=$GEN_DATA_ARGS task_args=$GEN_ARGS; fi
   RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name")/p${prompt}_lr${lr}_bs${bs}_seed${seed}
+  [[ $peft == zero_shot ]] && RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name")/p${prompt}_seed${seed}
 
   CMD=(${LAUNCHER:-$PYTHON})
   case $core in
@@ -247,17 +251,21 @@ build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD
   case $peft in
     lora) CMD+=(--peft lora $LORA_ARGS) ;;
     ptuning_v2) CMD+=(--peft ptuning_v2 $PTUNING_ARGS) ;;
+    zero_shot) CMD+=(--no-do_train) ;;
   esac
   CMD+=(--dataset_name "$dataset" $data_args)
   [[ $prompt == none ]] || CMD+=(--prompt_id "$prompt")
-  CMD+=(--learning_rate "$lr" --per_device_train_batch_size "$bs" --seed "$seed" $COMMON_ARGS $task_args)
+  [[ $peft == zero_shot ]] || CMD+=(--learning_rate "$lr" --per_device_train_batch_size "$bs")
+  CMD+=(--seed "$seed" $COMMON_ARGS $task_args)
   CMD+=(--output_dir "$RUN_DIR")
 }
 
 # ------------------------------------------------------------------------------ the grid points
 # One line per run, "task|method entry|prompt|lr|batch size|seed", in a fixed order (Slurm
-# array tasks index it).
-GRID=()
+# array tasks index it): the trained runs, then the zero-shot runs (one per task, GLM method and
+# prompt, with the first seed of the first entry that names that prompt).
+GRID=() ZERO_SHOT=()
+declare -A ZERO_SHOT_SEEN=()
 for task in $TASKS; do
   case $task in
     cls) entries=$CLS_METHODS ;;
@@ -267,6 +275,7 @@ for task in $TASKS; do
   for entry in $entries; do
     parse_entry "$entry"
     check_entry "$task"
+    seeds=($E_SEEDS)
     for prompt in $E_PROMPTS; do
       for lr in $E_LRS; do
         for bs in $E_BSS; do
@@ -275,9 +284,15 @@ for task in $TASKS; do
           done
         done
       done
+      zero_shot="$task|${NAME%%+*}+zero_shot|$prompt"
+      if [[ $NAME == glm_* && -z ${ZERO_SHOT_SEEN[$zero_shot]:-} ]]; then
+        ZERO_SHOT_SEEN[$zero_shot]=1
+        ZERO_SHOT+=("$zero_shot|||${seeds[0]}")
+      fi
     done
   done
 done
+GRID+=("${ZERO_SHOT[@]}")
 
 if ((COUNT_ONLY)); then echo "${#GRID[@]}"; exit 0; fi
 
