@@ -7,7 +7,9 @@ results.json records; see `separate_runs`). A (task, dataset) is one study when 
 same data (files, sizes, sample limits, the same test examples); runs on other data form studies of
 their own, reported in their own sections. Within a study a system is (method, PEFT, model, and
 every other setting); runs of the same method with other settings (steps, sequence lengths, PEFT
-sizes...) are a system of their own, labelled with what differs.
+sizes...) are a system of their own, labelled with what differs. Runs without training are no grid
+point: a zero-shot run gives the "before" score of the systems that start from its model, prompt,
+data and evaluation settings (see `match_zero_shot`).
 """
 
 import json

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from analysis import (
     DATASET_TITLES,
@@ -279,7 +280,8 @@ def prompt_files(runs, dataset):
 
 def requirements_text(runs):
     """requirements.txt of an example: this repository's requirements.txt, with the version each
-    package had in the runs (results.json env; the most common one where runs differ) pinned.
+    package had in the runs (results.json env; the most common one where runs differ) pinned, without
+    its local label ("2.13.0+cpu" -> "2.13.0": the public release, on the package index).
 
     Returns:
         (text, python version, promptsource version): promptsource is installed apart (README).
@@ -288,7 +290,7 @@ def requirements_text(runs):
     for env in runs["env"]:
         for package, version in env.items():
             if version and package not in ("python", "git_commit", "git_dirty"):
-                versions.setdefault(canonicalize_name(package), Counter())[version] += 1
+                versions.setdefault(canonicalize_name(package), Counter())[Version(version).public] += 1
     pinned = {package: counts.most_common(1)[0][0] for package, counts in versions.items()}
     lines = [f"# Versions the runs used (results.json env) are pinned; the rest are the toolkit's ranges. "
              f"promptsource=={pinned.get('promptsource', '0.2.3')} is installed apart, with --no-deps (README.md)."]

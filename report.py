@@ -99,6 +99,7 @@ from report_tables import (  # noqa: E402
     make_lowest_bleu_table,
     make_per_class_table,
     make_prompt_table,
+    shared_words,
     study_title,
 )
 from training import safe_name, write_json_atomic  # noqa: E402
@@ -169,10 +170,10 @@ def plot_prompts(table, metric, title, path, references=None):
     labelled = []
     for i, (split, name, color) in enumerate(bars_of):
         means = table[f"{split}_mean"].to_numpy(dtype=float)
-        stds = np.nan_to_num(table[f"{split}_std"].to_numpy(dtype=float))
+        stds = table[f"{split}_std"].to_numpy(dtype=float)  # NaN for one seed: no whisker
         bars = ax.bar(x + (i - (len(bars_of) - 1) / 2) * width, means, width, yerr=stds, capsize=4, color=color,
                       label=name)  # fmt: skip
-        labelled += list(zip(bars, means, stds))
+        labelled += list(zip(bars, means, np.nan_to_num(stds)))
     for (name, value), style in zip((references or {}).items(), ("--", ":", "-.")):
         if np.isfinite(value):
             ax.axhline(value, color="gray", linestyle=style, label=f"{name.replace('_', ' ')} (test)")
@@ -601,7 +602,8 @@ def classification_errors(runs_rows, best, output_dir, tables):
             per_class_reading(classes, matrix), "",
             f"The {len(errors)} most confident errors (margin: the predicted choice's score minus the gold choice's, "
             "in the run's own scores; an example wrong in several seeds appears once, at its largest margin):", "",
-            make_errors_table(errors).markdown() if len(errors) else "(none)", "", errors_reading(errors), ""]  # fmt: skip
+            make_errors_table(errors, shared_words(row["input"] for row in runs_rows[0])).markdown() if len(errors)
+            else "(none)", "", errors_reading(errors), ""]  # fmt: skip
 
 
 def per_class_reading(classes, matrix):
@@ -649,7 +651,8 @@ def generation_errors(runs_rows, best, tables):
     ranked = "mean over seeds; the output shown is the seed's that scores lowest" if seeds > 1 else "one seed"
     return [f"The {len(outputs)} test sources whose outputs score the lowest sentence BLEU (sacrebleu.sentence_bleu "
             f"against all references of the source; {ranked}):", "",
-            make_lowest_bleu_table(outputs, seeds).markdown(), "", lowest_bleu_reading(outputs, facts), "",
+            make_lowest_bleu_table(outputs, seeds, shared_words(row["source"] for row in runs_rows[0])).markdown(), "",
+            lowest_bleu_reading(outputs, facts), "",
             table.caption, "", table.markdown(), "", length_reading(lengths, facts), ""]  # fmt: skip
 
 

