@@ -7,7 +7,9 @@ results.json records; see `separate_runs`). A (task, dataset) is one study when 
 same data (files, sizes, sample limits, the same test examples); runs on other data form studies of
 their own, reported in their own sections. Within a study a system is (method, PEFT, model, and
 every other setting); runs of the same method with other settings (steps, sequence lengths, PEFT
-sizes...) are a system of their own, labelled with what differs.
+sizes...) are a system of their own, labelled with what differs. Runs without training are no grid
+point: a zero-shot run gives the "before" score of the systems that start from its model, prompt,
+data and evaluation settings (see `match_zero_shot`).
 """
 
 import json
@@ -33,6 +35,12 @@ OPERATIONAL_ARGS = frozenset({
 })  # fmt: skip
 # The grid axes, read from the record (its prompt_id is the one the run resolved).
 GRID_ARGS = frozenset({"prompt_id", "prompt_name", "learning_rate", "per_device_train_batch_size"})
+# Arguments that only shape training: a run that does not train (zero-shot) is the same evaluation
+# whatever their values.
+TRAINING_ONLY_ARGS = frozenset({
+    "weight_decay", "num_train_epochs", "max_train_steps", "gradient_accumulation_steps", "warmup_ratio",
+    "lr_scheduler_type", "max_grad_norm", "metric_for_best_model", "eval_steps", "group_by_length", "label_smoothing",
+})  # fmt: skip
 DATA_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
              "validation_split_percentage", "max_train_samples", "max_eval_samples", "max_test_samples", "skip_empty")
 PEFT_ARGS = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
@@ -59,7 +67,7 @@ def load_results(results_dir):
 
     Columns: task, dataset, method, peft, model, the CONFIG keys, seed, metric_for_best_model,
     validation / test (the metric dicts; test {} when its labels were hidden), test_hidden,
-    epochs, baselines, train_time_s, trainable_share, trainable_params, script, args,
+    epochs, baselines, train_time_s, trainable_share, trainable_params, script, args, env,
     data_settings, settings (see `separate_runs`), path; study and variant "" until
     `separate_runs` sets them. prompt_id None becomes NO_PROMPT; peft None "none". Files that
     cannot be read are skipped with a warning.
@@ -104,6 +112,7 @@ def _row(record, path):
         "trainable_params": record.get("trainable_params"),
         "script": record.get("script"),
         "args": args,
+        "env": record.get("env") or {},
         "data_settings": {**{name: args.get(name) for name in DATA_ARGS}, "test examples": test_rows,
                           "test labels hidden": hidden},
         "settings": run_settings(args, peft),
@@ -150,7 +159,8 @@ def system_label(system):
 def split_untrained(runs):
     """(trained runs, runs without any training step): zero-shot runs and --peft_weights
     evaluations have no validation history, and their learning rate and batch size mean nothing,
-    so they must not compete in the grid search."""
+    so they must not compete in the grid search (`match_zero_shot` gives the zero-shot ones their
+    place next to the trained runs)."""
     trained = runs["epochs"].map(len) > 0
     return runs[trained], runs[~trained]
 
@@ -191,10 +201,96 @@ def separate_runs(runs):
     return runs[~repeated], notes
 
 
+def evaluation_settings(args):
+    """The settings an evaluation without training depends on: `run_settings` without
+    TRAINING_ONLY_ARGS and without PEFT (zero-shot is the model before any PEFT module is added,
+    the common starting point of full fine-tuning and of every PEFT method)."""
+    return {name: value for name, value in run_settings(args, "none").items()
+            if name not in TRAINING_ONLY_ARGS and name != "peft"}  # fmt: skip
+
+
+def match_zero_shot(runs, untrained):
+    """The zero-shot runs among `untrained` (`split_untrained`): runs without training, PEFT or
+    --peft_weights that evaluate what some trained runs (`runs`, through `separate_runs`) start
+    from: the same data (data settings), method, model, prompt and `evaluation_settings`. They take
+    the study of those runs.
+
+    Returns:
+        (zero-shot runs with their study and a column `evaluation` (the `evaluation_settings` as
+        one string), a repeat of the study, method, model, evaluation, prompt and seed of an
+        earlier run left out; the other untrained runs with a column `reason` (words); Markdown
+        lines naming the repeats).
+    """
+    studies = {(r.task, r.dataset, _key(r.data_settings)): r.study for r in runs.itertuples()}
+    starts = {(r.task, r.dataset, r.study, r.method, r.model, r.prompt_id, _key(evaluation_settings(r.args)))
+              for r in runs.itertuples()}  # fmt: skip
+    found = []  # per untrained run: (reason, study, evaluation)
+    for run in untrained.itertuples():
+        study = studies.get((run.task, run.dataset, _key(run.data_settings)))
+        evaluation = _key(evaluation_settings(run.args))
+        if run.args.get("peft_weights"):
+            reason = "an evaluation of saved --peft_weights"
+        elif run.peft != "none":
+            reason = f"{run.peft} modules left untrained"
+        elif study is None:
+            reason = "zero-shot on data that no trained run used"
+        elif (run.task, run.dataset, study, run.method, run.model, run.prompt_id, evaluation) not in starts:
+            reason = "zero-shot with a model, prompt or settings that no trained run shares"
+        else:
+            reason = ""
+        found.append((reason, study, evaluation))
+    reasons, study, evaluation = (list(column) for column in zip(*found)) if found else ([], [], [])
+    untrained = untrained.assign(reason=reasons, study=study, evaluation=evaluation)
+    zero_shot = untrained[untrained["reason"] == ""].drop(columns="reason")
+    repeated = zero_shot.duplicated(["task", "dataset", "study", "method", "model", "evaluation", "prompt_id", "seed"])
+    notes = [f"- `{path}` repeats the zero-shot settings and seed of another run: left out (each seed counts once)."
+             for path in zero_shot.loc[repeated, "path"]]  # fmt: skip
+    return zero_shot[~repeated], untrained[untrained["reason"] != ""], notes
+
+
+def zero_shot_summary(zero_shot, system_runs):
+    """The zero-shot scores of what one system starts from, per prompt.
+
+    Args:
+        zero_shot: `match_zero_shot` runs with scores (`add_scores`). system_runs: the runs of one
+            system (they share their settings, hence their evaluation settings).
+    Returns:
+        `summarize(..., ["prompt_id"])` of the zero-shot runs with the system's study, method,
+        model and evaluation settings (no rows when there are none).
+    """
+    first = system_runs.iloc[0]
+    names = ["task", "dataset", "study", "method", "model"]
+    same = (zero_shot[names] == first[names]).all(axis=1)
+    same &= zero_shot["evaluation"] == _key(evaluation_settings(first["args"]))
+    return summarize(zero_shot[same], ["prompt_id"])
+
+
+def add_zero_shot(table, summaries):
+    """Copy of a summary table (`prompt_table`, `comparison_table`) with the zero-shot scores of
+    each row's prompt: zs_val_mean, zs_val_std, zs_test_mean, zs_test_std, zs_n_seeds (0 where
+    there is none, the scores then NaN), zs_test_hidden and zs_paths.
+
+    Args:
+        summaries: one `zero_shot_summary` per row of `table`, in its order.
+    """
+    columns = ["val_mean", "val_std", "test_mean", "test_std", "n_seeds", "test_hidden", "paths"]
+    found = []
+    for prompt_id, summary in zip(table["prompt_id"], summaries):
+        match = summary[summary["prompt_id"] == prompt_id]
+        found.append(match[columns].iloc[0].tolist() if len(match) else [np.nan] * 4 + [0, False, []])
+    zero = pd.DataFrame(found, columns=[f"zs_{name}" for name in columns], index=table.index)
+    return pd.concat([table, zero], axis=1)
+
+
+def _key(value):
+    """A dict as one comparable string."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _minorities(group, column):
     """For the rows of `group` whose `column` (a dict) differs from the most common value: (short
     label, rows, differences in words, number of rows with the most common value), per value."""
-    keys = group[column].map(lambda value: json.dumps(value, sort_keys=True, default=str))
+    keys = group[column].map(_key)
     counts = Counter(keys)
     main = max(counts, key=counts.get)  # the first most common, in path order
     main_value = group.loc[keys == main, column].iloc[0]

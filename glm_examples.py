@@ -1,7 +1,22 @@
-"""The README of a dataset folder in the format of the GLM repository's `examples/`."""
+"""A dataset folder in the layout the GLM repository's `examples/README.md` asks of contributions:
+one folder per dataset, named by its Hugging Face dataset id, holding README.md (title, Authors,
+Task Description, Running Commands, Results with comparison methods, Reference), requirements.txt
+and the code, without data files.
 
+The code is copied from this repository: the scripts the runs used, `sweeps.sh` and `report.py`
+(the README's commands), every module they import, and the local prompt files the runs read.
+requirements.txt pins the versions the runs recorded (results.json `env`).
+"""
+
+import ast
 import json
+import shutil
+from collections import Counter
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from analysis import (
     DATASET_TITLES,
@@ -15,7 +30,14 @@ from analysis import (
     system_order,
     trivial_baselines,
 )
+from data import HUB_DATASETS
 from report_tables import fmt_lr, make_comparison_table
+from training import environment_info
+
+REPOSITORY = Path(__file__).resolve().parent
+COMMANDS = ("sweeps.sh", "report.py")  # the README's Running Commands besides the runs' scripts
+NOT_REQUIRED = {"pytest"}  # an example folder holds no tests
+DATA_FILE_ARGS = ("train_file", "validation_file", "test_file")
 
 DATASET_DESCRIPTIONS = {
     "trec": (
@@ -134,8 +156,9 @@ def shell_value(value):
 
 
 def run_command(row):
-    """A command line that repeats one run: its script and its main arguments."""
-    args = dict(row["args"])
+    """A command line that repeats one run: its script and its main arguments (data files in
+    data/, see `portable_args`)."""
+    args = portable_args(row["args"])
     if args.get("peft") in (None, "none"):
         args = {k: v for k, v in args.items() if k not in ("peft", "pre_seq_len", "lora_r")}
     names = SETTING_ARGS + DATA_ARGS + GRID_ARGS + BUDGET_ARGS
@@ -194,7 +217,7 @@ def sweep_command(runs, task, dataset):
     env["TOKENIZER"] = first.get("tokenizer_name")
     env[f"{prefix}_DATASET"] = dataset
     env[f"{prefix}_METHODS"] = " ".join(entries)
-    env[f"{prefix}_DATA_ARGS"] = _constant_flags(runs, DATA_ARGS[1:])
+    env[f"{prefix}_DATA_ARGS"] = _constant_flags(runs.assign(args=runs["args"].map(portable_args)), DATA_ARGS[1:])
     env["COMMON_ARGS"] = _constant_flags(runs, BUDGET_ARGS)
     for variable, peft, names in (("LORA_ARGS", "lora", ("lora_r",)), ("PTUNING_ARGS", "ptuning_v2", ("pre_seq_len",))):
         if (runs["peft"] == peft).any():
@@ -215,20 +238,114 @@ def references_for(runs, dataset):
     return [k for k in dict.fromkeys(keys) if k in REFERENCES]
 
 
-def write_glm_example_readme(runs, comparisons, directory, dataset=None):
-    """Write directory/README.md for one dataset in the layout the GLM repository's examples/
-    folder asks of contributions: title, Authors, Task Description, Running Commands,
-    Results (with comparison methods), Reference. Only the main study and the main variant of
-    each method (analysis.separate_runs) appear: the runs one sweep command reproduces."""
-    runs = runs[(runs["study"] == "") & (runs["variant"] == "")]
-    datasets_ = sorted(runs["dataset"].unique())
-    if dataset is None:
-        if len(datasets_) != 1:
-            raise SystemExit(f"--glm_example_readme: the sweep holds datasets {datasets_}; pick one with --dataset.")
-        dataset = datasets_[0]
-    if dataset not in datasets_:
-        raise SystemExit(f"--dataset {dataset!r} has no runs; the sweep holds {datasets_}.")
-    runs = runs[runs["dataset"] == dataset]
+def portable_args(args):
+    """A run's arguments with its data files as data/<file name>: the example folder's commands
+    read the data from its own data/ folder (the data itself is never part of the folder)."""
+    return {name: f"data/{Path(value).name}" if name in DATA_FILE_ARGS and value else value
+            for name, value in args.items()}  # fmt: skip
+
+
+def local_imports(path):
+    """The modules of this repository that a Python file imports (its `import x` and `from x import`
+    statements whose x.py lies in the repository root), found with ast without importing anything."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    return {f"{name}.py" for name in names if (REPOSITORY / f"{name}.py").is_file()}
+
+
+def code_files(scripts):
+    """File names (sorted) of the code an example needs: `scripts`, COMMANDS, and every module
+    they import, transitively."""
+    needed, todo = set(), list(scripts) + list(COMMANDS)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += local_imports(REPOSITORY / name) if name.endswith(".py") else []
+    return sorted(needed)
+
+
+def prompt_files(runs, dataset):
+    """{name in the example folder: path} of the local prompt file the runs of `dataset` read
+    (`<prompts_dir>/<dataset>.yaml`, prompts_dir relative to this repository, where sweeps.sh
+    starts the runs); empty when their prompts are promptsource's alone."""
+    found = {}
+    for prompts_dir in {args.get("prompts_dir") or "prompts" for args in runs["args"]}:
+        path = REPOSITORY / prompts_dir / f"{dataset}.yaml"
+        if path.is_file():
+            found[f"prompts/{dataset}.yaml"] = path
+    return found
+
+
+def requirements_text(runs):
+    """requirements.txt of an example: this repository's requirements.txt, with the version each
+    package had in the runs (results.json env; the most common one where runs differ) pinned, without
+    its local label ("2.13.0+cpu" -> "2.13.0": the public release, on the package index).
+
+    Returns:
+        (text, python version, promptsource version): promptsource is installed apart (README).
+    """
+    versions = {}
+    for env in runs["env"]:
+        for package, version in env.items():
+            if version and package not in ("python", "git_commit", "git_dirty"):
+                versions.setdefault(canonicalize_name(package), Counter())[Version(version).public] += 1
+    pinned = {package: counts.most_common(1)[0][0] for package, counts in versions.items()}
+    lines = [f"# Versions the runs used (results.json env) are pinned; the rest are the toolkit's ranges. "
+             f"promptsource=={pinned.get('promptsource', '0.2.3')} is installed apart, with --no-deps (README.md)."]
+    for line in (REPOSITORY / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name = canonicalize_name(Requirement(line).name)
+        if name not in NOT_REQUIRED:
+            lines.append(f"{Requirement(line).name}=={pinned[name]}" if name in pinned else line)
+    pythons = Counter(env.get("python") for env in runs["env"] if env.get("python"))
+    python = pythons.most_common(1)[0][0] if pythons else None
+    return "\n".join(lines) + "\n", python, pinned.get("promptsource", "0.2.3")
+
+
+def data_paragraph(runs, dataset):
+    """How the runs got their data, in words (the GLM repository takes no data files)."""
+    files = sorted({portable_args(args)[name] for args in runs["args"] for name in DATA_FILE_ARGS if args.get(name)})
+    hub = HUB_DATASETS.get(dataset)
+    from_hub = f"`--dataset_name {dataset}` loads `{hub}` from the Hugging Face Hub" if hub else \
+        f"`--dataset_name {dataset}` loads the dataset (see data.py)"
+    if not files:
+        return f"Data: the scripts load it themselves: {from_hub}."
+    listed = ", ".join(f"`{name}`" for name in files)
+    return (f"Data: the runs read local files, {listed}, which are not part of this folder (the GLM repository takes no "
+            f"data files): put your copies in `data/`, or drop the `--*_file` flags, and {from_hub}.")
+
+
+def code_note(runs):
+    """Which commit the runs used against the commit the copied code comes from, in words."""
+    commits = sorted({env.get("git_commit") for env in runs["env"] if env.get("git_commit")})
+    dirty = any(env.get("git_dirty") for env in runs["env"])
+    now = environment_info()
+    text = "The code in this folder is copied from the toolkit"
+    text += f" at commit `{now['git_commit'][:12]}`" if now["git_commit"] else ""
+    text += " (with uncommitted changes)" if now["git_dirty"] else ""
+    if commits and (commits != [now["git_commit"]] or dirty or now["git_dirty"]):
+        used = ", ".join(f"`{commit[:12]}`" for commit in commits)
+        text += f"; the runs used commit(s) {used}{' with uncommitted changes' if dirty else ''}"
+    return text + "."
+
+
+def write_glm_examples(runs, comparisons, directory):
+    """Write directory/<dataset>/ for every dataset of the runs (`write_glm_example`); returns the
+    folders."""
+    return [write_glm_example(runs, comparisons, Path(directory) / dataset, dataset)
+            for dataset in sorted(runs["dataset"].unique())]  # fmt: skip
+
+
+def write_glm_example(runs, comparisons, folder, dataset):
+    """Write `folder` for one dataset in the layout the GLM repository's examples/ asks of
+    contributions: README.md (title, Authors, Task Description, Running Commands, Results with
+    comparison methods, Reference), requirements.txt (`requirements_text`) and the code
+    (`code_files`, `prompt_files`), no data. Only the main study and the main variant of each
+    method (analysis.separate_runs) appear: the runs one sweep command reproduces."""
+    runs = runs[(runs["study"] == "") & (runs["variant"] == "") & (runs["dataset"] == dataset)]
     task = runs["task"].iloc[0]
     metric = choose_metric(runs)
     scored = add_scores(runs, metric)
@@ -237,6 +354,9 @@ def write_glm_example_readme(runs, comparisons, directory, dataset=None):
     comparison = comparisons[(task, dataset, "")]
     comparison = comparison[comparison["variant"] == ""]
     table = make_comparison_table(task, dataset, "", comparison, trivial_baselines(scored, metric), metric)
+    requirements, python, promptsource = requirements_text(runs)
+    scripts = sorted({script for script in runs["script"] if script})
+    files = {name: REPOSITORY / name for name in code_files(scripts)} | prompt_files(runs, dataset)
     lines = [
         f"# {DATASET_TITLES.get(dataset, dataset)}", "",
         "## Authors", "",
@@ -245,14 +365,17 @@ def write_glm_example_readme(runs, comparisons, directory, dataset=None):
         DATASET_DESCRIPTIONS.get(dataset, f"The `{dataset}` dataset ({TASK_NAMES.get(task, task)})."), "",
         TASK_METHODS.get(task, "").format(model=best["args"].get("model_name_or_path") or best["model"]), "",
         "## Running Commands", "",
-        "Install (Python 3.11):", "",
+        f"Install{f' (Python {python})' if python else ''}:", "",
         "```bash", "pip install -r requirements.txt",
-        "pip install --no-deps --ignore-requires-python promptsource==0.2.3", "```", "",
-        "The grid search behind the results below (each run writes its own results.json), then the tables:", "",
+        f"pip install --no-deps --ignore-requires-python promptsource=={promptsource}", "```", "",
+        data_paragraph(runs, dataset), "",
+        "The grid search behind the results below (each run writes its own results.json; each prompt is also "
+        "evaluated once without training, the zero-shot column), then the tables and figures:", "",
         "```bash", sweep_command(scored, task, dataset),
         f"python report.py runs/{dataset}", "```", "",
         "One run at the selected configuration (one seed):", "",
         "```bash", run_command(best), "```", "",
+        f"Code: {', '.join(f'`{name}`' for name in sorted(files))}. {code_note(runs)}", "",
         "## Results", "",
         f"Test {metric_label(metric)} of each method at its configuration chosen on the "
         "validation set (the test set is never used for selection); mean ± std over seeds.", "",
@@ -260,8 +383,11 @@ def write_glm_example_readme(runs, comparisons, directory, dataset=None):
         "## Reference", "",
         "```bibtex", "\n\n".join(REFERENCES[k] for k in references_for(runs, dataset)), "```", "",
     ]  # fmt: skip
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "README.md").write_text("\n".join(lines), encoding="utf-8")
-    return directory / "README.md"
-
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, folder / name)
+    (folder / "requirements.txt").write_text(requirements, encoding="utf-8")
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    return folder

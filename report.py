@@ -2,7 +2,7 @@
 
     python report.py runs/sweep                        # -> runs/sweep/report/
     python report.py runs/sweep --output_dir report    # report.md, tables.tex, summary.json, *.png
-    python report.py runs/sweep --glm_example_readme examples/trec --dataset trec
+    python report.py runs/sweep --glm_examples examples    # also examples/<dataset>/ for the GLM repository
 
 Every run of run_cls.py / run_gen.py / run_baseline.py writes one results.json
 (training.results_record). This script groups them (analysis.separate_runs):
@@ -13,15 +13,21 @@ Every run of run_cls.py / run_gen.py / run_baseline.py writes one results.json
   seeds   = the repetitions of a config                              mean ± sample std (ddof=1)
 
 Runs share a cell only when all their settings but the seed are equal; report.md says which runs
-were set apart and why. Per study it writes:
+were set apart and why. Runs that did not train (zero-shot: --no-do_train, as sweeps.sh runs each
+prompt once) are no grid point: their score is the "zero-shot" column of the comparison and prompt
+tables, next to the fine-tuned score of the same model and prompt on the same data
+(analysis.match_zero_shot). Per study it writes:
   - a comparison of the systems at their best config (GLM cloze vs baselines, linear head vs
-    cloze, LoRA / P-tuning v2 vs full fine-tuning: score, 95% bootstrap CI over test examples,
-    paired randomization test against the best system, trainable share, train time), with the
-    trivial baselines of the same data;
+    cloze, LoRA / P-tuning v2 vs full fine-tuning: zero-shot and fine-tuned score, 95% bootstrap
+    CI over test examples, paired randomization test against the best system, trainable share,
+    train time), with the trivial baselines of the same data;
+  - an error analysis of the best system from its saved test predictions: per-class precision,
+    recall and F1, a confusion matrix and the most confident errors (classification); the
+    outputs with the lowest sentence BLEU and output lengths against the references (generation);
   - per system, the grid-search table (validation mean ± std of every config), an lr x
     batch-size heatmap and its sensitivity in numbers;
-  - per system with several prompts, a prompt comparison (table, bar chart, paired tests between
-    prompts, prompt vs seed spread);
+  - per system with several prompts, a prompt comparison (table with zero-shot scores, bar chart,
+    paired tests between prompts, prompt vs seed spread);
   - learning curves (validation metric per evaluation) of the best config of each system.
 
 Model selection: the best config of a system is the one with the highest mean VALIDATION
@@ -48,7 +54,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+import error_analysis  # noqa: E402
 import significance  # noqa: E402
 from analysis import (  # noqa: E402
     METRIC_NAMES,
@@ -56,6 +64,7 @@ from analysis import (  # noqa: E402
     SYSTEM,
     TASK_NAMES,
     add_scores,
+    add_zero_shot,
     best_row,
     best_runs,
     choose_metric,
@@ -65,6 +74,7 @@ from analysis import (  # noqa: E402
     higher_is_better,
     learning_curve,
     load_results,
+    match_zero_shot,
     metric_label,
     metric_scale,
     prompt_sensitivity,
@@ -73,8 +83,9 @@ from analysis import (  # noqa: E402
     split_untrained,
     system_label,
     trivial_baselines,
+    zero_shot_summary,
 )
-from glm_examples import write_glm_example_readme  # noqa: E402
+from glm_examples import write_glm_examples  # noqa: E402
 from report_tables import (  # noqa: E402
     fmt_ci,
     fmt_config,
@@ -82,8 +93,13 @@ from report_tables import (  # noqa: E402
     fmt_mean_std,
     fmt_prompt,
     make_comparison_table,
+    make_errors_table,
     make_grid_table,
+    make_length_table,
+    make_lowest_bleu_table,
+    make_per_class_table,
     make_prompt_table,
+    shared_words,
     study_title,
 )
 from training import safe_name, write_json_atomic
@@ -96,11 +112,9 @@ def parse_args(argv=None):
     parser.add_argument("results_dir", help="Folder searched recursively for results.json files.")
     parser.add_argument("--output_dir", default=None,
                         help="Where report.md, tables.tex and the PNGs go (default RESULTS_DIR/report).")
-    parser.add_argument("--glm_example_readme", default=None, metavar="DIR",
-                        help="Also write DIR/README.md for one dataset, in the format of the GLM repository's "
-                        "examples/.")
-    parser.add_argument("--dataset", default=None,
-                        help="Dataset of --glm_example_readme (needed when the sweep holds several).")
+    parser.add_argument("--glm_examples", default=None, metavar="DIR",
+                        help="Also write DIR/<dataset>/ for each dataset, a folder in the layout the GLM repository's "
+                        "examples/ asks for: README.md, requirements.txt and the code that reproduces the runs.")
     parser.add_argument("--title", default="Prompt-based fine-tuning of GLM: sweep report", help="Title of report.md.")
     return parser.parse_args(argv)
 
@@ -145,18 +159,21 @@ def plot_heatmap(table, metric, title, path):
 
 
 def plot_prompts(table, metric, title, path, references=None):
-    """Grouped bars per prompt: validation and test at the prompt's best config, error bars
-    = std over seeds; `references` {name: test score} are drawn as dashed lines."""
+    """Grouped bars per prompt: zero-shot test (when a prompt has one: analysis.add_zero_shot
+    columns), then validation and test at the prompt's best config, error bars = std over seeds;
+    `references` {name: test score} are drawn as dashed lines."""
     x = np.arange(len(table))
-    width = 0.38
-    fig, ax = plt.subplots(figsize=(max(7.5, 1.3 * len(table) + 5), 4.2))
+    bars_of = [("zs_test", "zero-shot test", "tab:green")] if table["zs_n_seeds"].any() else []
+    bars_of += [("val", "validation", "tab:blue"), ("test", "test", "tab:orange")]
+    width = 0.8 / len(bars_of)
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.5 * len(bars_of) * len(table) + 5), 4.2))
     labelled = []
-    for offset, split, color in ((-width / 2, "val", "tab:blue"), (width / 2, "test", "tab:orange")):
+    for i, (split, name, color) in enumerate(bars_of):
         means = table[f"{split}_mean"].to_numpy(dtype=float)
-        stds = np.nan_to_num(table[f"{split}_std"].to_numpy(dtype=float))
-        name = "validation" if split == "val" else "test"
-        bars = ax.bar(x + offset, means, width, yerr=stds, capsize=4, color=color, label=name)
-        labelled += list(zip(bars, means, stds))
+        stds = table[f"{split}_std"].to_numpy(dtype=float)  # NaN for one seed: no whisker
+        bars = ax.bar(x + (i - (len(bars_of) - 1) / 2) * width, means, width, yerr=stds, capsize=4, color=color,
+                      label=name)  # fmt: skip
+        labelled += list(zip(bars, means, np.nan_to_num(stds)))
     for (name, value), style in zip((references or {}).items(), ("--", ":", "-.")):
         if np.isfinite(value):
             ax.axhline(value, color="gray", linestyle=style, label=f"{name.replace('_', ' ')} (test)")
@@ -175,6 +192,25 @@ def plot_prompts(table, metric, title, path, references=None):
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="over seeds:\nbar = mean, whisker = std",
               title_fontsize=8)
     fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_confusion(matrix, classes, title, path):
+    """Confusion matrix (rows gold, columns predicted) as the percentage of each gold class, drawn
+    by scikit-learn's ConfusionMatrixDisplay; values written in the cells up to 12 classes."""
+    totals = matrix.sum(1, keepdims=True)
+    shares = np.divide(100 * matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    size = min(9.0, max(3.6, 2.6 + 0.35 * len(classes)))  # inches: 5.3 x 5.1 for 6 classes, a paper's column
+    fig, ax = plt.subplots(figsize=(size + 0.8, size + 0.4), layout="constrained")
+    display = ConfusionMatrixDisplay(shares, display_labels=[_short(str(c), 14) for c in classes])
+    display.plot(ax=ax, cmap="Blues", values_format=".0f", include_values=len(classes) <= 12, colorbar=False,
+                 xticks_rotation=45, text_kw={"fontsize": 9}, im_kw={"vmin": 0, "vmax": 100})  # fmt: skip
+    colorbar = fig.colorbar(display.im_, ax=ax)
+    colorbar.set_label("% of the gold class")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("gold class")
+    fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
@@ -280,10 +316,21 @@ def difference_sentence(a, b, difference, p, seeds):
 # ---------------------------------------------------------------------------------------
 
 
-def comparison_reading(table, trivial):
-    """Sentences under the comparison table (`add_tests_against_best`): the best system on
-    validation, its test score and CI, its paired test against each other system, and the
-    trivial baselines."""
+def zero_shot_test(row, stats, task, metric):
+    """(fine-tuned - zero-shot on the shown scale, p) of the paired test between a summary row
+    (`stats`: its prediction_stats) and its zero-shot runs (analysis.add_zero_shot columns), or
+    None where either has no predictions."""
+    if not row["zs_n_seeds"]:
+        return None
+    zero_shot = prediction_stats({"test_hidden": row["zs_test_hidden"], "paths": row["zs_paths"]}, task, metric)
+    return paired(stats, zero_shot, metric)
+
+
+def comparison_reading(table, trivial, zero_shot=None):
+    """Sentences under the comparison table (`add_tests_against_best`, `analysis.add_zero_shot`):
+    the best system on validation, its test score and CI, its gain over zero-shot (`zero_shot`:
+    `zero_shot_test` of the best row), its paired test against each other system, and the trivial
+    baselines."""
     row = table[table["best"]].iloc[0]
     name = system_label(row)
     validation = fmt_mean_std(row["val_mean"], row["val_std"])
@@ -295,6 +342,13 @@ def comparison_reading(table, trivial):
     if row["test_examples"]:
         text += f" (95% CI {fmt_ci(row['test_ci'])} over {row['test_examples']} test examples)"
     lines = [f"{text}, {_seeds(row['n_seeds'])}."]
+    if row["zs_n_seeds"] and not row["zs_test_hidden"]:
+        before = f"the same model and prompt zero-shot ({fmt_mean_std(row['zs_test_mean'], row['zs_test_std'])})"
+        if zero_shot is None:
+            lines.append(f"- Fine-tuned, it scores {row['test_mean'] - row['zs_test_mean']:+.2f} points against {before}.")
+        else:
+            seeds = f"{_seeds(row['n_seeds'])} vs {_seeds(row['zs_n_seeds'])}"
+            lines.append(f"- {difference_sentence('Fine-tuned, it', before, *zero_shot, seeds)}.")
     for _, other in table[~table["best"] & table["p_vs_best"].notna()].iterrows():
         seeds = f"{_seeds(row['n_seeds'])} vs {_seeds(other['n_seeds'])}"
         sentence = difference_sentence("It", system_label(other), -other["diff_vs_best"], other["p_vs_best"], seeds)
@@ -324,6 +378,32 @@ def prompt_pair_readings(prompts, stats, metric):
         seeds = f"{_seeds(prompts.loc[a, 'n_seeds'])} vs {_seeds(prompts.loc[b, 'n_seeds'])}"
         lines.append(f"- {difference_sentence(*names, *result, seeds)}.")
     return lines
+
+
+def prompt_zero_shot_reading(prompts, metric):
+    """Before and after fine-tuning, per prompt (`prompt_table` rows with analysis.add_zero_shot
+    columns): the zero-shot and fine-tuned test ranges, each prompt's gain, and whether the prompt
+    best on validation zero-shot is the one best after fine-tuning. None without zero-shot runs."""
+    zero = prompts[prompts["zs_n_seeds"] > 0]
+    if zero.empty:
+        return None
+    names = {i: fmt_prompt(prompts.loc[i, "prompt_id"]) for i in prompts.index}
+    text = "**Before and after fine-tuning.** "
+    tested = zero[zero["zs_test_mean"].notna() & zero["test_mean"].notna()]
+    if len(tested):
+        gains = ", ".join(f"prompt {names[i]} {tested.loc[i, 'test_mean'] - tested.loc[i, 'zs_test_mean']:+.2f}"
+                          for i in tested.index)  # fmt: skip
+        text += (f"Zero-shot, the prompts score {tested['zs_test_mean'].min():.2f} to {tested['zs_test_mean'].max():.2f} "
+                 f"on test; fine-tuned, {tested['test_mean'].min():.2f} to {tested['test_mean'].max():.2f}. Fine-tuning "
+                 f"changes each prompt's test score by {gains} points. ")  # fmt: skip
+    validated = zero[zero["zs_val_mean"].notna()]
+    if len(validated) > 1:
+        pick = pd.Series.idxmax if higher_is_better(metric) else pd.Series.idxmin
+        before, after = pick(validated["zs_val_mean"]), pick(validated["val_mean"])
+        verdict = "the same prompt" if before == after else "a different prompt"
+        text += (f"On validation, prompt {names[before]} is best zero-shot and prompt {names[after]} after fine-tuning: "
+                 f"the zero-shot ranking picks {verdict}.")
+    return text.strip()
 
 
 def grid_reading(sensitivity, metric):
@@ -381,8 +461,9 @@ STATISTICS_NOTE = (
 )
 
 
-def report_sections(runs, output_dir):
-    """Markdown sections, LaTeX tables and figures for every study (task, dataset, data) in runs.
+def report_sections(runs, zero_shot, output_dir):
+    """Markdown sections, LaTeX tables and figures for every study (task, dataset, data) in runs;
+    `zero_shot` (analysis.match_zero_shot) gives the zero-shot columns.
 
     Returns (markdown lines, list of report_tables.Table, {(task, dataset, study): comparison
     DataFrame})."""
@@ -390,6 +471,7 @@ def report_sections(runs, output_dir):
     for (task, dataset, study), group in runs.groupby(["task", "dataset", "study"], sort=True):
         metric = choose_metric(group)
         group = add_scores(group, metric)
+        scored_zero_shot = add_scores(zero_shot, metric)
         title = study_title(dataset, study)
         lines += [f"## {title}: {TASK_NAMES.get(task, task)}, metric {metric_label(metric)}", ""]
         if group["test_hidden"].any():
@@ -398,20 +480,25 @@ def report_sections(runs, output_dir):
 
         comparison, stats = add_test_statistics(comparison_table(group, metric), task, metric)
         comparison = add_tests_against_best(comparison, stats, metric)
+        systems = [group[(group[SYSTEM] == row[SYSTEM]).all(axis=1)] for _, row in comparison.iterrows()]
+        comparison = add_zero_shot(comparison, [zero_shot_summary(scored_zero_shot, runs_) for runs_ in systems])
         trivial = trivial_baselines(group, metric)
         comparisons[(task, dataset, study)] = comparison
         table = make_comparison_table(task, dataset, study, comparison, trivial, metric)
         tables.append(table)
+        best = int(np.flatnonzero(comparison["best"])[0])
+        gain = zero_shot_test(comparison.iloc[best], stats[best], task, metric)
         lines += ["### Methods compared", "", table.caption, "", table.markdown(), "",
-                  *comparison_reading(comparison, trivial), ""]
+                  *comparison_reading(comparison, trivial, gain), ""]
+        lines += error_section(task, comparison.iloc[best], output_dir, tables)
 
         curves = {}
-        for _, row in comparison.iterrows():  # the table's order: GLM, GLM + PEFT, baselines
+        for (_, row), system_runs in zip(comparison.iterrows(), systems):  # GLM, GLM + PEFT, baselines
             system = {key: row[key] for key in SYSTEM}
-            system_runs = group[(group[SYSTEM] == pd.Series(system)).all(axis=1)]
-            lines += system_section(task, system, system_runs, metric, output_dir, tables, trivial)
-            best = best_runs(system_runs, metric)
-            curves[f"{system_label(system)}\n{fmt_config(best.iloc[0])}"] = learning_curve(best, metric)
+            lines += system_section(task, system, system_runs, metric, output_dir, tables, trivial,
+                                    zero_shot_summary(scored_zero_shot, system_runs))  # fmt: skip
+            best_config = best_runs(system_runs, metric)
+            curves[f"{system_label(system)}\n{fmt_config(best_config.iloc[0])}"] = learning_curve(best_config, metric)
         figure = f"curves_{safe_name(f'{task}_{dataset}_{study}')}.png"
         plot_learning_curves(curves, metric, f"{title} ({task}): learning curves of each method's best configuration",
                              output_dir / figure)  # fmt: skip
@@ -419,9 +506,10 @@ def report_sections(runs, output_dir):
     return lines, tables, comparisons
 
 
-def system_section(task, system, system_runs, metric, output_dir, tables, trivial):
+def system_section(task, system, system_runs, metric, output_dir, tables, trivial, zero_shot):
     """Grid table + heatmap with its sensitivity, and the prompt comparison when there are several
-    prompts (`trivial`: {name: (validation, test)} reference scores drawn on its bar chart)."""
+    prompts (`trivial`: {name: (validation, test)} reference scores drawn on its bar chart;
+    `zero_shot`: analysis.zero_shot_summary of the system)."""
     dataset, study, label = system["dataset"], system["study"], system_label(system)
     stem = safe_name(f"{task}_{dataset}_{study}_{label}")
     title = study_title(dataset, study)
@@ -457,6 +545,7 @@ def system_section(task, system, system_runs, metric, output_dir, tables, trivia
 
     if system_runs["prompt_id"].nunique() > 1:
         prompts, stats = add_test_statistics(prompt_table(system_runs, metric), task, metric)
+        prompts = add_zero_shot(prompts, [zero_shot] * len(prompts))
         table = make_prompt_table(task, dataset, study, label, prompts, metric)
         tables.append(table)
         figure = f"prompts_{stem}.png"
@@ -465,10 +554,130 @@ def system_section(task, system, system_runs, metric, output_dir, tables, trivia
                      references)  # fmt: skip
         lines += [f"### Prompts compared: {label}", "", table.caption, "", table.markdown(), "",
                   f"![prompt comparison]({figure})", "", prompt_reading(prompt_sensitivity(prompts), metric), ""]
+        before_after = prompt_zero_shot_reading(prompts, metric)
+        lines += [before_after, ""] if before_after else []
         pairs = prompt_pair_readings(prompts, stats, metric)
         if pairs:
             lines += ["Paired tests between prompts, each at its best configuration:", "", *pairs, ""]
     return lines
+
+
+# ---------------------------------------------------------------------------------------
+# Error analysis of the best system (error_analysis.py)
+# ---------------------------------------------------------------------------------------
+
+
+def error_section(task, best, output_dir, tables):
+    """The error analysis of the system best on validation (`best`: its comparison row), from the
+    saved test predictions of its best configuration's runs."""
+    label = system_label(best)
+    lines = [f"### Error analysis: {label}", ""]
+    if best["test_hidden"]:
+        return lines + ["The test labels are hidden: no error analysis.", ""]
+    runs_rows = [significance.read_predictions(Path(path).parent, task) for path in best["paths"]]
+    if any(rows is None for rows in runs_rows):
+        return lines + [f"No error analysis: a run of its best configuration saved no "
+                        f"{significance.PREDICTION_FILES[task]}.", ""]  # fmt: skip
+    lines += [f"The system best on validation, at {fmt_config(best)}: its test predictions "
+              f"({_seeds(len(runs_rows))}).", ""]  # fmt: skip
+    if task == "cls":
+        return lines + classification_errors(runs_rows, best, output_dir, tables)
+    return lines + generation_errors(runs_rows, best, tables)
+
+
+def classification_errors(runs_rows, best, output_dir, tables):
+    """Per-class table, confusion matrix figure and the most confident errors, each with its reading."""
+    label, seeds = system_label(best), len(runs_rows)
+    classes, matrix = error_analysis.per_class(runs_rows)
+    table = make_per_class_table("cls", best["dataset"], best["study"], label, classes, seeds)
+    tables.append(table)
+    stem = safe_name("_".join(["cls", best["dataset"], best["study"], label]))
+    figure = f"confusion_{stem}.png"
+    pooled = f"{seeds} seeds pooled" if seeds > 1 else "one seed"
+    plot_confusion(matrix, classes["class"].tolist(),
+                   f"{study_title(best['dataset'], best['study'])} (cls)\n{label}\n"
+                   f"test, {fmt_config(best)}; {pooled}", output_dir / figure)  # fmt: skip
+    errors = error_analysis.confident_errors(runs_rows)
+    return [table.caption, "", table.markdown(), "", f"![confusion matrix]({figure})", "",
+            per_class_reading(classes, matrix), "",
+            f"The {len(errors)} most confident errors (margin: the predicted choice's score minus the gold choice's, "
+            "in the run's own scores; an example wrong in several seeds appears once, at its largest margin):", "",
+            make_errors_table(errors, shared_words(row["input"] for row in runs_rows[0])).markdown() if len(errors)
+            else "(none)", "", errors_reading(errors), ""]  # fmt: skip
+
+
+def per_class_reading(classes, matrix):
+    """F1 range over classes, the class predicted most, classes never predicted and the largest
+    confusion, in sentences."""
+    f1 = classes.set_index("class")["f1"]
+    text = (f"**Reading.** Per class, F1 ranges from {100 * f1.min():.1f} ({f1.idxmin()}) to {100 * f1.max():.1f} "
+            f"({f1.idxmax()}).")
+    most = classes.loc[classes["predicted"].idxmax()]
+    gold_share = matrix.sum(1)[classes["predicted"].idxmax()] / matrix.sum()
+    text += (f" The most predicted class, {most['class']}, takes {100 * most['predicted']:.1f}% of the predictions "
+             f"against {100 * gold_share:.1f}% of the gold labels.")
+    never = classes.loc[classes["predicted"] == 0, "class"].tolist()
+    if never:
+        text += f" It never predicts {', '.join(map(str, never))}."
+    off = matrix * (1 - np.eye(len(matrix), dtype=int))
+    if off.any():
+        gold, predicted = np.unravel_index(off.argmax(), off.shape)
+        text += (f" The most frequent confusion is gold {classes['class'][gold]} predicted as "
+                 f"{classes['class'][predicted]} ({100 * off[gold, predicted] / matrix[gold].sum():.1f}% of the gold "
+                 f"{classes['class'][gold]} examples).")
+    return text
+
+
+def errors_reading(errors):
+    """What the most confident errors share, in a sentence."""
+    if errors.empty:
+        return "**Reading.** No test example is predicted wrongly."
+    predicted = errors["predicted"].value_counts()
+    always = int((errors["wrong_seeds"] == errors["seeds"]).sum())
+    text = (f"**Reading.** {predicted.iloc[0]} of these {len(errors)} errors predict {predicted.index[0]}; their "
+            f"margins run from {errors['margin'].min():.2f} to {errors['margin'].max():.2f}.")
+    if errors["seeds"].iloc[0] > 1:
+        text += f" Wrong in every seed: {always} of {len(errors)} (systematic errors rather than seed noise)."
+    return text
+
+
+def generation_errors(runs_rows, best, tables):
+    """The lowest sentence-BLEU outputs and the length table, each with its reading."""
+    label, seeds = system_label(best), len(runs_rows)
+    outputs = error_analysis.lowest_bleu(runs_rows)
+    lengths, facts = error_analysis.length_stats(runs_rows)
+    table = make_length_table("gen", best["dataset"], best["study"], label, lengths)
+    tables.append(table)
+    ranked = "mean over seeds; the output shown is the seed's that scores lowest" if seeds > 1 else "one seed"
+    return [f"The {len(outputs)} test sources whose outputs score the lowest sentence BLEU (sacrebleu.sentence_bleu "
+            f"against all references of the source; {ranked}):", "",
+            make_lowest_bleu_table(outputs, seeds, shared_words(row["source"] for row in runs_rows[0])).markdown(), "",
+            lowest_bleu_reading(outputs, facts), "",
+            table.caption, "", table.markdown(), "", length_reading(lengths, facts), ""]  # fmt: skip
+
+
+def lowest_bleu_reading(outputs, facts):
+    """The range of the lowest sentence BLEU, empty outputs among them, and how varied the outputs are."""
+    empty = int((outputs["prediction"].str.split().str.len() == 0).sum())
+    text = (f"**Reading.** These outputs score sentence BLEU {outputs['mean_bleu'].min():.1f} to "
+            f"{outputs['mean_bleu'].max():.1f}; empty outputs among them: {empty}.")
+    return text + (f" Over all {facts['sources']} test sources the system writes {facts['distinct']:.0f} distinct "
+                   f"outputs{' (mean over seeds)' if facts['outputs'] > facts['sources'] else ''}.")
+
+
+def length_reading(lengths, facts):
+    """Output against reference length, in a sentence."""
+    output, reference = lengths.loc["output"], lengths.loc["reference"]
+    ratio = output["mean"] / reference["mean"] if reference["mean"] else math.nan
+    return (f"**Reading.** Outputs have {output['mean']:.1f} words on average (median {output['median']:.0f}) against "
+            f"{reference['mean']:.1f} for the references (ratio {ratio:.2f}); {100 * facts['shorter']:.1f}% of the "
+            f"outputs are shorter than every reference of their source and {100 * facts['longer']:.1f}% longer than "
+            f"every one; empty outputs: {facts['empty']} of {facts['outputs']}.")
+
+
+# ---------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------
 
 
 def unfinished_runs(results_dir):
@@ -478,15 +687,20 @@ def unfinished_runs(results_dir):
     return sorted(log.parent for log in logs if not (log.parent / "results.json").exists())
 
 
-def write_report(runs, results_dir, output_dir, title, untrained, notes):
+def write_report(runs, zero_shot, results_dir, output_dir, title, untrained, notes):
     """Write report.md, tables.tex, summary.json and the figures; return the comparison tables.
-    `untrained` runs (see `split_untrained`) are listed with their score, outside the tables;
-    `notes` (separate_runs) say which runs were set apart and why."""
+    `zero_shot` runs (analysis.match_zero_shot) fill the zero-shot columns; the other `untrained`
+    runs are listed with their score and the reason they are in no table; `notes` say which runs
+    were set apart and why."""
     output_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "",
-             f"{len(runs)} runs (results.json files) under `{results_dir}`; "
+             f"{len(runs)} trained runs (results.json files) under `{results_dir}`; "
              f"{runs['seed'].nunique()} seed(s); std is the sample standard deviation over seeds.", "",
              SELECTION_NOTE, "", STATISTICS_NOTE, ""]  # fmt: skip
+    if len(zero_shot):
+        lines += [f"**Zero-shot.** {len(zero_shot)} run(s) evaluate an untrained model (`--no-do_train`): their test "
+                  "score is the zero-shot column of the comparison and prompt tables, next to the fine-tuned score of "
+                  "the same model and prompt on the same data. They take part in no choice.", ""]  # fmt: skip
     if notes:
         lines += ["**Runs set apart.** These runs differ from the others of their method in more than prompt, "
                   "learning rate, batch size and seed:", "", *notes, ""]
@@ -496,22 +710,21 @@ def write_report(runs, results_dir, output_dir, title, untrained, notes):
                   "their sweep.log and failed_runs.txt) and are missing from the tables:", ""]
         lines += [f"- `{path.relative_to(results_dir)}`" for path in unfinished] + [""]
     if len(untrained):
-        lines += [f"{len(untrained)} run(s) did not train (zero-shot, or `--peft_weights` evaluations of saved "
-                  "weights); they are left out of the grid search and the tables:", ""]
+        lines += [f"{len(untrained)} run(s) did not train and are in no table:", ""]
         for run in untrained.itertuples():
             metric = run.metric_for_best_model
             split = "test" if metric in run.test else "validation"
             score = (run.test if split == "test" else run.validation).get(metric)
             hidden = " (test labels hidden)" if run.test_hidden else ""
-            lines.append(f"- `{Path(run.path).parent.relative_to(results_dir)}`: {split} {metric} "
+            lines.append(f"- `{Path(run.path).parent.relative_to(results_dir)}` ({run.reason}): {split} {metric} "
                          f"{'n/a' if score is None else f'{score:.4f}'}{hidden}")
         lines.append("")
-    sections, tables, comparisons = report_sections(runs, output_dir)
+    sections, tables, comparisons = report_sections(runs, zero_shot, output_dir)
     lines += sections
     (output_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     preamble = ["% Tables of report.md; needs \\usepackage{booktabs}.", f"% {SELECTION_NOTE.replace('**', '')}", ""]
     (output_dir / "tables.tex").write_text("\n".join(preamble + [t.latex() for t in tables]), encoding="utf-8")
-    summary = {"/".join(filter(None, key)): table.drop(columns="paths").to_dict(orient="records")
+    summary = {"/".join(filter(None, key)): table.drop(columns=["paths", "zs_paths"]).to_dict(orient="records")
                for key, table in comparisons.items()}  # fmt: skip
     write_json_atomic(output_dir / "summary.json", _json_safe(summary))
     return comparisons
@@ -554,12 +767,13 @@ def main(argv=None):
         fail(f"the {len(untrained)} results.json under {results_dir} are all from runs without training (zero-shot "
              "or --peft_weights evaluations): no grid search to report.")
     runs, notes = separate_runs(runs)
-    comparisons = write_report(runs, results_dir, output_dir, args.title, untrained, notes)
+    zero_shot, untrained, repeats = match_zero_shot(runs, untrained)
+    comparisons = write_report(runs, zero_shot, results_dir, output_dir, args.title, untrained, notes + repeats)
     logger.info("Wrote %s, %s and %d figures.", output_dir / "report.md", output_dir / "tables.tex",
                 len(list(output_dir.glob("*.png"))))  # fmt: skip
-    if args.glm_example_readme:
-        path = write_glm_example_readme(runs, comparisons, args.glm_example_readme, args.dataset)
-        logger.info("Wrote %s.", path)
+    if args.glm_examples:
+        for folder in write_glm_examples(runs, comparisons, args.glm_examples):
+            logger.info("Wrote %s.", folder)
 
 
 if __name__ == "__main__":

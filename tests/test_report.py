@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import sacrebleu
 import scipy.stats
 
 import report
@@ -30,10 +31,13 @@ from analysis import (
     prompt_sensitivity,
     prompt_table,
     separate_runs,
+    split_untrained,
+    match_zero_shot,
     trivial_baselines,
+    zero_shot_summary,
 )
-from glm_examples import sweep_command
-from report_tables import Table
+from report_tables import Table, shared_words, strip_words, text_cell
+from test_error_analysis import OUTPUTS, SEEDS, cls_rows, gen_rows
 from training import TrainingTracker, results_record, write_json_atomic, write_jsonl_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,8 +283,8 @@ def test_report_writes_markdown_latex_and_figures(tmp_path):
     assert "**test 65.00 ± 1.41**" in text
     assert ["0", "1e-5", "32", "2", "60.00 ± 0.00", ""] in rows
     # Prompt comparison: prompt 1 (all 50) at its first grid point; no predictions, so no CI.
-    assert ["1: prompt1", "1e-5", "16", "2", "50.00 ± 0.00", "50.00 ± 0.00", "–"] in rows
-    assert ["majority class", "–", "–", "no training", "–", "–", "20.00", "–", "–", "0", "0"] in rows
+    assert ["1: prompt1", "1e-5", "16", "2", "50.00 ± 0.00", "–", "50.00 ± 0.00", "–"] in rows
+    assert ["majority class", "–", "–", "no training", "–", "–", "–", "20.00", "–", "–", "0", "0"] in rows
     assert "Runs set apart" not in text  # all runs differ in prompt, lr, batch size and seed only
     latex = (out / "tables.tex").read_text()
     assert latex.count(r"\toprule") == latex.count(r"\bottomrule") == 3  # methods compared, grid, prompts
@@ -295,51 +299,87 @@ def test_report_writes_markdown_latex_and_figures(tmp_path):
     assert summary["cls/trec"][0]["test_mean"] == pytest.approx(65.0)
 
 
-def test_runs_without_training_are_listed_apart_and_never_selected(tmp_path):
-    # A --peft_weights evaluation (or zero-shot run) records the default lr and no history; it
-    # scores higher than every trained run but must not become a grid point.
-    evaluation = record(lr=1e-6, val=0.99, test=0.99, epochs=[])
-    out = make_report(tmp_path, accuracy_runs() + [evaluation])
+def zero_shot_records():
+    """accuracy_runs (prompt 0) and prompt 1 (all 50) fine-tuned, with zero-shot runs of both prompts: test 30 and
+    20, validation 40 and 60 (prompt 1 is best zero-shot, prompt 0 after fine-tuning). They record the default
+    learning rate 1e-6 and no history."""
+    prompt1 = [record(prompt_id=1, lr=lr, bs=bs, seed=s, val=0.5, test=0.5) for lr in (1e-5, 3e-5) for bs in (16, 32)
+               for s in (1, 2)]  # fmt: skip
+    zero_shot = [record(prompt_id=p, lr=1e-6, seed=1, val=v, test=t, epochs=[]) for p, v, t in ((0, 0.4, 0.3), (1, 0.6, 0.2))]
+    return accuracy_runs() + prompt1 + zero_shot
+
+
+def test_zero_shot_scores_stand_next_to_the_fine_tuned_ones_and_are_never_selected(tmp_path):
+    records = zero_shot_records() + [
+        record(peft="lora", lr=5e-4, seed=1, val=0.7, test=0.6, lora_r=8),  # starts from the same zero-shot model
+        record(method="linear_head", model="roberta-tiny", prompt_id=None, val=0.5, test=0.4),  # no zero-shot run
+    ]  # fmt: skip
+    out = make_report(tmp_path, records)
 
     text = (out / "report.md").read_text()
-    assert "1 run(s) did not train" in text and "- `run008`: test accuracy 0.9900" in text
-    assert ["**0**", "**3e-5**", "**16**", "**2**", "**80.00 ± 2.83**", "**best**"] in table_rows(text)
-    assert "1e-6" not in text
+    rows = table_rows(text)
+    methods = {row[0] + row[2]: row for row in rows if row[3].startswith("p ")}
+    assert methods["glm_clozenone"][5:8] == ["80.00 ± 2.83", "30.00", "65.00 ± 1.41"]
+    assert methods["glm_clozelora"][5:8] == ["70.00", "30.00", "60.00"]
+    assert methods["linear_headnone"][5:8] == ["50.00", "–", "40.00"]
+    assert ["0: prompt0", "3e-5", "16", "2", "80.00 ± 2.83", "30.00", "65.00 ± 1.41", "–"] in rows
+    assert ["1: prompt1", "1e-5", "16", "2", "50.00 ± 0.00", "20.00", "50.00 ± 0.00", "–"] in rows
+    assert ["**0**", "**3e-5**", "**16**", "**2**", "**80.00 ± 2.83**", "**best**"] in rows  # the grid never sees them
+    assert "1e-6" not in text and "did not train and are in no table" not in text
+    assert "- Fine-tuned, it scores +35.00 points against the same model and prompt zero-shot (30.00)." in text
+    assert ("**Before and after fine-tuning.** Zero-shot, the prompts score 20.00 to 30.00 on test; fine-tuned, 50.00 "
+            "to 65.00. Fine-tuning changes each prompt's test score by prompt 0 +35.00, prompt 1 +30.00 points. On "
+            "validation, prompt 1 is best zero-shot and prompt 0 after fine-tuning: the zero-shot ranking picks a "
+            "different prompt.") in text  # fmt: skip
+    assert "**Zero-shot.** 2 run(s) evaluate an untrained model" in text
+    summary = json.loads((out / "summary.json").read_text())["cls/trec"]
+    assert [row["zs_test_mean"] for row in summary] == [pytest.approx(30.0), pytest.approx(30.0), None]
+    assert r"zero-shot test accuracy (\%)" in (out / "tables.tex").read_text()
 
 
-def test_glm_example_readme_has_the_sections_the_glm_repository_asks_for(tmp_path):
-    results = write_runs(tmp_path / "runs", accuracy_runs())
-    report.main([str(results), "--output_dir", str(tmp_path / "report"), "--glm_example_readme", str(tmp_path / "ex")])
-
-    text = (tmp_path / "ex" / "README.md").read_text()
-
-    assert text.startswith("# TREC\n")
-    headings = re.findall(r"^## (.+)$", text, flags=re.M)
-    assert headings == ["Authors", "Task Description", "Running Commands", "Results", "Reference"]
-    assert "--learning_rate 3e-5" in text and "--per_device_train_batch_size 16" in text
-    assert 'LEARNING_RATES="1e-5 3e-5"' in text and "./sweeps.sh --task cls" in text
-    assert "65.00 ± 1.41" in text and "@inproceedings{du-etal-2022-glm" in text
-
-
-def test_sweep_command_reproduces_the_grid_with_per_method_axes(tmp_path):
+def test_untrained_runs_that_are_no_zero_shot_of_a_trained_system_are_listed_apart(tmp_path):
     records = accuracy_runs() + [
-        record(peft="lora", lr=lr, seed=s) for lr in (5e-4, 1e-3) for s in (1, 2)
-    ] + [record(method="linear_head", model="roberta-tiny", prompt_id=None, lr=lr, bs=bs, seed=s)
-         for lr in (1e-5, 3e-5) for bs in (16, 32) for s in (1, 2)]  # fmt: skip
-    runs = load_results(write_runs(tmp_path, records))
+        record(lr=1e-6, val=0.99, test=0.99, epochs=[], max_test_samples=100),  # other data
+        record(lr=1e-6, val=0.98, test=0.98, epochs=[], max_seq_length=64),  # other evaluation settings
+        record(lr=1e-6, prompt_id=3, val=0.97, test=0.97, epochs=[]),  # a prompt no trained run used
+        record(peft="lora", lr=1e-6, val=0.96, test=0.96, epochs=[], peft_weights="runs/lora"),
+    ]  # fmt: skip
+    out = make_report(tmp_path, records)
 
-    command = sweep_command(runs, "cls", "trec")
+    text = (out / "report.md").read_text()
+    assert "4 run(s) did not train and are in no table:" in text
+    assert "- `run008` (zero-shot on data that no trained run used): test accuracy 0.9900" in text
+    assert "- `run009` (zero-shot with a model, prompt or settings that no trained run shares): test accuracy 0.9800" in text
+    assert "- `run010` (zero-shot with a model, prompt or settings that no trained run shares)" in text
+    assert "- `run011` (an evaluation of saved --peft_weights): test accuracy 0.9600" in text
+    assert "Zero-shot.**" not in text
+    assert table_rows(text)[1][5:8] == ["80.00 ± 2.83", "–", "65.00 ± 1.41"]
 
-    assert 'LEARNING_RATES="1e-5 3e-5"' in command and 'BATCH_SIZES="16 32"' in command
-    assert 'PROMPT_IDS="0"' in command and 'SEEDS="1 2"' in command
-    assert 'CLS_METHODS="glm_cloze glm_cloze+lora@lr=5e-4,1e-3@bs=16 baseline:roberta-tiny:linear_head@prompt=none"' in command
-    assert command.endswith("./sweeps.sh --task cls --out runs/trec")
+
+def test_training_only_settings_do_not_keep_a_zero_shot_run_from_its_system(tmp_path):
+    # The trained runs ran 120 steps with warmup; the zero-shot run has other (unused) training flags: same evaluation.
+    trained = record(val=0.8, test=0.7, max_train_steps=120, warmup_ratio=0.1, max_seq_length=128)
+    untrained = record(val=0.3, test=0.2, epochs=[], max_train_steps=0, warmup_ratio=0.0, max_seq_length=128)
+    runs, untrained_runs = split_untrained(load_results(write_runs(tmp_path, [trained, untrained])))
+    runs, _ = separate_runs(runs)
+
+    zero_shot, others, notes = match_zero_shot(runs, untrained_runs)
+
+    assert len(zero_shot) == 1 and others.empty and notes == []
+    summary = zero_shot_summary(add_scores(zero_shot, "accuracy"), runs)
+    assert summary[["prompt_id", "test_mean", "n_seeds"]].values.tolist() == [[0, pytest.approx(20.0), 1]]
 
 
-def test_glm_example_readme_needs_a_dataset_when_the_sweep_has_several(tmp_path):
-    results = write_runs(tmp_path / "runs", [record(), record(task="gen", method="glm_gen", val=20.0, test=21.0)])
-    with pytest.raises(SystemExit, match="--dataset"):
-        report.main([str(results), "--output_dir", str(tmp_path / "r"), "--glm_example_readme", str(tmp_path / "ex")])
+def test_the_gain_over_zero_shot_is_tested_on_the_same_test_examples(tmp_path):
+    # 5 test examples: fine-tuned right on the first four, zero-shot on none: 80 points, p = 4/32 (exact).
+    records = [record(val=0.9, test=0.8), record(val=0.1, test=0.0, epochs=[])]
+    predictions = [[(g, g) for g in range(4)] + [(4, 0)], [(g, (g + 1) % 6) for g in range(5)]]
+    results = write_runs(tmp_path / "runs", records, predictions)
+    report.main([str(results), "--output_dir", str(tmp_path / "report")])
+
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert ("- Fine-tuned, it beats the same model and prompt zero-shot (0.00) by 80.00 points on test (p = 0.125, not "
+            "significant at 0.05; 1 seed vs 1 seed).") in text  # fmt: skip
 
 
 def test_report_lists_sweep_folders_that_have_no_results(tmp_path):
@@ -401,8 +441,8 @@ def test_runs_on_other_data_get_their_own_section_with_their_own_baseline(tmp_pa
 
     text = (out / "report.md").read_text()
     main, smoke = text.split("## TREC (max_test_samples 100): classification")
-    assert ["majority class", "–", "–", "no training", "–", "–", "20.00", "–", "–", "0", "0"] in table_rows(main)
-    assert ["majority class", "–", "–", "no training", "–", "–", "30.00", "–", "–", "0", "0"] in table_rows(smoke)
+    assert ["majority class", "–", "–", "no training", "–", "–", "–", "20.00", "–", "–", "0", "0"] in table_rows(main)
+    assert ["majority class", "–", "–", "no training", "–", "–", "–", "30.00", "–", "–", "0", "0"] in table_rows(smoke)
     assert ["**0**", "**1e-5**", "**16**", "**2**", "**90.00 ± 0.00**", "**best**"] in table_rows(smoke)
     assert "**test 65.00 ± 1.41**" in main  # the smoke runs' 90 never reach the main grid
     assert "(max_test_samples 100 vs none)" in text
@@ -420,9 +460,78 @@ def test_runs_with_hidden_test_labels_show_validation_and_never_a_test_score(tmp
     text = (out / "report.md").read_text()
     assert "**Test labels hidden.**" in text
     assert "**test labels hidden** (accuracy (%), 2 seeds)" in text
-    assert ["glm_cloze", "glm-tiny", "none", "p 0, lr 3e-5, bs 16", "2", "70.00 ± 0.00", "hidden", "–", "–",
+    assert ["glm_cloze", "glm-tiny", "none", "p 0, lr 3e-5, bs 16", "2", "70.00 ± 0.00", "–", "hidden", "–", "–",
             "1k (100%)", "10"] in table_rows(text)  # fmt: skip
     assert "77" not in text and "test_mean" not in text
+
+
+# ----------------------------------------------------------------------------- error analysis
+
+
+def test_classification_error_analysis_of_the_best_system(tmp_path):
+    # Two seeds of one config with the hand-worked predictions of test_error_analysis (4 of 6 right in each).
+    results = write_runs(tmp_path / "runs", [record(seed=s, val=0.7, test=4 / 6) for s in (1, 2)])
+    for i, seed in enumerate(SEEDS):
+        write_jsonl_atomic(results / f"run{i:03d}" / "predictions_test.jsonl", cls_rows(seed))
+    report.main([str(results), "--output_dir", str(tmp_path / "report")])
+
+    text = (tmp_path / "report" / "report.md").read_text()
+    rows = table_rows(text)
+    assert "### Error analysis: glm_cloze [glm-tiny]" in text
+    assert ["A", "75.0", "75.0", "75.0", "33.3", "2"] in rows
+    assert ["B", "57.1", "100.0", "72.7", "58.3", "2"] in rows
+    assert ["C", "100.0", "25.0", "40.0", "8.3", "2"] in rows
+    assert ("**Reading.** Per class, F1 ranges from 40.0 (C) to 75.0 (A). The most predicted class, B, takes 58.3% of "
+            "the predictions against 33.3% of the gold labels. The most frequent confusion is gold C predicted as B "
+            "(50.0% of the gold C examples).") in text  # fmt: skip
+    # The inputs' shared opening word ("question") is the prompt's: cut.
+    assert ["1", "… 4", "C", "A", "2.00", "2 of 2"] in rows and ["3", "… 5", "C", "B", "0.25", "1 of 2"] in rows
+    assert ("**Reading.** 2 of these 3 errors predict B; their margins run from 0.25 to 2.00. Wrong in every seed: 1 of "
+            "3 (systematic errors rather than seed noise).") in text  # fmt: skip
+    assert "![confusion matrix](confusion_cls_trec_glm_cloze_glm-tiny.png)" in text
+    assert_png(tmp_path / "report" / "confusion_cls_trec_glm_cloze_glm-tiny.png")
+    assert r"F1 (\%)" in (tmp_path / "report" / "tables.tex").read_text()
+
+
+def test_generation_error_analysis_of_the_best_system(tmp_path):
+    records = [record(task="gen", method="glm_gen", seed=s, val=30.0, test=40.0) for s in (1, 2)]
+    results = write_runs(tmp_path / "runs", records)
+    for i, outputs in enumerate(OUTPUTS):
+        write_jsonl_atomic(results / f"run{i:03d}" / "generations_test.jsonl", gen_rows(outputs))
+    report.main([str(results), "--output_dir", str(tmp_path / "report")])
+
+    text = (tmp_path / "report" / "report.md").read_text()
+    rows = table_rows(text)
+    dog = sacrebleu.sentence_bleu("dog", ["a dog barks"]).score
+    assert ["1", "… 1", "(empty)", "a dog barks", "0.0", f"{dog / 2:.1f}"] in rows
+    assert ["3", "… 0", "the cat sat", "the cat sat ‖ the cat sat down", "100.0", "100.0"] in rows
+    assert (f"**Reading.** These outputs score sentence BLEU {dog / 2:.1f} to 100.0; empty outputs among them: 1. Over "
+            "all 3 test sources the system writes 3 distinct outputs (mean over seeds).") in text  # fmt: skip
+    std = np.std([3, 0, 5, 3, 1, 5], ddof=1)
+    assert ["outputs", "2.8", f"{std:.1f}", "3.0", "0.5", "5.0", "0.0", "5.0"] in rows
+    assert ("**Reading.** Outputs have 2.8 words on average (median 3) against 3.2 for the references (ratio 0.89); "
+            "33.3% of the outputs are shorter than every reference of their source and 33.3% longer than every one; "
+            "empty outputs: 1 of 6.") in text  # fmt: skip
+
+
+def test_example_tables_leave_out_the_words_every_test_input_shares():
+    inputs = ["Question: What is TMJ ? Is this asking about a place?", "Question: Who is he ? Is this asking about a place?",
+              "Question: Where ? Is this asking about a place?"]  # fmt: skip
+    shared = shared_words(inputs)
+    assert shared == (1, 7)
+    assert [strip_words(text, shared) for text in inputs] == ["… What is TMJ …", "… Who is he …", "… Where …"]
+    assert shared_words(inputs + ["Question: Is this asking about a place?"]) == (0, 0)  # nothing of its own left
+    assert shared_words(inputs[:1]) == (0, 0)
+    assert text_cell("a |  b\nc", width=6) == "a \\| b…"  # one line, "|" escaped, cut to 6 characters
+
+
+def test_no_error_analysis_without_predictions_or_with_hidden_labels(tmp_path):
+    out = make_report(tmp_path / "plain", accuracy_runs())
+    assert "No error analysis: a run of its best configuration saved no predictions_test.jsonl." in (
+        out / "report.md").read_text()  # fmt: skip
+    hidden = make_report(tmp_path / "hidden", [record(seed=s, hidden=True) for s in (1, 2)])
+    assert "The test labels are hidden: no error analysis." in (hidden / "report.md").read_text()
+    assert not list(out.glob("confusion_*.png"))
 
 
 # ----------------------------------------------------------------------------- report.py's own errors
@@ -456,8 +565,8 @@ def test_report_gives_test_intervals_and_paired_tests_against_the_best_system(tm
     rows = {row[0]: row for row in table_rows(text)}
     expected = scipy.stats.bootstrap(([1.0, 1, 1, 1, 0],), np.mean, n_resamples=1000, batch=100, method="percentile",
                                      rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
-    assert rows["glm_cloze"][6:9] == ["80.00", f"[{100 * expected.low:.1f}, {100 * expected.high:.1f}]", "–"]
-    assert rows["linear_head"][6:9] == ["0.00", "[0.0, 0.0]", "0.125"]
+    assert rows["glm_cloze"][7:10] == ["80.00", f"[{100 * expected.low:.1f}, {100 * expected.high:.1f}]", "–"]
+    assert rows["linear_head"][7:10] == ["0.00", "[0.0, 0.0]", "0.125"]
     assert (f"on test it scores 80.00 (95% CI [{100 * expected.low:.1f}, {100 * expected.high:.1f}] over 5 test "
             "examples), 1 seed.") in text  # fmt: skip
     assert ("- It beats linear_head [roberta-tiny] by 80.00 points on test (p = 0.125, not significant at 0.05; "
@@ -474,7 +583,7 @@ def test_report_tests_every_pair_of_prompts(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert ("- Prompt 1 (prompt1) beats prompt 0 (prompt0) by 100.00 points on test (p < 0.001, **significant** at "
             "0.05; 1 seed vs 1 seed).") in text
-    assert ["1: prompt1", "1e-5", "16", "1", "90.00", "100.00", "[100.0, 100.0]"] in table_rows(text)
+    assert ["1: prompt1", "1e-5", "16", "1", "90.00", "–", "100.00", "[100.0, 100.0]"] in table_rows(text)
 
 
 def test_sensitivity_is_stated_in_numbers_under_the_heatmap_and_the_prompts(tmp_path):

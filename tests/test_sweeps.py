@@ -18,7 +18,8 @@ SHARED = REPO.parent / "shared"
 needs_shared = pytest.mark.skipif(not (SHARED / "data" / "trec").is_dir(), reason="../shared/data not present")
 
 # A small grid: glm_cloze 2 prompts x 2 lr x 1 bs x 2 seeds = 8; LoRA with its own lr and one
-# prompt: 1 x 1 x 1 x 2 = 2; a linear head without prompt: 2 lr x 2 seeds = 4. 14 runs.
+# prompt: 1 x 1 x 1 x 2 = 2; a linear head without prompt: 2 lr x 2 seeds = 4; then the zero-shot
+# runs of GLM's 2 prompts (LoRA's prompt 0 among them). 16 runs.
 GRID_ENV = {
     "LEARNING_RATES": "1e-5 3e-5", "BATCH_SIZES": "8", "PROMPT_IDS": "0 1", "SEEDS": "1 2",
     "CLS_METHODS": "glm_cloze glm_cloze+lora@lr=1e-3@prompt=0 baseline:roberta-tiny:linear_head@prompt=none",
@@ -62,10 +63,12 @@ def test_dry_run_prints_one_command_per_grid_point_with_its_own_output_dir(tmp_p
     out = sweep("--task", "cls", "--dry-run", "--out", str(tmp_path), env=GRID_ENV).stdout
     lines = commands(out)
 
-    assert len(lines) == 14
+    assert len(lines) == 16
     dirs = {output_dir(line).relative_to(tmp_path).as_posix() for line in lines}
-    assert len(dirs) == 14
+    assert len(dirs) == 16
     assert "cls_trec/glm_cloze/p1_lr3e-5_bs8_seed2" in dirs
+    assert {d for d in dirs if "zero_shot" in d} == {"cls_trec/glm_cloze_zero_shot/p0_seed1",
+                                                     "cls_trec/glm_cloze_zero_shot/p1_seed1"}  # fmt: skip
     assert {d for d in dirs if "lora" in d} == {f"cls_trec/glm_cloze_lora/p0_lr1e-3_bs8_seed{s}" for s in (1, 2)}
     assert "cls_trec/baseline_roberta-tiny_linear_head/pnone_lr1e-5_bs8_seed1" in dirs
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
@@ -91,17 +94,33 @@ def test_generation_and_ptuning_entries(tmp_path):
            "PROMPT_IDS": "0", "BATCH_SIZES": "16", "LEARNING_RATES": "1e-5"}  # fmt: skip
     lines = commands(sweep("--task", "gen", "--dry-run", "--out", str(tmp_path), env=env).stdout)
 
-    assert len(lines) == 2
+    assert len(lines) == 3  # and the zero-shot run of prompt 0
     assert lines[0].startswith("python run_gen.py ") and "--peft ptuning_v2 --pre_seq_len 16" in lines[0]
+    assert output_dir(lines[2]) == tmp_path / "gen_e2e_nlg_cleaned/glm_gen_zero_shot/p0_seed1"
     assert output_dir(lines[0]) == tmp_path / "gen_e2e_nlg_cleaned/glm_gen_ptuning_v2/p0_lr5e-3_bs16_seed1"
     assert "--task gen --method seq2seq --model_name_or_path facebook/bart-large" in lines[1]
     assert output_dir(lines[1]).parent.name == "baseline_facebook_bart-large_seq2seq"
 
 
+def test_zero_shot_runs_evaluate_each_glm_prompt_once_untrained(tmp_path):
+    env = {**GRID_ENV, "CLS_METHODS": "glm_cloze+lora@prompt=2,0@seed=7,8 glm_cloze baseline:roberta-tiny:mlm_prompt"}
+    lines = commands(sweep("--task", "cls", "--dry-run", "--out", str(tmp_path), env=env).stdout)
+    zero_shot = [line for line in lines if "--no-do_train" in line]
+
+    # Prompts 2 and 0 of the LoRA entry (its first seed, 7), then prompt 1 of glm_cloze; none for the baseline.
+    assert [output_dir(line).relative_to(tmp_path).as_posix() for line in zero_shot] == [
+        "cls_trec/glm_cloze_zero_shot/p2_seed7", "cls_trec/glm_cloze_zero_shot/p0_seed7",
+        "cls_trec/glm_cloze_zero_shot/p1_seed1"]  # fmt: skip
+    assert lines[-3:] == zero_shot  # after every trained run
+    assert zero_shot[0] == (f"python run_cls.py --model_name_or_path BAAI/glm-roberta-large --no-do_train --dataset_name "
+                            f"trec --prompt_id 2 --seed 7 --num_train_epochs 3 --output_dir {zero_shot[0].split()[-1]}")
+    assert not any("--peft" in line or "--learning_rate" in line for line in zero_shot)
+
+
 def test_count_and_task_all(tmp_path):
-    assert sweep("--task", "cls", "--count", env=GRID_ENV).stdout.strip() == "14"
-    env = {**GRID_ENV, "GEN_METHODS": "glm_gen"}  # 2 prompts x 2 lr x 1 bs x 2 seeds
-    assert sweep("--task", "all", "--count", env=env).stdout.strip() == "22"
+    assert sweep("--task", "cls", "--count", env=GRID_ENV).stdout.strip() == "16"
+    env = {**GRID_ENV, "GEN_METHODS": "glm_gen"}  # 2 prompts x 2 lr x 1 bs x 2 seeds, 2 zero-shot
+    assert sweep("--task", "all", "--count", env=env).stdout.strip() == "26"
 
 
 def test_launcher_replaces_python(tmp_path):
@@ -139,7 +158,8 @@ def test_cpu_demo_preset_covers_both_tasks_with_3_prompts_2_lrs_2_batch_sizes_2_
     methods = {(task, method) for task, method, _ in dirs}
     assert methods == {("cls_trec", "glm_cloze"), ("cls_trec", "glm_cloze_ptuning_v2"),
                        ("cls_trec", "baseline_roberta-tiny_linear_head"), ("gen_e2e_nlg_cleaned", "glm_gen"),
-                       ("gen_e2e_nlg_cleaned", "glm_gen_ptuning_v2"), ("gen_e2e_nlg_cleaned", "baseline_t5-tiny_seq2seq")}
+                       ("gen_e2e_nlg_cleaned", "glm_gen_ptuning_v2"), ("gen_e2e_nlg_cleaned", "baseline_t5-tiny_seq2seq"),
+                       ("cls_trec", "glm_cloze_zero_shot"), ("gen_e2e_nlg_cleaned", "glm_gen_zero_shot")}
     for task in ("cls_trec", "gen_e2e_nlg_cleaned"):
         glm = [run for t, m, run in dirs if t == task and m in ("glm_cloze", "glm_gen")]
         assert len(glm) == 3 * 2 * 2 * 2
@@ -173,7 +193,7 @@ def test_cpu_offline_preset_needs_no_files(tmp_path):
     env = {"SHARED": str(tmp_path / "none")}
     lines = commands(sweep("--preset", "cpu-offline", "--task", "all", "--dry-run", "--out", str(out), env=env).stdout)
 
-    assert len(lines) == 64
+    assert len(lines) == 64 + 2 * 3  # and the zero-shot runs of 3 prompts per task
     tasks = {output_dir(line).relative_to(out).parts[0] for line in lines}
     assert tasks == {"cls_fine_foods", "gen_hhs_breaches"}
     assert not any("_file" in line for line in lines)
@@ -197,19 +217,19 @@ def test_existing_results_are_skipped(tmp_path):
 
     out = sweep("--dry-run", "--out", str(tmp_path), env=GRID_ENV).stdout
 
-    assert len(commands(out)) == 13
+    assert len(commands(out)) == 15
     assert f"# skip (results.json exists): {first}" in out.splitlines()
 
 
 def test_a_failing_run_is_logged_and_the_sweep_goes_on_then_resumes(tmp_path):
     env = {**GRID_ENV, "CLS_METHODS": "glm_cloze", "PROMPT_IDS": "0", "LEARNING_RATES": "1e-5",
-           "PYTHON": fake_python(tmp_path)}  # seeds 1 (works) and 2 (fails)  # fmt: skip
+           "PYTHON": fake_python(tmp_path)}  # seeds 1 (works) and 2 (fails), zero-shot seed 1  # fmt: skip
     out = tmp_path / "runs"
 
     done = sweep("--out", str(out), env=env, check=False)
 
     assert done.returncode == 1
-    assert "1 done, 0 skipped, 1 failed" in done.stdout
+    assert "2 done, 0 skipped, 1 failed" in done.stdout
     failed_log = out / "cls_trec/glm_cloze/p0_lr1e-5_bs8_seed2/sweep.log"
     assert f"log: {failed_log}" in done.stdout
     assert "boom" in failed_log.read_text()
@@ -217,24 +237,24 @@ def test_a_failing_run_is_logged_and_the_sweep_goes_on_then_resumes(tmp_path):
     assert (out / "cls_trec/glm_cloze/p0_lr1e-5_bs8_seed1/results.json").exists()
 
     again = sweep("--out", str(out), env=env, check=False)  # the killed or failed sweep resumes
-    assert "0 done, 1 skipped, 1 failed" in again.stdout
+    assert "0 done, 2 skipped, 1 failed" in again.stdout
 
 
 def test_everything_failing_still_runs_every_point(tmp_path):
     env = {**GRID_ENV, "PYTHON": "false"}
     done = sweep("--out", str(tmp_path), env=env, check=False)
-    assert done.returncode == 1 and "0 done, 0 skipped, 14 failed" in done.stdout
-    assert len((tmp_path / "failed_runs.txt").read_text().splitlines()) == 14
+    assert done.returncode == 1 and "0 done, 0 skipped, 16 failed" in done.stdout
+    assert len((tmp_path / "failed_runs.txt").read_text().splitlines()) == 16
 
 
 def test_parallel_jobs_get_one_gpu_slot_each(tmp_path):
     env = {**GRID_ENV, "CLS_METHODS": "glm_cloze", "SEEDS": "1", "PYTHON": fake_python(tmp_path),
-           "CUDA_VISIBLE_DEVICES": "3,5"}  # 2 prompts x 2 lr = 4 runs on 2 slots  # fmt: skip
+           "CUDA_VISIBLE_DEVICES": "3,5"}  # 2 prompts x 2 lr + 2 zero-shot = 6 runs on 2 slots  # fmt: skip
     done = sweep("--jobs", "2", "--out", str(tmp_path / "runs"), env=env)
 
-    assert "4 done, 0 skipped, 0 failed" in done.stdout
+    assert "6 done, 0 skipped, 0 failed" in done.stdout
     slots = [json.loads(p.read_text())["cuda"] for p in sorted((tmp_path / "runs").rglob("results.json"))]
-    assert sorted(slots) == ["3", "3", "5", "5"]
+    assert sorted(slots) == ["3", "3", "3", "5", "5", "5"]
 
 
 def test_parallel_jobs_without_gpu_share_the_cpu_threads(tmp_path):
@@ -249,9 +269,9 @@ def test_slurm_array_task_runs_one_grid_point(tmp_path):
     one = commands(sweep("--dry-run", "--out", str(tmp_path), env={**GRID_ENV, "SLURM_ARRAY_TASK_ID": "5"}).stdout)
     assert one == [every[5]]
 
-    env = {**GRID_ENV, "SLURM_ARRAY_TASK_ID": "14", "PYTHON": fake_python(tmp_path)}
+    env = {**GRID_ENV, "SLURM_ARRAY_TASK_ID": "16", "PYTHON": fake_python(tmp_path)}
     beyond = sweep("--out", str(tmp_path), env=env, check=False)
-    assert beyond.returncode == 2 and "grid has 14 points" in beyond.stderr
+    assert beyond.returncode == 2 and "grid has 16 points" in beyond.stderr
 
     env = {**GRID_ENV, "SLURM_ARRAY_TASK_ID": "0", "PYTHON": fake_python(tmp_path)}
     ran = sweep("--out", str(tmp_path), env=env)
@@ -276,12 +296,13 @@ def test_a_real_two_point_sweep_and_its_report(tmp_path):
     start = time.perf_counter()
     done = sweep("--task", "cls", "--jobs", "2", "--out", str(out), env=env, check=False)
     assert done.returncode == 0, done.stdout + "".join(p.read_text()[-3000:] for p in out.rglob("sweep.log"))
-    assert "2 done, 0 skipped, 0 failed" in done.stdout
+    assert "3 done, 0 skipped, 0 failed" in done.stdout  # and the zero-shot run
 
     report.main([str(out)])
 
     results = {p.parent.name: json.loads(p.read_text()) for p in out.rglob("results.json")}
-    assert set(results) == {"p0_lr1e-4_bs4_seed1", "p0_lr1e-3_bs4_seed1"}
+    assert set(results) == {"p0_lr1e-4_bs4_seed1", "p0_lr1e-3_bs4_seed1", "p0_seed1"}
+    zero_shot = 100 * results.pop("p0_seed1")["test"]["accuracy"]
     val = {name: 100 * r["validation"]["accuracy"] for name, r in results.items()}
     low, high = "p0_lr1e-4_bs4_seed1", "p0_lr1e-3_bs4_seed1"
     best = high if val[high] > val[low] else low  # chosen on validation; a tie goes to the first config (smaller lr)
@@ -293,12 +314,14 @@ def test_a_real_two_point_sweep_and_its_report(tmp_path):
         assert ([f"**{cell}**" for cell in row[:-1]] + ["**best**"] if name == best else row) in rows
     test = 100 * results[best]["test"]["accuracy"]
     assert f"**test {test:.2f}**" in text
+    assert ["glm_cloze", "glm-tiny", "none", f"p 0, lr {best.split('_')[1][2:]}, bs 4", "1", f"{val[best]:.2f}",
+            f"{zero_shot:.2f}", f"{test:.2f}"] in [row[:8] for row in rows]  # the zero-shot score next to the tuned one
     # The interval is read from the run's predictions_test.jsonl and must hold the score run_cls.py computed.
     low, high = map(float, re.search(r"on test it scores [\d.]+ \(95% CI \[([\d.]+), ([\d.]+)\] over 16 test", text).groups())
     assert low <= test <= high
     summary = json.loads((out / "report" / "summary.json").read_text())["cls/trec"][0]
     assert summary["test_mean"] == pytest.approx(100 * results[best]["test"]["accuracy"])
-    for figure in ("heatmap_cls_trec_glm_cloze_glm-tiny.png", "curves_cls_trec.png"):
+    for figure in ("heatmap_cls_trec_glm_cloze_glm-tiny.png", "curves_cls_trec.png", "confusion_cls_trec_glm_cloze_glm-tiny.png"):
         data = (out / "report" / figure).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert r"\toprule" in (out / "report" / "tables.tex").read_text()
