@@ -54,6 +54,7 @@ def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_i
     args = {"dataset_name": "trec" if task == "cls" else "e2e_nlg_cleaned", "model_name_or_path": model,
             "learning_rate": lr, "per_device_train_batch_size": bs, "seed": seed, "prompt_id": prompt_id,
             "metric_for_best_model": metric, "peft": peft, "train_file": None,
+            "tokenizer_name": "train" if model.endswith("-tiny") else None,
             "output_dir": f"runs/{method}/{lr}_{bs}_{seed}", **more_args}  # fmt: skip
     if epochs is None:
         epochs = [{"epoch": 0, "step": 10, "train_loss": 1.0, "validation": {metric: val}}]
