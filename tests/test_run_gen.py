@@ -7,6 +7,7 @@ training texts: a small vocabulary, so a step takes milliseconds on a CPU).
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,31 @@ def test_ctrl_c_in_training_says_how_to_resume_and_exits_130(tmp_path, monkeypat
     assert stop.value.code == 130
     assert capsys.readouterr().err.endswith(f"Interrupted at step 2/3; the last checkpoint is {tmp_path / 'out'}/step_1. "
                                             "Resume with the same command and --resume_from_checkpoint latest.\n")
+
+
+def test_the_run_ends_with_baselines_output_statistics_and_three_samples_next_to_their_references(tmp_path, capsys):
+    run_gen.main(toy_args(tmp_path) + ["--max_train_steps", "2", "--num_beams", "1", "--max_target_length", "8"])
+
+    results, generations = read_results(tmp_path / "out")
+    sources = [f"Describe: {mr}" for mr, _ in PAIRS]
+    # Train = test here, so each source's nearest training input is itself: its own reference.
+    assert results["baselines"]["nearest_training_target"]["bleu"] == pytest.approx(100.0)
+    # No target repeats: the most frequent is the first, "Alpha serves Thai food.", for all four.
+    assert results["baselines"]["most_frequent_reference"]["rouge1"] == pytest.approx(25.0)
+    # Values of the 4 sources: Alpha, Thai, Bravo, riverside, Crown, cheap, Delta, yes. The references
+    # state all but "yes"; the stock text states Alpha and Thai.
+    statistics = results["output_statistics"]
+    assert statistics["references"] == statistics["nearest_training_target"] == {"distinct_outputs": 100.0,
+                                                                                 "values_copied": 87.5}
+    assert statistics["most_frequent_reference"] == {"distinct_outputs": 25.0, "values_copied": 25.0}
+    predictions = [g["prediction"] for g in generations]
+    assert statistics["model"]["distinct_outputs"] == 100.0 * len(set(predictions)) / 4
+
+    printed = capsys.readouterr().out
+    assert "test: 4 sources, 4 references" in printed
+    assert re.search(r"nearest training input's target +100\.00 +100\.00 +100\.0% +87\.5%", printed)
+    assert re.search(r"first reference +- +- +100\.0% +87\.5%", printed)
+    samples = printed.split("3 test sources, this model's output and the first reference:\n")[1]
+    # The first source, one a third in, two thirds in: 0, 1, 2 of 4.
+    assert samples.startswith("".join(f"  source:    {sources[i]}\n  output:    {predictions[i]}\n"
+                                      f"  reference: {PAIRS[i][1]}\n" for i in range(3)))
