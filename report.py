@@ -51,10 +51,8 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 import error_analysis  # noqa: E402
 import significance  # noqa: E402
@@ -85,6 +83,7 @@ from analysis import (  # noqa: E402
     trivial_baselines,
     zero_shot_summary,
 )
+from figures import plot_confusion, plot_heatmap, plot_learning_curves, plot_prompts  # noqa: E402
 from glm_examples import write_glm_examples  # noqa: E402
 from report_tables import (  # noqa: E402
     fmt_ci,
@@ -117,133 +116,6 @@ def parse_args(argv=None):
                         "examples/ asks for: README.md, requirements.txt and the code that reproduces the runs.")
     parser.add_argument("--title", default="Prompt-based fine-tuning of GLM: sweep report", help="Title of report.md.")
     return parser.parse_args(argv)
-
-
-# ---------------------------------------------------------------------------------------
-# Figures (matplotlib, Agg)
-# ---------------------------------------------------------------------------------------
-
-
-def plot_heatmap(table, metric, title, path):
-    """lr x batch-size heatmap of the mean validation score (one prompt), cells annotated
-    "mean ± std", the best cell framed in red."""
-    means = table.pivot(index="learning_rate", columns="batch_size", values="val_mean").sort_index()
-    stds = table.pivot(index="learning_rate", columns="batch_size", values="val_std").reindex_like(means)
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * means.shape[1] + 3.2), 1.0 * means.shape[0] + 2.4))
-    cmap = "viridis" if higher_is_better(metric) else "viridis_r"
-    image = ax.imshow(means.to_numpy(dtype=float), cmap=cmap, aspect="auto")
-    colorbar = fig.colorbar(image, ax=ax)
-    colorbar.set_label(f"validation {metric_label(metric)}\n(mean over seeds)")
-    ax.set_xticks(range(means.shape[1]), [str(int(b)) for b in means.columns])
-    ax.set_yticks(range(means.shape[0]), [fmt_lr(lr) for lr in means.index])
-    ax.set_xlabel("per-device train batch size (examples)")
-    ax.set_ylabel("peak learning rate (AdamW)")
-    values = means.to_numpy(dtype=float)
-    finite = values[np.isfinite(values)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
-    for (i, j), mean in np.ndenumerate(values):
-        if not np.isfinite(mean):
-            continue
-        dark = (mean < middle) == higher_is_better(metric)
-        ax.text(j, i, fmt_mean_std(mean, stds.iloc[i, j]).replace(" ± ", "\n± "), ha="center", va="center",
-                fontsize=9, color="white" if dark else "black")  # fmt: skip
-    best = table[table["best"]]
-    if len(best):
-        i = list(means.index).index(best["learning_rate"].iloc[0])
-        j = list(means.columns).index(best["batch_size"].iloc[0])
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
-def plot_prompts(table, metric, title, path, references=None):
-    """Grouped bars per prompt: zero-shot test (when a prompt has one: analysis.add_zero_shot
-    columns), then validation and test at the prompt's best config, error bars = std over seeds;
-    `references` {name: test score} are drawn as dashed lines."""
-    x = np.arange(len(table))
-    bars_of = [("zs_test", "zero-shot test", "tab:green")] if table["zs_n_seeds"].any() else []
-    bars_of += [("val", "validation", "tab:blue"), ("test", "test", "tab:orange")]
-    width = 0.8 / len(bars_of)
-    fig, ax = plt.subplots(figsize=(max(7.5, 0.5 * len(bars_of) * len(table) + 5), 4.2))
-    labelled = []
-    for i, (split, name, color) in enumerate(bars_of):
-        means = table[f"{split}_mean"].to_numpy(dtype=float)
-        stds = table[f"{split}_std"].to_numpy(dtype=float)  # NaN for one seed: no whisker
-        bars = ax.bar(x + (i - (len(bars_of) - 1) / 2) * width, means, width, yerr=stds, capsize=4, color=color,
-                      label=name)  # fmt: skip
-        labelled += list(zip(bars, means, np.nan_to_num(stds)))
-    for (name, value), style in zip((references or {}).items(), ("--", ":", "-.")):
-        if np.isfinite(value):
-            ax.axhline(value, color="gray", linestyle=style, label=f"{name.replace('_', ' ')} (test)")
-    top = ax.get_ylim()[1]
-    for bar, mean, std in labelled:  # each value at the foot of its bar (above its whisker when the bar is short)
-        if np.isfinite(mean):
-            inside = mean > 0.08 * top
-            ax.annotate(f"{mean:.1f}", (bar.get_x() + bar.get_width() / 2, 0 if inside else mean + std), xytext=(0, 4),
-                        textcoords="offset points", ha="center", fontsize=8, color="white" if inside else "black")
-    ax.set_xticks(x, [fmt_prompt(p, _short(n)) for p, n in zip(table["prompt_id"], table["prompt_name"])],
-                  rotation=20, ha="right", fontsize=8)  # fmt: skip
-    ax.set_xlabel("prompt (id: name), each at its best learning rate and batch size on validation")
-    ax.set_ylabel(metric_label(metric))
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="over seeds:\nbar = mean, whisker = std",
-              title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
-def plot_confusion(matrix, classes, title, path):
-    """Confusion matrix (rows gold, columns predicted) as the percentage of each gold class, drawn
-    by scikit-learn's ConfusionMatrixDisplay; values written in the cells up to 12 classes."""
-    totals = matrix.sum(1, keepdims=True)
-    shares = np.divide(100 * matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
-    size = min(9.0, max(3.6, 2.6 + 0.35 * len(classes)))  # inches: 5.3 x 5.1 for 6 classes, a paper's column
-    fig, ax = plt.subplots(figsize=(size + 0.8, size + 0.4), layout="constrained")
-    display = ConfusionMatrixDisplay(shares, display_labels=[_short(str(c), 14) for c in classes])
-    display.plot(ax=ax, cmap="Blues", values_format=".0f", include_values=len(classes) <= 12, colorbar=False,
-                 xticks_rotation=45, text_kw={"fontsize": 9}, im_kw={"vmin": 0, "vmax": 100})  # fmt: skip
-    colorbar = fig.colorbar(display.im_, ax=ax)
-    colorbar.set_label("% of the gold class")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("gold class")
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
-def _short(name, width=24):
-    return name if len(name) <= width else name[: width - 1] + "…"
-
-
-def plot_learning_curves(curves, metric, title, path):
-    """One line per system (mean over seeds of its best config), band = ± std."""
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    xlabels = set()
-    for label, (curve, xlabel) in curves.items():
-        if curve.empty:
-            continue
-        xlabels.add(xlabel)
-        std = np.nan_to_num(curve["std"].to_numpy(dtype=float))
-        ax.plot(curve["x"], curve["mean"], marker="o", label=f"{label} (n={int(curve['n'].max())})")
-        ax.fill_between(curve["x"], curve["mean"] - std, curve["mean"] + std, alpha=0.2)
-    ax.set_xlabel(" / ".join(sorted(xlabels)) or "epochs completed")
-    ticks = sorted({x for curve, _ in curves.values() for x in curve["x"]})
-    if 0 < len(ticks) <= 12:  # a tick at each evaluation
-        ax.set_xticks(ticks)
-    else:
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(f"validation {metric_label(metric)}")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              title="method [model], best config\n(n seeds; band = ± std)", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------
