@@ -339,8 +339,8 @@ def special_rows_report(weight, token_ids, tokenizer_length):
     ordinary[[i for i in token_ids.values() if i < tokenizer_length]] = False
     vocabulary, padding = norms[:tokenizer_length][ordinary], norms[tokenizer_length:]
     vocabulary_median = vocabulary.median().item()
-    lines = [f"vocabulary rows 0..{tokenizer_length - 1} ({len(vocabulary)} rows, the checked ones left out): L2 norm median "
-             f"{vocabulary_median:.4f} (min {vocabulary.min():.4f}, max {vocabulary.max():.4f})"]
+    lines = [f"vocabulary rows 0..{tokenizer_length - 1} ({len(vocabulary)} rows, the checked ones left out): "
+             f"L2 norm median {vocabulary_median:.4f} (min {vocabulary.min():.4f}, max {vocabulary.max():.4f})"]
     separable = len(padding) > 0 and not padding.min() <= vocabulary_median <= padding.max()
     if len(padding):
         padding_median = padding.median().item()

@@ -184,7 +184,8 @@ def cloze_lengths(tokenizer, examples, max_seq_length, choice_prefix_space, choi
         try:
             choices = tuple(example["choices"])
             if choices not in span_tokens:
-                span_tokens[choices] = sum(map(len, encode_choices(tokenizer, choices, choice_prefix_space, choice_eop)))
+                spans = encode_choices(tokenizer, choices, choice_prefix_space, choice_eop)
+                span_tokens[choices] = sum(len(span) for span in spans)
             spans = span_tokens[choices]
             if spans + 3 > max_seq_length:
                 raise ValueError(f"its answer choices take {spans} tokens: raise --max_seq_length above {spans + 2}")
@@ -281,7 +282,8 @@ def main(argv=None):
     lengths = {}
     for split in examples:
         lengths[split], data_counts[split]["cut_contexts"] = cloze_lengths(
-            tokenizer, examples[split], args.max_seq_length, args.choice_prefix_space, CHOICE_EOP[args.choice_eop], split
+            tokenizer, examples[split], args.max_seq_length, args.choice_prefix_space, CHOICE_EOP[args.choice_eop],
+            split,
         )
         if data_counts[split]["cut_contexts"]:
             logger.warning("%s: %d of %d contexts are longer than --max_seq_length %d with their choices; they are "

@@ -197,7 +197,8 @@ def test_packed_scores_equal_one_forward_per_choice(tok, model, choice_eop):
     packed = score_choices(model, build_multiple_choice_inputs(tok, contexts, choices, choice_eop=choice_eop))
     for b, (context, example_choices) in enumerate(zip(contexts, choices)):
         for c, choice in enumerate(example_choices):
-            alone = score_choices(model, build_multiple_choice_inputs(tok, [context], [[choice]], choice_eop=choice_eop))
+            alone = build_multiple_choice_inputs(tok, [context], [[choice]], choice_eop=choice_eop)
+            alone = score_choices(model, alone)
             torch.testing.assert_close(packed[b, c], alone[0, 0], atol=1e-5, rtol=0)
     assert packed[1, 2] == float("-inf")
 
@@ -395,7 +396,8 @@ def test_trained_tokenizer_round_trip(tmp_path):
     assert loaded.sop_token_id != loaded.eop_token_id and loaded.pad_token_id == 2
 
 
-needs_real_tokenizer = pytest.mark.skipif(not REAL_TOKENIZER.exists(), reason="needs ../shared/tokenizers/glm-roberta-large")
+needs_real_tokenizer = pytest.mark.skipif(not REAL_TOKENIZER.exists(),
+                                          reason="needs ../shared/tokenizers/glm-roberta-large")
 
 
 @needs_real_tokenizer
