@@ -13,7 +13,8 @@ from pathlib import Path
 import datasets
 import huggingface_hub
 
-from data import OFFLINE_DATASETS, resolve_dataset_name
+from data import resolve_dataset_name
+from offline_datasets import OFFLINE_DATASETS
 from glm_peft import peft_weights_problems
 from modeling_glm import TINY_MODEL_NAME
 
