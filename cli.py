@@ -19,7 +19,7 @@ from glm_peft import peft_weights_problems
 from modeling_glm import TINY_MODEL_NAME
 
 
-from training import TrainingTracker, _settings_problem, find_checkpoint, resume_settings
+from training import TRACKERS, TrainingTracker, _settings_problem, find_checkpoint, report_to_trackers, resume_settings
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,14 @@ def add_training_args(parser):
     group.add_argument("--group_by_length", action="store_true", help="Batch examples of similar length.")
     group.add_argument("--do_train", action=argparse.BooleanOptionalAction, default=True,
                        help="Train (--no-do_train: evaluate the model as loaded).")
+    group.add_argument("--with_tracking", action="store_true",
+                       help="Log live curves through Accelerate's trackers: train loss and learning rate at each "
+                            "step, validation metrics at each evaluation, test metrics at the end, the flags as "
+                            "config.")
+    group.add_argument("--report_to", default="all", choices=("all", *TRACKERS),
+                       help="Where --with_tracking logs: 'all' is those installed. TensorBoard writes "
+                            "OUTPUT_DIR/tensorboard (tensorboard --logdir OUTPUT_DIR); wandb needs `pip install "
+                            "wandb` (WANDB_MODE=offline without a network: its files go to OUTPUT_DIR/wandb).")
     group.add_argument("--debug", action="store_true",
                        help="Show the Python traceback of an error (to report a bug), not just its message.")
     return parser
@@ -163,7 +171,8 @@ def training_args_problems(args):
     """What is wrong with the flags of `add_training_args` and --peft_weights: messages that each script
     joins with its own into one `parser.error`, before any work. --resume_from_checkpoint must name a
     checkpoint of this run's flags (those still unset are compared again when it loads); a finished run
-    (results.json) in --output_dir is replaced only with --overwrite_output_dir."""
+    (results.json) in --output_dir is replaced only with --overwrite_output_dir; the trackers of
+    --with_tracking --report_to must be installed."""
     problems = []
     results = Path(args.output_dir) / "results.json"
     if results.exists() and not args.overwrite_output_dir:
@@ -183,6 +192,10 @@ def training_args_problems(args):
         problems.append("--warmup_ratio must lie in [0, 1]")
     if args.save_total_limit is not None and (args.save_total_limit < 1 or args.checkpointing_steps is None):
         problems.append("--save_total_limit N keeps N >= 1 checkpoints of --checkpointing_steps: pass both")
+    if args.with_tracking and not report_to_trackers(args.report_to):
+        missing = "neither tensorboard nor wandb is" if args.report_to == "all" else f"{args.report_to} is not"
+        package = TRACKERS[0] if args.report_to == "all" else args.report_to
+        problems.append(f"--with_tracking --report_to {args.report_to}: {missing} installed. pip install {package}")
     trains = will_train(args)
     if args.resume_from_checkpoint and not trains:
         problems.append("--resume_from_checkpoint continues training: drop --no-do_train (and give it steps)")

@@ -76,12 +76,15 @@ from training import (
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
+    end_tracking,
     load_checkpoint,
     results_record,
     resume_settings,
     save_checkpoint,
     setup_accelerator,
+    start_tracking,
     stop_interrupted,
+    log_values,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -326,6 +329,7 @@ def main(argv=None):
     # --overwrite_output_dir's old outputs go.
     output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
+    start_tracking(accelerator, args, "run_cls")  # --with_tracking: live curves
 
     # Optimizer, the length of the run and its learning-rate schedule.
     optimizer = lr_scheduler = plan = None
@@ -366,6 +370,7 @@ def main(argv=None):
                         accelerator.backward(loss)
                         if accelerator.sync_gradients:
                             step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
+                            step_lr = lr_scheduler.get_last_lr()[0]  # this update's (the scheduler moves on after it)
                             if args.max_grad_norm > 0:
                                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                         optimizer.step()
@@ -378,10 +383,12 @@ def main(argv=None):
                     progress_bar.update(1)
                     progress_bar.set_postfix(loss=f"{step_loss:.3f}")
                     step = tracker.completed_steps
+                    accelerator.log({"train/loss": step_loss, "train/learning_rate": step_lr}, step=step)
                     if plan.evaluates_at(step):
                         metrics, _ = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize,
                                               num_choices)
                         tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+                        accelerator.log(log_values("validation", metrics), step=step)
                     if plan.checkpoint_at(step):
                         save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step),
                                         args.save_total_limit)
@@ -433,6 +440,7 @@ def main(argv=None):
         record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()
+    end_tracking(accelerator, args, tracker.completed_steps, final_metrics if final_split == "test" else None)
     if final_metrics is not None:
         majority = baselines.get("majority_class", {}).get("accuracy")
         accelerator.print(

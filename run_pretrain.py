@@ -57,12 +57,15 @@ from training import (
     clear_previous_run,
     create_lr_scheduler,
     create_optimizer,
+    end_tracking,
     load_checkpoint,
     results_record,
     resume_settings,
     save_checkpoint,
     setup_accelerator,
+    start_tracking,
     stop_interrupted,
+    log_values,
     write_json_atomic,
 )
 
@@ -204,6 +207,7 @@ def main(argv=None):
 
     output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
+    start_tracking(accelerator, args, "run_pretrain")  # --with_tracking: live curves
     optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
     plan = TrainingPlan.from_args(args, len(train_dataloader), accelerator.num_processes)
     lr_scheduler = create_lr_scheduler(args, optimizer, plan.max_train_steps, accelerator.num_processes)
@@ -240,6 +244,7 @@ def main(argv=None):
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         step_loss = tracker.end_step(accelerator)
+                        step_lr = lr_scheduler.get_last_lr()[0]  # this update's (the scheduler moves on after it)
                         if args.max_grad_norm > 0:
                             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                     optimizer.step()
@@ -252,9 +257,11 @@ def main(argv=None):
                 progress_bar.update(1)
                 progress_bar.set_postfix(loss=f"{step_loss:.3f}")
                 step = tracker.completed_steps
+                accelerator.log({"train/loss": step_loss, "train/learning_rate": step_lr}, step=step)
                 if plan.evaluates_at(step):
-                    tracker.record_evaluation(epoch, evaluate(accelerator, model, eval_dataloader),
-                                              accelerator.unwrap_model(model))
+                    metrics = evaluate(accelerator, model, eval_dataloader)
+                    tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
+                    accelerator.log(log_values("validation", metrics), step=step)
                 if plan.checkpoint_at(step):
                     save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step), args.save_total_limit)
                 if step == plan.max_train_steps:
@@ -279,6 +286,7 @@ def main(argv=None):
         record["data"] = data_counts
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()
+    end_tracking(accelerator, args, tracker.completed_steps, None)  # no test split
     accelerator.print(f"validation blank-infilling loss {validation_metrics['loss']:.4f} (perplexity "
                       f"{validation_metrics['perplexity']:.1f}, token accuracy {validation_metrics['token_accuracy']:.4f}"
                       f") vs {initial['loss']:.4f} before training; model in {output_dir}")

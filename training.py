@@ -3,7 +3,8 @@ the flags all scripts share and their checks, accelerator setup, the output fold
 before any work (a mistake of the user's prints as one line, not a traceback: run_script; the hub
 asked once; length flags against the model's positions; hidden labels) and Ctrl-C, AdamW groups,
 the plan of steps / evaluations / checkpoints, the learning-rate schedule, the data order of each
-epoch, the tracker of losses, evaluations and best weights, checkpoints, and results.json.
+epoch, the tracker of losses, evaluations and best weights, checkpoints, results.json, and the live
+curves of --with_tracking (Accelerate's trackers: TensorBoard, wandb).
 
 A run resumed from any checkpoint ends exactly like an uninterrupted one: the data order depends on
 (seed, epoch) only, Accelerate's checkpoint holds the model, optimizer, scheduler and RNG states,
@@ -12,6 +13,7 @@ the tracker's training_state.json the rest; the best weights are stored once per
 
 import dataclasses
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
@@ -28,7 +30,7 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -38,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 RESUME_MAY_CHANGE = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps",
                      "save_total_limit", "max_train_steps", "num_train_epochs", "per_device_eval_batch_size",
-                     "save_best_model", "debug")
+                     "save_best_model", "debug", "with_tracking", "report_to")
 
 
 def resume_settings(args, num_processes=None):
@@ -66,13 +68,19 @@ def _settings_problem(checkpoint, saved, settings):
 
 
 def setup_accelerator(args):
-    """The run's Accelerator, with the Hugging Face examples' logging and --seed set everywhere.
+    """The run's Accelerator, with the Hugging Face examples' logging and --seed set everywhere, and with
+    --with_tracking the trackers of --report_to (started by `start_tracking`), TensorBoard's writing
+    under OUTPUT_DIR/tensorboard.
 
     Raises:
         RuntimeError: launched as processes (WORLD_SIZE > 1) that Accelerate runs as independent ones (on
             CPUs torchrun needs ACCELERATE_USE_CPU=true), which would all write the same --output_dir.
     """
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    logging_dir = Path(args.output_dir) / "tensorboard"
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              log_with=report_to_trackers(args.report_to) if args.with_tracking else None,
+                              project_config=ProjectConfiguration(project_dir=str(args.output_dir),
+                                                                  logging_dir=str(logging_dir)))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
@@ -92,7 +100,7 @@ def setup_accelerator(args):
 
 # What a run writes into its --output_dir (besides tokenizer/, which a later run may read).
 RUN_OUTPUTS = ("results.json", "predictions_*.jsonl", "generations_*.jsonl", "step_*", "epoch_*", "best_model",
-               "best_weights.safetensors")
+               "best_weights.safetensors", "tensorboard", "wandb")
 
 
 def clear_previous_run(args, output_dir):
@@ -444,6 +452,60 @@ def load_checkpoint(accelerator, tracker, resume_from_checkpoint, output_dir, ma
     tracker.load(checkpoint, max_train_steps)
     accelerator.load_state(str(checkpoint))
     logger.info("Resumed from %s after %d steps.", checkpoint, tracker.completed_steps)
+
+
+# ----- Live curves: Accelerate's trackers (--with_tracking --report_to) -----------------------------
+
+TRACKERS = ("tensorboard", "wandb")  # what --report_to names; "all" is those of them installed
+
+
+def report_to_trackers(report_to):
+    """The trackers of --report_to ("tensorboard", "wandb" or "all") whose package is importable, as a list
+    for Accelerator(log_with=...): [] when the one named is missing, or for "all" when none is."""
+    names = TRACKERS if report_to == "all" else (report_to,)
+    return [name for name in names if importlib.util.find_spec(name) is not None]
+
+
+def tracking_config(args):
+    """The run's flags (vars(args)) as its trackers' config. TensorBoard's hparams take bool, int, float
+    and str only, so any other value (None, a list) is written as its str()."""
+    return {name: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for name, value in vars(args).items()}
+
+
+def start_tracking(accelerator, args, project_name):
+    """--with_tracking: starts the Accelerator's trackers (setup_accelerator) with `tracking_config(args)`.
+    TensorBoard writes OUTPUT_DIR/tensorboard/PROJECT_NAME; wandb logs to the project PROJECT_NAME a run
+    named after OUTPUT_DIR, its files under OUTPUT_DIR/wandb. Scripts call it once every check has
+    passed (after clear_previous_run, which removes the logs of a previous run in OUTPUT_DIR).
+
+    A run resumed after C steps logs on from step C + 1, and TensorBoard is told to hide what an
+    earlier run in the folder logged from there on (SummaryWriter's purge_step C + 1; C = 0 for a new
+    run), so that each step shows once; in wandb a resumed run is a new run that begins at C + 1."""
+    if not args.with_tracking:
+        return
+    resumed_after = 0
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        resumed_after = TrainingTracker.read_state(checkpoint)["completed_steps"]
+    init_kwargs = {"tensorboard": {"purge_step": resumed_after + 1},
+                   "wandb": {"dir": str(args.output_dir), "name": Path(args.output_dir).resolve().name}}
+    accelerator.init_trackers(project_name, tracking_config(args), init_kwargs)
+
+
+def log_values(split, metrics):
+    """A split's metrics as `accelerator.log` values: {"split/name": value}; {} (nothing logged) for
+    metrics None (a split whose labels are hidden, or that the run has not)."""
+    return {f"{split}/{name}": value for name, value in (metrics or {}).items()}
+
+
+def end_tracking(accelerator, args, step, test_metrics):
+    """--with_tracking, at the end of a run: logs `test_metrics` (None: none) at `step`, the run's last,
+    and closes the trackers (accelerator.end_training, after which the processes no longer meet)."""
+    if not args.with_tracking:
+        return
+    accelerator.log(log_values("test", test_metrics), step=step)
+    accelerator.end_training()
 
 
 # ----- Results files ------------------------------------------------------------------------------

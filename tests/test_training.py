@@ -165,7 +165,7 @@ def test_training_args_defaults():
 
 
 def test_a_multi_process_launch_that_accelerate_runs_as_one_is_refused(monkeypatch):
-    args = argparse.Namespace(gradient_accumulation_steps=1, seed=0)
+    args = argparse.Namespace(gradient_accumulation_steps=1, seed=0, output_dir="o", with_tracking=False)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun on CPUs without ACCELERATE_USE_CPU
     try:
         with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2"):
@@ -501,7 +501,7 @@ def test_results_files_get_the_usual_permissions(tmp_path):
 
 
 def test_rouge_scores_do_not_log_a_line_each(caplog):
-    args = argparse.Namespace(gradient_accumulation_steps=1, seed=0)
+    args = argparse.Namespace(gradient_accumulation_steps=1, seed=0, output_dir="o", with_tracking=False)
     try:
         setup_accelerator(args)
     finally:
