@@ -3,7 +3,7 @@
 
 Every row of the comparison table must come from identical data: this script loads, renders and
 scores exactly as run_cls.py / run_gen.py do (data.load_raw_datasets, the promptsource template
-chosen by --prompt_id, templates.build_prompted_examples, metrics.classification_metrics /
+chosen by --prompt_id, prompted.build_prompted_examples, metrics.classification_metrics /
 generation_metrics, training.results_record), and trains with the same loop; only the model and
 the way it answers change.
 
@@ -110,11 +110,10 @@ from metrics import (
 )
 from modeling_glm import HUB_MODEL_ID, GLMForSequenceClassification, max_positions
 from modeling_glm import TINY_MODEL_NAME as GLM_TINY
+from prompted import build_prompted_examples, group_references
 from templates import (
     TASKS,
-    build_prompted_examples,
     describe_templates,
-    group_references,
     load_templates,
     make_mlm_context,
     select_template,

@@ -27,7 +27,8 @@ from modeling_glm import GLMForConditionalGeneration, GLMForSequenceClassificati
 from glm_utils import train_tokenizer
 from data import load_raw_datasets
 from metrics import generation_metrics
-from templates import PromptTemplate, build_prompted_examples, group_references, load_templates, select_template
+from prompted import build_prompted_examples, group_references
+from templates import PromptTemplate, load_templates, select_template
 from training import TrainingTracker, results_record
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
