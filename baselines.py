@@ -128,7 +128,7 @@ def roberta_bpe_tokenizer(directory):
 
 
 def load_baseline_tokenizer(args, family, train_texts, output_dir):
-    """The tokenizer of a run (see the module docstring): GLM's own for GLM; `train` (a BPE trained on
+    """The tokenizer of a run (see run_baseline.py's docstring): GLM's own for GLM; `train` (a BPE trained on
     the training texts, saved to output_dir/tokenizer, <pad> as padding); a folder with vocab.json +
     merges.txt (RoBERTa BPE); otherwise AutoTokenizer (hub id or saved folder)."""
     name = args.tokenizer_name
