@@ -293,7 +293,7 @@ def position_problem(flag, value, max_positions, model_name, extra=0, cut=None):
 
 
 def hidden_label_splits(data_counts, do_train):
-    """The splits whose labels are hidden (templates.build_prompted_examples' counts "labels_hidden",
+    """The splits whose labels are hidden (prompted.build_prompted_examples' counts "labels_hidden",
     e.g. a benchmark's test file with -1 on every row), each announced with one warning: they get
     predictions, never metrics or a trivial baseline.
 

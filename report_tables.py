@@ -136,6 +136,11 @@ def fmt_config(row):
     return f"p {fmt_prompt(row['prompt_id'])}, lr {fmt_lr(row['learning_rate'])}, bs {int(row['batch_size'])}"
 
 
+def fmt_seeds(n):
+    """ "1 seed", "3 seeds"."""
+    return f"{int(n)} seed{'s' if n != 1 else ''}"
+
+
 def fmt_trainable(params, share):
     """Trainable parameters and their share of all: "1.2M (0.52%)"."""
     if _missing(share):

@@ -68,7 +68,8 @@ from glm_utils import (
 )
 from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
-from templates import build_prompted_examples, describe_templates, load_templates, select_template
+from prompted import build_prompted_examples
+from templates import describe_templates, load_templates, select_template
 from training import (
     EpochSampler,
     TrainingPlan,

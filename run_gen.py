@@ -56,7 +56,8 @@ from glm_peft import (
 from glm_utils import build_generation_inputs, encode_targets, generate, load_or_train_tokenizer, special_token_ids
 from metrics import GEN_METRICS, generation_metrics, most_frequent_target, nearest_training_targets, output_statistics
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
-from templates import build_prompted_examples, describe_templates, group_references, load_templates, select_template
+from prompted import build_prompted_examples, group_references
+from templates import describe_templates, load_templates, select_template
 from training import (
     EpochSampler,
     TrainingPlan,

@@ -1,5 +1,6 @@
 """Is a difference real? Confidence intervals and paired tests over the test examples of saved
-predictions (used by report.py).
+predictions (used by report.py), and the same on the rows of the report's summary tables
+(`add_test_statistics`, `add_tests_against_best`, `paired`).
 
 Every metric the scripts report is a function of sums over test examples: each example gives a
 small vector of counts (`example_stats`), a resample of examples sums them, and `finalize` turns
@@ -33,6 +34,8 @@ import numpy as np
 import sacrebleu
 import scipy.stats
 from rouge_score import rouge_scorer
+
+from analysis import best_row, metric_scale
 
 CONFIDENCE = 0.95
 CI_RESAMPLES = 1000
@@ -178,3 +181,70 @@ def paired_test(stats_a, stats_b, metric):
 def fmt_p(p):
     """ "p = 0.031", "p < 0.001"."""
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+# ---------------------------------------------------------------------------------------
+# On the report's summary tables (analysis.comparison_table, analysis.prompt_table rows)
+# ---------------------------------------------------------------------------------------
+
+
+def prediction_stats(row, task, metric):
+    """Per-example counts of a summary row's runs (example_stats): (array (seeds, n,
+    k), example key), or None when the test labels were hidden, the metric is not one
+    py recomputes, or a run has no predictions file."""
+    if row["test_hidden"] or metric not in SUPPORTED[task]:
+        return None
+    stats, keys = [], []
+    for path in row["paths"]:
+        rows = read_predictions(Path(path).parent, task)
+        if not rows:
+            return None
+        run_stats, key = example_stats(rows, task, metric)
+        stats.append(run_stats)
+        keys.append(key)
+    return np.stack(stats), keys[0]
+
+
+def add_test_statistics(table, task, metric):
+    """Copy of a summary table (comparison or prompts) with test_ci (95% bootstrap CI on the shown
+    scale, or None) and test_examples (n, or 0) per row, and the rows' prediction_stats (list)."""
+    stats = [prediction_stats(row, task, metric) for _, row in table.iterrows()]
+    table = table.copy()
+    scale = metric_scale(metric)
+    table["test_ci"] = [None if s is None else tuple(scale * v for v in bootstrap_ci(s[0], metric))
+                        for s in stats]  # fmt: skip
+    table["test_examples"] = [0 if s is None else s[0].shape[1] for s in stats]
+    return table, stats
+
+
+def add_tests_against_best(table, stats, metric):
+    """Copy of a comparison table with best (the row chosen on validation), diff_vs_best (the row
+    minus the best, shown scale) and p_vs_best (NaN for the best row and where untested)."""
+    table = table.copy()
+    best = best_row(table, metric).name
+    table["best"] = table.index == best
+    table["diff_vs_best"] = table["p_vs_best"] = np.nan
+    for other in table.index.drop(best):
+        result = paired(stats[other], stats[best], metric)
+        if result is not None:
+            table.loc[other, ["diff_vs_best", "p_vs_best"]] = result
+    return table
+
+
+def paired(stats_a, stats_b, metric):
+    """(difference A - B on the shown scale, p) of paired_test, or None when either
+    side has no predictions or they are not on the same test examples."""
+    if stats_a is None or stats_b is None or stats_a[1] != stats_b[1]:
+        return None
+    difference, p = paired_test(stats_a[0], stats_b[0], metric)
+    return metric_scale(metric) * difference, p
+
+
+def zero_shot_test(row, stats, task, metric):
+    """(fine-tuned - zero-shot on the shown scale, p) of the paired test between a summary row
+    (`stats`: its prediction_stats) and its zero-shot runs (analysis.add_zero_shot columns), or
+    None where either has no predictions."""
+    if not row["zs_n_seeds"]:
+        return None
+    zero_shot = prediction_stats({"test_hidden": row["zs_test_hidden"], "paths": row["zs_paths"]}, task, metric)
+    return paired(stats, zero_shot, metric)

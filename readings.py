@@ -1,0 +1,190 @@
+"""The report's sentences: what each table and figure of report.md shows, in words (used by
+report.py). The numbers come from analysis.py (grid and prompt sensitivity), significance.py
+(confidence intervals, paired tests) and error_analysis.py (per-class scores, errors, lengths);
+these functions only phrase them: the best system and its test score, its gain over zero-shot and
+its paired tests against the others, how much the learning rate, batch size, prompt and seed
+matter, and what the errors of the best system share.
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+
+import significance
+from analysis import higher_is_better, metric_label, system_label
+from report_tables import fmt_ci, fmt_lr, fmt_mean_std, fmt_prompt, fmt_seeds
+from significance import paired
+
+
+def difference_sentence(a, b, difference, p, seeds):
+    """ "A beats B by 1.80 points on test (p = 0.031, significant at 0.05; 3 vs 2 seeds)"."""
+    verdict = "**significant**" if p < significance.ALPHA else "not significant"
+    verb = "beats" if difference > 0 else "trails" if difference < 0 else "ties with"
+    by = f" by {abs(difference):.2f} points" if difference else ""
+    return f"{a} {verb} {b}{by} on test ({significance.fmt_p(p)}, {verdict} at {significance.ALPHA}; {seeds})"
+
+
+def comparison_reading(table, trivial, zero_shot=None):
+    """Sentences under the comparison table (`add_tests_against_best`, `analysis.add_zero_shot`):
+    the best system on validation, its test score and CI, its gain over zero-shot (`zero_shot`:
+    `zero_shot_test` of the best row), its paired test against each other system, and the trivial
+    baselines."""
+    row = table[table["best"]].iloc[0]
+    name = system_label(row)
+    validation = fmt_mean_std(row["val_mean"], row["val_std"])
+    if row["test_hidden"]:
+        return [f"**Reading.** {name} is best on validation ({validation}); the test labels are hidden, so no test "
+                "score is reported."]
+    text = f"**Reading.** {name} is best on validation ({validation}); on test it scores " + \
+        fmt_mean_std(row["test_mean"], row["test_std"])
+    if row["test_examples"]:
+        text += f" (95% CI {fmt_ci(row['test_ci'])} over {row['test_examples']} test examples)"
+    lines = [f"{text}, {fmt_seeds(row['n_seeds'])}."]
+    if row["zs_n_seeds"] and not row["zs_test_hidden"]:
+        before = f"the same model and prompt zero-shot ({fmt_mean_std(row['zs_test_mean'], row['zs_test_std'])})"
+        if zero_shot is None:
+            lines.append(f"- Fine-tuned, it scores {row['test_mean'] - row['zs_test_mean']:+.2f} points against {before}.")
+        else:
+            seeds = f"{fmt_seeds(row['n_seeds'])} vs {fmt_seeds(row['zs_n_seeds'])}"
+            lines.append(f"- {difference_sentence('Fine-tuned, it', before, *zero_shot, seeds)}.")
+    for _, other in table[~table["best"] & table["p_vs_best"].notna()].iterrows():
+        seeds = f"{fmt_seeds(row['n_seeds'])} vs {fmt_seeds(other['n_seeds'])}"
+        sentence = difference_sentence("It", system_label(other), -other["diff_vs_best"], other["p_vs_best"], seeds)
+        lines.append(f"- {sentence}.")
+    for baseline, (_, test) in trivial.items():
+        if np.isfinite(test):
+            lines.append(f"- The {baseline.replace('_', ' ')} baseline scores {test:.2f} on the same test set.")
+    return lines
+
+
+def prompt_pair_readings(prompts, stats, metric):
+    """Bullets: the paired test of every pair of prompts (each at its best config), the higher on
+    test first."""
+    lines = []
+    for a, b in itertools.combinations(prompts.index, 2):
+        if prompts.loc[b, "test_mean"] > prompts.loc[a, "test_mean"]:
+            a, b = b, a
+        result = paired(stats[a], stats[b], metric)
+        if result is None:
+            continue
+        names = [f"{word} {fmt_prompt(prompts.loc[i, 'prompt_id'])} ({prompts.loc[i, 'prompt_name']})"
+                 for word, i in (("Prompt", a), ("prompt", b))]  # fmt: skip
+        seeds = f"{fmt_seeds(prompts.loc[a, 'n_seeds'])} vs {fmt_seeds(prompts.loc[b, 'n_seeds'])}"
+        lines.append(f"- {difference_sentence(*names, *result, seeds)}.")
+    return lines
+
+
+def prompt_zero_shot_reading(prompts, metric):
+    """Before and after fine-tuning, per prompt (`prompt_table` rows with analysis.add_zero_shot
+    columns): the zero-shot and fine-tuned test ranges, each prompt's gain, and whether the prompt
+    best on validation zero-shot is the one best after fine-tuning. None without zero-shot runs."""
+    zero = prompts[prompts["zs_n_seeds"] > 0]
+    if zero.empty:
+        return None
+    names = {i: fmt_prompt(prompts.loc[i, "prompt_id"]) for i in prompts.index}
+    text = "**Before and after fine-tuning.** "
+    tested = zero[zero["zs_test_mean"].notna() & zero["test_mean"].notna()]
+    if len(tested):
+        gains = ", ".join(f"prompt {names[i]} {tested.loc[i, 'test_mean'] - tested.loc[i, 'zs_test_mean']:+.2f}"
+                          for i in tested.index)  # fmt: skip
+        text += (f"Zero-shot, the prompts score {tested['zs_test_mean'].min():.2f} to {tested['zs_test_mean'].max():.2f} "
+                 f"on test; fine-tuned, {tested['test_mean'].min():.2f} to {tested['test_mean'].max():.2f}. Fine-tuning "
+                 f"changes each prompt's test score by {gains} points. ")  # fmt: skip
+    validated = zero[zero["zs_val_mean"].notna()]
+    if len(validated) > 1:
+        pick = pd.Series.idxmax if higher_is_better(metric) else pd.Series.idxmin
+        before, after = pick(validated["zs_val_mean"]), pick(validated["val_mean"])
+        verdict = "the same prompt" if before == after else "a different prompt"
+        text += (f"On validation, prompt {names[before]} is best zero-shot and prompt {names[after]} after fine-tuning: "
+                 f"the zero-shot ranking picks {verdict}.")
+    return text.strip()
+
+
+def grid_reading(sensitivity, metric):
+    """The sensitivity of one heatmap in sentences (analysis.grid_sensitivity)."""
+    s, label = sensitivity, metric_label(metric)
+    best = s["best"]
+    if s["cells"] < 2:
+        return f"**Sensitivity.** One configuration (validation {label} {best['val_mean']:.2f}): nothing to compare."
+    text = (f"**Sensitivity** (validation {label}, {s['cells']} cells): best {best['val_mean']:.2f} at learning rate "
+            f"{fmt_lr(best['learning_rate'])}, batch size {int(best['batch_size'])}; worst {s['worst']:.2f}; spread "
+            f"{s['spread']:.2f} points, std across cells {s['cell_std']:.2f}.")
+    if len(s["best_lr"]) > 1:
+        per_size = ", ".join(f"{fmt_lr(lr)} at batch size {bs}" for bs, lr in s["best_lr"].items())
+        text += f" The best learning rate {'moves' if s['lr_moves'] else 'does not move'} with batch size ({per_size})."
+    if math.isnan(s["seed_std"]):
+        return text + " One seed at the best cell: the seed-to-seed spread is not measured."
+    smaller = s["seed_std"] < s["cell_std"]
+    verdict = "the configuration matters more than the seed" if smaller else "grid differences are within seed noise"
+    return text + (f" The seed-to-seed std at the best cell, {s['seed_std']:.2f}, is {'' if smaller else 'not '}"
+                   f"smaller than the std across cells ({s['cell_std']:.2f}): {verdict}.")
+
+
+def prompt_reading(sensitivity, metric):
+    """The spread across prompts against the spread across seeds (analysis.prompt_sensitivity)."""
+    s = sensitivity
+    text = (f"**Prompt sensitivity** (validation {metric_label(metric)}, each prompt at its best configuration): the "
+            f"{s['prompts']} prompts range from {s['low']:.2f} to {s['high']:.2f} (spread {s['spread']:.2f} points, "
+            f"std across prompts {s['prompt_std']:.2f}).")
+    if math.isnan(s["seed_std"]):
+        return text + " One seed per prompt: the seed-to-seed spread is not measured."
+    smaller = s["seed_std"] < s["prompt_std"]
+    verdict = "the prompt matters more than the seed" if smaller else "prompt differences are within seed noise"
+    return text + (f" The seed-to-seed std at those configurations is {s['seed_std']:.2f} (root mean square), "
+                   f"{'smaller' if smaller else 'not smaller'} than the std across prompts: {verdict}.")
+
+
+def per_class_reading(classes, matrix):
+    """F1 range over classes, the class predicted most, classes never predicted and the largest
+    confusion, in sentences."""
+    f1 = classes.set_index("class")["f1"]
+    text = (f"**Reading.** Per class, F1 ranges from {100 * f1.min():.1f} ({f1.idxmin()}) to {100 * f1.max():.1f} "
+            f"({f1.idxmax()}).")
+    most = classes.loc[classes["predicted"].idxmax()]
+    gold_share = matrix.sum(1)[classes["predicted"].idxmax()] / matrix.sum()
+    text += (f" The most predicted class, {most['class']}, takes {100 * most['predicted']:.1f}% of the predictions "
+             f"against {100 * gold_share:.1f}% of the gold labels.")
+    never = classes.loc[classes["predicted"] == 0, "class"].tolist()
+    if never:
+        text += f" It never predicts {', '.join(map(str, never))}."
+    off = matrix * (1 - np.eye(len(matrix), dtype=int))
+    if off.any():
+        gold, predicted = np.unravel_index(off.argmax(), off.shape)
+        text += (f" The most frequent confusion is gold {classes['class'][gold]} predicted as "
+                 f"{classes['class'][predicted]} ({100 * off[gold, predicted] / matrix[gold].sum():.1f}% of the gold "
+                 f"{classes['class'][gold]} examples).")
+    return text
+
+
+def errors_reading(errors):
+    """What the most confident errors share, in a sentence."""
+    if errors.empty:
+        return "**Reading.** No test example is predicted wrongly."
+    predicted = errors["predicted"].value_counts()
+    always = int((errors["wrong_seeds"] == errors["seeds"]).sum())
+    text = (f"**Reading.** {predicted.iloc[0]} of these {len(errors)} errors predict {predicted.index[0]}; their "
+            f"margins run from {errors['margin'].min():.2f} to {errors['margin'].max():.2f}.")
+    if errors["seeds"].iloc[0] > 1:
+        text += f" Wrong in every seed: {always} of {len(errors)} (systematic errors rather than seed noise)."
+    return text
+
+
+def lowest_bleu_reading(outputs, facts):
+    """The range of the lowest sentence BLEU, empty outputs among them, and how varied the outputs are."""
+    empty = int((outputs["prediction"].str.split().str.len() == 0).sum())
+    text = (f"**Reading.** These outputs score sentence BLEU {outputs['mean_bleu'].min():.1f} to "
+            f"{outputs['mean_bleu'].max():.1f}; empty outputs among them: {empty}.")
+    return text + (f" Over all {facts['sources']} test sources the system writes {facts['distinct']:.0f} distinct "
+                   f"outputs{' (mean over seeds)' if facts['outputs'] > facts['sources'] else ''}.")
+
+
+def length_reading(lengths, facts):
+    """Output against reference length, in a sentence."""
+    output, reference = lengths.loc["output"], lengths.loc["reference"]
+    ratio = output["mean"] / reference["mean"] if reference["mean"] else math.nan
+    return (f"**Reading.** Outputs have {output['mean']:.1f} words on average (median {output['median']:.0f}) against "
+            f"{reference['mean']:.1f} for the references (ratio {ratio:.2f}); {100 * facts['shorter']:.1f}% of the "
+            f"outputs are shorter than every reference of their source and {100 * facts['longer']:.1f}% longer than "
+            f"every one; empty outputs: {facts['empty']} of {facts['outputs']}.")
