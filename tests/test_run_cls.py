@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from cli import run_script
 import run_cls
 from accelerate.state import AcceleratorState, GradientState
-from conftest import read_jsonl, run_main, write_csv
+from conftest import count_tokenizer_calls, read_jsonl, run_main, write_csv
 from training import TrainingTracker, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +97,18 @@ def test_learns_a_slice_of_trec_and_writes_results_and_predictions(trec, tmp_pat
         assert row["predicted"] == max(row["scores"], key=row["scores"].get) and row["gold"] in choices
     accuracy = sum(row["predicted"] == row["gold"] for row in rows) / len(rows)
     assert accuracy == pytest.approx(saved["test"]["accuracy"])
+
+
+@needs_trec
+def test_each_text_is_tokenized_once_per_split_before_training_not_at_every_batch(trec, tmp_path, monkeypatch):
+    """Two epochs, two evaluations and the test: the tokenizer reads each context of the 40 training,
+    40 validation and 37 test examples once, and the 6 answer choices once per split."""
+    calls = count_tokenizer_calls(monkeypatch)
+    record = run(tiny(tmp_path / "run", trec["train40"], trec["train40"], trec["test37"],
+                      "--per_device_train_batch_size", 8, "--max_train_steps", 10, "--eval_steps", 5))  # fmt: skip
+    assert [epoch["step"] for epoch in record["epochs"]] == [5, 10]
+    contexts = [text for text in calls if "[MASK]" in text]
+    assert len(contexts) == 40 + 40 + 37 and len(calls) - len(contexts) == 3 * 6
 
 
 @needs_trec
