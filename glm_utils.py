@@ -191,14 +191,11 @@ def truncate_around(ids, start, end, max_length):
     if end - start + 2 > max_length:
         raise ValueError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
     left, middle, right = ids[1:start], ids[start:end], ids[end:-1]
-    excess = len(ids) - max_length
-    while excess > 0:
-        if len(left) >= len(right):
-            left = left[1:]
-        else:
-            right = right[:-1]
-        excess -= 1
-    return [ids[0], *left, *middle, *right, ids[-1]], len(left) + 1
+    keep = len(left) + len(right) - max(len(ids) - max_length, 0)
+    # As if tokens were dropped one at a time from the longer side (the left one on a tie).
+    kept_left = max(keep - len(right), min(len(left), keep // 2))
+    left, right = left[len(left) - kept_left:], right[:keep - kept_left]
+    return [ids[0], *left, *middle, *right, ids[-1]], kept_left + 1
 
 
 def _cut_context(tokenizer, ids, max_length):
