@@ -317,6 +317,14 @@ def test_a_local_template_with_two_masks_is_refused(tmp_path):
         run(tiny(tmp_path / "o", data, data, data, "--dataset_name", "reviews", "--prompts_dir", prompts))
 
 
+def test_answer_choices_longer_than_max_seq_length_stop_the_run_before_training_naming_the_example(tmp_path):
+    train = reviews_csv(tmp_path / "train.csv", [0, 1] * 4)
+    with pytest.raises(ValueError, match=r"^train example 0 \(data row 0\): its answer choices take \d+ tokens: "
+                                         r"raise --max_seq_length above \d+$"):
+        run(own_data(tmp_path, train, train, train, "--max_seq_length", 4))  # two choices: 2 tokens at least
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 @needs_trec
 def test_rows_with_empty_text_are_skipped_and_counted_or_refused(trec, tmp_path):
     rows = list(csv.DictReader(open(trec["test37"], encoding="utf-8")))[:6]
