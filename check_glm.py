@@ -25,7 +25,7 @@ import argparse
 
 import torch
 
-from glm_utils import build_generation_inputs, build_multiple_choice_inputs, load_tokenizer, score_choices
+from glm_utils import generation_inputs_from_text, load_tokenizer, multiple_choice_inputs_from_text, score_choices
 from modeling_glm import (
     EOP_TOKEN,
     HUB_MODEL_ID,
@@ -67,7 +67,7 @@ def parse_args(argv=None):
 
 def top_fills(model, tokenizer, sentence, device):
     """The TOP_K most likely first tokens of the span of the sentence's [MASK], decoded."""
-    batch = {k: v.to(device) for k, v in build_generation_inputs(tokenizer, [sentence]).items()}
+    batch = {k: v.to(device) for k, v in generation_inputs_from_text(tokenizer, [sentence]).items()}
     last = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
     last[:, -1] = True  # sop: it predicts the span's first token
     logits = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], logits_positions=last).logits
@@ -75,7 +75,8 @@ def top_fills(model, tokenizer, sentence, device):
 
 
 def sentiment_scores(model, tokenizer, context, choices, device):
-    batch = {k: v.to(device) for k, v in build_multiple_choice_inputs(tokenizer, [context], [choices]).items()}
+    batch = multiple_choice_inputs_from_text(tokenizer, [context], [choices])
+    batch = {k: v.to(device) for k, v in batch.items()}
     return score_choices(model, batch)[0].tolist()
 
 

@@ -11,10 +11,12 @@ then writes the missing spans (Part B, left to right), each span opened by `<|st
 Fine-tuning keeps this layout (paper, Figure 2): a cloze question is a context with one `[MASK]`
 whose answer choices are scored as spans (`build_multiple_choice_inputs`, `score_choices`), and
 generation is writing the span of a `[MASK]` placed after the prompt (`build_generation_inputs`,
-`generate`); the model itself is `modeling_glm.py`. Where GLM's own code and the Hugging Face
+`generate`); the model itself is `modeling_glm.py`. The builders take token ids, which the
+scripts make once per split (`encode_context`, `encode_choices`, `encode_target`); the
+`*_from_text` functions build the same from strings. Where GLM's own code and the Hugging Face
 remote code differ, this file follows the code the checkpoint was trained with: `[MASK]` is the
 pretraining id (`load_tokenizer`), multi-token answer choices end with a scored eop
-(`encode_choices`), generation targets carry a leading space (`encode_targets`). The facts it
+(`encode_choices`), generation targets carry a leading space (`encode_target`). The facts it
 matches are in GLM_NOTES.md of the team's shared folder.
 """
 
@@ -171,20 +173,14 @@ def special_token_ids(tokenizer) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def encode_context(tokenizer, context: str, max_length: int):
-    """Encodes `<s> context </s>` with exactly one `[MASK]`, cut to `max_length` around it.
-
-    When too long, tokens are dropped from the far end of whichever side of the mask is longer
-    (the start of the left text, the end of the right text), so the mask always survives.
-    Returns (token ids, index of the mask). Raises ValueError when the context has no `[MASK]`
-    or several, or when max_length < 3 (`truncate_around`).
-    """
+def encode_context(tokenizer, context: str):
+    """Token ids of a GLM context, `<s> ... [MASK] ... </s>`, whole (the builders cut it around
+    its mask). Raises ValueError when the context has no `[MASK]` or several."""
     ids = tokenizer(context)["input_ids"]
     count = ids.count(tokenizer.mask_token_id)
     if count != 1:
         raise ValueError(f"A GLM context needs exactly one {MASK_TOKEN}, found {count} in: {context!r}")
-    mask = ids.index(tokenizer.mask_token_id)
-    return truncate_around(ids, mask, mask + 1, max_length)
+    return ids
 
 
 def truncate_around(ids, start, end, max_length):
@@ -195,14 +191,17 @@ def truncate_around(ids, start, end, max_length):
     if end - start + 2 > max_length:
         raise ValueError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
     left, middle, right = ids[1:start], ids[start:end], ids[end:-1]
-    excess = len(ids) - max_length
-    while excess > 0:
-        if len(left) >= len(right):
-            left = left[1:]
-        else:
-            right = right[:-1]
-        excess -= 1
-    return [ids[0], *left, *middle, *right, ids[-1]], len(left) + 1
+    keep = len(left) + len(right) - max(len(ids) - max_length, 0)
+    # As if tokens were dropped one at a time from the longer side (the left one on a tie).
+    kept_left = max(keep - len(right), min(len(left), keep // 2))
+    left, right = left[len(left) - kept_left:], right[:keep - kept_left]
+    return [ids[0], *left, *middle, *right, ids[-1]], kept_left + 1
+
+
+def _cut_context(tokenizer, ids, max_length):
+    """A context from `encode_context` cut around its [MASK] to max_length: (ids, index of the mask)."""
+    mask = ids.index(tokenizer.mask_token_id)
+    return truncate_around(ids, mask, mask + 1, max_length)
 
 
 def encode_choice(tokenizer, choice: str, prefix_space: bool = True):
@@ -237,13 +236,40 @@ def _check_max_length(max_length, max_positions):
                          f"use at most {max_positions}")
 
 
-def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256, choice_prefix_space=True,
-                                 choice_eop=None, max_positions=GLMConfig.max_sequence_length):
+def _empty_batch(tokenizer, B, S):
+    """Padding everywhere: input_ids [B, S], position_ids [B, 2, S], attention_mask [B, 1, S, S] (nobody sees)."""
+    return {"input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
+            "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
+            "attention_mask": torch.zeros(B, 1, S, S, dtype=torch.bool)}
+
+
+def _place_context(batch, b, ids):
+    """Row b starts with a context: positions 0..L-1, block position 0, each token seeing all L."""
+    L = len(ids)
+    batch["input_ids"][b, :L] = torch.tensor(ids)
+    batch["position_ids"][b, 0, :L] = torch.arange(L)
+    batch["attention_mask"][b, 0, :L, :L] = True
+
+
+def _place_span(batch, b, start, span_input, mask, context_length):
+    """A span block at columns start.. of row b: `span_input` (sop first) at position `mask` (its
+    [MASK]'s index), block positions 1..n, seeing the context and itself causally."""
+    n, end = len(span_input), start + len(span_input)
+    batch["input_ids"][b, start:end] = torch.tensor(span_input)
+    batch["position_ids"][b, 0, start:end] = mask
+    batch["position_ids"][b, 1, start:end] = torch.arange(1, n + 1)
+    batch["attention_mask"][b, 0, start:end, :context_length] = True
+    batch["attention_mask"][b, 0, start:end, start:end] = torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256,
+                                 max_positions=GLMConfig.max_sequence_length):
     """Packs every answer choice of each example after its context, in ONE sequence.
 
-    contexts: B strings, each with one `[MASK]`; choices: B lists of strings (the verbalizers;
-    lists may differ in length, choices in token count). A choice's span is its tokens, closed by
-    eop per `encode_choices` (`choice_eop`: None = GLM's rule, per example; True / False force it).
+    contexts: B lists of token ids, each `<s> ... [MASK] ... </s>` with one `[MASK]`
+    (`encode_context`); choices: B lists of answer spans (lists may differ in length, spans in token
+    count), each span the ids a choice is scored on, its closing eop included when it has one
+    (`encode_choices`). `multiple_choice_inputs_from_text` does the same from strings.
     For an example with context tokens `<s> x1 [MASK] x2 </s>` (mask index m) and choices
     c = c1..cn, d = d1..dk (each including its eop when there is one) the sequence is
 
@@ -254,55 +280,53 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256, c
 
     Context tokens see the whole context; a choice token sees the context and its own block up
     to itself, never another choice; padding is seen by nobody. The context is cut around the
-    mask (`encode_context`) so that it and all its choices fit in `max_length`.
+    mask (`truncate_around`) so that it and all its choices fit in `max_length`.
 
     Returns a dict of tensors: input_ids [B, S], position_ids [B, 2, S], attention_mask bool
     [B, 1, S, S], target_ids [B, S] (-100 where nothing is scored), choice_index [B, S] (which
     choice a scored position belongs to, -1 elsewhere), choice_mask bool [B, C] (real choices).
-    Raises ValueError for a bad context (see `encode_context`), choices longer than max_length,
-    or a max_length beyond the model's `max_positions`.
+    Raises ValueError for an example without choices, choices longer than max_length, or a
+    max_length beyond the model's `max_positions`.
     """
     _check_max_length(max_length, max_positions)
     if len(contexts) != len(choices):
         raise ValueError(f"{len(contexts)} contexts but {len(choices)} choice lists")
     rows = []
-    for context, example_choices in zip(contexts, choices):
-        if not example_choices:
-            raise ValueError(f"No answer choices for context {context!r}")
-        choice_ids = encode_choices(tokenizer, example_choices, choice_prefix_space, choice_eop)
-        span_length = sum(len(c) for c in choice_ids)
+    for b, (context_ids, spans) in enumerate(zip(contexts, choices)):
+        if not spans:
+            raise ValueError(f"Example {b} has no answer choices")
+        span_length = sum(len(span) for span in spans)
         if span_length + 3 > max_length:
             raise ValueError(f"The answer choices take {span_length} tokens; max_length={max_length} is too small")
-        ids, m = encode_context(tokenizer, context, max_length - span_length)
-        rows.append((ids, m, choice_ids))
-    S = max(len(ids) + sum(len(c) for c in cs) for ids, _, cs in rows)
-    B, C = len(rows), max(len(cs) for _, _, cs in rows)
-    batch = {
-        "input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
-        "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
-        "attention_mask": torch.zeros(B, 1, S, S, dtype=torch.bool),
-        "target_ids": torch.full((B, S), -100, dtype=torch.long),
-        "choice_index": torch.full((B, S), -1, dtype=torch.long),
-        "choice_mask": torch.zeros(B, C, dtype=torch.bool),
-    }
-    for b, (ids, m, choice_ids) in enumerate(rows):
-        L = len(ids)
-        batch["input_ids"][b, :L] = torch.tensor(ids)
-        batch["position_ids"][b, 0, :L] = torch.arange(L)
-        batch["attention_mask"][b, 0, :L, :L] = True
-        start = L
-        for c, tokens in enumerate(choice_ids):
-            n, end = len(tokens), start + len(tokens)
-            batch["input_ids"][b, start:end] = torch.tensor([tokenizer.sop_token_id, *tokens[:-1]])
-            batch["position_ids"][b, 0, start:end] = m
-            batch["position_ids"][b, 1, start:end] = torch.arange(1, n + 1)
-            batch["attention_mask"][b, 0, start:end, :L] = True
-            batch["attention_mask"][b, 0, start:end, start:end] = torch.ones(n, n, dtype=torch.bool).tril()
+        rows.append((*_cut_context(tokenizer, context_ids, max_length - span_length), spans))
+    S = max(len(ids) + sum(len(span) for span in spans) for ids, _, spans in rows)
+    B, C = len(rows), max(len(spans) for _, _, spans in rows)
+    batch = {**_empty_batch(tokenizer, B, S), "target_ids": torch.full((B, S), -100, dtype=torch.long),
+             "choice_index": torch.full((B, S), -1, dtype=torch.long),
+             "choice_mask": torch.zeros(B, C, dtype=torch.bool)}
+    for b, (ids, m, spans) in enumerate(rows):
+        _place_context(batch, b, ids)
+        start = len(ids)
+        for c, tokens in enumerate(spans):
+            end = start + len(tokens)
+            _place_span(batch, b, start, [tokenizer.sop_token_id, *tokens[:-1]], m, len(ids))
             batch["target_ids"][b, start:end] = torch.tensor(tokens)
             batch["choice_index"][b, start:end] = c
             batch["choice_mask"][b, c] = True
             start = end
     return batch
+
+
+def multiple_choice_inputs_from_text(tokenizer, contexts, choices, max_length=256, choice_prefix_space=True,
+                                     choice_eop=None, max_positions=GLMConfig.max_sequence_length):
+    """`build_multiple_choice_inputs` from strings, for notebooks and checks: B contexts with one
+    `[MASK]` each (`encode_context`) and B lists of answer choices (`encode_choices`, with
+    `choice_prefix_space` and `choice_eop`: None = GLM's rule, per example; True / False force it).
+    Raises what those raise."""
+    return build_multiple_choice_inputs(
+        tokenizer, [encode_context(tokenizer, context) for context in contexts],
+        [encode_choices(tokenizer, example_choices, choice_prefix_space, choice_eop) for example_choices in choices],
+        max_length, max_positions)
 
 
 def score_choices(model, batch, length_normalize=False):
@@ -328,18 +352,21 @@ def score_choices(model, batch, length_normalize=False):
     return scores.view(B, C).masked_fill(~batch["choice_mask"], float("-inf"))
 
 
-def encode_targets(tokenizer, targets):
-    """Token ids of generation targets as GLM's seq2seq fine-tuning encodes them: `" " + text`, a
-    span inside a sentence (THUDM/GLM `tasks/seq2seq/dataset.py`). A list of lists of ids."""
-    return [tokenizer(" " + t.strip(), add_special_tokens=False)["input_ids"] for t in targets]
+def encode_target(tokenizer, target: str):
+    """Token ids of a generation target as GLM's seq2seq fine-tuning encodes it: `" " + text`, a
+    span inside a sentence (THUDM/GLM `tasks/seq2seq/dataset.py`), whole (the builder cuts it)."""
+    return tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
 
 
 def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, max_target_length=64,
                             max_positions=GLMConfig.max_sequence_length):
     """GLM inputs for generating the span of a `[MASK]` (blank infilling, paper Figure 2b).
 
-    Each context (one `[MASK]`, usually at its end) is cut around the mask to `max_length`
-    tokens and padded to the batch's longest context Lc; the span block follows at column Lc:
+    contexts: B lists of token ids, each `<s> ... [MASK] </s>` with one `[MASK]`, usually at its
+    end (`encode_context`); targets: B lists of token ids (`encode_target`), or None for inference.
+    `generation_inputs_from_text` does the same from strings. Each context is cut around the mask
+    to `max_length` tokens and padded to the batch's longest context Lc; the span block follows at
+    column Lc:
 
         training (targets given)          inference (targets None)
         input_ids   ctx pad | sop t1 .. tn  pad       ctx pad | sop
@@ -347,48 +374,42 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
         position    0..L-1 0| m   m  .. m             0..L-1 0| m
         block pos   0 ..   0| 1   2  .. n+1           0 ..   0| 1
 
-    Targets are encoded with a leading space (`encode_targets`, as GLM's seq2seq data): decoded
-    outputs then start with a space, which callers strip. Context tokens see the real context
-    (bidirectional); span tokens see the real context and the span up to themselves (causal);
-    padding is seen by nobody. Targets longer than `max_target_length` tokens are cut to it (eop
-    is then added).
+    Targets carry a leading space (`encode_target`, as GLM's seq2seq data): decoded outputs then
+    start with a space, which callers strip. Context tokens see the real context (bidirectional);
+    span tokens see the real context and the span up to themselves (causal); padding is seen by
+    nobody. Targets longer than `max_target_length` tokens are cut to it (eop is then added).
 
     Returns a dict: input_ids [B, S], position_ids [B, 2, S], attention_mask bool [B, 1, S, S],
-    labels [B, S] (training only). Raises ValueError for a context without exactly one mask, or
-    when max_length or the span's block positions (max_target_length + 1) pass the model's
-    `max_positions`.
+    labels [B, S] (training only). Raises ValueError when max_length or the span's block positions
+    (max_target_length + 1) pass the model's `max_positions`.
     """
     _check_max_length(max_length, max_positions)
     if max_target_length + 1 > max_positions:  # eop's block position
         raise ValueError(f"max_target_length {max_target_length} gives block positions up to {max_target_length + 1}, "
                          f"past the {max_positions} positions of the model; use at most {max_positions - 1}")
-    encoded = [encode_context(tokenizer, c, max_length) for c in contexts]
-    Lc = max(len(ids) for ids, _ in encoded)
-    spans = [[]] * len(contexts)
+    cut = [_cut_context(tokenizer, ids, max_length) for ids in contexts]
+    spans = [[]] * len(contexts) if targets is None else [ids[:max_target_length] for ids in targets]
+    Lc = max(len(ids) for ids, _ in cut)
+    batch = _empty_batch(tokenizer, len(contexts), Lc + max(len(span) for span in spans) + 1)
     if targets is not None:
-        spans = [ids[:max_target_length] for ids in encode_targets(tokenizer, targets)]
-    T = max(len(s) for s in spans) + 1
-    B, S = len(contexts), Lc + T
-    batch = {
-        "input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
-        "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
-        "attention_mask": torch.zeros(B, 1, S, S, dtype=torch.bool),
-    }
-    if targets is not None:
-        batch["labels"] = torch.full((B, S), -100, dtype=torch.long)
-    for b, ((ids, m), span) in enumerate(zip(encoded, spans)):
-        L, n = len(ids), len(span) + 1
-        batch["input_ids"][b, :L] = torch.tensor(ids)
-        batch["input_ids"][b, Lc:Lc + n] = torch.tensor([tokenizer.sop_token_id, *span])
-        batch["position_ids"][b, 0, :L] = torch.arange(L)
-        batch["position_ids"][b, 0, Lc:Lc + n] = m
-        batch["position_ids"][b, 1, Lc:Lc + n] = torch.arange(1, n + 1)
-        batch["attention_mask"][b, 0, :L, :L] = True
-        batch["attention_mask"][b, 0, Lc:Lc + n, :L] = True
-        batch["attention_mask"][b, 0, Lc:Lc + n, Lc:Lc + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        batch["labels"] = torch.full(batch["input_ids"].shape, -100, dtype=torch.long)
+    for b, ((ids, m), span) in enumerate(zip(cut, spans)):
+        _place_context(batch, b, ids)
+        _place_span(batch, b, Lc, [tokenizer.sop_token_id, *span], m, len(ids))
         if targets is not None:
-            batch["labels"][b, Lc:Lc + n] = torch.tensor([*span, tokenizer.eop_token_id])
+            batch["labels"][b, Lc:Lc + len(span) + 1] = torch.tensor([*span, tokenizer.eop_token_id])
     return batch
+
+
+def generation_inputs_from_text(tokenizer, contexts, targets=None, max_length=256, max_target_length=64,
+                                max_positions=GLMConfig.max_sequence_length):
+    """`build_generation_inputs` from strings, for notebooks and checks: B contexts with one
+    `[MASK]` each (`encode_context`) and B target texts (`encode_target`) or None. Raises what
+    those raise."""
+    return build_generation_inputs(
+        tokenizer, [encode_context(tokenizer, context) for context in contexts],
+        None if targets is None else [encode_target(tokenizer, target) for target in targets],
+        max_length, max_target_length, max_positions)
 
 
 def sample_spans(num_tokens, mask_ratio, poisson_lambda, rng):

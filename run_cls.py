@@ -92,7 +92,7 @@ from training import (
 
 logger = get_logger(__name__)
 
-CHOICE_EOP = {"auto": None, "on": True, "off": False}  # --choice_eop -> build_multiple_choice_inputs(choice_eop=)
+CHOICE_EOP = {"auto": None, "on": True, "off": False}  # --choice_eop -> encode_choices(choice_eop=)
 EXAMPLES = """examples:
   python run_cls.py --dataset_name fine_foods --model_name_or_path glm-tiny --tokenizer_name train \\
       --learning_rate 3e-4 --output_dir runs/fine_foods           # offline, CPU: a random tiny GLM
@@ -179,25 +179,32 @@ def list_prompts(args):
     return None
 
 
-def cloze_lengths(tokenizer, examples, max_seq_length, choice_prefix_space, choice_eop, split):
-    """Tokens of each example's packed input, checked now (not at its batch): one [MASK] in the
-    context, non-empty choices that fit max_seq_length. Returns (lengths, contexts that are cut)."""
-    span_tokens = {}
+def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, choice_eop, split):
+    """Tokenizes a split once, before the first step: each example gets `context_ids` (`<s> ... [MASK]
+    ... </s>`, whole: the builder cuts it around the mask) and `choice_ids` (its answer choices as
+    scored spans, `encode_choices`, one list shared by the examples with the same choices). Checked
+    here, not at the example's batch: one [MASK] in the context, non-empty choices that fit
+    max_seq_length (ValueError naming the split, example and data row).
+
+    Returns (tokens of each example's packed input, at most max_seq_length: for --group_by_length;
+    how many contexts are cut).
+    """
+    spans_of = {}
     lengths, cut = [], 0
     for example in examples:
         try:
             choices = tuple(example["choices"])
-            if choices not in span_tokens:
-                spans = encode_choices(tokenizer, choices, choice_prefix_space, choice_eop)
-                span_tokens[choices] = sum(len(span) for span in spans)
-            spans = span_tokens[choices]
+            if choices not in spans_of:
+                spans_of[choices] = encode_choices(tokenizer, choices, choice_prefix_space, choice_eop)
+            example["choice_ids"] = spans_of[choices]
+            spans = sum(len(span) for span in example["choice_ids"])
             if spans + 3 > max_seq_length:
                 raise ValueError(f"its answer choices take {spans} tokens: raise --max_seq_length above {spans + 2}")
-            context_tokens = len(encode_context(tokenizer, example["context"], 10**9)[0])
+            example["context_ids"] = encode_context(tokenizer, example["context"])
         except ValueError as err:
             raise ValueError(f"{split} example {example['index']} (data row {example['row']}): {err}") from err
-        cut += context_tokens + spans > max_seq_length
-        lengths.append(min(context_tokens + spans, max_seq_length))
+        cut += len(example["context_ids"]) + spans > max_seq_length
+        lengths.append(min(len(example["context_ids"]) + spans, max_seq_length))
     return lengths, cut
 
 
@@ -283,9 +290,10 @@ def main(argv=None):
     with accelerator.main_process_first():
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, train_texts, output_dir,
                                             mask_token_id=args.mask_token_id)
+    # Every split tokenized once, here; collate only lays the ids out (build_multiple_choice_inputs).
     lengths = {}
     for split in examples:
-        lengths[split], data_counts[split]["cut_contexts"] = cloze_lengths(
+        lengths[split], data_counts[split]["cut_contexts"] = tokenize_examples(
             tokenizer, examples[split], args.max_seq_length, args.choice_prefix_space, CHOICE_EOP[args.choice_eop],
             split,
         )
@@ -301,9 +309,8 @@ def main(argv=None):
     trainable_params, total_params = count_parameters(model)
 
     def collate(batch):
-        inputs = build_multiple_choice_inputs(tokenizer, [e["context"] for e in batch], [e["choices"] for e in batch],
-                                              args.max_seq_length, args.choice_prefix_space,
-                                              CHOICE_EOP[args.choice_eop])
+        inputs = build_multiple_choice_inputs(tokenizer, [e["context_ids"] for e in batch],
+                                              [e["choice_ids"] for e in batch], args.max_seq_length)
         # The same number of choice columns in every batch, so that scores gather across processes.
         inputs["choice_mask"] = F.pad(inputs["choice_mask"], (0, num_choices - inputs["choice_mask"].shape[1]))
         inputs["labels"] = torch.tensor([-1 if e["label"] is None else e["label"] for e in batch])  # -1: hidden

@@ -53,7 +53,14 @@ from glm_peft import (
     saved_peft_flags,
     save_model_and_tokenizer,
 )
-from glm_utils import build_generation_inputs, encode_targets, generate, load_or_train_tokenizer, special_token_ids
+from glm_utils import (
+    build_generation_inputs,
+    encode_context,
+    encode_target,
+    generate,
+    load_or_train_tokenizer,
+    special_token_ids,
+)
 from metrics import GEN_METRICS, generation_metrics, most_frequent_target, nearest_training_targets, output_statistics
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from prompted import build_prompted_examples, group_references
@@ -165,19 +172,34 @@ def prompted_splits(raw_datasets, template, skip_empty):
     return examples, counts
 
 
-def count_long_texts(tokenizer, examples, max_source_length, max_target_length):
-    """(sources longer than max_source_length, targets longer than max_target_length), in tokens,
-    and the token length of each example (prompt + target, as trained: for --group_by_length)."""
-    contexts = tokenizer([e["context"] for e in examples])["input_ids"]
-    targets = encode_targets(tokenizer, [e["target"] for e in examples])
-    long_sources = sum(len(c) > max_source_length for c in contexts)
-    long_targets = sum(len(t) > max_target_length for t in targets)
-    lengths = [min(len(c), max_source_length) + min(len(t), max_target_length) + 1 for c, t in zip(contexts, targets)]
+def tokenize_prompts(tokenizer, examples, split):
+    """Gives each example of a split `context_ids`, its prompt as GLM context ids (`encode_context`,
+    whole: the builder cuts it around the [MASK]); each distinct prompt is tokenized once, before the
+    first step. A prompt without exactly one [MASK] raises ValueError naming the split, example and
+    data row."""
+    ids_of = {}
+    for index, example in enumerate(examples):
+        if example["context"] not in ids_of:
+            try:
+                ids_of[example["context"]] = encode_context(tokenizer, example["context"])
+            except ValueError as err:
+                raise ValueError(f"{split} example {index} (data row {example['row']}): {err}") from err
+        example["context_ids"] = ids_of[example["context"]]
+
+
+def count_long_texts(examples, max_source_length, max_target_length):
+    """(prompts longer than max_source_length, targets longer than max_target_length), in tokens,
+    and the token length of each example as trained (prompt + target + eop: for --group_by_length).
+    `examples` carry `context_ids` and `target_ids`."""
+    long_sources = sum(len(e["context_ids"]) > max_source_length for e in examples)
+    long_targets = sum(len(e["target_ids"]) > max_target_length for e in examples)
+    lengths = [min(len(e["context_ids"]), max_source_length) + min(len(e["target_ids"]), max_target_length) + 1
+               for e in examples]
     return long_sources, long_targets, lengths
 
 
 class SourceDataset(torch.utils.data.Dataset):
-    """The distinct prompts of a split, each decoded once (index i = source i)."""
+    """The distinct prompts of a split as context ids, each decoded once (index i = source i)."""
 
     def __init__(self, contexts):
         self.contexts = contexts
@@ -186,7 +208,7 @@ class SourceDataset(torch.utils.data.Dataset):
         return len(self.contexts)
 
     def __getitem__(self, i):
-        return {"index": i, "context": self.contexts[i]}
+        return {"index": i, "context_ids": self.contexts[i]}
 
 
 def evaluate(args, accelerator, model, tokenizer, dataloader, references, description):
@@ -296,13 +318,18 @@ def main(argv=None):
     for split, (sources, _) in eval_splits.items():
         logger.info("%s: %d rows -> %d distinct sources", split, len(examples[split]), len(sources))
 
-    # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and targets), and
-    # the length checks on the whole training set before the first step.
+    # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and targets). Every
+    # prompt and training target is tokenized once, here (collate only lays the ids out:
+    # build_generation_inputs), and the length checks cover the whole training set before the first step.
     with accelerator.main_process_first():
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path,
                                             [t for e in examples["train"] for t in (e["input"], e["target"])],
                                             output_dir, mask_token_id=args.mask_token_id)
-    long_sources, long_targets, train_lengths = count_long_texts(tokenizer, examples["train"], args.max_source_length,
+    for split in examples:
+        tokenize_prompts(tokenizer, examples[split], split)
+    for example in examples["train"]:
+        example["target_ids"] = encode_target(tokenizer, example["target"])
+    long_sources, long_targets, train_lengths = count_long_texts(examples["train"], args.max_source_length,
                                                                  args.max_target_length)
     data_counts["train"].update(long_sources=long_sources, long_targets=long_targets)
     if long_targets:
@@ -320,13 +347,11 @@ def main(argv=None):
     trainable_params, total_params = count_parameters(model)
 
     def collate_train(batch):
-        inputs = build_generation_inputs(tokenizer, [e["context"] for e in batch], [e["target"] for e in batch],
-                                         args.max_source_length, args.max_target_length)
-        return {k: inputs[k] for k in ("input_ids", "position_ids", "attention_mask", "labels")}
+        return build_generation_inputs(tokenizer, [e["context_ids"] for e in batch], [e["target_ids"] for e in batch],
+                                       args.max_source_length, args.max_target_length)
 
     def collate_sources(batch):
-        inputs = build_generation_inputs(tokenizer, [e["context"] for e in batch], None, args.max_source_length)
-        inputs = {k: inputs[k] for k in ("input_ids", "position_ids", "attention_mask")}
+        inputs = build_generation_inputs(tokenizer, [e["context_ids"] for e in batch], None, args.max_source_length)
         return {**inputs, "index": torch.tensor([e["index"] for e in batch])}
 
     # DataLoaders. The training order depends on (seed, epoch) only, and each loader draws its
@@ -336,7 +361,7 @@ def main(argv=None):
                            args.per_device_train_batch_size)
     train_dataloader = DataLoader(examples["train"], sampler=sampler, batch_size=args.per_device_train_batch_size,
                                   collate_fn=collate_train, generator=torch.Generator())
-    contexts = {split: {e["source_key"]: e["context"] for e in examples[split]} for split in eval_splits}
+    contexts = {split: {e["source_key"]: e["context_ids"] for e in examples[split]} for split in eval_splits}
     eval_dataloaders = {
         split: DataLoader(SourceDataset([contexts[split][s] for s in sources]), collate_fn=collate_sources,
                           batch_size=args.per_device_eval_batch_size, generator=torch.Generator())

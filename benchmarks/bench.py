@@ -38,7 +38,12 @@ SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
 from modeling_glm import GLMConfig, GLMForConditionalGeneration  # noqa: E402
-from glm_utils import build_generation_inputs, build_multiple_choice_inputs, generate, score_choices  # noqa: E402
+from glm_utils import (  # noqa: E402
+    generate,
+    generation_inputs_from_text,
+    multiple_choice_inputs_from_text,
+    score_choices,
+)
 from training import EpochSampler, padding_fraction
 
 # Model shapes. `small` fits a 2-core CPU; `large` is glm-roberta-large itself.
@@ -170,8 +175,10 @@ def bench_choice_scoring(bench):
     for num_choices in (2, 6, 20):
         choices = [tok.words(rng, rng.randint(1, 4)) for _ in range(num_choices)]
         # eop closes every choice (GLM's rule for multi-token choices), alone as packed
-        packed = bench.to_device(build_multiple_choice_inputs(tok, contexts, [choices] * len(contexts), choice_eop=True))
-        singles = [bench.to_device(build_multiple_choice_inputs(tok, contexts, [[c]] * len(contexts), choice_eop=True))
+        packed = bench.to_device(multiple_choice_inputs_from_text(tok, contexts, [choices] * len(contexts),
+                                                                  choice_eop=True))
+        singles = [bench.to_device(multiple_choice_inputs_from_text(tok, contexts, [[c]] * len(contexts),
+                                                                    choice_eop=True))
                    for c in choices]
 
         @torch.inference_mode()
@@ -217,7 +224,7 @@ def bench_decoding(bench):
     lines = []
     for beams, num_contexts in DECODE_SETTINGS:
         contexts = [tok.words(rng, 125) + " [MASK]" for _ in range(num_contexts)]
-        batch = bench.to_device(build_generation_inputs(tok, contexts, max_length=128))
+        batch = bench.to_device(generation_inputs_from_text(tok, contexts, max_length=128))
 
         def decode(use_cache):
             with bench.autocast():

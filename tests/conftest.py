@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from transformers import PreTrainedTokenizerFast
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +46,15 @@ def write(path, text):
     """Writes `text` to `path` (utf-8); returns `path`."""
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def count_tokenizer_calls(monkeypatch):
+    """The texts that GLM tokenizers encode from now on (each `tokenizer(text)` call appends its text)."""
+    calls, encode = [], PreTrainedTokenizerFast.__call__
+
+    def counting(self, text, *args, **kwargs):
+        calls.append(text)
+        return encode(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "__call__", counting)
+    return calls

@@ -12,10 +12,13 @@ from modeling_glm import GLMConfig, GLMForConditionalGeneration
 from glm_utils import (
     build_generation_inputs,
     build_multiple_choice_inputs,
-    encode_context,
+    encode_choices,
     generate,
+    generation_inputs_from_text,
     load_tokenizer,
+    multiple_choice_inputs_from_text,
     score_choices,
+    truncate_around,
 )
 from modeling_glm import GLMOutput, expand_attention_mask
 
@@ -54,8 +57,10 @@ def model():
 
 
 def test_multiple_choice_inputs_hand_worked(tok):
-    batch = build_multiple_choice_inputs(tok, ["a [MASK] b", "[MASK] c"], [["x y", "z"], ["w"]], max_length=32,
-                                         choice_eop=False)
+    """Token ids in, the Figure 2a layout out: "a [MASK] b" with the spans "x y" and "z" (no eop),
+    "[MASK] c" with the span "w"."""
+    batch = build_multiple_choice_inputs(tok, [[0, A, M, B_, 2], [0, M, C_, 2]], [[[X, Y], [Z]], [[W]]],
+                                         max_length=32)
     assert batch["input_ids"].tolist() == [[0, A, M, B_, 2, SOP, X, SOP],
                                            [0, M, C_, 2, SOP, PAD, PAD, PAD]]
     assert batch["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 2, 2, 2], [0, 0, 0, 0, 0, 1, 2, 1]],
@@ -84,10 +89,19 @@ def test_multiple_choice_inputs_hand_worked(tok):
     assert batch["attention_mask"][:, 0].int().tolist() == [expected_first, expected_second]
 
 
+def test_choices_get_eop_by_glms_rule_or_when_forced(tok):
+    """GLM's rule (choice_eop=None): an example with a two-token choice closes each of its choices
+    with eop; one with one-token choices only gets none; True / False force it."""
+    assert encode_choices(tok, ["x y", "z"]) == [[X, Y, EOP], [Z, EOP]]
+    assert encode_choices(tok, ["w", "v"]) == [[W], [V]]
+    assert encode_choices(tok, ["w", "v"], choice_eop=True) == [[W, EOP], [V, EOP]]
+    assert encode_choices(tok, ["x y", "z"], choice_eop=False) == [[X, Y], [Z]]
+
+
 def test_multiple_choice_inputs_with_eop_hand_worked(tok):
-    """GLM's rule (choice_eop=None): the first example has a two-token choice, so each of its choices
-    is closed by eop and scored with it; the second has one-token choices only: no eop."""
-    batch = build_multiple_choice_inputs(tok, ["a [MASK] b", "[MASK] c"], [["x y", "z"], ["w", "v"]], max_length=32)
+    """Spans closed by eop ("x y eop", "z eop") score it; those without ("w", "v") do not."""
+    batch = build_multiple_choice_inputs(tok, [[0, A, M, B_, 2], [0, M, C_, 2]], [[[X, Y, EOP], [Z, EOP]], [[W], [V]]],
+                                         max_length=32)
     assert batch["input_ids"].tolist() == [[0, A, M, B_, 2, SOP, X, Y, SOP, Z],
                                            [0, M, C_, 2, SOP, SOP, PAD, PAD, PAD, PAD]]
     assert batch["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 1, 2, 3, 1, 2]],
@@ -106,15 +120,25 @@ def test_multiple_choice_inputs_with_eop_hand_worked(tok):
         [1, 1, 1, 1, 1, 0, 0, 0, 1, 0],  # sop of "z eop": never sees the other choice
         [1, 1, 1, 1, 1, 0, 0, 0, 1, 1],  # z: predicts eop
     ]
-    forced = build_multiple_choice_inputs(tok, ["[MASK] c"], [["w", "v"]], choice_eop=True)
-    assert forced["target_ids"].tolist() == [[-100] * 4 + [W, EOP, V, EOP]]
+
+
+@pytest.mark.parametrize("choice_eop", [None, True, False])
+def test_multiple_choice_inputs_from_text_equal_the_token_id_path(tok, choice_eop):
+    contexts, choices = ["a [MASK] b", "[MASK] c"], [["x y", "z"], ["w", "v"]]
+    context_ids = [[0, A, M, B_, 2], [0, M, C_, 2]]
+    spans = [encode_choices(tok, example_choices, choice_eop=choice_eop) for example_choices in choices]
+    from_text = multiple_choice_inputs_from_text(tok, contexts, choices, max_length=8, choice_eop=choice_eop)
+    from_ids = build_multiple_choice_inputs(tok, context_ids, spans, max_length=8)
+    assert from_text.keys() == from_ids.keys()
+    for key in from_ids:
+        assert torch.equal(from_text[key], from_ids[key]), key
 
 
 def test_score_with_eop_equals_one_forward_per_choice(tok, model):
     """score(choice) with eop = sum of log p of its tokens and eop, each choice run alone in its own
     forward pass with the separator mask (context bidirectional, then causal): no builder involved."""
     context, choices = "a b [MASK] c", ["x y", "z", "w v x"]
-    packed = score_choices(model, build_multiple_choice_inputs(tok, [context], [choices]))
+    packed = score_choices(model, multiple_choice_inputs_from_text(tok, [context], [choices]))
     context_ids = [0, A, B_, M, C_, 2]
     for c, choice in enumerate(choices):
         tokens = [tok.words.index(w) for w in choice.split()] + [EOP]
@@ -127,8 +151,9 @@ def test_score_with_eop_equals_one_forward_per_choice(tok, model):
 
 
 def test_generation_inputs_hand_worked(tok):
-    # WordTokenizer splits on spaces, so the target's leading space (encode_targets) changes nothing here.
-    batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK]"], ["x y", "z"], max_length=32, max_target_length=8)
+    """Token ids in, the Figure 2b layout out: "a b [MASK]" with the target "x y", "[MASK]" with "z"."""
+    batch = build_generation_inputs(tok, [[0, A, B_, M, 2], [0, M, 2]], [[X, Y], [Z]], max_length=32,
+                                    max_target_length=8)
     assert batch["input_ids"].tolist() == [[0, A, B_, M, 2, SOP, X, Y], [0, M, 2, PAD, PAD, SOP, Z, PAD]]
     assert batch["labels"].tolist() == [[-100] * 5 + [X, Y, EOP], [-100] * 5 + [Z, EOP, -100]]
     assert batch["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 3, 3, 3], [0, 0, 0, 0, 0, 1, 2, 3]],
@@ -143,68 +168,80 @@ def test_generation_inputs_hand_worked(tok):
         [1, 1, 1, 0, 0, 1, 1, 0],
         [0] * 8,
     ]
-    inference = build_generation_inputs(tok, ["a b [MASK]"], max_length=32)
+    inference = build_generation_inputs(tok, [[0, A, B_, M, 2]], max_length=32)
     assert inference["input_ids"].tolist() == [[0, A, B_, M, 2, SOP]]
     assert inference["position_ids"].tolist() == [[[0, 1, 2, 3, 4, 3], [0, 0, 0, 0, 0, 1]]]
 
 
+@pytest.mark.parametrize("targets", [None, ["x y", "z"]])
+def test_generation_inputs_from_text_equal_the_token_id_path(tok, targets):
+    # WordTokenizer splits on spaces, so the target's leading space (encode_target) changes nothing here.
+    target_ids = None if targets is None else [[X, Y], [Z]]
+    from_text = generation_inputs_from_text(tok, ["a b [MASK] c", "[MASK]"], targets, max_length=5)
+    from_ids = build_generation_inputs(tok, [[0, A, B_, M, C_, 2], [0, M, 2]], target_ids, max_length=5)
+    assert from_text.keys() == from_ids.keys()
+    for key in from_ids:
+        assert torch.equal(from_text[key], from_ids[key]), key
+
+
 def test_long_target_is_cut(tok):
-    batch = build_generation_inputs(tok, ["[MASK]", "[MASK]"], ["x y z w", "x"], max_target_length=2)
+    batch = build_generation_inputs(tok, [[0, M, 2], [0, M, 2]], [[X, Y, Z, W], [X]], max_target_length=2)
     assert batch["labels"].tolist() == [[-100] * 3 + [X, Y, EOP], [-100] * 3 + [X, EOP, -100]]
 
 
 def test_builders_refuse_lengths_past_the_position_table(tok):
     with pytest.raises(ValueError, match="max_length 65 is longer than the 64 positions of the model; use at most 64"):
-        build_multiple_choice_inputs(tok, ["a [MASK]"], [["x"]], max_length=65, max_positions=64)
+        multiple_choice_inputs_from_text(tok, ["a [MASK]"], [["x"]], max_length=65, max_positions=64)
     with pytest.raises(ValueError, match="max_length 513 is longer than the 512 positions"):
-        build_generation_inputs(tok, ["a [MASK]"], max_length=513)
+        generation_inputs_from_text(tok, ["a [MASK]"], max_length=513)
     with pytest.raises(ValueError, match="max_target_length 64 gives block positions up to 65, past the 64 positions "
                                          "of the model; use at most 63"):
-        build_generation_inputs(tok, ["a [MASK]"], ["x"], max_length=64, max_target_length=64, max_positions=64)
+        generation_inputs_from_text(tok, ["a [MASK]"], ["x"], max_length=64, max_target_length=64, max_positions=64)
 
 
 def test_lengths_at_the_limit_stay_inside_the_table(tok, model):
     """A context cut to exactly max_sequence_length (64 here) and a target of max_target_length =
     63 tokens run through the model: every position id is a row of its tables."""
-    long = " ".join(["a"] * 100)
-    cloze = build_multiple_choice_inputs(tok, [long + " [MASK] " + long], [["x y"]], max_length=64, max_positions=64)
+    long = [A] * 100
+    cloze = build_multiple_choice_inputs(tok, [[0, *long, M, *long, 2]], [[[X, Y, EOP]]], max_length=64,
+                                         max_positions=64)
     assert cloze["input_ids"].shape[1] == 64 and cloze["position_ids"].max() == 60  # 61 context + "x y eop"
     score_choices(model, cloze)
-    gen = build_generation_inputs(tok, [long + " [MASK]"], [" ".join(["x"] * 70)], max_length=64, max_target_length=63,
+    gen = build_generation_inputs(tok, [[0, *long, M, 2]], [[X] * 70], max_length=64, max_target_length=63,
                                   max_positions=64)
     assert gen["position_ids"][:, 0].max() == 63 and gen["position_ids"][:, 1].max() == 64
     model(gen["input_ids"], gen["position_ids"], gen["attention_mask"], labels=gen["labels"])
 
 
-def test_truncation_cuts_around_the_mask(tok):
-    ids, m = encode_context(tok, "a b c [MASK] x", max_length=5)
+def test_truncation_cuts_around_the_mask():
+    ids, m = truncate_around([0, A, B_, C_, M, X, 2], 4, 5, max_length=5)
     assert ids == [0, C_, M, X, 2] and m == 2  # the longer left side lost its far end
-    ids, m = encode_context(tok, "a [MASK] x y z w", max_length=6)
+    ids, m = truncate_around([0, A, M, X, Y, Z, W, 2], 2, 3, max_length=6)
     assert ids == [0, A, M, X, Y, 2] and m == 2
-    ids, m = encode_context(tok, "a b c x y z [MASK]", max_length=3)
+    ids, m = truncate_around([0, A, B_, C_, X, Y, Z, M, 2], 7, 8, max_length=3)
     assert ids == [0, M, 2] and m == 1
 
 
 @pytest.mark.parametrize("context", ["a b c", "a [MASK] b [MASK]"])
 def test_context_needs_exactly_one_mask(tok, context):
-    with pytest.raises(ValueError, match="exactly one \\[MASK\\]"):
-        build_multiple_choice_inputs(tok, [context], [["x"]])
+    with pytest.raises(ValueError, match="exactly one \\[MASK\\], found [02] in: 'a"):
+        multiple_choice_inputs_from_text(tok, [context], [["x"]])
 
 
 @pytest.mark.parametrize("choice_eop", [True, False])
 def test_packed_scores_equal_one_forward_per_choice(tok, model, choice_eop):
     contexts, choices = ["a b [MASK] c", "[MASK] a"], [["x y", "z", "w v x"], ["y", "v w"]]
-    packed = score_choices(model, build_multiple_choice_inputs(tok, contexts, choices, choice_eop=choice_eop))
+    packed = score_choices(model, multiple_choice_inputs_from_text(tok, contexts, choices, choice_eop=choice_eop))
     for b, (context, example_choices) in enumerate(zip(contexts, choices)):
         for c, choice in enumerate(example_choices):
-            alone = build_multiple_choice_inputs(tok, [context], [[choice]], choice_eop=choice_eop)
+            alone = multiple_choice_inputs_from_text(tok, [context], [[choice]], choice_eop=choice_eop)
             alone = score_choices(model, alone)
             torch.testing.assert_close(packed[b, c], alone[0, 0], atol=1e-5, rtol=0)
     assert packed[1, 2] == float("-inf")
 
 
 def test_score_is_the_sum_of_token_log_probs(tok, model):
-    batch = build_multiple_choice_inputs(tok, ["a [MASK]"], [["x y"]], choice_eop=False)
+    batch = multiple_choice_inputs_from_text(tok, ["a [MASK]"], [["x y"]], choice_eop=False)
     logits = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"]).logits.log_softmax(-1)
     # <s> a [MASK] </s> sop x: "x y" is read at 4 (sop, predicts x) and 5 (x, predicts y)
     expected = logits[0, 4, X] + logits[0, 5, Y]
@@ -214,17 +251,17 @@ def test_score_is_the_sum_of_token_log_probs(tok, model):
 
 def test_padded_batch_equals_each_example_alone(tok, model):
     contexts, targets = ["a b c [MASK]", "[MASK]", "x [MASK] y"], ["x", "y z w", "v"]
-    batch = build_generation_inputs(tok, contexts, targets)
+    batch = generation_inputs_from_text(tok, contexts, targets)
     logits = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"]).logits
     for b in range(len(contexts)):
-        alone = build_generation_inputs(tok, [contexts[b]], [targets[b]])
+        alone = generation_inputs_from_text(tok, [contexts[b]], [targets[b]])
         alone_logits = model(alone["input_ids"], alone["position_ids"], alone["attention_mask"]).logits[0]
         keep, keep_alone = batch["labels"][b] != -100, alone["labels"][0] != -100
         torch.testing.assert_close(logits[b][keep], alone_logits[keep_alone], atol=1e-5, rtol=0)
 
 
 def test_loss_is_cross_entropy_on_labelled_positions(tok, model):
-    batch = build_generation_inputs(tok, ["a [MASK]", "b c [MASK]"], ["x y", "z"])
+    batch = generation_inputs_from_text(tok, ["a [MASK]", "b c [MASK]"], ["x y", "z"])
     out = model(batch["input_ids"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
     keep = batch["labels"] != -100
     expected = torch.nn.functional.cross_entropy(out.logits[keep], batch["labels"][keep])
@@ -249,7 +286,7 @@ def test_separator_and_key_padding_masks_match_the_full_mask(model):
 
 
 def test_cached_decoding_equals_recomputing(tok, model):
-    batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK] c"])
+    batch = generation_inputs_from_text(tok, ["a b [MASK]", "[MASK] c"])
     cached = glm_utils._SpanDecoder(model, batch, use_cache=True)
     full = glm_utils._SpanDecoder(model, batch, use_cache=False)
     for token in [X, Y, Z, W]:
@@ -267,12 +304,12 @@ def test_batched_generation_equals_one_by_one(tok, model):
     contexts = ["a b c [MASK]", "[MASK]", "x [MASK] y z"]
     for beams in (1, 3):
         kwargs = dict(eop_token_id=EOP, max_new_tokens=7, num_beams=beams, no_repeat_ngram_size=2)
-        together = generate(model, build_generation_inputs(tok, contexts), **kwargs)
-        assert together == [generate(model, build_generation_inputs(tok, [c]), **kwargs)[0] for c in contexts]
+        together = generate(model, generation_inputs_from_text(tok, contexts), **kwargs)
+        assert together == [generate(model, generation_inputs_from_text(tok, [c]), **kwargs)[0] for c in contexts]
 
 
 def test_beam_search_with_one_beam_is_greedy(tok, model):
-    batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK] c", "z [MASK]"])
+    batch = generation_inputs_from_text(tok, ["a b [MASK]", "[MASK] c", "z [MASK]"])
     greedy = generate(model, batch, eop_token_id=EOP, max_new_tokens=8)
     one_beam = glm_utils._beam_search(model, batch, EOP, 8, 0, 1, 1.0, 0, True)
     assert one_beam == greedy and all(len(g) > 0 for g in greedy)
@@ -301,7 +338,7 @@ def test_beam_search_finds_what_greedy_misses(tok):
     table[Y, Z], table[Y, W] = 0.9, 0.1
     table[[A, B_, C_, W, Z], EOP] = 1.0
     model = BigramModel(table.log())
-    batch = build_generation_inputs(tok, ["a [MASK]"])
+    batch = generation_inputs_from_text(tok, ["a [MASK]"])
     assert generate(model, batch, eop_token_id=EOP, max_new_tokens=5) == [[X, A]]
     assert generate(model, batch, eop_token_id=EOP, max_new_tokens=5, num_beams=2, length_penalty=0.0) == [[Y, Z]]
     # min_new_tokens forbids eop early; no_repeat_ngram_size bans a repeated bigram
@@ -366,7 +403,7 @@ def test_full_size_config_has_355m_parameters():
 
 
 def test_bf16_autocast_runs_close_to_fp32(tok, model):
-    batch = build_multiple_choice_inputs(tok, ["a b [MASK] c"], [["x y", "z"]])
+    batch = multiple_choice_inputs_from_text(tok, ["a b [MASK] c"], [["x y", "z"]])
     fp32 = score_choices(model, batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = score_choices(model, batch)
@@ -375,7 +412,7 @@ def test_bf16_autocast_runs_close_to_fp32(tok, model):
 
 def test_a_few_cloze_steps_learn(tok, model):
     model.train()
-    batch = build_multiple_choice_inputs(tok, ["a [MASK]", "b [MASK]"], [["x", "y z"], ["x", "y z"]])
+    batch = multiple_choice_inputs_from_text(tok, ["a [MASK]", "b [MASK]"], [["x", "y z"], ["x", "y z"]])
     labels = torch.tensor([1, 0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(15):
@@ -458,7 +495,7 @@ def test_mask_token_id_with_a_trained_tokenizer_is_refused(tmp_path):
 def test_generation_target_has_a_leading_space():
     """GLM's seq2seq data encodes a target as " " + text: the first label of "The cat" is " The" (20)."""
     t = load_tokenizer(str(REAL_TOKENIZER))
-    batch = build_generation_inputs(t, ["Say it: [MASK]"], ["The cat"])
+    batch = generation_inputs_from_text(t, ["Say it: [MASK]"], ["The cat"])
     labels = batch["labels"][0][batch["labels"][0] != -100].tolist()
     assert labels == [20, 4758, t.eop_token_id] and t("The")["input_ids"][1] == 133
     assert t.decode(labels[:-1]) == " The cat"  # callers strip the decoded span

@@ -20,7 +20,7 @@ from glm_peft import (
     load_trainable_weights,
     save_trainable_weights,
 )
-from glm_utils import build_generation_inputs, build_multiple_choice_inputs, generate, score_choices
+from glm_utils import generate, generation_inputs_from_text, multiple_choice_inputs_from_text, score_choices
 
 TINY = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=16, max_sequence_length=64)
 CONTEXTS, CHOICES = ["a b [MASK] c", "[MASK] a"], [["x y", "z", "w v x"], ["y", "v w"]]
@@ -61,7 +61,7 @@ def tok():
 
 
 def cloze_loss(model, tok):
-    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    batch = multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES)
     return torch.nn.functional.cross_entropy(score_choices(model, batch), torch.tensor([1, 0]))
 
 
@@ -109,7 +109,7 @@ def test_training_changes_only_the_method_weights(tok, argv):
 
 
 def test_fresh_lora_is_the_base_model(tok):
-    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    batch = multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES)
     base = score_choices(base_model(), batch)
     model = peft_model(["--peft", "lora"], perturb=False)
     assert torch.equal(score_choices(model, batch), base)  # B = 0
@@ -119,7 +119,7 @@ def test_fresh_lora_is_the_base_model(tok):
 
 
 def test_prefix_changes_the_output(tok):
-    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    batch = multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES)
     base = score_choices(base_model(), batch)
     model = peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"])
     assert not torch.allclose(score_choices(model, batch), base)
@@ -146,17 +146,17 @@ def test_prefix_is_visible_to_every_query_and_hides_nothing(tok):
 @pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
 def test_packed_scores_equal_one_forward_per_choice(tok, argv):
     model = peft_model(argv)
-    packed = score_choices(model, build_multiple_choice_inputs(tok, CONTEXTS, CHOICES, choice_eop=True))
+    packed = score_choices(model, multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES, choice_eop=True))
     for b, (context, example_choices) in enumerate(zip(CONTEXTS, CHOICES)):
         for c, choice in enumerate(example_choices):
-            alone = score_choices(model, build_multiple_choice_inputs(tok, [context], [[choice]], choice_eop=True))
+            alone = score_choices(model, multiple_choice_inputs_from_text(tok, [context], [[choice]], choice_eop=True))
             torch.testing.assert_close(packed[b, c], alone[0, 0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
 def test_cached_decoding_equals_recomputing(tok, argv):
     model = peft_model(argv)
-    batch = build_generation_inputs(tok, ["a b [MASK]", "[MASK] c"])
+    batch = generation_inputs_from_text(tok, ["a b [MASK]", "[MASK] c"])
     cached = glm_utils._SpanDecoder(model, batch, use_cache=True)
     full = glm_utils._SpanDecoder(model, batch, use_cache=False)
     for token in [X, Y, Z, W]:
@@ -176,8 +176,8 @@ def test_batched_generation_equals_one_by_one(tok, argv):
     contexts = ["a b c [MASK]", "[MASK]", "x [MASK] y z"]
     for beams in (1, 3):
         kwargs = dict(eop_token_id=EOP, max_new_tokens=7, num_beams=beams, no_repeat_ngram_size=2)
-        together = generate(model, build_generation_inputs(tok, contexts), **kwargs)
-        assert together == [generate(model, build_generation_inputs(tok, [c]), **kwargs)[0] for c in contexts]
+        together = generate(model, generation_inputs_from_text(tok, contexts), **kwargs)
+        assert together == [generate(model, generation_inputs_from_text(tok, [c]), **kwargs)[0] for c in contexts]
 
 
 @pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
@@ -192,7 +192,7 @@ def test_save_and_reload_onto_a_fresh_base_model(tmp_path, tok, argv):
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["peft"] == args.peft and config["base_model_name_or_path"] == "glm-tiny"
     reloaded = load_trainable_weights(base_model(), tmp_path / "adapter").eval()
-    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    batch = multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES)
     assert torch.equal(score_choices(reloaded, batch), score_choices(model, batch))
     base_model().save_pretrained(tmp_path / "model")
     adapter_bytes = (tmp_path / "adapter" / "adapter.safetensors").stat().st_size
@@ -223,7 +223,7 @@ def test_reload_errors_are_clear(tmp_path):
 
 def test_bf16_autocast_with_a_prefix_runs_close_to_fp32(tok):
     model = peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"])
-    batch = build_multiple_choice_inputs(tok, CONTEXTS, CHOICES)
+    batch = multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES)
     fp32 = score_choices(model, batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = score_choices(model, batch)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from cli import run_script
 import run_cls
 from accelerate.state import AcceleratorState, GradientState
-from conftest import read_jsonl, run_main, write_csv
+from conftest import count_tokenizer_calls, read_jsonl, run_main, write_csv
 from training import TrainingTracker, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +97,18 @@ def test_learns_a_slice_of_trec_and_writes_results_and_predictions(trec, tmp_pat
         assert row["predicted"] == max(row["scores"], key=row["scores"].get) and row["gold"] in choices
     accuracy = sum(row["predicted"] == row["gold"] for row in rows) / len(rows)
     assert accuracy == pytest.approx(saved["test"]["accuracy"])
+
+
+@needs_trec
+def test_each_text_is_tokenized_once_per_split_before_training_not_at_every_batch(trec, tmp_path, monkeypatch):
+    """Two epochs, two evaluations and the test: the tokenizer reads each context of the 40 training,
+    40 validation and 37 test examples once, and the 6 answer choices once per split."""
+    calls = count_tokenizer_calls(monkeypatch)
+    record = run(tiny(tmp_path / "run", trec["train40"], trec["train40"], trec["test37"],
+                      "--per_device_train_batch_size", 8, "--max_train_steps", 10, "--eval_steps", 5))  # fmt: skip
+    assert [epoch["step"] for epoch in record["epochs"]] == [5, 10]
+    contexts = [text for text in calls if "[MASK]" in text]
+    assert len(contexts) == 40 + 40 + 37 and len(calls) - len(contexts) == 3 * 6
 
 
 @needs_trec
@@ -303,6 +315,14 @@ def test_a_local_template_with_two_masks_is_refused(tmp_path):
     data = write_csv(tmp_path / "reviews.csv", [{"review": "Tasty.", "verdict": "good"}])
     with pytest.raises(ValueError, match=r"reviews\.csv line 2 \(train split\): Template 'two_blanks': The prompt has 2 \[MASK\] tokens; a cloze prompt needs at most one"):
         run(tiny(tmp_path / "o", data, data, data, "--dataset_name", "reviews", "--prompts_dir", prompts))
+
+
+def test_answer_choices_longer_than_max_seq_length_stop_the_run_before_training_naming_the_example(tmp_path):
+    train = reviews_csv(tmp_path / "train.csv", [0, 1] * 4)
+    with pytest.raises(ValueError, match=r"^train example 0 \(data row 0\): its answer choices take \d+ tokens: "
+                                         r"raise --max_seq_length above \d+$"):
+        run(own_data(tmp_path, train, train, train, "--max_seq_length", 4))  # two choices: 2 tokens at least
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 @needs_trec

@@ -14,6 +14,7 @@ import pytest
 from accelerate.state import AcceleratorState, GradientState
 
 from cli import run_script
+from conftest import count_tokenizer_calls
 import run_gen
 from training import TrainingTracker
 
@@ -117,6 +118,16 @@ def test_a_field_that_is_not_text_in_some_rows_stops_before_training_and_names_t
     rows = [{"mr": mr, "text": 7 if i == 2 else text} for i, (mr, text) in enumerate(PAIRS)]
     with pytest.raises(ValueError, match=r"toy\.jsonl, line 3: field 'text' is number \(7\) but text in line 1"):
         run_gen.main(toy_args(tmp_path, rows))
+
+
+def test_each_text_is_tokenized_once_per_split_before_training_not_at_every_batch(tmp_path, monkeypatch):
+    """Four epochs with an evaluation each, then the test: the tokenizer reads each of the 4 prompts once
+    per split (train, validation, test) and each of the 4 training targets once."""
+    calls = count_tokenizer_calls(monkeypatch)
+    run_gen.main(toy_args(tmp_path) + ["--max_train_steps", "4", "--num_beams", "1"])
+    results, _ = read_results(tmp_path / "out")
+    assert len(results["epochs"]) == 4
+    assert sorted(calls) == sorted([f"Describe: {mr} [MASK]" for mr, _ in PAIRS] * 3 + [f" {text}" for _, text in PAIRS])
 
 
 def test_targets_longer_than_max_target_length_are_cut_and_counted(tmp_path, caplog):
