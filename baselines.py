@@ -25,10 +25,11 @@ from accelerate.logging import get_logger
 
 from glm_peft import LORA_TARGET_MODULES as GLM_LORA_TARGET_MODULES
 from glm_peft import apply_peft, count_parameters
-from glm_utils import encode_choice, load_or_train_tokenizer, train_tokenizer, truncate_around
+from glm_utils import encode_choice, truncate_around
 from modeling_glm import HUB_MODEL_ID, GLMForSequenceClassification, max_positions
 from modeling_glm import TINY_MODEL_NAME as GLM_TINY
 from templates import make_mlm_context, template_fields
+from tokenization_glm import load_or_train_tokenizer, train_tokenizer
 
 logger = get_logger(__name__)
 

@@ -25,7 +25,7 @@ import argparse
 
 import torch
 
-from glm_utils import generation_inputs_from_text, load_tokenizer, multiple_choice_inputs_from_text, score_choices
+from glm_utils import generation_inputs_from_text, multiple_choice_inputs_from_text, score_choices
 from modeling_glm import (
     EOP_TOKEN,
     HUB_MODEL_ID,
@@ -34,6 +34,7 @@ from modeling_glm import (
     GLMForConditionalGeneration,
     special_rows_report,
 )
+from tokenization_glm import load_tokenizer
 
 PRETRAINED_MASK_ID, HUB_MASK_ID = 50264, 50267
 TOP_K = 5

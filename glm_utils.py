@@ -1,4 +1,4 @@
-"""GLM for prompt-based fine-tuning: its tokenizer, the builders of its inputs, choice scoring, decoding.
+"""GLM for prompt-based fine-tuning: the builders of its inputs, choice scoring, decoding.
 
 GLM (Du et al., ACL 2022, "GLM: General Language Model Pretraining with Autoregressive Blank
 Infilling") reads a corrupted text (Part A, bidirectional) in which each blank is one `[MASK]`,
@@ -15,157 +15,15 @@ generation is writing the span of a `[MASK]` placed after the prompt (`build_gen
 scripts make once per split (`encode_context`, `encode_choices`, `encode_target`); the
 `*_from_text` functions build the same from strings. Where GLM's own code and the Hugging Face
 remote code differ, this file follows the code the checkpoint was trained with: `[MASK]` is the
-pretraining id (`load_tokenizer`), multi-token answer choices end with a scored eop
+pretraining id (`tokenization_glm.load_tokenizer`), multi-token answer choices end with a scored eop
 (`encode_choices`), generation targets carry a leading space (`encode_target`). The facts it
 matches are in GLM_NOTES.md of the team's shared folder.
 """
 
-import json
-import logging
-import os
-from pathlib import Path
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
-from modeling_glm import EOP_TOKEN, MASK_TOKEN, SOP_TOKEN, TINY_MODEL_NAME, GLMConfig, _resolve_pretrained_dir
-
-logger = logging.getLogger(__name__)
-
-
-# Tokenizer
-# ----------------------------------------------------------------------------------------------
-
-TOKENIZER_FILES = ["vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json"]
-BASE_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..3 and 50264 in RoBERTa
-PRETRAINING_MASK = "<mask>"  # the vocab.json entry whose row GLM was pretrained with as [MASK]
-
-
-def load_tokenizer(name_or_path: str, mask_token_id: Optional[int] = None):
-    """The GLM RoBERTa tokenizer (byte-level BPE) as a `transformers.PreTrainedTokenizerFast`.
-
-    `name_or_path` is a directory with the released files (vocab.json, merges.txt,
-    added_tokens.json; the remote code named in tokenizer_config.json is NOT run), a directory
-    saved by `train_tokenizer` or by a run (tokenizer.json), or a hub id. A text encodes as
-    `<s> ... </s>`; `[MASK]` becomes one token whatever spaces surround it (a space before it is
-    absorbed). The result carries `sop_token_id`, `eop_token_id` (and the usual `mask_token_id`,
-    eos = pad).
-
-    Which id `[MASK]` gets from the released files: that of `<mask>` in vocab.json (50264 for
-    glm-roberta-large), the blank the checkpoint was pretrained and fine-tuned with (THUDM/GLM
-    `data_utils/tokenization.py`, `config/ds_blockta_large.sh`; GLM_NOTES.md "Tokenizer"). The
-    `[MASK]` entry of added_tokens.json (50267 on the hub, a row no pretraining example used) is
-    read, not trusted. `mask_token_id` overrides the choice: the `<mask>` id, or the id after eop
-    (a new token, as the hub's files have it). A tokenizer.json keeps its own ids.
-
-    Raises ValueError when added_tokens.json disagrees on sop/eop, when `mask_token_id` is neither
-    of the two ids (or differs from a tokenizer.json's own), OSError when a hub id cannot be reached.
-    """
-    from tokenizers import Tokenizer, models
-
-    directory = Path(name_or_path) if os.path.isdir(name_or_path) else _resolve_pretrained_dir(name_or_path, TOKENIZER_FILES)
-    if (directory / "tokenizer.json").exists() and not (directory / "vocab.json").exists():
-        tokenizer = _wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")))
-        if mask_token_id not in (None, tokenizer.mask_token_id):
-            raise ValueError(f"{directory} holds a saved tokenizer whose [MASK] is id {tokenizer.mask_token_id}: "
-                             f"--mask_token_id {mask_token_id} applies to released vocab.json + merges.txt files only")
-        return tokenizer
-    vocab, merges = models.BPE.read_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
-    added_file = directory / "added_tokens.json"
-    added = json.loads(added_file.read_text()) if added_file.exists() else {}
-    pretrained_id, appended_id = vocab[PRETRAINING_MASK], len(vocab) + 2  # a new token comes after sop and eop
-    if mask_token_id not in (None, pretrained_id, appended_id):
-        raise ValueError(f"--mask_token_id {mask_token_id}: [MASK] can be {pretrained_id} (the {PRETRAINING_MASK} row "
-                         f"GLM was pretrained with) or {appended_id} (a new token, as the hub's added_tokens.json)")
-    if mask_token_id in (None, pretrained_id):
-        vocab[MASK_TOKEN] = vocab.pop(PRETRAINING_MASK)  # the text "[MASK]" now encodes to this row
-    tokenizer = _wrap_tokenizer(Tokenizer(models.BPE(vocab, merges)))
-    for token, token_id in added.items():
-        if token != MASK_TOKEN and tokenizer.convert_tokens_to_ids(token) != token_id:
-            raise ValueError(f"{added_file}: {token} should have id {token_id} but gets "
-                             f"{tokenizer.convert_tokens_to_ids(token)}")
-    hub_id = added.get(MASK_TOKEN)
-    if mask_token_id is None:
-        logger.info("[MASK] is id %d (%s in vocab.json), the blank this checkpoint was pretrained with (THUDM/GLM "
-                    "data_utils/tokenization.py)%s.", pretrained_id, PRETRAINING_MASK,
-                    "" if hub_id in (None, pretrained_id) else
-                    f"; added_tokens.json's {hub_id} is a row no pretraining example used (pass --mask_token_id "
-                    f"{hub_id} to use it, as the hub's tokenizer does)")
-    else:
-        logger.info("[MASK] is id %d, as --mask_token_id says (the row GLM was pretrained with is %d).",
-                    mask_token_id, pretrained_id)
-    return tokenizer
-
-
-def train_tokenizer(texts, vocab_size: int = 8000):
-    """Trains a byte-level BPE with GLM's special tokens on `texts` (an offline stand-in).
-
-    Ids 0..3 are `<s> <pad> </s> <unk>` as in RoBERTa; `<mask>`, sop, eop and `[MASK]` follow
-    the learned vocabulary. Save it with `.save_pretrained(dir)`; `load_tokenizer(dir)` reads it.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BASE_SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return _wrap_tokenizer(tokenizer)
-
-
-def load_or_train_tokenizer(tokenizer_name, model_name_or_path, train_texts, output_dir, vocab_size=8000,
-                            mask_token_id=None):
-    """The tokenizer a run uses, as scripts resolve `--tokenizer_name` / `--model_name_or_path`.
-
-    `tokenizer_name="train"` trains a byte-level BPE on `train_texts` (the offline default, see
-    `train_tokenizer`) and saves it to `output_dir/tokenizer`, so the run's checkpoints can be
-    reloaded with `--tokenizer_name OUTPUT_DIR/tokenizer`. Otherwise `tokenizer_name` (or, when
-    None, `model_name_or_path`) goes to `load_tokenizer`, with `mask_token_id` (--mask_token_id).
-
-    Raises ValueError for `glm-tiny` without a tokenizer (it has no files of its own), and for a
-    `mask_token_id` with a trained tokenizer (it has its own ids).
-    """
-    if tokenizer_name == "train":
-        if mask_token_id is not None:
-            raise ValueError("--mask_token_id chooses the [MASK] id of released tokenizer files; a tokenizer trained "
-                             "by --tokenizer_name train has its own: drop --mask_token_id or pass --tokenizer_name DIR")
-        tokenizer = train_tokenizer(train_texts, vocab_size=vocab_size)
-        tokenizer.save_pretrained(Path(output_dir) / "tokenizer")
-        return tokenizer
-    name = tokenizer_name or model_name_or_path
-    if name == TINY_MODEL_NAME:
-        raise ValueError("glm-tiny has no tokenizer files: pass --tokenizer_name train (a BPE trained on the "
-                         "training texts) or --tokenizer_name DIR (e.g. the released glm-roberta-large files)")
-    return load_tokenizer(name, mask_token_id)
-
-
-def _wrap_tokenizer(tokenizer):
-    """Adds GLM's pipeline and special tokens to a byte-level BPE `tokenizers.Tokenizer`."""
-    from tokenizers import AddedToken, decoders, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", tokenizer.token_to_id("</s>")),
-                                                            ("<s>", tokenizer.token_to_id("<s>")),
-                                                            add_prefix_space=False)
-    # `<mask>` is missing where load_tokenizer gave its row to [MASK].
-    tokenizer.add_special_tokens([t for t in BASE_SPECIAL_TOKENS if tokenizer.token_to_id(t) is not None])
-    tokenizer.add_special_tokens([AddedToken(SOP_TOKEN, special=True), AddedToken(EOP_TOKEN, special=True),
-                                  AddedToken(MASK_TOKEN, lstrip=True, special=True)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", cls_token="<s>", eos_token="</s>",
-                                   sep_token="</s>", pad_token="</s>", unk_token="<unk>", mask_token=MASK_TOKEN,
-                                   additional_special_tokens=[SOP_TOKEN, EOP_TOKEN])
-    fast.sop_token_id = fast.convert_tokens_to_ids(SOP_TOKEN)
-    fast.eop_token_id = fast.convert_tokens_to_ids(EOP_TOKEN)
-    return fast
-
-
-def special_token_ids(tokenizer) -> dict:
-    """{token: id} of the special tokens GLM's inputs use ([MASK], sop, eop): what
-    `GLMForConditionalGeneration.from_pretrained(special_token_ids=...)` checks in the weights."""
-    return {MASK_TOKEN: tokenizer.mask_token_id, SOP_TOKEN: tokenizer.sop_token_id, EOP_TOKEN: tokenizer.eop_token_id}
+from modeling_glm import MASK_TOKEN, GLMConfig
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ the way it answers change.
 Tiny random models (no download; for tests and CPU runs): roberta-tiny, t5-tiny, bart-tiny,
 glm-tiny, all 2 layers (T5/BART: 2 + 2), hidden 256, 4 heads, FFN 1024 (as glm-tiny). They need
 --tokenizer_name: `train` (a byte-level BPE trained on the training texts,
-glm_utils.train_tokenizer; specials <s> <pad> </s> <unk> <mask>, mask token [MASK]) or a folder
+tokenization_glm.train_tokenizer; specials <s> <pad> </s> <unk> <mask>, mask token [MASK]) or a folder
 with vocab.json + merges.txt (e.g. ../shared/tokenizers/glm-roberta-large: the RoBERTa/BART
 byte-level BPE, used as transformers.RobertaTokenizer with `<mask>`). T5 built from a config is
 tokenizer-agnostic: its pad / eos / decoder-start ids come from the tokenizer.

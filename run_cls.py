@@ -58,18 +58,12 @@ from glm_peft import (
     saved_peft_flags,
     save_model_and_tokenizer,
 )
-from glm_utils import (
-    build_multiple_choice_inputs,
-    encode_choices,
-    encode_context,
-    load_or_train_tokenizer,
-    score_choices,
-    special_token_ids,
-)
+from glm_utils import build_multiple_choice_inputs, encode_choices, encode_context, score_choices
 from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from prompted import build_prompted_examples
 from templates import describe_templates, load_templates, select_template
+from tokenization_glm import load_or_train_tokenizer, special_token_ids
 from training import (
     EpochSampler,
     TrainingPlan,

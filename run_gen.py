@@ -53,18 +53,12 @@ from glm_peft import (
     saved_peft_flags,
     save_model_and_tokenizer,
 )
-from glm_utils import (
-    build_generation_inputs,
-    encode_context,
-    encode_target,
-    generate,
-    load_or_train_tokenizer,
-    special_token_ids,
-)
+from glm_utils import build_generation_inputs, encode_context, encode_target, generate
 from metrics import GEN_METRICS, generation_metrics, most_frequent_target, nearest_training_targets, output_statistics
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from prompted import build_prompted_examples, group_references
 from templates import describe_templates, load_templates, select_template
+from tokenization_glm import load_or_train_tokenizer, special_token_ids
 from training import (
     EpochSampler,
     TrainingPlan,

@@ -47,9 +47,10 @@ from cli import (
 )
 from data import adapt_columns, apply_max_samples, load_raw_datasets
 from glm_peft import count_parameters
-from glm_utils import build_blank_infilling_inputs, load_or_train_tokenizer, max_infilling_text_length, sample_spans
+from glm_utils import build_blank_infilling_inputs, max_infilling_text_length, sample_spans
 from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration, max_positions
 from templates import load_templates, render_example, select_template
+from tokenization_glm import load_or_train_tokenizer
 from training import (
     EpochSampler,
     TrainingPlan,

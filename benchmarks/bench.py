@@ -420,7 +420,7 @@ _TOKENIZER = []
 
 
 def _tokenize(texts, add_special_tokens=True):
-    from glm_utils import load_tokenizer, train_tokenizer
+    from tokenization_glm import load_tokenizer, train_tokenizer
 
     if not _TOKENIZER:
         real = SHARED / "tokenizers" / "glm-roberta-large"

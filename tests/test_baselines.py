@@ -28,8 +28,8 @@ from baselines import (
     score_mlm_choices,
     tiny_config,
 )
-from glm_utils import train_tokenizer
 from templates import PromptTemplate, load_templates, select_template
+from tokenization_glm import train_tokenizer
 
 BPE_FILES = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "glm-roberta-large"
 needs_bpe = pytest.mark.skipif(not (BPE_FILES / "vocab.json").is_file(), reason="../shared/tokenizers not present")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import check_glm
-from glm_utils import load_tokenizer, special_token_ids
 from modeling_glm import GLMConfig, GLMForConditionalGeneration
+from tokenization_glm import load_tokenizer, special_token_ids
 
 REAL_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "glm-roberta-large"
 pytestmark = pytest.mark.skipif(not REAL_TOKENIZER.exists(), reason="needs ../shared/tokenizers/glm-roberta-large")

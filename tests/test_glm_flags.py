@@ -43,7 +43,7 @@ def test_choice_eop_changes_the_scores_and_is_recorded(trec, tmp_path):
 
 def test_mask_token_id_reaches_the_tokenizer_and_a_resume_must_share_it(trec, tmp_path, caplog, capsys):
     out = tmp_path / "run"
-    with caplog.at_level("INFO", logger="glm_utils"):
+    with caplog.at_level("INFO", logger="tokenization_glm"):
         record = run_main(run_cls, cls_args(trec, out, "--mask_token_id", 50267, "--max_train_steps", 2,
                                             "--checkpointing_steps", 1))
     assert record["args"]["mask_token_id"] == 50267

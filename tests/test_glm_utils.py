@@ -1,4 +1,4 @@
-"""The GLM model, tokenizer and input builders (glm_utils.py), checked against hand-worked tensors
+"""The GLM model, tokenizer (tokenization_glm.py) and input builders (glm_utils.py), checked against hand-worked tensors
 and against independent computations (packed vs one-by-one, padded vs alone, cached vs recomputed)."""
 
 import pickle
@@ -15,12 +15,12 @@ from glm_utils import (
     encode_choices,
     generate,
     generation_inputs_from_text,
-    load_tokenizer,
     multiple_choice_inputs_from_text,
     score_choices,
     truncate_around,
 )
 from modeling_glm import GLMOutput, expand_attention_mask
+from tokenization_glm import load_or_train_tokenizer, load_tokenizer, train_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_TOKENIZER = SHARED / "tokenizers" / "glm-roberta-large"
@@ -424,7 +424,7 @@ def test_a_few_cloze_steps_learn(tok, model):
 
 def test_trained_tokenizer_round_trip(tmp_path):
     texts = ["the food was great", "the service was slow", "great food and good service"] * 20
-    tokenizer = glm_utils.train_tokenizer(texts, vocab_size=300)
+    tokenizer = train_tokenizer(texts, vocab_size=300)
     tokenizer.save_pretrained(tmp_path)
     loaded = load_tokenizer(str(tmp_path))
     assert loaded("the food [MASK]")["input_ids"] == tokenizer("the food [MASK]")["input_ids"]
@@ -439,7 +439,7 @@ needs_real_tokenizer = pytest.mark.skipif(not REAL_TOKENIZER.exists(),
 
 @needs_real_tokenizer
 def test_real_tokenizer_ids(caplog):
-    with caplog.at_level("INFO", logger="glm_utils"):
+    with caplog.at_level("INFO", logger="tokenization_glm"):
         t = load_tokenizer(str(REAL_TOKENIZER))
     assert "[MASK] is id 50264" in caplog.text and "added_tokens.json's 50267" in caplog.text
     assert (t.cls_token_id, t.pad_token_id, t.eos_token_id) == (0, 2, 2)
@@ -488,7 +488,7 @@ def test_added_tokens_that_disagree_on_sop_are_refused(tmp_path):
 
 def test_mask_token_id_with_a_trained_tokenizer_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--mask_token_id .* trained by --tokenizer_name train has its own"):
-        glm_utils.load_or_train_tokenizer("train", "glm-tiny", ["a b c"], tmp_path, mask_token_id=50264)
+        load_or_train_tokenizer("train", "glm-tiny", ["a b c"], tmp_path, mask_token_id=50264)
 
 
 @needs_real_tokenizer

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 import run_cls
 import run_pretrain
 from conftest import run_main
-from glm_utils import build_blank_infilling_inputs, load_tokenizer, max_infilling_text_length, sample_spans
+from glm_utils import build_blank_infilling_inputs, max_infilling_text_length, sample_spans
 from modeling_glm import GLMConfig, GLMForConditionalGeneration, expand_attention_mask
 from test_glm_utils import EOP, SOP, WordTokenizer
+from tokenization_glm import load_tokenizer
 
 MASK, PAD = WordTokenizer.mask_token_id, WordTokenizer.pad_token_id
 
