@@ -8,10 +8,10 @@ seed: a cell pools the runs of every (seed, shots seed), its "replicates". A (ta
 study when its runs used the same data (files, sizes, sample limits, the number of shots per class,
 the same test examples); runs on other data form studies of their own, reported in their own
 sections. `few_shot_curve` joins the studies that differ in their number of shots only. Within a
-study a system is (method, PEFT, model, and every other setting); runs of the same method with other settings (steps, sequence lengths, PEFT
-sizes...) are a system of their own, labelled with what differs. Runs without training are no grid
-point: a zero-shot run gives the "before" score of the systems that start from its model, prompt,
-data and evaluation settings (see `match_zero_shot`).
+study a system is (method, PEFT, model, and every other setting); runs of the same method with other
+settings (steps, sequence lengths, PEFT sizes...) are a system of their own, labelled with what
+differs. Runs without training are no grid point: a zero-shot run gives the "before" score of the
+systems that start from its model, prompt, data and evaluation settings (see `match_zero_shot`).
 """
 
 import json
@@ -181,10 +181,10 @@ def separate_runs(runs):
 
     Per (task, dataset), few-shot runs form a study per number of shots ("8 shots per class"). Per
     (task, dataset, shots), the data settings (DATA_ARGS, the number of test examples, hidden test
-    labels) shared by the most runs make the main study (study "", or the shots alone); runs on
-    other data get a study named by what differs ("max_train_samples 72"). Within a study, per
-    (method, peft, model), the most common `run_settings` make the main variant; runs with other
-    settings get a variant named by what differs ("max_train_steps 1"). Ties go to the settings seen first (path order). A run
+    labels) shared by the most runs make the main study (study "", or the shots alone); runs on other
+    data get a study named by what differs ("max_train_samples 72"). Within a study, per (method, peft,
+    model), the most common `run_settings` make the main variant; runs with other settings get a variant
+    named by what differs ("max_train_steps 1"). Ties go to the settings seen first (path order). A run
     with the cell and seed of an earlier one (a rerun elsewhere) is left out.
 
     Returns:

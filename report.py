@@ -587,9 +587,11 @@ def write_report(runs, zero_shot, results_dir, output_dir, title, untrained, not
     runs are listed with their score and the reason they are in no table; `notes` say which runs
     were set apart and why."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    few_shot = bool(runs["num_shots"].notna().any())
+    draws = " (for few-shot runs, over seeds x draws of the examples: --shots_seed)" * few_shot
     lines = [f"# {title}", "",
              f"{len(runs)} trained runs (results.json files) under `{results_dir}`; "
-             f"{runs['seed'].nunique()} seed(s); std is the sample standard deviation over seeds.", "",
+             f"{runs['seed'].nunique()} seed(s); std is the sample standard deviation over seeds{draws}.", "",
              SELECTION_NOTE, "", STATISTICS_NOTE, ""]  # fmt: skip
     if len(zero_shot):
         lines += [f"**Zero-shot.** {len(zero_shot)} run(s) evaluate an untrained model (`--no-do_train`): their test "

@@ -213,15 +213,15 @@ def test_a_bad_shots_value_stops_before_any_run(tmp_path):
     assert done.stderr.strip() == "sweeps.sh: --shots takes numbers of examples per class and 'full', got 'all'"
 
 
-def test_cpu_fewshot_preset_draws_k_8_16_64_twice_and_the_full_data_for_4_lines(tmp_path):
+def test_cpu_fewshot_preset_draws_k_8_16_64_three_times_and_the_full_data_for_4_lines(tmp_path):
     out = tmp_path / "runs"
     lines = commands(sweep("--preset", "cpu-fewshot", "--dry-run", "--out", str(out),
                            env={"SHARED": str(fake_shared(tmp_path))}).stdout)  # fmt: skip
     runs = [output_dir(line).relative_to(out).parts for line in lines]
 
-    assert len(lines) == 4 * (3 * 2 + 1) + 2  # (glm_cloze x 2 prompts, 2 heads) x (3 K x 2 draws + full), 2 zero-shot
+    assert len(lines) == 4 * (3 * 3 + 1) + 2  # (glm_cloze x 2 prompts, 2 heads) x (3 K x 3 draws + full), 2 zero-shot
     shots = [re.search(r"--num_shots (\d+) --shots_seed (\d+)", line) for line in lines]
-    assert {match.groups() for match in shots if match} == {(k, s) for k in ("8", "16", "64") for s in ("1", "2")}
+    assert {match.groups() for match in shots if match} == {(k, s) for k in ("8", "16", "64") for s in ("1", "2", "3")}
     assert {method for _, method, _ in runs} == {"glm_cloze", "baseline_glm-tiny_linear_head",
                                                  "baseline_roberta-tiny_linear_head", "glm_cloze_zero_shot"}
     assert all("--max_train_steps 60" in line and "run_gen.py" not in line for line in lines)
