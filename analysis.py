@@ -3,13 +3,15 @@ apart runs that may share a table cell, metric scales, aggregation over seeds, m
 validation, and hyperparameter and prompt sensitivity in numbers.
 
 Runs share a cell only when every setting but the seed is equal (read from the `args` each
-results.json records; see `separate_runs`). A (task, dataset) is one study when its runs used the
-same data (files, sizes, sample limits, the same test examples); runs on other data form studies of
-their own, reported in their own sections. Within a study a system is (method, PEFT, model, and
-every other setting); runs of the same method with other settings (steps, sequence lengths, PEFT
-sizes...) are a system of their own, labelled with what differs. Runs without training are no grid
-point: a zero-shot run gives the "before" score of the systems that start from its model, prompt,
-data and evaluation settings (see `match_zero_shot`).
+results.json records; see `separate_runs`); the draw of a few-shot run (--shots_seed) counts as a
+seed: a cell pools the runs of every (seed, shots seed), its "replicates". A (task, dataset) is one
+study when its runs used the same data (files, sizes, sample limits, the number of shots per class,
+the same test examples); runs on other data form studies of their own, reported in their own
+sections. `few_shot_curve` joins the studies that differ in their number of shots only. Within a
+study a system is (method, PEFT, model, and every other setting); runs of the same method with other
+settings (steps, sequence lengths, PEFT sizes...) are a system of their own, labelled with what
+differs. Runs without training are no grid point: a zero-shot run gives the "before" score of the
+systems that start from its model, prompt, data and evaluation settings (see `match_zero_shot`).
 """
 
 import json
@@ -42,7 +44,11 @@ TRAINING_ONLY_ARGS = frozenset({
     "lr_scheduler_type", "max_grad_norm", "metric_for_best_model", "eval_steps", "group_by_length", "label_smoothing",
 })  # fmt: skip
 DATA_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
-             "validation_split_percentage", "max_train_samples", "max_eval_samples", "max_test_samples", "skip_empty")
+             "validation_split_percentage", "max_train_samples", "max_eval_samples", "max_test_samples", "skip_empty",
+             "num_shots")
+# What tells apart the repetitions of a cell (its replicates): the training seed and, for a few-shot
+# run, the draw of its examples.
+REPLICATE_ARGS = ("seed", "shots_seed")
 PEFT_ARGS = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
              "ptuning_v2": ("pre_seq_len", "prefix_projection", "prefix_hidden_size")}  # fmt: skip
 
@@ -65,7 +71,8 @@ TASK_NAMES = {"cls": "classification", "gen": "generation"}
 def load_results(results_dir):
     """One row per results.json under results_dir (searched recursively).
 
-    Columns: task, dataset, method, peft, model, the CONFIG keys, seed, metric_for_best_model,
+    Columns: task, dataset, method, peft, model, the CONFIG keys, seed, replicate (the
+    REPLICATE_ARGS values as a tuple), num_shots (NaN: the full training data), metric_for_best_model,
     validation / test (the metric dicts; test {} when its labels were hidden), test_hidden,
     epochs, baselines, train_time_s, trainable_share, trainable_params, script, args, env,
     data_settings, settings (see `separate_runs`), path; study and variant "" until
@@ -101,6 +108,8 @@ def _row(record, path):
         "learning_rate": float(record["learning_rate"]),
         "batch_size": int(record["per_device_train_batch_size"]),
         "seed": record.get("seed"),
+        "replicate": tuple(args.get(name, record.get(name)) for name in REPLICATE_ARGS),
+        "num_shots": args.get("num_shots"),
         "metric_for_best_model": record.get("metric_for_best_model"),
         "validation": record.get("validation") or {},
         "test": record.get("test") or {},
@@ -123,9 +132,9 @@ def _row(record, path):
 def run_settings(args, peft):
     """The settings a run's cell is defined by besides the data, the grid axes (prompt, learning
     rate, batch size) and the seed: every recorded argument but OPERATIONAL_ARGS, GRID_ARGS,
-    DATA_ARGS and the arguments of the PEFT methods the run does not use."""
+    DATA_ARGS, REPLICATE_ARGS and the arguments of the PEFT methods the run does not use."""
     unused = {name for method, names in PEFT_ARGS.items() if method != peft for name in names}
-    skip = OPERATIONAL_ARGS | GRID_ARGS | set(DATA_ARGS) | unused
+    skip = OPERATIONAL_ARGS | GRID_ARGS | set(DATA_ARGS) | set(REPLICATE_ARGS) | unused
     return {name: value for name, value in sorted(args.items()) if name not in skip}
 
 
@@ -167,13 +176,15 @@ def split_untrained(runs):
 
 def separate_runs(runs):
     """Set the study and variant of every run and drop repeated runs, so that the runs of one
-    table cell (study, system, prompt, learning rate, batch size) differ in their seed only.
+    table cell (study, system, prompt, learning rate, batch size) differ in their replicate (seed,
+    shots seed) only.
 
-    Per (task, dataset), the data settings (DATA_ARGS, the number of test examples, hidden test
-    labels) shared by the most runs make the main study (study ""); runs on other data get a study
-    named by what differs ("max_train_samples 72"). Within a study, per (method, peft, model), the
-    most common `run_settings` make the main variant; runs with other settings get a variant named
-    by what differs ("max_train_steps 1"). Ties go to the settings seen first (path order). A run
+    Per (task, dataset), few-shot runs form a study per number of shots ("8 shots per class"). Per
+    (task, dataset, shots), the data settings (DATA_ARGS, the number of test examples, hidden test
+    labels) shared by the most runs make the main study (study "", or the shots alone); runs on other
+    data get a study named by what differs ("max_train_samples 72"). Within a study, per (method, peft,
+    model), the most common `run_settings` make the main variant; runs with other settings get a variant
+    named by what differs ("max_train_steps 1"). Ties go to the settings seen first (path order). A run
     with the cell and seed of an earlier one (a rerun elsewhere) is left out.
 
     Returns:
@@ -182,9 +193,12 @@ def separate_runs(runs):
     """
     runs = runs.copy()
     notes = []
-    for (task, dataset), group in runs.groupby(["task", "dataset"], sort=False):
+    for (task, dataset, shots), group in runs.groupby(["task", "dataset", "num_shots"], sort=False, dropna=False):
         title = DATASET_TITLES.get(dataset, dataset)
+        shots = "" if pd.isna(shots) else f"{int(shots)} shots per class"
+        runs.loc[group.index, "study"] = shots
         for label, members, differences, main_count in _minorities(group, "data_settings"):
+            label = ", ".join(filter(None, (shots, label)))
             runs.loc[members.index, "study"] = label
             notes.append(f"- {len(members)} run(s) of {task}/{dataset} used other data than the {main_count} others "
                          f"({differences}): reported in their own section, \"{title} ({label})\".")
@@ -195,7 +209,7 @@ def separate_runs(runs):
             notes.append(f"- {len(members)} run(s) of {name} on {task}/{dataset} differ from its {main_count} other "
                          f"run(s) in {differences}: a system of their own, \"{name.rsplit(' [', 1)[0]} "
                          f"[{system[-1]}] ({label})\".")
-    repeated = runs.duplicated(SYSTEM + CONFIG + ["seed"])
+    repeated = runs.duplicated(SYSTEM + CONFIG + ["replicate"])
     for path in runs.loc[repeated, "path"]:
         notes.append(f"- `{path}` repeats the settings and seed of another run: left out (each seed counts once).")
     return runs[~repeated], notes
@@ -242,7 +256,8 @@ def match_zero_shot(runs, untrained):
     reasons, study, evaluation = (list(column) for column in zip(*found)) if found else ([], [], [])
     untrained = untrained.assign(reason=reasons, study=study, evaluation=evaluation)
     zero_shot = untrained[untrained["reason"] == ""].drop(columns="reason")
-    repeated = zero_shot.duplicated(["task", "dataset", "study", "method", "model", "evaluation", "prompt_id", "seed"])
+    repeated = zero_shot.duplicated(["task", "dataset", "study", "method", "model", "evaluation", "prompt_id",
+                                     "replicate"])
     notes = [f"- `{path}` repeats the zero-shot settings and seed of another run: left out (each seed counts once)."
              for path in zero_shot.loc[repeated, "path"]]  # fmt: skip
     return zero_shot[~repeated], untrained[untrained["reason"] != ""], notes
@@ -371,7 +386,8 @@ def add_scores(runs, metric):
 def summarize(runs, keys):
     """Mean and sample std over seeds of the validation and test scores, per group of keys.
 
-    Returns a DataFrame with the keys and val_mean, val_std, test_mean, test_std, n_seeds,
+    Returns a DataFrame with the keys and val_mean, val_std, test_mean, test_std, n_seeds (the
+    number of replicates: seeds, times shot draws for few-shot runs),
     train_time_s, trainable_share, trainable_params (means), test_hidden (any run's) and paths
     (the runs' results.json paths); std is NaN for a single seed (one run per seed: see
     `separate_runs`).
@@ -380,7 +396,7 @@ def summarize(runs, keys):
     summary = grouped.agg(
         val_mean=("val", "mean"), val_std=("val", "std"),
         test_mean=("test", "mean"), test_std=("test", "std"),
-        n_seeds=("seed", "nunique"),
+        n_seeds=("replicate", "nunique"),
         train_time_s=("train_time_s", "mean"), trainable_share=("trainable_share", "mean"),
         trainable_params=("trainable_params", "mean"), test_hidden=("test_hidden", "any"), paths=("path", list),
     )  # fmt: skip
@@ -440,13 +456,14 @@ def system_order(row):
 def trivial_baselines(runs, metric):
     """The scripts' reference scores (majority class / most frequent reference) found in the
     runs' "baselines" field: {name: (validation, test)} on the shown scale, each the mean over
-    seeds (a validation split carved from train depends on the seed); NaN where absent.
+    replicates (a validation split carved from train depends on the seed, a few-shot train split on
+    its draw); NaN where absent.
 
     A baseline entry is either {"validation": {...}, "test": {...}} or a flat metric dict
     (then taken as the test score). `runs` must share their data (one study)."""
     scale = metric_scale(metric)
     values = {}
-    for seed, baselines in zip(runs["seed"], runs["baselines"]):
+    for seed, baselines in zip(runs["replicate"], runs["baselines"]):
         for name, entry in (baselines or {}).items():
             if "validation" in entry or "test" in entry:
                 val, test = (entry.get(split) or {} for split in ("validation", "test"))
@@ -531,3 +548,111 @@ def prompt_sensitivity(prompts):
         "prompts": len(values), "low": values.min(), "high": values.max(), "spread": values.max() - values.min(),
         "prompt_std": values.std(), "seed_std": float(np.sqrt((seed_std**2).mean())) if len(seed_std) else np.nan,
     }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# Few-shot learning curves: test score against the number of shots per class
+# ---------------------------------------------------------------------------------------
+
+FULL_DATA = np.inf  # the `shots` of runs on the full training data: right of every K
+PROMPT_METHODS = {"glm_cloze", "mlm_prompt", "seq2seq"}  # answer through a prompt, no new head
+
+
+def few_shot_curve(runs, metric):
+    """Test score against K (shots per class), one line per system and prompt (LM-BFF's Figure 3).
+
+    A line is a system (method, PEFT, model, variant, as `separate_runs` named it within each
+    study) with one prompt; its points are the studies of one (task, dataset) whose data differ in
+    their number of shots only, and the full training data. At each K the line's (learning rate,
+    batch size) is chosen on validation (`best_row`), then the test scores of that cell's replicates
+    (seeds x shot draws) give the point.
+
+    Args:
+        runs: runs with scores (`add_scores`) of one (task, dataset), after `separate_runs`.
+    Returns:
+        DataFrame, one row per (line, K), sorted by line then K: line (label), method, peft, model,
+        variant, prompt_id, shots (int K, or FULL_DATA), learning_rate, batch_size, val_mean,
+        test_mean, test_std (sample std, NaN for one replicate), test_min, test_max, n (replicates).
+        Empty when no run is few-shot.
+    """
+    few = runs[runs["num_shots"].notna()]
+    if few.empty:
+        return pd.DataFrame()
+    base = runs["data_settings"].map(lambda settings: _key({**settings, "num_shots": None}))
+    runs = runs[base == base[few.index].mode().iloc[0]]  # the data of most few-shot runs, any K
+    runs = runs.assign(shots=runs["num_shots"].fillna(FULL_DATA))
+    line_keys = ["method", "peft", "model", "variant", "prompt_id"]
+    points = []
+    for keys, group in runs.groupby([*line_keys, "shots"], sort=True):
+        best = best_row(summarize(group, CONFIG), metric)
+        cell = group[(group[CONFIG] == best[CONFIG]).all(axis=1)]["test"]
+        line = dict(zip(line_keys, keys))
+        label = system_label(line) + ("" if line["prompt_id"] == NO_PROMPT else f", prompt {line['prompt_id']}")
+        points.append({"line": label, **line, "shots": keys[-1], "learning_rate": best["learning_rate"],
+                       "batch_size": best["batch_size"], "val_mean": best["val_mean"], "test_mean": cell.mean(),
+                       "test_std": cell.std(), "test_min": cell.min(), "test_max": cell.max(), "n": len(cell)})
+    return pd.DataFrame(points)
+
+
+def fmt_shots(shots):
+    """"8", or "full" for the full training data."""
+    return "full" if shots == FULL_DATA else str(int(shots))
+
+
+def fmt_replicates(points):
+    """The replicates of one line's points (`few_shot_curve` rows): "2", "2/3", or "2; full 1"."""
+    few, full = points[points["shots"] != FULL_DATA], points[points["shots"] == FULL_DATA]
+    text = "/".join(str(n) for n in sorted(set(few["n"].astype(int))))
+    full_n = "/".join(str(n) for n in sorted(set(full["n"].astype(int))))
+    if full_n in ("", text):
+        return text
+    return f"{text}; full {full_n}" if text else full_n
+
+
+def few_shot_reading(curve, metric):
+    """The plain reading of a `few_shot_curve`: which line leads on test at the smallest and the
+    largest K (and whether the leader's band clears the runner-up's), where the lead changes hands,
+    and, when there are both, the gap between the best prompt-based line (PROMPT_METHODS) and the
+    best linear head at each K.
+
+    Returns:
+        list of str (sentences), e.g. ["With 8 examples per class, A leads on test accuracy (45.0, next
+        B 25.0; the bands do not overlap).", ...].
+    """
+    means, lows, highs, counts = (curve.pivot(index="line", columns="shots", values=column)
+                                  for column in ("test_mean", "test_min", "test_max", "n"))  # fmt: skip
+    sign = 1 if higher_is_better(metric) else -1
+    worst, best = (lows, highs) if sign > 0 else (highs, lows)  # the ends of a band, for that direction
+    name = METRIC_NAMES.get(metric, metric)
+    leaders = {shots: (sign * means[shots]).dropna().sort_values(ascending=False).index for shots in means.columns}
+    sentences = []
+    for shots in dict.fromkeys([means.columns[0], means.columns[-1]]):
+        first, *others = leaders[shots]
+        where = "On the full training data" if shots == FULL_DATA else f"With {fmt_shots(shots)} examples per class"
+        text = f"{where}, {first} leads on test {name} ({means.loc[first, shots]:.1f}"
+        if others:
+            second = others[0]
+            if min(counts.loc[first, shots], counts.loc[second, shots]) < 2:
+                verdict = "one replicate: no band to compare"
+            elif sign * worst.loc[first, shots] > sign * best.loc[second, shots]:
+                verdict = "the bands do not overlap"
+            else:
+                verdict = "their bands overlap: not a settled difference"
+            text += f", next {second} {means.loc[second, shots]:.1f}; {verdict}"
+        sentences.append(text + ").")
+    changes = [f"{leaders[b][0]} takes the lead from {leaders[a][0]} between {_at(a)} and {_at(b)}"
+               for a, b in zip(means.columns, means.columns[1:]) if leaders[a][0] != leaders[b][0]]
+    if len(means.columns) > 1:
+        sentences.append(("; ".join(changes) + ".") if changes else f"{leaders[means.columns[0]][0]} leads at every K.")
+    methods = curve.drop_duplicates("line").set_index("line")["method"][means.index]
+    prompted, heads = means[methods.isin(PROMPT_METHODS)], means[methods == "linear_head"]
+    if len(prompted) and len(heads):
+        gaps = sign * ((sign * prompted).max() - (sign * heads).max())
+        listed = ", ".join(f"{gap:+.1f} at {_at(shots)}" for shots, gap in gaps.dropna().items())
+        sentences.append(f"Best prompt-based line minus best linear head ({name} points): {listed}.")
+    return sentences
+
+
+def _at(shots):
+    """"K = 8", or "full" (the full training data)."""
+    return "full" if shots == FULL_DATA else f"K = {fmt_shots(shots)}"

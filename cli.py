@@ -66,6 +66,11 @@ def add_data_and_prompt_args(parser, task):
     group.add_argument("--max_eval_samples", type=int, default=None, help="Keep the first N validation rows.")
     group.add_argument("--max_test_samples", "--max_predict_samples", dest="max_test_samples", type=int, default=None,
                        help="Keep the first N test rows.")
+    group.add_argument("--num_shots", type=int, default=None,
+                       help="Few-shot (classification): train on K examples per class drawn from the training data, "
+                            "and validate on K others per class (unless --validation_file is given).")
+    group.add_argument("--shots_seed", type=int, default=None,
+                       help="Seed of the --num_shots draw (default 0); --seed leaves the draw unchanged.")
     group.add_argument("--prompt_id", type=int, default=None, help="Prompt id (see --list_prompts); default 0.")
     group.add_argument("--prompt_name", default=None, help="Prompt name (instead of --prompt_id).")
     group.add_argument("--list_prompts", action="store_true", help="Print the usable prompts and exit.")
@@ -92,6 +97,29 @@ def data_args_problems(args, task):
                  if getattr(args, name) is not None and getattr(args, name) < 1]
     if not 0 < args.validation_split_percentage < 100:
         problems.append("--validation_split_percentage must lie in (0, 100)")
+    return problems + few_shot_problems(args, task)
+
+
+def few_shot_problems(args, task):
+    """What is wrong with --num_shots / --shots_seed (messages); sets args.shots_seed to 0 when
+    --num_shots is given without it."""
+    if args.num_shots is None:
+        given = args.shots_seed is not None
+        return ["--shots_seed seeds the draw of --num_shots: pass --num_shots K too"] if given else []
+    if task != "cls":
+        return ["--num_shots draws K examples per class: classification only (run_cls.py, run_baseline.py --task "
+                "cls); to train generation on fewer rows use --max_train_samples"]
+    problems = []
+    if args.num_shots < 1:
+        problems.append(f"--num_shots must be >= 1 (examples per class), got {args.num_shots}")
+    if args.max_train_samples is not None:
+        problems.append("--num_shots chooses the training rows: drop --max_train_samples")
+    if args.train_file is None and (args.validation_file or args.test_file):
+        problems.append("--num_shots draws from the training data: pass --train_file")
+    if args.shots_seed is None:
+        args.shots_seed = 0
+    elif args.shots_seed < 0:
+        problems.append(f"--shots_seed must be >= 0, got {args.shots_seed}")
     return problems
 
 

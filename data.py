@@ -16,9 +16,11 @@ import json
 import logging
 import os
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from offline_datasets import OFFLINE_DATASETS
 
@@ -138,7 +140,8 @@ def load_raw_datasets(
 
     When there is a train split but no validation split, `validation_split_percentage` % of
     train becomes validation with `train_test_split(test_size=pct / 100, seed=seed)`
-    (deterministic for a seed; logged). Hub copies may still need `adapt_columns`.
+    (deterministic for a seed; logged); None carves nothing (few-shot runs draw their validation
+    rows themselves: `sample_few_shot`). Hub copies may still need `adapt_columns`.
 
     Returns:
         datasets.DatasetDict with keys among "train", "validation", "test" ("test" is absent
@@ -164,7 +167,7 @@ def load_raw_datasets(
             "No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, fine_foods, "
             "hhs_breaches) or local files with --train_file/--validation_file/--test_file."
         )
-    if "train" in raw and "validation" not in raw:
+    if "train" in raw and "validation" not in raw and validation_split_percentage is not None:
         raw = _carve_validation(raw, validation_split_percentage, seed)
     return datasets.DatasetDict({split: _name_split(dataset, split) for split, dataset in raw.items()})
 
@@ -203,6 +206,70 @@ def _carve_validation(raw, percentage, seed):
     carved = {"train": split["train"], "validation": split["test"]}
     carved.update({name: dataset for name, dataset in raw.items() if name != "train"})
     return datasets.DatasetDict(carved)
+
+
+def sample_few_shot(raw_datasets, label_columns, num_shots, seed, draw_validation=True):
+    """K training examples per class, and as many validation examples drawn from the rest of train
+    (the few-shot setting of LM-BFF: Gao et al., ACL 2021, section 3).
+
+    A class is a distinct value of the label column(s) as the data holds them, before any prompt
+    renders them, so every method (cloze prompts, linear heads) gets the same rows for the same K
+    and seed. Per class, in sorted order of the classes, `np.random.default_rng(seed)` permutes the
+    class's train rows: the first K become train, the next K validation. A class with fewer rows
+    gives what it has (logged as a warning; listed in the returned "short_classes"). Rows with an
+    empty or missing label are no class and are never drawn. Rows keep the order of the file.
+
+    Args:
+        raw_datasets: datasets.DatasetDict with "train" (the whole training split, nothing carved).
+        label_columns: the columns that make a row's class (the answer fields of the template,
+            templates.answer_fields), e.g. {"label_coarse"}.
+        num_shots: K >= 1. seed: int >= 0.
+        draw_validation: False keeps raw_datasets["validation"] as it is (a --validation_file);
+            True replaces any validation split by the drawn rows.
+    Returns:
+        (DatasetDict with the drawn "train" (and "validation"), the other splits unchanged;
+        dict: num_shots, shots_seed, per_class {"train": {class: rows}, "validation": {...}} (class
+        as text), short_classes [class], train_rows and validation_rows (the drawn rows' indices
+        in the training data as loaded, 0-based)). Drawn validation rows name the validation split
+        in ORIGIN_COLUMN.
+    """
+    train = raw_datasets["train"]
+    columns = sorted(label_columns)
+    rows_of = defaultdict(list)
+    for index, label in enumerate(zip(*(train[column] for column in columns))):
+        if all(value not in (None, "") for value in label):
+            rows_of[label if len(label) > 1 else label[0]].append(index)
+    rng = np.random.default_rng(seed)
+    drawn = {"train": {}, "validation": {}}
+    for label in sorted(rows_of, key=str):
+        order = rng.permutation(rows_of[label]).tolist()
+        drawn["train"][label], drawn["validation"][label] = order[:num_shots], order[num_shots : 2 * num_shots]
+    splits = ["train", "validation"] if draw_validation else ["train"]
+    short = sorted({str(label) for split in splits for label, rows in drawn[split].items() if len(rows) < num_shots})
+    if short:
+        logger.warning("--num_shots %d: class(es) %s have fewer than %d rows for train%s; they keep what there is.",
+                       num_shots, ", ".join(short), num_shots, " and validation" if draw_validation else "")
+    rows = {split: sorted(row for class_rows in drawn[split].values() for row in class_rows) for split in splits}
+    result = datasets.DatasetDict({"train": train.select(rows["train"])})
+    if draw_validation:
+        result["validation"] = _rename_split(train.select(rows["validation"]), "train", "validation")
+    result.update({split: dataset for split, dataset in raw_datasets.items() if split not in result})
+    logger.info("--num_shots %d, --shots_seed %d: %d train and %d validation rows, drawn per class from train.",
+                num_shots, seed, len(result["train"]), len(result.get("validation", [])))
+    record = {"num_shots": num_shots, "shots_seed": seed,
+              "per_class": {split: {str(label): len(r) for label, r in drawn[split].items()} for split in splits},
+              "short_classes": short, **{f"{split}_rows": rows[split] for split in splits}}  # fmt: skip
+    return result, record
+
+
+def _rename_split(dataset, old, new):
+    """Rows moved from split `old` to split `new`: their ORIGIN_COLUMN says so."""
+
+    def rename(batch):
+        return {ORIGIN_COLUMN: [origin.removesuffix(f" ({old} split)") + f" ({new} split)"
+                                for origin in batch[ORIGIN_COLUMN]]}  # fmt: skip
+
+    return dataset.map(rename, batched=True, desc=f"Marking the {new} split")
 
 
 def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=None, max_test_samples=None):

@@ -1,5 +1,5 @@
 """The report's figures (matplotlib, files only): lr x batch-size heatmaps, prompt bars, confusion
-matrices, learning curves; each readable at a paper's column width."""
+matrices, learning curves, few-shot curves; each readable at a paper's column width."""
 
 import matplotlib
 import matplotlib.ticker
@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from analysis import higher_is_better, metric_label  # noqa: E402
+from analysis import FULL_DATA, fmt_replicates, fmt_shots, higher_is_better, metric_label  # noqa: E402
 from report_tables import fmt_lr, fmt_mean_std, fmt_prompt  # noqa: E402
 
 
@@ -132,4 +132,39 @@ def plot_learning_curves(curves, metric, title, path):
               title="method [model], best config\n(n seeds; band = ± std)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_few_shot(curve, metric, title, path):
+    """Test score against K (analysis.few_shot_curve), log2 x axis: one line per system and prompt,
+    each point the mean over its replicates, the band (whisker at "full") their min-max; the full
+    training data is the last tick ("full"), two doublings right of the largest K and joined by a
+    dotted segment (its distance means nothing)."""
+    ks = sorted(k for k in curve["shots"].unique() if k != FULL_DATA)
+    full_x = (ks[-1] if ks else 1) * 4
+    fig, ax = plt.subplots(figsize=(5.0, 4.6), layout="constrained")
+    for (label, line), marker in zip(curve.groupby("line", sort=False), "osD^vP*X"):
+        few, full = line[line["shots"] != FULL_DATA], line[line["shots"] == FULL_DATA]
+        drawn = ax.plot(few["shots"], few["test_mean"], marker=marker,
+                        label=f"{_short(label, 44)} (n={fmt_replicates(line)})")
+        color = drawn[0].get_color()
+        ax.fill_between(few["shots"], few["test_min"], few["test_max"], color=color, alpha=0.15, linewidth=0)
+        if len(full):
+            mean, low, high = full[["test_mean", "test_min", "test_max"]].iloc[0]
+            ax.errorbar([full_x], [mean], yerr=[[mean - low], [high - mean]], marker=marker, color=color, capsize=3,
+                        linestyle="none")  # fmt: skip
+            if len(few):
+                ax.plot([few["shots"].iloc[-1], full_x], [few["test_mean"].iloc[-1], mean], color=color, linestyle=":")
+    ticks = ks + ([full_x] if (curve["shots"] == FULL_DATA).any() else [])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [fmt_shots(FULL_DATA if t == full_x else t) for t in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("training examples per class (K)")
+    ax.set_ylabel(f"test {metric_label(metric)}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1,
+              title="system [model], prompt (n replicates per point)\nline = mean, band = min–max over replicates",
+              title_fontsize=7.5)  # fmt: skip
+    fig.savefig(path, dpi=200)
     plt.close(fig)

@@ -64,6 +64,8 @@ from analysis import (  # noqa: E402
     best_runs,
     choose_metric,
     comparison_table,
+    few_shot_curve,
+    few_shot_reading,
     grid_sensitivity,
     grid_table,
     learning_curve,
@@ -78,7 +80,7 @@ from analysis import (  # noqa: E402
     trivial_baselines,
     zero_shot_summary,
 )
-from figures import plot_confusion, plot_heatmap, plot_learning_curves, plot_prompts  # noqa: E402
+from figures import plot_confusion, plot_few_shot, plot_heatmap, plot_learning_curves, plot_prompts  # noqa: E402
 from glm_examples import write_glm_examples  # noqa: E402
 from readings import (  # noqa: E402
     comparison_reading,
@@ -99,6 +101,7 @@ from report_tables import (  # noqa: E402
     fmt_seeds,
     make_comparison_table,
     make_errors_table,
+    make_few_shot_table,
     make_grid_table,
     make_length_table,
     make_lowest_bleu_table,
@@ -191,6 +194,25 @@ def report_sections(runs, zero_shot, output_dir):
     return lines, tables, comparisons
 
 
+def few_shot_sections(runs, output_dir):
+    """Per (task, dataset) with few-shot runs (--num_shots): the test score against K (analysis.few_shot_curve)
+    as a figure, a table and its reading. Returns (markdown lines, list of report_tables.Table)."""
+    lines, tables = [], []
+    for (task, dataset), group in runs.groupby(["task", "dataset"], sort=True):
+        metric = choose_metric(group)
+        curve = few_shot_curve(add_scores(group, metric), metric)
+        if curve.empty:
+            continue
+        table = make_few_shot_table(task, dataset, curve, metric)
+        tables.append(table)
+        figure = f"few_shot_{safe_name(f'{task}_{dataset}')}.png"
+        plot_few_shot(curve, metric, f"{study_title(dataset)} ({task}): test {METRIC_NAMES.get(metric, metric)} "
+                      "against examples per class", output_dir / figure)  # fmt: skip
+        lines += [f"## {study_title(dataset)}: few-shot learning curves", "", table.caption, "", table.markdown(), "",
+                  f"![test score against K]({figure})", "", " ".join(few_shot_reading(curve, metric)), ""]
+    return lines, tables
+
+
 def system_section(task, system, system_runs, metric, output_dir, tables, trivial, zero_shot):
     """Grid table + heatmap with its sensitivity, and the prompt comparison when there are several
     prompts (`trivial`: {name: (validation, test)} reference scores drawn on its bar chart;
@@ -202,7 +224,7 @@ def system_section(task, system, system_runs, metric, output_dir, tables, trivia
     best = grid[grid["best"]].iloc[0]
     table = make_grid_table(task, dataset, study, label, grid, metric)
     tables.append(table)
-    n_seeds = int(system_runs["seed"].nunique())
+    n_seeds = int(system_runs["replicate"].nunique())
     test = "test labels hidden" if best["test_hidden"] else f"test {fmt_mean_std(best['test_mean'], best['test_std'])}"
     lines = [f"### Grid search: {label}", "", table.caption, "", table.markdown(), ""]
     lines += [
@@ -324,9 +346,11 @@ def write_report(runs, zero_shot, results_dir, output_dir, title, untrained, not
     runs are listed with their score and the reason they are in no table; `notes` say which runs
     were set apart and why."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    few_shot = bool(runs["num_shots"].notna().any())
+    draws = " (for few-shot runs, over seeds x draws of the examples: --shots_seed)" * few_shot
     lines = [f"# {title}", "",
              f"{len(runs)} trained runs (results.json files) under `{results_dir}`; "
-             f"{runs['seed'].nunique()} seed(s); std is the sample standard deviation over seeds.", "",
+             f"{runs['seed'].nunique()} seed(s); std is the sample standard deviation over seeds{draws}.", "",
              SELECTION_NOTE, "", STATISTICS_NOTE, ""]  # fmt: skip
     if len(zero_shot):
         lines += [f"**Zero-shot.** {len(zero_shot)} run(s) evaluate an untrained model (`--no-do_train`): their test "
@@ -350,8 +374,10 @@ def write_report(runs, zero_shot, results_dir, output_dir, title, untrained, not
             lines.append(f"- `{Path(run.path).parent.relative_to(results_dir)}` ({run.reason}): {split} {metric} "
                          f"{'n/a' if score is None else f'{score:.4f}'}{hidden}")
         lines.append("")
+    few_shot_lines, few_shot_tables = few_shot_sections(runs, output_dir)
     sections, tables, comparisons = report_sections(runs, zero_shot, output_dir)
-    lines += sections
+    lines += few_shot_lines + sections
+    tables = few_shot_tables + tables
     (output_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     preamble = ["% Tables of report.md; needs \\usepackage{booktabs}.", f"% {SELECTION_NOTE.replace('**', '')}", ""]
     (output_dir / "tables.tex").write_text("\n".join(preamble + [t.latex() for t in tables]), encoding="utf-8")

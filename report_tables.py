@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from analysis import DATASET_TITLES, NO_PROMPT, metric_label
+from analysis import DATASET_TITLES, NO_PROMPT, fmt_replicates, fmt_shots, metric_label
 from significance import ALPHA
 from training import safe_name
 
@@ -292,4 +292,24 @@ def make_length_table(task, dataset, study, system, table):
         "test outputs (all seeds) and of the references (per source, the mean over its references).",
         label=_label("lengths", task, dataset, study, system),
         frame=pd.DataFrame(rows, columns=header), align="lrrrrrrr",
+    )  # fmt: skip
+
+
+def make_few_shot_table(task, dataset, curve, metric):
+    """`curve`: analysis.few_shot_curve rows; one row per line, one column per K (then "full")."""
+    label = metric_label(metric)
+    cells = curve.assign(cell=[fmt_mean_std(r.test_mean, r.test_std) for r in curve.itertuples()])
+    table = cells.pivot(index="line", columns="shots", values="cell").reindex(curve["line"].unique())
+    replicates = {line: fmt_replicates(points) for line, points in curve.groupby("line")}
+    header = {shots: "full" if fmt_shots(shots) == "full" else f"K = {fmt_shots(shots)}" for shots in table.columns}
+    frame = pd.DataFrame({"system": table.index,
+                          **{header[shots]: table[shots].fillna("–") for shots in table.columns},
+                          "replicates": [replicates[line] for line in table.index]})
+    return Table(
+        caption=f"{DATASET_TITLES.get(dataset, dataset)} ({task}): test {label} against the number of training "
+        "examples per class K (full: the whole training data), mean ± std over the replicates (seeds x draws of the "
+        "K examples, --shots_seed) of each system's learning rate and batch size chosen on validation at that K. "
+        "A few-shot run validates on K other examples per class drawn from train.",
+        label=_label("fewshot", task, dataset),
+        frame=frame.reset_index(drop=True), align="l" + "r" * (frame.shape[1] - 1),
     )  # fmt: skip

@@ -115,7 +115,7 @@ from cli import (
     warn_if_small_validation,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, load_raw_datasets
+from data import adapt_columns, apply_max_samples, load_raw_datasets, sample_few_shot
 from glm_peft import PEFT_DEFAULT_LEARNING_RATES, add_peft_args, count_parameters
 from metrics import (
     CLS_METRICS,
@@ -126,7 +126,7 @@ from metrics import (
     most_frequent_reference_baseline,
 )
 from prompted import build_prompted_examples, group_references
-from templates import TASKS, describe_templates, load_templates, select_template
+from templates import TASKS, answer_fields, describe_templates, load_templates, select_template
 from training import (
     EpochSampler,
     TrainingPlan,
@@ -345,18 +345,24 @@ def main(argv=None):
                               if args.model_name_or_path in TINY_MODELS else FULL_LEARNING_RATES.get(family, 1e-5))
 
     # Data and prompt, exactly as run_cls.py / run_gen.py: every split rendered and checked here.
+    # --num_shots: the rows run_cls.py draws (the same classes: the template's label column).
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file, args.validation_split_percentage, args.seed)
+                                     args.validation_file, args.test_file,
+                                     None if args.num_shots else args.validation_split_percentage, args.seed)
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, args.task)
+    template = select_template(templates, args.prompt_id, args.prompt_name)
+    prompt_id = templates.index(template)
+    few_shot = None
+    if args.num_shots:
+        raw_datasets, few_shot = sample_few_shot(raw_datasets, answer_fields(template), args.num_shots,
+                                                 args.shots_seed, draw_validation=args.validation_file is None)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
                                      args.max_test_samples)
     do_train = will_train(args)  # otherwise the untuned model is evaluated
     if not {"train", "validation"} <= set(raw_datasets):
         raise ValueError(f"Need train and validation splits (the train split also gives the trivial baseline), got "
                          f"{list(raw_datasets)}: pass --train_file (validation is carved from it).")
-    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, args.task)
-    template = select_template(templates, args.prompt_id, args.prompt_name)
-    prompt_id = templates.index(template)
     examples, data_counts = {}, {}
     for split, dataset in raw_datasets.items():
         examples[split], data_counts[split] = build_prompted_examples(dataset, template, args.task, args.skip_empty)
@@ -567,7 +573,8 @@ def main(argv=None):
             prompt_name=template.name if uses_prompt else None, total_train_batch_size=total_batch_size,
             tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
-            trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden)
+            trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
+            few_shot=few_shot)
         record["data"] = data_counts  # rows kept / skipped per split (as run_cls.py / run_gen.py)
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()

@@ -49,7 +49,7 @@ from cli import (
     warn_if_small_validation,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, load_raw_datasets
+from data import adapt_columns, apply_max_samples, load_raw_datasets, sample_few_shot
 from glm_peft import (
     PEFT_DEFAULT_LEARNING_RATES,
     add_peft_args,
@@ -62,7 +62,7 @@ from glm_utils import build_multiple_choice_inputs, encode_choices, encode_conte
 from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from prompted import build_prompted_examples
-from templates import describe_templates, load_templates, select_template
+from templates import answer_fields, describe_templates, load_templates, select_template
 from tokenization_glm import load_or_train_tokenizer, special_token_ids
 from training import (
     EpochSampler,
@@ -246,20 +246,25 @@ def main(argv=None):
     if problem:
         raise ValueError(problem)
 
-    # Data and prompt. Every split is rendered and checked here, before the first step.
+    # Data and prompt. Every split is rendered and checked here, before the first step. --num_shots draws
+    # K train (and validation) rows per class of the template's label column from the whole train split.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file, args.validation_split_percentage,
-                                     args.seed)
+                                     args.validation_file, args.test_file,
+                                     None if args.num_shots else args.validation_split_percentage, args.seed)
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
+    template = select_template(templates, args.prompt_id, args.prompt_name)
+    prompt_id = templates.index(template)
+    few_shot = None
+    if args.num_shots:
+        raw_datasets, few_shot = sample_few_shot(raw_datasets, answer_fields(template), args.num_shots,
+                                                 args.shots_seed, draw_validation=args.validation_file is None)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
                                      args.max_test_samples)
     do_train = will_train(args)  # otherwise zero-shot: the same evaluation, untuned
     if do_train and not {"train", "validation"} <= set(raw_datasets):
         raise ValueError(f"Training needs train and validation splits, got {list(raw_datasets)}: pass --train_file "
                          "(validation is carved from it), or --no-do_train to evaluate zero-shot.")
-    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
-    template = select_template(templates, args.prompt_id, args.prompt_name)
-    prompt_id = templates.index(template)
     examples, data_counts = {}, {}
     for split, dataset in raw_datasets.items():
         # Checks the template's fields against the columns, renders, and checks each label
@@ -438,6 +443,7 @@ def main(argv=None):
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
+            few_shot=few_shot,
         )
         record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
         write_json_atomic(output_dir / "results.json", record)

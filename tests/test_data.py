@@ -21,6 +21,7 @@ from data import (
     load_local_file,
     load_raw_datasets,
     resolve_dataset_name,
+    sample_few_shot,
 )
 from templates import (
     load_templates,
@@ -301,3 +302,54 @@ def test_trec_label_constants_match_the_shared_labels_json():
     assert TREC_FINE_LABELS == names["label_fine"]
     assert len(TREC_HUB_FINE_LABELS) == 50
     assert {name.split(":")[1] for name in TREC_HUB_FINE_LABELS} == set(names["label_fine"])
+
+
+# ----------------------------------------------------------------------------- few-shot draws
+
+
+def labelled_rows(labels):
+    """A DatasetDict whose train split has one row per label (text "row i"), and a test split."""
+    origins = [f"f.csv line {i + 2} (train split)" for i in range(len(labels))]
+    train = datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(len(labels))], "label": labels,
+                                        ORIGIN_COLUMN: origins})
+    return datasets.DatasetDict({"train": train, "test": train.select(range(2))})
+
+
+# Classes a: 10 rows, b: 7, c: 3; two rows without a label.
+LABELS = ["a", "b", "c", "a", "b", "a", None, "a", "b", "c", "a", "b", "a", "a", "b", "", "a", "c", "b", "a", "b", "a"]
+
+
+def test_few_shot_draws_k_rows_per_class_and_a_disjoint_validation_of_k_more():
+    drawn, record = sample_few_shot(labelled_rows(LABELS), {"label"}, 4, seed=0)
+
+    assert Counter(drawn["train"]["label"]) == {"a": 4, "b": 4, "c": 3}  # c has only 3 rows: all of them, warned
+    assert Counter(drawn["validation"]["label"]) == {"a": 4, "b": 3}  # what the classes have left
+    assert record["per_class"] == {"train": {"a": 4, "b": 4, "c": 3}, "validation": {"a": 4, "b": 3, "c": 0}}
+    assert record["short_classes"] == ["b", "c"] and (record["num_shots"], record["shots_seed"]) == (4, 0)
+    assert not set(drawn["train"]["text"]) & set(drawn["validation"]["text"])
+    assert drawn["train"]["text"] == [f"row {i}" for i in record["train_rows"]]  # the file's order
+    assert record["train_rows"] == sorted(record["train_rows"])
+    assert all(origin.endswith(" (validation split)") for origin in drawn["validation"][ORIGIN_COLUMN])
+    assert list(drawn) == ["train", "validation", "test"] and len(drawn["test"]) == 2
+
+
+def test_few_shot_draws_depend_on_the_seed_only():
+    first, again, other = (sample_few_shot(labelled_rows(LABELS), {"label"}, 2, seed)[0] for seed in (5, 5, 6))
+
+    assert first["train"]["text"] == again["train"]["text"]
+    assert first["validation"]["text"] == again["validation"]["text"]
+    assert first["train"]["text"] != other["train"]["text"]
+
+
+def test_few_shot_keeps_a_given_validation_split_as_it_is():
+    raw = labelled_rows(LABELS)
+    raw["validation"] = raw["train"].select(range(3))
+    drawn, record = sample_few_shot(raw, {"label"}, 2, seed=0, draw_validation=False)
+
+    assert drawn["validation"]["text"] == ["row 0", "row 1", "row 2"]
+    assert set(record["per_class"]) == {"train"} and "validation_rows" not in record
+
+
+def test_without_a_validation_percentage_nothing_is_carved(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\nx,0\ny,1\n")
+    assert list(load_raw_datasets("t", train_file=train, validation_split_percentage=None)) == ["train"]

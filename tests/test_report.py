@@ -16,11 +16,14 @@ import scipy.stats
 
 import report
 from analysis import (
+    FULL_DATA,
     NO_PROMPT,
     add_scores,
     best_row,
     comparison_table,
     dataset_name,
+    few_shot_curve,
+    few_shot_reading,
     grid_sensitivity,
     grid_table,
     learning_curve,
@@ -32,11 +35,12 @@ from analysis import (
     prompt_table,
     separate_runs,
     split_untrained,
+    summarize,
     match_zero_shot,
     trivial_baselines,
     zero_shot_summary,
 )
-from report_tables import Table, shared_words, strip_words, text_cell
+from report_tables import Table, make_few_shot_table, shared_words, strip_words, text_cell
 from test_error_analysis import OUTPUTS, SEEDS, cls_rows, gen_rows
 from training import TrainingTracker, results_record, write_json_atomic, write_jsonl_atomic
 
@@ -615,3 +619,59 @@ def test_grid_sensitivity_sees_the_best_learning_rate_move_with_batch_size():
     assert (found["spread"], found["worst"], found["seed_std"]) == (20.0, 60.0, 3.0)
     assert found["cell_std"] == pytest.approx(math.sqrt(218.75 / 3))
     assert prompt_sensitivity(grid.assign(val_std=[2.0, np.nan, 1.0, 2.0]))["seed_std"] == pytest.approx(math.sqrt(3))
+
+
+# ----------------------------------------------------------------------------- few-shot curves
+
+
+def few_shot_records():
+    """GLM cloze (prompt 0) and a GLM linear head at K = 8 and 16 (shot draws 0 and 1, seed 1) and on the full data
+    (one run). Test (%): cloze 40/50, 50/60, 70; head 20/30, 50/50, 80. At K = 8 the cloze runs at lr 3e-5 score 90
+    on test but lower on validation: never chosen."""
+    def run(method, shots, draw, test, val=0.5, lr=1e-5):
+        prompt = 0 if method == "glm_cloze" else None
+        few = {} if shots is None else {"num_shots": shots, "shots_seed": draw}
+        return record(method=method, prompt_id=prompt, lr=lr, seed=1, val=val, test=test, **few)
+
+    return [run("glm_cloze", 8, 0, 0.40), run("glm_cloze", 8, 1, 0.50), run("glm_cloze", 16, 0, 0.50),
+            run("glm_cloze", 16, 1, 0.60), run("glm_cloze", None, None, 0.70),
+            run("glm_cloze", 8, 0, 0.90, val=0.3, lr=3e-5), run("glm_cloze", 8, 1, 0.90, val=0.3, lr=3e-5),
+            run("linear_head", 8, 0, 0.20), run("linear_head", 8, 1, 0.30), run("linear_head", 16, 0, 0.50),
+            run("linear_head", 16, 1, 0.50), run("linear_head", None, None, 0.80)]  # fmt: skip
+
+
+def test_few_shot_runs_form_a_study_per_k_and_pool_their_draws_like_seeds(tmp_path):
+    runs = loaded(tmp_path, few_shot_records())
+
+    assert sorted(runs["study"].unique()) == ["", "16 shots per class", "8 shots per class"]
+    cells = summarize(runs[runs["study"] == "8 shots per class"], ["method", "learning_rate"])
+    assert cells["n_seeds"].tolist() == [2, 2, 2]  # seed 1 with draws 0 and 1: no repeat of one seed
+    assert cells["test_mean"].tolist() == pytest.approx([45.0, 90.0, 25.0])
+
+
+def test_few_shot_curve_table_reading_and_figure(tmp_path):
+    runs = loaded(tmp_path, few_shot_records())
+    curve = few_shot_curve(runs, "accuracy")
+
+    cloze = curve[curve["method"] == "glm_cloze"]
+    assert cloze["shots"].tolist() == [8, 16, FULL_DATA]
+    assert cloze["learning_rate"].tolist() == [1e-5] * 3  # chosen on validation, not the 90 on test
+    assert cloze["test_mean"].tolist() == pytest.approx([45.0, 55.0, 70.0])
+    assert cloze[["test_min", "test_max", "n"]].iloc[0].tolist() == [40.0, 50.0, 2]
+    table = make_few_shot_table("cls", "trec", curve, "accuracy")
+    assert table_rows(table.markdown()) == [
+        ["system", "K = 8", "K = 16", "full", "replicates"],
+        ["glm_cloze [glm-tiny], prompt 0", "45.00 ± 7.07", "55.00 ± 7.07", "70.00", "2; full 1"],
+        ["linear_head [glm-tiny]", "25.00 ± 7.07", "50.00 ± 0.00", "80.00", "2; full 1"]]  # fmt: skip
+    assert few_shot_reading(curve, "accuracy") == [
+        "With 8 examples per class, glm_cloze [glm-tiny], prompt 0 leads on test accuracy (45.0, next linear_head "
+        "[glm-tiny] 25.0; the bands do not overlap).",
+        "On the full training data, linear_head [glm-tiny] leads on test accuracy (80.0, next glm_cloze [glm-tiny], "
+        "prompt 0 70.0; one replicate: no band to compare).",
+        "linear_head [glm-tiny] takes the lead from glm_cloze [glm-tiny], prompt 0 between K = 16 and full.",
+        "Best prompt-based line minus best linear head (accuracy points): +20.0 at K = 8, +5.0 at K = 16, -10.0 at "
+        "full."]  # fmt: skip
+    unscored, _ = separate_runs(load_results(tmp_path))  # as report.py has them
+    lines, tables = report.few_shot_sections(unscored, tmp_path)
+    assert_png(tmp_path / "few_shot_cls_trec.png")
+    assert "![test score against K](few_shot_cls_trec.png)" in lines and tables[0].frame.equals(table.frame)

@@ -19,6 +19,8 @@ import torch
 from conftest import read_jsonl, run_main, write_csv
 
 import run_baseline as rb
+import run_cls
+import run_gen
 from baselines import load_baseline_tokenizer
 from modeling_glm import GLMForConditionalGeneration, GLMForSequenceClassification
 from data import load_raw_datasets
@@ -169,6 +171,8 @@ def test_seq2seq_generation_on_e2e_decodes_each_source_once_against_all_referenc
     ([], "--method is required"),
     (["--method", "seq2seq", "--do_sample", "--num_beams", "4"], "1 with --do_sample"),
     (["--method", "mlm_prompt", "--text_column", "text"], "--text_column is for --method linear_head"),
+    (["--task", "gen", "--method", "seq2seq", "--num_shots", "8"], "--num_shots draws K examples per class: "
+                                                                  "classification only"),
 ])  # fmt: skip
 def test_incompatible_flags_fail_at_parsing(flags, message, capsys):
     with pytest.raises(SystemExit):
@@ -237,3 +241,36 @@ def test_hidden_test_labels_give_predictions_only(tmp_path):
     assert (record["test"], record["test_labels_hidden"], record["baselines"]) == (None, True, {})
     rows = read_jsonl(tmp_path / "run" / "predictions_test.jsonl")
     assert len(rows) == 5 and all(row["gold"] is None and row["predicted"] in TREC_CHOICES for row in rows)
+
+
+def test_run_gen_refuses_num_shots_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        run_gen.parse_args(["--num_shots", "8", "--output_dir", "unused"])
+    assert "--num_shots draws K examples per class: classification only" in capsys.readouterr().err
+
+
+@needs_trec
+def test_few_shot_cloze_and_linear_head_train_and_validate_on_the_same_rows(trec, tmp_path):
+    def few_shot(script, out, *flags):
+        return run_main(script, ["--dataset_name", "trec", "--model_name_or_path", "glm-tiny", "--tokenizer_name",
+                                 "train", "--train_file", trec["train"], "--test_file", trec["test"], "--num_shots", 2,
+                                 "--shots_seed", 7, "--max_train_steps", 1, "--max_test_samples", 4,
+                                 "--output_dir", tmp_path / out, *flags])  # fmt: skip
+
+    cloze = few_shot(run_cls, "cloze", "--seed", 3, "--prompt_id", 1)
+    head = few_shot(rb, "head", "--method", "linear_head", "--seed", 5)  # another training seed, the same draw
+
+    assert cloze["few_shot"]["train_rows"] == head["few_shot"]["train_rows"]
+    assert cloze["few_shot"]["validation_rows"] == head["few_shot"]["validation_rows"]
+    # The 48 rows hold 12, 11, 2, 11, 8, 4 of the classes 0-5 (label_coarse, read here without data.py):
+    # 2 of each for train, 2 more for validation but none of class 2 (ABBR), which had only 2.
+    labels = [row["label_coarse"] for row in csv.DictReader(open(trec["train"], encoding="utf-8"))]
+    for record in (cloze, head):
+        train, validation = record["few_shot"]["train_rows"], record["few_shot"]["validation_rows"]
+        assert not set(train) & set(validation)
+        assert sorted(labels[i] for i in train) == ["0", "0", "1", "1", "2", "2", "3", "3", "4", "4", "5", "5"]
+        assert sorted(labels[i] for i in validation) == ["0", "0", "1", "1", "3", "3", "4", "4", "5", "5"]
+        assert record["few_shot"]["short_classes"] == ["2"]
+        assert (record["data"]["train"]["kept"], record["data"]["validation"]["kept"]) == (12, 10)
+        assert (record["args"]["num_shots"], record["args"]["shots_seed"]) == (2, 7)
+    assert json.loads((tmp_path / "cloze" / "results.json").read_text())["few_shot"] == cloze["few_shot"]

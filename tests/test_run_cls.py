@@ -33,7 +33,8 @@ SCHEMA_KEYS = [
     "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
     "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
     "epochs", "best_epoch", "validation", "test", "test_labels_hidden", "baselines", "train_time_s", "train_examples_per_s",
-    "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env", "best_step", "data",
+    "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env", "best_step", "few_shot",
+    "data",
 ]  # fmt: skip
 
 
@@ -414,6 +415,11 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_set
         (["--learning_rate", "-1"], "--learning_rate must be > 0, got -1.0"),
         (["--train_file", "x.csv"], "Local data files need --dataset_name NAME"),
         (["--model_name_or_path", "glm-tiny"], "glm-tiny has no tokenizer: pass --tokenizer_name train"),
+        (["--num_shots", "0"], "--num_shots must be >= 1 (examples per class), got 0"),
+        (["--shots_seed", "3"], "--shots_seed seeds the draw of --num_shots: pass --num_shots K too"),
+        (["--num_shots", "8", "--max_train_samples", "100"], "--num_shots chooses the training rows"),
+        (["--num_shots", "8", "--dataset_name", "trec", "--test_file", "README.md"],
+         "--num_shots draws from the training data: pass --train_file"),
     ],
 )
 def test_incompatible_or_impossible_flags_fail_at_parsing(flags, message, capsys):

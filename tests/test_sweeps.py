@@ -188,6 +188,45 @@ def test_a_missing_data_file_of_ones_own_grid_is_named(tmp_path):
     assert done.stderr.strip() == "sweeps.sh: missing data file(s): data/nope.csv (named in *_DATA_ARGS / *_ARGS)."
 
 
+def test_the_shots_axis_draws_each_k_per_shot_seed_and_trains_on_the_full_data_once(tmp_path):
+    env = {"LEARNING_RATES": "1e-5", "BATCH_SIZES": "8", "PROMPT_IDS": "0", "SEEDS": "1", "GEN_METHODS": "glm_gen",
+           "CLS_METHODS": "glm_cloze baseline:roberta-tiny:linear_head@prompt=none"}  # fmt: skip
+    lines = commands(sweep("--task", "all", "--shots", "8 full", "--shot_seeds", "0 1", "--dry-run", "--out",
+                           str(tmp_path), env=env).stdout)  # fmt: skip
+    dirs = [output_dir(line).relative_to(tmp_path).as_posix() for line in lines]
+
+    assert dirs == [
+        "cls_trec/glm_cloze/p0_lr1e-5_bs8_seed1_k8_shots0", "cls_trec/glm_cloze/p0_lr1e-5_bs8_seed1_k8_shots1",
+        "cls_trec/glm_cloze/p0_lr1e-5_bs8_seed1",
+        "cls_trec/baseline_roberta-tiny_linear_head/pnone_lr1e-5_bs8_seed1_k8_shots0",
+        "cls_trec/baseline_roberta-tiny_linear_head/pnone_lr1e-5_bs8_seed1_k8_shots1",
+        "cls_trec/baseline_roberta-tiny_linear_head/pnone_lr1e-5_bs8_seed1",
+        "gen_e2e_nlg_cleaned/glm_gen/p0_lr1e-5_bs8_seed1",  # generation has no K axis
+        "cls_trec/glm_cloze_zero_shot/p0_seed1", "gen_e2e_nlg_cleaned/glm_gen_zero_shot/p0_seed1"]  # fmt: skip
+    assert "--seed 1 --num_shots 8 --shots_seed 1 --num_train_epochs 3" in lines[1]
+    assert sum("--num_shots" in line for line in lines) == 4
+
+
+def test_a_bad_shots_value_stops_before_any_run(tmp_path):
+    done = sweep("--shots", "8 all", "--dry-run", "--out", str(tmp_path), env=GRID_ENV, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == "sweeps.sh: --shots takes numbers of examples per class and 'full', got 'all'"
+
+
+def test_cpu_fewshot_preset_draws_k_8_16_64_three_times_and_the_full_data_for_4_lines(tmp_path):
+    out = tmp_path / "runs"
+    lines = commands(sweep("--preset", "cpu-fewshot", "--dry-run", "--out", str(out),
+                           env={"SHARED": str(fake_shared(tmp_path))}).stdout)  # fmt: skip
+    runs = [output_dir(line).relative_to(out).parts for line in lines]
+
+    assert len(lines) == 4 * (3 * 3 + 1) + 2  # (glm_cloze x 2 prompts, 2 heads) x (3 K x 3 draws + full), 2 zero-shot
+    shots = [re.search(r"--num_shots (\d+) --shots_seed (\d+)", line) for line in lines]
+    assert {match.groups() for match in shots if match} == {(k, s) for k in ("8", "16", "64") for s in ("1", "2", "3")}
+    assert {method for _, method, _ in runs} == {"glm_cloze", "baseline_glm-tiny_linear_head",
+                                                 "baseline_roberta-tiny_linear_head", "glm_cloze_zero_shot"}
+    assert all("--max_train_steps 60" in line and "run_gen.py" not in line for line in lines)
+
+
 def test_cpu_offline_preset_needs_no_files(tmp_path):
     out = tmp_path / "runs"
     env = {"SHARED": str(tmp_path / "none")}

@@ -125,8 +125,9 @@ def test_results_record_schema():
         "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
         "epochs", "best_epoch", "validation", "test", "test_labels_hidden", "baselines", "train_time_s",
         "train_examples_per_s", "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env",
-        "best_step",
+        "best_step", "few_shot",
     ]
+    assert record["few_shot"] is None  # no --num_shots
     assert record["test_labels_hidden"] is False
     assert record["dataset"] == {"train": "t.csv"}
     assert record["trainable_share"] == 0.25 and record["train_examples_per_s"] == 10.0
