@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from analysis import FULL_DATA, fmt_replicates, fmt_shots, higher_is_better, metric_label  # noqa: E402
-from report_tables import fmt_lr, fmt_mean_std, fmt_prompt  # noqa: E402
+from analysis import FULL_DATA, higher_is_better, metric_label  # noqa: E402
+from report_tables import fmt_lr, fmt_mean_std, fmt_prompt, fmt_replicates, fmt_shots  # noqa: E402
 
 
 def plot_heatmap(table, metric, title, path):

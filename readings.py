@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 import significance
-from analysis import higher_is_better, metric_label, system_label
-from report_tables import fmt_ci, fmt_lr, fmt_mean_std, fmt_prompt, fmt_seeds
+from analysis import FULL_DATA, METRIC_NAMES, PROMPT_METHODS, higher_is_better, metric_label, system_label
+from report_tables import fmt_ci, fmt_lr, fmt_mean_std, fmt_prompt, fmt_seeds, fmt_shots
 from significance import paired
 
 
@@ -188,3 +188,52 @@ def length_reading(lengths, facts):
             f"{reference['mean']:.1f} for the references (ratio {ratio:.2f}); {100 * facts['shorter']:.1f}% of the "
             f"outputs are shorter than every reference of their source and {100 * facts['longer']:.1f}% longer than "
             f"every one; empty outputs: {facts['empty']} of {facts['outputs']}.")
+
+
+def few_shot_reading(curve, metric):
+    """The plain reading of a `few_shot_curve`: which line leads on test at the smallest and the
+    largest K (and whether the leader's band clears the runner-up's), where the lead changes hands,
+    and, when there are both, the gap between the best prompt-based line (PROMPT_METHODS) and the
+    best linear head at each K.
+
+    Returns:
+        list of str (sentences), e.g. ["With 8 examples per class, A leads on test accuracy (45.0, next
+        B 25.0; the bands do not overlap).", ...].
+    """
+    means, lows, highs, counts = (curve.pivot(index="line", columns="shots", values=column)
+                                  for column in ("test_mean", "test_min", "test_max", "n"))  # fmt: skip
+    sign = 1 if higher_is_better(metric) else -1
+    worst, best = (lows, highs) if sign > 0 else (highs, lows)  # the ends of a band, for that direction
+    name = METRIC_NAMES.get(metric, metric)
+    leaders = {shots: (sign * means[shots]).dropna().sort_values(ascending=False).index for shots in means.columns}
+    sentences = []
+    for shots in dict.fromkeys([means.columns[0], means.columns[-1]]):
+        first, *others = leaders[shots]
+        where = "On the full training data" if shots == FULL_DATA else f"With {fmt_shots(shots)} examples per class"
+        text = f"{where}, {first} leads on test {name} ({means.loc[first, shots]:.1f}"
+        if others:
+            second = others[0]
+            if min(counts.loc[first, shots], counts.loc[second, shots]) < 2:
+                verdict = "one replicate: no band to compare"
+            elif sign * worst.loc[first, shots] > sign * best.loc[second, shots]:
+                verdict = "the bands do not overlap"
+            else:
+                verdict = "their bands overlap: not a settled difference"
+            text += f", next {second} {means.loc[second, shots]:.1f}; {verdict}"
+        sentences.append(text + ").")
+    changes = [f"{leaders[b][0]} takes the lead from {leaders[a][0]} between {_at(a)} and {_at(b)}"
+               for a, b in zip(means.columns, means.columns[1:]) if leaders[a][0] != leaders[b][0]]
+    if len(means.columns) > 1:
+        sentences.append(("; ".join(changes) + ".") if changes else f"{leaders[means.columns[0]][0]} leads at every K.")
+    methods = curve.drop_duplicates("line").set_index("line")["method"][means.index]
+    prompted, heads = means[methods.isin(PROMPT_METHODS)], means[methods == "linear_head"]
+    if len(prompted) and len(heads):
+        gaps = sign * ((sign * prompted).max() - (sign * heads).max())
+        listed = ", ".join(f"{gap:+.1f} at {_at(shots)}" for shots, gap in gaps.dropna().items())
+        sentences.append(f"Best prompt-based line minus best linear head ({name} points): {listed}.")
+    return sentences
+
+
+def _at(shots):
+    """"K = 8", or "full" (the full training data)."""
+    return "full" if shots == FULL_DATA else f"K = {fmt_shots(shots)}"

@@ -65,7 +65,6 @@ from analysis import (  # noqa: E402
     choose_metric,
     comparison_table,
     few_shot_curve,
-    few_shot_reading,
     grid_sensitivity,
     grid_table,
     learning_curve,
@@ -82,9 +81,11 @@ from analysis import (  # noqa: E402
 )
 from figures import plot_confusion, plot_few_shot, plot_heatmap, plot_learning_curves, plot_prompts  # noqa: E402
 from glm_examples import write_glm_examples  # noqa: E402
-from readings import (  # noqa: E402
+from readings import (
+    # noqa: E402
     comparison_reading,
     errors_reading,
+    few_shot_reading,
     grid_reading,
     length_reading,
     lowest_bleu_reading,

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from analysis import DATASET_TITLES, NO_PROMPT, fmt_replicates, fmt_shots, metric_label
+from analysis import DATASET_TITLES, FULL_DATA, NO_PROMPT, metric_label
 from significance import ALPHA
 from training import safe_name
 
@@ -139,6 +139,21 @@ def fmt_config(row):
 def fmt_seeds(n):
     """ "1 seed", "3 seeds"."""
     return f"{int(n)} seed{'s' if n != 1 else ''}"
+
+
+def fmt_shots(shots):
+    """"8", or "full" for the full training data."""
+    return "full" if shots == FULL_DATA else str(int(shots))
+
+
+def fmt_replicates(points):
+    """The replicates of one line's points (`few_shot_curve` rows): "2", "2/3", or "2; full 1"."""
+    few, full = points[points["shots"] != FULL_DATA], points[points["shots"] == FULL_DATA]
+    text = "/".join(str(n) for n in sorted(set(few["n"].astype(int))))
+    full_n = "/".join(str(n) for n in sorted(set(full["n"].astype(int))))
+    if full_n in ("", text):
+        return text
+    return f"{text}; full {full_n}" if text else full_n
 
 
 def fmt_trainable(params, share):

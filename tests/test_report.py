@@ -23,7 +23,6 @@ from analysis import (
     comparison_table,
     dataset_name,
     few_shot_curve,
-    few_shot_reading,
     grid_sensitivity,
     grid_table,
     learning_curve,
@@ -40,6 +39,7 @@ from analysis import (
     trivial_baselines,
     zero_shot_summary,
 )
+from readings import few_shot_reading
 from report_tables import Table, make_few_shot_table, shared_words, strip_words, text_cell
 from test_error_analysis import OUTPUTS, SEEDS, cls_rows, gen_rows
 from training import TrainingTracker, results_record, write_json_atomic, write_jsonl_atomic
