@@ -52,7 +52,8 @@ def add_data_and_prompt_args(parser, task):
     (see data_args_problems)."""
     group = parser.add_argument_group("data and prompts")
     group.add_argument("--dataset_name", default=None,
-                       help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, hhs_breaches) "
+                       help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, wildlife_strikes, "
+                            "hhs_breaches) "
                             "or a hub id; default trec (run_cls.py) or e2e_nlg_cleaned (run_gen.py). With --*_file "
                             "it names your task instead, and chooses its prompts (prompts/NAME.yaml).")
     group.add_argument("--dataset_config_name", default=None, help="Hub dataset configuration.")

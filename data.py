@@ -88,7 +88,7 @@ _TRUE_STRINGS = {"1", "on", "yes", "true"}
 _OFFLINE_HINT = (
     "Either pass local files with --train_file/--validation_file/--test_file (csv, json or "
     "jsonl), or use a dataset that needs no network: --dataset_name fine_foods "
-    "(classification) or --dataset_name hhs_breaches (generation), with a tiny random model "
+    "(classification) or --dataset_name wildlife_strikes / hhs_breaches (generation), with a tiny random model "
     "(--model_name_or_path glm-tiny; in run_baseline.py also roberta-tiny, t5-tiny, bart-tiny) "
     "and --tokenizer_name train."
 )
@@ -164,8 +164,8 @@ def load_raw_datasets(
         raw = _with_row_origins(_load_hub_dataset(dataset_name, dataset_config_name), dataset_name)
     else:
         raise ValueError(
-            "No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, fine_foods, "
-            "hhs_breaches) or local files with --train_file/--validation_file/--test_file."
+            "No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, or the offline fine_foods, "
+            "wildlife_strikes, hhs_breaches) or local files with --train_file/--validation_file/--test_file."
         )
     if "train" in raw and "validation" not in raw and validation_split_percentage is not None:
         raw = _carve_validation(raw, validation_split_percentage, seed)

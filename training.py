@@ -598,7 +598,8 @@ def results_record(args, task, method, *, script, prompt_id, prompt_name, total_
         seed; metric_for_best_model; epochs: tracker.history; best_epoch: int | None; validation: the
         best evaluation's metrics (None when hidden); test: {metric: float} | None;
         test_labels_hidden: bool (then "test" is None and only predictions were written); baselines:
-        {"majority_class": {...}} (cls) or {"most_frequent_reference": {...}} (gen), each scored on the
+        {"majority_class": {...}} (cls) or {"most_frequent_reference": {...}, "nearest_training_target":
+        {...}} (gen; run_baseline.py writes the first only), each scored on the
         split that "test" (or, without a test split, "validation") is; train_time_s; train_examples_per_s;
         peak_memory_mb: float | None; trainable_params; total_params; trainable_share; args: every flag
         (max_train_steps and num_train_epochs as `plan` ran them); env: environment_info();
