@@ -30,6 +30,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,9 +40,12 @@ sys.path.insert(0, str(REPO))
 
 from modeling_glm import GLMConfig, GLMForConditionalGeneration  # noqa: E402
 from glm_utils import (  # noqa: E402
+    build_blank_infilling_inputs,
     generate,
     generation_inputs_from_text,
+    max_infilling_text_length,
     multiple_choice_inputs_from_text,
+    sample_spans,
     score_choices,
 )
 from training import EpochSampler, padding_fraction
@@ -62,7 +66,7 @@ def parse_args():
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="autocast dtype (auto: fp32 on CPU, bf16 on CUDA); weights stay fp32")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median kept)")
-    parser.add_argument("--rows", default="1,2,3,4,5", help="comma-separated rows to run, e.g. 1,3")
+    parser.add_argument("--rows", default="1,2,3,4,5", help="comma-separated rows to run, e.g. 1,3 (6: a run_pretrain.py step)")
     parser.add_argument("--batch_size", type=int, default=8, help="examples per batch in rows 1, 3, 4")
     parser.add_argument("--data_examples", type=int, default=128,
                         help="row 5 times a forward+backward over this many examples each way")
@@ -494,8 +498,39 @@ def forward_backward(bench, model, batches):
 # ----------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------
+# Row 6: a run_pretrain.py step
+# ----------------------------------------------------------------------------------------------
+
+
+def bench_pretraining(bench):
+    """Tokens per second of a blank-infilling training step as run_pretrain.py takes it: texts of
+    512 tokens with their blanks (15%, Poisson(3) spans), logits at the span positions only,
+    forward + backward + AdamW. A/B = counted FLOPs per token / seconds per token; the FLOPs are
+    those of row 4 (6 N per token, attention over the whole sequence) with the LM head over the
+    scored positions only.
+    """
+    rng = np.random.default_rng(bench.args.seed)
+    n = max_infilling_text_length(512, 0.15)
+    texts = [rng.integers(4, bench.shape["vocab_size"] - 3, n).tolist() for _ in range(bench.args.batch_size)]
+    batch = build_blank_infilling_inputs(bench.tokenizer, texts, [sample_spans(n, 0.15, 3.0, rng) for _ in texts])
+    batch = bench.to_device(batch)
+    scored = batch["labels"] != -100
+    glm = bench.glm(train=True)
+    step = train_step_fn(bench, glm, lambda m: m(batch["input_ids"], batch["position_ids"], batch["attention_mask"],
+                                                  labels=batch["labels"], logits_positions=scored).loss)
+    s = bench.shape
+    L, H, V = s["num_layers"], s["hidden_size"], s["vocab_size"]
+    (B, S), n_layers = batch["input_ids"].shape, sum(p.numel() for p in glm.glm.transformer.layers.parameters())
+    flops = 6 * n_layers * B * S + 12 * L * B * S * S * H + 6 * int(scored.sum()) * H * V
+    seconds = bench.time(step=step)["step"]
+    return [row(6, f"run_pretrain.py step, B={B} texts of S={S} tokens", f"{flops / (B * S) / 1e9:.2f} GFLOP/token",
+                f"{seconds / (B * S) * 1e3:.1f} ms/token", f"{B * S / seconds:.1f} tokens/s", "(info)",
+                f"{flops / seconds / 1e9:.1f} GFLOP/s achieved")]
+
+
 ROWS = {"1": bench_choice_scoring, "2": bench_decoding, "3": bench_training_step, "4": bench_flops,
-        "5": bench_data_side}
+        "5": bench_data_side, "6": bench_pretraining}
 
 
 def main():
