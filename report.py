@@ -157,7 +157,8 @@ def report_sections(runs, zero_shot, output_dir):
     Returns (markdown lines, list of report_tables.Table, {(task, dataset, study): comparison
     DataFrame})."""
     lines, tables, comparisons = [], [], {}
-    for (task, dataset, study), group in runs.groupby(["task", "dataset", "study"], sort=True):
+    runs = runs.sort_values(["task", "dataset", "num_shots", "study"], na_position="first")  # full data, then K up
+    for (task, dataset, study), group in runs.groupby(["task", "dataset", "study"], sort=False):
         metric = choose_metric(group)
         group = add_scores(group, metric)
         scored_zero_shot = add_scores(zero_shot, metric)

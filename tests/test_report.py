@@ -649,6 +649,16 @@ def test_few_shot_runs_form_a_study_per_k_and_pool_their_draws_like_seeds(tmp_pa
     assert cells["test_mean"].tolist() == pytest.approx([45.0, 90.0, 25.0])
 
 
+def test_few_shot_sections_follow_the_full_data_in_order_of_k(tmp_path):
+    write_runs(tmp_path / "runs", few_shot_records())
+    report.main([str(tmp_path / "runs"), "--output_dir", str(tmp_path / "report")])
+
+    titles = [line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("## ")]
+    assert titles == ["## TREC: few-shot learning curves", "## TREC: classification, metric accuracy (%)",
+                      "## TREC (8 shots per class): classification, metric accuracy (%)",
+                      "## TREC (16 shots per class): classification, metric accuracy (%)"]
+
+
 def test_few_shot_curve_table_reading_and_figure(tmp_path):
     runs = loaded(tmp_path, few_shot_records())
     curve = few_shot_curve(runs, "accuracy")
