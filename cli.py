@@ -52,10 +52,9 @@ def add_data_and_prompt_args(parser, task):
     (see data_args_problems)."""
     group = parser.add_argument_group("data and prompts")
     group.add_argument("--dataset_name", default=None,
-                       help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, wildlife_strikes, "
-                            "hhs_breaches) "
-                            "or a hub id; default trec (run_cls.py) or e2e_nlg_cleaned (run_gen.py). With --*_file "
-                            "it names your task instead, and chooses its prompts (prompts/NAME.yaml).")
+                       help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, "
+                            "wildlife_strikes, hhs_breaches) or a hub id; default trec (run_cls.py) or "
+                            "e2e_nlg_cleaned (run_gen.py). With --*_file it names your task instead, and chooses its prompts (prompts/NAME.yaml).")
     group.add_argument("--dataset_config_name", default=None, help="Hub dataset configuration.")
     group.add_argument("--train_file", default=None, help="Local train data (.csv, .json, .jsonl).")
     group.add_argument("--validation_file", default=None, help="Local validation data.")
@@ -67,11 +66,6 @@ def add_data_and_prompt_args(parser, task):
     group.add_argument("--max_eval_samples", type=int, default=None, help="Keep the first N validation rows.")
     group.add_argument("--max_test_samples", "--max_predict_samples", dest="max_test_samples", type=int, default=None,
                        help="Keep the first N test rows.")
-    group.add_argument("--num_shots", type=int, default=None,
-                       help="Few-shot (classification): train on K examples per class drawn from the training data, "
-                            "and validate on K others per class (unless --validation_file is given).")
-    group.add_argument("--shots_seed", type=int, default=None,
-                       help="Seed of the --num_shots draw (default 0); --seed leaves the draw unchanged.")
     group.add_argument("--prompt_id", type=int, default=None, help="Prompt id (see --list_prompts); default 0.")
     group.add_argument("--prompt_name", default=None, help="Prompt name (instead of --prompt_id).")
     group.add_argument("--list_prompts", action="store_true", help="Print the usable prompts and exit.")
@@ -98,7 +92,18 @@ def data_args_problems(args, task):
                  if getattr(args, name) is not None and getattr(args, name) < 1]
     if not 0 < args.validation_split_percentage < 100:
         problems.append("--validation_split_percentage must lie in (0, 100)")
-    return problems + few_shot_problems(args, task)
+    return problems
+
+
+def add_few_shot_args(parser):
+    """Adds --num_shots / --shots_seed (run_cls.py, run_baseline.py) to `parser` and returns it."""
+    group = parser.add_argument_group("few-shot")
+    group.add_argument("--num_shots", type=int, default=None,
+                       help="Few-shot (classification): train on K examples per class drawn from the training data, "
+                            "and validate on K others per class (unless --validation_file is given).")
+    group.add_argument("--shots_seed", type=int, default=None,
+                       help="Seed of the --num_shots draw (default 0); --seed leaves the draw unchanged.")
+    return parser
 
 
 def few_shot_problems(args, task):

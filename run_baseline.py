@@ -105,8 +105,10 @@ from baselines import (
 from cli import (
     ArgumentParser,
     add_data_and_prompt_args,
+    add_few_shot_args,
     add_training_args,
     data_args_problems,
+    few_shot_problems,
     hidden_label_splits,
     offline_unless_hub_answers,
     position_problem,
@@ -173,6 +175,7 @@ def parse_args(argv=None):
     parser.add_argument("--method", choices=METHODS, default=None,
                         help="linear_head (cls), mlm_prompt (cls) or seq2seq (cls by rank classification, gen).")
     add_data_and_prompt_args(parser, task)
+    add_few_shot_args(parser)
     add_training_args(parser)
     add_peft_args(parser)
     # learning_rate None: the model's and method's (see the module docstring), set in main.
@@ -219,7 +222,7 @@ def parse_args(argv=None):
         listing.task = task
         return listing
     args = parser.parse_args(argv)
-    problems = data_args_problems(args, task) + training_args_problems(args)
+    problems = data_args_problems(args, task) + few_shot_problems(args, task) + training_args_problems(args)
     if args.method is None:
         problems.append(f"--method is required: one of {METHODS}")
     elif args.task not in METHOD_TASKS[args.method]:

@@ -39,8 +39,10 @@ from tqdm.auto import tqdm
 from cli import (
     ArgumentParser,
     add_data_and_prompt_args,
+    add_few_shot_args,
     add_training_args,
     data_args_problems,
+    few_shot_problems,
     hidden_label_splits,
     offline_unless_hub_answers,
     position_problem,
@@ -97,6 +99,7 @@ EXAMPLES = """examples:
 def parse_args(argv=None):
     parser = ArgumentParser(description="Fine-tune GLM for classification as a cloze question.", epilog=EXAMPLES)
     add_data_and_prompt_args(parser, "cls")
+    add_few_shot_args(parser)
     add_training_args(parser)
     add_peft_args(parser)
     # learning_rate None: the method's (glm_peft.PEFT_DEFAULT_LEARNING_RATES).
@@ -128,7 +131,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.learning_rate is None:
         args.learning_rate = PEFT_DEFAULT_LEARNING_RATES[args.peft]
-    problems = data_args_problems(args, "cls") + training_args_problems(args)
+    problems = data_args_problems(args, "cls") + few_shot_problems(args, "cls") + training_args_problems(args)
     if args.model_name_or_path == TINY_MODEL_NAME and args.tokenizer_name is None:
         problems.append(f"{TINY_MODEL_NAME} has no tokenizer: pass --tokenizer_name train (a BPE trained on the "
                         "training texts) or --tokenizer_name DIR")

@@ -21,6 +21,7 @@ from conftest import read_jsonl, run_main, write_csv
 import run_baseline as rb
 import run_cls
 import run_gen
+import run_pretrain
 from baselines import load_baseline_tokenizer
 from modeling_glm import GLMForConditionalGeneration, GLMForSequenceClassification
 from data import load_raw_datasets
@@ -243,10 +244,11 @@ def test_hidden_test_labels_give_predictions_only(tmp_path):
     assert len(rows) == 5 and all(row["gold"] is None and row["predicted"] in TREC_CHOICES for row in rows)
 
 
-def test_run_gen_refuses_num_shots_in_one_line(capsys):
-    with pytest.raises(SystemExit):
-        run_gen.parse_args(["--num_shots", "8", "--output_dir", "unused"])
-    assert "--num_shots draws K examples per class: classification only" in capsys.readouterr().err
+def test_run_gen_and_run_pretrain_have_no_num_shots(capsys):
+    for script in (run_gen, run_pretrain):
+        with pytest.raises(SystemExit):
+            script.parse_args(["--num_shots", "8", "--output_dir", "unused"])
+        assert "unrecognized arguments: --num_shots 8" in capsys.readouterr().err
 
 
 @needs_trec
