@@ -54,7 +54,8 @@ def add_data_and_prompt_args(parser, task):
     group.add_argument("--dataset_name", default=None,
                        help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, "
                             "wildlife_strikes, hhs_breaches) or a hub id; default trec (run_cls.py) or "
-                            "e2e_nlg_cleaned (run_gen.py). With --*_file it names your task instead, and chooses its prompts (prompts/NAME.yaml).")
+                            "e2e_nlg_cleaned (run_gen.py). With --*_file it names your task instead, and chooses its "
+                            "prompts (prompts/NAME.yaml).")
     group.add_argument("--dataset_config_name", default=None, help="Hub dataset configuration.")
     group.add_argument("--train_file", default=None, help="Local train data (.csv, .json, .jsonl).")
     group.add_argument("--validation_file", default=None, help="Local validation data.")
