@@ -297,9 +297,11 @@ def offline_unless_hub_answers(args, local_models=(TINY_MODEL_NAME,)):
     datasets). When it does not answer, huggingface_hub, transformers and datasets are switched to
     offline mode, with one logged line: each name is then read from the local cache or fails at once
     with its message, instead of being retried for half a minute (huggingface_hub's backoff).
-    Returns whether the run works offline."""
+    `args` of --list_prompts (the data flags alone) ask about the dataset only. Returns whether the run
+    works offline."""
     files = any(getattr(args, f"{split}_file") for split in ("train", "validation", "test"))
-    names = (args.model_name_or_path, args.tokenizer_name, None if files else args.dataset_name)
+    models = (getattr(args, "model_name_or_path", None), getattr(args, "tokenizer_name", None))
+    names = (*models, None if files else args.dataset_name)
     built_in = {*local_models, "train", *OFFLINE_DATASETS}
     remote = [name for name in names if name and name not in built_in and not Path(name).exists()]
     if not remote or huggingface_hub.constants.HF_HUB_OFFLINE:

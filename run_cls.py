@@ -152,6 +152,7 @@ def list_prompts(args):
     """--list_prompts: every usable template with its answer choices and one rendered example."""
     templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
     print(describe_templates(templates))
+    offline_unless_hub_answers(args)  # a hub dataset offline: its message at once, not half a minute of retries
     try:
         raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
                                          args.validation_file, args.test_file, seed=0)

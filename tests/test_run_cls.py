@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -442,6 +444,24 @@ def test_list_prompts_shows_each_prompt_with_its_choices_and_a_rendered_cloze(tr
     assert out.startswith("0: pick_the_best_descriptor [promptsource] choices: Description ||| Entity")
     assert out.count("answer choices: ['Description', 'Entity', 'Abbreviation', 'Person', 'Quantity', 'Location']") == 5
     assert "Best Descriptor? [MASK]" in out and "--- 4: which_category_best_describes" in out
+
+
+
+def test_list_prompts_of_a_hub_dataset_asks_the_hub_once_when_offline(monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    class NoNetwork:
+        def head(self, url, timeout):
+            asked.append(url)
+            raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", NoNetwork)
+    assert run_cls.main(["--list_prompts", "--dataset_name", "trec"]) is None
+    out = capsys.readouterr().out
+    assert len(asked) == 1 and datasets.config.HF_HUB_OFFLINE is True  # no retries: offline after one question
+    assert out.startswith("0: pick_the_best_descriptor") and "(No rendered examples: the data could not be loaded." in out
 
 
 # ----------------------------------------------------------------------------- PEFT
