@@ -50,8 +50,9 @@ LORA_TARGET_MODULES = {
 HEAD_MODULES = ("classifier", "classification_head", "score")  # new heads: trained in full with LoRA
 OFFLINE_HINT = ("Offline, use a tiny random model: --model_name_or_path roberta-tiny|t5-tiny|bart-tiny|glm-tiny "
                 "with --tokenizer_name train (a BPE trained on the training texts) or --tokenizer_name DIR "
-                "(vocab.json + merges.txt, e.g. ../shared/tokenizers/glm-roberta-large), or a local folder "
-                "holding a saved model.")
+                "(vocab.json + merges.txt, as glm-roberta-large's files), or a local folder holding a saved "
+                "model; and data that needs no network: your --train_file, or --dataset_name fine_foods "
+                "(classification) / wildlife_strikes (generation).")
 
 
 # ----------------------------------------------------------------------------------------------

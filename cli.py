@@ -354,13 +354,17 @@ def hidden_label_splits(data_counts, do_train):
 SMALL_VALIDATION = 50  # fewer examples pick the best step nearly at random
 
 
-def warn_if_small_validation(num_examples, args):
+def warn_if_small_validation(num_examples, args, num_shots=None):
     """Logs a warning when validation, which picks the best step, has fewer than SMALL_VALIDATION
-    examples, saying how to get more."""
+    examples, saying how to get more (with --num_shots, validation is K drawn examples per class)."""
     if num_examples >= SMALL_VALIDATION:
         return
-    carved = "" if args.validation_file else (f", or raise --validation_split_percentage (now "
-                                              f"{args.validation_split_percentage})")
+    if args.validation_file:
+        carved = ""
+    elif num_shots:
+        carved = f" (with --num_shots {num_shots}, validation is {num_shots} drawn examples per class)"
+    else:
+        carved = f", or raise --validation_split_percentage (now {args.validation_split_percentage})"
     logger.warning("Validation has only %d examples: the best step is chosen on them, nearly at random with so few. "
                    "Pass a --validation_file of %d or more labelled rows%s.", num_examples, SMALL_VALIDATION, carved)
 

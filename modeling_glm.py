@@ -386,13 +386,15 @@ def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
     try:
         return Path(snapshot_download(name_or_path, allow_patterns=allow_patterns))
     except Exception as error:  # offline, unknown repo, no permission: all end the same way
+        reason = str(error).split(". ")[0]  # huggingface_hub's later advice (HF_HUB_OFFLINE=0) misleads offline
         raise OSError(
             f"Could not load '{name_or_path}': it is not a local directory and the Hugging Face hub "
-            f"did not serve it ({type(error).__name__}: {error}).\n"
+            f"did not serve it ({type(error).__name__}: {reason}).\n"
             "Point at local files instead: --model_name_or_path DIR (config.json + weights) and "
-            "--tokenizer_name DIR (vocab.json, merges.txt, added_tokens.json), or run the offline "
-            f"default: --model_name_or_path {TINY_MODEL_NAME} --tokenizer_name train "
-            "(a random small GLM and a tokenizer trained on the training texts)."
+            "--tokenizer_name DIR (vocab.json, merges.txt, added_tokens.json), or run offline: "
+            f"--model_name_or_path {TINY_MODEL_NAME} --tokenizer_name train (a random small GLM and a "
+            "tokenizer trained on the training texts) on data that needs no network: your --train_file, or "
+            "--dataset_name fine_foods (run_cls.py) / wildlife_strikes (run_gen.py)."
         ) from None
 
 

@@ -373,7 +373,7 @@ def main(argv=None):
             raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
     hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
     if do_train:
-        warn_if_small_validation(len(examples["validation"]), args)
+        warn_if_small_validation(len(examples["validation"]), args, args.num_shots)
     logger.info("Prompt %d: %s [%s]", prompt_id, template.name, template.source)
 
     text_columns = None

@@ -280,7 +280,7 @@ def main(argv=None):
             example["index"] = index
     hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
     if do_train:
-        warn_if_small_validation(len(examples["validation"]), args)
+        warn_if_small_validation(len(examples["validation"]), args, args.num_shots)
     first = next(iter(examples.values()))[0]
     logger.info("Prompt %d: %s [%s]. Cloze form of the first example (the answer fills [MASK]):\n%s\n"
                 "answer choices %s, gold %r", prompt_id, template.name, template.source, first["context"],

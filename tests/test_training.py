@@ -464,9 +464,13 @@ def test_a_small_validation_set_is_warned_about_with_how_to_pass_a_bigger_one(ca
     with caplog.at_level(logging.WARNING, logger="training"):
         warn_if_small_validation(50, args)
         warn_if_small_validation(5, args)
+        warn_if_small_validation(12, args, num_shots=2)
     assert caplog.messages == [
         "Validation has only 5 examples: the best step is chosen on them, nearly at random with so few. Pass a "
-        "--validation_file of 50 or more labelled rows, or raise --validation_split_percentage (now 10)."]
+        "--validation_file of 50 or more labelled rows, or raise --validation_split_percentage (now 10).",
+        "Validation has only 12 examples: the best step is chosen on them, nearly at random with so few. Pass a "
+        "--validation_file of 50 or more labelled rows (with --num_shots 2, validation is 2 drawn examples per "
+        "class)."]
 
 
 class Saver:
