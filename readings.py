@@ -140,8 +140,11 @@ def per_class_reading(classes, matrix):
     """F1 range over classes, the class predicted most, classes never predicted and the largest
     confusion, in sentences."""
     f1 = classes.set_index("class")["f1"]
-    text = (f"**Reading.** Per class, F1 ranges from {100 * f1.min():.1f} ({f1.idxmin()}) to {100 * f1.max():.1f} "
-            f"({f1.idxmax()}).")
+    if f1.min() == f1.max():
+        text = f"**Reading.** Every class has F1 {100 * f1.min():.1f}."
+    else:
+        text = (f"**Reading.** Per class, F1 ranges from {100 * f1.min():.1f} ({f1.idxmin()}) to "
+                f"{100 * f1.max():.1f} ({f1.idxmax()}).")
     most = classes.loc[classes["predicted"].idxmax()]
     gold_share = matrix.sum(1)[classes["predicted"].idxmax()] / matrix.sum()
     text += (f" The most predicted class, {most['class']}, takes {100 * most['predicted']:.1f}% of the predictions "

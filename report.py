@@ -242,15 +242,16 @@ def system_section(task, system, system_runs, metric, output_dir, tables, trivia
         prompt = f"prompt {fmt_prompt(best['prompt_id'])} (the best on validation)"
     else:
         prompt = f"prompt {fmt_prompt(best['prompt_id'])}"
-    figure = f"heatmap_{stem}.png"
-    plot_heatmap(at_best_prompt, metric,
-                 f"{title} ({task}), {label}\n"
-                 f"validation {METRIC_NAMES.get(metric, metric)}, {prompt}\n"
-                 f"cells: {f'mean ± std over {n_seeds} seeds' if n_seeds > 1 else 'one seed'}; "
-                 "red frame: selected configuration",
-                 output_dir / figure)  # fmt: skip
-    sensitivity = grid_sensitivity(at_best_prompt, metric)
-    lines += [f"![lr x batch size heatmap]({figure})", "", grid_reading(sensitivity, metric), ""]
+    if len(at_best_prompt) > 1:  # one cell has no sensitivity to draw
+        figure = f"heatmap_{stem}.png"
+        plot_heatmap(at_best_prompt, metric,
+                     f"{title} ({task}), {label}\n"
+                     f"validation {METRIC_NAMES.get(metric, metric)}, {prompt}\n"
+                     f"cells: {f'mean ± std over {n_seeds} seeds' if n_seeds > 1 else 'one seed'}; "
+                     "red frame: selected configuration",
+                     output_dir / figure)  # fmt: skip
+        sensitivity = grid_sensitivity(at_best_prompt, metric)
+        lines += [f"![lr x batch size heatmap]({figure})", "", grid_reading(sensitivity, metric), ""]
 
     if system_runs["prompt_id"].nunique() > 1:
         prompts, stats = add_test_statistics(prompt_table(system_runs, metric), task, metric)
@@ -307,12 +308,14 @@ def classification_errors(runs_rows, best, output_dir, tables):
                    f"{study_title(best['dataset'], best['study'])} (cls)\n{label}\n"
                    f"test, {fmt_config(best)}; {pooled}", output_dir / figure)  # fmt: skip
     errors = error_analysis.confident_errors(runs_rows)
-    return [table.caption, "", table.markdown(), "", f"![confusion matrix]({figure})", "",
-            per_class_reading(classes, matrix), "",
-            f"The {len(errors)} most confident errors (margin: the predicted choice's score minus the gold choice's, "
-            "in the run's own scores; an example wrong in several seeds appears once, at its largest margin):", "",
-            make_errors_table(errors, shared_words(row["input"] for row in runs_rows[0])).markdown() if len(errors)
-            else "(none)", "", errors_reading(errors), ""]  # fmt: skip
+    lines = [table.caption, "", table.markdown(), "", f"![confusion matrix]({figure})", "",
+             per_class_reading(classes, matrix), ""]
+    if len(errors):
+        errors_table = make_errors_table(errors, shared_words(row["input"] for row in runs_rows[0]))
+        lines += [f"The {len(errors)} most confident errors (margin: the predicted choice's score minus the gold "
+                  "choice's, in the run's own scores; an example wrong in several seeds appears once, at its largest "
+                  "margin):", "", errors_table.markdown(), ""]
+    return lines + [errors_reading(errors), ""]
 
 
 def generation_errors(runs_rows, best, tables):

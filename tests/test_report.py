@@ -39,7 +39,7 @@ from analysis import (
     trivial_baselines,
     zero_shot_summary,
 )
-from readings import few_shot_reading
+from readings import few_shot_reading, per_class_reading
 from report_tables import Table, make_few_shot_table, shared_words, strip_words, text_cell
 from test_error_analysis import OUTPUTS, SEEDS, cls_rows, gen_rows
 from training import TrainingTracker, results_record, write_json_atomic, write_jsonl_atomic
@@ -685,3 +685,17 @@ def test_few_shot_curve_table_reading_and_figure(tmp_path):
     lines, tables = report.few_shot_sections(unscored, tmp_path)
     assert_png(tmp_path / "few_shot_cls_trec.png")
     assert "![test score against K](few_shot_cls_trec.png)" in lines and tables[0].frame.equals(table.frame)
+
+
+def test_one_configuration_draws_no_heatmap(tmp_path):
+    write_runs(tmp_path / "runs", [record(seed=1), record(seed=2)])
+    report.main([str(tmp_path / "runs"), "--output_dir", str(tmp_path / "report")])
+
+    assert not list((tmp_path / "report").glob("heatmap_*.png"))
+    assert "heatmap" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_per_class_reading_of_equal_f1_names_no_range():
+    classes = pd.DataFrame({"class": ["positive", "negative"], "f1": [1.0, 1.0], "predicted": [0.5, 0.5]})
+    reading = per_class_reading(classes, np.array([[3, 0], [0, 3]]))
+    assert reading.startswith("**Reading.** Every class has F1 100.0. The most predicted class, positive, takes 50.0%")
