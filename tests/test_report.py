@@ -685,6 +685,8 @@ def test_few_shot_curve_table_reading_and_figure(tmp_path):
     lines, tables = report.few_shot_sections(unscored, tmp_path)
     assert_png(tmp_path / "few_shot_cls_trec.png")
     assert "![test score against K](few_shot_cls_trec.png)" in lines and tables[0].frame.equals(table.frame)
+    assert lines[lines.index("![test score against K](few_shot_cls_trec.png)") + 2].endswith(
+        "For reference, the majority class baseline scores 20.0 on test.")
 
 
 def test_one_configuration_draws_no_heatmap(tmp_path):
