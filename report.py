@@ -40,14 +40,12 @@ Metrics in [0, 1] (accuracy, macro_f1) are shown as percentages; BLEU and ROUGE 
 on a 0-100 scale.
 """
 
-import argparse
 import logging
 import math
 import sys
 from pathlib import Path
 
 import matplotlib
-import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display
 import numpy as np  # noqa: E402
@@ -79,6 +77,7 @@ from analysis import (  # noqa: E402
     trivial_baselines,
     zero_shot_summary,
 )
+from cli import ArgumentParser  # noqa: E402
 from figures import plot_confusion, plot_few_shot, plot_heatmap, plot_learning_curves, plot_prompts  # noqa: E402
 from glm_examples import write_glm_examples  # noqa: E402
 from readings import (
@@ -118,8 +117,9 @@ logger = logging.getLogger("report")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Tables (Markdown + LaTeX) and figures from results.json files.")
-    parser.add_argument("results_dir", help="Folder searched recursively for results.json files.")
+    parser = ArgumentParser(description="Tables (Markdown + LaTeX) and figures from results.json files.")
+    parser.add_argument("results_dir", nargs="?", default="runs",
+                        help="Folder searched recursively for results.json files (default: runs).")
     parser.add_argument("--output_dir", default=None,
                         help="Where report.md, tables.tex and the PNGs go (default RESULTS_DIR/report).")
     parser.add_argument("--glm_examples", default=None, metavar="DIR",

@@ -60,8 +60,8 @@ def _settings_problem(checkpoint, saved, settings):
     if not differences:
         return None
     return (f"{checkpoint} was written by a run with other settings ({'; '.join(differences)}): resume with the "
-            "same flags and number of processes, or start over in an empty --output_dir (or with "
-            "--overwrite_output_dir).")
+            "same flags and number of processes, or start over without --resume_from_checkpoint, in an empty "
+            "--output_dir or with --overwrite_output_dir.")
 
 
 # ----- Setup --------------------------------------------------------------------------------------

@@ -555,6 +555,13 @@ def test_report_on_a_folder_without_results_says_what_it_looked_for(tmp_path, ma
     assert ("is not a folder" if folder.name == "missing" else "no readable results.json") in error
 
 
+def test_report_reads_runs_by_default(tmp_path, monkeypatch):
+    write_runs(tmp_path / "runs", [record(seed=1), record(seed=2)])
+    monkeypatch.chdir(tmp_path)
+    report.main([])
+    assert (tmp_path / "runs" / "report" / "report.md").is_file()
+
+
 # ----------------------------------------------------------------------------- is a difference real?
 
 

@@ -397,7 +397,9 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_set
     with pytest.raises(SystemExit):
         run(resume_args(trec, out, "--checkpointing_steps", 3, "--resume_from_checkpoint", "latest",
                         "--learning_rate", 3e-3, "--seed", 1))  # fmt: skip
-    assert "other settings (--learning_rate 0.001 there, 0.003 here; --seed 0 there, 1 here)" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "other settings (--learning_rate 0.001 there, 0.003 here; --seed 0 there, 1 here)" in error
+    assert "or start over without --resume_from_checkpoint, in an empty --output_dir or with --overwrite_output_dir" in error
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
     # A checkpoint past the steps asked for is refused (a bare folder name is looked for in --output_dir).
     with pytest.raises(ValueError, match="step_12 is 12 steps in, past --max_train_steps 9"):
