@@ -135,11 +135,12 @@ def plot_learning_curves(curves, metric, title, path):
     plt.close(fig)
 
 
-def plot_few_shot(curve, metric, title, path):
+def plot_few_shot(curve, metric, title, path, references=None):
     """Test score against K (analysis.few_shot_curve), log2 x axis: one line per system and prompt,
     each point the mean over its replicates, the band (whisker at "full") their min-max; the full
     training data is the last tick ("full"), two doublings right of the largest K and joined by a
-    dotted segment (its distance means nothing)."""
+    dotted segment (its distance means nothing). `references` {name: test score} (the full data's
+    trivial baselines) are drawn as gray dashed lines."""
     ks = sorted(k for k in curve["shots"].unique() if k != FULL_DATA)
     full_x = (ks[-1] if ks else 1) * 4
     fig, ax = plt.subplots(figsize=(5.0, 4.6), layout="constrained")
@@ -155,6 +156,8 @@ def plot_few_shot(curve, metric, title, path):
                         linestyle="none")  # fmt: skip
             if len(few):
                 ax.plot([few["shots"].iloc[-1], full_x], [few["test_mean"].iloc[-1], mean], color=color, linestyle=":")
+    for (name, value), style in zip((references or {}).items(), ("--", ":", "-.")):
+        ax.axhline(value, color="gray", linestyle=style, label=f"{name.replace('_', ' ')} (test, full data)")
     ticks = ks + ([full_x] if (curve["shots"] == FULL_DATA).any() else [])
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks, [fmt_shots(FULL_DATA if t == full_x else t) for t in ticks])

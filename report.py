@@ -207,13 +207,14 @@ def few_shot_sections(runs, output_dir):
             continue
         table = make_few_shot_table(task, dataset, curve, metric)
         tables.append(table)
+        # The trivial baselines of the full data, so that a few-shot "lead" is read against them.
+        full = group[group["num_shots"].isna() & (group["study"] == "")]
+        trivial = {name: test for name, (_, test) in trivial_baselines(full, metric).items() if not math.isnan(test)}
         figure = f"few_shot_{safe_name(f'{task}_{dataset}')}.png"
         plot_few_shot(curve, metric, f"{study_title(dataset)} ({task}): test {METRIC_NAMES.get(metric, metric)} "
-                      "against examples per class", output_dir / figure)  # fmt: skip
-        # The trivial baseline of the full data, so that a few-shot "lead" is read against it.
-        full = group[group["num_shots"].isna() & (group["study"] == "")]
+                      "against examples per class", output_dir / figure, trivial)  # fmt: skip
         references = [f"For reference, the {name.replace('_', ' ')} baseline scores {test:.1f} on test."
-                      for name, (_, test) in trivial_baselines(full, metric).items() if not math.isnan(test)]
+                      for name, test in trivial.items()]
         lines += [f"## {study_title(dataset)}: few-shot learning curves", "", table.caption, "", table.markdown(), "",
                   f"![test score against K]({figure})", "", " ".join(few_shot_reading(curve, metric) + references),
                   ""]
