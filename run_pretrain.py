@@ -218,10 +218,10 @@ def main(argv=None):
     # Training: the same loop as run_cls.py, with the blank-infilling loss.
     tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    initial = evaluate(accelerator, model, eval_dataloader)  # the model as loaded, also when resuming
+    logger.info("Before training: validation %s", {name: round(value, 4) for name, value in initial.items()})
     if args.resume_from_checkpoint:
         load_checkpoint(accelerator, tracker, args.resume_from_checkpoint, output_dir, plan.max_train_steps)
-    initial = evaluate(accelerator, model, eval_dataloader)
-    logger.info("Before training: validation %s", {name: round(value, 4) for name, value in initial.items()})
     logger.info("***** Running pretraining *****\n  Texts = %d, epochs = %d, total batch size = %d, "
                 "optimization steps = %d, lr = %g", len(train_features), plan.num_train_epochs, total_batch_size,
                 plan.max_train_steps, args.learning_rate)

@@ -110,6 +110,21 @@ def test_blank_infilling_loss_falls_on_trec_questions(pretrained):
 
 
 @needs_trec
+def test_a_resumed_pretraining_ends_like_the_uninterrupted_one_and_keeps_its_before_score(pretrained, tmp_path):
+    _, fresh = pretrained
+    args = ["--model_name_or_path", "glm-tiny", "--tokenizer_name", "train", "--tokenizer_vocab_size", 2000,
+            "--dataset_name", "trec", "--train_file", TREC / "train.csv", "--text_column", "text",
+            "--max_train_samples", 1000, "--max_eval_samples", 100, "--learning_rate", 2e-3, "--max_train_steps", 30,
+            "--eval_steps", 15, "--output_dir", tmp_path, "--checkpointing_steps", 15]
+    full = run_main(run_pretrain, args)
+    (tmp_path / "results.json").unlink()  # as if the run had died after its step_15 checkpoint
+    resumed = run_main(run_pretrain, [*args, "--resume_from_checkpoint", tmp_path / "step_15"])
+    assert resumed["epochs"] == full["epochs"] and resumed["validation"] == full["validation"]
+    # "Before training" scores the model as loaded (the untrained glm-tiny), not the checkpoint resumed from.
+    assert resumed["baselines"] == full["baselines"] == fresh["baselines"]
+
+
+@needs_trec
 def test_the_saved_model_is_the_trained_one_and_run_cls_fine_tunes_it(pretrained, tmp_path):
     out, record = pretrained
     model = GLMForConditionalGeneration.from_pretrained(str(out)).eval()
