@@ -4,6 +4,8 @@ import csv
 import json
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
@@ -58,3 +60,19 @@ def count_tokenizer_calls(monkeypatch):
 
     monkeypatch.setattr(PreTrainedTokenizerFast, "__call__", counting)
     return calls
+
+
+def hub_unreachable(monkeypatch):
+    """Makes the Hugging Face hub unreachable and the libraries online again; returns the list of the
+    URLs asked (each reachability question appends one)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    class NoNetwork:
+        def head(self, url, timeout):
+            asked.append(url)
+            raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", NoNetwork)
+    return asked

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import datasets
-import huggingface_hub
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,7 +22,7 @@ from safetensors.torch import load_file
 from cli import run_script
 import run_cls
 from accelerate.state import AcceleratorState, GradientState
-from conftest import count_tokenizer_calls, read_jsonl, run_main, write_csv
+from conftest import count_tokenizer_calls, hub_unreachable, read_jsonl, run_main, write_csv
 from training import TrainingTracker, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -450,16 +449,7 @@ def test_list_prompts_shows_each_prompt_with_its_choices_and_a_rendered_cloze(tr
 
 
 def test_list_prompts_of_a_hub_dataset_asks_the_hub_once_when_offline(monkeypatch, capsys):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    asked = []
-
-    class NoNetwork:
-        def head(self, url, timeout):
-            asked.append(url)
-            raise OSError("Name or service not known")
-
-    monkeypatch.setattr(huggingface_hub.utils, "get_session", NoNetwork)
+    asked = hub_unreachable(monkeypatch)
     assert run_cls.main(["--list_prompts", "--dataset_name", "trec"]) is None
     out = capsys.readouterr().out
     assert len(asked) == 1 and datasets.config.HF_HUB_OFFLINE is True  # no retries: offline after one question

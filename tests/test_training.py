@@ -47,7 +47,7 @@ from training import (
     write_jsonl_atomic,
 )
 
-from conftest import write
+from conftest import hub_unreachable, write
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -425,16 +425,7 @@ def test_length_flags_past_the_position_table_are_refused_with_what_fits():
 
 
 def test_a_hub_that_does_not_answer_is_asked_once_then_the_libraries_work_offline(monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    asked = []
-
-    class NoNetwork:
-        def head(self, url, timeout):
-            asked.append((url, timeout))
-            raise OSError("Name or service not known")
-
-    monkeypatch.setattr(huggingface_hub.utils, "get_session", NoNetwork)
+    asked = hub_unreachable(monkeypatch)
     local = argparse.Namespace(model_name_or_path="glm-tiny", tokenizer_name="train", dataset_name="fine_foods",
                                train_file=None, validation_file=None, test_file=None)
     assert offline_unless_hub_answers(local) is False and asked == []  # nothing to ask the hub for
