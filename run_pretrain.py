@@ -263,8 +263,8 @@ def main(argv=None):
                     metrics = evaluate(accelerator, model, eval_dataloader)
                     tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
                     accelerator.log(log_values("validation", metrics), step=step)
-                if plan.checkpoint_at(step):
-                    save_checkpoint(accelerator, tracker, output_dir / plan.checkpoint_at(step), args.save_total_limit)
+                if checkpoint := plan.checkpoint_at(step):  # "step_N" / "epoch_N", or None
+                    save_checkpoint(accelerator, tracker, output_dir / checkpoint, args.save_total_limit)
                 if step == plan.max_train_steps:
                     break
                 start = time.perf_counter()
