@@ -25,8 +25,10 @@ def test_committed_notebook_has_no_outputs():
 def test_notebook_runs_top_to_bottom_on_a_fresh_clone(tmp_path, monkeypatch):
     # The copy's parent (tmp_path) has no shared/ folder: the notebook must train its own BPE.
     clone = tmp_path / "repo"
-    shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(".git", "tests", "runs", "outputs", "__pycache__",
-                                                                ".pytest_cache", ".ipynb_checkpoints"))
+    shutil.copytree(REPO / "prompts", clone / "prompts")
+    for path in REPO.glob("*.py"):
+        shutil.copy(path, clone)
+    shutil.copy(REPO / NOTEBOOK, clone)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it: one thread, as conftest gives tests
     notebook = nbformat.read(clone / NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(clone)}}).execute()
