@@ -67,6 +67,32 @@ def majority_class_baseline(train_labels, eval_labels, num_classes):
     return classification_metrics([majority] * len(eval_labels), eval_labels, num_classes)
 
 
+CHOICE_BASELINES = ("first_choice", "shortest_choice", "longest_choice", "uniform_chance")
+
+
+def choice_baselines(choice_lengths, labels, num_choices):
+    """The trivial baselines of a multiple-choice split whose examples have their own choices:
+    always the first choice, the shortest, the longest (in tokens; ties: the first of them), and
+    uniform chance (the expected accuracy of a random pick, mean of 1 / number of choices).
+
+    Args:
+        choice_lengths: per example, the token count of each of its choices. labels: gold indices.
+        num_choices: the most choices of an example (macro-F1 averages over these positions).
+    Returns:
+        {"first_choice", "shortest_choice", "longest_choice": classification_metrics dicts;
+        "uniform_chance": {"accuracy": float}}.
+    """
+    def pick(key):
+        return [min(range(len(lengths)), key=lambda i: (key(lengths[i]), i)) for lengths in choice_lengths]
+
+    return {
+        "first_choice": classification_metrics([0] * len(labels), labels, num_choices),
+        "shortest_choice": classification_metrics(pick(lambda n: n), labels, num_choices),
+        "longest_choice": classification_metrics(pick(lambda n: -n), labels, num_choices),
+        "uniform_chance": {"accuracy": sum(1 / len(lengths) for lengths in choice_lengths) / len(labels)},
+    }
+
+
 def generation_metrics(predictions, references_list):
     """Corpus BLEU (sacrebleu, against every reference of each source) and ROUGE.
 

@@ -17,6 +17,8 @@ from templates import (
     answer_fields,
     check_task,
     check_template_fields,
+    choice_fields,
+    list_fields,
     make_cloze_context,
     render_example,
     template_fields,
@@ -41,7 +43,7 @@ def _is_hidden_mark(value):
 _ROWS_LISTED = 10
 
 
-def build_prompted_examples(dataset, template, task, skip_empty=True):
+def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag="--skip_empty"):
     """Render every row of a dataset into the examples the scripts train and evaluate on.
 
     Checks first that the dataset has the template's fields (check_template_fields), then
@@ -51,13 +53,18 @@ def build_prompted_examples(dataset, template, task, skip_empty=True):
     "target" and "label" are None (its answers are never rendered: a -1 label is never
     read as the last choice), for predictions only.
 
+    A field the template reads as a list (list_fields: `endings[0]`, `endings | join`) must
+    hold lists: text there (a CSV cell) is refused at once, in one line.
+
     Per row, in a split with labels: rows where the template renders to nothing
-    (promptsource's conditional templates) are skipped ("not_applicable"). Rows with an
-    empty field (including an empty label, whether an integer or a word), an empty rendered
-    input or an empty target are skipped and counted when `skip_empty`, with one logged
-    warning listing them; otherwise they are errors. For "cls" an integer label must index
-    the answer choices (0..len-1), and the rendered target must be one of them; a -1 label
-    among labelled rows is an error.
+    (promptsource's conditional templates) are skipped ("not_applicable"). An empty input
+    field is rendered as "" (an optional part of the context is no reason to drop a row);
+    rows that cannot be rendered, with an empty answer field (label), an empty rendered input
+    or target, or (choices read from the row's fields) an empty or repeated answer choice,
+    are skipped and counted when `skip_empty`, with one logged warning listing them;
+    otherwise they are errors whose message points to `skip_flag`. For "cls" an integer
+    label must index the answer choices (0..len-1), and the rendered target must be one of
+    them; a -1 label among labelled rows is an error.
 
     Every row is checked before anything is raised: the ValueError lists the unusable rows
     (the first 10, then how many more), each by its place (the row's ORIGIN_COLUMN, e.g.
@@ -66,7 +73,7 @@ def build_prompted_examples(dataset, template, task, skip_empty=True):
 
     Args:
         dataset: datasets.Dataset or list of dicts. template: PromptTemplate.
-        task: "cls" or "gen". skip_empty: bool.
+        task: "cls" or "gen". skip_empty: bool. skip_flag: the flag that skips such rows.
     Returns:
         (examples, counts). examples: list of dicts with "context" (input with one
         "[MASK]", see make_cloze_context), "input", "target" (None when hidden), "choices"
@@ -74,12 +81,13 @@ def build_prompted_examples(dataset, template, task, skip_empty=True):
         None for gen and hidden labels), "source_key" (the rendered input; group_references
         groups by it), "row" (the 0-based index of its dataset row, e.g. to read the raw
         text columns there), "origin" (its place, as in the messages).
-        counts: dict with "rows", "kept", "not_applicable", "empty_field", "empty_input",
-        "empty_target" (ints) and "labels_hidden": None, or why the split's labels are
+        counts: dict with "rows", "kept", "not_applicable", "empty_field" (an empty answer
+        field), "empty_input", "empty_target", "bad_choices" (ints) and "labels_hidden": None, or why the split's labels are
         hidden, e.g. "every label_coarse is -1".
     Raises:
         ValueError: a "cls" template without answer choices, a missing column, a template
-            without "|||", duplicate or empty answer choices, a template that fails to
+            without "|||", duplicate or empty fixed answer choices, text in a list field, a
+            template that fails to
             render (first row, with its place), or unusable rows (listed as above).
     """
     check_task(task)
@@ -89,11 +97,13 @@ def build_prompted_examples(dataset, template, task, skip_empty=True):
             "classification; choose a prompt listed by --list_prompts."
         )
     check_template_fields(template, _column_names(dataset))
-    fields, answers = sorted(template_fields(template)), sorted(answer_fields(template))
-    counts = dict.fromkeys(("rows", "kept", "not_applicable", "empty_field", "empty_input", "empty_target"), 0)
+    _check_list_fields(template, dataset)
+    answers = sorted(answer_fields(template))
+    counts = dict.fromkeys(("rows", "kept", "not_applicable", "empty_field", "empty_input", "empty_target",
+                            "bad_choices"), 0)
     counts["labels_hidden"] = _hidden_labels(dataset, answers, task)
-    # A hidden split's answer fields are empty or -1 by definition: only its other fields count.
-    checked = [field for field in fields if counts["labels_hidden"] is None or field not in answers]
+    # A hidden split's answer fields are empty or -1 by definition; other fields may be empty.
+    checked = answers if counts["labels_hidden"] is None else []
     examples, skipped, problems = [], [], []
     for row, example in enumerate(dataset):
         counts["rows"] += 1
@@ -116,11 +126,11 @@ def build_prompted_examples(dataset, template, task, skip_empty=True):
         raise ValueError(
             f"{len(problems)} of {counts['rows']} rows cannot be used with prompt {template.name!r}:\n"
             f"{_list_rows(problems)}\n{_PROBLEM_ADVICE[task]}"
-            + ("" if skip_empty else " Rows with empty fields can be skipped with --skip_empty.")
+            + ("" if skip_empty else f" Rows that cannot be rendered can be skipped with {skip_flag}.")
         )
     if skipped:
         logger.warning(
-            "Prompt %r: skipped %d row(s) with empty fields or empty rendered text (counts: %s):\n%s",
+            "Prompt %r: skipped %d row(s) that cannot be rendered (counts: %s):\n%s",
             template.name, len(skipped), counts, _list_rows(skipped),
         )  # fmt: skip
     return examples, counts
@@ -140,6 +150,17 @@ def _list_rows(lines):
     if len(lines) > _ROWS_LISTED:
         listed.append(f"  ... and {len(lines) - _ROWS_LISTED} more")
     return "\n".join(listed)
+
+
+def _check_list_fields(template, dataset):
+    """Text where the template reads a list (a CSV cell holds text, never a list): one line."""
+    for field in sorted(list_fields(template)):
+        value = next((v for v in _column(dataset, field) if not _is_empty_field(v)), None)
+        if isinstance(value, str):
+            raise ValueError(
+                f"Template {template.name!r} reads {field!r} as a list, but the data holds text there "
+                f"({value[:30]!r}...): list fields need a JSON Lines file (.jsonl, the field a JSON list), not CSV"
+            )
 
 
 def _column_names(dataset):
@@ -172,14 +193,18 @@ def _hidden_labels(dataset, answers, task):
 
 def _prompt_row(template, task, example, checked, answers, hidden):
     """One row -> (prompted example, None, None) when usable, else (None, kind, cause in
-    words): kind "not_applicable", "empty_field", "empty_input", "empty_target" (skippable)
-    or "label" (an error). Raises ValueError where the template fails, whatever the row."""
+    words): kind "not_applicable", "empty_field", "empty_input", "empty_target", "bad_choices"
+    (skippable) or "label" (an error). Raises ValueError where the template fails, whatever
+    the row."""
     empty = [field for field in checked if _is_empty_field(example[field])]
     if empty:
         return None, "empty_field", f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
     marked = [field for field in answers if not hidden and task == "cls" and _is_hidden_mark(example[field])]
     if marked:
         return None, "label", f"{marked[0]} is -1, the mark of a hidden label, but other rows of this split have labels"
+    # An empty number or null renders as "", not "None" / "nan".
+    example = {key: "" if not isinstance(value, str) and _is_empty_field(value) else value
+               for key, value in example.items()}
     try:
         input_text, target, choices = render_example(template, example, hidden_answer=bool(hidden))
     except LabelError as err:
@@ -201,7 +226,13 @@ def _prompt_row(template, task, example, checked, answers, hidden):
         raise ValueError(f"Template {template.name!r}: {err}") from err
     label = None
     if task == "cls":
-        _check_choices(template, choices)
+        if _bad_choices(choices):
+            if choice_fields(template):  # this row's own choices
+                return None, "bad_choices", f"its answer choices {choices} hold an empty or repeated choice"
+            raise ValueError(
+                f"Template {template.name!r}: answer choices {choices} contain an empty or repeated choice, so "
+                "the label would be ambiguous; fix the template's answer_choices."
+            )
         if not hidden and target not in choices:
             named = answers[0] if len(answers) == 1 and str(example[answers[0]]) == target else "the answer"
             return None, "label", f"{named} {target!r} is not one of the answer choices {choices}"
@@ -217,12 +248,9 @@ def _prompt_row(template, task, example, checked, answers, hidden):
     return prompted, None, None
 
 
-def _check_choices(template, choices):
-    if "" in choices or len(set(choices)) != len(choices):
-        raise ValueError(
-            f"Template {template.name!r}: answer choices {choices} contain an empty or repeated choice, so "
-            "the label would be ambiguous; fix the template's answer_choices."
-        )
+def _bad_choices(choices):
+    """An empty or repeated choice: the label would be ambiguous."""
+    return "" in choices or len(set(choices)) != len(choices)
 
 
 def group_references(examples):

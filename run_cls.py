@@ -61,10 +61,18 @@ from glm_peft import (
     save_model_and_tokenizer,
 )
 from glm_utils import build_multiple_choice_inputs, encode_choices, encode_context, score_choices
-from metrics import CLS_METRICS, classification_metrics, majority_class_baseline
+from metrics import CHOICE_BASELINES, CLS_METRICS, choice_baselines, classification_metrics, majority_class_baseline
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from prompted import build_prompted_examples
-from templates import answer_fields, describe_templates, load_templates, select_template
+from templates import (
+    answer_fields,
+    choice_fields,
+    describe_templates,
+    left_out_templates,
+    load_templates,
+    select_template,
+    template_fields,
+)
 from tokenization_glm import load_or_train_tokenizer, special_token_ids
 from training import (
     EpochSampler,
@@ -113,7 +121,13 @@ def parse_args(argv=None):
     group.add_argument("--choice_eop", choices=CHOICE_EOP, default="auto",
                        help="Close each answer choice with eop and score it: auto = GLM's rule (when a choice of the "
                             "example has several tokens), on, off (the Hugging Face remote code).")
-    group.add_argument("--length_normalize", action="store_true", help="Divide a choice's score by its token count.")
+    group.add_argument("--length_normalize", action="store_true",
+                       help="Divide a choice's score by its token count (summed log-probabilities favour short "
+                            "choices: use it when each example has its own choices of different lengths).")
+    group.add_argument("--skip_eval_rows", action="store_true",
+                       help="Skip validation and test rows that cannot be rendered (empty label, prompt or answer, "
+                            "an empty or repeated choice of their own) instead of refusing them; the scores then hold "
+                            "on fewer rows, which the last line and results.json ('data') say.")
     group.add_argument("--mask_token_id", type=int, default=None,
                        help="Id of [MASK] with released tokenizer files (default: 50264, the row glm-roberta-large was "
                             "pretrained with; 50267 reproduces the hub's tokenizer).")
@@ -152,6 +166,9 @@ def list_prompts(args):
     """--list_prompts: every usable template with its answer choices and one rendered example."""
     templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
     print(describe_templates(templates))
+    left_out = left_out_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
+    for reason, names in left_out.items():
+        print(f"left out, {reason}: {len(names)} ({', '.join(names)})")
     offline_unless_hub_answers(args)  # a hub dataset offline: its message at once, not half a minute of retries
     try:
         raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -161,6 +178,10 @@ def list_prompts(args):
         print(f"\n(No rendered examples: the data could not be loaded. {err})")
         return None
     rows = next(iter(raw_datasets.values()))
+    lacking = [f"{prompt_id} ({', '.join(sorted(template_fields(template) - set(rows.column_names)))})"
+               for prompt_id, template in enumerate(templates) if template_fields(template) - set(rows.column_names)]
+    if lacking:
+        print(f"listed but unusable here, reading fields the data lacks: {len(lacking)}: {'; '.join(lacking)}")
     rows = rows.select(range(min(len(rows), 20)))
     for prompt_id, template in enumerate(templates):
         print(f"\n--- {prompt_id}: {template.name}")
@@ -204,6 +225,11 @@ def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, 
         cut += len(example["context_ids"]) + spans > max_seq_length
         lengths.append(min(len(example["context_ids"]) + spans, max_seq_length))
     return lengths, cut
+
+
+def choice_lengths(example):
+    """The token count of each answer choice of a tokenized example, as scored (eop included)."""
+    return [len(span) for span in example["choice_ids"]]
 
 
 def evaluate(accelerator, model, dataloader, length_normalize, num_choices, labelled=True):
@@ -273,7 +299,9 @@ def main(argv=None):
     for split, dataset in raw_datasets.items():
         # Checks the template's fields against the columns, renders, and checks each label
         # against the answer choices (templates: check_template_fields, _label_index).
-        examples[split], data_counts[split] = build_prompted_examples(dataset, template, "cls", args.skip_empty)
+        # A training row that cannot be rendered is skipped (--skip_empty); an evaluation row only on request.
+        skip, flag = (args.skip_empty, "--skip_empty") if split == "train" else (args.skip_eval_rows, "--skip_eval_rows")
+        examples[split], data_counts[split] = build_prompted_examples(dataset, template, "cls", skip, flag)
         if not examples[split]:
             raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
         for index, example in enumerate(examples[split]):
@@ -426,6 +454,9 @@ def main(argv=None):
         baselines["majority_class"] = majority_class_baseline([e["label"] for e in examples["train"]],
                                                               [e["label"] for e in examples[final_split]],
                                                               num_choices)
+    if choice_fields(template) and final_metrics is not None:  # each example has its own choices
+        baselines.update(choice_baselines([choice_lengths(e) for e in examples[final_split]],
+                                          [e["label"] for e in examples[final_split]], num_choices))
 
     if args.save_best_model and accelerator.is_main_process:
         save_model_and_tokenizer(accelerator.unwrap_model(model), tokenizer, output_dir / "best_model", args)
@@ -439,7 +470,9 @@ def main(argv=None):
                 predicted = max(range(len(choice_scores)), key=choice_scores.__getitem__)
                 rows.append({"input": example["context"], "gold": example["target"],
                              "predicted": example["choices"][predicted],
-                             "scores": dict(zip(example["choices"], choice_scores))})
+                             "scores": dict(zip(example["choices"], choice_scores)),
+                             "gold_index": example["label"], "predicted_index": predicted,
+                             "choice_tokens": choice_lengths(example)})
             write_jsonl_atomic(output_dir / f"predictions_{final_split}.jsonl", rows)
         record = results_record(
             args, "cls", "glm_cloze", script="run_cls.py", prompt_id=prompt_id, prompt_name=template.name,
@@ -454,10 +487,15 @@ def main(argv=None):
     end_tracking(accelerator, args, tracker.completed_steps, final_metrics if final_split == "test" else None)
     if final_metrics is not None:
         majority = baselines.get("majority_class", {}).get("accuracy")
+        counts = data_counts[final_split]
+        scored = (f"on {counts['kept']} of {counts['rows']} {final_split} rows" if counts["kept"] < counts["rows"]
+                  else f"{counts['kept']} examples")
         accelerator.print(
             f"{final_split} accuracy {final_metrics['accuracy']:.4f} (macro-F1 {final_metrics['macro_f1']:.4f}, "
-            f"{len(examples[final_split])} examples) vs majority class "
-            f"{'n/a' if majority is None else f'{majority:.4f}'}; results in {output_dir / 'results.json'}"
+            f"{scored}) vs majority class {'n/a' if majority is None else f'{majority:.4f}'}"
+            + "".join(f", {name.replace('_', ' ')} {baselines[name]['accuracy']:.4f}" for name in CHOICE_BASELINES
+                      if name in baselines)
+            + f"; results in {output_dir / 'results.json'}"
         )
     elif predictions is not None:
         accelerator.print(f"{final_split} labels are hidden: {len(predictions)} predictions in "

@@ -74,22 +74,46 @@ def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts"
         ImportError: promptsource is not installed.
     """
     check_task(task)
+    candidates, local_path = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
+    usable = [t for t in candidates if _why_left_out(t, task, _short_dataset_name(dataset_name)) is None]
+    if not usable:
+        raise ValueError(
+            f"No usable {task} templates for dataset {_short_dataset_name(dataset_name)!r} (config "
+            f"{dataset_config_name!r}): promptsource has none with original_task true and "
+            f"{'answer choices' if task == 'cls' else 'no answer choices'}, and {local_path} "
+            f"{'adds none' if local_path.is_file() else 'does not exist'}. Write templates there "
+            "(format: see the comment at the top of prompts/fine_foods.yaml)."
+        )
+    return usable
+
+
+def left_out_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts", task="cls"):
+    """The templates of a dataset that load_templates leaves out, by reason (what --list_prompts
+    says under the usable ones).
+
+    Returns:
+        dict {reason in words: [template names]}, reasons in a fixed order, only those that occur.
+    """
+    check_task(task)
+    candidates, _ = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
+    left_out = {}
+    for template in candidates:
+        reason = _why_left_out(template, task, _short_dataset_name(dataset_name))
+        if reason is not None:
+            left_out.setdefault(reason, []).append(template.name)
+    return left_out
+
+
+def _candidate_templates(dataset_name, dataset_config_name, prompts_dir):
+    """Every template of the dataset, usable or not: (promptsource's then the local file's, the
+    local file's path)."""
     dataset_name = _short_dataset_name(dataset_name)
     local_path = _resolve_prompts_dir(prompts_dir) / f"{dataset_name}.yaml"
     candidates = _promptsource_templates(dataset_name, dataset_config_name)
     if local_path.is_file():
         candidates += _local_templates(local_path)
     _check_unique_names(candidates)
-    usable = [t for t in candidates if _is_usable(t, task) and not _reads_other_task(t, dataset_name)]
-    if not usable:
-        raise ValueError(
-            f"No usable {task} templates for dataset {dataset_name!r} (config {dataset_config_name!r}): "
-            f"promptsource has none with original_task true and "
-            f"{'answer choices' if task == 'cls' else 'no answer choices'}, and {local_path} "
-            f"{'adds none' if local_path.is_file() else 'does not exist'}. Write templates there "
-            "(format: see the comment at the top of prompts/fine_foods.yaml)."
-        )
-    return usable
+    return candidates, local_path
 
 
 def check_task(task):
@@ -181,16 +205,18 @@ def _check_unique_names(templates):
         raise ValueError(f"Duplicate template name(s) {duplicates}: rename the local one(s) in prompts/.")
 
 
-def _is_usable(template, task):
-    has_choices = template.answer_choices is not None
-    return template.original_task and has_choices == (task == "cls")
-
-
-def _reads_other_task(template, dataset_name):
+def _why_left_out(template, task, dataset_name):
+    """Why a template is no usable `task` prompt of the dataset, in words; None when it is."""
+    if not template.original_task:
+        return "not the dataset's original task"
+    if task == "cls" and template.answer_choices is None:
+        return "no answer choices (a generation prompt)"
+    if task == "gen" and template.answer_choices is not None:
+        return "answer choices (a classification prompt)"
     other = set(OTHER_TASK_LABEL_COLUMNS.get(dataset_name, ())) & template_fields(template)
     if other:
-        logger.info("Leaving out template %r: it predicts %s, another task.", template.name, sorted(other))
-    return bool(other)
+        return f"predicts another task's labels ({', '.join(sorted(other))})"
+    return None
 
 
 def select_template(templates, prompt_id=None, prompt_name=None):
@@ -293,6 +319,43 @@ def template_fields(template):
         except jinja2.TemplateSyntaxError as err:
             raise ValueError(f"Template {template.name!r} has a jinja syntax error: {err}") from err
     return fields - {"answer_choices"} - set(_ENV.globals)
+
+
+def choice_fields(template):
+    """The fields the answer choices read: non-empty when each example has its own choices
+    ("{{endings | join(' ||| ')}}"), empty for fixed verbalizers ("yes ||| no")."""
+    if template.answer_choices is None:
+        return set()
+    return jinja2.meta.find_undeclared_variables(_ENV.parse(template.answer_choices)) - set(_ENV.globals)
+
+
+# Filters that read their input as a list.
+_LIST_FILTERS = {"join", "first", "last", "length", "count", "sort", "unique", "map", "select", "reject", "list"}
+
+
+def list_fields(template):
+    """The fields a template reads as lists: indexed by a number (`endings[0]`), looped over, or
+    piped into a list filter (`endings | join(' ||| ')`), in its jinja or its answer choices.
+
+    Returns:
+        set[str]. Raises: ValueError on a jinja syntax error (see template_fields).
+    """
+    fields = template_fields(template)
+    found = set()
+    for source in filter(None, (template.jinja, template.answer_choices)):
+        tree = _ENV.parse(source)
+        for node in tree.find_all((jinja2.nodes.Getitem, jinja2.nodes.Filter, jinja2.nodes.For)):
+            if isinstance(node, jinja2.nodes.Getitem) and isinstance(node.arg, jinja2.nodes.Const):
+                target = node.node if isinstance(node.arg.value, int) else None
+            elif isinstance(node, jinja2.nodes.Filter):
+                target = node.node if node.name in _LIST_FILTERS else None
+            elif isinstance(node, jinja2.nodes.For):
+                target = node.iter
+            else:
+                target = None
+            if isinstance(target, jinja2.nodes.Name):
+                found.add(target.name)
+    return found & fields
 
 
 def check_template_fields(template, column_names):

@@ -162,20 +162,21 @@ def test_classification_needs_answer_choices():
         build_prompted_examples([{"q": "x"}], template("{{q}} ||| y"), "cls")
 
 
-def test_empty_rows_are_skipped_and_counted():
+def test_an_empty_input_field_is_rendered_and_an_empty_label_is_skipped_and_counted():
     trec1 = select_template(load_templates("trec", task="cls"), prompt_name="trec1")
     rows = [
         {"text": "Who wrote Hamlet ?", "label_coarse": 3, "label_fine": 4},
-        {"text": "   ", "label_coarse": 0, "label_fine": 0},
         {"text": None, "label_coarse": 0, "label_fine": 0},
+        {"text": "Why ?", "label_coarse": None, "label_fine": 0},
     ]
     examples, counts = build_prompted_examples(rows, trec1, "cls")
-    assert counts == {"rows": 3, "kept": 1, "not_applicable": 0, "empty_field": 2, "empty_input": 0, "empty_target": 0,
-                      "labels_hidden": None}
+    assert counts == {"rows": 3, "kept": 2, "not_applicable": 0, "empty_field": 1, "empty_input": 0, "empty_target": 0,
+                      "bad_choices": 0, "labels_hidden": None}
     assert examples[0]["label"] == 3 and examples[0]["target"] == "Person"
     assert examples[0]["context"].endswith("Quantity, Location? [MASK]")
-    with pytest.raises(ValueError, match=r"2 of 3 rows .*\n  row 1: text is empty\n  row 2: text is empty\n"):
-        build_prompted_examples(rows, trec1, "cls", skip_empty=False)
+    assert examples[1]["context"].startswith("Is this asking about") and examples[1]["target"] == "Description"
+    with pytest.raises(ValueError, match=r"1 of 3 rows .*\n  row 2: label_coarse is empty\n.*--skip_eval_rows"):
+        build_prompted_examples(rows, trec1, "cls", skip_empty=False, skip_flag="--skip_eval_rows")
 
 
 def test_empty_target_is_skipped_for_generation():
