@@ -94,7 +94,8 @@ def _row(record, path):
     args = record.get("args") or {}
     peft = record.get("peft") or "none"
     hidden = bool(record.get("test_labels_hidden"))
-    test_rows = ((record.get("data") or {}).get("test") or {}).get("kept")
+    test_counts = (record.get("data") or {}).get("test") or {}
+    test_rows = test_counts.get("kept")
     return {
         "task": record["task"],
         "dataset": dataset_name(record["dataset"]),
@@ -124,6 +125,7 @@ def _row(record, path):
         "env": record.get("env") or {},
         "data_settings": {**{name: args.get(name) for name in DATA_ARGS}, "test examples": test_rows,
                           "test labels hidden": hidden},
+        "test_rows": test_counts.get("rows", test_rows),  # of the file: a prompt may skip some (test examples)
         "settings": run_settings(args, peft),
         "path": str(path),
     }  # fmt: skip
@@ -197,14 +199,19 @@ def separate_runs(runs):
         title = DATASET_TITLES.get(dataset, dataset)
         shots = "" if pd.isna(shots) else f"{int(shots)} shots per class"
         runs.loc[group.index, "study"] = shots
-        for label, members, differences, main_count in _minorities(group, "data_settings"):
+        for label, members, differences, main_count, names in _minorities(group, "data_settings"):
             label = ", ".join(filter(None, (shots, label)))
             runs.loc[members.index, "study"] = label
-            notes.append(f"- {len(members)} run(s) of {task}/{dataset} used other data than the {main_count} others "
-                         f"({differences}): reported in their own section, \"{title} ({label})\".")
+            if names == ["test examples"] and group["test_rows"].nunique() == 1:  # the same files
+                why = (f"read the same data as the {main_count} others, but a prompt skipped test rows it could not "
+                       f"render ({differences}, of {group['test_rows'].iloc[0]} test rows)")
+            else:
+                why = f"used other data than the {main_count} others ({differences})"
+            notes.append(f"- {len(members)} run(s) of {task}/{dataset} {why}: reported in their own section, "
+                         f"\"{title} ({label})\".")
     for (task, dataset, study, *system), group in runs.groupby(SYSTEM[:-1], sort=False):
         name = system_label(dict(zip(("method", "peft", "model"), system)))
-        for label, members, differences, main_count in _minorities(group, "settings"):
+        for label, members, differences, main_count, _ in _minorities(group, "settings"):
             runs.loc[members.index, "variant"] = label
             notes.append(f"- {len(members)} run(s) of {name} on {task}/{dataset} differ from its {main_count} other "
                          f"run(s) in {differences}: a system of their own, \"{name.rsplit(' [', 1)[0]} "
@@ -304,7 +311,8 @@ def _key(value):
 
 def _minorities(group, column):
     """For the rows of `group` whose `column` (a dict) differs from the most common value: (short
-    label, rows, differences in words, number of rows with the most common value), per value."""
+    label, rows, differences in words, number of rows with the most common value, names of the
+    differing keys), per value."""
     keys = group[column].map(_key)
     counts = Counter(keys)
     main = max(counts, key=counts.get)  # the first most common, in path order
@@ -319,7 +327,7 @@ def _minorities(group, column):
         label = ", ".join(f"{name} {_short(value.get(name))}" for name in names[:3])
         label += f", +{len(names) - 3} more" if len(names) > 3 else ""
         differences = "; ".join(f"{name} {_short(value.get(name))} vs {_short(main_value.get(name))}" for name in names)
-        found.append((label, members, differences, counts[main]))
+        found.append((label, members, differences, counts[main], names))
     return found
 
 

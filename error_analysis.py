@@ -2,7 +2,9 @@
 
 Classification (predictions_test.jsonl rows: input, gold, predicted, scores {choice: score}):
 per-class precision, recall and F1 and the confusion matrix (scikit-learn), and the most
-confident errors. Generation (generations_test.jsonl rows: source, references, prediction): the
+confident errors. When each example has its own answer choices (multiple choice: HellaSwag's
+endings), the "classes" are choice positions (gold index vs predicted index), never answer
+texts, and `length_following` says how often the pick is the shortest choice. Generation (generations_test.jsonl rows: source, references, prediction): the
 outputs with the lowest sentence BLEU (sacrebleu) and the lengths of outputs and references.
 
 A system's runs are its seeds on the same test examples, written in the same order (the test split
@@ -21,8 +23,24 @@ def class_names(runs_rows):
     return list(dict.fromkeys(choice for rows in runs_rows for row in rows for choice in row["scores"]))
 
 
+def choices_vary(runs_rows):
+    """Whether the examples have their own answer choices (the choice sets of the rows differ)."""
+    return len({tuple(row["scores"]) for rows in runs_rows for row in rows}) > 1
+
+
+def position_names(runs_rows):
+    """"choice 1" ... "choice C" for the most choices C of an example."""
+    return [f"choice {i + 1}" for i in range(max(len(row["scores"]) for rows in runs_rows for row in rows))]
+
+
+def _position(row, answer):
+    """The 1-based position name of an answer among the row's own choices."""
+    return f"choice {list(row['scores']).index(answer) + 1}"
+
+
 def per_class(runs_rows):
-    """Per-class scores of the predictions pooled over seeds.
+    """Per-class scores of the predictions pooled over seeds; by choice position ("choice 1", ...)
+    when the examples have their own choices (choices_vary).
 
     Args:
         runs_rows: one list of predictions_test.jsonl rows per seed, over the same test examples.
@@ -33,9 +51,14 @@ def per_class(runs_rows):
         the confusion matrix, int array (classes, classes): rows gold, columns predicted, summed over
         seeds), from scikit-learn's precision_recall_fscore_support and confusion_matrix.
     """
-    classes = class_names(runs_rows)
-    gold = [row["gold"] for rows in runs_rows for row in rows]
-    predicted = [row["predicted"] for rows in runs_rows for row in rows]
+    if choices_vary(runs_rows):
+        classes = position_names(runs_rows)
+        gold = [_position(row, row["gold"]) for rows in runs_rows for row in rows]
+        predicted = [_position(row, row["predicted"]) for rows in runs_rows for row in rows]
+    else:
+        classes = class_names(runs_rows)
+        gold = [row["gold"] for rows in runs_rows for row in rows]
+        predicted = [row["predicted"] for rows in runs_rows for row in rows]
     precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, labels=classes,
                                                                      zero_division=0)  # fmt: skip
     matrix = confusion_matrix(gold, predicted, labels=classes)
@@ -66,6 +89,27 @@ def confident_errors(runs_rows, k=10):
     worst = errors.drop_duplicates("example").head(k)
     return worst.assign(wrong_seeds=worst["example"].map(wrong).to_numpy(), seeds=len(runs_rows)).drop(
         columns="example").reset_index(drop=True)  # fmt: skip
+
+
+def length_following(runs_rows):
+    """How often the shortest choice (in tokens: the rows' choice_tokens, as run_cls.py scored them;
+    ties: every shortest choice counts) is predicted, against how often it is the gold answer,
+    pooled over seeds. Summed log-probabilities favour short choices, so a model can follow length.
+
+    Returns:
+        {"predicted_shortest": share, "gold_shortest": share, "predictions": count}, or None when
+        the rows have no choice_tokens (predictions of older runs, other scripts).
+    """
+    rows = [row for rows in runs_rows for row in rows]
+    if not all("choice_tokens" in row for row in rows):
+        return None
+
+    def is_shortest(row, answer):
+        return row["choice_tokens"][list(row["scores"]).index(answer)] == min(row["choice_tokens"])
+
+    return {"predicted_shortest": float(np.mean([is_shortest(row, row["predicted"]) for row in rows])),
+            "gold_shortest": float(np.mean([is_shortest(row, row["gold"]) for row in rows])),
+            "predictions": len(rows)}  # fmt: skip
 
 
 def sentence_bleus(runs_rows):

@@ -18,6 +18,11 @@ from report_tables import fmt_ci, fmt_lr, fmt_mean_std, fmt_prompt, fmt_seeds, f
 from significance import paired
 
 
+# Picking the shortest choice this many points more often than the gold answer is the shortest reads
+# as following length.
+LENGTH_FOLLOWING_POINTS = 20
+
+
 def difference_sentence(a, b, difference, p, seeds):
     """ "A beats B by 1.80 points on test (p = 0.031, significant at 0.05; 3 vs 2 seeds)"."""
     verdict = "**significant**" if p < significance.ALPHA else "not significant"
@@ -87,11 +92,20 @@ def prompt_zero_shot_reading(prompts, metric):
     text = "**Before and after fine-tuning.** "
     tested = zero[zero["zs_test_mean"].notna() & zero["test_mean"].notna()]
     if len(tested):
-        gains = ", ".join(f"prompt {names[i]} {tested.loc[i, 'test_mean'] - tested.loc[i, 'zs_test_mean']:+.2f}"
-                          for i in tested.index)  # fmt: skip
-        text += (f"Zero-shot, the prompts score {tested['zs_test_mean'].min():.2f} to {tested['zs_test_mean'].max():.2f} "
-                 f"on test; fine-tuned, {tested['test_mean'].min():.2f} to {tested['test_mean'].max():.2f}. Fine-tuning "
-                 f"changes each prompt's test score by {gains} points. ")  # fmt: skip
+        both = ", ".join(f"prompt {names[i]} ({prompts.loc[i, 'prompt_name']})" for i in tested.index)
+        if len(tested) == 1:
+            i = tested.index[0]
+            text += (f"Of the {len(prompts)} prompts only {both} has both a zero-shot and a fine-tuned test "
+                     f"score: {tested.loc[i, 'zs_test_mean']:.2f} zero-shot, {tested.loc[i, 'test_mean']:.2f} "
+                     f"fine-tuned ({tested.loc[i, 'test_mean'] - tested.loc[i, 'zs_test_mean']:+.2f} points). ")
+        else:
+            gains = ", ".join(f"prompt {names[i]} {tested.loc[i, 'test_mean'] - tested.loc[i, 'zs_test_mean']:+.2f}"
+                              for i in tested.index)  # fmt: skip
+            only = "" if len(tested) == len(prompts) else f" (of {len(prompts)}, those with both runs)"
+            text += (f"Zero-shot, {both}{only} score {tested['zs_test_mean'].min():.2f} to "
+                     f"{tested['zs_test_mean'].max():.2f} on test; fine-tuned, {tested['test_mean'].min():.2f} to "
+                     f"{tested['test_mean'].max():.2f}. Fine-tuning changes each prompt's test score by {gains} "
+                     "points. ")  # fmt: skip
     validated = zero[zero["zs_val_mean"].notna()]
     if len(validated) > 1:
         pick = pd.Series.idxmax if higher_is_better(metric) else pd.Series.idxmin
@@ -159,6 +173,21 @@ def per_class_reading(classes, matrix):
                  f"{classes['class'][predicted]} ({100 * off[gold, predicted] / matrix[gold].sum():.1f}% of the gold "
                  f"{classes['class'][gold]} examples).")
     return text
+
+
+def length_following_reading(facts, length_normalized):
+    """Whether the picks follow the choices' lengths (error_analysis.length_following), with the
+    remedy when they do: summed log-probabilities favour short choices."""
+    predicted, gold = 100 * facts["predicted_shortest"], 100 * facts["gold_shortest"]
+    text = (f"**Length.** The model picks the shortest choice (in tokens) in {predicted:.1f}% of its "
+            f"{facts['predictions']} test predictions; the gold answer is the shortest in {gold:.1f}%.")
+    if predicted - gold < LENGTH_FOLLOWING_POINTS:
+        return text + " Its picks do not follow length."
+    if length_normalized:
+        return text + " Its picks follow length, although its scores were divided by the choices' lengths."
+    return text + (" Its picks follow length: a choice's score is the sum of its tokens' log-probabilities, which "
+                   "favours short choices; compare the shortest-choice baseline, and score with "
+                   "`--length_normalize` (the mean log-probability per token).")
 
 
 def errors_reading(errors):

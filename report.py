@@ -40,6 +40,7 @@ Metrics in [0, 1] (accuracy, macro_f1) are shown as percentages; BLEU and ROUGE 
 on a 0-100 scale.
 """
 
+import json
 import logging
 import math
 import sys
@@ -86,6 +87,7 @@ from readings import (
     errors_reading,
     few_shot_reading,
     grid_reading,
+    length_following_reading,
     length_reading,
     lowest_bleu_reading,
     per_class_reading,
@@ -179,7 +181,7 @@ def report_sections(runs, zero_shot, output_dir):
         best = int(np.flatnonzero(comparison["best"])[0])
         gain = zero_shot_test(comparison.iloc[best], stats[best], task, metric)
         lines += ["### Methods compared", "", table.caption, "", table.markdown(), "",
-                  *comparison_reading(comparison, trivial, gain), ""]
+                  *comparison_reading(comparison, trivial, gain), *skipped_rows_reading(group), ""]
         lines += error_section(task, comparison.iloc[best], output_dir, tables)
 
         curves = {}
@@ -194,6 +196,16 @@ def report_sections(runs, zero_shot, output_dir):
                              output_dir / figure)  # fmt: skip
         lines += ["### Learning curves", "", f"![learning curves]({figure})", ""]
     return lines, tables, comparisons
+
+
+def skipped_rows_reading(group):
+    """A bullet when the study's runs scored fewer test examples than the test file has rows."""
+    kept = group["data_settings"].map(lambda settings: settings["test examples"]).astype(float)  # None: no test
+    skipped = group[kept < group["test_rows"].astype(float)]
+    if skipped.empty:
+        return []
+    return [f"- Scored on {kept[skipped.index[0]]:.0f} of {skipped['test_rows'].iloc[0]} test rows: the prompt could not "
+            "render the others, which the runs skipped (`--skip_eval_rows`)."]
 
 
 def few_shot_sections(runs, output_dir):
@@ -305,7 +317,8 @@ def classification_errors(runs_rows, best, output_dir, tables):
     """Per-class table, confusion matrix figure and the most confident errors, each with its reading."""
     label, seeds = system_label(best), len(runs_rows)
     classes, matrix = error_analysis.per_class(runs_rows)
-    table = make_per_class_table("cls", best["dataset"], best["study"], label, classes, seeds)
+    by_position = error_analysis.choices_vary(runs_rows)
+    table = make_per_class_table("cls", best["dataset"], best["study"], label, classes, seeds, by_position)
     tables.append(table)
     stem = safe_name("_".join(["cls", best["dataset"], best["study"], label]))
     figure = f"confusion_{stem}.png"
@@ -316,12 +329,20 @@ def classification_errors(runs_rows, best, output_dir, tables):
     errors = error_analysis.confident_errors(runs_rows)
     lines = [table.caption, "", table.markdown(), "", f"![confusion matrix]({figure})", "",
              per_class_reading(classes, matrix), ""]
+    following = error_analysis.length_following(runs_rows) if by_position else None
+    if following:
+        lines += [length_following_reading(following, best_args(best).get("length_normalize")), ""]
     if len(errors):
         errors_table = make_errors_table(errors, shared_words(row["input"] for row in runs_rows[0]))
         lines += [f"The {len(errors)} most confident errors (margin: the predicted choice's score minus the gold "
                   "choice's, in the run's own scores; an example wrong in several seeds appears once, at its largest "
                   "margin):", "", errors_table.markdown(), ""]
     return lines + [errors_reading(errors), ""]
+
+
+def best_args(best):
+    """The arguments of the first run of a comparison row (its runs share all but the seed)."""
+    return json.loads(Path(best["paths"][0]).read_text(encoding="utf-8")).get("args") or {}
 
 
 def generation_errors(runs_rows, best, tables):

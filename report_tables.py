@@ -258,13 +258,16 @@ def make_comparison_table(task, dataset, study, table, trivial, metric):
     )  # fmt: skip
 
 
-def make_per_class_table(task, dataset, study, system, table, seeds):
-    """`table`: error_analysis.per_class rows."""
+def make_per_class_table(task, dataset, study, system, table, seeds, by_position=False):
+    """`table`: error_analysis.per_class rows; `by_position`: its classes are choice positions."""
     rows = [[str(r["class"]), *(f"{100 * r[name]:.1f}" for name in ("precision", "recall", "f1", "predicted")),
              str(int(r["support"]))] for _, r in table.iterrows()]  # fmt: skip
-    header = ["class", "precision (%)", "recall (%)", "F1 (%)", "predicted (%)", "test examples"]
+    header = ["choice position" if by_position else "class", "precision (%)", "recall (%)", "F1 (%)",
+              "predicted (%)", "test examples"]
+    what = ("per choice position (each example has its own answer choices, so the classes are positions: choice 1 is "
+            "the first of the example's choices)" if by_position else "per-class")
     return Table(
-        caption=f"{study_title(dataset, study)} ({task}), {system} at its best configuration: per-class precision, "
+        caption=f"{study_title(dataset, study)} ({task}), {system} at its best configuration: {what} precision, "
         f"recall and F1 on test, over the predictions of its {seeds} seed(s) pooled. Predicted: the share of all "
         "predictions that name the class. Test examples: the gold examples of the class.",
         label=_label("classes", task, dataset, study, system),
