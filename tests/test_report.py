@@ -332,7 +332,8 @@ def test_zero_shot_scores_stand_next_to_the_fine_tuned_ones_and_are_never_select
     assert ["**0**", "**3e-5**", "**16**", "**2**", "**80.00 ± 2.83**", "**best**"] in rows  # the grid never sees them
     assert "1e-6" not in text and "did not train and are in no table" not in text
     assert "- Fine-tuned, it scores +35.00 points against the same model and prompt zero-shot (30.00)." in text
-    assert ("**Before and after fine-tuning.** Zero-shot, the prompts score 20.00 to 30.00 on test; fine-tuned, 50.00 "
+    assert ("**Before and after fine-tuning.** Zero-shot, prompt 0 (prompt0), prompt 1 (prompt1) score 20.00 to 30.00 "
+            "on test; fine-tuned, 50.00 "
             "to 65.00. Fine-tuning changes each prompt's test score by prompt 0 +35.00, prompt 1 +30.00 points. On "
             "validation, prompt 1 is best zero-shot and prompt 0 after fine-tuning: the zero-shot ranking picks a "
             "different prompt.") in text  # fmt: skip

@@ -328,15 +328,24 @@ def test_answer_choices_longer_than_max_seq_length_stop_the_run_before_training_
 
 
 @needs_trec
-def test_rows_with_empty_text_are_skipped_and_counted_or_refused(trec, tmp_path):
+def test_an_empty_text_is_rendered_and_an_unrenderable_test_row_is_refused_or_skipped_on_request(trec, tmp_path, capsys):
     rows = list(csv.DictReader(open(trec["test37"], encoding="utf-8")))[:6]
     rows[1]["text"] = "   "
     data = write_csv(tmp_path / "blank.csv", rows)
-    record = run(tiny(tmp_path / "skip", trec["train40"], data, data, "--no-do_train"))
-    assert record["data"]["test"]["empty_field"] == 1 and record["data"]["test"]["kept"] == 5
+    record = run(tiny(tmp_path / "blank", trec["train40"], data, data, "--no-do_train"))
+    assert record["data"]["test"]["kept"] == 6 and len(read_jsonl(tmp_path / "blank" / "predictions_test.jsonl")) == 6
+
+    rows[1]["label_coarse"] = ""
+    data = write_csv(tmp_path / "no_label.csv", rows)
+    with pytest.raises(ValueError, match=r"prompt 'pick_the_best_descriptor':\n  .*no_label\.csv line 3 \(validation "
+                                         r"split\): label_coarse is empty\n[\s\S]*--skip_eval_rows"):
+        run(tiny(tmp_path / "strict", trec["train40"], data, data, "--no-do_train"))
+    assert not (tmp_path / "strict").exists()
+    record = run(tiny(tmp_path / "skip", trec["train40"], data, data, "--no-do_train", "--skip_eval_rows"))
+    assert (record["data"]["test"]["empty_field"], record["data"]["test"]["kept"], record["data"]["test"]["rows"]) == \
+        (1, 5, 6)
     assert len(read_jsonl(tmp_path / "skip" / "predictions_test.jsonl")) == 5
-    with pytest.raises(ValueError, match=r"prompt 'pick_the_best_descriptor':\n  .*blank\.csv line 3 \(validation split\): text is empty\n"):
-        run(tiny(tmp_path / "strict", trec["train40"], data, data, "--no-do_train", "--no-skip_empty"))
+    assert "(macro-F1" in (line := capsys.readouterr().out.splitlines()[-1]) and "on 5 of 6 test rows)" in line
 
 
 class Payload:
