@@ -72,7 +72,8 @@ def add_data_and_prompt_args(parser, task):
     group.add_argument("--list_prompts", action="store_true", help="Print the usable prompts and exit.")
     group.add_argument("--prompts_dir", default="prompts", help="Folder of our local YAML prompt files.")
     group.add_argument("--skip_empty", action=argparse.BooleanOptionalAction, default=True,
-                       help="Skip (and count) rows whose prompt or target renders empty; --no-skip_empty raises.")
+                       help="Skip (and count) rows that cannot be rendered (empty label, prompt or target; run_cls.py: "
+                            "training rows, see --skip_eval_rows); --no-skip_empty raises.")
     return parser
 
 
