@@ -150,18 +150,18 @@ def prompt_reading(sensitivity, metric):
                    f"{'smaller' if smaller else 'not smaller'} than the std across prompts: {verdict}.")
 
 
-def per_class_reading(classes, matrix):
+def per_class_reading(classes, matrix, noun="class"):
     """F1 range over classes, the class predicted most, classes never predicted and the largest
-    confusion, in sentences."""
+    confusion, in sentences; `noun` names the classes ("choice position" for multiple choice)."""
     f1 = classes.set_index("class")["f1"]
     if f1.min() == f1.max():
-        text = f"**Reading.** Every class has F1 {100 * f1.min():.1f}."
+        text = f"**Reading.** Every {noun} has F1 {100 * f1.min():.1f}."
     else:
-        text = (f"**Reading.** Per class, F1 ranges from {100 * f1.min():.1f} ({f1.idxmin()}) to "
+        text = (f"**Reading.** Per {noun}, F1 ranges from {100 * f1.min():.1f} ({f1.idxmin()}) to "
                 f"{100 * f1.max():.1f} ({f1.idxmax()}).")
     most = classes.loc[classes["predicted"].idxmax()]
     gold_share = matrix.sum(1)[classes["predicted"].idxmax()] / matrix.sum()
-    text += (f" The most predicted class, {most['class']}, takes {100 * most['predicted']:.1f}% of the predictions "
+    text += (f" The most predicted {noun}, {most['class']}, takes {100 * most['predicted']:.1f}% of the predictions "
              f"against {100 * gold_share:.1f}% of the gold labels.")
     never = classes.loc[classes["predicted"] == 0, "class"].tolist()
     if never:

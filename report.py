@@ -328,7 +328,7 @@ def classification_errors(runs_rows, best, output_dir, tables):
                    f"test, {fmt_config(best)}; {pooled}", output_dir / figure)  # fmt: skip
     errors = error_analysis.confident_errors(runs_rows)
     lines = [table.caption, "", table.markdown(), "", f"![confusion matrix]({figure})", "",
-             per_class_reading(classes, matrix), ""]
+             per_class_reading(classes, matrix, "choice position" if by_position else "class"), ""]
     following = error_analysis.length_following(runs_rows) if by_position else None
     if following:
         lines += [length_following_reading(following, best_args(best).get("length_normalize")), ""]

@@ -150,7 +150,7 @@ def test_a_multiple_choice_dataset_end_to_end_every_test_row_scored_and_reported
     report.main([str(runs)])
     text = (runs / "report" / "report.md").read_text()
     assert len(text.encode()) < 100_000 and max(map(len, text.splitlines())) < 3000
-    assert "| choice position " in text and "| choice 4 " in text
+    assert "| choice position " in text and "| choice 4 " in text and "**Reading.** Per choice position, F1" in text
     for baseline in ("first choice", "shortest choice", "longest choice", "uniform chance"):
         assert f"| {baseline} " in text
     assert "**Length.** The model picks the shortest choice (in tokens) in " in text

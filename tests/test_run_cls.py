@@ -94,9 +94,11 @@ def test_learns_a_slice_of_trec_and_writes_results_and_predictions(trec, tmp_pat
     assert len(rows) == 37
     choices = ["Description", "Entity", "Abbreviation", "Person", "Quantity", "Location"]
     for row in rows:
-        assert set(row) == {"input", "gold", "predicted", "scores"}
+        assert set(row) == {"input", "gold", "predicted", "scores", "gold_index", "predicted_index", "choice_tokens"}
         assert row["input"].count("[MASK]") == 1 and list(row["scores"]) == choices
         assert row["predicted"] == max(row["scores"], key=row["scores"].get) and row["gold"] in choices
+        assert (choices[row["gold_index"]], choices[row["predicted_index"]]) == (row["gold"], row["predicted"])
+        assert len(row["choice_tokens"]) == 6 and min(row["choice_tokens"]) >= 1
     accuracy = sum(row["predicted"] == row["gold"] for row in rows) / len(rows)
     assert accuracy == pytest.approx(saved["test"]["accuracy"])
 
