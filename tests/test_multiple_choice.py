@@ -11,7 +11,7 @@ import pytest
 import error_analysis
 import report
 import run_cls
-from conftest import read_jsonl, run_main
+from conftest import read_jsonl, run_main, write_csv
 from data import load_raw_datasets
 from metrics import choice_baselines
 from prompted import build_prompted_examples
@@ -54,12 +54,19 @@ def test_left_out_templates_are_counted_with_their_reason():
     }
 
 
-def test_list_prompts_says_which_templates_were_left_out_and_why(capsys):
+def test_list_prompts_says_which_templates_were_left_out_and_why(capsys, tmp_path):
     run_cls.main(["--list_prompts", "--dataset_name", "endings", "--prompts_dir", str(PROMPTS),
                   "--train_file", str(FIXTURE / "train.csv")])  # fmt: skip
     out = capsys.readouterr().out
     assert "left out, not the dataset's original task: 1 (write_ending)\n" in out
+    assert "reading fields the data lacks" not in out
     assert "--- 1: continue_list\ncannot render this data: Template 'continue_list' reads 'endings' as a list" in out
+
+    three = write_csv(tmp_path / "three.csv", [{"ctx_a": "A", "ctx_b": "", "ending0": "x", "ending1": "y z",
+                                                 "ending2": "w", "label": i % 3} for i in range(4)])  # fmt: skip
+    run_cls.main(["--list_prompts", "--dataset_name", "endings", "--prompts_dir", str(PROMPTS), "--train_file", str(three)])
+    assert ("listed but unusable here, reading fields the data lacks: 3: 0 (ending3); 1 (endings); 2 (endings)\n"
+            in capsys.readouterr().out)
 
 
 def test_every_row_is_kept_when_an_optional_field_is_empty_in_jsonl_and_csv():
