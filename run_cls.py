@@ -20,10 +20,10 @@ clipping 1.0, 256 tokens.
 
 Flags: the data and prompt flags and the training flags all scripts share (training.py), the PEFT
 flags (glm_peft.py), and the cloze flags below. Writes to --output_dir: results.json (schema:
-training.results_record), predictions_test.jsonl (input, gold, predicted, score of each choice),
-step_N / epoch_N checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint
-latest) and beside them best_weights.safetensors (the best evaluation's weights, once), and
-best_model/ with --save_best_model.
+training.results_record), predictions_test.jsonl (input, gold, predicted, score of each choice, gold
+and predicted index, token count of each choice), step_N / epoch_N checkpoints with
+--checkpointing_steps (continue with --resume_from_checkpoint latest) and beside them
+best_weights.safetensors (the best evaluation's weights, once), and best_model/ with --save_best_model.
 """
 
 import argparse

@@ -9,7 +9,6 @@ prompted.py's.
 """
 
 import functools
-import logging
 import random
 import warnings
 from collections import Counter
@@ -24,9 +23,6 @@ import jinja2.sandbox
 import yaml
 
 from data import HUB_DATASETS, ORIGIN_COLUMN, OTHER_TASK_LABEL_COLUMNS
-
-logger = logging.getLogger(__name__)
-
 
 # The GLM answer slot in a prompt, and where templates put it (see make_cloze_context).
 GLM_MASK = "[MASK]"
@@ -330,7 +326,7 @@ def choice_fields(template):
 
 
 # Filters that read their input as a list.
-_LIST_FILTERS = {"join", "first", "last", "length", "count", "sort", "unique", "map", "select", "reject", "list"}
+_LIST_FILTERS = {"join", "sort", "unique", "map", "select", "reject"}  # not length, first...: text has those too
 
 
 def list_fields(template):

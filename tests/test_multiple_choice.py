@@ -52,6 +52,10 @@ def test_left_out_templates_are_counted_with_their_reason():
         "answer choices (a classification prompt)": ["continue_fields", "continue_list", "which_ending"],
         "not the dataset's original task": ["write_ending"],
     }
+    trec = left_out_templates("trec")  # promptsource: 18 templates, 5 usable for TREC coarse
+    assert (len(trec["not the dataset's original task"]), trec["predicts another task's labels (label_fine)"]) == \
+        (11, ["fine_grained_open", "fine_grained_open_context_first"])
+    assert len(load_templates("trec")) == 5
 
 
 def test_list_prompts_says_which_templates_were_left_out_and_why(capsys, tmp_path):
