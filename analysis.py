@@ -33,7 +33,7 @@ NO_PROMPT = -1  # prompt_id of runs that use no prompt (e.g. a linear head on ra
 OPERATIONAL_ARGS = frozenset({
     "seed", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit",
     "save_best_model", "per_device_eval_batch_size", "list_prompts", "debug", "with_tracking", "report_to",
-    "do_train", "peft_weights",
+    "do_train", "peft_weights", "calibrate",
 })  # fmt: skip
 # The grid axes, read from the record (its prompt_id is the one the run resolved).
 GRID_ARGS = frozenset({"prompt_id", "prompt_name", "learning_rate", "per_device_train_batch_size"})

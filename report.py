@@ -95,6 +95,7 @@ from readings import (
     prompt_reading,
     prompt_zero_shot_reading,
 )
+from report_levers import lever_section  # noqa: E402
 from report_tables import (  # noqa: E402
     fmt_config,
     fmt_lr,
@@ -183,6 +184,8 @@ def report_sections(runs, zero_shot, output_dir):
         lines += ["### Methods compared", "", table.caption, "", table.markdown(), "",
                   *comparison_reading(comparison, trivial, gain), *skipped_rows_reading(group), ""]
         lines += error_section(task, comparison.iloc[best], output_dir, tables)
+        if task == "cls":  # calibration, prompt ensembles, demonstrations, label-word search (report_levers.py)
+            lines += lever_section(group, scored_zero_shot, metric)
 
         curves = {}
         for (_, row), system_runs in zip(comparison.iterrows(), systems):  # GLM, GLM + PEFT, baselines

@@ -19,11 +19,13 @@ clipping 1.0, 256 tokens.
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 run_cls.py ...     # 2 CPU processes
 
 Flags: the data and prompt flags and the training flags all scripts share (training.py), the PEFT
-flags (glm_peft.py), and the cloze flags below. Writes to --output_dir: results.json (schema:
-training.results_record), predictions_test.jsonl (input, gold, predicted, score of each choice, gold
-and predicted index, token count of each choice), step_N / epoch_N checkpoints with
---checkpointing_steps (continue with --resume_from_checkpoint latest) and beside them
-best_weights.safetensors (the best evaluation's weights, once), and best_model/ with --save_best_model.
+flags (glm_peft.py), the cloze flags below and the levers (levers.py): --calibrate, --num_demonstrations,
+--search_verbalizers. Writes to --output_dir: results.json (schema: training.results_record, plus
+"calibration" / "label_word_search" with those levers), predictions_test.jsonl (input, gold, predicted,
+score of each choice, gold and predicted index, token count of each choice; with --calibrate also the
+calibrated scores), step_N / epoch_N checkpoints with --checkpointing_steps (continue with
+--resume_from_checkpoint latest) and beside them best_weights.safetensors (the best evaluation's weights,
+once), best_model/ with --save_best_model, and searched_prompts/<dataset>.yaml with --search_verbalizers.
 """
 
 import argparse
@@ -61,6 +63,20 @@ from glm_peft import (
     save_model_and_tokenizer,
 )
 from glm_utils import build_multiple_choice_inputs, encode_choices, encode_context, score_choices
+from levers import (
+    CONTENT_FREE_INPUTS,
+    calibrate,
+    content_free_contexts,
+    content_free_distribution,
+    demonstration_ids,
+    score_contexts,
+    search_label_words,
+    searched_template,
+    shared_choices,
+    use_label_words,
+    with_demonstrations,
+    write_template,
+)
 from metrics import CHOICE_BASELINES, CLS_METRICS, choice_baselines, classification_metrics, majority_class_baseline
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from prompted import build_prompted_examples
@@ -70,6 +86,7 @@ from templates import (
     describe_templates,
     left_out_templates,
     load_templates,
+    prompt_file_name,
     select_template,
     template_fields,
 )
@@ -134,6 +151,17 @@ def parse_args(argv=None):
     group.add_argument("--save_best_model", action="store_true",
                        help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT "
                             "weights).")
+    levers = parser.add_argument_group("levers (issue #26; README: What moves the score)")
+    levers.add_argument("--calibrate", action="store_true",
+                        help="Also report contextual calibration: every prediction divided by the answer distribution "
+                             "on content-free inputs (Zhao et al. 2021); results.json and the predictions keep both.")
+    levers.add_argument("--num_demonstrations", type=int, default=0, metavar="K",
+                        help="Append K training examples per class, answer filled in, after each input (LM-BFF); "
+                             "dropped first when the input is too long.")
+    levers.add_argument("--search_verbalizers", type=int, default=0, metavar="N",
+                        help="Replace the prompt's answer words by the best combination of each class's N likeliest "
+                             "words (LM-BFF's label-word search, zero-shot on validation); writes the template to "
+                             "output_dir/searched_prompts/.")
 
     # Listing the prompts needs only the data arguments (no --output_dir).
     listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), "cls").parse_known_args(argv)
@@ -155,6 +183,11 @@ def parse_args(argv=None):
         problems.append(f"--metric_for_best_model must be one of {CLS_METRICS}, got {args.metric_for_best_model!r}")
     if args.max_seq_length < 4:
         problems.append("--max_seq_length must be >= 4 (<s> [MASK] </s> and one choice token)")
+    if args.num_demonstrations < 0 or args.search_verbalizers < 0:
+        problems.append("--num_demonstrations and --search_verbalizers must be >= 0")
+    if args.num_demonstrations and args.search_verbalizers:
+        problems.append("--search_verbalizers with --num_demonstrations: the demonstrations would show the hand-written "
+                        "words; search first, then pass the written template with --prompts_dir")
     if problems:
         parser.error("; ".join(problems))
     if args.peft_weights:  # the saved method and its flags are this run's (results.json reports them)
@@ -198,12 +231,14 @@ def list_prompts(args):
     return None
 
 
-def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, choice_eop, split):
+def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, choice_eop, split,
+                      demonstrations=None):
     """Tokenizes a split once, before the first step: each example gets `context_ids` (`<s> ... [MASK]
-    ... </s>`, whole: the builder cuts it around the mask) and `choice_ids` (its answer choices as
-    scored spans, `encode_choices`, one list shared by the examples with the same choices). Checked
-    here, not at the example's batch: one [MASK] in the context, non-empty choices that fit
-    max_seq_length (ValueError naming the split, example and data row).
+    ... </s>`, whole: the builder cuts it around the mask; with `demonstrations`, the example's token
+    lists follow its input as far as they fit, `levers.with_demonstrations`) and `choice_ids` (its
+    answer choices as scored spans, `encode_choices`, one list shared by the examples with the same
+    choices). Checked here, not at the example's batch: one [MASK] in the context, non-empty choices
+    that fit max_seq_length (ValueError naming the split, example and data row).
 
     Returns (tokens of each example's packed input, at most max_seq_length: for --group_by_length;
     how many contexts are cut).
@@ -220,6 +255,9 @@ def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, 
             if spans + 3 > max_seq_length:
                 raise ValueError(f"its answer choices take {spans} tokens: raise --max_seq_length above {spans + 2}")
             example["context_ids"] = encode_context(tokenizer, example["context"])
+            if demonstrations:
+                example["context_ids"] = with_demonstrations(example["context_ids"], demonstrations[example["index"]],
+                                                             max_seq_length - spans)
         except ValueError as err:
             raise ValueError(f"{split} example {example['index']} (data row {example['row']}): {err}") from err
         cut += len(example["context_ids"]) + spans > max_seq_length
@@ -258,6 +296,36 @@ def evaluate(accelerator, model, dataloader, length_normalize, num_choices, labe
     scores = torch.cat(scores)
     metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices) if labelled else None
     return metrics, dict(zip(indices, scores.tolist()))
+
+
+def calibrated_evaluation(accelerator, model, tokenizer, template, raw_datasets, examples, eval_dataloaders, hidden,
+                          predictions, args, num_choices):
+    """--calibrate: p_cf of the model as tested (the template's input fields set to each of
+    levers.CONTENT_FREE_INPUTS), then the calibrated metrics of every labelled evaluation split.
+
+    Returns ({"content_free_inputs", "p_cf": {choice: p}, "validation" / "test": metrics}, {example
+    index: calibrated log-probabilities of its choices} of the final split (`predictions`' split)).
+    Raises ValueError when the examples do not share their answer choices.
+    """
+    choices = shared_choices(examples, "--calibrate")
+    contexts = content_free_contexts(template, next(iter(raw_datasets.values()))[0])
+    p_cf = content_free_distribution(score_contexts(accelerator.unwrap_model(model), tokenizer, contexts, choices,
+                                                    args.max_seq_length, args.choice_prefix_space,
+                                                    CHOICE_EOP[args.choice_eop]))
+    record = {"content_free_inputs": list(CONTENT_FREE_INPUTS), "p_cf": dict(zip(choices, p_cf.tolist()))}
+    final_split = "test" if "test" in eval_dataloaders else "validation"
+    calibrated = {}
+    for split, dataloader in eval_dataloaders.items():
+        scores = predictions if split == final_split else evaluate(accelerator, model, dataloader,
+                                                                   args.length_normalize, num_choices, False)[1]
+        indices = sorted(scores)
+        log_q = calibrate(torch.tensor([scores[i][: len(choices)] for i in indices]), p_cf)
+        if split not in hidden:
+            record[split] = classification_metrics(log_q.argmax(-1).tolist(),
+                                                   [examples[split][i]["label"] for i in indices], num_choices)
+        if split == final_split:
+            calibrated = dict(zip(indices, log_q.tolist()))
+    return record, calibrated
 
 
 def main(argv=None):
@@ -314,6 +382,8 @@ def main(argv=None):
                 "answer choices %s, gold %r", prompt_id, template.name, template.source, first["context"],
                 first["choices"], first["target"])
     num_choices = max(len(e["choices"]) for split_examples in examples.values() for e in split_examples)
+    if args.calibrate or args.search_verbalizers:  # these levers need one set of classes (checked before any work)
+        shared_choices(examples, "--calibrate" if args.calibrate else "--search_verbalizers")
 
     # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and choices).
     train_texts = [e["context"] for e in examples.get("train", [])]
@@ -322,11 +392,14 @@ def main(argv=None):
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, train_texts, output_dir,
                                             mask_token_id=args.mask_token_id)
     # Every split tokenized once, here; collate only lays the ids out (build_multiple_choice_inputs).
+    # --num_demonstrations: each example's, drawn from the training examples only.
+    demonstrations = demonstration_ids(tokenizer, examples, args.num_demonstrations, args.seed) \
+        if args.num_demonstrations else {}
     lengths = {}
     for split in examples:
         lengths[split], data_counts[split]["cut_contexts"] = tokenize_examples(
             tokenizer, examples[split], args.max_seq_length, args.choice_prefix_space, CHOICE_EOP[args.choice_eop],
-            split,
+            split, demonstrations.get(split),
         )
         if data_counts[split]["cut_contexts"]:
             logger.warning("%s: %d of %d contexts are longer than --max_seq_length %d with their choices; they are "
@@ -336,6 +409,16 @@ def main(argv=None):
     # Model.
     model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer),
                                                         special_token_ids=special_token_ids(tokenizer))
+    label_words = None
+    if args.search_verbalizers:  # with the model as loaded; the run then uses the searched words
+        label_words = search_label_words(model.to(accelerator.device), tokenizer, examples, args.search_verbalizers,
+                                         args.max_seq_length, args.per_device_eval_batch_size, args.choice_prefix_space)
+        template = searched_template(template, label_words["words"])
+        use_label_words(examples, raw_datasets, template, label_words["ids"], tokenizer,
+                        CHOICE_EOP[args.choice_eop] is True)
+        logger.info("Label-word search: %s (validation accuracy %.4f of %d combinations); candidates %s",
+                    label_words["words"], label_words["validation_accuracy"], label_words["combinations"],
+                    label_words["candidates"])
     model = apply_peft(model, args)
     trainable_params, total_params = count_parameters(model)
 
@@ -368,6 +451,8 @@ def main(argv=None):
     # --overwrite_output_dir's old outputs go.
     output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
+    if label_words and accelerator.is_main_process:
+        write_template(template, output_dir / "searched_prompts" / prompt_file_name(args.dataset_name))
     start_tracking(accelerator, args, "run_cls")  # --with_tracking: live curves
 
     # Optimizer, the length of the run and its learning-rate schedule.
@@ -449,6 +534,11 @@ def main(argv=None):
     if final_split in eval_dataloaders:
         final_metrics, predictions = evaluate(accelerator, model, eval_dataloaders[final_split], args.length_normalize,
                                               num_choices, labelled=final_split not in hidden)
+    calibration = calibrated = None
+    if args.calibrate and predictions is not None:
+        calibration, calibrated = calibrated_evaluation(accelerator, model, tokenizer, template, raw_datasets, examples,
+                                                        eval_dataloaders, hidden, predictions, args, num_choices)
+        logger.info("Calibrated (p_cf %s): %s", calibration["p_cf"], calibration)
     baselines = {}
     if "train" in examples and "train" not in hidden and final_metrics is not None:
         baselines["majority_class"] = majority_class_baseline([e["label"] for e in examples["train"]],
@@ -473,6 +563,8 @@ def main(argv=None):
                              "scores": dict(zip(example["choices"], choice_scores)),
                              "gold_index": example["label"], "predicted_index": predicted,
                              "choice_tokens": choice_lengths(example)})
+                if calibrated:
+                    rows[-1]["calibrated_scores"] = dict(zip(example["choices"], calibrated[example["index"]]))
             write_jsonl_atomic(output_dir / f"predictions_{final_split}.jsonl", rows)
         record = results_record(
             args, "cls", "glm_cloze", script="run_cls.py", prompt_id=prompt_id, prompt_name=template.name,
@@ -482,6 +574,8 @@ def main(argv=None):
             few_shot=few_shot,
         )
         record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
+        record.update({key: value for key, value in (("calibration", calibration), ("label_word_search", label_words))
+                       if value is not None})
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()
     end_tracking(accelerator, args, tracker.completed_steps, final_metrics if final_split == "test" else None)

