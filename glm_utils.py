@@ -11,9 +11,9 @@ then writes the missing spans (Part B, left to right), each span opened by `<|st
 Fine-tuning keeps this layout (paper, Figure 2): a cloze question is a context with one `[MASK]`
 whose answer choices are scored as spans (`build_multiple_choice_inputs`, `score_choices`), and
 generation is writing the span of a `[MASK]` placed after the prompt (`build_generation_inputs`,
-`generate`); the model itself is `modeling_glm.py`. The builders take token ids, which the
-scripts make once per split (`encode_context`, `encode_choices`, `encode_target`); the
-`*_from_text` functions build the same from strings. Where GLM's own code and the Hugging Face
+`generate_spans`, through transformers' `generate`); the model itself is `modeling_glm.py`. The
+builders take token ids, which the scripts make once per split (`encode_context`,
+`encode_choices`, `encode_target`); the `*_from_text` functions build the same from strings. Where GLM's own code and the Hugging Face
 remote code differ, this file follows the code the checkpoint was trained with: `[MASK]` is the
 pretraining id (`tokenization_glm.load_tokenizer`), multi-token answer choices end with a scored eop
 (`encode_choices`), generation targets carry a leading space (`encode_target`). The facts it
@@ -21,7 +21,7 @@ matches are in GLM_NOTES.md of the team's shared folder.
 """
 
 import torch
-import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
 from modeling_glm import MASK_TOKEN, GLMConfig
 
@@ -373,172 +373,45 @@ def _blank_infilling_row(tokenizer, ids, spans):
 
 
 # ----------------------------------------------------------------------------------------------
-# Decoding
+# Decoding (transformers' `generate`; the span layout is in `modeling_glm`)
 # ----------------------------------------------------------------------------------------------
 
 
-class _SpanDecoder:
-    """Grows the span block of a `build_generation_inputs` batch one token at a time.
-
-    With `use_cache` each step feeds only the new token and reuses every layer's keys/values
-    (step t costs O(t)); without it, each step recomputes the whole sequence (the reference).
-    A new token sits at position (mask index, previous block position + 1) and sees the real
-    context and the span so far.
-    """
-
-    def __init__(self, model, batch, use_cache):
-        self.model, self.use_cache = model, use_cache
-        self.input_ids, self.position_ids = batch["input_ids"], batch["position_ids"]
-        self.mask = batch["attention_mask"]            # [B, 1, S, S]
-        self.key_valid = self.mask[:, 0].any(dim=1)    # [B, S]: keys anyone may see
-        out = model(self.input_ids, self.position_ids, self.mask, use_cache=use_cache,
-                    logits_positions=self._last())
-        self.past, self.logits = out.past_key_values, out.logits.float()
-        if use_cache:  # cached steps need only `key_valid`, not the [B, 1, S, S] mask
-            self.mask = None
-
-    def _last(self):
-        last = torch.zeros_like(self.input_ids, dtype=torch.bool)
-        last[:, -1] = True
-        return last
-
-    def reorder(self, index):
-        """Keeps the rows `index` [B'] (beam search's surviving hypotheses)."""
-        self.input_ids, self.position_ids = self.input_ids[index], self.position_ids[index]
-        self.key_valid, self.logits = self.key_valid[index], self.logits[index]
-        if self.mask is not None:
-            self.mask = self.mask[index]
-        if self.past is not None:
-            self.past = tuple((k[index], v[index]) for k, v in self.past)
-
-    def append(self, tokens):
-        """Feeds `tokens` [B]; afterwards `self.logits` [B, V] predicts the next token."""
-        position = self.position_ids[:, :, -1:].clone()
-        position[:, 1] += 1
-        self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=1)
-        self.position_ids = torch.cat([self.position_ids, position], dim=2)
-        self.key_valid = F.pad(self.key_valid, (0, 1), value=True)
-        if self.use_cache:
-            out = self.model(tokens[:, None], position, self.key_valid[:, None, None, :],
-                             past_key_values=self.past, use_cache=True)
-            self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
-        else:
-            self.mask = F.pad(self.mask, (0, 1, 0, 1))
-            self.mask[:, 0, -1] = self.key_valid
-            out = self.model(self.input_ids, self.position_ids, self.mask, logits_positions=self._last())
-            self.logits = out.logits.float()
+def generation_kwargs(batch):
+    """The inputs of `GLMForConditionalGeneration.generate` from an inference batch of
+    `build_generation_inputs` (targets=None): input_ids [B, S]; the two position rows apart,
+    position_ids and block_position_ids [B, S]; attention_mask [B, S], the keys anyone may see
+    (generate takes 2D masks; the model rebuilds the Figure 2b layout from them)."""
+    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"][:, 0],
+            "block_position_ids": batch["position_ids"][:, 1], "attention_mask": batch["attention_mask"][:, 0].any(dim=1)}
 
 
-def _banned_ngram_tokens(tokens, n):
-    """Tokens that would repeat an n-gram already in `tokens` (a list of ids)."""
-    if n <= 0 or len(tokens) < n - 1:
-        return []
-    prefix = tuple(tokens[len(tokens) - n + 1:])
-    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix]
+class SpanNoRepeatNGramLogitsProcessor(LogitsProcessor):
+    """transformers' `NoRepeatNGramLogitsProcessor` over the generated span only: a token that would
+    repeat an n-gram of the span is banned, while n-grams of the context may be copied (transformers'
+    own processor reads the whole sequence, context included, which would forbid copying a name of
+    three tokens from an E2E meaning representation). `prompt_length` is the batch's input length S."""
+
+    def __init__(self, ngram_size: int, prompt_length: int):
+        self.ban, self.prompt_length = NoRepeatNGramLogitsProcessor(ngram_size), prompt_length
+
+    def __call__(self, input_ids, scores):
+        return self.ban(input_ids[:, self.prompt_length:], scores)
 
 
-def _adjust_log_probs(logp, generated, step, eop_token_id, min_new_tokens, no_repeat_ngram_size):
-    if step < min_new_tokens:
-        logp[:, eop_token_id] = float("-inf")
-    for row, tokens in enumerate(generated):
-        banned = _banned_ngram_tokens(tokens, no_repeat_ngram_size)
-        if banned:
-            logp[row, banned] = float("-inf")
-    return logp
-
-
-def _sample(logp, top_p, temperature):
-    probs = (logp / temperature).softmax(-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keeps the first token always
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    return torch.multinomial(probs, 1)[:, 0]
-
-
-@torch.inference_mode()
-def generate(model, batch, eop_token_id, max_new_tokens=64, min_new_tokens=0, num_beams=1, length_penalty=1.0,
-             no_repeat_ngram_size=0, do_sample=False, top_p=1.0, temperature=1.0, use_cache=True):
-    """Writes the span of each `[MASK]`: greedy, sampling or beam search, stopping at eop.
-
-    batch: an inference batch of `build_generation_inputs` (targets=None), on the model's
-    device. Contexts padded in a batch give the same output as alone. Beam search ranks
-    finished hypotheses by sum log p / length ** length_penalty (length counted in generated
-    tokens, eop included), and stops an example once no live beam can beat its worst kept
-    hypothesis (the usual heuristic). `no_repeat_ngram_size` n bans any n-gram already in the
-    span; `min_new_tokens` bans eop before that many tokens.
-
-    Returns a list of B lists of token ids (eop not included).
-    """
-    if num_beams > 1:
-        return _beam_search(model, batch, eop_token_id, max_new_tokens, min_new_tokens, num_beams,
-                            length_penalty, no_repeat_ngram_size, use_cache)
-    decoder = _SpanDecoder(model, batch, use_cache)
-    B = batch["input_ids"].shape[0]
-    generated, done = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool)
-    for step in range(max_new_tokens):
-        logp = _adjust_log_probs(decoder.logits.log_softmax(-1), generated, step, eop_token_id,
-                                 min_new_tokens, no_repeat_ngram_size)
-        tokens = _sample(logp, top_p, temperature) if do_sample else logp.argmax(-1)
-        tokens = tokens.masked_fill(done.to(tokens.device), eop_token_id)
-        for row, token in enumerate(tokens.tolist()):
-            if not done[row] and token != eop_token_id:
-                generated[row].append(token)
-        done |= (tokens == eop_token_id).cpu()
-        if done.all() or step == max_new_tokens - 1:
-            break
-        decoder.append(tokens)
-    return generated
-
-
-def _beam_search(model, batch, eop_token_id, max_new_tokens, min_new_tokens, num_beams, length_penalty,
-                 no_repeat_ngram_size, use_cache):
-    B, K = batch["input_ids"].shape[0], num_beams
-    expanded = {k: v.repeat_interleave(K, dim=0) for k, v in batch.items()}
-    decoder = _SpanDecoder(model, expanded, use_cache)
-    device = decoder.logits.device
-    beam_scores = torch.full((B, K), float("-inf"), device=device)
-    beam_scores[:, 0] = 0.0                                    # all beams start identical: keep one
-    beams = [[] for _ in range(B * K)]
-    finished = [[] for _ in range(B)]                          # (normalised score, tokens)
-    done = [False] * B
-    for step in range(max_new_tokens):
-        logp = _adjust_log_probs(decoder.logits.log_softmax(-1), beams, step, eop_token_id,
-                                 min_new_tokens, no_repeat_ngram_size)
-        V = logp.shape[-1]
-        candidates = (beam_scores.view(-1, 1) + logp).view(B, K * V)
-        top_scores, top_index = candidates.topk(2 * K, dim=-1)
-        top_scores, top_index = top_scores.tolist(), top_index.tolist()
-        source, next_tokens, next_scores = [], [], []
-        for b in range(B):
-            kept = []
-            for score, index in zip(top_scores[b], top_index[b]):
-                row, token = b * K + index // V, index % V
-                if done[b] or score == float("-inf"):
-                    break
-                if token == eop_token_id:
-                    if len(kept) < K:  # an eop among the best K candidates ends a hypothesis
-                        finished[b].append((score / (step + 1) ** length_penalty, beams[row]))
-                else:
-                    kept.append((score, row, token))
-                if len(kept) == K:
-                    break
-            kept += [(float("-inf"), b * K, eop_token_id)] * (K - len(kept))  # done or starved rows
-            for score, row, token in kept:
-                source.append(row), next_tokens.append(token), next_scores.append(score)
-            if len(finished[b]) >= K:
-                worst = sorted(s for s, _ in finished[b])[-K]
-                done[b] = done[b] or kept[0][0] / (step + 1) ** length_penalty <= worst
-        beams = [beams[row] + [token] for row, token in zip(source, next_tokens)]
-        beam_scores = torch.tensor(next_scores, device=device).view(B, K)
-        if all(done) or step == max_new_tokens - 1:
-            break
-        decoder.reorder(torch.tensor(source, device=device))
-        decoder.append(torch.tensor(next_tokens, device=device))
-    for b in range(B):
-        if not done[b]:  # out of steps: the live beams compete with the finished ones
-            for k in range(K):
-                score = beam_scores[b, k].item()
-                if score > float("-inf"):
-                    finished[b].append((score / max(len(beams[b * K + k]), 1) ** length_penalty, beams[b * K + k]))
-    return [max(hypotheses, key=lambda h: h[0])[1] if hypotheses else [] for hypotheses in finished]
+def generate_spans(model, batch, generation_config, no_repeat_ngram_size=0):
+    """Writes the span of each `[MASK]` with `model.generate` (greedy, sampling or beam search as
+    `generation_config` says; its eos_token_id must be eop) and returns B * num_return_sequences
+    lists of token ids, eop and what follows it cut. `no_repeat_ngram_size` n > 0 bans repeating an
+    n-gram of the span (`SpanNoRepeatNGramLogitsProcessor`). Contexts padded in a batch give the same
+    output as alone. batch: an inference batch of `build_generation_inputs` on the model's device."""
+    inputs = generation_kwargs(batch)
+    S = inputs["input_ids"].shape[1]
+    processors = LogitsProcessorList(
+        [SpanNoRepeatNGramLogitsProcessor(no_repeat_ngram_size, S)] if no_repeat_ngram_size > 0 else [])
+    sequences = model.generate(**inputs, generation_config=generation_config, logits_processor=processors)
+    eop = generation_config.eos_token_id
+    spans = []
+    for row in sequences[:, S:].tolist():
+        spans.append(row[:row.index(eop)] if eop in row else row)
+    return spans

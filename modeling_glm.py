@@ -8,22 +8,36 @@ then writes the missing spans (Part B, left to right). Every token carries two p
 adds both tables to the word embedding. This file holds the model only: `GLMConfig`, the pre-LN
 blocks, `GLMForConditionalGeneration` (tied LM output), `GLMForSequenceClassification` (the linear-
 head baseline), the P-tuning v2 `PrefixEncoder` (its keys and values live in the attention cache),
-and `from_pretrained` / `save_pretrained` for the released `BAAI/glm-roberta-large` layout, with a
-check that the embedding rows a run uses for [MASK], sop and eop were trained (`special_rows_report`).
-No remote code is run. The facts it matches are in GLM_NOTES.md of the team's shared folder.
+and loading of the released `BAAI/glm-roberta-large` layout, with a check that the embedding rows a run
+uses for [MASK], sop and eop were trained (`special_rows_report`). No remote code is run. The facts it
+matches are in GLM_NOTES.md of the team's shared folder.
+
+The models are transformers `PreTrainedModel`s (save_pretrained / from_pretrained with dtype, device_map,
+safetensors; gradient_checkpointing_enable), and `GLMForConditionalGeneration` is a `GenerationMixin`:
+`model.generate` extends the two position rows and the Figure 2(b) attention layout step by step
+(`prepare_inputs_for_generation`) over a transformers `Cache` of keys and values.
+
+Trap: transformers 5 ships its own `model_type: "glm"` (GLM-4, another architecture), and the hub
+config of glm-roberta-large says "glm" too, so `AutoModel.from_pretrained("BAAI/glm-roberta-large")`
+builds GLM-4's classes. Our config has its own type, `GLMConfig.model_type` ("glm_blank_infilling"),
+never registered under "glm": load through these classes, not the Auto classes.
 """
 
+import inspect
 import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 logger = logging.getLogger(__name__)
 
@@ -39,29 +53,34 @@ SOP_TOKEN, EOP_TOKEN, MASK_TOKEN = "<|startofpiece|>", "<|endofpiece|>", "[MASK]
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class GLMConfig:
+class GLMConfig(PreTrainedConfig):
     """Hyper-parameters of GLM, with the field names of the released `config.json`.
 
     The defaults are those of `BAAI/glm-roberta-large` (24 layers, hidden 1024, 16 heads,
     ~355M parameters). `attention_scale` only changes the order of operations in the released
     code (it rescales scores for numerical range), not the result, so it is kept for the round
     trip and otherwise unused. The layer-norm epsilon is fixed at 1e-5 in the released code.
+    `model_type` is our own, not "glm" (GLM-4 in transformers 5; see the module docstring).
+    Raises ValueError for `block_position_encoding=False` (checkpoints without block positions).
     """
 
-    num_layers: int = 24
-    hidden_size: int = 1024
-    num_attention_heads: int = 16
-    vocab_size: int = 50304
-    max_sequence_length: int = 512
-    embedding_dropout_prob: float = 0.1
-    attention_dropout_prob: float = 0.1
-    output_dropout_prob: float = 0.1
-    output_predict: bool = True
-    block_position_encoding: bool = True
-    attention_scale: float = 1.0
-    layernorm_epsilon: float = 1e-5
-    initializer_range: float = 0.02
+    model_type = "glm_blank_infilling"
+    max_sequence_length = 512  # class-level too: the input builders' default limit (glm-roberta-large's)
+    attribute_map = {"num_hidden_layers": "num_layers", "max_position_embeddings": "max_sequence_length"}
+
+    def __init__(self, num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=50304,
+                 max_sequence_length=512, embedding_dropout_prob=0.1, attention_dropout_prob=0.1,
+                 output_dropout_prob=0.1, output_predict=True, block_position_encoding=True, attention_scale=1.0,
+                 layernorm_epsilon=1e-5, initializer_range=0.02, tie_word_embeddings=True, **kwargs):
+        if not block_position_encoding:
+            raise ValueError("Only GLM checkpoints with block_position_encoding=true are supported.")
+        self.num_layers, self.hidden_size, self.num_attention_heads = num_layers, hidden_size, num_attention_heads
+        self.vocab_size, self.max_sequence_length = vocab_size, max_sequence_length
+        self.embedding_dropout_prob, self.attention_dropout_prob = embedding_dropout_prob, attention_dropout_prob
+        self.output_dropout_prob, self.output_predict = output_dropout_prob, output_predict
+        self.block_position_encoding, self.attention_scale = block_position_encoding, attention_scale
+        self.layernorm_epsilon, self.initializer_range = layernorm_epsilon, initializer_range
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     @classmethod
     def tiny(cls, vocab_size: int) -> "GLMConfig":
@@ -69,15 +88,14 @@ class GLMConfig:
         return cls(num_layers=2, hidden_size=256, num_attention_heads=4, vocab_size=vocab_size)
 
     @classmethod
-    def from_dict(cls, config: dict) -> "GLMConfig":
-        """Reads a released or saved config.json; fields not used here (auto_map, ...) are ignored."""
-        known = {f.name for f in fields(cls)}
-        if not config.get("block_position_encoding", True):
-            raise ValueError("Only GLM checkpoints with block_position_encoding=true are supported.")
-        return cls(**{k: v for k, v in config.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return {"model_type": "glm", "architectures": ["GLMForConditionalGeneration"], **asdict(self)}
+    def from_released(cls, config: dict) -> "GLMConfig":
+        """Reads a released or saved config.json: our fields are kept, the rest (auto_map, the hub's
+        model_type "glm", transformers' bookkeeping) dropped; a saved `num_labels` is kept."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        kept = {k: v for k, v in config.items() if k in known}
+        if "num_labels" in config:
+            kept["num_labels"] = config["num_labels"]
+        return cls(**kept)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,23 +103,10 @@ class GLMConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class GLMOutput:
-    """What `GLMForConditionalGeneration.forward` returns.
-
-    loss:            scalar cross-entropy over the positions whose label is not -100, or None
-    logits:          [B, S, V], or [N, V] for the N positions picked by `logits_positions`
-    past_key_values: per layer a (key, value) pair, each [B, heads, T, head_dim], when use_cache
-    """
-
-    loss: Optional[torch.Tensor]
-    logits: torch.Tensor
-    past_key_values: Optional[tuple] = None
-
-
 class GLMSelfAttention(nn.Module):
-    def __init__(self, config: GLMConfig):
+    def __init__(self, config: GLMConfig, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
@@ -109,17 +114,19 @@ class GLMSelfAttention(nn.Module):
         self.attention_dropout = config.attention_dropout_prob
         self.output_dropout = nn.Dropout(config.output_dropout_prob)
 
-    def forward(self, x, mask, past=None):
+    def forward(self, x, mask, prefix_key=None, prefix_value=None, cache=None):
         B, Q, H = x.shape
         # The fused projection's output is [q | k | v], each then split into heads.
         q, k, v = (t.view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)
                    for t in self.query_key_value(x).split(H, dim=-1))
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if prefix_key is not None:
+            k, v = torch.cat([prefix_key, k], dim=2), torch.cat([prefix_value, v], dim=2)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         dropout = self.attention_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(B, Q, H)
-        return self.output_dropout(self.dense(y)), (k, v)
+        return self.output_dropout(self.dense(y))
 
 
 class GLMMLP(nn.Module):
@@ -134,20 +141,22 @@ class GLMMLP(nn.Module):
         return self.dropout(self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x))))
 
 
-class GLMLayer(nn.Module):
-    """Pre-LN transformer block: h + attn(LN(h)), then h + mlp(LN(h))."""
+class GLMLayer(GradientCheckpointingLayer):
+    """Pre-LN transformer block: h + attn(LN(h)), then h + mlp(LN(h)).
 
-    def __init__(self, config: GLMConfig):
+    Tensors that need gradients (h, a P-tuning v2 prefix) are positional, so that gradient
+    checkpointing (which recomputes this forward in the backward pass) passes their gradients on."""
+
+    def __init__(self, config: GLMConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
-        self.attention = GLMSelfAttention(config)
+        self.attention = GLMSelfAttention(config, layer_idx)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.mlp = GLMMLP(config)
 
-    def forward(self, h, mask, past=None):
-        a, present = self.attention(self.input_layernorm(h), mask, past)
-        h = h + a
-        return h + self.mlp(self.post_attention_layernorm(h)), present
+    def forward(self, h, mask, prefix_key=None, prefix_value=None, cache=None):
+        h = h + self.attention(self.input_layernorm(h), mask, prefix_key, prefix_value, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class GLMStack(nn.Module):
@@ -158,7 +167,7 @@ class GLMStack(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_sequence_length + 1, config.hidden_size)
         self.block_position_embeddings = nn.Embedding(config.max_sequence_length + 1, config.hidden_size)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
-        self.layers = nn.ModuleList(GLMLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(GLMLayer(config, i) for i in range(config.num_layers))
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
 
 
@@ -170,16 +179,17 @@ class GLMModel(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.transformer = GLMStack(config)
 
-    def forward(self, input_ids, position_ids, mask, past_key_values=None):
+    def forward(self, input_ids, position_ids, mask, prefix=None, cache=None):
+        """prefix: None or per layer a P-tuning v2 (key, value) pair put before this input's keys;
+        cache: None or a transformers `Cache` that each layer's keys/values join (and come from)."""
         t = self.transformer
         h = (self.word_embeddings(input_ids) + t.position_embeddings(position_ids[:, 0])
              + t.block_position_embeddings(position_ids[:, 1]))
         h = t.embedding_dropout(h)
-        presents = []
         for i, layer in enumerate(t.layers):
-            h, present = layer(h, mask, None if past_key_values is None else past_key_values[i])
-            presents.append(present)
-        return t.final_layernorm(h), tuple(presents)
+            prefix_key, prefix_value = (None, None) if prefix is None else prefix[i]
+            h = layer(h, mask, prefix_key, prefix_value, cache=cache)
+        return t.final_layernorm(h)
 
 
 def expand_attention_mask(attention_mask, batch_size, query_length, key_length, device):
@@ -219,51 +229,97 @@ def expand_attention_mask(attention_mask, batch_size, query_length, key_length, 
     return m | ~m.any(dim=-1, keepdim=True)
 
 
-class GLMForConditionalGeneration(nn.Module):
+def span_attention_mask(key_padding_mask, block_position_ids):
+    """The attention layout of GLM's blank infilling (paper, Figure 2b) over a whole sequence.
+
+    key_padding_mask: [B, S] (1/True = a real token anyone may see); block_position_ids: [B, S]
+    (0 in Part A, 1, 2, ... in the span). Part A tokens see the real Part A tokens; a span token
+    sees those and the span up to itself. Returns bool [B, 1, S, S] (True = may attend).
+    """
+    S = block_position_ids.shape[1]
+    in_span = block_position_ids > 0
+    i = torch.arange(S, device=block_position_ids.device)
+    causal = i[None, :] <= i[:, None]                                               # [S(q), S(k)]
+    visible = ~in_span[:, None, :] | (in_span[:, :, None] & causal[None])          # [B, Q, K]
+    return (visible & key_padding_mask.bool()[:, None, :])[:, None]
+
+
+class GLMPreTrainedModel(PreTrainedModel):
+    """What GLM's models share: the config class, the initialisation (normal with std
+    `initializer_range` for Linear and Embedding weights, zero biases; transformers' default),
+    the released `glm.` key prefix, gradient checkpointing over the `GLMLayer`s."""
+
+    config_class = GLMConfig
+    base_model_prefix = "glm"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GLMLayer"]
+    _supports_sdpa = True
+
+    @classmethod
+    def _load_glm(cls, name_or_path, config, new_keys=(), **kwargs):
+        """transformers' `from_pretrained` of a local directory or hub repository with our `config`
+        (the released config.json says model_type "glm", GLM-4's type, so it is read by us, not by
+        transformers). `new_keys` may be missing (a new head, initialised at random). Raises
+        ValueError naming other missing and unexpected keys (transformers only logs them), OSError
+        when the hub cannot serve the files."""
+        directory = _resolve_pretrained_dir(name_or_path, ["config.json", "*.safetensors", "pytorch_model.bin"])
+        model, info = super().from_pretrained(str(directory), config=config, output_loading_info=True, **kwargs)
+        missing, unexpected = sorted(set(info["missing_keys"]) - set(new_keys)), sorted(info["unexpected_keys"])
+        if missing or unexpected:
+            raise ValueError(f"The checkpoint does not match GLMConfig: missing keys {missing[:10]}"
+                             f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
+                             f"{' ...' if len(unexpected) > 10 else ''}")
+        return model
+
+
+class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
     """GLM with its tied language-model output (logits = hidden @ word_embeddings^T).
 
-    `prefix_encoder` is None, or a `PrefixEncoder` set by `add_prefix_encoder` (P-tuning v2):
-    its keys/values then sit before every input, as if they were a cache.
+    `prefix_encoder` is None, or a `PrefixEncoder` set by `glm_peft.add_prefix_encoder` (P-tuning
+    v2): its keys/values then sit before every input, and begin the cache of `model.generate`.
     """
 
     def __init__(self, config: GLMConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.glm = GLMModel(config)
         self.prefix_encoder = None
-        self.apply(self._init_weights)
+        self.post_init()
 
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.config.initializer_range)
-        if isinstance(module, nn.Linear):
-            nn.init.zeros_(module.bias)
+    def get_input_embeddings(self):
+        return self.glm.word_embeddings
 
-    def forward(self, input_ids, position_ids, attention_mask=None, labels=None, past_key_values=None,
-                use_cache=False, logits_positions=None, label_smoothing=0.0):
+    def forward(self, input_ids, position_ids=None, attention_mask=None, labels=None, cache=None, use_cache=None,
+                logits_positions=None, label_smoothing=0.0, **kwargs):
         """Runs GLM on `input_ids` [B, S] with `position_ids` [B, 2, S].
 
         attention_mask:   any form `expand_attention_mask` accepts.
         labels:           [B, S] token ids to predict AT each position (GLM's targets are already
                           aligned, no shift), -100 where nothing is predicted.
-        past_key_values:  per layer (key, value) [B, heads, T, head_dim] computed earlier (a cache
-                          from `use_cache=True`, or a P-tuning v2 prefix); new tokens attend to them.
-                          When None and a `prefix_encoder` is set, the prefix is used (a cache
-                          returned then begins with it, so cached decoding needs nothing more).
+        cache:            a transformers `Cache` of earlier keys/values (per layer [B, heads, T,
+                          head_dim]); new tokens attend to them and join them. With `use_cache` and
+                          no cache a `DynamicCache` is started. A P-tuning v2 prefix (`prefix_encoder`)
+                          goes before the input when the cache is absent or empty, so a cache begins
+                          with it and cached decoding needs nothing more.
         logits_positions: optional bool [B, S]; vocabulary logits are then computed only there and
                           returned as [N, V] in row-major order (a large saving with a 50k vocab).
         label_smoothing:  as in `torch.nn.functional.cross_entropy`.
+        kwargs:           what `generate` passes besides (return_dict, ...); unused.
 
-        Returns a `GLMOutput`; `loss` is the mean cross-entropy over labelled positions.
+        Returns a `CausalLMOutputWithPast`: `loss` the mean cross-entropy over labelled positions (or
+        None), `logits`, `cache` (with use_cache). Raises ValueError without position_ids.
         """
+        if position_ids is None:
+            raise ValueError("GLM needs position_ids [B, 2, S] (position, block position): use glm_utils' builders")
         B, S = input_ids.shape
-        if past_key_values is None and self.prefix_encoder is not None:
-            # P-tuning v2: the prefix is the first cache entry, so a returned cache already holds it
-            # and `expand_attention_mask` shows it to every query (real positions are unchanged).
-            past_key_values = self.prefix_encoder(B)
-        past_length = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = 0 if cache is None else cache.get_seq_length()
+        prefix = None
+        if self.prefix_encoder is not None and past_length == 0:
+            prefix = self.prefix_encoder(B)
+            past_length = prefix[0][0].shape[2]
         mask = expand_attention_mask(attention_mask, B, S, past_length + S, input_ids.device)
-        hidden, presents = self.glm(input_ids, position_ids, mask, past_key_values)
+        hidden = self.glm(input_ids, position_ids, mask, prefix, cache if use_cache else None)
         if logits_positions is not None:
             hidden = hidden[logits_positions]
             if labels is not None:
@@ -273,12 +329,54 @@ class GLMForConditionalGeneration(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                    ignore_index=-100, label_smoothing=label_smoothing)
-        return GLMOutput(loss, logits, presents if use_cache else None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
+                                      position_ids=None, block_position_ids=None, use_cache=None, **kwargs):
+        """What `generate` feeds each step (Figure 2b): the whole sequence while the cache is empty
+        (or without a cache), with the span layout `span_attention_mask` rebuilt from the key
+        padding mask and the block positions; afterwards the last `next_sequence_length` tokens,
+        which see every real key (a span token sees the context and the span so far).
+
+        Inputs (`glm_utils.generation_kwargs` makes them from a `build_generation_inputs` batch):
+        input_ids [B, S] ending with sop; the two position rows apart, position_ids [B, S] and
+        block_position_ids [B, S] (`generate` would take a 3D position tensor for a multimodal one,
+        with the batch second); attention_mask [B, S] the key padding mask (`generate` takes 2D masks
+        only, and drops one without padding: None = every key is real). Pass the mask: GLM's pad id
+        is also `</s>`, so one guessed from the ids would hide `</s>`. Raises ValueError without
+        position_ids or block_position_ids.
+        """
+        if position_ids is None or block_position_ids is None:
+            raise ValueError("GLM's generate needs position_ids and block_position_ids: pass "
+                             "glm_utils.generation_kwargs(batch) of a build_generation_inputs batch")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        position_ids = torch.stack([position_ids, block_position_ids], dim=1)
+        if cache is None or cache.get_seq_length() == 0:  # the whole sequence: no keys are cached yet
+            mask = span_attention_mask(attention_mask, block_position_ids)
+        else:
+            input_ids, position_ids, mask = (input_ids[:, -next_sequence_length:],
+                                             position_ids[..., -next_sequence_length:], attention_mask)
+        return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask, "cache": cache,
+                "use_cache": use_cache}
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False,
+                                            num_new_tokens=1):
+        """After a step: the cache, the key padding mask grown by the new (real) tokens, and their
+        positions: the span's mask index again, block positions counting on (Figure 2b)."""
+        position_ids, block = model_kwargs.pop("position_ids"), model_kwargs.pop("block_position_ids")
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder,
+                                                                   num_new_tokens)
+        step = torch.arange(1, num_new_tokens + 1, device=block.device)
+        model_kwargs["position_ids"] = torch.cat([position_ids, position_ids[:, -1:].expand(-1, num_new_tokens)], -1)
+        model_kwargs["block_position_ids"] = torch.cat([block, block[:, -1:] + step], dim=-1)
+        return model_kwargs
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, vocab_size: Optional[int] = None,
-                        special_token_ids: Optional[dict] = None):
-        """Loads GLM from a local directory or a hub id (default `BAAI/glm-roberta-large`).
+                        special_token_ids: Optional[dict] = None, **kwargs):
+        """Loads GLM from a local directory or a hub id (default `BAAI/glm-roberta-large`) through
+        transformers' `from_pretrained` (kwargs such as dtype=torch.bfloat16, device_map="auto").
 
         The directory holds `config.json` and `model.safetensors` or `pytorch_model.bin` (read
         with `weights_only=True`: a pickle that would run code is refused). State-dict keys may
@@ -295,26 +393,23 @@ class GLMForConditionalGeneration(nn.Module):
             if vocab_size is None:
                 raise ValueError("glm-tiny needs vocab_size (the tokenizer's length)")
             return cls(GLMConfig.tiny(vocab_size=_round_up(vocab_size, 64)))
-        directory = _resolve_pretrained_dir(name_or_path, ["config.json", "*.safetensors", "pytorch_model.bin"])
-        config = GLMConfig.from_dict(json.loads((directory / "config.json").read_text()))
-        model = cls(config)
-        model.load_state_dict(_normalise_keys(_read_state_dict(directory), model), strict=True)
-        if vocab_size is not None and vocab_size > config.vocab_size:
-            raise ValueError(f"The tokenizer has {vocab_size} tokens but the model only {config.vocab_size} "
+        model = cls._load_glm(name_or_path, read_config(name_or_path), **kwargs)
+        if vocab_size is not None and vocab_size > model.config.vocab_size:
+            raise ValueError(f"The tokenizer has {vocab_size} tokens but the model only {model.config.vocab_size} "
                              "embedding rows: use the tokenizer that came with the checkpoint.")
         if special_token_ids is not None:
             check_special_rows(model.glm.word_embeddings.weight, special_token_ids, vocab_size)
         return model
 
-    def save_pretrained(self, directory):
-        """Writes `config.json` and `model.safetensors` (keys with the released `glm.` prefix)."""
-        from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+def read_config(name_or_path: str) -> GLMConfig:
+    """The `GLMConfig` of a local directory or hub repository (only config.json is downloaded).
+    Raises OSError when it cannot be had (with the local alternatives) or holds no config.json."""
+    config = _resolve_pretrained_dir(name_or_path, ["config.json"]) / "config.json"
+    if not config.is_file():
+        raise OSError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
+                      f"(config.json + weights), a hub id, or {TINY_MODEL_NAME}.")
+    return GLMConfig.from_released(json.loads(config.read_text()))
 
 
 def special_rows_report(weight, token_ids, tokenizer_length):
@@ -407,111 +502,71 @@ def max_positions(name_or_path: str) -> int:
     """
     if name_or_path == TINY_MODEL_NAME:
         return GLMConfig.max_sequence_length
-    config = _resolve_pretrained_dir(name_or_path, ["config.json"]) / "config.json"
-    if not config.is_file():
-        raise OSError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
-                      f"(config.json + weights), a hub id, or {TINY_MODEL_NAME}.")
-    return GLMConfig.from_dict(json.loads(config.read_text())).max_sequence_length
+    return read_config(name_or_path).max_sequence_length
 
 
-def _read_state_dict(directory: Path) -> dict:
-    if (directory / "model.safetensors").exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(directory / "model.safetensors"))
-    if (directory / "pytorch_model.bin").exists():
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} holds neither model.safetensors nor pytorch_model.bin")
-
-
-def _normalise_keys(state: dict, model: nn.Module) -> dict:
-    """Adds the `glm.` prefix where the checkpoint lacks it; raises on missing or extra keys."""
-    state = {k if k.startswith("glm.") else "glm." + k: v for k, v in state.items()}
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"The checkpoint does not match GLMConfig: missing keys {missing[:10]}"
-                         f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
-                         f"{' ...' if len(unexpected) > 10 else ''}")
-    return state
-
-
-@dataclass
-class GLMClassifierOutput:
-    """What `GLMForSequenceClassification.forward` returns: loss (or None), logits [B, num_labels]."""
-
-    loss: Optional[torch.Tensor]
-    logits: torch.Tensor
-
-
-class GLMForSequenceClassification(nn.Module):
+class GLMForSequenceClassification(GLMPreTrainedModel):
     """GLM with a linear head on the first token: the conventional fine-tuning baseline that the
     cloze formulation (`score_choices`, no new parameters) is compared with on GLM itself.
 
     The input is plain text `<s> x1 .. xn </s>` (no `[MASK]`), read bidirectionally: positions
     0..S-1, block positions 0. logits = Linear(dropout(h[:, 0])), h the final hidden states (after
-    the final layer norm) and position 0 the `<s>` token; dropout = `output_dropout_prob`.
+    the final layer norm) and position 0 the `<s>` token; dropout = `output_dropout_prob`. The
+    number of classes is `config.num_labels`.
     """
 
-    def __init__(self, config: GLMConfig, num_labels: int, glm: Optional[GLMModel] = None):
-        super().__init__()
-        if num_labels < 2:
-            raise ValueError(f"num_labels must be at least 2, got {num_labels}")
-        self.config, self.num_labels = config, num_labels
-        self.glm = GLMModel(config) if glm is None else glm
+    def __init__(self, config: GLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.glm = GLMModel(config)
         self.dropout = nn.Dropout(config.output_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
-        init = GLMForConditionalGeneration._init_weights
-        (self.classifier if glm is not None else self).apply(lambda module: init(self, module))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None):
+    def get_input_embeddings(self):
+        return self.glm.word_embeddings
+
+    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None, **kwargs):
         """input_ids [B, S]; attention_mask [B, S] 0/1 (1 = real token) or None (all real);
         labels [B] class ids (optional); position_ids [B, 2, S] (default: 0..S-1 and zeros).
-        Returns a `GLMClassifierOutput` (loss = mean cross-entropy when labels are given)."""
+        Returns a `SequenceClassifierOutput` (loss = mean cross-entropy when labels are given)."""
         B, S = input_ids.shape
         if position_ids is None:
             position_ids = torch.zeros(B, 2, S, dtype=torch.long, device=input_ids.device)
             position_ids[:, 0] = torch.arange(S, device=input_ids.device)
         mask = expand_attention_mask(attention_mask, B, S, S, input_ids.device)
-        hidden, _ = self.glm(input_ids, position_ids, mask)
+        hidden = self.glm(input_ids, position_ids, mask)
         logits = self.classifier(self.dropout(hidden[:, 0]))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        return GLMClassifierOutput(loss, logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, num_labels: Optional[int] = None, vocab_size: Optional[int] = None):
-        """The body of a GLM checkpoint (loaded by `GLMForConditionalGeneration.from_pretrained`:
-        local directory, hub id or `glm-tiny`) under a new random head of `num_labels` classes; or,
-        from a directory written by this class's `save_pretrained`, the whole classifier (the head
-        included; `num_labels` may then be omitted, and must match when given)."""
+    def from_pretrained(cls, name_or_path: str, num_labels: Optional[int] = None, vocab_size: Optional[int] = None,
+                        **kwargs):
+        """The body of a GLM checkpoint (local directory, hub id or `glm-tiny`, whose body is that of
+        `GLMForConditionalGeneration.from_pretrained("glm-tiny")` with the same seed) under a new
+        random head of `num_labels` classes; or, from a directory written by this class's
+        `save_pretrained`, the whole classifier (the head included; `num_labels` may then be omitted,
+        and must match when given). kwargs go to transformers' `from_pretrained` (dtype, ...).
+        Raises ValueError for a wrong or missing `num_labels`, or keys that do not match."""
+        if name_or_path == TINY_MODEL_NAME:
+            if num_labels is None:
+                raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")
+            lm = GLMForConditionalGeneration.from_pretrained(name_or_path, vocab_size=vocab_size)
+            lm.config.num_labels = num_labels
+            model = cls(lm.config)
+            model.glm.load_state_dict(lm.glm.state_dict())
+            return model
+        config = read_config(name_or_path)
         saved = Path(name_or_path) / "config.json"
-        if os.path.isdir(name_or_path) and saved.is_file():
-            config = json.loads(saved.read_text())
-            if cls.__name__ in config.get("architectures", []):
-                if num_labels is not None and num_labels != config["num_labels"]:
-                    raise ValueError(f"{name_or_path} holds a {config['num_labels']}-class head, not {num_labels}")
-                model = cls(GLMConfig.from_dict(config), config["num_labels"])
-                model.load_state_dict(_read_state_dict(Path(name_or_path)), strict=True)
-                return model
+        if os.path.isdir(name_or_path) and cls.__name__ in json.loads(saved.read_text()).get("architectures", []):
+            if num_labels is not None and num_labels != config.num_labels:
+                raise ValueError(f"{name_or_path} holds a {config.num_labels}-class head, not {num_labels}")
+            return cls._load_glm(name_or_path, config, **kwargs)
         if num_labels is None:
             raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")
-        lm = GLMForConditionalGeneration.from_pretrained(name_or_path, vocab_size=vocab_size)
-        return cls(lm.config, num_labels, glm=lm.glm)
-
-    def save_pretrained(self, directory):
-        """Writes `config.json` (GLMConfig fields, architectures, num_labels) and `model.safetensors`."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {**self.config.to_dict(), "architectures": [type(self).__name__], "num_labels": self.num_labels}
-        (directory / "config.json").write_text(json.dumps(config, indent=2))
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-
-
-
-
+        config.num_labels = num_labels
+        return cls._load_glm(name_or_path, config, new_keys=("classifier.weight", "classifier.bias"), **kwargs)
 
 
 class PrefixEncoder(nn.Module):

@@ -30,6 +30,7 @@ import torch
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from cli import (
     ArgumentParser,
@@ -53,7 +54,7 @@ from glm_peft import (
     saved_peft_flags,
     save_model_and_tokenizer,
 )
-from glm_utils import build_generation_inputs, encode_context, encode_target, generate
+from glm_utils import build_generation_inputs, encode_context, encode_target, generate_spans
 from metrics import GEN_METRICS, generation_metrics, most_frequent_target, nearest_training_targets, output_statistics
 from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
 from prompted import build_prompted_examples, group_references
@@ -205,6 +206,16 @@ class SourceDataset(torch.utils.data.Dataset):
         return {"index": i, "context_ids": self.contexts[i]}
 
 
+def span_generation_config(args, tokenizer):
+    """Our decoding flags as a transformers `GenerationConfig` (eop ends a span; --no_repeat_ngram_size
+    is applied by `generate_spans` over the span only, not here: transformers' would ban copying the
+    context). Sampling draws from the whole nucleus (top_k off)."""
+    sampling = dict(do_sample=True, top_p=args.top_p, temperature=args.temperature, top_k=0) if args.do_sample else {}
+    return GenerationConfig(max_new_tokens=args.max_target_length, min_new_tokens=args.min_target_length,
+                            num_beams=args.num_beams, length_penalty=args.length_penalty,
+                            eos_token_id=tokenizer.eop_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
+
+
 def evaluate(args, accelerator, model, tokenizer, dataloader, references, description):
     """Decodes every source of `dataloader` once and scores it against all its references (a list per
     source, or None for a split whose references are hidden).
@@ -214,14 +225,12 @@ def evaluate(args, accelerator, model, tokenizer, dataloader, references, descri
     was_training = model.training
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
+    generation_config = span_generation_config(args, tokenizer)
     predictions = [None] * len(dataloader.dataset)
     with torch.inference_mode():
         for batch in tqdm(dataloader, desc=description, leave=False, disable=not accelerator.is_local_main_process):
             inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}
-            generated = generate(unwrapped, inputs, tokenizer.eop_token_id, max_new_tokens=args.max_target_length,
-                                 min_new_tokens=args.min_target_length, num_beams=args.num_beams,
-                                 length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                 do_sample=args.do_sample, top_p=args.top_p, temperature=args.temperature)
+            generated = generate_spans(unwrapped, inputs, generation_config, args.no_repeat_ngram_size)
             # Same width on every process so that the outputs can be gathered; -1 pads.
             tokens = torch.full((len(generated), args.max_target_length), -1, dtype=torch.long, device=accelerator.device)
             for row, ids in enumerate(generated):

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import GenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from modeling_glm import GLMConfig, GLMForConditionalGeneration  # noqa: E402
 from glm_utils import (  # noqa: E402
     build_blank_infilling_inputs,
-    generate,
+    generate_spans,
     generation_inputs_from_text,
     max_infilling_text_length,
     multiple_choice_inputs_from_text,
@@ -220,7 +221,7 @@ def bench_decoding(bench):
 
     Random 128-token contexts ending in `[MASK]` (all of one length, so no padding);
     `min_new_tokens=64` bans eop, so every run writes exactly 64 tokens. Greedy and beam search
-    (4 beams) through `generate`. The ratio grows with the batch: a cached step costs about the
+    (4 beams) through transformers' `generate` (`glm_utils.generate_spans`). The ratio grows with the batch: a cached step costs about the
     same for 2 rows as for 8 (it reads every weight once, plus fixed per-op overhead), while
     recomputing costs in proportion to the rows.
     """
@@ -232,8 +233,9 @@ def bench_decoding(bench):
 
         def decode(use_cache):
             with bench.autocast():
-                out = generate(model, batch, tok.eop_token_id, max_new_tokens=64, min_new_tokens=64,
-                               num_beams=beams, use_cache=use_cache)
+                config = GenerationConfig(max_new_tokens=64, min_new_tokens=64, num_beams=beams, use_cache=use_cache,
+                                          eos_token_id=tok.eop_token_id, pad_token_id=tok.pad_token_id)
+                out = generate_spans(model, batch, config)
             assert all(len(tokens) == 64 for tokens in out), [len(tokens) for tokens in out]
             return out
 

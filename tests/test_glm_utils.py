@@ -7,19 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
+import glm_peft
 import glm_utils
 from modeling_glm import GLMConfig, GLMForConditionalGeneration
 from glm_utils import (
     build_generation_inputs,
     build_multiple_choice_inputs,
     encode_choices,
-    generate,
+    SpanNoRepeatNGramLogitsProcessor,
+    generate_spans,
     generation_inputs_from_text,
     multiple_choice_inputs_from_text,
     score_choices,
     truncate_around,
 )
-from modeling_glm import GLMOutput, expand_attention_mask
+from modeling_glm import expand_attention_mask
+from transformers import GenerationConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from tokenization_glm import load_or_train_tokenizer, load_tokenizer, train_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -285,48 +289,117 @@ def test_separator_and_key_padding_masks_match_the_full_mask(model):
                                model(ids, pos, keys[:, None, None, :].expand(-1, 1, 6, -1)).logits)
 
 
-def test_cached_decoding_equals_recomputing(tok, model):
-    batch = generation_inputs_from_text(tok, ["a b [MASK]", "[MASK] c"])
-    cached = glm_utils._SpanDecoder(model, batch, use_cache=True)
-    full = glm_utils._SpanDecoder(model, batch, use_cache=False)
-    for token in [X, Y, Z, W]:
-        torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=0)
-        step = torch.tensor([token, V])
-        cached.append(step), full.append(step)
-    torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=0)
-    kwargs = dict(eop_token_id=EOP, max_new_tokens=6)
-    for beams in (1, 3):
-        assert generate(model, batch, num_beams=beams, use_cache=True, **kwargs) == \
-            generate(model, batch, num_beams=beams, use_cache=False, **kwargs)
+def span_config(**kwargs):
+    """A GenerationConfig that writes spans of the WordTokenizer (eop ends them)."""
+    return GenerationConfig(eos_token_id=EOP, pad_token_id=PAD, do_sample=False, **kwargs)
+
+
+def recompute_greedy(model, batch, max_new_tokens):
+    """Greedy decoding written out, without a cache: each step runs the whole sequence with the
+    inference mask grown by hand (the new token sees every real key), position = the mask index,
+    block position + 1. Independent of `generate` and of `span_attention_mask`."""
+    ids, pos, mask = batch["input_ids"], batch["position_ids"], batch["attention_mask"]
+    keys = mask[:, 0].any(dim=1)
+    spans, done = [[] for _ in range(len(ids))], [False] * len(ids)
+    for _ in range(max_new_tokens):
+        next_tokens = model(ids, pos, mask).logits[:, -1].argmax(-1)
+        for row, token in enumerate(next_tokens.tolist()):
+            done[row] = done[row] or token == EOP
+            if not done[row]:
+                spans[row].append(token)
+        step = pos[:, :, -1:].clone()
+        step[:, 1] += 1
+        ids, pos = torch.cat([ids, next_tokens[:, None]], 1), torch.cat([pos, step], 2)
+        keys = torch.nn.functional.pad(keys, (0, 1), value=True)
+        mask = torch.nn.functional.pad(mask, (0, 1, 0, 1))
+        mask[:, 0, -1] = keys
+    return spans
+
+
+GENERATION_CONTEXTS = ["a b c [MASK]", "[MASK]", "x [MASK] y z", "y x [MASK] a a b"]
+# What the hand-written decoder of glm_utils (deleted with #29) returned on `varied_model` for
+# GENERATION_CONTEXTS, 10 new tokens at most: (generate_spans kwargs, without prefix, with a P-tuning
+# v2 prefix of 4). Both sides rank beams by sum log p / generated length ** length_penalty.
+OLD_DECODER_OUTPUTS = [
+    (dict(), [[7, 7, 7, 7, 7, 7, 6, 9, 14, 14], [15, 15, 15, 15, 15, 2, 15, 15, 15, 15], [7, 7, 2, 6, 6, 6, 7, 1, 6, 6],
+              [7, 7, 7, 6, 6, 6, 14, 14, 11, 2]],
+     [[2, 9, 6, 15, 15, 6, 9, 7, 7, 6], [8, 15, 9, 6, 1, 12, 9, 12, 1, 12], [7, 7, 2, 6, 6, 6, 2], [2]]),
+    (dict(num_beams=4),
+     [[15, 15, 14, 15, 15, 8, 15, 2, 1, 1], [15, 15, 15, 15, 15, 2, 15, 15, 15, 15], [7, 7, 2, 6, 8, 1, 2, 2, 2, 12],
+      [7, 2, 6, 6, 6, 6, 14, 14, 11, 1]],
+     [[2, 9, 6, 15, 11, 6, 15, 1, 15, 15], [2, 15, 14, 15, 15, 2, 15, 15, 15, 15], [7, 7, 2, 6, 6, 8, 2, 1, 6, 6],
+      [7, 7, 6, 6, 6, 6, 14, 14, 14, 15]]),
+    (dict(num_beams=4, length_penalty=0.6),
+     [[15, 15, 14, 15, 15, 8, 15, 2, 1, 1], [15, 15, 15, 15, 15, 2, 15, 15, 15, 15], [7, 7, 2, 6, 8, 1, 2, 2, 2, 12],
+      [7, 7, 6, 6]],
+     [[2, 9, 6, 6], [2, 15, 14, 15, 15, 2, 15, 15, 15, 15], [7, 7, 2, 6, 6, 6, 2], [2]]),
+    (dict(no_repeat_ngram_size=2, min_new_tokens=3),
+     [[7, 7, 6, 15, 15, 8, 15, 1, 15, 9], [15, 15, 6, 15, 1, 14, 9, 2, 15, 3], [7, 7, 2, 6, 6, 7, 11], [7, 7, 6, 6]],
+     [[2, 9, 6, 15, 15, 6, 9, 7, 7, 6], [8, 15, 9, 6, 1, 12, 9, 12, 1, 15], [7, 7, 2, 6, 6, 8, 2, 1, 6, 12],
+      [2, 6, 6, 7, 7, 6, 14, 14, 11, 14]]),
+    (dict(num_beams=4, no_repeat_ngram_size=2, min_new_tokens=2),
+     [[15, 15, 14, 15, 1, 6, 15, 9, 14, 14], [7, 7, 6, 15, 15, 2, 15], [7, 7, 2, 6, 8, 1, 2, 14, 6, 6], [7, 7, 6, 6]],
+     [[2, 9, 6, 15, 11, 6, 2, 1, 15, 15], [8, 15, 14, 15, 15, 2, 15, 3, 9, 9], [7, 7, 2, 6, 6, 8, 2, 1, 6, 12],
+      [2, 6, 1, 1, 7, 2, 2, 12, 2, 14]]),
+]
+
+
+def varied_model(prefix):
+    """The tiny model with larger weights (std 0.4), whose spans vary and often end; with `prefix` a
+    P-tuning v2 prefix of 4 (glm_peft's initialisation, seed 0)."""
+    torch.manual_seed(0)
+    model = GLMForConditionalGeneration(GLMConfig(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=16,
+                                                  max_sequence_length=64, initializer_range=0.4)).eval()
+    return glm_peft.add_prefix_encoder(model, 4).eval() if prefix else model
+
+
+@pytest.mark.parametrize("prefix", [False, True], ids=["no_prefix", "ptuning_v2"])
+@pytest.mark.parametrize("case", range(len(OLD_DECODER_OUTPUTS)))
+def test_generate_equals_the_old_decoder(tok, prefix, case):
+    kwargs, *expected = OLD_DECODER_OUTPUTS[case]
+    kwargs = dict(kwargs)
+    ngram = kwargs.pop("no_repeat_ngram_size", 0)
+    batch = generation_inputs_from_text(tok, GENERATION_CONTEXTS)  # padded: the contexts differ in length
+    model = varied_model(prefix)
+    for use_cache in (True, False):
+        spans = generate_spans(model, batch, span_config(max_new_tokens=10, use_cache=use_cache, **kwargs), ngram)
+        assert spans == expected[prefix]
+
+
+@pytest.mark.parametrize("prefix", [False, True], ids=["no_prefix", "ptuning_v2"])
+def test_cached_generate_equals_a_recompute_loop(tok, prefix):
+    model = varied_model(prefix)
+    batch = generation_inputs_from_text(tok, GENERATION_CONTEXTS)
+    assert generate_spans(model, batch, span_config(max_new_tokens=10)) == recompute_greedy(model, batch, 10)
 
 
 def test_batched_generation_equals_one_by_one(tok, model):
     contexts = ["a b c [MASK]", "[MASK]", "x [MASK] y z"]
     for beams in (1, 3):
-        kwargs = dict(eop_token_id=EOP, max_new_tokens=7, num_beams=beams, no_repeat_ngram_size=2)
-        together = generate(model, generation_inputs_from_text(tok, contexts), **kwargs)
-        assert together == [generate(model, generation_inputs_from_text(tok, [c]), **kwargs)[0] for c in contexts]
+        config = span_config(max_new_tokens=7, num_beams=beams)
+        together = generate_spans(model, generation_inputs_from_text(tok, contexts), config, no_repeat_ngram_size=2)
+        assert together == [generate_spans(model, generation_inputs_from_text(tok, [c]), config, 2)[0]
+                            for c in contexts]
 
 
-def test_beam_search_with_one_beam_is_greedy(tok, model):
-    batch = generation_inputs_from_text(tok, ["a b [MASK]", "[MASK] c", "z [MASK]"])
-    greedy = generate(model, batch, eop_token_id=EOP, max_new_tokens=8)
-    one_beam = glm_utils._beam_search(model, batch, EOP, 8, 0, 1, 1.0, 0, True)
-    assert one_beam == greedy and all(len(g) > 0 for g in greedy)
+def test_span_ngram_ban_ignores_the_context():
+    # Context "x y" then the span "x y z x": the span's bigram (x, y) bans y after x; the
+    # context's own (x, y) alone bans nothing, so a span may copy context words.
+    ban = SpanNoRepeatNGramLogitsProcessor(2, prompt_length=2)
+    scores = ban(torch.tensor([[X, Y, X, Y, Z, X]]), torch.zeros(1, 16))
+    assert (scores[0] == float("-inf")).nonzero().flatten().tolist() == [Y]
+    assert ban(torch.tensor([[X, Y, X]]), torch.zeros(1, 16)).isfinite().all()
 
 
-class BigramModel(torch.nn.Module):
+class BigramModel(GLMForConditionalGeneration):
     """Next-token log-probs that depend on the last token only, from a hand-written table."""
 
     def __init__(self, table):
-        super().__init__()
+        super().__init__(GLMConfig(num_layers=1, hidden_size=8, num_attention_heads=1, vocab_size=16))
         self.table = table
 
-    def forward(self, input_ids, position_ids, attention_mask=None, past_key_values=None, use_cache=False,
-                logits_positions=None):
-        logits = self.table[input_ids]
-        logits = logits[logits_positions] if logits_positions is not None else logits
-        return GLMOutput(None, logits, () if use_cache else None)
+    def forward(self, input_ids, position_ids=None, attention_mask=None, cache=None, use_cache=None, **kwargs):
+        return CausalLMOutputWithPast(logits=self.table[input_ids], cache=cache)  # the cache stays empty
 
 
 def test_beam_search_finds_what_greedy_misses(tok):
@@ -339,11 +412,8 @@ def test_beam_search_finds_what_greedy_misses(tok):
     table[[A, B_, C_, W, Z], EOP] = 1.0
     model = BigramModel(table.log())
     batch = generation_inputs_from_text(tok, ["a [MASK]"])
-    assert generate(model, batch, eop_token_id=EOP, max_new_tokens=5) == [[X, A]]
-    assert generate(model, batch, eop_token_id=EOP, max_new_tokens=5, num_beams=2, length_penalty=0.0) == [[Y, Z]]
-    # min_new_tokens forbids eop early; no_repeat_ngram_size bans a repeated bigram
-    assert glm_utils._banned_ngram_tokens([X, Y, Z, X], 2) == [Y]
-    assert glm_utils._banned_ngram_tokens([X, Y, X, Y], 3) == [X]
+    assert generate_spans(model, batch, span_config(max_new_tokens=5)) == [[X, A]]
+    assert generate_spans(model, batch, span_config(max_new_tokens=5, num_beams=2, length_penalty=0.0)) == [[Y, Z]]
 
 
 def test_checkpoint_round_trip(tmp_path, model):

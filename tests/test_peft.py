@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from test_glm_utils import EOP, V, W, X, Y, Z, WordTokenizer
+from transformers.cache_utils import DynamicCache
+from test_glm_utils import WordTokenizer, recompute_greedy, span_config
 
-import glm_utils
 from modeling_glm import GLMConfig, GLMForConditionalGeneration, PrefixEncoder
 from glm_peft import (
     PEFT_DEFAULT_LEARNING_RATES,
@@ -20,7 +20,7 @@ from glm_peft import (
     load_trainable_weights,
     save_trainable_weights,
 )
-from glm_utils import generate, generation_inputs_from_text, multiple_choice_inputs_from_text, score_choices
+from glm_utils import generate_spans, generation_inputs_from_text, multiple_choice_inputs_from_text, score_choices
 
 TINY = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=16, max_sequence_length=64)
 CONTEXTS, CHOICES = ["a b [MASK] c", "[MASK] a"], [["x y", "z", "w v x"], ["y", "v w"]]
@@ -136,11 +136,11 @@ def test_prefix_is_visible_to_every_query_and_hides_nothing(tok):
     full = ((i[None, None, :] < sep[:, None, None]) | (i[None, :] <= i[:, None])[None])[:, None]
     with_prefix = model(ids, pos, full).logits
     torch.testing.assert_close(model(ids, pos, sep).logits, with_prefix)
-    # The same backbone without the prefix encoder, given the prefix as past keys and values.
-    torch.testing.assert_close(base_model()(ids, pos, full, past_key_values=model.prefix_encoder(2)).logits,
-                               with_prefix)
+    # The same backbone without the prefix encoder, given the prefix as a cache of keys and values.
+    torch.testing.assert_close(base_model()(ids, pos, full, cache=DynamicCache(model.prefix_encoder(2)),
+                                            use_cache=True).logits, with_prefix)
     out = model(ids, pos, full, use_cache=True)
-    assert out.past_key_values[0][0].shape == (2, 4, 4 + 7, 8)  # the cache begins with the prefix
+    assert out.cache.layers[0].keys.shape == (2, 4, 4 + 7, 8)  # the cache begins with the prefix
 
 
 @pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
@@ -157,17 +157,10 @@ def test_packed_scores_equal_one_forward_per_choice(tok, argv):
 def test_cached_decoding_equals_recomputing(tok, argv):
     model = peft_model(argv)
     batch = generation_inputs_from_text(tok, ["a b [MASK]", "[MASK] c"])
-    cached = glm_utils._SpanDecoder(model, batch, use_cache=True)
-    full = glm_utils._SpanDecoder(model, batch, use_cache=False)
-    for token in [X, Y, Z, W]:
-        torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=0)
-        step = torch.tensor([token, V])
-        cached.append(step), full.append(step)
-    torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=0)
-    kwargs = dict(eop_token_id=EOP, max_new_tokens=6)
+    assert generate_spans(model, batch, span_config(max_new_tokens=6)) == recompute_greedy(model, batch, 6)
     for beams in (1, 3):
-        assert generate(model, batch, num_beams=beams, use_cache=True, **kwargs) == \
-            generate(model, batch, num_beams=beams, use_cache=False, **kwargs)
+        assert generate_spans(model, batch, span_config(max_new_tokens=6, num_beams=beams)) == \
+            generate_spans(model, batch, span_config(max_new_tokens=6, num_beams=beams, use_cache=False))
 
 
 @pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
@@ -175,9 +168,10 @@ def test_batched_generation_equals_one_by_one(tok, argv):
     model = peft_model(argv)
     contexts = ["a b c [MASK]", "[MASK]", "x [MASK] y z"]
     for beams in (1, 3):
-        kwargs = dict(eop_token_id=EOP, max_new_tokens=7, num_beams=beams, no_repeat_ngram_size=2)
-        together = generate(model, generation_inputs_from_text(tok, contexts), **kwargs)
-        assert together == [generate(model, generation_inputs_from_text(tok, [c]), **kwargs)[0] for c in contexts]
+        config = span_config(max_new_tokens=7, num_beams=beams)
+        together = generate_spans(model, generation_inputs_from_text(tok, contexts), config, no_repeat_ngram_size=2)
+        assert together == [generate_spans(model, generation_inputs_from_text(tok, [c]), config, 2)[0]
+                            for c in contexts]
 
 
 @pytest.mark.parametrize("argv", METHODS, ids=METHOD_IDS)
