@@ -437,6 +437,8 @@ def main(argv=None):
     # Model.
     model = load_baseline_model(args, family, tokenizer, num_choices if args.method == "linear_head" else None)
     model = apply_baseline_peft(model, args, family)
+    if args.gradient_checkpointing:  # on the transformers model, before a scorer wraps it
+        model.activation_checkpointing_enable()
     if args.method == "mlm_prompt":
         model = MaskedLMScorer(model)
     trainable_params, total_params = count_parameters(model)

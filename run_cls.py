@@ -420,6 +420,8 @@ def main(argv=None):
                     label_words["words"], label_words["validation_accuracy"], label_words["combinations"],
                     label_words["candidates"])
     model = apply_peft(model, args)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
     trainable_params, total_params = count_parameters(model)
 
     def collate(batch):

@@ -347,6 +347,8 @@ def main(argv=None):
     model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer),
                                                         special_token_ids=special_token_ids(tokenizer))
     model = apply_peft(model, args)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
     trainable_params, total_params = count_parameters(model)
 
     def collate_train(batch):

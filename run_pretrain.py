@@ -185,6 +185,8 @@ def main(argv=None):
     logger.info("Texts and tokens per split: %s", data_counts)
 
     model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
     trainable_params, total_params = count_parameters(model)
 
     def collate(features, epoch=None):

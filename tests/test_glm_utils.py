@@ -1,6 +1,7 @@
 """The GLM model, tokenizer (tokenization_glm.py) and input builders (glm_utils.py), checked against hand-worked tensors
 and against independent computations (packed vs one-by-one, padded vs alone, cached vs recomputed)."""
 
+import json
 import pickle
 from pathlib import Path
 
@@ -582,3 +583,43 @@ def test_mask_that_hides_nothing_becomes_no_mask(model):
     ids = torch.tensor([[6, 7, 8, 9]])
     position_ids = torch.stack([torch.arange(4)[None], torch.zeros(1, 4, dtype=torch.long)], dim=1)
     torch.testing.assert_close(model(ids, position_ids, torch.ones(1, 4)).logits, model(ids, position_ids).logits)
+
+
+def test_save_pretrained_round_trips_exactly_in_bf16(tmp_path, model):
+    ids = torch.tensor([[0, 6, 3, 7, 2, 4, 9]])
+    pos = torch.tensor([[[0, 1, 2, 3, 4, 2, 2], [0, 0, 0, 0, 0, 1, 2]]])
+    bf16 = model.to(torch.bfloat16)
+    bf16.save_pretrained(tmp_path)
+    reloaded = GLMForConditionalGeneration.from_pretrained(str(tmp_path), dtype=torch.bfloat16).eval()
+    assert reloaded.dtype == torch.bfloat16
+    assert all(torch.equal(a, b) for a, b in zip(bf16.state_dict().values(), reloaded.state_dict().values()))
+    assert torch.equal(reloaded(ids, pos, torch.tensor([5])).logits, bf16(ids, pos, torch.tensor([5])).logits)
+
+
+def test_config_has_its_own_model_type_not_glm4s(tmp_path, model):
+    # transformers 5 registers "glm" for GLM-4; the released config.json says "glm" all the same.
+    import transformers
+
+    assert GLMConfig.model_type != "glm" and transformers.AutoConfig.for_model("glm").__class__ is not GLMConfig
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == GLMConfig.model_type
+
+
+@pytest.mark.parametrize("prefix", [False, True], ids=["full", "ptuning_v2"])
+def test_gradient_checkpointing_keeps_loss_and_gradients(tok, prefix):
+    batch = generation_inputs_from_text(tok, ["a b [MASK]", "x [MASK] y z"], ["x y", "z"])
+
+    def loss_and_grads(checkpointing):
+        model = varied_model(prefix).train()  # dropout on: checkpointing must replay the same masks
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.glm.transformer.layers)
+        torch.manual_seed(1)
+        loss = model(**batch).loss
+        loss.backward()
+        return loss, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    (loss, grads), (checkpointed_loss, checkpointed_grads) = loss_and_grads(False), loss_and_grads(True)
+    assert torch.equal(loss, checkpointed_loss) and grads.keys() == checkpointed_grads.keys() and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(checkpointed_grads[name], grads[name], atol=1e-6, rtol=1e-5, msg=name)
