@@ -3,8 +3,13 @@
 `add_peft_args` declares the flags (--peft lora | ptuning_v2; without it, None: full fine-tuning),
 `apply_peft` gives a loaded model the chosen method (freezing the backbone) and, with
 --peft_weights, the weights saved by an earlier run; `save_trainable_weights` /
-`load_trainable_weights` write and read only the trained weights (adapter.safetensors +
-adapter_config.json), and `count_parameters` gives the trainable share a report shows.
+`load_trainable_weights` write and read only the trained weights, and `count_parameters` gives the
+trainable share a report shows.
+
+Files of a saved method: LoRA in peft's own format (adapter_config.json + adapter_model.safetensors,
+which `peft.PeftModel.from_pretrained(base_model, DIR)` loads), P-tuning v2 (ours; peft's prefix
+tuning is another layout) in prefix_encoder.safetensors; both with glm_peft.json, our flags, the base
+model and the seed. --peft_weights reads either, and a LoRA folder of peft alone.
 """
 
 import argparse
@@ -31,7 +36,10 @@ PEFT_FLAGS = ("peft", "pre_seq_len", "prefix_projection", "prefix_hidden_size", 
 # Learning rates that suit each method (a frozen backbone takes far larger steps on few weights;
 # P-tuning v2 reports 5e-3 to 1e-2). Scripts use them when --learning_rate is not given.
 PEFT_DEFAULT_LEARNING_RATES = {None: 1e-5, "lora": 5e-4, "ptuning_v2": 5e-3}
-ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME = "adapter.safetensors", "adapter_config.json"
+GLM_PEFT_CONFIG_NAME, PREFIX_WEIGHTS_NAME = "glm_peft.json", "prefix_encoder.safetensors"
+PEFT_CONFIG_NAME, LORA_WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"  # peft's own names
+PEFT_MODEL_PREFIX = "base_model.model."  # the key prefix of peft's adapter files (a PeftModel's state dict)
+WEIGHTS_NAMES = {"lora": LORA_WEIGHTS_NAME, "ptuning_v2": PREFIX_WEIGHTS_NAME}
 
 
 def add_prefix_encoder(model, pre_seq_len: int, prefix_projection: bool = False, prefix_hidden_size: int = 512):
@@ -130,22 +138,32 @@ def add_peft_args(parser):
 
 
 def read_peft_config(directory):
-    """The adapter_config.json of a folder written by `save_trainable_weights` (a run's best_model with
-    --peft and --save_best_model): the PEFT_FLAGS, base_model_name_or_path and seed.
+    """What a folder of `save_trainable_weights` (a run's best_model with --peft and --save_best_model) was
+    trained with: the PEFT_FLAGS, base_model_name_or_path and seed from glm_peft.json; or, for a LoRA
+    folder of peft alone (adapter_config.json, no glm_peft.json), the LoRA flags from peft's config (seed
+    None).
 
     Raises:
-        FileNotFoundError: the folder lacks adapter_config.json or adapter.safetensors (says what such a
-            folder is).
+        FileNotFoundError: the folder lacks those files or the method's weights (says what such a folder is).
     """
     directory = Path(directory)
-    for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(
-                f"{directory} has no {name}: PEFT weights are the best_model folder of a run with --peft lora or "
-                "--peft ptuning_v2 and --save_best_model (a fully fine-tuned best_model loads with "
-                "--model_name_or_path DIR)."
-            )
-    return json.loads((directory / ADAPTER_CONFIG_NAME).read_text())
+    if (directory / GLM_PEFT_CONFIG_NAME).is_file():
+        config = json.loads((directory / GLM_PEFT_CONFIG_NAME).read_text())
+    elif (directory / PEFT_CONFIG_NAME).is_file():
+        lora = json.loads((directory / PEFT_CONFIG_NAME).read_text())
+        config = {"peft": "lora", "lora_r": lora["r"], "lora_alpha": lora["lora_alpha"],
+                  "lora_dropout": lora["lora_dropout"], "lora_target_modules": sorted(lora["target_modules"]),
+                  "base_model_name_or_path": lora.get("base_model_name_or_path"), "seed": None}
+    else:
+        config = None
+    if config is None or not (directory / WEIGHTS_NAMES[config["peft"]]).is_file():
+        raise FileNotFoundError(
+            f"{directory} has no {GLM_PEFT_CONFIG_NAME} with {PREFIX_WEIGHTS_NAME} or {LORA_WEIGHTS_NAME}, nor peft's "
+            f"{PEFT_CONFIG_NAME} with {LORA_WEIGHTS_NAME}: PEFT weights are the best_model folder of a run with --peft "
+            "lora or --peft ptuning_v2 and --save_best_model, or a LoRA folder of peft's save_pretrained (a fully "
+            "fine-tuned best_model loads with --model_name_or_path DIR)."
+        )
+    return config
 
 
 def peft_weights_problems(args):
@@ -161,16 +179,17 @@ def peft_weights_problems(args):
         problems.append(f"--peft_weights {args.peft_weights} holds {method} weights, not {args.peft}: drop --peft "
                         f"(the saved method is used) or pass --peft {method}")
     base, seed = config.get("base_model_name_or_path"), config.get("seed")
-    if base == TINY_MODEL_NAME and args.model_name_or_path == TINY_MODEL_NAME and seed != args.seed:
+    if base == TINY_MODEL_NAME and args.model_name_or_path == TINY_MODEL_NAME and seed not in (None, args.seed):
         problems.append(f"--peft_weights {args.peft_weights} was trained on glm-tiny initialised with --seed {seed}: "
                         f"pass --seed {seed}, or the weights meet another random base model")
     return problems
 
 
 def saved_peft_flags(directory):
-    """The PEFT_FLAGS that the weights in `directory` were trained with (see `read_peft_config`)."""
+    """The PEFT_FLAGS that the weights in `directory` were trained with (see `read_peft_config`; a folder
+    of peft alone gives the LoRA ones only)."""
     config = read_peft_config(directory)
-    return {name: config[name] for name in PEFT_FLAGS}
+    return {name: config[name] for name in PEFT_FLAGS if name in config}
 
 
 def apply_peft(model, args):
@@ -199,26 +218,36 @@ def apply_peft(model, args):
 
 
 def save_trainable_weights(model, directory, args):
-    """Writes the weights the method of `args.peft` trains, and only them, to `directory`:
-    adapter.safetensors (names as in `model.named_parameters()`; the whole model for None) and
-    adapter_config.json (the PEFT_FLAGS of `args`, and its model_name_or_path as base_model_name_or_path
-    and its seed: a glm-tiny base is random by seed).
+    """Writes the weights the method of `args.peft` trains, and only them, to `directory`: for LoRA peft's
+    adapter_config.json (a `LoraConfig` of the flags, base_model_name_or_path = args.model_name_or_path)
+    and adapter_model.safetensors (`get_peft_model_state_dict`, keys as a PeftModel names them); for
+    P-tuning v2 prefix_encoder.safetensors (names as in `model.named_parameters()`); and glm_peft.json
+    (the PEFT_FLAGS of `args`, model_name_or_path as base_model_name_or_path, and the seed: a glm-tiny
+    base is random by seed).
 
     Raises:
-        ValueError: `args.peft` is not the method the model carries.
+        ValueError: `args.peft` is None or not the method the model carries.
     """
+    from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    if peft_method(model) != args.peft:
+    if args.peft is None or peft_method(model) != args.peft:
         raise ValueError(f"args.peft is {args.peft!r} but the model carries {peft_method(model)!r}")
-    params = dict(model.named_parameters())
-    state = {name: params[name].detach().contiguous() for name in _method_parameter_names(model, args.peft)}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    if args.peft == "lora":
+        LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                   target_modules=list(args.lora_target_modules), bias="none",
+                   base_model_name_or_path=args.model_name_or_path).save_pretrained(directory)
+        state = {PEFT_MODEL_PREFIX + name: value.detach().contiguous()
+                 for name, value in get_peft_model_state_dict(model).items()}
+    else:
+        params = dict(model.named_parameters())
+        state = {name: params[name].detach().contiguous() for name in _method_parameter_names(model, args.peft)}
+    save_file(state, str(directory / WEIGHTS_NAMES[args.peft]), metadata={"format": "pt"})
     config = {**{name: getattr(args, name) for name in PEFT_FLAGS},
               "base_model_name_or_path": args.model_name_or_path, "seed": args.seed}
-    (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    (directory / GLM_PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
 
 def save_model_and_tokenizer(model, tokenizer, directory, args):
@@ -253,13 +282,18 @@ def load_trainable_weights(model, directory):
 
 
 def _load_weights(model, directory, method):
-    """Copies the adapter.safetensors of `directory` into the `method` parameters of `model` (strict)."""
+    """Copies the saved weights of `method` in `directory` into the model's (strict), by parameter name;
+    LoRA keys are peft's (a PeftModel's prefix, no adapter name), mapped onto the "default" adapter."""
     from safetensors.torch import load_file
 
-    weights_file = directory / ADAPTER_WEIGHTS_NAME
+    weights_file = directory / WEIGHTS_NAMES[method]
     state = load_file(str(weights_file))
     params = dict(model.named_parameters())
     expected = set(_method_parameter_names(model, method))
+    if method == "lora":
+        state = {name.removeprefix(PEFT_MODEL_PREFIX): value for name, value in state.items()}
+        by_name = {name.replace(".default.", "."): name for name in expected}  # peft's files omit the adapter name
+        expected, state = set(by_name.values()), {by_name.get(name, name): value for name, value in state.items()}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ValueError(f"{weights_file} does not match the model's {method} weights: missing keys {missing[:10]}, "

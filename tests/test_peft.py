@@ -5,6 +5,7 @@ through small adapter files."""
 import argparse
 import json
 
+import peft
 import pytest
 import torch
 from transformers.cache_utils import DynamicCache
@@ -183,18 +184,19 @@ def test_save_and_reload_onto_a_fresh_base_model(tmp_path, tok, argv):
         optimizer.zero_grad(), cloze_loss(model, tok).backward(), optimizer.step()
     model.eval()
     save_trainable_weights(model, tmp_path / "adapter", args)
-    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "adapter" / "glm_peft.json").read_text())
     assert config["peft"] == args.peft and config["base_model_name_or_path"] == "glm-tiny"
+    weights = {"lora": "adapter_model.safetensors", "ptuning_v2": "prefix_encoder.safetensors"}[args.peft]
     reloaded = load_trainable_weights(base_model(), tmp_path / "adapter").eval()
     batch = multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES)
     assert torch.equal(score_choices(reloaded, batch), score_choices(model, batch))
     base_model().save_pretrained(tmp_path / "model")
-    adapter_bytes = (tmp_path / "adapter" / "adapter.safetensors").stat().st_size
+    adapter_bytes = (tmp_path / "adapter" / weights).stat().st_size
     assert adapter_bytes < (tmp_path / "model" / "model.safetensors").stat().st_size / 4
 
 
 def test_reload_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match="has no glm_peft.json .* nor peft's adapter_config.json"):
         load_trainable_weights(base_model(), tmp_path)
     lora_args = peft_args(["--peft", "lora", "--lora_r", "2"])
     save_trainable_weights(peft_model(["--peft", "lora", "--lora_r", "2"]), tmp_path / "lora", lora_args)
@@ -206,9 +208,9 @@ def test_reload_errors_are_clear(tmp_path):
     save_trainable_weights(peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"]), tmp_path / "p", prefix_args)
     with pytest.raises(ValueError, match="other shapes"):  # same method, another pre_seq_len
         load_trainable_weights(peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "5"]), tmp_path / "p")
-    config = json.loads((tmp_path / "p" / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "p" / "glm_peft.json").read_text())
     config["prefix_projection"] = True
-    (tmp_path / "p" / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "p" / "glm_peft.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="missing keys \\['prefix_encoder.trans.0.bias'.*unexpected keys \\[\\]"):
         load_trainable_weights(base_model(), tmp_path / "p")
     with pytest.raises(ValueError, match="already carries lora"):
@@ -234,3 +236,27 @@ def test_full_size_trainable_share_is_below_one_percent():
     trainable, total = count_parameters(lora)
     assert trainable == 24 * 8 * ((1024 + 3072) + (1024 + 1024) + (1024 + 4096) + (4096 + 1024))
     assert trainable / total < 0.01  # 0.88%
+
+
+def test_lora_folder_is_peft_format_both_ways(tmp_path, tok):
+    # Ours -> peft: PeftModel.from_pretrained reads the folder. Peft -> ours: a LoRA folder written by
+    # peft's own save_pretrained (no glm_peft.json) loads with load_trainable_weights.
+    from peft import PeftModel, get_peft_model
+
+    args = peft_args(["--peft", "lora", "--lora_r", "2"])
+    model = peft_model(["--peft", "lora", "--lora_r", "2"])
+    save_trainable_weights(model, tmp_path / "ours", args)
+    batch = multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES)
+    expected = score_choices(model, batch)
+    assert expected.isfinite().any() and not torch.equal(score_choices(base_model(), batch), expected)
+    assert torch.equal(score_choices(PeftModel.from_pretrained(base_model(), tmp_path / "ours").eval(), batch),
+                       expected)
+    theirs = get_peft_model(base_model(), peft.LoraConfig(r=3, lora_alpha=8, target_modules=["query_key_value"]))
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    theirs.eval().save_pretrained(tmp_path / "theirs")
+    assert not (tmp_path / "theirs" / "glm_peft.json").exists()
+    loaded = load_trainable_weights(base_model(), tmp_path / "theirs").eval()
+    assert torch.equal(score_choices(loaded, batch), score_choices(theirs, batch))

@@ -423,7 +423,7 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_set
         (["--metric_for_best_model", "bleu"], "--metric_for_best_model must be one of"),
         (["--no-do_train", "--resume_from_checkpoint", "latest"], "--resume_from_checkpoint continues training"),
         (["--max_seq_length", "2"], "--max_seq_length must be >= 4"),
-        (["--no-do_train", "--peft_weights", "nowhere"], "--peft_weights: nowhere has no adapter_config.json"),
+        (["--no-do_train", "--peft_weights", "nowhere"], "--peft_weights: nowhere has no glm_peft.json"),
         (["--num_train_epochs", "1", "--peft_weights", "nowhere"], "evaluates saved PEFT weights without training"),
         (["--max_train_steps", "0", "--resume_from_checkpoint", "latest"], "--resume_from_checkpoint continues training"),
         (["--learning_rate", "-1"], "--learning_rate must be > 0, got -1.0"),
@@ -477,9 +477,27 @@ def test_lora_trains_only_its_adapters_and_saves_only_them(trec, tmp_path):
                       "--save_best_model"))  # fmt: skip
     assert record["peft"] == "lora" and record["learning_rate"] == run_cls.PEFT_DEFAULT_LEARNING_RATES["lora"]
     assert 0 < record["trainable_share"] < 0.5
-    saved = load_file(str(out / "best_model" / "adapter.safetensors"))
+    saved = load_file(str(out / "best_model" / "adapter_model.safetensors"))
     assert saved and all("lora_" in name for name in saved)
     assert sum(value.numel() for value in saved.values()) == record["trainable_params"]
+    # peft's own loader reads the folder and scores the choices as our loader does (any base model).
+    from peft import PeftModel
+
+    from glm_peft import load_trainable_weights
+    from glm_utils import multiple_choice_inputs_from_text, score_choices
+    from modeling_glm import GLMForConditionalGeneration
+    from tokenization_glm import load_tokenizer
+
+    tokenizer = load_tokenizer(str(out / "best_model"))
+
+    def base():
+        torch.manual_seed(0)
+        return GLMForConditionalGeneration.from_pretrained("glm-tiny", vocab_size=len(tokenizer)).eval()
+
+    batch = multiple_choice_inputs_from_text(tokenizer, ["What is the capital of France ? [MASK]"],
+                                             [["location", "number", "person"]])
+    ours = score_choices(load_trainable_weights(base(), out / "best_model").eval(), batch)
+    assert torch.equal(score_choices(PeftModel.from_pretrained(base(), out / "best_model").eval(), batch), ours)
 
 
 @needs_trec

@@ -176,7 +176,8 @@ def test_peft_trains_only_its_weights_and_saves_only_them(tmp_path, method, weig
     assert 0 < results["trainable_params"] < results["total_params"] / 10
     from safetensors.torch import load_file
 
-    saved = load_file(str(tmp_path / "out" / "best_model" / "adapter.safetensors"))
+    weights_file = {"lora": "adapter_model.safetensors", "ptuning_v2": "prefix_encoder.safetensors"}[method]
+    saved = load_file(str(tmp_path / "out" / "best_model" / weights_file))
     assert saved and all(weights in name for name in saved)
 
 

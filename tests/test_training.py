@@ -60,7 +60,7 @@ PROMPTS = REPO / "prompts"
 def test_overwrite_output_dir_removes_the_previous_runs_outputs_unless_resuming(tmp_path):
     def previous_run(out):
         for name in ("results.json", "predictions_test.jsonl", "step_3/training_state.json", "epoch_0/model.bin",
-                     "best_model/adapter.safetensors", "tokenizer/vocab.json", "notes.txt"):
+                     "best_model/adapter_model.safetensors", "tokenizer/vocab.json", "notes.txt"):
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             write(out / name, "x")
         return out
