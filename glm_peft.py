@@ -75,7 +75,7 @@ def add_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05
     Each `nn.Linear` whose name ends with one of `target_modules` becomes a peft `lora.Linear`:
     W x + (lora_alpha / r) * B A dropout(x), with A [r, in] random and B [out, r] zero, so a
     fresh adapter leaves the outputs unchanged. The model stays the same object, called exactly
-    as before (peft reads `model.config` through `GLMConfig.to_dict`). Returns the model.
+    as before (peft reads `model.config`, a `PreTrainedConfig`). Returns the model.
 
     The adapters take the model's train/eval mode (peft creates them in training mode).
     Raises ValueError (from peft) when no module matches `target_modules`.
@@ -267,7 +267,7 @@ def load_trainable_weights(model, directory):
     file, and nothing else.
 
     Raises:
-        FileNotFoundError: `directory` lacks adapter_config.json or adapter.safetensors.
+        FileNotFoundError: `directory` is no folder of saved PEFT weights (see `read_peft_config`).
         ValueError: the model carries another method than the saved one, keys are missing or unexpected
             (both listed), or shapes differ (e.g. another pre_seq_len).
     """

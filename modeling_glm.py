@@ -198,7 +198,7 @@ def expand_attention_mask(attention_mask, batch_size, query_length, key_length, 
     Forms (the released code's): None (all visible); `[B]` integer separator `sep` (key j is
     visible from query i when j < sep or j <= i: Part A bidirectional, then causal); `[B, K']`
     0/1 key-padding mask; `[B, 1, Q, K']` 0/1 full mask. The mask describes the last K' keys;
-    keys before them (a P-tuning v2 prefix, see `past_key_values`) are visible to every query.
+    keys before them (a P-tuning v2 prefix, or a cache) are visible to every query.
     A query row with no visible key (only padding ever has one) is opened to every key so that
     attention stays finite; the released code makes such a row uniform instead. Neither reaches
     a real token. A mask that hides nothing gives None, as no mask at all: SDPA then takes its
@@ -581,8 +581,9 @@ class PrefixEncoder(nn.Module):
     heads like the attention's own keys (the layout of the P-tuning v2 code).
 
     forward(batch_size) returns a tuple of num_layers (key, value) pairs, each
-    [batch_size, heads, pre_seq_len, head_dim] (expanded, not copied), ready to be a model's
-    `past_key_values`. Raises ValueError when pre_seq_len < 1.
+    [batch_size, heads, pre_seq_len, head_dim] (expanded, not copied), which
+    `GLMForConditionalGeneration.forward` puts before the input's keys and values (and at the start of
+    a cache). Raises ValueError when pre_seq_len < 1.
     """
 
     def __init__(self, config: GLMConfig, pre_seq_len: int, prefix_projection: bool = False,

@@ -128,7 +128,7 @@ def test_prefix_changes_the_output(tok):
 
 def test_prefix_is_visible_to_every_query_and_hides_nothing(tok):
     # With the prefix, the separator and key-padding mask forms still equal the full mask (past_length
-    # counts the prefix), and the prefix encoder does what passing its output as past_key_values does.
+    # counts the prefix), and the prefix encoder does what passing its output as a cache does.
     model = peft_model(["--peft", "ptuning_v2", "--pre_seq_len", "4"])
     ids = torch.tensor([[0, 6, 3, 7, 2, 4, 9], [0, 8, 3, 2, 4, 10, 11]])
     pos = torch.tensor([[0, 1, 2, 3, 4, 2, 2], [0, 0, 0, 0, 0, 1, 2]])[None].expand(2, -1, -1)
