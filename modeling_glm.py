@@ -297,9 +297,9 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                           aligned, no shift), -100 where nothing is predicted.
         cache:            a transformers `Cache` of earlier keys/values (per layer [B, heads, T,
                           head_dim]); new tokens attend to them and join them. With `use_cache` and
-                          no cache a `DynamicCache` is started. A P-tuning v2 prefix (`prefix_encoder`)
-                          goes before the input when the cache is absent or empty, so a cache begins
-                          with it and cached decoding needs nothing more.
+                          no cache a `DynamicCache` is started (and returned). A P-tuning v2 prefix
+                          (`prefix_encoder`) goes before the input when the cache is absent or empty,
+                          so a cache begins with it and cached decoding needs nothing more.
         logits_positions: optional bool [B, S]; vocabulary logits are then computed only there and
                           returned as [N, V] in row-major order (a large saving with a 50k vocab).
         label_smoothing:  as in `torch.nn.functional.cross_entropy`.
@@ -319,7 +319,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             prefix = self.prefix_encoder(B)
             past_length = prefix[0][0].shape[2]
         mask = expand_attention_mask(attention_mask, B, S, past_length + S, input_ids.device)
-        hidden = self.glm(input_ids, position_ids, mask, prefix, cache if use_cache else None)
+        hidden = self.glm(input_ids, position_ids, mask, prefix, cache)
         if logits_positions is not None:
             hidden = hidden[logits_positions]
             if labels is not None:
