@@ -90,11 +90,10 @@ class GLMConfig(PreTrainedConfig):
     @classmethod
     def from_released(cls, config: dict) -> "GLMConfig":
         """Reads a released or saved config.json: our fields are kept, the rest (auto_map, the hub's
-        model_type "glm", transformers' bookkeeping) dropped; a saved `num_labels` is kept."""
+        model_type "glm", transformers' bookkeeping) dropped; a classifier's labels are kept
+        (`id2label` as transformers saves them, or `num_labels` as our earlier versions did)."""
         known = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-        kept = {k: v for k, v in config.items() if k in known}
-        if "num_labels" in config:
-            kept["num_labels"] = config["num_labels"]
+        kept = {k: v for k, v in config.items() if k in known | {"id2label", "num_labels"}}
         return cls(**kept)
 
 
