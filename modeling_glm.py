@@ -288,7 +288,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         return self.glm.word_embeddings
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, labels=None, cache=None, use_cache=None,
-                logits_positions=None, label_smoothing=0.0, **kwargs):
+                logits_positions=None, logits_to_keep=0, label_smoothing=0.0, **kwargs):
         """Runs GLM on `input_ids` [B, S] with `position_ids` [B, 2, S].
 
         attention_mask:   any form `expand_attention_mask` accepts.
@@ -301,6 +301,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
                           so a cache begins with it and cached decoding needs nothing more.
         logits_positions: optional bool [B, S]; vocabulary logits are then computed only there and
                           returned as [N, V] in row-major order (a large saving with a 50k vocab).
+        logits_to_keep:   n > 0: logits of the last n positions only, [B, n, V] (`generate` asks for 1,
+                          so that the prefill computes no vocabulary logits it will not read); 0: all.
         label_smoothing:  as in `torch.nn.functional.cross_entropy`.
         kwargs:           what `generate` passes besides (return_dict, ...); unused.
 
@@ -323,6 +325,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             hidden = hidden[logits_positions]
             if labels is not None:
                 labels = labels[logits_positions]
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
         logits = F.linear(hidden, self.glm.word_embeddings.weight)
         loss = None
         if labels is not None:
