@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import shutil
 import signal
@@ -27,6 +26,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator, PartialState
@@ -222,12 +222,12 @@ def create_lr_scheduler(args, optimizer, max_train_steps, num_processes):
 
 class EpochSampler(torch.utils.data.Sampler):
     """The order of the training examples in each epoch, for `DataLoader(sampler=...)`. It depends on
-    (seed, epoch) only, so a run resumed mid-epoch replays exactly the batches of an uninterrupted one
-    (a prepared DataLoader passes `set_epoch` on, also a `skip_first_batches` copy). With `lengths`
+    the pair (seed, epoch) only, so a run resumed mid-epoch replays exactly the batches of an
+    uninterrupted one (a prepared DataLoader passes `set_epoch` on, also a `skip_first_batches` copy),
+    and no two pairs share an order: `numpy.random.default_rng([seed, epoch])` hashes the pair (a seed
+    of seed + epoch gave seed 43's first epoch the order of seed 42's second). With `lengths`
     (--group_by_length): transformers' `get_length_grouped_indices` (shuffled megabatches, each sorted
-    longest first) drawn with a torch generator seeded seed + epoch; without: random.Random(seed + epoch)
-    shuffles. (Accelerate's seedable sampler draws another permutation: the same seed would give other
-    results than before.)"""
+    longest first) drawn with a torch generator seeded from that rng; without: its permutation."""
 
     def __init__(self, num_examples, seed, lengths=None, batch_size=1):
         self.num_examples, self.seed, self.lengths, self.batch_size = num_examples, seed, lengths, batch_size
@@ -240,13 +240,11 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.num_examples
 
     def __iter__(self):
-        seed = self.seed + self.epoch
+        rng = np.random.default_rng([self.seed, self.epoch])
         if self.lengths is not None:
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-        order = list(range(self.num_examples))
-        random.Random(seed).shuffle(order)
-        return iter(order)
+        return iter(rng.permutation(self.num_examples).tolist())
 
 
 def padding_fraction(lengths, batches):

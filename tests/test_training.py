@@ -271,6 +271,18 @@ def test_the_epoch_order_depends_on_seed_and_epoch_only_and_groups_lengths():
     assert padding_fraction(lengths, grouped) < 0.05 < padding_fraction(lengths, shuffled)
 
 
+@pytest.mark.parametrize("lengths", [None, [(i * 37) % 101 + 1 for i in range(200)]])
+def test_no_two_seed_epoch_pairs_share_an_order(lengths):
+    # The sweeps' seeds 42, 43, 44 over 3 epochs: seed + epoch gave seed 43's epoch 0 seed 42's epoch 1.
+    orders = []
+    for seed in (42, 43, 44):
+        sampler = EpochSampler(200, seed, lengths, batch_size=4)
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            orders.append(tuple(sampler))
+    assert len(set(orders)) == 9
+
+
 def test_padding_fraction_hand_worked():
     # Batches padded to 4 and 3: 8 + 6 = 14 slots for 10 tokens.
     assert padding_fraction([1, 2, 3, 4], [[0, 3], [1, 2]]) == pytest.approx(4 / 14)
