@@ -63,6 +63,10 @@ def add_data_and_prompt_args(parser, task):
                        help="Local test data; hidden labels (all -1 or empty) give predictions only.")
     group.add_argument("--validation_split_percentage", type=int, default=10,
                        help="Percent of train used as validation when there is no validation split.")
+    group.add_argument("--data_seed", type=int, default=42,
+                       help="Seed of the validation carve (--validation_split_percentage) alone: runs of other "
+                            "--seed values then pick their best step on the same rows (--seed changes only "
+                            "initialisation, dropout and data order).")
     group.add_argument("--max_train_samples", type=int, default=None, help="Keep the first N train rows.")
     group.add_argument("--max_eval_samples", type=int, default=None, help="Keep the first N validation rows.")
     group.add_argument("--max_test_samples", "--max_predict_samples", dest="max_test_samples", type=int, default=None,
@@ -94,6 +98,8 @@ def data_args_problems(args, task):
                  if getattr(args, name) is not None and getattr(args, name) < 1]
     if not 0 < args.validation_split_percentage < 100:
         problems.append("--validation_split_percentage must lie in (0, 100)")
+    if args.data_seed < 0:
+        problems.append(f"--data_seed must be >= 0, got {args.data_seed}")
     return problems
 
 
@@ -227,6 +233,8 @@ def training_args_problems(args):
         problems.append("--eval_steps must be >= 1")
     if args.num_train_epochs < 0 or (args.max_train_steps is not None and args.max_train_steps < 0):
         problems.append("--num_train_epochs and --max_train_steps must be >= 0")
+    if args.seed < 0:
+        problems.append(f"--seed must be >= 0, got {args.seed}")
     if not 0 <= args.warmup_ratio <= 1:
         problems.append("--warmup_ratio must lie in [0, 1]")
     if args.save_total_limit is not None and (args.save_total_limit < 1 or args.checkpointing_steps is None):

@@ -14,6 +14,7 @@ import glob
 import io
 import json
 import logging
+import math
 import os
 import re
 from collections import defaultdict
@@ -126,8 +127,6 @@ def load_raw_datasets(
     train_file=None,
     validation_file=None,
     test_file=None,
-    validation_split_percentage=10,
-    seed=42,
 ):
     """Load the train / validation / test splits of a task.
 
@@ -138,10 +137,8 @@ def load_raw_datasets(
       3. the Hugging Face hub: names in HUB_DATASETS load their parquet conversion
          (revision `refs/convert/parquet`); any other name goes to `datasets.load_dataset`.
 
-    When there is a train split but no validation split, `validation_split_percentage` % of
-    train becomes validation with `train_test_split(test_size=pct / 100, seed=seed)`
-    (deterministic for a seed; logged); None carves nothing (few-shot runs draw their validation
-    rows themselves: `sample_few_shot`). Hub copies may still need `adapt_columns`.
+    Nothing is carved here: `carve_validation` (or, few-shot, `sample_few_shot`) makes the
+    validation split of a source that has none. Hub copies may still need `adapt_columns`.
 
     Returns:
         datasets.DatasetDict with keys among "train", "validation", "test" ("test" is absent
@@ -149,8 +146,7 @@ def load_raw_datasets(
         "<dataset> <split>[i]", then the split the row is in, e.g. "data/train.csv line 8
         (validation split)".
     Raises:
-        ValueError: no source given, unsupported file extension, malformed file, or a
-            percentage outside (0, 100).
+        ValueError: no source given, unsupported file extension, or malformed file.
         RuntimeError: a hub dataset could not be loaded (offline, HF_HUB_OFFLINE=1, unknown
             name); the message says which local or offline alternative to use.
     """
@@ -167,8 +163,6 @@ def load_raw_datasets(
             "No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, or the offline fine_foods, "
             "wildlife_strikes, hhs_breaches) or local files with --train_file/--validation_file/--test_file."
         )
-    if "train" in raw and "validation" not in raw and validation_split_percentage is not None:
-        raw = _carve_validation(raw, validation_split_percentage, seed)
     return datasets.DatasetDict({split: _name_split(dataset, split) for split, dataset in raw.items()})
 
 
@@ -191,21 +185,31 @@ def _name_split(dataset, split):
     return dataset.map(name, batched=True, desc=f"Marking the {split} split")
 
 
-def _carve_validation(raw, percentage, seed):
-    """Split `percentage` % of raw["train"] off as raw["validation"] (deterministic)."""
-    if not 0 < percentage < 100:
-        raise ValueError(
-            f"--validation_split_percentage must be in (0, 100), got {percentage}; "
-            "or pass a --validation_file."
-        )
-    split = raw["train"].train_test_split(test_size=percentage / 100, seed=seed)
-    logger.info(
-        "No validation split: using %s%% of train (%d rows, seed %d) as validation.",
-        percentage, len(split["test"]), seed,
-    )  # fmt: skip
-    carved = {"train": split["train"], "validation": split["test"]}
-    carved.update({name: dataset for name, dataset in raw.items() if name != "train"})
-    return datasets.DatasetDict(carved)
+def carve_validation(raw_datasets, percentage, data_seed):
+    """When there is a train split but no validation split, `percentage` % of train's rows (rounded
+    up) become validation: the first rows of `np.random.default_rng(data_seed).permutation`. The carve
+    follows --data_seed alone, so that runs of other --seed values choose their best step on the same
+    rows. Both splits keep the order of the file; carved rows name the validation split in
+    ORIGIN_COLUMN.
+
+    Returns:
+        (DatasetDict, unchanged when there is nothing to carve; None, or the record of the carve for
+        results.json: validation_split_percentage, data_seed, validation_rows (their indices in the
+        training data as loaded, 0-based, sorted)).
+    """
+    if "train" not in raw_datasets or "validation" in raw_datasets:
+        return raw_datasets, None
+    train = raw_datasets["train"]
+    count = math.ceil(len(train) * percentage / 100)
+    rows = sorted(np.random.default_rng(data_seed).permutation(len(train))[:count].tolist())
+    carved_rows = set(rows)
+    logger.info("No validation split: using %s%% of train (%d rows, --data_seed %d) as validation.", percentage,
+                count, data_seed)
+    carved = {"train": train.select([row for row in range(len(train)) if row not in carved_rows]),
+              "validation": _rename_split(train.select(rows), "train", "validation")}
+    carved.update({split: dataset for split, dataset in raw_datasets.items() if split != "train"})
+    record = {"validation_split_percentage": percentage, "data_seed": data_seed, "validation_rows": rows}
+    return datasets.DatasetDict(carved), record
 
 
 def sample_few_shot(raw_datasets, label_columns, num_shots, seed, draw_validation=True):

@@ -117,7 +117,7 @@ from cli import (
     warn_if_small_validation,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, load_raw_datasets, sample_few_shot
+from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets, sample_few_shot
 from glm_peft import PEFT_DEFAULT_LEARNING_RATES, add_peft_args, count_parameters
 from metrics import (
     CLS_METRICS,
@@ -350,16 +350,17 @@ def main(argv=None):
     # Data and prompt, exactly as run_cls.py / run_gen.py: every split rendered and checked here.
     # --num_shots: the rows run_cls.py draws (the same classes: the template's label column).
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file,
-                                     None if args.num_shots else args.validation_split_percentage, args.seed)
+                                     args.validation_file, args.test_file)
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
     templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, args.task)
     template = select_template(templates, args.prompt_id, args.prompt_name)
     prompt_id = templates.index(template)
-    few_shot = None
+    few_shot = carved = None
     if args.num_shots:
         raw_datasets, few_shot = sample_few_shot(raw_datasets, answer_fields(template), args.num_shots,
                                                  args.shots_seed, draw_validation=args.validation_file is None)
+    else:
+        raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
                                      args.max_test_samples)
     do_train = will_train(args)  # otherwise the untuned model is evaluated
@@ -578,7 +579,7 @@ def main(argv=None):
             tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
-            few_shot=few_shot)
+            few_shot=few_shot, carved_validation=carved)
         record["data"] = data_counts  # rows kept / skipped per split (as run_cls.py / run_gen.py)
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()

@@ -53,7 +53,7 @@ from cli import (
     warn_if_small_validation,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, load_raw_datasets, sample_few_shot
+from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets, sample_few_shot
 from glm_peft import (
     PEFT_DEFAULT_LEARNING_RATES,
     add_peft_args,
@@ -205,7 +205,7 @@ def list_prompts(args):
     offline_unless_hub_answers(args)  # a hub dataset offline: its message at once, not half a minute of retries
     try:
         raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                         args.validation_file, args.test_file, seed=0)
+                                         args.validation_file, args.test_file)
         raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
     except (OSError, RuntimeError, ValueError) as err:
         print(f"\n(No rendered examples: the data could not be loaded. {err})")
@@ -345,18 +345,20 @@ def main(argv=None):
         raise ValueError(problem)
 
     # Data and prompt. Every split is rendered and checked here, before the first step. --num_shots draws
-    # K train (and validation) rows per class of the template's label column from the whole train split.
+    # K train (and validation) rows per class of the template's label column from the whole train split;
+    # otherwise a source without validation has it carved from train by --data_seed.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file,
-                                     None if args.num_shots else args.validation_split_percentage, args.seed)
+                                     args.validation_file, args.test_file)
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
     templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
     template = select_template(templates, args.prompt_id, args.prompt_name)
     prompt_id = templates.index(template)
-    few_shot = None
+    few_shot = carved = None
     if args.num_shots:
         raw_datasets, few_shot = sample_few_shot(raw_datasets, answer_fields(template), args.num_shots,
                                                  args.shots_seed, draw_validation=args.validation_file is None)
+    else:
+        raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
                                      args.max_test_samples)
     do_train = will_train(args)  # otherwise zero-shot: the same evaluation, untuned
@@ -573,7 +575,7 @@ def main(argv=None):
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
-            few_shot=few_shot,
+            few_shot=few_shot, carved_validation=carved,
         )
         record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
         record.update({key: value for key, value in (("calibration", calibration), ("label_word_search", label_words))

@@ -45,7 +45,7 @@ from cli import (
     warn_if_small_validation,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, load_raw_datasets
+from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets
 from glm_peft import (
     PEFT_DEFAULT_LEARNING_RATES,
     add_peft_args,
@@ -298,8 +298,9 @@ def main(argv=None):
 
     # Data and prompt. Every split is rendered and checked here, before the first step.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file, args.validation_split_percentage, args.seed)
+                                     args.validation_file, args.test_file)
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
                                      args.max_test_samples)
     if not {"train", "validation"} <= set(raw_datasets):
@@ -490,6 +491,7 @@ def main(argv=None):
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
+            carved_validation=carved,
         )
         record["data"] = data_counts  # rows kept / skipped per split; long prompts and targets in train
         record["output_statistics"] = statistics  # model, references (the first of each source), baselines

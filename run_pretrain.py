@@ -45,7 +45,7 @@ from cli import (
     run_script,
     training_args_problems,
 )
-from data import adapt_columns, apply_max_samples, load_raw_datasets
+from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets
 from glm_peft import count_parameters
 from glm_utils import build_blank_infilling_inputs, max_infilling_text_length, sample_spans
 from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration, max_positions
@@ -163,8 +163,9 @@ def main(argv=None):
 
     # Texts: train, and validation (carved from train when not given). Test texts are never read.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, None, args.validation_split_percentage, args.seed)
+                                     args.validation_file, None)
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples)
     raw_datasets.pop("test", None)
     if not {"train", "validation"} <= set(raw_datasets):
@@ -191,8 +192,8 @@ def main(argv=None):
 
     def collate(features, epoch=None):
         """Pads a batch of (index, token ids) into Figure 1 inputs, its spans drawn from (seed, epoch, index),
-        or from (seed, index) for validation, whose blanks stay the same at every evaluation."""
-        keys = [[args.seed, index] if epoch is None else [args.seed, epoch, index] for index, _ in features]
+        or for validation from (data_seed, index): the same blanks at every evaluation and for every --seed."""
+        keys = [[args.data_seed, index] if epoch is None else [args.seed, epoch, index] for index, _ in features]
         spans = [sample_spans(len(ids), args.mask_ratio, args.poisson_lambda, numpy.random.default_rng(key))
                  for key, (_, ids) in zip(keys, features)]
         return build_blank_infilling_inputs(tokenizer, [ids for _, ids in features], spans)
@@ -284,7 +285,7 @@ def main(argv=None):
             args, "pretrain", "blank_infilling", script="run_pretrain.py", prompt_id=None, prompt_name=None,
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=None, baselines={"before_training": initial}, trainable_params=trainable_params,
-            total_params=total_params,
+            total_params=total_params, carved_validation=carved,
         )
         record["data"] = data_counts
         write_json_atomic(output_dir / "results.json", record)

@@ -585,7 +585,7 @@ def peak_memory_mb():
 
 def results_record(args, task, method, *, script, prompt_id, prompt_name, total_train_batch_size, tracker, plan,
                    validation, test, baselines, trainable_params, total_params, test_labels_hidden=False,
-                   few_shot=None):
+                   few_shot=None, carved_validation=None):
     """The results.json record every script writes (report.py reads this schema); scripts add "data".
 
     Schema:
@@ -602,7 +602,9 @@ def results_record(args, task, method, *, script, prompt_id, prompt_name, total_
         peak_memory_mb: float | None; trainable_params; total_params; trainable_share; args: every flag
         (max_train_steps and num_train_epochs as `plan` ran them); env: environment_info();
         best_step: int | None; few_shot: None, or with --num_shots the record of data.sample_few_shot
-        (num_shots, shots_seed, rows per class, classes short of K, the drawn rows).
+        (num_shots, shots_seed, rows per class, classes short of K, the drawn rows); carved_validation:
+        None, or the record of data.carve_validation (validation_split_percentage, data_seed, the
+        carved validation_rows) when validation was carved from train.
 
     Args:
         tracker: the run's TrainingTracker. plan: its TrainingPlan, or None when it did not train.
@@ -624,4 +626,4 @@ def results_record(args, task, method, *, script, prompt_id, prompt_name, total_
             "train_examples_per_s": tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
             "peak_memory_mb": peak_memory_mb(), "trainable_params": trainable_params, "total_params": total_params,
             "trainable_share": trainable_params / total_params, "args": arguments, "env": environment_info(),
-            "best_step": best["step"] if best else None, "few_shot": few_shot}
+            "best_step": best["step"] if best else None, "few_shot": few_shot, "carved_validation": carved_validation}

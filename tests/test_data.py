@@ -18,6 +18,7 @@ from data import (
     TREC_HUB_FINE_LABELS,
     adapt_columns,
     apply_max_samples,
+    carve_validation,
     load_local_file,
     load_raw_datasets,
     resolve_dataset_name,
@@ -40,9 +41,10 @@ PROMPTS = REPO / "prompts"
 @needs_shared
 def test_trec_local_files_carve_a_deterministic_disjoint_validation_split():
     files = {"train_file": SHARED_DATA / "trec/train.csv", "test_file": SHARED_DATA / "trec/test.csv"}
-    first = load_raw_datasets("trec", **files)
-    again = load_raw_datasets("trec", **files)
-    other_seed = load_raw_datasets("trec", seed=7, **files)
+    loaded = load_raw_datasets("trec", **files)
+    first, record = carve_validation(loaded, 10, data_seed=42)
+    again, _ = carve_validation(loaded, 10, data_seed=42)
+    other_seed, _ = carve_validation(loaded, 10, data_seed=7)
 
     assert list(first) == ["train", "validation", "test"]
     # 10% of 5444 rows is 544.4: datasets rounds the test share up.
@@ -50,6 +52,8 @@ def test_trec_local_files_carve_a_deterministic_disjoint_validation_split():
     assert first["validation"]["text"] == again["validation"]["text"]
     assert first["validation"]["text"] != other_seed["validation"]["text"]
     full = load_local_file(SHARED_DATA / "trec/train.csv")
+    assert record["validation_split_percentage"] == 10 and record["data_seed"] == 42
+    assert first["validation"]["text"] == [full[row]["text"] for row in record["validation_rows"]]
     assert Counter(first["train"]["text"]) + Counter(first["validation"]["text"]) == Counter(full["text"])
     assert first["train"][0].keys() == {"text", "label_coarse", "label_fine", ORIGIN_COLUMN}
     # Each carved row still names its line in train.csv (the file has no quoted line breaks:
@@ -170,6 +174,7 @@ def test_unknown_extension_lists_the_supported_ones(tmp_path):
 def test_every_split_names_the_file_line_and_split_of_its_rows(tmp_path):
     train = write(tmp_path / "train.csv", "text,label\n" + "".join(f"q{i},0\n" for i in range(2, 22)))
     raw = load_raw_datasets("mine", train_file=train, test_file=write(tmp_path / "test.csv", "text,label\nt,1\n"))
+    raw, _ = carve_validation(raw, 10, data_seed=42)
     assert raw["test"][ORIGIN_COLUMN] == [f"{tmp_path / 'test.csv'} line 2 (test split)"]
     # 10% of 20 rows carved at random: row "q<n>" is on line n wherever it ends up.
     for split in ("train", "validation"):
@@ -209,7 +214,7 @@ def test_offline_hub_failure_says_what_to_use_instead(monkeypatch):
 
 
 def test_fine_foods_offline_dataset():
-    raw = load_raw_datasets("fine_foods")
+    raw, _ = carve_validation(load_raw_datasets("fine_foods"), 10, data_seed=42)
     assert {split: len(ds) for split, ds in raw.items()} == {"train": 3600, "validation": 400, "test": 1000}
     assert raw["test"].features["label"].names == ["great", "other"]
     assert raw["test"].column_names == ["review", "label", ORIGIN_COLUMN]
@@ -220,7 +225,7 @@ def test_fine_foods_offline_dataset():
 
 
 def test_hhs_breaches_offline_dataset_has_only_described_rows_and_a_fixed_split():
-    raw = load_raw_datasets("hhs_breaches", seed=123)  # --seed never moves this split
+    raw = load_raw_datasets("hhs_breaches")
     again = load_raw_datasets("hhs_breaches")
     # 209 of the 1151 reports have a description: 80/10/10 -> 167/21/21.
     assert {split: len(ds) for split, ds in raw.items()} == {"train": 167, "validation": 21, "test": 21}
@@ -238,7 +243,7 @@ def test_hhs_breaches_offline_dataset_has_only_described_rows_and_a_fixed_split(
 
 
 def test_wildlife_strikes_offline_dataset_has_three_references_per_record_and_a_fixed_split():
-    raw = load_raw_datasets("wildlife_strikes", seed=123)  # --seed never moves this split
+    raw = load_raw_datasets("wildlife_strikes")
     # 16,406 distinct usable records of the 19,302 FAA reports: 500 test, 100 validation, the rest train.
     assert {split: len(ds) for split, ds in raw.items()} == {"train": 3 * 15806, "validation": 300, "test": 1500}
     test = raw["test"]
@@ -351,6 +356,7 @@ def test_few_shot_keeps_a_given_validation_split_as_it_is():
     assert set(record["per_class"]) == {"train"} and "validation_rows" not in record
 
 
-def test_without_a_validation_percentage_nothing_is_carved(tmp_path):
-    train = write(tmp_path / "train.csv", "text,label\nx,0\ny,1\n")
-    assert list(load_raw_datasets("t", train_file=train, validation_split_percentage=None)) == ["train"]
+def test_a_source_with_validation_is_not_carved(tmp_path):
+    path = write(tmp_path / "train.csv", "text,label\nx,0\ny,1\n")
+    raw = load_raw_datasets("t", train_file=path, validation_file=path)
+    assert carve_validation(raw, 10, data_seed=0) == (raw, None)

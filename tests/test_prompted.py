@@ -8,7 +8,7 @@ import datasets
 import pytest
 from conftest import write
 
-from data import ORIGIN_COLUMN, load_raw_datasets
+from data import ORIGIN_COLUMN, carve_validation, load_raw_datasets
 from metrics import generation_metrics
 from prompted import build_prompted_examples, group_references
 from templates import PromptTemplate, load_templates, select_template
@@ -63,7 +63,7 @@ def test_a_data_error_in_a_carved_validation_split_names_the_line_in_train(tmp_p
     # puts it, the message names line 8 and that split.
     rows = "".join(f"q{n},{2 if n == 8 else n % 2}\n" for n in range(2, 42))
     train = write(tmp_path / "train.csv", "text,label\n" + rows)
-    raw = load_raw_datasets("mine", train_file=train, validation_split_percentage=25, seed=3)
+    raw, _ = carve_validation(load_raw_datasets("mine", train_file=train), 25, data_seed=3)
     pick = template("{{text}} ||| {{answer_choices[label]}}", answer_choices="no ||| yes")
     split = next(name for name, dataset in raw.items() if "q8" in dataset["text"])
     with pytest.raises(ValueError, match=rf"\n  {train} line 8 \({split} split\): label 2 is outside the 2 answer"):
