@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metrics import higher_is_better  # noqa: F401 (figures.py and readings.py import it from here)
+
 logger = logging.getLogger("report")
 
 SYSTEM = ["task", "dataset", "study", "method", "peft", "model", "variant"]
@@ -54,7 +56,6 @@ PEFT_ARGS = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modul
 
 DEFAULT_METRIC = {"cls": "accuracy", "gen": "bleu"}
 PERCENT_METRICS = {"accuracy", "macro_f1", "f1", "precision", "recall"}
-LOWER_IS_BETTER = {"loss", "eval_loss", "perplexity", "ter", "wer"}
 METRIC_NAMES = {
     "accuracy": "accuracy", "macro_f1": "macro-F1", "bleu": "BLEU", "rouge1": "ROUGE-1",
     "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "loss": "loss",
@@ -354,10 +355,6 @@ def choose_metric(runs):
     default = DEFAULT_METRIC.get(runs["task"].iloc[0])
     keys = [key for v in runs["validation"] for key in v]
     return default if default in keys else (keys[0] if keys else default)
-
-
-def higher_is_better(metric):
-    return metric not in LOWER_IS_BETTER
 
 
 def metric_scale(metric):

@@ -26,7 +26,7 @@ from accelerate.logging import get_logger
 from glm_peft import LORA_TARGET_MODULES as GLM_LORA_TARGET_MODULES
 from glm_peft import apply_peft, count_parameters
 from glm_utils import encode_choice, truncate_around
-from modeling_glm import HUB_MODEL_ID, GLMForSequenceClassification, max_positions
+from modeling_glm import HUB_MODEL_ID, GLMForSequenceClassification, UsageError, max_positions
 from modeling_glm import TINY_MODEL_NAME as GLM_TINY
 from templates import make_mlm_context, template_fields
 from tokenization_glm import load_or_train_tokenizer, train_tokenizer
@@ -61,7 +61,7 @@ OFFLINE_HINT = ("Offline, use a tiny random model: --model_name_or_path roberta-
 
 
 def _hub_error(what, name, error):
-    return OSError(f"Could not load the {what} '{name}': it is not a local folder and the Hugging Face hub did not "
+    return UsageError(f"Could not load the {what} '{name}': it is not a local folder and the Hugging Face hub did not "
                    f"serve it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
                    + OFFLINE_HINT)
 
@@ -69,7 +69,7 @@ def _hub_error(what, name, error):
 def model_family(name_or_path):
     """The architecture of a model name: "roberta", "t5", "bart", "glm", or another transformers
     model_type (read from the config). GLM: glm-tiny, BAAI/glm-roberta-large, or a folder whose
-    config.json is a GLM one (GLMConfig fields). Raises OSError (with the offline alternatives)
+    config.json is a GLM one (GLMConfig fields). Raises UsageError (with the offline alternatives)
     when a hub config cannot be fetched."""
     if name_or_path in TINY_MODELS:
         return TINY_MODELS[name_or_path]
@@ -107,11 +107,11 @@ def check_method_and_model(method, family, name):
     """Refuses a model that cannot run a method, saying which script or model fits."""
     if method == "mlm_prompt" and (family in ("glm", "t5", "bart") or family.endswith("t5")):
         other = "run_cls.py (GLM cloze)" if family == "glm" else "--method seq2seq"
-        raise ValueError(f"--method mlm_prompt needs a masked LM (RoBERTa: roberta-large, roberta-tiny); "
+        raise UsageError(f"--method mlm_prompt needs a masked LM (RoBERTa: roberta-large, roberta-tiny); "
                          f"{name} is {family}: use {other}.")
     if method == "seq2seq" and family in ("glm", "roberta", "bert"):
         other = "run_gen.py / run_cls.py" if family == "glm" else "--method linear_head or mlm_prompt"
-        raise ValueError(f"--method seq2seq needs an encoder-decoder (t5-large, facebook/bart-large, t5-tiny, "
+        raise UsageError(f"--method seq2seq needs an encoder-decoder (t5-large, facebook/bart-large, t5-tiny, "
                          f"bart-tiny); {name} is {family}: use {other}.")
 
 
@@ -138,7 +138,7 @@ def load_baseline_tokenizer(args, family, train_texts, output_dir):
         return load_or_train_tokenizer(name, args.model_name_or_path, train_texts, output_dir,
                                        mask_token_id=args.mask_token_id)
     if args.mask_token_id is not None:
-        raise ValueError("--mask_token_id chooses GLM's [MASK] id; other models use their tokenizer's own mask token")
+        raise UsageError("--mask_token_id chooses GLM's [MASK] id; other models use their tokenizer's own mask token")
     if name == "train":
         tokenizer = train_tokenizer(train_texts)
         tokenizer.pad_token = "<pad>"  # not </s>: RoBERTa's positions and T5's decoder start read the pad id
@@ -217,7 +217,7 @@ def apply_baseline_peft(model, args, family):
     targets = args.lora_target_modules
     if list(targets) == list(GLM_LORA_TARGET_MODULES):  # the flag's default is GLM's module names
         if family not in LORA_TARGET_MODULES:
-            raise ValueError(f"No default LoRA targets for {family}: pass --lora_target_modules")
+            raise UsageError(f"No default LoRA targets for {family}: pass --lora_target_modules")
         targets = LORA_TARGET_MODULES[family]
     task_type = {"linear_head": TaskType.SEQ_CLS, "seq2seq": TaskType.SEQ_2_SEQ_LM}.get(args.method)
     heads = [h for h in HEAD_MODULES if hasattr(model, h)] if args.method == "linear_head" else None
@@ -271,7 +271,7 @@ def default_text_columns(template, dataset):
             found.append((where.start(), field))
     columns = [field for _, field in sorted(found)]
     if not columns or len(columns) > 2:
-        raise ValueError(f"Could not tell the raw text column(s) of template {template.name!r} (found {columns}); "
+        raise UsageError(f"Could not tell the raw text column(s) of template {template.name!r} (found {columns}); "
                          f"pass --text_column with one or two of {list(dataset.column_names)}.")
     return columns
 
@@ -301,7 +301,7 @@ def encode_mlm(tokenizer, examples, max_length, prefix_space=True):
             ids = tokenizer(make_mlm_context(example["input"], mask, n))["input_ids"]
             positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_token_id]
             if len(positions) != n or positions[-1] - positions[0] != n - 1:
-                raise ValueError(f"The prompt of example {index} holds {len(positions)} mask tokens where {n} "
+                raise UsageError(f"The prompt of example {index} holds {len(positions)} mask tokens where {n} "
                                  f"consecutive ones were placed; it contains a mask token of its own?")
             ids, start = truncate_around(ids, positions[0], positions[-1] + 1, max_length)
             starts[n] = (len(rows), start)

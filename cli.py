@@ -7,7 +7,6 @@ import argparse
 import logging
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 import datasets
@@ -15,8 +14,8 @@ import huggingface_hub
 
 from data import resolve_dataset_name
 from offline_datasets import OFFLINE_DATASETS
-from glm_peft import peft_weights_problems
-from modeling_glm import TINY_MODEL_NAME
+from glm_peft import PEFT_DEFAULT_LEARNING_RATES, peft_weights_problems
+from modeling_glm import TINY_MODEL_NAME, UsageError
 
 
 from training import TRACKERS, TrainingTracker, _settings_problem, find_checkpoint, report_to_trackers, resume_settings
@@ -36,20 +35,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """The scripts' parser: defaults in --help, and a mistake answered with one line,
+    """The scripts' parser: a one-line usage (`run_cls.py [options]`: argparse's synopsis of every flag
+    took 40 lines before the description), defaults in --help, and a mistake answered with one line,
     `run_cls.py: error: MESSAGE (all flags: run_cls.py --help)`, exit status 2 (not the usage)."""
 
     def __init__(self, **kwargs):
-        super().__init__(formatter_class=HelpFormatter, **kwargs)
+        super().__init__(formatter_class=HelpFormatter, usage="%(prog)s [options]", **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (all flags: {self.prog} --help)\n")
 
 
-def add_data_and_prompt_args(parser, task):
+def add_data_and_prompt_args(parser, task, pretraining=False):
     """Adds the data and prompt flags of all scripts to `parser` and returns it; --dataset_name
     defaults to the task's ("cls": trec, "gen": e2e_nlg_cleaned) unless local files are given
-    (see data_args_problems)."""
+    (see data_args_problems). `pretraining` (run_pretrain.py reads train and validation texts only)
+    leaves out the flags of a test split, of listing prompts and of skipping rows: their values are
+    then fixed (no test file, rows never skipped), so that --help lists only flags the script acts on."""
     group = parser.add_argument_group("data and prompts")
     group.add_argument("--dataset_name", default=None,
                        help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, "
@@ -59,8 +61,9 @@ def add_data_and_prompt_args(parser, task):
     group.add_argument("--dataset_config_name", default=None, help="Hub dataset configuration.")
     group.add_argument("--train_file", default=None, help="Local train data (.csv, .json, .jsonl).")
     group.add_argument("--validation_file", default=None, help="Local validation data.")
-    group.add_argument("--test_file", default=None,
-                       help="Local test data; hidden labels (all -1 or empty) give predictions only.")
+    if not pretraining:
+        group.add_argument("--test_file", default=None,
+                           help="Local test data; hidden labels (all -1 or empty) give predictions only.")
     group.add_argument("--validation_split_percentage", type=int, default=10,
                        help="Percent of train used as validation when there is no validation split.")
     group.add_argument("--data_seed", type=int, default=42,
@@ -69,12 +72,16 @@ def add_data_and_prompt_args(parser, task):
                             "initialisation, dropout and data order).")
     group.add_argument("--max_train_samples", type=int, default=None, help="Keep the first N train rows.")
     group.add_argument("--max_eval_samples", type=int, default=None, help="Keep the first N validation rows.")
-    group.add_argument("--max_test_samples", "--max_predict_samples", dest="max_test_samples", type=int, default=None,
-                       help="Keep the first N test rows.")
+    if not pretraining:
+        group.add_argument("--max_test_samples", "--max_predict_samples", dest="max_test_samples", type=int,
+                           default=None, help="Keep the first N test rows.")
     group.add_argument("--prompt_id", type=int, default=None, help="Prompt id (see --list_prompts); default 0.")
     group.add_argument("--prompt_name", default=None, help="Prompt name (instead of --prompt_id).")
-    group.add_argument("--list_prompts", action="store_true", help="Print the usable prompts and exit.")
     group.add_argument("--prompts_dir", default="prompts", help="Folder of our local YAML prompt files.")
+    if pretraining:
+        parser.set_defaults(test_file=None, max_test_samples=None, list_prompts=False, skip_empty=True)
+        return parser
+    group.add_argument("--list_prompts", action="store_true", help="Print the usable prompts and exit.")
     group.add_argument("--skip_empty", action=argparse.BooleanOptionalAction, default=True,
                        help="Skip (and count) rows that cannot be rendered (empty label, prompt or target; run_cls.py: "
                             "training rows, see --skip_eval_rows); --no-skip_empty raises.")
@@ -151,9 +158,10 @@ def _checkpointing_steps(value):
     raise argparse.ArgumentTypeError(f"expected a positive number of steps or 'epoch', got {value!r}")
 
 
-def add_training_args(parser):
+def add_training_args(parser, zero_shot=True):
     """Adds the training flags of all scripts to `parser` and returns it (scripts change defaults with
-    `parser.set_defaults`). Mixed precision is Accelerate's (accelerate launch --mixed_precision)."""
+    `parser.set_defaults`). Mixed precision is Accelerate's (accelerate launch --mixed_precision).
+    zero_shot False (run_pretrain.py always trains) leaves out --do_train."""
     group = parser.add_argument_group("training")
     group.add_argument("--model_name_or_path", default=None,
                        help="Model: a hub id or a local folder; glm-tiny is a random 2-layer GLM that needs no "
@@ -165,7 +173,11 @@ def add_training_args(parser):
     group.add_argument("--overwrite_output_dir", action="store_true", help="Replace a finished run in --output_dir.")
     group.add_argument("--per_device_train_batch_size", type=int, default=16, help="Train batch size per device.")
     group.add_argument("--per_device_eval_batch_size", type=int, default=32, help="Eval batch size per device.")
-    group.add_argument("--learning_rate", type=float, default=1e-5, help="Peak learning rate (AdamW).")
+    methods = ", ".join(f"{rate:.0e} with {'full fine-tuning' if peft is None else '--peft ' + peft}".replace("e-0", "e-")
+                        for peft, rate in PEFT_DEFAULT_LEARNING_RATES.items())
+    group.add_argument("--learning_rate", type=float, default=1e-5,
+                       help=f"Peak learning rate (AdamW). Unless a default is shown, it depends on the method: {methods} "
+                            "(run_baseline.py: 3e-4 for its tiny models, else the architecture's).")
     group.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay (not on biases, norms).")
     group.add_argument("--num_train_epochs", type=int, default=3, help="Training epochs.")
     group.add_argument("--max_train_steps", type=int, default=None, help="Total steps; overrides --num_train_epochs.")
@@ -178,7 +190,9 @@ def add_training_args(parser):
                        help="transformers.get_scheduler schedule after the warmup.")
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: off).")
     group.add_argument("--seed", type=int, default=42, help="Random seed.")
-    group.add_argument("--metric_for_best_model", default=None, help="Validation metric that picks the best step.")
+    group.add_argument("--metric_for_best_model", default=None,
+                       help="Validation metric that picks the best step (its highest value; for loss and perplexity "
+                            "its lowest).")
     group.add_argument("--eval_steps", type=int, default=None, help="Evaluate every N steps (default: each epoch).")
     group.add_argument("--checkpointing_steps", type=_checkpointing_steps, default=None,
                        help="Save a checkpoint every N steps or each 'epoch'.")
@@ -187,8 +201,11 @@ def add_training_args(parser):
     group.add_argument("--resume_from_checkpoint", default=None,
                        help="Continue training from a checkpoint folder, or 'latest' (the newest in --output_dir).")
     group.add_argument("--group_by_length", action="store_true", help="Batch examples of similar length.")
-    group.add_argument("--do_train", action=argparse.BooleanOptionalAction, default=True,
-                       help="Train (--no-do_train: evaluate the model as loaded).")
+    if zero_shot:
+        group.add_argument("--do_train", action=argparse.BooleanOptionalAction, default=True,
+                           help="Train (--no-do_train: evaluate the model as loaded).")
+    else:
+        parser.set_defaults(do_train=True)
     group.add_argument("--with_tracking", action="store_true",
                        help="Log live curves through Accelerate's trackers: train loss and learning rate at each "
                             "step, validation metrics at each evaluation, test metrics at the end, the flags as "
@@ -249,7 +266,7 @@ def training_args_problems(args):
     elif args.resume_from_checkpoint:
         try:
             checkpoint = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        except FileNotFoundError as error:
+        except UsageError as error:
             problems.append(str(error))
         else:
             given = {name: value for name, value in resume_settings(args).items() if value is not None}
@@ -269,14 +286,11 @@ def training_args_problems(args):
 
 # ----- Mistakes, before any work: messages instead of tracebacks, the hub, the model's positions ---
 
-REPOSITORY = Path(__file__).resolve().parent
-
-
 def run_script(main, argv=None):
-    """Runs a script's `main(argv)` as a command (argv: sys.argv[1:] by default). An error that one of
-    our checks raised (see `raised_by_a_check`) prints as `run_cls.py: error: MESSAGE` and exits with 2,
-    as argparse does; Ctrl-C outside the training loop (see `stop_interrupted`) exits with 130. Other
-    errors, and every error with --debug, keep their traceback."""
+    """Runs a script's `main(argv)` as a command (argv: sys.argv[1:] by default). A UsageError (a
+    mistake of the user's that one of our checks found) prints as `run_cls.py: error: MESSAGE` and
+    exits with 2, as argparse does; Ctrl-C outside the training loop (see `stop_interrupted`) exits
+    with 130. Every other error is a bug and keeps its traceback, as does a UsageError with --debug."""
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = Path(sys.argv[0]).name
     try:
@@ -286,20 +300,11 @@ def run_script(main, argv=None):
             raise
         sys.stderr.write(f"{prog}: interrupted\n")
         raise SystemExit(128 + signal.SIGINT) from None
-    except Exception as error:
-        if "--debug" in argv or not raised_by_a_check(error):
+    except UsageError as error:
+        if "--debug" in argv:
             raise
         sys.stderr.write(f"{prog}: error: {error}\n")
         raise SystemExit(2) from None
-
-
-def raised_by_a_check(error):
-    """Whether `error` comes from a `raise` statement of this repository's modules: the checks of our
-    code write their messages for the user (what is wrong, how to fix it). An exception of a library,
-    or one Python raises inside our code (a bug), does not."""
-    frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().parent == REPOSITORY and \
-        (frames[-1].line or "").startswith("raise ")
 
 
 def offline_unless_hub_answers(args, local_models=(TINY_MODEL_NAME,)):
@@ -347,16 +352,16 @@ def hidden_label_splits(data_counts, do_train):
     predictions, never metrics or a trivial baseline.
 
     Raises:
-        ValueError: training needs the hidden labels: those of train, or of validation (which picks the
+        UsageError: training needs the hidden labels: those of train, or of validation (which picks the
             best step); says which labelled file to pass instead.
     """
     hidden = {split: counts["labels_hidden"] for split, counts in data_counts.items() if counts["labels_hidden"]}
     if do_train and "validation" in hidden:
-        raise ValueError(f"The validation labels are hidden ({hidden['validation']}), but training picks its best "
+        raise UsageError(f"The validation labels are hidden ({hidden['validation']}), but training picks its best "
                          "step on validation: pass a labelled --validation_file, or leave it out to carve validation "
                          "from the training data (--validation_split_percentage).")
     if do_train and "train" in hidden:
-        raise ValueError(f"The train labels are hidden ({hidden['train']}): training needs labels. Pass a labelled "
+        raise UsageError(f"The train labels are hidden ({hidden['train']}): training needs labels. Pass a labelled "
                          "--train_file, or --no-do_train to predict with the model as loaded.")
     for split, why in hidden.items():
         logger.warning("%s labels are hidden (%s): writing predictions only, no %s metrics.", split, why, split)

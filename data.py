@@ -23,6 +23,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from modeling_glm import UsageError
 from offline_datasets import OFFLINE_DATASETS
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def resolve_dataset_name(dataset_name, task, train_file=None, validation_file=No
     if dataset_name:
         return dataset_name
     if any(path is not None for path in (train_file, validation_file, test_file)):
-        raise ValueError(
+        raise UsageError(
             "Local data files need --dataset_name NAME: the name chooses the prompts (your own in "
             "prompts/NAME.yaml or --prompts_dir, see prompts/fine_foods.yaml for the format; check "
             "them with --list_prompts). For files in TREC's format (columns text,label_coarse) pass "
@@ -146,8 +147,8 @@ def load_raw_datasets(
         "<dataset> <split>[i]", then the split the row is in, e.g. "data/train.csv line 8
         (validation split)".
     Raises:
-        ValueError: no source given, unsupported file extension, or malformed file.
-        RuntimeError: a hub dataset could not be loaded (offline, HF_HUB_OFFLINE=1, unknown
+        UsageError: no source given, unsupported file extension, or malformed file.
+        UsageError: a hub dataset could not be loaded (offline, HF_HUB_OFFLINE=1, unknown
             name); the message says which local or offline alternative to use.
     """
     files = {"train": train_file, "validation": validation_file, "test": test_file}
@@ -159,7 +160,7 @@ def load_raw_datasets(
     elif dataset_name is not None:
         raw = _with_row_origins(_load_hub_dataset(dataset_name, dataset_config_name), dataset_name)
     else:
-        raise ValueError(
+        raise UsageError(
             "No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, or the offline fine_foods, "
             "wildlife_strikes, hhs_breaches) or local files with --train_file/--validation_file/--test_file."
         )
@@ -286,7 +287,7 @@ def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=Non
     Returns:
         A new DatasetDict; splits that are absent stay absent.
     Raises:
-        ValueError: a limit below 1.
+        UsageError: a limit below 1.
     """
     limits = {"train": max_train_samples, "validation": max_eval_samples, "test": max_test_samples}
     sliced = datasets.DatasetDict(raw_datasets)
@@ -294,7 +295,7 @@ def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=Non
         if limit is None or split not in sliced:
             continue
         if limit < 1:
-            raise ValueError(f"max samples for {split} must be >= 1 (or unset for all), got {limit}.")
+            raise UsageError(f"max samples for {split} must be >= 1 (or unset for all), got {limit}.")
         sliced[split] = sliced[split].select(range(min(limit, len(sliced[split]))))
     return sliced
 
@@ -323,25 +324,25 @@ def load_local_file(path):
         ORIGIN_COLUMN: "<path> line N" (csv and JSON lines) or "<path> item N" (a JSON
         list), N counting from 1.
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: unsupported extension (names the supported ones), not UTF-8, no records,
+        UsageError: the file does not exist.
+        UsageError: unsupported extension (names the supported ones), not UTF-8, no records,
             or malformed (each names the file and line): a csv record whose field count
             differs from the header's, bad csv quoting, a JSON syntax error, a JSON record
             that is no object, a field that mixes kinds of values.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Data file {path} does not exist; check the --*_file path.")
+        raise UsageError(f"Data file {path} does not exist; check the --*_file path.")
     loader = LOCAL_FILE_LOADERS.get(path.suffix.lower())
     if loader is None:
-        raise ValueError(
+        raise UsageError(
             f"Unsupported data file extension {path.suffix!r} for {path}; supported: "
             f"{', '.join(LOCAL_FILE_LOADERS)}. Convert the file to one of these."
         )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err}); re-save it as UTF-8.") from err
+        raise UsageError(f"{path} is not UTF-8 text ({err}); re-save it as UTF-8.") from err
     if loader == "csv":
         header, positions = _csv_record_positions(text, path)
         # All text first (pandas' own typing would make an integer column with one empty
@@ -352,12 +353,12 @@ def load_local_file(path):
         positions = _json_record_positions(text, path)
         options = {}
     if not positions:
-        raise ValueError(f"{path} holds no records.")
+        raise UsageError(f"{path} holds no records.")
     try:
         # data_files are glob patterns: escaped, "train*.csv" is that one file, not every match.
         dataset = datasets.load_dataset(loader, data_files=glob.escape(str(path)), split="train", **options)
     except datasets.exceptions.DatasetGenerationError as err:
-        raise ValueError(f"{path} could not be read: {err.__cause__ or err}") from err
+        raise UsageError(f"{path} could not be read: {err.__cause__ or err}") from err
     if loader == "csv":
         dataset = _integer_columns(dataset)
     return dataset.add_column(ORIGIN_COLUMN, [f"{path} {position}" for position in positions])
@@ -371,14 +372,14 @@ def _csv_record_positions(text, path):
     try:
         header = next(reader, None)
         if not header:
-            raise ValueError(f"{path} is empty or has no header row; the first row must name the columns.")
+            raise UsageError(f"{path} is empty or has no header row; the first row must name the columns.")
         if "" in header or len(set(header)) != len(header):
-            raise ValueError(f"{path}: the header {header} must give every column its own non-empty name.")
+            raise UsageError(f"{path}: the header {header} must give every column its own non-empty name.")
         previous_line = reader.line_num
         for record in reader:
             if record:  # [] is a blank line, which pandas skips too
                 if len(record) != len(header):
-                    raise ValueError(
+                    raise UsageError(
                         f"Malformed CSV {path}, line {previous_line + 1} (data row {len(positions) + 1}): "
                         f"{len(record)} fields where the header has {len(header)} ({header}). "
                         "Quote fields that contain commas or line breaks."
@@ -386,7 +387,7 @@ def _csv_record_positions(text, path):
                 positions.append(f"line {previous_line + 1}")
             previous_line = reader.line_num
     except csv.Error as err:
-        raise ValueError(
+        raise UsageError(
             f"Malformed CSV {path}, line {reader.line_num}: {err}. Check the quoting near that line."
         ) from err
     return header, positions
@@ -421,7 +422,7 @@ def _json_record_positions(text, path):
     lines: one object after another, an object may span lines). Checks that each record is
     an object and that a field holds one kind of value in every record: `datasets` would
     keep a mix (text in one record, an object in another) as Python values that a template
-    prints as reprs. Raises ValueError naming the line (or item) and, for a mix, the field."""
+    prints as reprs. Raises UsageError naming the line (or item) and, for a mix, the field."""
     try:
         if text.lstrip().startswith("["):
             numbered = [(f"item {n}", record) for n, record in enumerate(json.loads(text), start=1)]
@@ -433,17 +434,17 @@ def _json_record_positions(text, path):
                 numbered.append((f"line {line}", record))
                 line += text.count("\n", start, end)
     except json.JSONDecodeError as err:
-        raise ValueError(f"Malformed JSON {path}, line {err.lineno} column {err.colno}: {err.msg}.") from err
+        raise UsageError(f"Malformed JSON {path}, line {err.lineno} column {err.colno}: {err.msg}.") from err
     first_kinds = {}  # field -> (position, kind) of its first non-null value
     for position, record in numbered:
         if not isinstance(record, dict):
-            raise ValueError(f"{path}, {position}: expected a JSON object (one per record), got {_json_kind(record)}.")
+            raise UsageError(f"{path}, {position}: expected a JSON object (one per record), got {_json_kind(record)}.")
         for field, value in record.items():
             if value is None:
                 continue
             first = first_kinds.setdefault(field, (position, _json_kind(value)))
             if _json_kind(value) != first[1]:
-                raise ValueError(
+                raise UsageError(
                     f"{path}, {position}: field {field!r} is {_json_kind(value)} ({value!r:.60}) but {first[1]} "
                     f"in {first[0]}; a field must hold one kind of value in every record (e.g. quote numbers "
                     "that are text)."
@@ -475,7 +476,7 @@ def _load_hub_dataset(dataset_name, dataset_config_name):
         loaded = datasets.load_dataset(repo, dataset_config_name, revision=revision)
     except OSError as err:  # ConnectionError, offline mode, not found: all OSError
         offline = " HF_HUB_OFFLINE is set." if _hub_offline() else ""
-        raise RuntimeError(
+        raise UsageError(
             f"The hub dataset {where} could not be loaded: {err}.{offline} {_OFFLINE_HINT}"
         ) from err
     return datasets.DatasetDict(loaded)
@@ -500,7 +501,7 @@ def adapt_columns(raw_datasets, dataset_name):
     Returns:
         datasets.DatasetDict.
     Raises:
-        ValueError: the hub copy's label features are not the expected ClassLabel names.
+        UsageError: the hub copy's label features are not the expected ClassLabel names.
     """
     columns = set(next(iter(raw_datasets.values())).column_names) if raw_datasets else set()
     if dataset_name in ("trec", HUB_DATASETS["trec"]) and {"coarse_label", "fine_label"} <= columns:
@@ -513,7 +514,7 @@ def _hub_label_names(dataset, column, expected):
     feature = dataset.features[column]
     names = getattr(feature, "names", None)
     if names != expected:
-        raise ValueError(
+        raise UsageError(
             f"trec hub copy: column {column!r} has label names {names}, but the mapping to the "
             f"promptsource encoding was written for {expected}. The hub copy changed; check the "
             "mapping (TREC_HUB_* in data.py) before training, or use local csv files."

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_glm import TINY_MODEL_NAME, PrefixEncoder
+from modeling_glm import TINY_MODEL_NAME, PrefixEncoder, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def read_peft_config(directory):
     None).
 
     Raises:
-        FileNotFoundError: the folder lacks those files or the method's weights (says what such a folder is).
+        UsageError: the folder lacks those files or the method's weights (says what such a folder is).
     """
     directory = Path(directory)
     if (directory / GLM_PEFT_CONFIG_NAME).is_file():
@@ -157,7 +157,7 @@ def read_peft_config(directory):
     else:
         config = None
     if config is None or not (directory / WEIGHTS_NAMES[config["peft"]]).is_file():
-        raise FileNotFoundError(
+        raise UsageError(
             f"{directory} has no {GLM_PEFT_CONFIG_NAME} with {PREFIX_WEIGHTS_NAME} or {LORA_WEIGHTS_NAME}, nor peft's "
             f"{PEFT_CONFIG_NAME} with {LORA_WEIGHTS_NAME}: PEFT weights are the best_model folder of a run with --peft "
             "lora or --peft ptuning_v2 and --save_best_model, or a LoRA folder of peft's save_pretrained (a fully "
@@ -172,7 +172,7 @@ def peft_weights_problems(args):
     trained on glm-tiny (a random base, fixed by the seed) with another --seed."""
     try:
         config = read_peft_config(args.peft_weights)
-    except FileNotFoundError as error:
+    except UsageError as error:
         return [f"--peft_weights: {error}"]
     problems, method = [], config["peft"]
     if args.peft not in (None, method):
@@ -267,8 +267,8 @@ def load_trainable_weights(model, directory):
     file, and nothing else.
 
     Raises:
-        FileNotFoundError: `directory` is no folder of saved PEFT weights (see `read_peft_config`).
-        ValueError: the model carries another method than the saved one, keys are missing or unexpected
+        UsageError: `directory` is no folder of saved PEFT weights (see `read_peft_config`).
+        UsageError: the model carries another method than the saved one, keys are missing or unexpected
             (both listed), or shapes differ (e.g. another pre_seq_len).
     """
     flags = argparse.Namespace(**saved_peft_flags(directory), peft_weights=None)
@@ -276,7 +276,7 @@ def load_trainable_weights(model, directory):
     if current is None and flags.peft is not None:
         model = apply_peft(model, flags)
     elif current != flags.peft:
-        raise ValueError(f"Method mismatch: {directory} holds {flags.peft} weights but the model carries {current}")
+        raise UsageError(f"Method mismatch: {directory} holds {flags.peft} weights but the model carries {current}")
     _load_weights(model, Path(directory), flags.peft)
     return model
 
@@ -296,12 +296,12 @@ def _load_weights(model, directory, method):
         expected, state = set(by_name.values()), {by_name.get(name, name): value for name, value in state.items()}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ValueError(f"{weights_file} does not match the model's {method} weights: missing keys {missing[:10]}, "
+        raise UsageError(f"{weights_file} does not match the model's {method} weights: missing keys {missing[:10]}, "
                          f"unexpected keys {unexpected[:10]}")
     wrong = [f"{n} {tuple(state[n].shape)} vs {tuple(params[n].shape)}" for n in sorted(state)
              if state[n].shape != params[n].shape]
     if wrong:
-        raise ValueError(f"{weights_file} has other shapes than the model: {wrong[:5]}")
+        raise UsageError(f"{weights_file} has other shapes than the model: {wrong[:5]}")
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)

@@ -23,7 +23,7 @@ matches are in GLM_NOTES.md of the team's shared folder.
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
-from modeling_glm import MASK_TOKEN, GLMConfig
+from modeling_glm import MASK_TOKEN, GLMConfig, UsageError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -33,21 +33,21 @@ from modeling_glm import MASK_TOKEN, GLMConfig
 
 def encode_context(tokenizer, context: str):
     """Token ids of a GLM context, `<s> ... [MASK] ... </s>`, whole (the builders cut it around
-    its mask). Raises ValueError when the context has no `[MASK]` or several."""
+    its mask). Raises UsageError when the context has no `[MASK]` or several."""
     ids = tokenizer(context)["input_ids"]
     count = ids.count(tokenizer.mask_token_id)
     if count != 1:
-        raise ValueError(f"A GLM context needs exactly one {MASK_TOKEN}, found {count} in: {context!r}")
+        raise UsageError(f"A GLM context needs exactly one {MASK_TOKEN}, found {count} in: {context!r}")
     return ids
 
 
 def truncate_around(ids, start, end, max_length):
     """Cuts `<s> left [start:end] right </s>` to max_length tokens, dropping tokens from the far end of
     the longer side (the start of the left text, the end of the right text) so that ids[start:end]
-    (the masks) always survive. Returns (ids, new start). Raises ValueError when even the kept span
+    (the masks) always survive. Returns (ids, new start). Raises UsageError when even the kept span
     and the two special tokens do not fit."""
     if end - start + 2 > max_length:
-        raise ValueError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
+        raise UsageError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
     left, middle, right = ids[1:start], ids[start:end], ids[end:-1]
     keep = len(left) + len(right) - max(len(ids) - max_length, 0)
     # As if tokens were dropped one at a time from the longer side (the left one on a tie).
@@ -64,10 +64,10 @@ def _cut_context(tokenizer, ids, max_length):
 
 def encode_choice(tokenizer, choice: str, prefix_space: bool = True):
     """Token ids of an answer choice as a span; with `prefix_space` it is encoded as a
-    mid-sentence word (`Ġword`), as spans were in pretraining. Raises ValueError if empty."""
+    mid-sentence word (`Ġword`), as spans were in pretraining. Raises UsageError if empty."""
     ids = tokenizer((" " if prefix_space else "") + choice.strip(), add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError(f"Answer choice {choice!r} encodes to no token")
+        raise UsageError(f"Answer choice {choice!r} encodes to no token")
     return ids
 
 
@@ -87,10 +87,10 @@ def encode_choices(tokenizer, choices, prefix_space=True, choice_eop=None):
 
 
 def _check_max_length(max_length, max_positions):
-    """Raises ValueError when a builder's `max_length` would give position ids past the model's
+    """Raises UsageError when a builder's `max_length` would give position ids past the model's
     table of `max_positions` (config.max_sequence_length; glm-roberta-large: 512)."""
     if max_length > max_positions:
-        raise ValueError(f"max_length {max_length} is longer than the {max_positions} positions of the model; "
+        raise UsageError(f"max_length {max_length} is longer than the {max_positions} positions of the model; "
                          f"use at most {max_positions}")
 
 
@@ -155,7 +155,7 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256,
             raise ValueError(f"Example {b} has no answer choices")
         span_length = sum(len(span) for span in spans)
         if span_length + 3 > max_length:
-            raise ValueError(f"The answer choices take {span_length} tokens; max_length={max_length} is too small")
+            raise UsageError(f"The answer choices take {span_length} tokens; max_length={max_length} is too small")
         rows.append((*_cut_context(tokenizer, context_ids, max_length - span_length), spans))
     S = max(len(ids) + sum(len(span) for span in spans) for ids, _, spans in rows)
     B, C = len(rows), max(len(spans) for _, _, spans in rows)
@@ -238,12 +238,12 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
     nobody. Targets longer than `max_target_length` tokens are cut to it (eop is then added).
 
     Returns a dict: input_ids [B, S], position_ids [B, 2, S], attention_mask bool [B, 1, S, S],
-    labels [B, S] (training only). Raises ValueError when max_length or the span's block positions
+    labels [B, S] (training only). Raises UsageError when max_length or the span's block positions
     (max_target_length + 1) pass the model's `max_positions`.
     """
     _check_max_length(max_length, max_positions)
     if max_target_length + 1 > max_positions:  # eop's block position
-        raise ValueError(f"max_target_length {max_target_length} gives block positions up to {max_target_length + 1}, "
+        raise UsageError(f"max_target_length {max_target_length} gives block positions up to {max_target_length + 1}, "
                          f"past the {max_positions} positions of the model; use at most {max_positions - 1}")
     cut = [_cut_context(tokenizer, ids, max_length) for ids in contexts]
     spans = [[]] * len(contexts) if targets is None else [ids[:max_target_length] for ids in targets]

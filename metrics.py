@@ -12,8 +12,20 @@ import numpy
 # ---------------------------------------------------------------------------------------
 
 
-CLS_METRICS = ("accuracy", "macro_f1")  # what --metric_for_best_model may name
+# Each metric a script reports, and whether a larger value is better: the best step of training
+# (TrainingTracker) and the rankings of report.py both read it here.
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "bleu": True, "rouge1": True, "rouge2": True, "rougeL": True,
+                    "token_accuracy": True, "loss": False, "perplexity": False}
+# What --metric_for_best_model may name, per script.
+CLS_METRICS = ("accuracy", "macro_f1")
 GEN_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
+PRETRAIN_METRICS = ("token_accuracy", "loss", "perplexity")
+
+
+def higher_is_better(metric):
+    """Whether a larger value of `metric` is better (HIGHER_IS_BETTER). Raises KeyError for a metric
+    none of the scripts reports."""
+    return HIGHER_IS_BETTER[metric]
 
 
 def classification_metrics(predictions, labels, num_classes=None):

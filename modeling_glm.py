@@ -47,6 +47,13 @@ TINY_MODEL_NAME = "glm-tiny"
 SOP_TOKEN, EOP_TOKEN, MASK_TOKEN = "<|startofpiece|>", "<|endofpiece|>", "[MASK]"
 
 
+class UsageError(ValueError):
+    """A mistake of the user's (a flag, a file, the data, a prompt) found by one of our checks: its
+    message says what is wrong and how to fix it. `cli.run_script` prints it as one line and exits
+    with 2; every other exception is a bug and keeps its traceback. Defined here, in the module every
+    other one imports, so that each can raise it (cli re-exports it for the scripts)."""
+
+
 
 # ----------------------------------------------------------------------------------------------
 # Configuration
@@ -73,7 +80,7 @@ class GLMConfig(PreTrainedConfig):
                  output_dropout_prob=0.1, output_predict=True, block_position_encoding=True, attention_scale=1.0,
                  layernorm_epsilon=1e-5, initializer_range=0.02, tie_word_embeddings=True, **kwargs):
         if not block_position_encoding:
-            raise ValueError("Only GLM checkpoints with block_position_encoding=true are supported.")
+            raise UsageError("Only GLM checkpoints with block_position_encoding=true are supported.")
         self.num_layers, self.hidden_size, self.num_attention_heads = num_layers, hidden_size, num_attention_heads
         self.vocab_size, self.max_sequence_length = vocab_size, max_sequence_length
         self.embedding_dropout_prob, self.attention_dropout_prob = embedding_dropout_prob, attention_dropout_prob
@@ -259,13 +266,13 @@ class GLMPreTrainedModel(PreTrainedModel):
         """transformers' `from_pretrained` of a local directory or hub repository with our `config`
         (the released config.json says model_type "glm", GLM-4's type, so it is read by us, not by
         transformers). `new_keys` may be missing (a new head, initialised at random). Raises
-        ValueError naming other missing and unexpected keys (transformers only logs them), OSError
-        when the hub cannot serve the files."""
+        UsageError naming other missing and unexpected keys (transformers only logs them), or when the
+        hub cannot serve the files."""
         directory = _resolve_pretrained_dir(name_or_path, ["config.json", "*.safetensors", "pytorch_model.bin"])
         model, info = super().from_pretrained(str(directory), config=config, output_loading_info=True, **kwargs)
         missing, unexpected = sorted(set(info["missing_keys"]) - set(new_keys)), sorted(info["unexpected_keys"])
         if missing or unexpected:
-            raise ValueError(f"The checkpoint does not match GLMConfig: missing keys {missing[:10]}"
+            raise UsageError(f"The checkpoint does not match GLMConfig: missing keys {missing[:10]}"
                              f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
                              f"{' ...' if len(unexpected) > 10 else ''}")
         return model
@@ -389,7 +396,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         With `special_token_ids` ({token: id} of the rows a run uses, e.g. [MASK], sop, eop) and
         `vocab_size`, loaded weights get `check_special_rows` (not glm-tiny: all its rows are random).
 
-        Raises ValueError when keys are missing or unexpected (both listed), OSError when the hub
+        Raises UsageError when keys are missing or unexpected (both listed), or when the hub
         cannot be reached (with the flags that point at local files instead).
         """
         if name_or_path == TINY_MODEL_NAME:
@@ -398,7 +405,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
             return cls(GLMConfig.tiny(vocab_size=_round_up(vocab_size, 64)))
         model = cls._load_glm(name_or_path, read_config(name_or_path), **kwargs)
         if vocab_size is not None and vocab_size > model.config.vocab_size:
-            raise ValueError(f"The tokenizer has {vocab_size} tokens but the model only {model.config.vocab_size} "
+            raise UsageError(f"The tokenizer has {vocab_size} tokens but the model only {model.config.vocab_size} "
                              "embedding rows: use the tokenizer that came with the checkpoint.")
         if special_token_ids is not None:
             check_special_rows(model.glm.word_embeddings.weight, special_token_ids, vocab_size)
@@ -407,10 +414,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
 def read_config(name_or_path: str) -> GLMConfig:
     """The `GLMConfig` of a local directory or hub repository (only config.json is downloaded).
-    Raises OSError when it cannot be had (with the local alternatives) or holds no config.json."""
+    Raises UsageError when it cannot be had (with the local alternatives) or holds no config.json."""
     config = _resolve_pretrained_dir(name_or_path, ["config.json"]) / "config.json"
     if not config.is_file():
-        raise OSError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
+        raise UsageError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
                       f"(config.json + weights), a hub id, or {TINY_MODEL_NAME}.")
     return GLMConfig.from_released(json.loads(config.read_text()))
 
@@ -485,7 +492,7 @@ def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
         return Path(snapshot_download(name_or_path, allow_patterns=allow_patterns))
     except Exception as error:  # offline, unknown repo, no permission: all end the same way
         reason = str(error).split(". ")[0]  # huggingface_hub's later advice (HF_HUB_OFFLINE=0) misleads offline
-        raise OSError(
+        raise UsageError(
             f"Could not load '{name_or_path}': it is not a local directory and the Hugging Face hub "
             f"did not serve it ({type(error).__name__}: {reason}).\n"
             "Point at local files instead: --model_name_or_path DIR (config.json + weights) and "
@@ -501,7 +508,7 @@ def max_positions(name_or_path: str) -> int:
     the `glm-tiny` preset, or of the config.json of a local directory or hub repository (only that file
     is downloaded), so that scripts can check their length flags before loading anything else.
 
-    Raises OSError when the config cannot be had (as `from_pretrained`, with the local alternatives).
+    Raises UsageError when the config cannot be had (as `from_pretrained`, with the local alternatives).
     """
     if name_or_path == TINY_MODEL_NAME:
         return GLMConfig.max_sequence_length
@@ -564,7 +571,7 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
         saved = Path(name_or_path) / "config.json"
         if os.path.isdir(name_or_path) and cls.__name__ in json.loads(saved.read_text()).get("architectures", []):
             if num_labels is not None and num_labels != config.num_labels:
-                raise ValueError(f"{name_or_path} holds a {config.num_labels}-class head, not {num_labels}")
+                raise UsageError(f"{name_or_path} holds a {config.num_labels}-class head, not {num_labels}")
             return cls._load_glm(name_or_path, config, **kwargs)
         if num_labels is None:
             raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")

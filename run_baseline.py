@@ -104,6 +104,7 @@ from baselines import (
 )
 from cli import (
     ArgumentParser,
+    UsageError,
     add_data_and_prompt_args,
     add_few_shot_args,
     add_training_args,
@@ -342,7 +343,7 @@ def main(argv=None):
         problems = [position_problem(flag, getattr(args, flag), positions, args.model_name_or_path, extra=extra)
                     for flag, extra in lengths.items()]
         if any(problems):
-            raise ValueError("; ".join(problem for problem in problems if problem))
+            raise UsageError("; ".join(problem for problem in problems if problem))
     if args.learning_rate is None:
         args.learning_rate = (PEFT_DEFAULT_LEARNING_RATES["lora"] if args.peft == "lora" else TINY_LEARNING_RATE
                               if args.model_name_or_path in TINY_MODELS else FULL_LEARNING_RATES.get(family, 1e-5))
@@ -365,13 +366,13 @@ def main(argv=None):
                                      args.max_test_samples)
     do_train = will_train(args)  # otherwise the untuned model is evaluated
     if not {"train", "validation"} <= set(raw_datasets):
-        raise ValueError(f"Need train and validation splits (the train split also gives the trivial baseline), got "
+        raise UsageError(f"Need train and validation splits (the train split also gives the trivial baseline), got "
                          f"{list(raw_datasets)}: pass --train_file (validation is carved from it).")
     examples, data_counts = {}, {}
     for split, dataset in raw_datasets.items():
         examples[split], data_counts[split] = build_prompted_examples(dataset, template, args.task, args.skip_empty)
         if not examples[split]:
-            raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
+            raise UsageError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
     hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
     if do_train:
         warn_if_small_validation(len(examples["validation"]), args, args.num_shots)
@@ -382,7 +383,7 @@ def main(argv=None):
         text_columns = args.text_column or default_text_columns(template, raw_datasets["train"])
         missing = sorted(set(text_columns) - set(raw_datasets["train"].column_names))
         if missing:
-            raise ValueError(f"--text_column {missing} not in the data: {raw_datasets['train'].column_names}")
+            raise UsageError(f"--text_column {missing} not in the data: {raw_datasets['train'].column_names}")
         logger.info("linear_head reads the raw text of column(s) %s (no template)", text_columns)
         train_texts = [str(raw_datasets["train"][e["row"]][c]) for e in examples["train"] for c in text_columns]
     else:
@@ -395,7 +396,7 @@ def main(argv=None):
     if args.task == "cls":
         num_choices = max(len(e["choices"]) for split in examples.values() for e in split)
         if args.method == "linear_head" and len({tuple(e["choices"]) for s in examples.values() for e in s}) != 1:
-            raise ValueError(f"A linear head needs one fixed label set, but template {template.name!r} renders "
+            raise UsageError(f"A linear head needs one fixed label set, but template {template.name!r} renders "
                              "several answer-choice lists; use --method mlm_prompt or seq2seq.")
     pad_id = tokenizer.pad_token_id
     if args.method == "linear_head":

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from cli import (
     ArgumentParser,
+    UsageError,
     add_data_and_prompt_args,
     add_few_shot_args,
     add_training_args,
@@ -238,7 +239,7 @@ def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, 
     lists follow its input as far as they fit, `levers.with_demonstrations`) and `choice_ids` (its
     answer choices as scored spans, `encode_choices`, one list shared by the examples with the same
     choices). Checked here, not at the example's batch: one [MASK] in the context, non-empty choices
-    that fit max_seq_length (ValueError naming the split, example and data row).
+    that fit max_seq_length (UsageError naming the split, example and data row).
 
     Returns (tokens of each example's packed input, at most max_seq_length: for --group_by_length;
     how many contexts are cut).
@@ -253,13 +254,13 @@ def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, 
             example["choice_ids"] = spans_of[choices]
             spans = sum(len(span) for span in example["choice_ids"])
             if spans + 3 > max_seq_length:
-                raise ValueError(f"its answer choices take {spans} tokens: raise --max_seq_length above {spans + 2}")
+                raise UsageError(f"its answer choices take {spans} tokens: raise --max_seq_length above {spans + 2}")
             example["context_ids"] = encode_context(tokenizer, example["context"])
             if demonstrations:
                 example["context_ids"] = with_demonstrations(example["context_ids"], demonstrations[example["index"]],
                                                              max_seq_length - spans)
         except ValueError as err:
-            raise ValueError(f"{split} example {example['index']} (data row {example['row']}): {err}") from err
+            raise UsageError(f"{split} example {example['index']} (data row {example['row']}): {err}") from err
         cut += len(example["context_ids"]) + spans > max_seq_length
         lengths.append(min(len(example["context_ids"]) + spans, max_seq_length))
     return lengths, cut
@@ -342,7 +343,7 @@ def main(argv=None):
     problem = position_problem("max_seq_length", args.max_seq_length, max_positions(args.model_name_or_path),
                                args.model_name_or_path, cut="contexts are cut around their [MASK]")
     if problem:
-        raise ValueError(problem)
+        raise UsageError(problem)
 
     # Data and prompt. Every split is rendered and checked here, before the first step. --num_shots draws
     # K train (and validation) rows per class of the template's label column from the whole train split;
@@ -363,7 +364,7 @@ def main(argv=None):
                                      args.max_test_samples)
     do_train = will_train(args)  # otherwise zero-shot: the same evaluation, untuned
     if do_train and not {"train", "validation"} <= set(raw_datasets):
-        raise ValueError(f"Training needs train and validation splits, got {list(raw_datasets)}: pass --train_file "
+        raise UsageError(f"Training needs train and validation splits, got {list(raw_datasets)}: pass --train_file "
                          "(validation is carved from it), or --no-do_train to evaluate zero-shot.")
     examples, data_counts = {}, {}
     for split, dataset in raw_datasets.items():
@@ -373,7 +374,7 @@ def main(argv=None):
         skip, flag = (args.skip_empty, "--skip_empty") if split == "train" else (args.skip_eval_rows, "--skip_eval_rows")
         examples[split], data_counts[split] = build_prompted_examples(dataset, template, "cls", skip, flag)
         if not examples[split]:
-            raise ValueError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
+            raise UsageError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
         for index, example in enumerate(examples[split]):
             example["index"] = index
     hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them

@@ -34,6 +34,7 @@ from transformers import GenerationConfig
 
 from cli import (
     ArgumentParser,
+    UsageError,
     add_data_and_prompt_args,
     add_training_args,
     data_args_problems,
@@ -162,7 +163,7 @@ def prompted_splits(raw_datasets, template, skip_empty):
     for split, dataset in raw_datasets.items():
         examples[split], counts[split] = build_prompted_examples(dataset, template, "gen", skip_empty=skip_empty)
         if not examples[split]:
-            raise ValueError(f"The {split} split has no usable example with template {template.name!r} "
+            raise UsageError(f"The {split} split has no usable example with template {template.name!r} "
                              f"(counts: {counts[split]}); check the data and the prompt (--list_prompts).")
     return examples, counts
 
@@ -170,7 +171,7 @@ def prompted_splits(raw_datasets, template, skip_empty):
 def tokenize_prompts(tokenizer, examples, split):
     """Gives each example of a split `context_ids`, its prompt as GLM context ids (`encode_context`,
     whole: the builder cuts it around the [MASK]); each distinct prompt is tokenized once, before the
-    first step. A prompt without exactly one [MASK] raises ValueError naming the split, example and
+    first step. A prompt without exactly one [MASK] raises UsageError naming the split, example and
     data row."""
     ids_of = {}
     for index, example in enumerate(examples):
@@ -178,7 +179,7 @@ def tokenize_prompts(tokenizer, examples, split):
             try:
                 ids_of[example["context"]] = encode_context(tokenizer, example["context"])
             except ValueError as err:
-                raise ValueError(f"{split} example {index} (data row {example['row']}): {err}") from err
+                raise UsageError(f"{split} example {index} (data row {example['row']}): {err}") from err
         example["context_ids"] = ids_of[example["context"]]
 
 
@@ -294,7 +295,7 @@ def main(argv=None):
                 position_problem("max_target_length", args.max_target_length, positions, args.model_name_or_path,
                                  extra=1, cut="a span's block positions run from its sop to its eop")]
     if any(problems):
-        raise ValueError("; ".join(problem for problem in problems if problem))
+        raise UsageError("; ".join(problem for problem in problems if problem))
 
     # Data and prompt. Every split is rendered and checked here, before the first step.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -304,7 +305,7 @@ def main(argv=None):
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
                                      args.max_test_samples)
     if not {"train", "validation"} <= set(raw_datasets):
-        raise ValueError(f"Need train and validation data, got splits {list(raw_datasets)}: pass --train_file "
+        raise UsageError(f"Need train and validation data, got splits {list(raw_datasets)}: pass --train_file "
                          "(validation is carved from it when there is no --validation_file).")
     templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "gen")
     template = select_template(templates, args.prompt_id, args.prompt_name)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from cli import (
     ArgumentParser,
+    UsageError,
     add_data_and_prompt_args,
     add_training_args,
     data_args_problems,
@@ -44,10 +45,12 @@ from cli import (
     position_problem,
     run_script,
     training_args_problems,
+    will_train,
 )
 from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets
 from glm_peft import count_parameters
 from glm_utils import build_blank_infilling_inputs, max_infilling_text_length, sample_spans
+from metrics import PRETRAIN_METRICS
 from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration, max_positions
 from templates import load_templates, render_example, select_template
 from tokenization_glm import load_or_train_tokenizer
@@ -82,8 +85,8 @@ EXAMPLES = """examples:
 def parse_args(argv=None):
     parser = ArgumentParser(description="Continue GLM's pretraining by autoregressive blank infilling.",
                             epilog=EXAMPLES)
-    add_data_and_prompt_args(parser, "cls")
-    add_training_args(parser)
+    add_data_and_prompt_args(parser, "cls", pretraining=True)
+    add_training_args(parser, zero_shot=False)
     # Pretraining learns from scratch or adapts on unlabeled text: larger steps than fine-tuning.
     parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=1e-4, weight_decay=0.01,
                         metric_for_best_model="token_accuracy", num_train_epochs=3)
@@ -98,6 +101,10 @@ def parse_args(argv=None):
                        help="Vocabulary of the BPE trained by --tokenizer_name train.")
     args = parser.parse_args(argv)
     problems = data_args_problems(args, "cls") + training_args_problems(args)
+    if not will_train(args):
+        problems.append("run_pretrain.py trains: --num_train_epochs and --max_train_steps must be >= 1")
+    if args.metric_for_best_model not in PRETRAIN_METRICS:
+        problems.append(f"--metric_for_best_model must be one of {PRETRAIN_METRICS}, got {args.metric_for_best_model!r}")
     if not 0 < args.mask_ratio < 1:
         problems.append("--mask_ratio must lie in (0, 1)")
     if args.poisson_lambda <= 0:
@@ -114,7 +121,7 @@ def read_texts(args, raw_datasets):
     if args.text_column is not None:
         missing = [split for split, dataset in raw_datasets.items() if args.text_column not in dataset.column_names]
         if missing:
-            raise ValueError(f"--text_column {args.text_column!r} is not a column of the {missing[0]} data; columns: "
+            raise UsageError(f"--text_column {args.text_column!r} is not a column of the {missing[0]} data; columns: "
                              f"{raw_datasets[missing[0]].column_names}")
         return {split: [str(text) for text in dataset[args.text_column] if str(text).strip()]
                 for split, dataset in raw_datasets.items()}
@@ -159,7 +166,7 @@ def main(argv=None):
     problem = position_problem("max_seq_length", args.max_seq_length, max_positions(args.model_name_or_path),
                                args.model_name_or_path, cut="texts are cut at their end")
     if problem:
-        raise ValueError(problem)
+        raise UsageError(problem)
 
     # Texts: train, and validation (carved from train when not given). Test texts are never read.
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
@@ -169,7 +176,7 @@ def main(argv=None):
     raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples)
     raw_datasets.pop("test", None)
     if not {"train", "validation"} <= set(raw_datasets):
-        raise ValueError(f"Pretraining needs train and validation texts, got splits {list(raw_datasets)}: pass "
+        raise UsageError(f"Pretraining needs train and validation texts, got splits {list(raw_datasets)}: pass "
                          "--train_file (validation is carved from it).")
     texts = read_texts(args, raw_datasets)
 

@@ -23,6 +23,7 @@ import jinja2.sandbox
 import yaml
 
 from data import HUB_DATASETS, ORIGIN_COLUMN, OTHER_TASK_LABEL_COLUMNS
+from modeling_glm import UsageError
 
 # The GLM answer slot in a prompt, and where templates put it (see make_cloze_context).
 GLM_MASK = "[MASK]"
@@ -66,14 +67,14 @@ def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts"
     Returns:
         list[PromptTemplate], never empty.
     Raises:
-        ValueError: unknown task, malformed YAML, duplicate names, or no usable template.
-        ImportError: promptsource is not installed.
+        ValueError: unknown task (a bug).
+        UsageError: malformed YAML, duplicate names, no usable template, or promptsource is not installed.
     """
     check_task(task)
     candidates, local_path = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
     usable = [t for t in candidates if _why_left_out(t, task, _short_dataset_name(dataset_name)) is None]
     if not usable:
-        raise ValueError(
+        raise UsageError(
             f"No usable {task} templates for dataset {_short_dataset_name(dataset_name)!r} (config "
             f"{dataset_config_name!r}): promptsource has none with original_task true and "
             f"{'answer choices' if task == 'cls' else 'no answer choices'}, and {local_path} "
@@ -144,7 +145,7 @@ def _promptsource_templates(dataset_name, dataset_config_name):
         try:
             from promptsource.templates import TEMPLATES_FOLDER_PATH, DatasetTemplates
         except ImportError as err:
-            raise ImportError(
+            raise UsageError(
                 "promptsource is not installed; install it with: "
                 "pip install --no-deps --ignore-requires-python promptsource==0.2.3"
             ) from err
@@ -175,18 +176,18 @@ def _local_templates(path):
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"Prompt file {path} is not valid YAML: {err}") from err
+        raise UsageError(f"Prompt file {path} is not valid YAML: {err}") from err
     entries = document.get("templates") if isinstance(document, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f"Prompt file {path} needs a top-level 'templates:' list of mappings.")
+        raise UsageError(f"Prompt file {path} needs a top-level 'templates:' list of mappings.")
     templates = []
     for position, entry in enumerate(entries, start=1):
         where = f"{path}, template {position}"
         if not isinstance(entry, dict) or not {"name", "jinja"} <= set(entry):
-            raise ValueError(f"{where}: each template is a mapping with at least 'name' and 'jinja'.")
+            raise UsageError(f"{where}: each template is a mapping with at least 'name' and 'jinja'.")
         unknown = set(entry) - _YAML_KEYS
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_YAML_KEYS)}.")
+            raise UsageError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_YAML_KEYS)}.")
         template = PromptTemplate(
             name=str(entry["name"]),
             jinja=str(entry["jinja"]),
@@ -203,7 +204,7 @@ def _check_unique_names(templates):
     counts = Counter(t.name for t in templates)
     duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
-        raise ValueError(f"Duplicate template name(s) {duplicates}: rename the local one(s) in prompts/.")
+        raise UsageError(f"Duplicate template name(s) {duplicates}: rename the local one(s) in prompts/.")
 
 
 def _why_left_out(template, task, dataset_name):
@@ -227,22 +228,22 @@ def select_template(templates, prompt_id=None, prompt_name=None):
     pick_the_best_descriptor (see load_templates for the order).
 
     Raises:
-        ValueError: both given, an unknown id or name (the message lists the valid
+        UsageError: both given, an unknown id or name (the message lists the valid
             "id: name" pairs), or an empty list.
     """
     if not templates:
-        raise ValueError("No templates to choose from.")
+        raise UsageError("No templates to choose from.")
     if prompt_id is not None and prompt_name is not None:
-        raise ValueError("Pass either --prompt_id or --prompt_name, not both.")
+        raise UsageError("Pass either --prompt_id or --prompt_name, not both.")
     if prompt_name is not None:
         for template in templates:
             if template.name == prompt_name:
                 return template
-        raise ValueError(f"Unknown --prompt_name {prompt_name!r}; valid prompts:\n{describe_templates(templates)}")
+        raise UsageError(f"Unknown --prompt_name {prompt_name!r}; valid prompts:\n{describe_templates(templates)}")
     if prompt_id is None:
         return templates[0]
     if not 0 <= prompt_id < len(templates):
-        raise ValueError(f"Unknown --prompt_id {prompt_id}; valid prompts:\n{describe_templates(templates)}")
+        raise UsageError(f"Unknown --prompt_id {prompt_id}; valid prompts:\n{describe_templates(templates)}")
     return templates[prompt_id]
 
 
@@ -300,7 +301,7 @@ def _compile(source, template_name):
     try:
         return _ENV.from_string(source)
     except jinja2.TemplateSyntaxError as err:
-        raise ValueError(f"Template {template_name!r} has a jinja syntax error: {err}") from err
+        raise UsageError(f"Template {template_name!r} has a jinja syntax error: {err}") from err
 
 
 def template_fields(template):
@@ -309,7 +310,7 @@ def template_fields(template):
     Returns:
         set[str] of undeclared variables, without `answer_choices` and the globals.
     Raises:
-        ValueError: a jinja syntax error (names the template).
+        UsageError: a jinja syntax error (names the template).
     """
     fields = set()
     for source in (template.jinja, template.answer_choices):
@@ -318,7 +319,7 @@ def template_fields(template):
         try:
             fields |= jinja2.meta.find_undeclared_variables(_ENV.parse(source))
         except jinja2.TemplateSyntaxError as err:
-            raise ValueError(f"Template {template.name!r} has a jinja syntax error: {err}") from err
+            raise UsageError(f"Template {template.name!r} has a jinja syntax error: {err}") from err
     return fields - {"answer_choices"} - set(_ENV.globals)
 
 
@@ -339,7 +340,7 @@ def list_fields(template):
     piped into a list filter (`endings | join(' ||| ')`), in its jinja or its answer choices.
 
     Returns:
-        set[str]. Raises: ValueError on a jinja syntax error (see template_fields).
+        set[str]. Raises: UsageError on a jinja syntax error (see template_fields).
     """
     fields = template_fields(template)
     found = set()
@@ -363,7 +364,7 @@ def check_template_fields(template, column_names):
     """Check before training that the dataset has every field the template reads.
 
     Raises:
-        ValueError: names the missing field(s) and the available columns; when only answer
+        UsageError: names the missing field(s) and the available columns; when only answer
             fields are missing (a test file without labels), says how to mark hidden labels.
     """
     missing = sorted(template_fields(template) - set(column_names))
@@ -374,7 +375,7 @@ def check_template_fields(template, column_names):
             "integer labels)."
             if set(missing) <= answer_fields(template) else ""
         )
-        raise ValueError(
+        raise UsageError(
             f"Template {template.name!r} ({template.source}) reads field(s) {missing} that the "
             f"dataset lacks; available columns: {columns}. Choose another prompt "
             f"(--list_prompts), or rename the columns of your files to match.{unlabelled}"
@@ -439,12 +440,12 @@ def _render(source, template_name, context):
     except LabelError:
         raise
     except jinja2.sandbox.SecurityError as err:
-        raise ValueError(
+        raise UsageError(
             f"Template {template_name!r} was refused by the sandbox ({err}): templates may only "
             "read the example's fields; rewrite it or choose another prompt."
         ) from err
     except (jinja2.TemplateError, TypeError, KeyError, IndexError, ValueError) as err:
-        raise ValueError(
+        raise UsageError(
             f"Template {template_name!r} failed to render: {err}. Check that the fields have the "
             "types the template expects."
         ) from err
@@ -473,12 +474,12 @@ def render_example(template, example, hidden_answer=False):
     Raises:
         LabelError (a ValueError): answer_choices indexed with a negative, too large or
             non-integer value.
-        ValueError: the sandbox refused the template (e.g. access to `__class__`), a field
+        UsageError: the sandbox refused the template (e.g. access to `__class__`), a field
             is missing or unusable, the example has a key `answer_choices`, or the output
             has more than one "|||".
     """
     if "answer_choices" in example:
-        raise ValueError("The example has a field named 'answer_choices', which templates reserve; rename it.")
+        raise UsageError("The example has a field named 'answer_choices', which templates reserve; rename it.")
     protected = {
         key: value.replace(_SEPARATOR, _PIPE_PLACEHOLDER) if isinstance(value, str) else value
         for key, value in example.items()
@@ -490,7 +491,7 @@ def render_example(template, example, hidden_answer=False):
     context = {**protected, "answer_choices": None if choices is None else choices_type(choices)}
     parts = _split_parts(_render(template.jinja, template.name, context))
     if len(parts) > 2:
-        raise ValueError(f"Template {template.name!r} rendered {len(parts) - 1} '|||' separators; it needs one.")
+        raise UsageError(f"Template {template.name!r} rendered {len(parts) - 1} '|||' separators; it needs one.")
     target = parts[1] if len(parts) == 2 else None
     return parts[0], target, choices
 
@@ -504,14 +505,14 @@ def make_cloze_context(input_text, mask_token=GLM_MASK):
     cloze scoring fills one blank.
 
     Returns:
-        str. Raises: ValueError for two or more mask tokens.
+        str. Raises: UsageError for two or more mask tokens.
     """
     count = input_text.count(mask_token)
     if count == 0:
         return f"{input_text} {mask_token}"
     if count == 1:
         return input_text
-    raise ValueError(
+    raise UsageError(
         f"The prompt has {count} {mask_token} tokens; a cloze prompt needs at most one answer slot. "
         f"Prompt: {input_text!r}"
     )

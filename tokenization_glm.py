@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from modeling_glm import EOP_TOKEN, MASK_TOKEN, SOP_TOKEN, TINY_MODEL_NAME, _resolve_pretrained_dir
+from modeling_glm import EOP_TOKEN, MASK_TOKEN, SOP_TOKEN, TINY_MODEL_NAME, UsageError, _resolve_pretrained_dir
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def load_tokenizer(name_or_path: str, mask_token_id: Optional[int] = None):
     read, not trusted. `mask_token_id` overrides the choice: the `<mask>` id, or the id after eop
     (a new token, as the hub's files have it). A tokenizer.json keeps its own ids.
 
-    Raises ValueError when added_tokens.json disagrees on sop/eop, when `mask_token_id` is neither
+    Raises UsageError when added_tokens.json disagrees on sop/eop, when `mask_token_id` is neither
     of the two ids (or differs from a tokenizer.json's own), OSError when a hub id cannot be reached.
     """
     from tokenizers import Tokenizer, models
@@ -49,7 +49,7 @@ def load_tokenizer(name_or_path: str, mask_token_id: Optional[int] = None):
     if (directory / "tokenizer.json").exists() and not (directory / "vocab.json").exists():
         tokenizer = _wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")))
         if mask_token_id not in (None, tokenizer.mask_token_id):
-            raise ValueError(f"{directory} holds a saved tokenizer whose [MASK] is id {tokenizer.mask_token_id}: "
+            raise UsageError(f"{directory} holds a saved tokenizer whose [MASK] is id {tokenizer.mask_token_id}: "
                              f"--mask_token_id {mask_token_id} applies to released vocab.json + merges.txt files only")
         return tokenizer
     vocab, merges = models.BPE.read_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
@@ -57,14 +57,14 @@ def load_tokenizer(name_or_path: str, mask_token_id: Optional[int] = None):
     added = json.loads(added_file.read_text()) if added_file.exists() else {}
     pretrained_id, appended_id = vocab[PRETRAINING_MASK], len(vocab) + 2  # a new token comes after sop and eop
     if mask_token_id not in (None, pretrained_id, appended_id):
-        raise ValueError(f"--mask_token_id {mask_token_id}: [MASK] can be {pretrained_id} (the {PRETRAINING_MASK} row "
+        raise UsageError(f"--mask_token_id {mask_token_id}: [MASK] can be {pretrained_id} (the {PRETRAINING_MASK} row "
                          f"GLM was pretrained with) or {appended_id} (a new token, as the hub's added_tokens.json)")
     if mask_token_id in (None, pretrained_id):
         vocab[MASK_TOKEN] = vocab.pop(PRETRAINING_MASK)  # the text "[MASK]" now encodes to this row
     tokenizer = _wrap_tokenizer(Tokenizer(models.BPE(vocab, merges)))
     for token, token_id in added.items():
         if token != MASK_TOKEN and tokenizer.convert_tokens_to_ids(token) != token_id:
-            raise ValueError(f"{added_file}: {token} should have id {token_id} but gets "
+            raise UsageError(f"{added_file}: {token} should have id {token_id} but gets "
                              f"{tokenizer.convert_tokens_to_ids(token)}")
     hub_id = added.get(MASK_TOKEN)
     if mask_token_id is None:
@@ -104,19 +104,19 @@ def load_or_train_tokenizer(tokenizer_name, model_name_or_path, train_texts, out
     reloaded with `--tokenizer_name OUTPUT_DIR/tokenizer`. Otherwise `tokenizer_name` (or, when
     None, `model_name_or_path`) goes to `load_tokenizer`, with `mask_token_id` (--mask_token_id).
 
-    Raises ValueError for `glm-tiny` without a tokenizer (it has no files of its own), and for a
+    Raises UsageError for `glm-tiny` without a tokenizer (it has no files of its own), and for a
     `mask_token_id` with a trained tokenizer (it has its own ids).
     """
     if tokenizer_name == "train":
         if mask_token_id is not None:
-            raise ValueError("--mask_token_id chooses the [MASK] id of released tokenizer files; a tokenizer trained "
+            raise UsageError("--mask_token_id chooses the [MASK] id of released tokenizer files; a tokenizer trained "
                              "by --tokenizer_name train has its own: drop --mask_token_id or pass --tokenizer_name DIR")
         tokenizer = train_tokenizer(train_texts, vocab_size=vocab_size)
         tokenizer.save_pretrained(Path(output_dir) / "tokenizer")
         return tokenizer
     name = tokenizer_name or model_name_or_path
     if name == TINY_MODEL_NAME:
-        raise ValueError("glm-tiny has no tokenizer files: pass --tokenizer_name train (a BPE trained on the "
+        raise UsageError("glm-tiny has no tokenizer files: pass --tokenizer_name train (a BPE trained on the "
                          "training texts) or --tokenizer_name DIR (e.g. the released glm-roberta-large files)")
     return load_tokenizer(name, mask_token_id)
 

@@ -35,6 +35,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from metrics import higher_is_better
+from modeling_glm import UsageError
+
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def setup_accelerator(args):
     under OUTPUT_DIR/tensorboard.
 
     Raises:
-        RuntimeError: launched as processes (WORLD_SIZE > 1) that Accelerate runs as independent ones (on
+        UsageError: launched as processes (WORLD_SIZE > 1) that Accelerate runs as independent ones (on
             CPUs torchrun needs ACCELERATE_USE_CPU=true), which would all write the same --output_dir.
     """
     logging_dir = Path(args.output_dir) / "tensorboard"
@@ -83,7 +86,7 @@ def setup_accelerator(args):
                                                                   logging_dir=str(logging_dir)))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and accelerator.num_processes == 1:
-        raise RuntimeError(
+        raise UsageError(
             f"Launched as {world_size} processes (WORLD_SIZE) but Accelerate runs each alone. On CPUs set "
             f"ACCELERATE_USE_CPU=true: ACCELERATE_USE_CPU=true torchrun --nproc_per_node {world_size} SCRIPT ..."
         )
@@ -126,7 +129,7 @@ def stop_interrupted(tracker, plan, output_dir):
     would need every process to agree on the stop (one more all-reduce per step)."""
     try:
         checkpoint = find_checkpoint("latest", output_dir)
-    except FileNotFoundError:
+    except UsageError:
         how = "no checkpoint was written: add --checkpointing_steps N (or epoch) to be able to resume"
     else:
         how = f"the last checkpoint is {checkpoint}. Resume with the same command and --resume_from_checkpoint latest"
@@ -143,7 +146,7 @@ def create_optimizer(model, learning_rate, weight_decay):
     1-D parameter (names holding "bias", "layernorm", "layer_norm", in any case).
 
     Raises:
-        ValueError: the model has no trainable parameter.
+        UsageError: the model has no trainable parameter.
     """
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
@@ -155,7 +158,7 @@ def create_optimizer(model, learning_rate, weight_decay):
         else:
             decay.append(parameter)
     if not decay and not no_decay:
-        raise ValueError("The model has no trainable parameters: check what PEFT / freezing left trainable.")
+        raise UsageError("The model has no trainable parameters: check what PEFT / freezing left trainable.")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([group for group in groups if group["params"]], lr=learning_rate)
 
@@ -263,8 +266,8 @@ class TrainingTracker:
 
     The loop calls `add_batch` with each batch's loss, `end_step` at each optimizer step, counts
     `completed_steps` and `train_time_s`, and calls `record_evaluation` after each validation: the
-    `history` (results.json "epochs") grows and, when `metric` improved (strictly: a tie keeps the earlier
-    evaluation), a CPU copy of the trainable parameters is kept for `restore_best`. `save` writes
+    `history` (results.json "epochs") grows and, when `metric` improved (strictly, in its direction: a tie
+    keeps the earlier evaluation), a CPU copy of the trainable parameters is kept for `restore_best`. `save` writes
     training_state.json into a checkpoint and the best weights ONCE beside the checkpoints
     (best_weights.safetensors, tagged with their step); `load` reads both. No pickle is read.
     """
@@ -273,7 +276,8 @@ class TrainingTracker:
     BEST_WEIGHTS_NAME = "best_weights.safetensors"
 
     def __init__(self, metric, settings=None):
-        """metric: the validation metric that picks the best evaluation (greater is better); settings:
+        """metric: the validation metric that picks the best evaluation (its direction: metrics.HIGHER_IS_BETTER,
+        e.g. the lowest loss); settings:
         `resume_settings`, which `load` compares with the checkpoint's."""
         self.metric, self.settings = metric, dict(settings or {})
         self.completed_steps, self.history, self.best_index = 0, [], None
@@ -291,11 +295,11 @@ class TrainingTracker:
 
     def end_step(self, accelerator):
         """At the last batch of an optimizer step, before the update: one all-reduce and .item() of the
-        step's loss; returns its mean over the step's batches. Raises FloatingPointError (saying what to
+        step's loss; returns its mean over the step's batches. Raises UsageError (saying what to
         try) for a non-finite loss, so that the weights and the last checkpoint stay good."""
         total = accelerator.reduce(self._step_loss, "mean").item()  # the same on every process
         if not math.isfinite(total):
-            raise FloatingPointError(f"Non-finite loss ({total}) at step {self.completed_steps + 1}. Try bf16 instead "
+            raise UsageError(f"Non-finite loss ({total}) at step {self.completed_steps + 1}. Try bf16 instead "
                                      "of fp16, a lower --learning_rate, or --max_grad_norm; the last good checkpoint "
                                      "(if any) is kept in output_dir.")
         self.loss_sum, self.loss_count = self.loss_sum + total, self.loss_count + self._step_batches
@@ -317,7 +321,8 @@ class TrainingTracker:
         self.history.append({"epoch": epoch, "step": self.completed_steps, "train_loss": train_loss,
                              "validation": dict(metrics)})
         self.loss_sum, self.loss_count = 0.0, 0
-        improved = self.best is None or metrics[self.metric] > self.best["validation"][self.metric]
+        value, best = metrics[self.metric], self.best and self.best["validation"][self.metric]
+        improved = self.best is None or (value > best if higher_is_better(self.metric) else value < best)
         if improved:
             self.best_index = len(self.history) - 1
             self.best_weights = {name: parameter.detach().to("cpu", copy=True).contiguous()
@@ -373,16 +378,16 @@ class TrainingTracker:
         evaluation (the run went on), this run makes that evaluation again and keeps its weights.
 
         Raises:
-            ValueError: the checkpoint has other `settings` (each difference named) or is past max_train_steps.
-            FileNotFoundError: the best weights are missing or of an evaluation this run cannot redo.
+            UsageError: the checkpoint has other `settings` (each difference named) or is past max_train_steps.
+            UsageError: the best weights are missing or of an evaluation this run cannot redo.
         """
         checkpoint = Path(checkpoint)
         state = self.read_state(checkpoint)
         problem = _settings_problem(checkpoint, state["settings"], self.settings)
         if problem:
-            raise ValueError(problem)
+            raise UsageError(problem)
         if state["completed_steps"] > max_train_steps:
-            raise ValueError(f"{checkpoint} is {state['completed_steps']} steps in, past --max_train_steps "
+            raise UsageError(f"{checkpoint} is {state['completed_steps']} steps in, past --max_train_steps "
                              f"{max_train_steps}: resume an earlier checkpoint or ask for more steps")
         for key, value in state.items():
             setattr(self, key, value)
@@ -390,14 +395,14 @@ class TrainingTracker:
             return
         path, best_step = checkpoint.parent / self.BEST_WEIGHTS_NAME, self.best["step"]
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: it holds the best weights that {checkpoint} refers to. "
+            raise UsageError(f"{path} is missing: it holds the best weights that {checkpoint} refers to. "
                                     "Start over in an empty --output_dir.")
         with safe_open(str(path), "pt") as weights:
             saved_step = int(weights.metadata()["step"])
         if saved_step == best_step:
             self.best_weights = load_file(str(path))
         elif not self.completed_steps < saved_step <= max_train_steps:
-            raise FileNotFoundError(f"{path} holds the weights of step {saved_step}, not those of the best evaluation "
+            raise UsageError(f"{path} holds the weights of step {saved_step}, not those of the best evaluation "
                                     f"of {checkpoint} (step {best_step}): resume another checkpoint or start over.")
 
 
@@ -407,7 +412,7 @@ def find_checkpoint(resume_from_checkpoint, output_dir):
     output_dir whose training_state.json has the most completed steps (a tie goes to the newest).
 
     Raises:
-        FileNotFoundError: the folder is no checkpoint, or "latest" finds none (says how to get one).
+        UsageError: the folder is no checkpoint, or "latest" finds none (says how to get one).
     """
     state_name = TrainingTracker.STATE_NAME
     if resume_from_checkpoint != "latest":
@@ -415,13 +420,13 @@ def find_checkpoint(resume_from_checkpoint, output_dir):
         if not (path / state_name).is_file() and (Path(output_dir) / path / state_name).is_file():
             path = Path(output_dir) / path
         if not (path / state_name).is_file():
-            raise FileNotFoundError(f"--resume_from_checkpoint {path}: no {state_name} there. Pass a step_N or "
+            raise UsageError(f"--resume_from_checkpoint {path}: no {state_name} there. Pass a step_N or "
                                     "epoch_N folder of a run's --output_dir, or 'latest'.")
         return path
     candidates = [(TrainingTracker.read_state(state.parent)["completed_steps"], state.stat().st_mtime, state.parent)
                   for state in Path(output_dir).glob(f"*/{state_name}")]  # written last, atomically: complete
     if not candidates:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}. Checkpoints are "
+        raise UsageError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}. Checkpoints are "
                                 "written with --checkpointing_steps N or --checkpointing_steps epoch.")
     return max(candidates, key=lambda candidate: candidate[:2])[2]
 
@@ -564,11 +569,11 @@ def _git(*arguments):
 def safe_name(name):
     """A prompt or dataset name made safe as one path component: characters outside [A-Za-z0-9._-] and
     runs of dots become "_", runs of "_" collapse, "._-" are stripped from both ends ("CogComp/trec" ->
-    "CogComp_trec", "../../etc" -> "etc"). Raises ValueError when nothing is left (e.g. "/..")."""
+    "CogComp_trec", "../../etc" -> "etc"). Raises UsageError when nothing is left (e.g. "/..")."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]|\.{2,}", "_", str(name))
     cleaned = re.sub(r"_+", "_", cleaned).strip("._-")
     if not cleaned:
-        raise ValueError(f"Name {name!r} has no characters usable in a file name.")
+        raise UsageError(f"Name {name!r} has no characters usable in a file name.")
     return cleaned
 
 

@@ -22,7 +22,7 @@ from glm_utils import (
     score_choices,
     truncate_around,
 )
-from modeling_glm import expand_attention_mask
+from modeling_glm import UsageError, expand_attention_mask
 from transformers import GenerationConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from tokenization_glm import load_or_train_tokenizer, load_tokenizer, train_tokenizer
@@ -463,7 +463,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path, model):
 
 def test_hub_failure_names_the_local_flags(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="--model_name_or_path DIR.*--model_name_or_path glm-tiny"):
+    with pytest.raises(UsageError, match="--model_name_or_path DIR.*--model_name_or_path glm-tiny"):
         GLMForConditionalGeneration.from_pretrained("BAAI/glm-roberta-large")
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from test_glm_utils import WordTokenizer, recompute_greedy, span_config
 
-from modeling_glm import GLMConfig, GLMForConditionalGeneration, PrefixEncoder
+from modeling_glm import GLMConfig, GLMForConditionalGeneration, PrefixEncoder, UsageError
 from glm_peft import (
     PEFT_DEFAULT_LEARNING_RATES,
     PEFT_METHODS,
@@ -196,7 +196,7 @@ def test_save_and_reload_onto_a_fresh_base_model(tmp_path, tok, argv):
 
 
 def test_reload_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no glm_peft.json .* nor peft's adapter_config.json"):
+    with pytest.raises(UsageError, match="has no glm_peft.json .* nor peft's adapter_config.json"):
         load_trainable_weights(base_model(), tmp_path)
     lora_args = peft_args(["--peft", "lora", "--lora_r", "2"])
     save_trainable_weights(peft_model(["--peft", "lora", "--lora_r", "2"]), tmp_path / "lora", lora_args)

@@ -144,3 +144,20 @@ def test_the_saved_model_is_the_trained_one_and_run_cls_fine_tunes_it(pretrained
         "--max_test_samples", 32, "--max_train_steps", 2, "--learning_rate", 1e-3, "--output_dir", tmp_path / "cls",
     ])
     assert result["model_name_or_path"] == str(out) and result["total_params"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--metric_for_best_model", "bleu"], "--metric_for_best_model must be one of ('token_accuracy', 'loss', "
+                                          "'perplexity'), got 'bleu'"),
+    (["--num_train_epochs", "0"], "run_pretrain.py trains: --num_train_epochs and --max_train_steps must be >= 1"),
+    (["--no-do_train"], "unrecognized arguments: --no-do_train"),
+    (["--test_file", "t.csv"], "unrecognized arguments: --test_file t.csv"),
+    (["--list_prompts"], "unrecognized arguments: --list_prompts"),
+    (["--no-skip_empty"], "unrecognized arguments: --no-skip_empty"),
+])  # fmt: skip
+def test_flags_pretraining_would_ignore_or_crash_on_are_refused_in_one_line(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_pretrain.parse_args(["--output_dir", str(tmp_path), "--train_file", __file__, "--dataset_name", "t", *flags])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and len(err.splitlines()) == 1
+

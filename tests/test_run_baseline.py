@@ -23,7 +23,7 @@ import run_cls
 import run_gen
 import run_pretrain
 from baselines import load_baseline_tokenizer
-from modeling_glm import GLMForConditionalGeneration, GLMForSequenceClassification
+from modeling_glm import GLMForConditionalGeneration, GLMForSequenceClassification, UsageError
 from data import load_raw_datasets
 from metrics import generation_metrics
 from prompted import build_prompted_examples, group_references
@@ -183,10 +183,10 @@ def test_incompatible_flags_fail_at_parsing(flags, message, capsys):
 
 def test_a_hub_model_offline_fails_before_any_work_naming_the_tiny_alternatives(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(OSError, match="roberta-large.*roberta-tiny\\|t5-tiny\\|bart-tiny\\|glm-tiny.*--tokenizer_name"):
+    with pytest.raises(UsageError, match="roberta-large.*roberta-tiny\\|t5-tiny\\|bart-tiny\\|glm-tiny.*--tokenizer_name"):
         run(["--method", "linear_head", "--output_dir", tmp_path / "never"])  # default model: roberta-large
     assert not (tmp_path / "never").exists()
-    with pytest.raises(OSError, match="tokenizer 't5-large'.*t5-tiny"):
+    with pytest.raises(UsageError, match="tokenizer 't5-large'.*t5-tiny"):
         load_baseline_tokenizer(rb.parse_args(["--method", "seq2seq", "--output_dir", "x"]), "t5", [], tmp_path)
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli import run_script
+from cli import UsageError, run_script
 import run_cls
 from accelerate.state import AcceleratorState, GradientState
 from conftest import count_tokenizer_calls, hub_unreachable, read_jsonl, run_main, write_csv
@@ -275,7 +275,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(trec
 
     monkeypatch.setattr(run_cls, "score_choices", nan_at_step_3)
     out = tmp_path / "run"
-    with pytest.raises(FloatingPointError, match=r"Non-finite loss \(nan\) at step 3.*bf16 instead of fp16.*--learning_rate"):
+    with pytest.raises(UsageError, match=r"Non-finite loss \(nan\) at step 3.*bf16 instead of fp16.*--learning_rate"):
         run(tiny(out, trec["train40"], trec["test37"], trec["test37"], "--max_train_steps", 5, "--checkpointing_steps", 1))
     assert sorted(path.name for path in out.glob("step_*")) == ["step_1", "step_2"]
     assert not (out / "results.json").exists()
@@ -456,6 +456,17 @@ def test_incompatible_or_impossible_flags_fail_at_parsing(flags, message, capsys
     with pytest.raises(SystemExit):
         run_cls.parse_args(["--output_dir", "o", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_help_starts_with_a_short_usage_and_the_description_and_says_the_learning_rate_default(capsys):
+    with pytest.raises(SystemExit):
+        run_cls.parse_args(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(".py [options]")  # argparse names the program after sys.argv[0]
+    assert lines[1:3] == ["", "Fine-tune GLM for classification as a cloze question."]
+    flat = " ".join(" ".join(lines).split())
+    assert "it depends on the method: 1e-5 with full fine-tuning, 5e-4 with --peft lora, 5e-3 with --peft ptuning_v2" \
+        in flat
 
 
 def test_output_dir_is_required_except_for_listing_prompts(capsys):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cli import (
     ArgumentParser,
+    UsageError,
     add_data_and_prompt_args,
     add_training_args,
     data_args_problems,
@@ -28,7 +29,8 @@ import torch
 from glm_peft import count_parameters
 from accelerate.state import AcceleratorState, GradientState
 
-from metrics import generation_metrics
+import analysis
+from metrics import generation_metrics, higher_is_better
 from training import (
     EpochSampler,
     TrainingPlan,
@@ -125,9 +127,9 @@ def test_results_record_schema():
         "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
         "epochs", "best_epoch", "validation", "test", "test_labels_hidden", "baselines", "train_time_s",
         "train_examples_per_s", "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env",
-        "best_step", "few_shot",
+        "best_step", "few_shot", "carved_validation",
     ]
-    assert record["few_shot"] is None  # no --num_shots
+    assert record["few_shot"] is None and record["carved_validation"] is None  # no --num_shots, nothing carved
     assert record["test_labels_hidden"] is False
     assert record["dataset"] == {"train": "t.csv"}
     assert record["trainable_share"] == 0.25 and record["train_examples_per_s"] == 10.0
@@ -169,7 +171,7 @@ def test_a_multi_process_launch_that_accelerate_runs_as_one_is_refused(monkeypat
     args = argparse.Namespace(gradient_accumulation_steps=1, seed=0, output_dir="o", with_tracking=False)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun on CPUs without ACCELERATE_USE_CPU
     try:
-        with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2"):
+        with pytest.raises(UsageError, match="ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2"):
             setup_accelerator(args)
         monkeypatch.setenv("WORLD_SIZE", "1")
         assert setup_accelerator(args).num_processes == 1
@@ -216,7 +218,7 @@ def test_the_step_loss_is_the_mean_of_its_batches_and_a_non_finite_one_stops_the
     assert (tracker.loss_sum, tracker.loss_count, tracker.train_examples) == (7.0, 3, 11)
     tracker.completed_steps = 6
     tracker.add_batch(torch.tensor(float("nan")), 4)
-    with pytest.raises(FloatingPointError, match="at step 7. Try bf16 instead of fp16"):
+    with pytest.raises(UsageError, match="at step 7. Try bf16 instead of fp16"):
         tracker.end_step(OneProcess())
 
 
@@ -323,9 +325,20 @@ def test_training_tracker_keeps_the_best_weights_once_and_round_trips(tmp_path):
         TrainingTracker("accuracy", {**settings, "num_processes": 2, "seed": 0}).load(tmp_path / "step_10", 12)
     with pytest.raises(ValueError, match="step_10 is 10 steps in, past --max_train_steps 9"):
         TrainingTracker("accuracy", settings).load(tmp_path / "step_10", max_train_steps=9)
-    with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint .*no training_state.json"):
+    with pytest.raises(UsageError, match="--resume_from_checkpoint .*no training_state.json"):
         find_checkpoint(tmp_path, tmp_path)
     assert find_checkpoint("latest", tmp_path) == tmp_path / "step_10"
+
+
+@pytest.mark.parametrize("metric, values, best", [("loss", [2.0, 1.5, 1.8], 1), ("perplexity", [9.0, 9.0, 4.0], 2),
+                                                   ("token_accuracy", [0.2, 0.5, 0.4], 1)])
+def test_the_best_evaluation_follows_the_metrics_direction(metric, values, best):
+    tracker, model = TrainingTracker(metric), torch.nn.Linear(2, 1)
+    for step, value in enumerate(values):
+        tracker.completed_steps = step + 1
+        tracker.record_evaluation(0, {metric: value}, model)
+    assert tracker.best_index == best
+    assert analysis.higher_is_better is higher_is_better and not higher_is_better("loss")
 
 
 def test_best_weights_replaced_after_a_checkpoint_are_taken_again_from_the_resumed_run(tmp_path):
@@ -350,7 +363,7 @@ def test_best_weights_replaced_after_a_checkpoint_are_taken_again_from_the_resum
     resumed.completed_steps = 4
     resumed.record_evaluation(0, {"accuracy": 0.7}, model)
     assert resumed.restore_best(model) == {"accuracy": 0.7}
-    with pytest.raises(FileNotFoundError, match="holds the weights of step 4, not those of the best evaluation"):
+    with pytest.raises(UsageError, match="holds the weights of step 4, not those of the best evaluation"):
         TrainingTracker("accuracy").load(tmp_path / "step_3", max_train_steps=3)
 
 
@@ -375,6 +388,13 @@ def test_a_checks_error_prints_one_line_and_exits_2_a_bug_keeps_its_traceback(ca
 
     with pytest.raises(IndexError):
         run_script(a_bug, [])
+
+    def an_internal_invariant_fails(argv):
+        generation_metrics([], [])  # our own `raise ValueError` of a broken invariant: a bug, not the user's
+
+    with pytest.raises(ValueError, match="Need one prediction per source") as raised:
+        run_script(an_internal_invariant_fails, [])
+    assert not isinstance(raised.value, UsageError)
 
     def interrupted(argv):
         raise KeyboardInterrupt
