@@ -2,11 +2,11 @@
 apart runs that may share a table cell, metric scales, aggregation over seeds, model selection on
 validation, and hyperparameter and prompt sensitivity in numbers.
 
-Runs share a cell only when every setting but the seed is equal (read from the `args` each
-results.json records; see `separate_runs`); the draw of a few-shot run (--shots_seed) counts as a
+Runs share a cell only when every setting but the seed is equal (read from the `args` and the
+launch (mixed precision, processes, device) each results.json records; see `separate_runs`); the draw of a few-shot run (--shots_seed) counts as a
 seed: a cell pools the runs of every (seed, shots seed), its "replicates". A (task, dataset) is one
 study when its runs used the same data (files, sizes, sample limits, the number of shots per class,
-the same test examples); runs on other data form studies of their own, reported in their own
+the same test examples, the same validation rows carved from train); runs on other data form studies of their own, reported in their own
 sections. `few_shot_curve` joins the studies that differ in their number of shots only. Within a
 study a system is (method, PEFT, model, and every other setting); runs of the same method with other
 settings (steps, sequence lengths, PEFT sizes...) are a system of their own, labelled with what
@@ -14,6 +14,7 @@ differs. Runs without training are no grid point: a zero-shot run gives the "bef
 systems that start from its model, prompt, data and evaluation settings (see `match_zero_shot`).
 """
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -46,8 +47,8 @@ TRAINING_ONLY_ARGS = frozenset({
     "lr_scheduler_type", "max_grad_norm", "metric_for_best_model", "eval_steps", "group_by_length", "label_smoothing",
 })  # fmt: skip
 DATA_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
-             "validation_split_percentage", "max_train_samples", "max_eval_samples", "max_test_samples", "skip_empty",
-             "num_shots")
+             "validation_split_percentage", "data_seed", "max_train_samples", "max_eval_samples", "max_test_samples",
+             "skip_empty", "num_shots")
 # What tells apart the repetitions of a cell (its replicates): the training seed and, for a few-shot
 # run, the draw of its examples.
 REPLICATE_ARGS = ("seed", "shots_seed")
@@ -76,7 +77,8 @@ def load_results(results_dir):
     REPLICATE_ARGS values as a tuple), num_shots (NaN: the full training data), metric_for_best_model,
     validation / test (the metric dicts; test {} when its labels were hidden), test_hidden,
     epochs, baselines, train_time_s, trainable_share, trainable_params, script, args, env,
-    data_settings, settings (see `separate_runs`), path; study and variant "" until
+    data_settings (DATA_ARGS, test examples, hidden test labels, `carved_rows`), settings (see
+    `separate_runs`; with the record's launch: mixed precision, processes, device type), path; study and variant "" until
     `separate_runs` sets them. prompt_id None becomes NO_PROMPT; peft None "none". Files that
     cannot be read are skipped with a warning.
     """
@@ -125,11 +127,21 @@ def _row(record, path):
         "args": args,
         "env": record.get("env") or {},
         "data_settings": {**{name: args.get(name) for name in DATA_ARGS}, "test examples": test_rows,
-                          "test labels hidden": hidden},
+                          "test labels hidden": hidden, "validation rows": carved_rows(record)},
         "test_rows": test_counts.get("rows", test_rows),  # of the file: a prompt may skip some (test examples)
-        "settings": run_settings(args, peft),
+        "settings": {**run_settings(args, peft), **(record.get("launch") or {})},
         "path": str(path),
     }  # fmt: skip
+
+
+def carved_rows(record):
+    """The validation rows a run carved from train (results.json "carved_validation"), as "N rows
+    #hash" (the first 8 hex digits of the SHA-256 of their indices): runs whose best step was chosen
+    on other rows are no seeds of one cell. None when nothing was carved or the record predates it."""
+    rows = (record.get("carved_validation") or {}).get("validation_rows")
+    if rows is None:
+        return None
+    return f"{len(rows)} rows #{hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:8]}"
 
 
 def run_settings(args, peft):

@@ -575,7 +575,8 @@ def main(argv=None):
             write_jsonl_atomic(output_dir / f"generations_{final_split}.jsonl", rows)
         uses_prompt = args.method != "linear_head"  # a linear head reads the raw text: no prompt
         record = results_record(
-            args, args.task, args.method, script="run_baseline.py", prompt_id=prompt_id if uses_prompt else None,
+            args, args.task, args.method, script="run_baseline.py", accelerator=accelerator,
+            prompt_id=prompt_id if uses_prompt else None,
             prompt_name=template.name if uses_prompt else None, total_train_batch_size=total_batch_size,
             tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,

@@ -572,7 +572,8 @@ def main(argv=None):
                     rows[-1]["calibrated_scores"] = dict(zip(example["choices"], calibrated[example["index"]]))
             write_jsonl_atomic(output_dir / f"predictions_{final_split}.jsonl", rows)
         record = results_record(
-            args, "cls", "glm_cloze", script="run_cls.py", prompt_id=prompt_id, prompt_name=template.name,
+            args, "cls", "glm_cloze", script="run_cls.py", accelerator=accelerator,
+            prompt_id=prompt_id, prompt_name=template.name,
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,

@@ -488,7 +488,8 @@ def main(argv=None):
                 for source, references, prediction in zip(final_sources, final_references, predictions)]
         write_jsonl_atomic(output_dir / f"generations_{final_split}.jsonl", rows)
         record = results_record(
-            args, "gen", "glm_gen", script="run_gen.py", prompt_id=prompt_id, prompt_name=template.name,
+            args, "gen", "glm_gen", script="run_gen.py", accelerator=accelerator,
+            prompt_id=prompt_id, prompt_name=template.name,
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,

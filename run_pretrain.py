@@ -289,7 +289,8 @@ def main(argv=None):
         accelerator.unwrap_model(model).save_pretrained(output_dir)  # the released layout: --model_name_or_path DIR
         tokenizer.save_pretrained(output_dir)
         record = results_record(
-            args, "pretrain", "blank_infilling", script="run_pretrain.py", prompt_id=None, prompt_name=None,
+            args, "pretrain", "blank_infilling", script="run_pretrain.py", accelerator=accelerator,
+            prompt_id=None, prompt_name=None,
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=None, baselines={"before_training": initial}, trainable_params=trainable_params,
             total_params=total_params, carved_validation=carved,

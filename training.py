@@ -588,8 +588,8 @@ def peak_memory_mb():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def results_record(args, task, method, *, script, prompt_id, prompt_name, total_train_batch_size, tracker, plan,
-                   validation, test, baselines, trainable_params, total_params, test_labels_hidden=False,
+def results_record(args, task, method, *, script, accelerator, prompt_id, prompt_name, total_train_batch_size, tracker,
+                   plan, validation, test, baselines, trainable_params, total_params, test_labels_hidden=False,
                    few_shot=None, carved_validation=None):
     """The results.json record every script writes (report.py reads this schema); scripts add "data".
 
@@ -605,14 +605,17 @@ def results_record(args, task, method, *, script, prompt_id, prompt_name, total_
         {...}} (gen; run_baseline.py writes the first only), each scored on the
         split that "test" (or, without a test split, "validation") is; train_time_s; train_examples_per_s;
         peak_memory_mb: float | None; trainable_params; total_params; trainable_share; args: every flag
-        (max_train_steps and num_train_epochs as `plan` ran them); env: environment_info();
+        (max_train_steps and num_train_epochs as `plan` ran them); launch: how Accelerate ran it
+        (mixed_precision "no" | "fp16" | "bf16" ..., num_processes, device_type "cpu" | "cuda" ...: not
+        flags of the script, so not in args); env: environment_info();
         best_step: int | None; few_shot: None, or with --num_shots the record of data.sample_few_shot
         (num_shots, shots_seed, rows per class, classes short of K, the drawn rows); carved_validation:
         None, or the record of data.carve_validation (validation_split_percentage, data_seed, the
         carved validation_rows) when validation was carved from train.
 
     Args:
-        tracker: the run's TrainingTracker. plan: its TrainingPlan, or None when it did not train.
+        accelerator: the run's Accelerator. tracker: its TrainingTracker. plan: its TrainingPlan, or None
+            when it did not train.
     """
     arguments = dict(vars(args))
     if plan is not None:
@@ -630,5 +633,7 @@ def results_record(args, task, method, *, script, prompt_id, prompt_name, total_
             "test_labels_hidden": test_labels_hidden, "baselines": baselines, "train_time_s": tracker.train_time_s,
             "train_examples_per_s": tracker.train_examples / tracker.train_time_s if tracker.train_time_s else 0.0,
             "peak_memory_mb": peak_memory_mb(), "trainable_params": trainable_params, "total_params": total_params,
-            "trainable_share": trainable_params / total_params, "args": arguments, "env": environment_info(),
+            "trainable_share": trainable_params / total_params, "args": arguments,
+            "launch": {"mixed_precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes,
+                       "device_type": accelerator.device.type}, "env": environment_info(),
             "best_step": best["step"] if best else None, "few_shot": few_shot, "carved_validation": carved_validation}

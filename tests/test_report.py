@@ -1,6 +1,7 @@
 """Specification of report.py: synthetic results.json files with known numbers in, tables out."""
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sacrebleu
+import torch
 import scipy.stats
 
 import report
@@ -51,9 +53,10 @@ CHOICES = ["Description", "Entity", "Abbreviation", "Human", "Numeric", "Locatio
 
 def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_id=0, lr=1e-5, bs=16, seed=1,
            val=0.5, test=0.5, epochs=None, trainable=1000, total=1000, train_time_s=10.0, metric=None,
-           baseline=0.2, hidden=False, **more_args):
+           baseline=0.2, hidden=False, mixed_precision="no", carved_rows=None, **more_args):
     """A results.json record of the real schema (results_record); `more_args` are further
-    recorded arguments (e.g. max_train_steps=1); `hidden` marks hidden test labels."""
+    recorded arguments (e.g. max_train_steps=1); `hidden` marks hidden test labels; `mixed_precision`
+    the launch's (one CPU process); `carved_rows` the validation rows carved from train (None: none)."""
     metric = metric or ("accuracy" if task == "cls" else "bleu")
     args = {"dataset_name": "trec" if task == "cls" else "e2e_nlg_cleaned", "model_name_or_path": model,
             "learning_rate": lr, "per_device_train_batch_size": bs, "seed": seed, "prompt_id": prompt_id,
@@ -69,7 +72,8 @@ def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_i
     tracker.train_time_s = tracker.train_examples = train_time_s  # 1 example per second
     rec = results_record(
         argparse.Namespace(**args), task, method, script="run_cls.py" if task == "cls" else "run_gen.py",
-        prompt_id=prompt_id, prompt_name=None if prompt_id is None else f"prompt{prompt_id}",
+        accelerator=argparse.Namespace(mixed_precision=mixed_precision, num_processes=1, device=torch.device("cpu")),
+        carved_validation=None if carved_rows is None else {"validation_rows": carved_rows}, prompt_id=prompt_id, prompt_name=None if prompt_id is None else f"prompt{prompt_id}",
         total_train_batch_size=bs, tracker=tracker, plan=None, validation={metric: val},
         test=None if hidden else {metric: test}, baselines={} if hidden else baselines, trainable_params=trainable,
         total_params=total)
@@ -419,6 +423,16 @@ def test_a_run_with_other_settings_is_a_system_of_its_own_and_never_the_best_con
             '120: a system of their own, "glm_cloze [glm-tiny] (max_train_steps 1)".') in text
     methods = [row[0] for row in rows if row[3].startswith("p 0")]
     assert methods == ["glm_cloze", "glm_cloze (max_train_steps 1)"]
+
+
+def test_bf16_runs_and_runs_validated_on_other_rows_are_no_seeds_of_the_fp32_cell(tmp_path):
+    records = [record(seed=1, carved_rows=[0, 5]), record(seed=2, carved_rows=[0, 5]),
+               record(seed=3, carved_rows=[0, 5], mixed_precision="bf16"), record(seed=4, carved_rows=[1, 7])]
+    runs, notes = separate_runs(load_results(write_runs(tmp_path, records)))
+    assert runs["variant"].tolist() == ["", "", "mixed_precision bf16", ""]
+    digest = hashlib.sha256(b"[1, 7]").hexdigest()[:8]
+    assert runs["study"].tolist() == ["", "", "", f"validation rows 2 rows #{digest}"]
+    assert len(notes) == 2 and "used other data than the 3 others (validation rows 2 rows #" in notes[0]
 
 
 def test_settings_that_do_not_change_a_run_do_not_split_it(tmp_path):

@@ -37,7 +37,9 @@ needs_e2e = pytest.mark.skipif(not (E2E / "train.csv").is_file(), reason="../sha
 
 # run_cls.py's results.json, key for key and in order: results_record's schema, then the key
 # run_cls.py adds (data).
-SCHEMA_KEYS = [*results_record(argparse.Namespace(), "cls", "any", script="any", prompt_id=None, prompt_name=None,
+ONE_CPU = argparse.Namespace(mixed_precision="no", num_processes=1, device=torch.device("cpu"))
+SCHEMA_KEYS = [*results_record(argparse.Namespace(), "cls", "any", script="any", accelerator=ONE_CPU, prompt_id=None,
+                               prompt_name=None,
                                total_train_batch_size=1, tracker=TrainingTracker("accuracy"), plan=None,
                                validation=None, test=None, baselines={}, trainable_params=1, total_params=1), "data"]
 TREC_CHOICES = ["Description", "Entity", "Abbreviation", "Person", "Quantity", "Location"]

@@ -119,6 +119,7 @@ def test_results_record_schema():
     plan = TrainingPlan(batches_per_epoch=4, gradient_accumulation_steps=2, max_train_steps=10)
     record = results_record(
         args, "cls", "glm_cloze", script="run_cls.py", prompt_id=1, prompt_name="trec1", total_train_batch_size=32,
+        accelerator=argparse.Namespace(mixed_precision="bf16", num_processes=2, device=torch.device("cpu")),
         tracker=tracker, plan=plan, validation={"accuracy": 0.5}, test={"accuracy": 0.4},
         baselines={"majority_class": {"accuracy": 0.2}}, trainable_params=25, total_params=100,
     )
@@ -126,11 +127,12 @@ def test_results_record_schema():
         "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
         "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
         "epochs", "best_epoch", "validation", "test", "test_labels_hidden", "baselines", "train_time_s",
-        "train_examples_per_s", "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "env",
+        "train_examples_per_s", "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "launch", "env",
         "best_step", "few_shot", "carved_validation",
     ]
     assert record["few_shot"] is None and record["carved_validation"] is None  # no --num_shots, nothing carved
     assert record["test_labels_hidden"] is False
+    assert record["launch"] == {"mixed_precision": "bf16", "num_processes": 2, "device_type": "cpu"}
     assert record["dataset"] == {"train": "t.csv"}
     assert record["trainable_share"] == 0.25 and record["train_examples_per_s"] == 10.0
     assert (record["best_epoch"], record["best_step"], record["epochs"]) == (0, 10, tracker.history)
