@@ -236,6 +236,11 @@ def training_args_problems(args):
     (results.json) in --output_dir is replaced only with --overwrite_output_dir; the trackers of
     --with_tracking --report_to must be installed."""
     problems = []
+    existing = next(path for path in (Path(args.output_dir).absolute(), *Path(args.output_dir).absolute().parents)
+                    if path.exists())
+    if not existing.is_dir():
+        problems.append(f"--output_dir {args.output_dir}: {existing} is a file, not a folder; choose another "
+                        "--output_dir")
     results = Path(args.output_dir) / "results.json"
     if results.exists() and not args.overwrite_output_dir:
         problems.append(f"{results} exists: a finished run is there. Pass --overwrite_output_dir to replace it, or "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_glm import TINY_MODEL_NAME, PrefixEncoder, UsageError
+from modeling_glm import TINY_MODEL_NAME, PrefixEncoder, UsageError, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,6 @@ def save_trainable_weights(model, directory, args):
         ValueError: `args.peft` is None or not the method the model carries.
     """
     from peft import LoraConfig, get_peft_model_state_dict
-    from safetensors.torch import save_file
 
     if args.peft is None or peft_method(model) != args.peft:
         raise ValueError(f"args.peft is {args.peft!r} but the model carries {peft_method(model)!r}")
@@ -244,7 +243,7 @@ def save_trainable_weights(model, directory, args):
     else:
         params = dict(model.named_parameters())
         state = {name: params[name].detach().contiguous() for name in _method_parameter_names(model, args.peft)}
-    save_file(state, str(directory / WEIGHTS_NAMES[args.peft]), metadata={"format": "pt"})
+    save_weights(state, directory / WEIGHTS_NAMES[args.peft], {"format": "pt"})
     config = {**{name: getattr(args, name) for name in PEFT_FLAGS},
               "base_model_name_or_path": args.model_name_or_path, "seed": args.seed}
     (directory / GLM_PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2))

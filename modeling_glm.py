@@ -55,6 +55,25 @@ class UsageError(ValueError):
 
 
 
+def readable_like_results(*paths):
+    """Gives files the mode `open` gives a new file (0666 less the umask: 0644 usually), as results.json
+    has: safetensors writes its files 0600 (a private temporary file, renamed), so that a teammate on a
+    shared server could not read the weights."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths:
+        os.chmod(path, 0o666 & ~umask)
+
+
+def save_weights(state, path, metadata):
+    """safetensors' save_file of `state` ({name: tensor}) to `path` with `metadata` ({str: str}),
+    readable like the results files (`readable_like_results`)."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata=metadata)
+    readable_like_results(path)
+
+
 # ----------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------
@@ -276,6 +295,12 @@ class GLMPreTrainedModel(PreTrainedModel):
                              f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
                              f"{' ...' if len(unexpected) > 10 else ''}")
         return model
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """transformers' `save_pretrained`, then the weights files made readable like the results files
+        (safetensors writes them 0600)."""
+        super().save_pretrained(save_directory, **kwargs)
+        readable_like_results(*Path(save_directory).glob("*.safetensors"))
 
 
 class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):

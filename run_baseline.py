@@ -128,6 +128,7 @@ from metrics import (
     majority_class_baseline,
     most_frequent_reference_baseline,
 )
+from modeling_glm import readable_like_results
 from prompted import build_prompted_examples, group_references
 from templates import TASKS, answer_fields, describe_templates, load_templates, select_template
 from training import (
@@ -555,6 +556,7 @@ def main(argv=None):
     if args.save_best_model and accelerator.is_main_process:
         # A whole model, or a peft model's adapter (+ its new head); GLM with LoRA: the whole model.
         accelerator.unwrap_model(model).save_pretrained(output_dir / "best_model")
+        readable_like_results(*(output_dir / "best_model").glob("*.safetensors"))  # transformers writes them 0600
         tokenizer.save_pretrained(output_dir / "best_model")
 
     record = None

@@ -32,11 +32,11 @@ import transformers
 from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from metrics import higher_is_better
-from modeling_glm import UsageError
+from modeling_glm import UsageError, readable_like_results, save_weights
 
 
 logger = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ class TrainingTracker:
         if self.best_weights is not None and best_step != self._written_best_step:
             path = checkpoint.parent / self.BEST_WEIGHTS_NAME
             temp = path.with_name(f".{path.name}.tmp")
-            save_file(self.best_weights, str(temp), metadata={"step": str(best_step)})
+            save_weights(self.best_weights, temp, {"step": str(best_step)})
             os.replace(temp, path)
             self._written_best_step = best_step
         write_json_atomic(checkpoint / self.STATE_NAME, self.state_dict())
@@ -437,6 +437,7 @@ def save_checkpoint(accelerator, tracker, checkpoint, save_total_limit=None):
     but the newest N and the one written at the best evaluation's step."""
     accelerator.save_state(str(checkpoint))
     if accelerator.is_main_process:
+        readable_like_results(*Path(checkpoint).glob("*.safetensors"))  # Accelerate writes them 0600
         tracker.save(checkpoint)
         if save_total_limit:
             best_step = tracker.best["step"] if tracker.best else None

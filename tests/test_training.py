@@ -26,10 +26,12 @@ import huggingface_hub
 import pytest
 import torch
 
-from glm_peft import count_parameters
+from glm_peft import PEFT_FLAGS, add_prefix_encoder, count_parameters, save_trainable_weights
+from modeling_glm import GLMConfig, GLMForConditionalGeneration
 from accelerate.state import AcceleratorState, GradientState
 
 import analysis
+import run_cls
 from metrics import generation_metrics, higher_is_better
 from training import (
     EpochSampler,
@@ -448,6 +450,18 @@ def test_a_finished_run_in_output_dir_is_a_problem_unless_overwritten(tmp_path):
     assert training_args_problems(args) == []
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_output_dir_that_is_or_lies_in_a_file_is_a_problem_before_any_work(tmp_path, inside, capsys):
+    file = write(tmp_path / "notes.txt", "mine")
+    output_dir = file / "run" if inside else file
+    with pytest.raises(SystemExit) as stop:
+        run_cls.parse_args(["--output_dir", str(output_dir), "--model_name_or_path", "glm-tiny",
+                            "--tokenizer_name", "train", "--dataset_name", "trec", "--train_file", str(file)])
+    assert stop.value.code == 2
+    assert f"--output_dir {output_dir}: {file} is a file, not a folder" in capsys.readouterr().err
+    assert file.read_text() == "mine"
+
+
 def test_length_flags_past_the_position_table_are_refused_with_what_fits():
     assert position_problem("max_seq_length", 512, 512, "glm-tiny") is None
     assert position_problem("max_seq_length", 800, 512, "BAAI/glm-roberta-large", cut="contexts are cut") == (
@@ -528,6 +542,24 @@ def test_results_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert [oct(p.stat().st_mode & 0o777) for p in sorted(tmp_path.iterdir())] == ["0o644", "0o644"]
+
+
+def test_weights_files_get_the_permissions_of_the_results_files(tmp_path):
+    tracker, model = TrainingTracker("accuracy"), GLMForConditionalGeneration(GLMConfig.tiny(vocab_size=64))
+    tracker.record_evaluation(0, {"accuracy": 0.5}, torch.nn.Linear(1, 1))
+    (tmp_path / "step_1").mkdir()
+    umask = os.umask(0o022)
+    try:
+        tracker.save(tmp_path / "step_1")
+        model.save_pretrained(tmp_path / "best_model")
+        flags = argparse.Namespace(**{**dict.fromkeys(PEFT_FLAGS), "peft": "ptuning_v2", "pre_seq_len": 2},
+                                   model_name_or_path="glm-tiny", seed=0)
+        save_trainable_weights(add_prefix_encoder(model, 2), tmp_path / "adapter", flags)
+    finally:
+        os.umask(umask)
+    written = [tmp_path / "best_weights.safetensors", tmp_path / "best_model" / "model.safetensors",
+               tmp_path / "adapter" / "prefix_encoder.safetensors"]
+    assert [oct(path.stat().st_mode & 0o777) for path in written] == ["0o644"] * 3  # safetensors alone: 0o600
 
 
 def test_rouge_scores_do_not_log_a_line_each(caplog):
