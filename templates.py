@@ -72,10 +72,21 @@ def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts"
     """
     check_task(task)
     candidates, local_path = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
-    usable = [t for t in candidates if _why_left_out(t, task, _short_dataset_name(dataset_name)) is None]
+    dataset = _short_dataset_name(dataset_name)
+    usable = [t for t in candidates if _why_left_out(t, task, dataset) is None]
+    other_task = "gen" if task == "cls" else "cls"
+    if not usable and any(_why_left_out(t, other_task, dataset) is None for t in candidates):
+        kind = {"cls": ("classification", "they have answer choices"), "gen": ("generation", "no answer choices")}
+        script = {"cls": "run_cls.py", "gen": "run_gen.py"}
+        raise UsageError(
+            f"The prompts of dataset {dataset!r} are {kind[other_task][0]} prompts ({kind[other_task][1]}): "
+            f"{script[other_task]} is the script for them. For {kind[task][0]}, write a prompt with "
+            f"{'answer_choices' if task == 'cls' else 'no answer_choices'} in {local_path} (format: see the comment "
+            "at the top of prompts/fine_foods.yaml)."
+        )
     if not usable:
         raise UsageError(
-            f"No usable {task} templates for dataset {_short_dataset_name(dataset_name)!r} (config "
+            f"No usable {task} templates for dataset {dataset!r} (config "
             f"{dataset_config_name!r}): promptsource has none with original_task true and "
             f"{'answer choices' if task == 'cls' else 'no answer choices'}, and {local_path} "
             f"{'adds none' if local_path.is_file() else 'does not exist'}. Write templates there "

@@ -6,6 +6,7 @@ import jinja2.sandbox
 import pytest
 from conftest import write
 
+from modeling_glm import UsageError
 from templates import (
     LabelError,
     PromptTemplate,
@@ -55,8 +56,18 @@ def test_local_yaml_with_an_unknown_key_is_refused(tmp_path):
 
 
 def test_no_usable_template_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="No usable gen templates for dataset 'trec'"):
+    with pytest.raises(UsageError, match="No usable gen templates for dataset 'mine'"):
+        load_templates("mine", prompts_dir=tmp_path, task="gen")
+
+
+def test_a_dataset_with_prompts_of_the_other_task_only_is_sent_to_its_script(tmp_path):
+    with pytest.raises(UsageError, match=r"The prompts of dataset 'trec' are classification prompts \(they have answer "
+                                         r"choices\): run_cls.py is the script for them. For generation, write a "
+                                         "prompt with no answer_choices in"):
         load_templates("trec", prompts_dir=tmp_path, task="gen")
+    write(tmp_path / "mine.yaml", "templates:\n  - name: a\n    jinja: '{{x}} ||| {{y}}'\n")
+    with pytest.raises(UsageError, match=r"generation prompts \(no answer choices\): run_gen.py is the script"):
+        load_templates("mine", prompts_dir=tmp_path, task="cls")
 
 
 def test_select_template_by_default_id_and_name():
