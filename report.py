@@ -193,11 +193,18 @@ def report_sections(runs, zero_shot, output_dir):
             lines += system_section(task, system, system_runs, metric, output_dir, tables, trivial,
                                     zero_shot_summary(scored_zero_shot, system_runs))  # fmt: skip
             best_config = best_runs(system_runs, metric)
-            curves[f"{system_label(system)}\n{fmt_config(best_config.iloc[0])}"] = learning_curve(best_config, metric)
-        figure = f"curves_{safe_name(f'{task}_{dataset}_{study}')}.png"
-        plot_learning_curves(curves, metric, f"{title} ({task}): learning curves of each method's best configuration",
-                             output_dir / figure)  # fmt: skip
-        lines += ["### Learning curves", "", f"![learning curves]({figure})", ""]
+            curve = learning_curve(best_config, metric)
+            if len(curve[0]) > 1:  # one evaluation is a dot, no curve
+                curves[f"{system_label(system)}\n{fmt_config(best_config.iloc[0])}"] = curve
+        lines += ["### Learning curves", ""]
+        if curves:
+            figure = f"curves_{safe_name(f'{task}_{dataset}_{study}')}.png"
+            plot_learning_curves(curves, metric, f"{title} ({task}): learning curves of each method's best "
+                                 "configuration", output_dir / figure)  # fmt: skip
+            lines += [f"![learning curves]({figure})", ""]
+        else:
+            lines += ["No learning curve: every run evaluated validation once. Curves need several evaluations per "
+                      "run: `--eval_steps N` evaluates every N optimizer steps.", ""]
     return lines, tables, comparisons
 
 

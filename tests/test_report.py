@@ -299,8 +299,10 @@ def test_report_writes_markdown_latex_and_figures(tmp_path):
     assert latex.count(r"\toprule") == latex.count(r"\bottomrule") == 3  # methods compared, grid, prompts
     assert r"80.00 $\pm$ 2.83" in latex
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["curves_cls_trec.png", "heatmap_cls_trec_glm_cloze_glm-tiny.png",
-                    "prompts_cls_trec_glm_cloze_glm-tiny.png"]  # fmt: skip
+    # One evaluation per run: no learning curve (a dot), and report.md says how to get one.
+    assert pngs == ["heatmap_cls_trec_glm_cloze_glm-tiny.png", "prompts_cls_trec_glm_cloze_glm-tiny.png"]
+    assert "No learning curve: every run evaluated validation once. Curves need several evaluations per run: " \
+           "`--eval_steps N`" in text
     for name in pngs:
         assert_png(out / name)
         assert f"]({name})" in text
@@ -466,7 +468,7 @@ def test_runs_on_other_data_get_their_own_section_with_their_own_baseline(tmp_pa
     assert ["**0**", "**1e-5**", "**16**", "**2**", "**90.00 ± 0.00**", "**best**"] in table_rows(smoke)
     assert "**test 65.00 ± 1.41**" in main  # the smoke runs' 90 never reach the main grid
     assert "(max_test_samples 100 vs none)" in text
-    assert (out / "curves_cls_trec_max_test_samples_100.png").exists()
+    assert "curves_cls_trec_max_test_samples_100.png" not in text  # one evaluation per run: no curve
     assert set(json.loads((out / "summary.json").read_text())) == {"cls/trec", "cls/trec/max_test_samples 100"}
 
 
