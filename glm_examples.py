@@ -31,6 +31,7 @@ from analysis import (
     trivial_baselines,
 )
 from data import HUB_DATASETS
+from modeling_glm import HUB_MODEL_ID
 from report_tables import fmt_lr, make_comparison_table
 from training import environment_info
 
@@ -38,6 +39,7 @@ REPOSITORY = Path(__file__).resolve().parent
 COMMANDS = ("sweeps.sh", "report.py")  # the README's Running Commands besides the runs' scripts
 NOT_REQUIRED = {"pytest"}  # an example folder holds no tests
 DATA_FILE_ARGS = ("train_file", "validation_file", "test_file")
+MODEL_ARGS = ("model_name_or_path", "tokenizer_name")
 
 DATASET_DESCRIPTIONS = {
     "trec": (
@@ -212,7 +214,7 @@ def sweep_command(runs, task, dataset):
                 entry += f"@{option}={values.replace(' ', ',')}"
         entries.append(entry)
     prefix = task.upper()
-    first = main["args"].iloc[0]
+    first = portable_args(main["args"].iloc[0])
     env["MODEL"] = first.get("model_name_or_path")
     env["TOKENIZER"] = first.get("tokenizer_name")
     env[f"{prefix}_DATASET"] = dataset
@@ -224,7 +226,8 @@ def sweep_command(runs, task, dataset):
             env[variable] = _constant_flags(runs[runs["peft"] == peft], names)
     baselines = runs[~runs["method"].str.startswith("glm")]
     if len(baselines):
-        env["BASELINE_ARGS"] = _constant_flags(baselines, ("tokenizer_name",))
+        env["BASELINE_ARGS"] = _constant_flags(baselines.assign(args=baselines["args"].map(portable_args)),
+                                               ("tokenizer_name",))
     assignments = [f'{name}="{value}"' for name, value in env.items() if value]
     return " \\\n".join(assignments + [f"./sweeps.sh --task {task} --out runs/{dataset}"])
 
@@ -239,10 +242,19 @@ def references_for(runs, dataset):
 
 
 def portable_args(args):
-    """A run's arguments with its data files as data/<file name>: the example folder's commands
-    read the data from its own data/ folder (the data itself is never part of the folder)."""
-    return {name: f"data/{Path(value).name}" if name in DATA_FILE_ARGS and value else value
-            for name, value in args.items()}  # fmt: skip
+    """A run's arguments with its data files as data/<file name> (the example folder's commands read
+    the data from its own data/ folder; the data itself is never part of the folder), and a model or
+    tokenizer read from a local folder as its hub name (a folder named glm-roberta-large is
+    BAAI/glm-roberta-large) or else the folder's name: a README meant for a public pull request never
+    shows the author's paths."""
+    def portable(name, value):
+        if name in DATA_FILE_ARGS and value:
+            return f"data/{Path(value).name}"
+        if name in MODEL_ARGS and value and (Path(value).is_absolute() or Path(value).is_dir()):
+            return HUB_MODEL_ID if Path(value).name == Path(HUB_MODEL_ID).name else Path(value).name
+        return value
+
+    return {name: portable(name, value) for name, value in args.items()}
 
 
 def local_imports(path):
@@ -330,6 +342,12 @@ def code_note(runs):
         used = ", ".join(f"`{commit[:12]}`" for commit in commits)
         text += f"; the runs used commit(s) {used}{' with uncommitted changes' if dirty else ''}"
     return text + "."
+
+
+def datasets_without_full_data_runs(runs):
+    """The datasets (sorted) of `runs` (through analysis.separate_runs) whose every run is few-shot
+    (--num_shots): their main study, the one an example folder reports, is empty."""
+    return sorted(set(runs["dataset"]) - set(runs.loc[runs["study"] == "", "dataset"]))
 
 
 def write_glm_examples(runs, comparisons, directory):

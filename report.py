@@ -80,7 +80,7 @@ from analysis import (  # noqa: E402
 )
 from cli import ArgumentParser  # noqa: E402
 from figures import plot_confusion, plot_few_shot, plot_heatmap, plot_learning_curves, plot_prompts  # noqa: E402
-from glm_examples import write_glm_examples  # noqa: E402
+from glm_examples import datasets_without_full_data_runs, write_glm_examples  # noqa: E402
 from readings import (
     # noqa: E402
     comparison_reading,
@@ -466,6 +466,11 @@ def main(argv=None):
         fail(f"the {len(untrained)} results.json under {results_dir} are all from runs without training (zero-shot "
              "or --peft_weights evaluations): no grid search to report.")
     runs, notes = separate_runs(runs)
+    few_shot_only = datasets_without_full_data_runs(runs)
+    if args.glm_examples and few_shot_only:
+        fail(f"--glm_examples reports each dataset's full-data runs, but every run of {', '.join(few_shot_only)} is "
+             "few-shot (--num_shots): add full-data runs to the sweep (./sweeps.sh --shots \"full\" with the same "
+             "--out), or drop --glm_examples.")
     zero_shot, untrained, repeats = match_zero_shot(runs, untrained)
     comparisons = write_report(runs, zero_shot, results_dir, output_dir, args.title, untrained, notes + repeats)
     logger.info("Wrote %s, %s and %d figures.", output_dir / "report.md", output_dir / "tables.tex",

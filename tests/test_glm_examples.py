@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -141,3 +142,25 @@ def test_sweep_command_reproduces_the_grid_with_per_method_axes(tmp_path):
     assert 'PROMPT_IDS="0"' in command and 'SEEDS="1 2"' in command
     assert 'CLS_METHODS="glm_cloze glm_cloze+lora@lr=5e-4,1e-3@bs=16 baseline:roberta-tiny:linear_head@prompt=none"' in command
     assert command.endswith("./sweeps.sh --task cls --out runs/trec")
+
+
+def test_a_local_tokenizer_folder_is_written_as_its_hub_name_never_as_the_authors_path(tmp_path):
+    folder = tmp_path / "tokenizers" / "glm-roberta-large"
+    folder.mkdir(parents=True)
+    records = [record(seed=s, tokenizer_name=str(folder), model_name_or_path=str(tmp_path / "my-glm")) for s in (1, 2)]
+    runs = load_results(write_runs(tmp_path / "runs", records))
+    command = sweep_command(runs, "cls", "trec")
+    assert 'TOKENIZER="BAAI/glm-roberta-large"' in command and 'MODEL="my-glm"' in command
+    assert str(tmp_path) not in command
+
+
+def test_glm_examples_of_a_few_shot_only_sweep_is_one_line_before_any_work(tmp_path, capsys):
+    records = [record(seed=s, num_shots=8, shots_seed=0) for s in (1, 2)]
+    results = write_runs(tmp_path / "runs", records)
+    with pytest.raises(SystemExit) as stop:
+        report.main([str(results), "--output_dir", str(tmp_path / "report"), "--glm_examples", str(tmp_path / "ex")])
+    assert stop.value.code == 2 and not (tmp_path / "report").exists()
+    assert capsys.readouterr().err == (
+        "report.py: error: --glm_examples reports each dataset's full-data runs, but every run of trec is few-shot "
+        '(--num_shots): add full-data runs to the sweep (./sweeps.sh --shots "full" with the same --out), or drop '
+        "--glm_examples.\n")
