@@ -3,10 +3,11 @@ apart runs that may share a table cell, metric scales, aggregation over seeds, m
 validation, and hyperparameter and prompt sensitivity in numbers.
 
 Runs share a cell only when every setting but the seed is equal (read from the `args` and the
-launch (mixed precision, processes, device) each results.json records; see `separate_runs`); the draw of a few-shot run (--shots_seed) counts as a
-seed: a cell pools the runs of every (seed, shots seed), its "replicates". A (task, dataset) is one
-study when its runs used the same data (files, sizes, sample limits, the number of shots per class,
-the same test examples, the same validation rows carved from train); runs on other data form studies of their own, reported in their own
+launch (mixed precision, processes, device) each results.json records; see `separate_runs`); the
+draw of a few-shot run (--shots_seed) counts as a seed: a cell pools the runs of every (seed, shots
+seed), its "replicates". A (task, dataset) is one study when its runs used the same data (files,
+sizes, sample limits, the number of shots per class, the same test examples, the same validation
+rows carved from train); runs on other data form studies of their own, reported in their own
 sections. `few_shot_curve` joins the studies that differ in their number of shots only. Within a
 study a system is (method, PEFT, model, and every other setting); runs of the same method with other
 settings (steps, sequence lengths, PEFT sizes...) are a system of their own, labelled with what
@@ -78,8 +79,8 @@ def load_results(results_dir):
     validation / test (the metric dicts; test {} when its labels were hidden), test_hidden,
     epochs, baselines, train_time_s, trainable_share, trainable_params, script, args, env,
     data_settings (DATA_ARGS, test examples, hidden test labels, `carved_rows`), settings (see
-    `separate_runs`; with the record's launch: mixed precision, processes, device type), path; study and variant "" until
-    `separate_runs` sets them. prompt_id None becomes NO_PROMPT; peft None "none". Files that
+    `separate_runs`; with the record's launch: mixed precision, processes, device type), path;
+    study and variant "" until `separate_runs` sets them. prompt_id None becomes NO_PROMPT; peft None "none". Files that
     cannot be read are skipped with a warning.
     """
     rows = []

@@ -173,11 +173,11 @@ def add_training_args(parser, zero_shot=True):
     group.add_argument("--overwrite_output_dir", action="store_true", help="Replace a finished run in --output_dir.")
     group.add_argument("--per_device_train_batch_size", type=int, default=16, help="Train batch size per device.")
     group.add_argument("--per_device_eval_batch_size", type=int, default=32, help="Eval batch size per device.")
-    methods = ", ".join(f"{rate:.0e} with {'full fine-tuning' if peft is None else '--peft ' + peft}".replace("e-0", "e-")
+    methods = ", ".join(f"{rate:.0e}".replace("e-0", "e-") + f" with {'--peft ' + peft if peft else 'full fine-tuning'}"
                         for peft, rate in PEFT_DEFAULT_LEARNING_RATES.items())
     group.add_argument("--learning_rate", type=float, default=1e-5,
-                       help=f"Peak learning rate (AdamW). Unless a default is shown, it depends on the method: {methods} "
-                            "(run_baseline.py: 3e-4 for its tiny models, else the architecture's).")
+                       help=f"Peak learning rate (AdamW). Unless a default is shown, it depends on the method: "
+                            f"{methods} (run_baseline.py: 3e-4 for its tiny models, else the architecture's).")
     group.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay (not on biases, norms).")
     group.add_argument("--num_train_epochs", type=int, default=3, help="Training epochs.")
     group.add_argument("--max_train_steps", type=int, default=None, help="Total steps; overrides --num_train_epochs.")
@@ -189,7 +189,8 @@ def add_training_args(parser, zero_shot=True):
     group.add_argument("--lr_scheduler_type", default="linear", choices=LR_SCHEDULERS,
                        help="transformers.get_scheduler schedule after the warmup.")
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: off).")
-    group.add_argument("--seed", type=int, default=42, help="Random seed.")
+    group.add_argument("--seed", type=int, default=42,
+                       help="Seed of the initialisation, dropout and data order (the validation carve: --data_seed).")
     group.add_argument("--metric_for_best_model", default=None,
                        help="Validation metric that picks the best step (its highest value; for loss and perplexity "
                             "its lowest).")

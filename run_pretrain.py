@@ -104,7 +104,8 @@ def parse_args(argv=None):
     if not will_train(args):
         problems.append("run_pretrain.py trains: --num_train_epochs and --max_train_steps must be >= 1")
     if args.metric_for_best_model not in PRETRAIN_METRICS:
-        problems.append(f"--metric_for_best_model must be one of {PRETRAIN_METRICS}, got {args.metric_for_best_model!r}")
+        problems.append(f"--metric_for_best_model must be one of {PRETRAIN_METRICS}, "
+                        f"got {args.metric_for_best_model!r}")
     if not 0 < args.mask_ratio < 1:
         problems.append("--mask_ratio must lie in (0, 1)")
     if args.poisson_lambda <= 0:

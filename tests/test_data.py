@@ -205,7 +205,8 @@ def test_offline_hub_failure_says_what_to_use_instead(monkeypatch):
     )  # fmt: skip
     assert done.returncode != 0
     last_line = done.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("modeling_glm.UsageError: The hub dataset CogComp/trec (revision refs/convert/parquet) could not be loaded")
+    assert last_line.startswith("modeling_glm.UsageError: The hub dataset CogComp/trec (revision refs/convert/parquet) "
+                                "could not be loaded")
     for hint in ("--train_file/--validation_file/--test_file", "--dataset_name fine_foods",
                  "--dataset_name wildlife_strikes / hhs_breaches",
                  "--model_name_or_path glm-tiny;", "roberta-tiny, t5-tiny, bart-tiny) and --tokenizer_name train",

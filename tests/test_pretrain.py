@@ -157,7 +157,8 @@ def test_the_saved_model_is_the_trained_one_and_run_cls_fine_tunes_it(pretrained
 ])  # fmt: skip
 def test_flags_pretraining_would_ignore_or_crash_on_are_refused_in_one_line(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        run_pretrain.parse_args(["--output_dir", str(tmp_path), "--train_file", __file__, "--dataset_name", "t", *flags])
+        run_pretrain.parse_args(["--output_dir", str(tmp_path), "--train_file", __file__, "--dataset_name", "t",
+                                 *flags])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and message in err and len(err.splitlines()) == 1
 

@@ -73,7 +73,8 @@ def record(task="cls", method="glm_cloze", peft=None, model="glm-tiny", prompt_i
     rec = results_record(
         argparse.Namespace(**args), task, method, script="run_cls.py" if task == "cls" else "run_gen.py",
         accelerator=argparse.Namespace(mixed_precision=mixed_precision, num_processes=1, device=torch.device("cpu")),
-        carved_validation=None if carved_rows is None else {"validation_rows": carved_rows}, prompt_id=prompt_id, prompt_name=None if prompt_id is None else f"prompt{prompt_id}",
+        carved_validation=None if carved_rows is None else {"validation_rows": carved_rows},
+        prompt_id=prompt_id, prompt_name=None if prompt_id is None else f"prompt{prompt_id}",
         total_train_batch_size=bs, tracker=tracker, plan=None, validation={metric: val},
         test=None if hidden else {metric: test}, baselines={} if hidden else baselines, trainable_params=trainable,
         total_params=total)

@@ -34,8 +34,8 @@ SCHEMA_KEYS = [
     "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
     "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
     "epochs", "best_epoch", "validation", "test", "test_labels_hidden", "baselines", "train_time_s", "train_examples_per_s",
-    "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "launch", "env", "best_step", "few_shot",
-    "carved_validation", "data",
+    "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "launch", "env", "best_step",
+    "few_shot", "carved_validation", "data",
 ]  # fmt: skip
 
 

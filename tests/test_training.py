@@ -129,8 +129,8 @@ def test_results_record_schema():
         "script", "task", "method", "peft", "model_name_or_path", "dataset", "prompt_id", "prompt_name",
         "learning_rate", "per_device_train_batch_size", "total_train_batch_size", "seed", "metric_for_best_model",
         "epochs", "best_epoch", "validation", "test", "test_labels_hidden", "baselines", "train_time_s",
-        "train_examples_per_s", "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args", "launch", "env",
-        "best_step", "few_shot", "carved_validation",
+        "train_examples_per_s", "peak_memory_mb", "trainable_params", "total_params", "trainable_share", "args",
+        "launch", "env", "best_step", "few_shot", "carved_validation",
     ]
     assert record["few_shot"] is None and record["carved_validation"] is None  # no --num_shots, nothing carved
     assert record["test_labels_hidden"] is False
