@@ -138,11 +138,15 @@ def _row(record, path):
 def carved_rows(record):
     """The validation rows a run carved from train (results.json "carved_validation"), as "N rows
     #hash" (the first 8 hex digits of the SHA-256 of their indices): runs whose best step was chosen
-    on other rows are no seeds of one cell. None when nothing was carved or the record predates it."""
-    rows = (record.get("carved_validation") or {}).get("validation_rows")
-    if rows is None:
-        return None
-    return f"{len(rows)} rows #{hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:8]}"
+    on other rows are no seeds of one cell. A record from before --data_seed carved by --seed when it
+    had a train file and neither a validation file nor --num_shots: "carved by --seed S" (a hub
+    dataset's carve cannot be told from its record). None when nothing was carved."""
+    if "carved_validation" not in record:
+        args = record.get("args") or {}
+        carved = args.get("train_file") and not args.get("validation_file") and not args.get("num_shots")
+        return f"carved by --seed {args.get('seed')}" if carved else None
+    rows = (record["carved_validation"] or {}).get("validation_rows")
+    return None if rows is None else f"{len(rows)} rows #{hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:8]}"
 
 
 def run_settings(args, peft):

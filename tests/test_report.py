@@ -438,6 +438,16 @@ def test_bf16_runs_and_runs_validated_on_other_rows_are_no_seeds_of_the_fp32_cel
     assert len(notes) == 2 and "used other data than the 3 others (validation rows 2 rows #" in notes[0]
 
 
+def test_runs_from_before_data_seed_that_carved_validation_by_their_seed_are_not_pooled(tmp_path):
+    records = [record(seed=s, train_file="train.csv") for s in (1, 2)] + [record(seed=3, train_file="train.csv",
+                                                                             validation_file="v.csv")]
+    for rec in records:
+        del rec["carved_validation"]  # as written before --data_seed
+    runs, _ = separate_runs(load_results(write_runs(tmp_path, records)))
+    assert sorted(runs["data_settings"].map(lambda settings: str(settings["validation rows"]))) == [
+        "None", "carved by --seed 1", "carved by --seed 2"]
+
+
 def test_settings_that_do_not_change_a_run_do_not_split_it(tmp_path):
     # Where a run writes and how it checkpoints are not settings of the system; unused PEFT flags neither.
     records = [record(seed=1, output_dir="a", checkpointing_steps=10, lora_r=8),
