@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from glm_utils import build_multiple_choice_inputs, encode_choices, encode_context, score_choices
+from modeling_glm import UsageError
 from templates import GLM_MASK, answer_fields, make_cloze_context, render_example, template_fields
 
 # The paper's content-free inputs are "N/A", "" and "[MASK]"; in GLM "[MASK]" is the answer slot
@@ -27,11 +28,11 @@ CONTENT_FREE_INPUTS = ("N/A", "")
 
 
 def shared_choices(examples, flag):
-    """The answer choices every example has (a list). Raises ValueError naming `flag` when they differ:
+    """The answer choices every example has (a list). Raises UsageError naming `flag` when they differ:
     the lever needs one set of classes."""
     choices = {tuple(e["choices"]) for split in examples.values() for e in split}
     if len(choices) != 1:
-        raise ValueError(f"{flag} needs the same answer choices for every example; this prompt gives "
+        raise UsageError(f"{flag} needs the same answer choices for every example; this prompt gives "
                          f"{len(choices)} different sets")
     return list(next(iter(choices)))
 
@@ -126,9 +127,9 @@ def with_demonstrations(context_ids, demonstrations, max_length):
 
 def demonstration_ids(tokenizer, examples, k, seed):
     """Per split, per example, the token ids of its drawn demonstrations (`draw_demonstrations`),
-    each `" " + demonstration_text` of a training example. Raises ValueError without a train split."""
+    each `" " + demonstration_text` of a training example. Raises UsageError without a train split."""
     if "train" not in examples:
-        raise ValueError("--num_demonstrations draws from the training examples: pass --train_file")
+        raise UsageError("--num_demonstrations draws from the training examples: pass --train_file")
     train = examples["train"]
     encoded = [tokenizer(" " + demonstration_text(e), add_special_tokens=False)["input_ids"] for e in train]
     labels = [e["label"] for e in train]
@@ -174,14 +175,14 @@ def label_word_candidates(class_means, allowed, n):
         class_means: [C, V] mean log-probability at [MASK] over each class's training examples.
         allowed: bool [V] (`word_vocabulary`).
     Returns:
-        [C, n] token ids, best first. Raises ValueError when a class has fewer than n such words.
+        [C, n] token ids, best first. Raises UsageError when a class has fewer than n such words.
     """
     own = class_means.argmax(0)
     candidates = []
     for c in range(class_means.shape[0]):
         usable = allowed & (own == c)
         if int(usable.sum()) < n:
-            raise ValueError(f"--search_verbalizers {n}: class {c} has only {int(usable.sum())} candidate words")
+            raise UsageError(f"--search_verbalizers {n}: class {c} has only {int(usable.sum())} candidate words")
         candidates.append(class_means[c].masked_fill(~usable, float("-inf")).topk(n).indices)
     return torch.stack(candidates)
 
@@ -214,10 +215,10 @@ def search_label_words(model, tokenizer, examples, n, max_length, batch_size, pr
         dict: "words" (the chosen word of each class), "ids" (their token ids), "candidates" (per class,
         its n words), "validation_accuracy", "combinations".
     Raises:
-        ValueError: no train or validation split, or too few candidate words.
+        UsageError: no train or validation split, or too few candidate words.
     """
     if not {"train", "validation"} <= set(examples):
-        raise ValueError("--search_verbalizers needs train and validation examples")
+        raise UsageError("--search_verbalizers needs train and validation examples")
     train = examples["train"]
     C = len(train[0]["choices"])
     labels = torch.tensor([e["label"] for e in train])

@@ -306,7 +306,7 @@ def calibrated_evaluation(accelerator, model, tokenizer, template, raw_datasets,
 
     Returns ({"content_free_inputs", "p_cf": {choice: p}, "validation" / "test": metrics}, {example
     index: calibrated log-probabilities of its choices} of the final split (`predictions`' split)).
-    Raises ValueError when the examples do not share their answer choices.
+    Raises UsageError when the examples do not share their answer choices.
     """
     choices = shared_choices(examples, "--calibrate")
     contexts = content_free_contexts(template, next(iter(raw_datasets.values()))[0])

@@ -27,6 +27,7 @@ from levers import (
     with_demonstrations,
 )
 from report_levers import ensemble_mean, ensemble_vote
+from modeling_glm import UsageError
 from templates import PromptTemplate, load_templates
 from training import write_json_atomic, write_jsonl_atomic
 
@@ -121,7 +122,7 @@ def test_label_word_candidates_rank_each_class_words_without_those_likelier_else
     allowed = torch.tensor([True, True, True, True, False])
     # Word 2 is likeliest in both classes but higher for class 1: it is class 1's alone.
     assert label_word_candidates(class_means, allowed, 1).tolist() == [[0], [2]]
-    with pytest.raises(ValueError, match="class 0 has only 1 candidate"):
+    with pytest.raises(UsageError, match="class 0 has only 1 candidate"):
         label_word_candidates(class_means, allowed, 2)
 
 
@@ -334,7 +335,7 @@ def test_calibration_with_answer_choices_that_vary_by_example_fails_before_any_w
                                         '    answer_choices: "{{ a }} ||| {{ b }}"\n')
     data = write_csv(tmp_path / "pairs.csv", [{"q": "Which?", "a": "red", "b": "blue", "label": 0},
                                               {"q": "Which?", "a": "cat", "b": "dog", "label": 1}] * 4)
-    with pytest.raises(ValueError, match="--calibrate needs the same answer choices for every example; this prompt "
+    with pytest.raises(UsageError, match="--calibrate needs the same answer choices for every example; this prompt "
                                          "gives 2 different sets"):
         run_main(run_cls, ["--dataset_name", "pairs", "--prompts_dir", prompts, "--model_name_or_path", "glm-tiny",
                            "--tokenizer_name", "train", "--train_file", data, "--validation_file", data,
