@@ -51,9 +51,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import numpy as np  # noqa: E402
 
-import error_analysis  # noqa: E402
-import significance  # noqa: E402
-from analysis import (  # noqa: E402
+from cli import ArgumentParser  # noqa: E402
+from reporting import error_analysis, significance  # noqa: E402
+from reporting.analysis import (  # noqa: E402
     METRIC_NAMES,
     NO_PROMPT,
     SYSTEM,
@@ -78,11 +78,11 @@ from analysis import (  # noqa: E402
     trivial_baselines,
     zero_shot_summary,
 )
-from cli import ArgumentParser  # noqa: E402
-from figures import plot_confusion, plot_few_shot, plot_heatmap, plot_learning_curves, plot_prompts  # noqa: E402
-from glm_examples import datasets_without_full_data_runs, write_glm_examples  # noqa: E402
-from readings import (
-    # noqa: E402
+from reporting.figures import (  # noqa: E402
+    plot_confusion, plot_few_shot, plot_heatmap, plot_learning_curves, plot_prompts)
+from reporting.glm_examples import datasets_without_full_data_runs, write_glm_examples  # noqa: E402
+from reporting.levers import lever_section  # noqa: E402
+from reporting.readings import (  # noqa: E402
     comparison_reading,
     errors_reading,
     few_shot_reading,
@@ -95,8 +95,8 @@ from readings import (
     prompt_reading,
     prompt_zero_shot_reading,
 )
-from report_levers import lever_section  # noqa: E402
-from report_tables import (  # noqa: E402
+from reporting.significance import add_test_statistics, add_tests_against_best, zero_shot_test  # noqa: E402
+from reporting.tables import (  # noqa: E402
     fmt_config,
     fmt_lr,
     fmt_mean_std,
@@ -113,7 +113,6 @@ from report_tables import (  # noqa: E402
     shared_words,
     study_title,
 )
-from significance import add_test_statistics, add_tests_against_best, zero_shot_test  # noqa: E402
 from training import safe_name, write_json_atomic
 
 logger = logging.getLogger("report")
@@ -157,7 +156,7 @@ def report_sections(runs, zero_shot, output_dir):
     """Markdown sections, LaTeX tables and figures for every study (task, dataset, data) in runs;
     `zero_shot` (analysis.match_zero_shot) gives the zero-shot columns.
 
-    Returns (markdown lines, list of report_tables.Table, {(task, dataset, study): comparison
+    Returns (markdown lines, list of tables.Table, {(task, dataset, study): comparison
     DataFrame})."""
     lines, tables, comparisons = [], [], {}
     runs = runs.sort_values(["task", "dataset", "num_shots", "study"], na_position="first")  # full data, then K up
@@ -184,7 +183,7 @@ def report_sections(runs, zero_shot, output_dir):
         lines += ["### Methods compared", "", table.caption, "", table.markdown(), "",
                   *comparison_reading(comparison, trivial, gain), *skipped_rows_reading(group), ""]
         lines += error_section(task, comparison.iloc[best], output_dir, tables)
-        if task == "cls":  # calibration, prompt ensembles, demonstrations, label-word search (report_levers.py)
+        if task == "cls":  # calibration, prompt ensembles, demonstrations, label-word search (reporting/levers.py)
             lines += lever_section(group, scored_zero_shot, metric)
 
         curves = {}
@@ -220,7 +219,7 @@ def skipped_rows_reading(group):
 
 def few_shot_sections(runs, output_dir):
     """Per (task, dataset) with few-shot runs (--num_shots): the test score against K (analysis.few_shot_curve)
-    as a figure, a table and its reading. Returns (markdown lines, list of report_tables.Table)."""
+    as a figure, a table and its reading. Returns (markdown lines, list of tables.Table)."""
     lines, tables = [], []
     for (task, dataset), group in runs.groupby(["task", "dataset"], sort=True):
         metric = choose_metric(group)

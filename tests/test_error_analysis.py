@@ -1,11 +1,11 @@
-"""Specification of error_analysis.py: hand-worked predictions of two seeds in, per-class scores,
+"""Specification of reporting/error_analysis.py: hand-worked predictions of two seeds in, per-class scores,
 confusions, confident errors, lowest sentence BLEU and lengths out."""
 
 import numpy as np
 import pytest
 import sacrebleu
 
-import error_analysis
+from reporting import error_analysis
 
 CLASSES = ["A", "B", "C"]
 GOLD = ["A", "A", "B", "B", "C", "C"]

@@ -1,4 +1,4 @@
-"""Specification of glm_examples.py: the folder `report.py --glm_examples DIR` writes for each
+"""Specification of reporting/glm_examples.py: the folder `report.py --glm_examples DIR` writes for each
 dataset, in the layout the GLM repository's examples/ asks for, and whose commands really run."""
 
 import importlib.metadata
@@ -14,8 +14,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import report
-from analysis import load_results
-from glm_examples import code_files, local_imports, sweep_command
+from reporting.analysis import load_results
+from reporting.glm_examples import code_files, local_imports, sweep_command
 from test_report import accuracy_runs, record, table_rows, write_runs
 
 PARSE_EVERY_COMMAND = """
@@ -121,7 +121,8 @@ def test_the_readme_commands_run_in_the_folder(tmp_path):
 
 
 def test_local_imports_are_the_repository_modules_a_file_imports():
-    assert local_imports("report.py") >= {"analysis.py", "error_analysis.py", "significance.py", "training.py"}
+    assert local_imports("report.py") >= {"reporting/__init__.py", "reporting/analysis.py",
+                                          "reporting/error_analysis.py", "reporting/significance.py", "training.py"}
     assert "numpy.py" not in local_imports("report.py")
     closure = code_files(["run_cls.py"])
     for name in closure:

@@ -26,7 +26,7 @@ from levers import (
     search_label_words,
     with_demonstrations,
 )
-from report_levers import ensemble_mean, ensemble_vote
+from reporting.levers import ensemble_mean, ensemble_vote
 from modeling_glm import UsageError
 from templates import PromptTemplate, load_templates
 from training import write_json_atomic, write_jsonl_atomic

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import error_analysis
+from reporting import error_analysis
 import report
 import run_cls
 from conftest import read_jsonl, run_main, write_csv

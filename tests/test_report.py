@@ -17,7 +17,7 @@ import torch
 import scipy.stats
 
 import report
-from analysis import (
+from reporting.analysis import (
     FULL_DATA,
     NO_PROMPT,
     add_scores,
@@ -41,8 +41,8 @@ from analysis import (
     trivial_baselines,
     zero_shot_summary,
 )
-from readings import few_shot_reading, per_class_reading
-from report_tables import Table, make_few_shot_table, shared_words, strip_words, text_cell
+from reporting.readings import few_shot_reading, per_class_reading
+from reporting.tables import Table, make_few_shot_table, shared_words, strip_words, text_cell
 from test_error_analysis import OUTPUTS, SEEDS, cls_rows, gen_rows
 from training import TrainingTracker, results_record, write_json_atomic, write_jsonl_atomic
 

@@ -1,11 +1,11 @@
-"""Specification of significance.py: metrics recomputed from per-example counts equal metrics.py's,
+"""Specification of reporting/significance.py: metrics recomputed from per-example counts equal metrics.py's,
 bootstrap intervals equal scipy's on the plain per-example vector, exact paired tests by hand."""
 
 import numpy as np
 import pytest
 import scipy.stats
 
-import significance
+from reporting import significance
 from metrics import classification_metrics, generation_metrics
 
 CHOICES = ["yes", "no", "maybe"]

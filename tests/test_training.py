@@ -30,7 +30,7 @@ from glm_peft import PEFT_FLAGS, add_prefix_encoder, count_parameters, save_trai
 from modeling_glm import GLMConfig, GLMForConditionalGeneration
 from accelerate.state import AcceleratorState, GradientState
 
-import analysis
+from reporting import analysis
 import run_cls
 from metrics import generation_metrics, higher_is_better
 from training import (

@@ -1,4 +1,4 @@
-"""The report's tables: cells formatted as text, then rendered by pandas as Markdown
+"""The report's tables (used by report.py): cells formatted as text, then rendered by pandas as Markdown
 (`DataFrame.to_markdown`, through tabulate) and as booktabs LaTeX (`Styler.to_latex`)."""
 
 import math
@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from analysis import DATASET_TITLES, FULL_DATA, NO_PROMPT, metric_label
-from significance import ALPHA
+from reporting.analysis import DATASET_TITLES, FULL_DATA, NO_PROMPT, metric_label
+from reporting.significance import ALPHA
 from training import safe_name
 
 

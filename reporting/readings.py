@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pandas as pd
 
-import significance
-from analysis import FULL_DATA, METRIC_NAMES, PROMPT_METHODS, higher_is_better, metric_label, system_label
-from report_tables import fmt_ci, fmt_lr, fmt_mean_std, fmt_prompt, fmt_seeds, fmt_shots
-from significance import paired
+from reporting import significance
+from reporting.analysis import FULL_DATA, METRIC_NAMES, PROMPT_METHODS, higher_is_better, metric_label, system_label
+from reporting.significance import paired
+from reporting.tables import fmt_ci, fmt_lr, fmt_mean_std, fmt_prompt, fmt_seeds, fmt_shots
 
 
 # Picking the shortest choice this many points more often than the gold answer is the shortest reads

@@ -35,7 +35,7 @@ import sacrebleu
 import scipy.stats
 from rouge_score import rouge_scorer
 
-from analysis import best_row, metric_scale
+from reporting.analysis import best_row, metric_scale
 
 CONFIDENCE = 0.95
 CI_RESAMPLES = 1000

@@ -1,4 +1,4 @@
-"""Reading a sweep's results.json files (used by report.py and glm_examples.py): loading, telling
+"""Reading a sweep's results.json files (used by report.py and the other reporting modules): loading, telling
 apart runs that may share a table cell, metric scales, aggregation over seeds, model selection on
 validation, and hyperparameter and prompt sensitivity in numbers.
 

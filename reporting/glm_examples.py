@@ -1,7 +1,7 @@
 """A dataset folder in the layout the GLM repository's `examples/README.md` asks of contributions:
 one folder per dataset, named by its Hugging Face dataset id, holding README.md (title, Authors,
 Task Description, Running Commands, Results with comparison methods, Reference), requirements.txt
-and the code, without data files.
+and the code, without data files (report.py --glm_examples).
 
 The code is copied from this repository: the scripts the runs used, `sweeps.sh` and `report.py`
 (the README's commands), every module they import, and the local prompt files the runs read.
@@ -18,7 +18,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from analysis import (
+from data import HUB_DATASETS
+from modeling_glm import HUB_MODEL_ID
+from reporting.analysis import (
     DATASET_TITLES,
     NO_PROMPT,
     SYSTEM,
@@ -30,12 +32,10 @@ from analysis import (
     system_order,
     trivial_baselines,
 )
-from data import HUB_DATASETS
-from modeling_glm import HUB_MODEL_ID
-from report_tables import fmt_lr, make_comparison_table
+from reporting.tables import fmt_lr, make_comparison_table
 from training import environment_info
 
-REPOSITORY = Path(__file__).resolve().parent
+REPOSITORY = Path(__file__).resolve().parent.parent
 COMMANDS = ("sweeps.sh", "report.py")  # the README's Running Commands besides the runs' scripts
 NOT_REQUIRED = {"pytest"}  # an example folder holds no tests
 DATA_FILE_ARGS = ("train_file", "validation_file", "test_file")
@@ -258,12 +258,22 @@ def portable_args(args):
 
 
 def local_imports(path):
-    """The modules of this repository that a Python file imports (its `import x` and `from x import`
-    statements whose x.py lies in the repository root), found with ast without importing anything."""
+    """The files of this repository that a Python file imports, as repository-relative posix paths
+    ("training.py", "reporting/__init__.py", "reporting/tables.py"), found with ast without importing
+    anything: `import a.b`, `from a.b import c` and `from a import b` give a.py or a/__init__.py, then
+    a/b.py or a/b/__init__.py, for each of those files that exists."""
     tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    return {f"{name}.py" for name in names if (REPOSITORY / f"{name}.py").is_file()}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        for end in range(1, len(parts) + 1):  # every package on the way to the module
+            stem = "/".join(parts[:end])
+            found |= {file for file in (f"{stem}.py", f"{stem}/__init__.py") if (REPOSITORY / file).is_file()}
+    return found
 
 
 def code_files(scripts):

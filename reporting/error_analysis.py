@@ -4,8 +4,9 @@ Classification (predictions_test.jsonl rows: input, gold, predicted, scores {cho
 per-class precision, recall and F1 and the confusion matrix (scikit-learn), and the most
 confident errors. When each example has its own answer choices (multiple choice: HellaSwag's
 endings), the "classes" are choice positions (gold index vs predicted index), never answer
-texts, and `length_following` says how often the pick is the shortest choice. Generation (generations_test.jsonl rows: source, references, prediction): the
-outputs with the lowest sentence BLEU (sacrebleu) and the lengths of outputs and references.
+texts, and `length_following` says how often the pick is the shortest choice. Generation
+(generations_test.jsonl rows: source, references, prediction): the outputs with the lowest sentence
+BLEU (sacrebleu) and the lengths of outputs and references.
 
 A system's runs are its seeds on the same test examples, written in the same order (the test split
 is never shuffled): counts pool the seeds (each example once per seed), and the example lists show

@@ -1,4 +1,4 @@
-"""The report's section "What moves the score" (issue #26): for the GLM cloze runs of one study, each
+"""The report's section "What moves the score" (used by report.py, issue #26): for the GLM cloze runs of one study, each
 lever against the run it changes, on the same test examples with the paired test of significance.py.
 
   raw vs calibrated        the same runs' predictions before and after contextual calibration
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-import significance
-from analysis import best_runs, metric_scale, prompt_table
-from readings import difference_sentence
-from report_tables import fmt_seeds
+from reporting import significance
+from reporting.analysis import best_runs, metric_scale, prompt_table
+from reporting.readings import difference_sentence
+from reporting.tables import fmt_seeds
 
 GLM_CLOZE = "glm_cloze"
 MISSING = {

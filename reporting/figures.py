@@ -1,4 +1,4 @@
-"""The report's figures (matplotlib, files only): lr x batch-size heatmaps, prompt bars, confusion
+"""The report's figures (used by report.py; matplotlib, files only): lr x batch-size heatmaps, prompt bars, confusion
 matrices, learning curves, few-shot curves; each readable at a paper's column width."""
 
 import matplotlib
@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from analysis import FULL_DATA, higher_is_better, metric_label  # noqa: E402
-from report_tables import fmt_lr, fmt_mean_std, fmt_prompt, fmt_replicates, fmt_shots  # noqa: E402
+from reporting.analysis import FULL_DATA, higher_is_better, metric_label  # noqa: E402
+from reporting.tables import fmt_lr, fmt_mean_std, fmt_prompt, fmt_replicates, fmt_shots  # noqa: E402
 
 
 def plot_heatmap(table, metric, title, path):
