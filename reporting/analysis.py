@@ -66,9 +66,7 @@ DATASET_TITLES = {"trec": "TREC", "e2e_nlg_cleaned": "E2E NLG (cleaned)"}
 TASK_NAMES = {"cls": "classification", "gen": "generation"}
 
 
-# ---------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------
+# --- Loading ---
 
 
 def load_results(results_dir):
@@ -80,8 +78,8 @@ def load_results(results_dir):
     epochs, baselines, train_time_s, trainable_share, trainable_params, script, args, env,
     data_settings (DATA_ARGS, test examples, hidden test labels, `carved_rows`), settings (see
     `separate_runs`; with the record's launch: mixed precision, processes, device type), path;
-    study and variant "" until `separate_runs` sets them. prompt_id None becomes NO_PROMPT; peft None "none". Files that
-    cannot be read are skipped with a warning.
+    study and variant "" until `separate_runs` sets them. prompt_id None becomes NO_PROMPT; peft None
+    "none". Files that cannot be read are skipped with a warning.
     """
     rows = []
     for path in sorted(Path(results_dir).rglob("results.json")):
@@ -180,9 +178,7 @@ def system_label(system):
     return f"{system['method']}{peft} [{system['model']}]{variant}"
 
 
-# ---------------------------------------------------------------------------------------
-# Which runs may share a cell
-# ---------------------------------------------------------------------------------------
+# --- Which runs may share a cell ---
 
 
 def split_untrained(runs):
@@ -289,15 +285,9 @@ def match_zero_shot(runs, untrained):
 
 
 def zero_shot_summary(zero_shot, system_runs):
-    """The zero-shot scores of what one system starts from, per prompt.
-
-    Args:
-        zero_shot: `match_zero_shot` runs with scores (`add_scores`). system_runs: the runs of one
-            system (they share their settings, hence their evaluation settings).
-    Returns:
-        `summarize(..., ["prompt_id"])` of the zero-shot runs with the system's study, method,
-        model and evaluation settings (no rows when there are none).
-    """
+    """The zero-shot scores of what one system starts from, per prompt: `summarize(..., ["prompt_id"])` of
+    the `zero_shot` runs (`match_zero_shot`, with `add_scores`) with the study, method, model and evaluation
+    settings of `system_runs` (one system's runs: they share them); no rows when there are none."""
     first = system_runs.iloc[0]
     names = ["task", "dataset", "study", "method", "model"]
     same = (zero_shot[names] == first[names]).all(axis=1)
@@ -308,11 +298,8 @@ def zero_shot_summary(zero_shot, system_runs):
 def add_zero_shot(table, summaries):
     """Copy of a summary table (`prompt_table`, `comparison_table`) with the zero-shot scores of
     each row's prompt: zs_val_mean, zs_val_std, zs_test_mean, zs_test_std, zs_n_seeds (0 where
-    there is none, the scores then NaN), zs_test_hidden and zs_paths.
-
-    Args:
-        summaries: one `zero_shot_summary` per row of `table`, in its order.
-    """
+    there is none, the scores then NaN), zs_test_hidden and zs_paths; `summaries`: one `zero_shot_summary`
+    per row of `table`, in its order."""
     columns = ["val_mean", "val_std", "test_mean", "test_std", "n_seeds", "test_hidden", "paths"]
     found = []
     for prompt_id, summary in zip(table["prompt_id"], summaries):
@@ -358,9 +345,7 @@ def _short(value):
     return str(value)
 
 
-# ---------------------------------------------------------------------------------------
-# Metrics: which one, which direction, how shown
-# ---------------------------------------------------------------------------------------
+# --- Metrics: which one, which direction, how shown ---
 
 
 def choose_metric(runs):
@@ -400,9 +385,7 @@ def add_scores(runs, metric):
     return runs
 
 
-# ---------------------------------------------------------------------------------------
-# Aggregation and selection (pandas)
-# ---------------------------------------------------------------------------------------
+# --- Aggregation and selection (pandas) ---
 
 
 def summarize(runs, keys):
@@ -528,23 +511,16 @@ def learning_curve(runs, metric):
     return curve, ("epochs completed" if x == "epoch" else "optimizer steps")
 
 
-# ---------------------------------------------------------------------------------------
-# Sensitivity in numbers
-# ---------------------------------------------------------------------------------------
+# --- Sensitivity in numbers ---
 
 
 def grid_sensitivity(grid, metric):
-    """How much the lr x batch-size grid of one prompt matters, from its cells' validation means.
-
-    Args:
-        grid: rows of `grid_table` for one prompt (val_mean, val_std, learning_rate, batch_size,
-            best, n_seeds).
-    Returns:
-        dict: cells, best (the selected row), worst (value), spread (best - worst), cell_std
-        (sample std of the cell means; NaN for one cell), best_lr {batch size: the lr with the
-        best mean at it}, lr_moves (whether that lr differs between batch sizes), seed_std (the
-        sample std over seeds at the best cell; NaN for one seed).
-    """
+    """How much the lr x batch-size grid of one prompt matters, from its cells' validation means: `grid`,
+    the rows of `grid_table` for one prompt (val_mean, val_std, learning_rate, batch_size, best, n_seeds).
+    Returns dict: cells, best (the selected row), worst (value), spread (best - worst), cell_std (sample
+    std of the cell means; NaN for one cell), best_lr {batch size: the lr with the best mean at it},
+    lr_moves (whether that lr differs between batch sizes), seed_std (the sample std over seeds at the
+    best cell; NaN for one seed)."""
     values = grid["val_mean"].dropna()
     best = grid[grid["best"]].iloc[0]
     worst = values.min() if higher_is_better(metric) else values.max()
@@ -557,13 +533,10 @@ def grid_sensitivity(grid, metric):
 
 
 def prompt_sensitivity(prompts):
-    """How much the prompt matters, from `prompt_table` rows (each prompt at its best config).
-
-    Returns:
-        dict: prompts, low, high (lowest and highest validation mean), spread (high - low),
-        prompt_std (sample std of the prompts' validation means), seed_std (root mean square of
-        the prompts' seed-to-seed std, over the prompts with 2+ seeds; NaN if none).
-    """
+    """How much the prompt matters, from `prompt_table` rows (each prompt at its best config). Returns
+    dict: prompts, low, high (lowest and highest validation mean), spread (high - low), prompt_std (sample
+    std of the prompts' validation means), seed_std (root mean square of the prompts' seed-to-seed std,
+    over the prompts with 2+ seeds; NaN if none)."""
     values = prompts["val_mean"].dropna()
     seed_std = prompts["val_std"].dropna()
     return {
@@ -572,9 +545,7 @@ def prompt_sensitivity(prompts):
     }  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------
-# Few-shot learning curves: test score against the number of shots per class
-# ---------------------------------------------------------------------------------------
+# --- Few-shot learning curves: test score against the number of shots per class ---
 
 FULL_DATA = np.inf  # the `shots` of runs on the full training data: right of every K
 PROMPT_METHODS = {"glm_cloze", "mlm_prompt", "seq2seq"}  # answer through a prompt, no new head
@@ -587,15 +558,13 @@ def few_shot_curve(runs, metric):
     study) with one prompt; its points are the studies of one (task, dataset) whose data differ in
     their number of shots only, and the full training data. At each K the line's (learning rate,
     batch size) is chosen on validation (`best_row`), then the test scores of that cell's replicates
-    (seeds x shot draws) give the point.
+    (seeds x shot draws) give the point. `runs`: runs with scores (`add_scores`) of one (task, dataset),
+    after `separate_runs`.
 
-    Args:
-        runs: runs with scores (`add_scores`) of one (task, dataset), after `separate_runs`.
-    Returns:
-        DataFrame, one row per (line, K), sorted by line then K: line (label), method, peft, model,
-        variant, prompt_id, shots (int K, or FULL_DATA), learning_rate, batch_size, val_mean,
-        test_mean, test_std (sample std, NaN for one replicate), test_min, test_max, n (replicates).
-        Empty when no run is few-shot.
+    Returns DataFrame, one row per (line, K), sorted by line then K: line (label), method, peft, model,
+    variant, prompt_id, shots (int K, or FULL_DATA), learning_rate, batch_size, val_mean, test_mean,
+    test_std (sample std, NaN for one replicate), test_min, test_max, n (replicates); empty when no run
+    is few-shot.
     """
     few = runs[runs["num_shots"].notna()]
     if few.empty:

@@ -40,13 +40,8 @@ def log_probabilities(scores):
 
 
 def ensemble_mean(score_sets):
-    """PET's ensemble of prompts: the mean over prompts of each choice's log-probability.
-
-    Args:
-        score_sets: P arrays [N, C] of choice scores of the same examples (choices in label order).
-    Returns:
-        [N, C] array.
-    """
+    """PET's ensemble of prompts: the mean over prompts of each choice's log-probability, [N, C], from
+    `score_sets`: P arrays [N, C] of choice scores of the same examples (choices in label order)."""
     return np.mean([log_probabilities(scores) for scores in score_sets], axis=0)
 
 

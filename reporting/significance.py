@@ -85,14 +85,8 @@ def example_stats(rows, task, metric):
 
 
 def finalize(sums, n, metric):
-    """The metric from summed per-example counts.
-
-    Args:
-        sums: (..., k) sums over n examples of `example_stats`; n: the number of examples.
-    Returns:
-        (...) array of the metric on its stored scale (accuracy / macro-F1 in [0, 1], BLEU and
-        ROUGE 0-100).
-    """
+    """The metric, (...) on its stored scale (accuracy / macro-F1 in [0, 1], BLEU and ROUGE 0-100), from
+    `sums` (..., k): sums over n examples of `example_stats`."""
     if metric == "macro_f1":
         tp, fp, fn = np.split(sums, 3, axis=-1)
         denominator = 2 * tp + fp + fn
@@ -108,11 +102,7 @@ def bleu_from_counts(sums):
     a match counts as precision 1 / (2^k total)), brevity penalty exp(1 - ref/hyp) for a short
     output (Papineni et al. 2002). sacrebleu's own function takes one vector of integer counts at a
     time; the tests take thousands of vectors and seed-averaged (fractional) counts.
-
-    Args:
-        sums: (..., 10) array [hyp len, ref len, matches of 1..4-grams, totals of 1..4-grams].
-    Returns:
-        (...) array.
+    `sums`: (..., 10) array [hyp len, ref len, matches of 1..4-grams, totals of 1..4-grams] -> (...) array.
     """
     sys_len, ref_len, correct, total = sums[..., 0], sums[..., 1], sums[..., 2:6], sums[..., 6:10]
     unmatched = correct == 0
@@ -126,27 +116,17 @@ def bleu_from_counts(sums):
 
 
 def seed_mean_score(stats, metric, indices=None):
-    """Mean over seeds of the metric on the examples `indices` (all when None).
-
-    Args:
-        stats: (seeds, n, k) per-example counts of each seed's run. indices: int array (..., m).
-    Returns:
-        (...) array (a float for indices None).
-    """
+    """Mean over seeds of the metric on the examples `indices` (int array (..., m); all when None):
+    (...) array (a float for indices None). `stats`: (seeds, n, k) per-example counts of each seed's run."""
     if indices is None:
         indices = np.arange(stats.shape[1])
     return finalize(stats[:, indices].sum(-2), indices.shape[-1], metric).mean(0)
 
 
 def bootstrap_ci(stats, metric):
-    """95% percentile bootstrap interval of `seed_mean_score` over test examples (CI_RESAMPLES
-    resamples, rng seeded with SEED; scipy.stats.bootstrap).
-
-    Args:
-        stats: (seeds, n, k) per-example counts (`example_stats` of each seed's run).
-    Returns:
-        (low, high) on the metric's stored scale.
-    """
+    """95% percentile bootstrap interval (low, high) of `seed_mean_score` over test examples, on the
+    metric's stored scale (CI_RESAMPLES resamples, rng seeded with SEED; scipy.stats.bootstrap).
+    `stats`: (seeds, n, k) per-example counts (`example_stats` of each seed's run)."""
     result = scipy.stats.bootstrap(
         (np.arange(stats.shape[1]),), lambda indices, axis: seed_mean_score(stats, metric, indices),
         n_resamples=CI_RESAMPLES, batch=100, vectorized=True, method="percentile", confidence_level=CONFIDENCE,
@@ -156,15 +136,10 @@ def bootstrap_ci(stats, metric):
 
 
 def paired_test(stats_a, stats_b, metric):
-    """Paired approximate randomization test of system A against system B on the same examples.
-
-    Args:
-        stats_a, stats_b: (seeds, n, k) per-example counts of each system's seed runs (the seed
-            counts may differ; n and k may not).
-    Returns:
-        (difference A - B of the statistic (module docstring), two-sided p-value), the difference
-        on the metric's stored scale.
-    """
+    """Paired approximate randomization test of system A against system B on the same examples:
+    (difference A - B of the statistic (module docstring), on the metric's stored scale; two-sided
+    p-value). `stats_a`, `stats_b`: (seeds, n, k) per-example counts of each system's seed runs (the
+    seed counts may differ; n and k may not)."""
     n = stats_a.shape[1]
     pooled = np.concatenate([stats_a.mean(0), stats_b.mean(0)])  # rows 0..n-1: A, n..2n-1: B
 
@@ -183,15 +158,12 @@ def fmt_p(p):
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-# ---------------------------------------------------------------------------------------
-# On the report's summary tables (analysis.comparison_table, analysis.prompt_table rows)
-# ---------------------------------------------------------------------------------------
+# --- On the report's summary tables (analysis.comparison_table, analysis.prompt_table rows) ---
 
 
 def prediction_stats(row, task, metric):
-    """Per-example counts of a summary row's runs (example_stats): (array (seeds, n,
-    k), example key), or None when the test labels were hidden, the metric is not one
-    py recomputes, or a run has no predictions file."""
+    """Per-example counts of a summary row's runs (example_stats): (array (seeds, n, k), example key), or
+    None when the test labels were hidden, the metric is not one SUPPORTED, or a run has no predictions file."""
     if row["test_hidden"] or metric not in SUPPORTED[task]:
         return None
     stats, keys = [], []

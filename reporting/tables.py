@@ -48,9 +48,7 @@ def latex_escape(text):
     return "".join(_LATEX_SPECIALS.get(ch, _LATEX_SYMBOLS.get(ch, ch)) for ch in str(text))
 
 
-# ---------------------------------------------------------------------------------------
-# Cells
-# ---------------------------------------------------------------------------------------
+# --- Cells ---
 
 
 def _missing(value):
@@ -179,9 +177,7 @@ def study_title(dataset, study=""):
     return f"{title} ({study})" if study else title
 
 
-# ---------------------------------------------------------------------------------------
-# The tables
-# ---------------------------------------------------------------------------------------
+# --- The tables ---
 
 
 def _label(kind, *names):
