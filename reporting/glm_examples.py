@@ -141,7 +141,7 @@ REFERENCES = {
 
 # Run arguments worth repeating in a command line (the others keep the scripts' defaults).
 SETTING_ARGS = ("task", "method", "model_name_or_path", "tokenizer_name", "peft", "pre_seq_len", "lora_r")
-DATA_ARGS = ("dataset_name", "train_file", "validation_file", "test_file")
+DATA_ARGS = ("dataset_name", "train_file", "validation_file", "test_file", "data_seed")
 GRID_ARGS = ("prompt_id", "learning_rate", "per_device_train_batch_size", "seed")
 BUDGET_ARGS = (
     "num_train_epochs", "max_train_steps", "eval_steps", "max_train_samples", "max_eval_samples",

@@ -30,7 +30,8 @@ DATA_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow", ".pt",
 def example_sweep(tmp_path):
     """A TREC sweep on local files (accuracy_runs, with their zero-shot run and a linear head of run_baseline.py)
     and a fine_foods one, whose prompts come from prompts/fine_foods.yaml; then report.py --glm_examples."""
-    data = {"train_file": str(tmp_path / "mine" / "trec" / "train.csv"), "test_file": str(tmp_path / "mine" / "trec" / "test.csv")}
+    data = {"train_file": str(tmp_path / "mine" / "trec" / "train.csv"), "test_file": str(tmp_path / "mine" / "trec" / "test.csv"),
+            "data_seed": 7}
     records = [record(lr=r["learning_rate"], bs=r["per_device_train_batch_size"], seed=r["seed"],
                       val=r["validation"]["accuracy"], test=r["test"]["accuracy"], **data) for r in accuracy_runs()]
     records.append(record(lr=1e-6, val=0.3, test=0.25, epochs=[], **data))  # zero-shot
@@ -109,6 +110,8 @@ def test_the_readme_commands_run_in_the_folder(tmp_path):
     assert len(commands) == 8 + 2 + 1  # glm_cloze 2 lr x 2 bs x 2 seeds, the linear head 2 seeds, one zero-shot
     assert ["--train_file", "data/train.csv"] == commands[0][commands[0].index("--train_file"):][:2]
     assert sum("--no-do_train" in command for command in commands) == 1
+    assert all(["--data_seed", "7"] == command[command.index("--data_seed"):][:2] for command in commands)
+    assert "--data_seed 7" in single_run  # the runs' validation carve
 
     # Every command's arguments parse with the folder's own scripts.
     argvs = [command[1:] for command in commands] + [shlex.split(single_run.replace("\\\n", " "))[1:]]
