@@ -1,26 +1,10 @@
-"""GLM in plain PyTorch, as nanoGPT would write it: config, layers, the two heads, loading.
+"""GLM (Du et al., ACL 2022) in plain PyTorch, as nanoGPT would write it: `GLMConfig`, the pre-LN blocks,
+`GLMForConditionalGeneration` (tied LM output, `generate` through transformers), `GLMForSequenceClassification`
+(the linear-head baseline), P-tuning v2's `PrefixEncoder`, and loading of `BAAI/glm-roberta-large` without
+remote code. Every other module imports it; the facts it matches are in the shared GLM_NOTES.md.
 
-GLM (Du et al., ACL 2022, "GLM: General Language Model Pretraining with Autoregressive Blank
-Infilling") reads a corrupted text (Part A, bidirectional) in which each blank is one `[MASK]`,
-then writes the missing spans (Part B, left to right). Every token carries two positions,
-`position_ids[:, 0]` (its place in Part A; a span token carries its [MASK]'s index) and
-`position_ids[:, 1]` (the block position: 0 in Part A, 1, 2, ... inside a span); the embedding
-adds both tables to the word embedding. This file holds the model only: `GLMConfig`, the pre-LN
-blocks, `GLMForConditionalGeneration` (tied LM output), `GLMForSequenceClassification` (the linear-
-head baseline), the P-tuning v2 `PrefixEncoder` (its keys and values live in the attention cache),
-and loading of the released `BAAI/glm-roberta-large` layout, with a check that the embedding rows a run
-uses for [MASK], sop and eop were trained (`special_rows_report`). No remote code is run. The facts it
-matches are in GLM_NOTES.md of the team's shared folder.
-
-The models are transformers `PreTrainedModel`s (save_pretrained / from_pretrained with dtype, device_map,
-safetensors; gradient_checkpointing_enable), and `GLMForConditionalGeneration` is a `GenerationMixin`:
-`model.generate` extends the two position rows and the Figure 2(b) attention layout step by step
-(`prepare_inputs_for_generation`) over a transformers `Cache` of keys and values.
-
-Trap: transformers 5 ships its own `model_type: "glm"` (GLM-4, another architecture), and the hub
-config of glm-roberta-large says "glm" too, so `AutoModel.from_pretrained("BAAI/glm-roberta-large")`
-builds GLM-4's classes. Our config has its own type, `GLMConfig.model_type` ("glm_blank_infilling"),
-never registered under "glm": load through these classes, not the Auto classes.
+Trap: transformers 5's `model_type: "glm"` is GLM-4 (and the hub config of glm-roberta-large says "glm"), so
+the Auto classes build GLM-4: load through these classes; our type is "glm_blank_infilling", never "glm".
 """
 
 import inspect
@@ -48,17 +32,13 @@ SOP_TOKEN, EOP_TOKEN, MASK_TOKEN = "<|startofpiece|>", "<|endofpiece|>", "[MASK]
 
 
 class UsageError(ValueError):
-    """A mistake of the user's (a flag, a file, the data, a prompt) found by one of our checks: its
-    message says what is wrong and how to fix it. `cli.run_script` prints it as one line and exits
-    with 2; every other exception is a bug and keeps its traceback. Defined here, in the module every
-    other one imports, so that each can raise it (cli re-exports it for the scripts)."""
-
+    """A user's mistake (flag, file, data, prompt): `cli.run_script` prints its message as one line and exits
+    2; any other exception is a bug and keeps its traceback. Here because every module imports this one."""
 
 
 def readable_like_results(*paths):
-    """Gives files the mode `open` gives a new file (0666 less the umask: 0644 usually), as results.json
-    has: safetensors writes its files 0600 (a private temporary file, renamed), so that a teammate on a
-    shared server could not read the weights."""
+    """Gives files the mode `open` gives new files (0666 less the umask), as results.json has: safetensors
+    writes 0600, which a teammate on a shared server could not read."""
     umask = os.umask(0)
     os.umask(umask)
     for path in paths:
@@ -66,29 +46,17 @@ def readable_like_results(*paths):
 
 
 def save_weights(state, path, metadata):
-    """safetensors' save_file of `state` ({name: tensor}) to `path` with `metadata` ({str: str}),
-    readable like the results files (`readable_like_results`)."""
+    """safetensors' save_file, readable like the results files."""
     from safetensors.torch import save_file
 
     save_file(state, str(path), metadata=metadata)
     readable_like_results(path)
 
 
-# ----------------------------------------------------------------------------------------------
-# Configuration
-# ----------------------------------------------------------------------------------------------
-
-
 class GLMConfig(PreTrainedConfig):
-    """Hyper-parameters of GLM, with the field names of the released `config.json`.
-
-    The defaults are those of `BAAI/glm-roberta-large` (24 layers, hidden 1024, 16 heads,
-    ~355M parameters). `attention_scale` only changes the order of operations in the released
-    code (it rescales scores for numerical range), not the result, so it is kept for the round
-    trip and otherwise unused. The layer-norm epsilon is fixed at 1e-5 in the released code.
-    `model_type` is our own, not "glm" (GLM-4 in transformers 5; see the module docstring).
-    Raises ValueError for `block_position_encoding=False` (checkpoints without block positions).
-    """
+    """GLM's hyper-parameters under the released config.json's names; defaults are glm-roberta-large's.
+    `attention_scale` only reorders the released code's arithmetic: kept for the round trip, unused.
+    Raises UsageError for `block_position_encoding=False` (checkpoints without block positions)."""
 
     model_type = "glm_blank_infilling"
     max_sequence_length = 512  # class-level too: the input builders' default limit (glm-roberta-large's)
@@ -115,17 +83,11 @@ class GLMConfig(PreTrainedConfig):
 
     @classmethod
     def from_released(cls, config: dict) -> "GLMConfig":
-        """Reads a released or saved config.json: our fields are kept, the rest (auto_map, the hub's
-        model_type "glm", transformers' bookkeeping) dropped; a classifier's labels are kept
-        (`id2label` as transformers saves them, or `num_labels` as our earlier versions did)."""
+        """A released or saved config.json: our fields and a classifier's labels (`id2label`, or `num_labels`
+        as our earlier versions saved it) kept, the rest (auto_map, the hub's model_type "glm") dropped."""
         known = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
         kept = {k: v for k, v in config.items() if k in known | {"id2label", "num_labels"}}
         return cls(**kept)
-
-
-# ----------------------------------------------------------------------------------------------
-# Model
-# ----------------------------------------------------------------------------------------------
 
 
 class GLMSelfAttention(nn.Module):
@@ -141,7 +103,6 @@ class GLMSelfAttention(nn.Module):
 
     def forward(self, x, mask, prefix_key=None, prefix_value=None, cache=None):
         B, Q, H = x.shape
-        # The fused projection's output is [q | k | v], each then split into heads.
         q, k, v = (t.view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)
                    for t in self.query_key_value(x).split(H, dim=-1))
         if prefix_key is not None:
@@ -167,10 +128,8 @@ class GLMMLP(nn.Module):
 
 
 class GLMLayer(GradientCheckpointingLayer):
-    """Pre-LN transformer block: h + attn(LN(h)), then h + mlp(LN(h)).
-
-    Tensors that need gradients (h, a P-tuning v2 prefix) are positional, so that gradient
-    checkpointing (which recomputes this forward in the backward pass) passes their gradients on."""
+    """Pre-LN block: h + attn(LN(h)), then h + mlp(LN(h)). Tensors that need gradients (h, a prefix) are
+    positional so that gradient checkpointing passes their gradients on."""
 
     def __init__(self, config: GLMConfig, layer_idx: int):
         super().__init__()
@@ -205,8 +164,7 @@ class GLMModel(nn.Module):
         self.transformer = GLMStack(config)
 
     def forward(self, input_ids, position_ids, mask, prefix=None, cache=None):
-        """prefix: None or per layer a P-tuning v2 (key, value) pair put before this input's keys;
-        cache: None or a transformers `Cache` that each layer's keys/values join (and come from)."""
+        """prefix: None or per layer a P-tuning v2 (key, value) pair; cache: None or a transformers `Cache`."""
         t = self.transformer
         h = (self.word_embeddings(input_ids) + t.position_embeddings(position_ids[:, 0])
              + t.block_position_embeddings(position_ids[:, 1]))
@@ -218,23 +176,18 @@ class GLMModel(nn.Module):
 
 
 def expand_attention_mask(attention_mask, batch_size, query_length, key_length, device):
-    """Turns any attention-mask form GLM accepts into a boolean [B, 1, Q, K] (True = may attend).
+    """Any attention-mask form of the released code as bool [B, 1, Q, K] (True = may attend), or None.
 
-    Forms (the released code's): None (all visible); `[B]` integer separator `sep` (key j is
-    visible from query i when j < sep or j <= i: Part A bidirectional, then causal); `[B, K']`
-    0/1 key-padding mask; `[B, 1, Q, K']` 0/1 full mask. The mask describes the last K' keys;
-    keys before them (a P-tuning v2 prefix, or a cache) are visible to every query.
-    A query row with no visible key (only padding ever has one) is opened to every key so that
-    attention stays finite; the released code makes such a row uniform instead. Neither reaches
-    a real token. A mask that hides nothing gives None, as no mask at all: SDPA then takes its
-    fastest kernel (flash attention on a GPU) and skips the masking work (benchmarks/bench.py).
-
-    Raises ValueError for a mask of another shape.
+    Forms: None; `[B]` separator `sep` (key j visible from query i when j < sep or j <= i: Part A
+    bidirectional, then causal); `[B, K']` 0/1 key padding; `[B, 1, Q, K']` 0/1 full. They describe the last
+    K' keys; earlier ones (a prefix, a cache) are visible to all. A query that sees no key (padding only) is
+    opened to every key so attention stays finite (the released code makes it uniform). A mask that hides
+    nothing gives None, so that SDPA takes its fastest kernel. Raises ValueError for another shape.
     """
     if attention_mask is None:
         return None
     m = attention_mask.to(device)
-    if m.dim() == 1:  # separator form, over the current tokens
+    if m.dim() == 1:
         i = torch.arange(query_length, device=device)
         m = (i[None, None, :] < m[:, None, None]) | (i[None, None, :] <= i[None, :, None])
         m = m[:, None]
@@ -255,12 +208,9 @@ def expand_attention_mask(attention_mask, batch_size, query_length, key_length, 
 
 
 def span_attention_mask(key_padding_mask, block_position_ids):
-    """The attention layout of GLM's blank infilling (paper, Figure 2b) over a whole sequence.
-
-    key_padding_mask: [B, S] (1/True = a real token anyone may see); block_position_ids: [B, S]
-    (0 in Part A, 1, 2, ... in the span). Part A tokens see the real Part A tokens; a span token
-    sees those and the span up to itself. Returns bool [B, 1, S, S] (True = may attend).
-    """
+    """GLM's blank-infilling layout (paper, Figure 2b): Part A sees the real Part A, a span token also the
+    span up to itself. key_padding_mask [B, S] (1 = real); block_position_ids [B, S] (0 in Part A, 1.. in
+    the span). Returns bool [B, 1, S, S] (True = may attend)."""
     S = block_position_ids.shape[1]
     in_span = block_position_ids > 0
     i = torch.arange(S, device=block_position_ids.device)
@@ -270,9 +220,7 @@ def span_attention_mask(key_padding_mask, block_position_ids):
 
 
 class GLMPreTrainedModel(PreTrainedModel):
-    """What GLM's models share: the config class, the initialisation (normal with std
-    `initializer_range` for Linear and Embedding weights, zero biases; transformers' default),
-    the released `glm.` key prefix, gradient checkpointing over the `GLMLayer`s."""
+    """What GLM's models share: config class, transformers' default init, the released `glm.` key prefix."""
 
     config_class = GLMConfig
     base_model_prefix = "glm"
@@ -282,11 +230,9 @@ class GLMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _load_glm(cls, name_or_path, config, new_keys=(), **kwargs):
-        """transformers' `from_pretrained` of a local directory or hub repository with our `config`
-        (the released config.json says model_type "glm", GLM-4's type, so it is read by us, not by
-        transformers). `new_keys` may be missing (a new head, initialised at random). Raises
-        UsageError naming other missing and unexpected keys (transformers only logs them), or when the
-        hub cannot serve the files."""
+        """transformers' `from_pretrained` with our `config` (the released one says GLM-4's "glm"). Raises
+        UsageError naming missing keys other than `new_keys` (a new head) and unexpected ones (transformers
+        only logs them), or when the hub cannot serve the files."""
         directory = _resolve_pretrained_dir(name_or_path, ["config.json", "*.safetensors", "pytorch_model.bin"])
         model, info = super().from_pretrained(str(directory), config=config, output_loading_info=True, **kwargs)
         missing, unexpected = sorted(set(info["missing_keys"]) - set(new_keys)), sorted(info["unexpected_keys"])
@@ -297,18 +243,14 @@ class GLMPreTrainedModel(PreTrainedModel):
         return model
 
     def save_pretrained(self, save_directory, **kwargs):
-        """transformers' `save_pretrained`, then the weights files made readable like the results files
-        (safetensors writes them 0600)."""
+        """transformers' `save_pretrained`, the weights readable like the results files."""
         super().save_pretrained(save_directory, **kwargs)
         readable_like_results(*Path(save_directory).glob("*.safetensors"))
 
 
 class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
-    """GLM with its tied language-model output (logits = hidden @ word_embeddings^T).
-
-    `prefix_encoder` is None, or a `PrefixEncoder` set by `glm_peft.add_prefix_encoder` (P-tuning
-    v2): its keys/values then sit before every input, and begin the cache of `model.generate`.
-    """
+    """GLM with its tied LM output (logits = hidden @ word_embeddings^T). `prefix_encoder`: None, or a
+    `PrefixEncoder` (`glm_peft.add_prefix_encoder`) whose keys/values precede every input."""
 
     def __init__(self, config: GLMConfig):
         super().__init__(config)
@@ -324,22 +266,15 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         """Runs GLM on `input_ids` [B, S] with `position_ids` [B, 2, S].
 
         attention_mask:   any form `expand_attention_mask` accepts.
-        labels:           [B, S] token ids to predict AT each position (GLM's targets are already
-                          aligned, no shift), -100 where nothing is predicted.
-        cache:            a transformers `Cache` of earlier keys/values (per layer [B, heads, T,
-                          head_dim]); new tokens attend to them and join them. With `use_cache` and
-                          no cache a `DynamicCache` is started (and returned). A P-tuning v2 prefix
-                          (`prefix_encoder`) goes before the input when the cache is absent or empty,
-                          so a cache begins with it and cached decoding needs nothing more.
-        logits_positions: optional bool [B, S]; vocabulary logits are then computed only there and
-                          returned as [N, V] in row-major order (a large saving with a 50k vocab).
-        logits_to_keep:   n > 0: logits of the last n positions only, [B, n, V] (`generate` asks for 1,
-                          so that the prefill computes no vocabulary logits it will not read); 0: all.
-        label_smoothing:  as in `torch.nn.functional.cross_entropy`.
+        labels:           [B, S] ids to predict AT each position (GLM's targets are aligned: no shift), -100 none.
+        cache:            a transformers `Cache` (per layer [B, heads, T, head_dim]); `use_cache` without one
+                          starts a `DynamicCache`. The prefix goes in while the cache is empty, so it begins it.
+        logits_positions: optional bool [B, S]: logits only there, [N, V] row-major (a 50k vocabulary is costly).
+        logits_to_keep:   n > 0: logits of the last n positions only, [B, n, V] (`generate` asks for 1).
         kwargs:           what `generate` passes besides (return_dict, ...); unused.
 
-        Returns a `CausalLMOutputWithPast`: `loss` the mean cross-entropy over labelled positions (or
-        None), `logits`, `cache` (with use_cache). Raises ValueError without position_ids.
+        Returns a `CausalLMOutputWithPast` (loss: mean cross-entropy over labelled positions, or None).
+        Raises ValueError without position_ids.
         """
         if position_ids is None:
             raise ValueError("GLM needs position_ids [B, 2, S] (position, block position): use glm_utils' builders")
@@ -368,18 +303,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
                                       position_ids=None, block_position_ids=None, use_cache=None, **kwargs):
-        """What `generate` feeds each step (Figure 2b): the whole sequence while the cache is empty
-        (or without a cache), with the span layout `span_attention_mask` rebuilt from the key
-        padding mask and the block positions; afterwards the last `next_sequence_length` tokens,
-        which see every real key (a span token sees the context and the span so far).
+        """What `generate` feeds each step (Figure 2b): the whole sequence with `span_attention_mask` while
+        the cache is empty, then the last `next_sequence_length` tokens, which see every real key.
 
-        Inputs (`glm_utils.generation_kwargs` makes them from a `build_generation_inputs` batch):
-        input_ids [B, S] ending with sop; the two position rows apart, position_ids [B, S] and
-        block_position_ids [B, S] (`generate` would take a 3D position tensor for a multimodal one,
-        with the batch second); attention_mask [B, S] the key padding mask (`generate` takes 2D masks
-        only, and drops one without padding: None = every key is real). Pass the mask: GLM's pad id
-        is also `</s>`, so one guessed from the ids would hide `</s>`. Raises ValueError without
-        position_ids or block_position_ids.
+        Inputs (from `glm_utils.generation_kwargs`): input_ids [B, S] ending with sop; position_ids and
+        block_position_ids [B, S] apart (`generate` reads a 3D position tensor as multimodal);
+        attention_mask [B, S] key padding, None = all real (pass it: GLM's pad id is also `</s>`, so a
+        mask guessed from the ids would hide `</s>`). Raises ValueError without the two position rows.
         """
         if position_ids is None or block_position_ids is None:
             raise ValueError("GLM's generate needs position_ids and block_position_ids: pass "
@@ -387,7 +317,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         position_ids = torch.stack([position_ids, block_position_ids], dim=1)
-        if cache is None or cache.get_seq_length() == 0:  # the whole sequence: no keys are cached yet
+        if cache is None or cache.get_seq_length() == 0:
             mask = span_attention_mask(attention_mask, block_position_ids)
         else:
             input_ids, position_ids, mask = (input_ids[:, -next_sequence_length:],
@@ -397,8 +327,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False,
                                             num_new_tokens=1):
-        """After a step: the cache, the key padding mask grown by the new (real) tokens, and their
-        positions: the span's mask index again, block positions counting on (Figure 2b)."""
+        """After a step: the new tokens take the span's mask index and the next block positions."""
         position_ids, block = model_kwargs.pop("position_ids"), model_kwargs.pop("block_position_ids")
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder,
                                                                    num_new_tokens)
@@ -410,24 +339,18 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, name_or_path: str, vocab_size: Optional[int] = None,
                         special_token_ids: Optional[dict] = None, **kwargs):
-        """Loads GLM from a local directory or a hub id (default `BAAI/glm-roberta-large`) through
-        transformers' `from_pretrained` (kwargs such as dtype=torch.bfloat16, device_map="auto").
+        """GLM from a directory (config.json + model.safetensors or pytorch_model.bin, read weights_only; keys
+        with or without the released `glm.` prefix) or a hub id, through transformers' `from_pretrained`
+        (kwargs: dtype, device_map...); `glm-tiny` is random (`GLMConfig.tiny`) and needs `vocab_size`.
+        With `special_token_ids` ({token: id}) and `vocab_size`, loaded weights get `check_special_rows`.
 
-        The directory holds `config.json` and `model.safetensors` or `pytorch_model.bin` (read
-        with `weights_only=True`: a pickle that would run code is refused). State-dict keys may
-        carry the released `glm.` prefix or not. `glm-tiny` builds a random small model instead
-        (`GLMConfig.tiny`), which needs `vocab_size` (the tokenizer's length).
-
-        With `special_token_ids` ({token: id} of the rows a run uses, e.g. [MASK], sop, eop) and
-        `vocab_size`, loaded weights get `check_special_rows` (not glm-tiny: all its rows are random).
-
-        Raises UsageError when keys are missing or unexpected (both listed), or when the hub
-        cannot be reached (with the flags that point at local files instead).
+        Raises UsageError when keys are missing or unexpected, the tokenizer outgrows the embeddings, or
+        the hub cannot be reached (with the flags that point at local files instead).
         """
         if name_or_path == TINY_MODEL_NAME:
             if vocab_size is None:
                 raise ValueError("glm-tiny needs vocab_size (the tokenizer's length)")
-            return cls(GLMConfig.tiny(vocab_size=_round_up(vocab_size, 64)))
+            return cls(GLMConfig.tiny(vocab_size=64 * math.ceil(vocab_size / 64)))
         model = cls._load_glm(name_or_path, read_config(name_or_path), **kwargs)
         if vocab_size is not None and vocab_size > model.config.vocab_size:
             raise UsageError(f"The tokenizer has {vocab_size} tokens but the model only {model.config.vocab_size} "
@@ -438,8 +361,8 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
 
 def read_config(name_or_path: str) -> GLMConfig:
-    """The `GLMConfig` of a local directory or hub repository (only config.json is downloaded).
-    Raises UsageError when it cannot be had (with the local alternatives) or holds no config.json."""
+    """The `GLMConfig` of a directory or hub repository (only config.json is downloaded). Raises UsageError
+    when it cannot be had (with the local alternatives) or holds no config.json."""
     config = _resolve_pretrained_dir(name_or_path, ["config.json"]) / "config.json"
     if not config.is_file():
         raise UsageError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
@@ -503,12 +426,8 @@ def check_special_rows(weight, token_ids, tokenizer_length):
         logger.warning(warning)
 
 
-def _round_up(n, multiple):
-    return (n + multiple - 1) // multiple * multiple
-
-
 def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
-    """A local directory as is; otherwise downloads the needed files of a hub repository."""
+    """A local directory as is, else the hub's `allow_patterns` files."""
     if os.path.isdir(name_or_path):
         return Path(name_or_path)
     from huggingface_hub import snapshot_download
@@ -529,26 +448,16 @@ def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
 
 
 def max_positions(name_or_path: str) -> int:
-    """The positions a checkpoint's tables hold, `max_sequence_length` (glm-roberta-large: 512): that of
-    the `glm-tiny` preset, or of the config.json of a local directory or hub repository (only that file
-    is downloaded), so that scripts can check their length flags before loading anything else.
-
-    Raises UsageError when the config cannot be had (as `from_pretrained`, with the local alternatives).
-    """
+    """A checkpoint's `max_sequence_length` (glm-roberta-large: 512) from its config alone, so that scripts
+    check their length flags before loading anything. Raises UsageError as `read_config`."""
     if name_or_path == TINY_MODEL_NAME:
         return GLMConfig.max_sequence_length
     return read_config(name_or_path).max_sequence_length
 
 
 class GLMForSequenceClassification(GLMPreTrainedModel):
-    """GLM with a linear head on the first token: the conventional fine-tuning baseline that the
-    cloze formulation (`score_choices`, no new parameters) is compared with on GLM itself.
-
-    The input is plain text `<s> x1 .. xn </s>` (no `[MASK]`), read bidirectionally: positions
-    0..S-1, block positions 0. logits = Linear(dropout(h[:, 0])), h the final hidden states (after
-    the final layer norm) and position 0 the `<s>` token; dropout = `output_dropout_prob`. The
-    number of classes is `config.num_labels`.
-    """
+    """GLM with a linear head on `<s>`, the baseline of the cloze formulation: plain text `<s> x1 .. xn </s>`
+    read bidirectionally (positions 0..S-1, block positions 0); logits = Linear(dropout(h[:, 0]))."""
 
     def __init__(self, config: GLMConfig):
         super().__init__(config)
@@ -562,9 +471,8 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
         return self.glm.word_embeddings
 
     def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None, **kwargs):
-        """input_ids [B, S]; attention_mask [B, S] 0/1 (1 = real token) or None (all real);
-        labels [B] class ids (optional); position_ids [B, 2, S] (default: 0..S-1 and zeros).
-        Returns a `SequenceClassifierOutput` (loss = mean cross-entropy when labels are given)."""
+        """input_ids [B, S]; attention_mask [B, S] 0/1 or None; labels [B] or None; position_ids [B, 2, S]
+        (default 0..S-1 and zeros). Returns a `SequenceClassifierOutput` (loss: mean cross-entropy)."""
         B, S = input_ids.shape
         if position_ids is None:
             position_ids = torch.zeros(B, 2, S, dtype=torch.long, device=input_ids.device)
@@ -578,12 +486,9 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
     @classmethod
     def from_pretrained(cls, name_or_path: str, num_labels: Optional[int] = None, vocab_size: Optional[int] = None,
                         **kwargs):
-        """The body of a GLM checkpoint (local directory, hub id or `glm-tiny`, whose body is that of
-        `GLMForConditionalGeneration.from_pretrained("glm-tiny")` with the same seed) under a new
-        random head of `num_labels` classes; or, from a directory written by this class's
-        `save_pretrained`, the whole classifier (the head included; `num_labels` may then be omitted,
-        and must match when given). kwargs go to transformers' `from_pretrained` (dtype, ...).
-        Raises ValueError for a wrong or missing `num_labels`, or keys that do not match."""
+        """A GLM checkpoint's body (glm-tiny's: that of the LM with the same seed) under a new head of
+        `num_labels` classes, or a whole classifier saved by this class (`num_labels` then optional).
+        Raises ValueError for a missing `num_labels`, UsageError for a wrong one or keys that do not match."""
         if name_or_path == TINY_MODEL_NAME:
             if num_labels is None:
                 raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")
@@ -605,20 +510,13 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
 
 
 class PrefixEncoder(nn.Module):
-    """The deep prompt of P-tuning v2 (Liu et al., ACL 2022, "P-Tuning v2: Prompt Tuning Can Be
-    Comparable to Fine-tuning Universally Across Scales and Tasks"): `pre_seq_len` learned
-    (key, value) pairs for EVERY layer, which every real token attends to.
+    """P-tuning v2's deep prompt (Liu et al., ACL 2022): `pre_seq_len` learned (key, value) pairs in EVERY layer.
 
-    Without projection the prefix is one table `embedding` [pre_seq_len, num_layers * 2 * hidden];
-    with `prefix_projection` (the paper's reparameterization) a table [pre_seq_len, hidden] goes
-    through `trans` = Linear(hidden, prefix_hidden_size), tanh, Linear(prefix_hidden_size,
-    num_layers * 2 * hidden). Each row holds, layer after layer, [key | value], each split into
-    heads like the attention's own keys (the layout of the P-tuning v2 code).
-
-    forward(batch_size) returns a tuple of num_layers (key, value) pairs, each
-    [batch_size, heads, pre_seq_len, head_dim] (expanded, not copied), which
-    `GLMForConditionalGeneration.forward` puts before the input's keys and values (and at the start of
-    a cache). Raises ValueError when pre_seq_len < 1.
+    A table [pre_seq_len, num_layers * 2 * hidden], or with `prefix_projection` (the paper's
+    reparameterization) [pre_seq_len, hidden] through Linear, tanh, Linear; each row holds, layer after
+    layer, [key | value] split into heads (the P-tuning v2 code's layout). forward(batch_size) returns
+    num_layers (key, value) pairs, each [batch_size, heads, pre_seq_len, head_dim] (expanded, not copied).
+    Raises ValueError when pre_seq_len < 1.
     """
 
     def __init__(self, config: GLMConfig, pre_seq_len: int, prefix_projection: bool = False,
