@@ -1,23 +1,12 @@
-"""GLM for prompt-based fine-tuning: the builders of its inputs, choice scoring, decoding.
+"""GLM's inputs for prompt-based fine-tuning and pretraining (paper, Figures 1-2), choice scoring, decoding;
+used by run_cls.py, run_gen.py, run_pretrain.py and check_glm.py.
 
-GLM (Du et al., ACL 2022, "GLM: General Language Model Pretraining with Autoregressive Blank
-Infilling") reads a corrupted text (Part A, bidirectional) in which each blank is one `[MASK]`,
-then writes the missing spans (Part B, left to right), each span opened by `<|startofpiece|>`
-(sop) and closed by `<|endofpiece|>` (eop). Every token carries two positions:
-
-    position_ids[:, 0]   where the token sits in Part A; a span token carries its [MASK]'s index
-    position_ids[:, 1]   the block position: 0 in Part A, 1, 2, 3, ... inside a span
-
-Fine-tuning keeps this layout (paper, Figure 2): a cloze question is a context with one `[MASK]`
-whose answer choices are scored as spans (`build_multiple_choice_inputs`, `score_choices`), and
-generation is writing the span of a `[MASK]` placed after the prompt (`build_generation_inputs`,
-`generate_spans`, through transformers' `generate`); the model itself is `modeling_glm.py`. The
-builders take token ids, which the scripts make once per split (`encode_context`,
-`encode_choices`, `encode_target`); the `*_from_text` functions build the same from strings. Where GLM's own code and the Hugging Face
-remote code differ, this file follows the code the checkpoint was trained with: `[MASK]` is the
-pretraining id (`tokenization_glm.load_tokenizer`), multi-token answer choices end with a scored eop
-(`encode_choices`), generation targets carry a leading space (`encode_target`). The facts it
-matches are in GLM_NOTES.md of the team's shared folder.
+Every token carries two positions: position_ids[:, 0], its place in Part A (a span token carries its
+[MASK]'s index), and position_ids[:, 1], the block position (0 in Part A, 1, 2, ... inside a span).
+The scripts encode ids once per split (`encode_*`) and batch them with the `build_*` builders; the
+`*_from_text` functions do both for checks. Where GLM's code and the hub's remote code differ, this
+follows the code the checkpoint was trained with (GLM_NOTES.md): choices end with a scored eop,
+generation targets carry a leading space.
 """
 
 import torch
@@ -26,14 +15,8 @@ from transformers import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogi
 from modeling_glm import MASK_TOKEN, GLMConfig, UsageError
 
 
-# ----------------------------------------------------------------------------------------------
-# Input builders (paper, Figure 2)
-# ----------------------------------------------------------------------------------------------
-
-
 def encode_context(tokenizer, context: str):
-    """Token ids of a GLM context, `<s> ... [MASK] ... </s>`, whole (the builders cut it around
-    its mask). Raises UsageError when the context has no `[MASK]` or several."""
+    """Token ids of a context, `<s> ... [MASK] ... </s>`, uncut. Raises UsageError unless it has one `[MASK]`."""
     ids = tokenizer(context)["input_ids"]
     count = ids.count(tokenizer.mask_token_id)
     if count != 1:
@@ -42,10 +25,8 @@ def encode_context(tokenizer, context: str):
 
 
 def truncate_around(ids, start, end, max_length):
-    """Cuts `<s> left [start:end] right </s>` to max_length tokens, dropping tokens from the far end of
-    the longer side (the start of the left text, the end of the right text) so that ids[start:end]
-    (the masks) always survive. Returns (ids, new start). Raises UsageError when even the kept span
-    and the two special tokens do not fit."""
+    """Cuts `<s> left [start:end] right </s>` to max_length tokens from the far end of the longer side, so
+    that ids[start:end] (the masks) survive. Returns (ids, new start). Raises UsageError when they cannot."""
     if end - start + 2 > max_length:
         raise UsageError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
     left, middle, right = ids[1:start], ids[start:end], ids[end:-1]
@@ -57,14 +38,14 @@ def truncate_around(ids, start, end, max_length):
 
 
 def _cut_context(tokenizer, ids, max_length):
-    """A context from `encode_context` cut around its [MASK] to max_length: (ids, index of the mask)."""
+    """(ids cut around the [MASK], index of the mask)."""
     mask = ids.index(tokenizer.mask_token_id)
     return truncate_around(ids, mask, mask + 1, max_length)
 
 
 def encode_choice(tokenizer, choice: str, prefix_space: bool = True):
-    """Token ids of an answer choice as a span; with `prefix_space` it is encoded as a
-    mid-sentence word (`Ġword`), as spans were in pretraining. Raises UsageError if empty."""
+    """Token ids of an answer choice; `prefix_space` encodes it mid-sentence (`Ġword`), as pretraining's spans.
+    Raises UsageError if it has no token."""
     ids = tokenizer((" " if prefix_space else "") + choice.strip(), add_special_tokens=False)["input_ids"]
     if not ids:
         raise UsageError(f"Answer choice {choice!r} encodes to no token")
@@ -72,13 +53,9 @@ def encode_choice(tokenizer, choice: str, prefix_space: bool = True):
 
 
 def encode_choices(tokenizer, choices, prefix_space=True, choice_eop=None):
-    """Token ids of one example's answer choices as scored spans: each `encode_choice`, plus eop
-    when `choice_eop` is True, or when None (GLM's rule) if any of the choices has several tokens.
-
-    GLM's cloze fine-tuning (THUDM/GLM `tasks/superglue/pvp.py`, `model/downstream.py`) closes
-    multi-token answers with eop and scores it, so that "Person" and "Person name" differ by
-    where the span ends; single-token verbalizers are scored without it. The Hugging Face remote
-    code never adds eop (`choice_eop=False`). Returns a list of lists of ids.
+    """One example's choices as scored spans (lists of ids), each closed by eop when `choice_eop` is True, or
+    when None (GLM's rule, THUDM/GLM `tasks/superglue/pvp.py`) if any choice has several tokens, so that
+    "Person" and "Person name" differ by where the span ends. The hub's remote code never adds it (False).
     """
     ids = [encode_choice(tokenizer, c, prefix_space) for c in choices]
     if choice_eop is None:
@@ -87,15 +64,14 @@ def encode_choices(tokenizer, choices, prefix_space=True, choice_eop=None):
 
 
 def _check_max_length(max_length, max_positions):
-    """Raises UsageError when a builder's `max_length` would give position ids past the model's
-    table of `max_positions` (config.max_sequence_length; glm-roberta-large: 512)."""
+    """Raises UsageError when `max_length` passes the model's position table (`max_positions`)."""
     if max_length > max_positions:
         raise UsageError(f"max_length {max_length} is longer than the {max_positions} positions of the model; "
                          f"use at most {max_positions}")
 
 
 def _empty_batch(tokenizer, B, S):
-    """Padding everywhere: input_ids [B, S], position_ids [B, 2, S], attention_mask [B, 1, S, S] (nobody sees)."""
+    """Padding that nobody sees: input_ids [B, S], position_ids [B, 2, S], attention_mask [B, 1, S, S]."""
     return {"input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
             "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
             "attention_mask": torch.zeros(B, 1, S, S, dtype=torch.bool)}
@@ -110,8 +86,8 @@ def _place_context(batch, b, ids):
 
 
 def _place_span(batch, b, start, span_input, mask, context_length):
-    """A span block at columns start.. of row b: `span_input` (sop first) at position `mask` (its
-    [MASK]'s index), block positions 1..n, seeing the context and itself causally."""
+    """A span block (sop first) at columns start.. of row b: position `mask`, block positions 1..n, seeing
+    the context and itself causally."""
     n, end = len(span_input), start + len(span_input)
     batch["input_ids"][b, start:end] = torch.tensor(span_input)
     batch["position_ids"][b, 0, start:end] = mask
@@ -124,27 +100,22 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256,
                                  max_positions=GLMConfig.max_sequence_length):
     """Packs every answer choice of each example after its context, in ONE sequence.
 
-    contexts: B lists of token ids, each `<s> ... [MASK] ... </s>` with one `[MASK]`
-    (`encode_context`); choices: B lists of answer spans (lists may differ in length, spans in token
-    count), each span the ids a choice is scored on, its closing eop included when it has one
-    (`encode_choices`). `multiple_choice_inputs_from_text` does the same from strings.
-    For an example with context tokens `<s> x1 [MASK] x2 </s>` (mask index m) and choices
-    c = c1..cn, d = d1..dk (each including its eop when there is one) the sequence is
+    contexts: B `encode_context` id lists; choices: B lists of `encode_choices` spans (any number, any
+    length; eop included when there is one). Context `<s> x1 [MASK] x2 </s>` (mask index m), choices
+    c = c1..cn and d = d1..dk:
 
         input_ids            <s> x1 [MASK] x2 </s> | sop c1 .. c(n-1) | sop d1 .. d(k-1) | pad
         position_ids[0]       0  1    2     3   4  |  m   m  ..   m   |  m   m  ..   m   |  0
         position_ids[1]       0  0    0     0   0  |  1   2  ..   n   |  1   2  ..   k   |  0
         target_ids           -100 ...                 c1  c2 ..   cn  |  d1  d2 ..   dk  | -100
 
-    Context tokens see the whole context; a choice token sees the context and its own block up
-    to itself, never another choice; padding is seen by nobody. The context is cut around the
-    mask (`truncate_around`) so that it and all its choices fit in `max_length`.
+    Context tokens see the context; a choice token sees the context and its own block up to itself, never
+    another choice; nobody sees padding. The context is cut around the mask to fit `max_length`.
 
-    Returns a dict of tensors: input_ids [B, S], position_ids [B, 2, S], attention_mask bool
-    [B, 1, S, S], target_ids [B, S] (-100 where nothing is scored), choice_index [B, S] (which
-    choice a scored position belongs to, -1 elsewhere), choice_mask bool [B, C] (real choices).
-    Raises ValueError for an example without choices, choices longer than max_length, or a
-    max_length beyond the model's `max_positions`.
+    Returns input_ids [B, S], position_ids [B, 2, S], attention_mask bool [B, 1, S, S], target_ids [B, S]
+    (-100 unscored), choice_index [B, S] (-1 unscored), choice_mask bool [B, C] (real choices).
+    Raises ValueError for an example without choices; UsageError when the choices do not fit max_length
+    or max_length passes `max_positions`.
     """
     _check_max_length(max_length, max_positions)
     if len(contexts) != len(choices):
@@ -177,10 +148,8 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256,
 
 def multiple_choice_inputs_from_text(tokenizer, contexts, choices, max_length=256, choice_prefix_space=True,
                                      choice_eop=None, max_positions=GLMConfig.max_sequence_length):
-    """`build_multiple_choice_inputs` from strings, for notebooks and checks: B contexts with one
-    `[MASK]` each (`encode_context`) and B lists of answer choices (`encode_choices`, with
-    `choice_prefix_space` and `choice_eop`: None = GLM's rule, per example; True / False force it).
-    Raises what those raise."""
+    """`build_multiple_choice_inputs` from B context strings and B lists of choice strings (`encode_context`,
+    `encode_choices`). Raises what those raise."""
     return build_multiple_choice_inputs(
         tokenizer, [encode_context(tokenizer, context) for context in contexts],
         [encode_choices(tokenizer, example_choices, choice_prefix_space, choice_eop) for example_choices in choices],
@@ -190,12 +159,9 @@ def multiple_choice_inputs_from_text(tokenizer, contexts, choices, max_length=25
 def score_choices(model, batch, length_normalize=False):
     """Log-likelihood of each packed answer choice: [B, C] (padding choices get -inf).
 
-    score(c) = sum_t log p(c_t | context, c_<t), read at the positions of `sop c1 .. c(n-1)`,
-    the eop that closes a span included when the batch has one (GLM's cloze fine-tuning, THUDM/GLM
-    `model/downstream.py`); with `length_normalize` it is divided by the choice's scored token
-    count. Vocabulary logits are computed only at scored positions. `batch` comes from
-    `build_multiple_choice_inputs` (tensors on the model's device). Cross-entropy over these scores
-    is the paper's cloze fine-tuning loss (no extra classifier).
+    score(c) = sum_t log p(c_t | context, c_<t) over its tokens and closing eop (THUDM/GLM
+    `model/downstream.py`), divided by their count with `length_normalize`. Cross-entropy over these is the
+    paper's cloze fine-tuning loss. `batch`: `build_multiple_choice_inputs` on the model's device.
     """
     scored = batch["target_ids"] != -100
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
@@ -211,8 +177,8 @@ def score_choices(model, batch, length_normalize=False):
 
 
 def encode_target(tokenizer, target: str):
-    """Token ids of a generation target as GLM's seq2seq fine-tuning encodes it: `" " + text`, a
-    span inside a sentence (THUDM/GLM `tasks/seq2seq/dataset.py`), whole (the builder cuts it)."""
+    """Token ids of a target as GLM's seq2seq fine-tuning encodes it, `" " + text` (THUDM/GLM
+    `tasks/seq2seq/dataset.py`), uncut."""
     return tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
 
 
@@ -220,11 +186,8 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
                             max_positions=GLMConfig.max_sequence_length):
     """GLM inputs for generating the span of a `[MASK]` (blank infilling, paper Figure 2b).
 
-    contexts: B lists of token ids, each `<s> ... [MASK] </s>` with one `[MASK]`, usually at its
-    end (`encode_context`); targets: B lists of token ids (`encode_target`), or None for inference.
-    `generation_inputs_from_text` does the same from strings. Each context is cut around the mask
-    to `max_length` tokens and padded to the batch's longest context Lc; the span block follows at
-    column Lc:
+    contexts: B `encode_context` id lists; targets: B `encode_target` id lists, or None for inference.
+    Contexts are cut around the mask to `max_length` and padded to the longest, Lc; the span follows:
 
         training (targets given)          inference (targets None)
         input_ids   ctx pad | sop t1 .. tn  pad       ctx pad | sop
@@ -232,17 +195,13 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
         position    0..L-1 0| m   m  .. m             0..L-1 0| m
         block pos   0 ..   0| 1   2  .. n+1           0 ..   0| 1
 
-    Targets carry a leading space (`encode_target`, as GLM's seq2seq data): decoded outputs then
-    start with a space, which callers strip. Context tokens see the real context (bidirectional);
-    span tokens see the real context and the span up to themselves (causal); padding is seen by
-    nobody. Targets longer than `max_target_length` tokens are cut to it (eop is then added).
-
-    Returns a dict: input_ids [B, S], position_ids [B, 2, S], attention_mask bool [B, 1, S, S],
-    labels [B, S] (training only). Raises UsageError when max_length or the span's block positions
-    (max_target_length + 1) pass the model's `max_positions`.
+    Context tokens see the real context; span tokens also the span up to themselves; nobody sees padding.
+    Targets are cut to `max_target_length` before eop. Returns input_ids [B, S], position_ids [B, 2, S],
+    attention_mask bool [B, 1, S, S], labels [B, S] (training only). Raises UsageError when max_length or
+    the block positions (max_target_length + 1) pass `max_positions`.
     """
     _check_max_length(max_length, max_positions)
-    if max_target_length + 1 > max_positions:  # eop's block position
+    if max_target_length + 1 > max_positions:
         raise UsageError(f"max_target_length {max_target_length} gives block positions up to {max_target_length + 1}, "
                          f"past the {max_positions} positions of the model; use at most {max_positions - 1}")
     cut = [_cut_context(tokenizer, ids, max_length) for ids in contexts]
@@ -261,9 +220,7 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
 
 def generation_inputs_from_text(tokenizer, contexts, targets=None, max_length=256, max_target_length=64,
                                 max_positions=GLMConfig.max_sequence_length):
-    """`build_generation_inputs` from strings, for notebooks and checks: B contexts with one
-    `[MASK]` each (`encode_context`) and B target texts (`encode_target`) or None. Raises what
-    those raise."""
+    """`build_generation_inputs` from B context strings and B target strings or None. Raises what it raises."""
     return build_generation_inputs(
         tokenizer, [encode_context(tokenizer, context) for context in contexts],
         None if targets is None else [encode_target(tokenizer, target) for target in targets],
@@ -273,15 +230,10 @@ def generation_inputs_from_text(tokenizer, contexts, targets=None, max_length=25
 def sample_spans(num_tokens, mask_ratio, poisson_lambda, rng):
     """Blank-infilling spans of one text of `num_tokens` tokens (paper, section 2.1).
 
-    Span lengths are drawn from Poisson(`poisson_lambda`) conditioned on >= 1 (THUDM/GLM's
-    `block_length_distribution` is the Poisson pmf over lengths 1, 2, ...) until
-    round(mask_ratio * num_tokens) tokens (at least 1, at most all but one) are covered; the last
-    span is cut so the masked share is exact, which matters for short texts. The spans are placed
-    uniformly at random without overlap (two may touch) and returned shuffled: their order is the
-    order of Part B. `rng` is a `numpy.random.Generator`.
-
-    Returns a list of (start, end) half-open token ranges. Raises ValueError for fewer than 2 tokens
-    (a text needs at least one token left in Part A).
+    Lengths ~ Poisson(`poisson_lambda`) given >= 1 (THUDM/GLM's `block_length_distribution`) until
+    round(mask_ratio * num_tokens) tokens (1 .. num_tokens - 1) are covered, the last cut so the share is
+    exact (short texts); placed uniformly without overlap, shuffled (their order is Part B's). `rng`: a
+    numpy Generator. Returns (start, end) half-open ranges. Raises ValueError below 2 tokens.
     """
     if num_tokens < 2:
         raise ValueError(f"A text of {num_tokens} token(s) cannot have a blank and a context")
@@ -305,8 +257,8 @@ def sample_spans(num_tokens, mask_ratio, poisson_lambda, rng):
 
 
 def max_infilling_text_length(max_length, mask_ratio):
-    """The most text tokens that fit `max_length` once blanked: `<s> A </s>` plus a sop and an eop
-    per span, with at most round(mask_ratio * n) spans (each covers at least one token)."""
+    """The most text tokens that fit `max_length` once blanked: `<s> A </s>` and a sop and eop for each of at
+    most round(mask_ratio * n) spans."""
     n = max_length - 2
     while n > 2 and n + 2 + 2 * max(1, round(mask_ratio * n)) > max_length:
         n -= 1
@@ -316,24 +268,19 @@ def max_infilling_text_length(max_length, mask_ratio):
 def build_blank_infilling_inputs(tokenizer, texts, spans):
     """GLM's pretraining inputs: autoregressive blank infilling (paper, section 2.1, Figure 1).
 
-    texts: B lists of token ids (no special tokens); spans: per text a list of (start, end) token
-    ranges in Part B order (`sample_spans`). Each span becomes one [MASK] in Part A; the spans follow
-    as Part B, each as `sop + span` with targets `span + eop`. Figure 1, text x1..x6, spans [x5 x6]
-    then [x3]:
+    texts: B lists of ids (no specials); spans: per text (start, end) ranges in Part B order (`sample_spans`).
+    Figure 1, text x1..x6, spans [x5 x6] then [x3]:
 
         input_ids        <s> x1 x2 [M] x4 [M] </s> | sop x5 x6  | sop x3
         position_ids[0]   0  1  2   3  4   5   6   |  5   5  5  |  3   3
         position_ids[1]   0  0  0   0  0   0   0   |  1   2  3  |  1   2
         labels           -100 ...                  |  x5  x6 eop|  x3 eop
 
-    Part A attends to all of Part A (not Part B); a Part B token attends to Part A and to every
-    Part B token before it, earlier spans included: that is GLM's separator mask, returned as
-    `attention_mask` [B] = the length of each Part A (see `modeling_glm.expand_attention_mask`).
-    Padding goes after Part B, where no real token sees it.
+    Part A sees Part A; a Part B token also every Part B token before it: GLM's separator mask,
+    `attention_mask` [B] = each Part A's length (`modeling_glm.expand_attention_mask`); padding trails.
 
-    Returns a dict: input_ids [B, S], position_ids [B, 2, S], attention_mask [B] (long),
-    labels [B, S] (-100 on Part A and padding). Raises ValueError when a span is empty, overlaps
-    another or leaves its text.
+    Returns input_ids [B, S], position_ids [B, 2, S], attention_mask [B] (long), labels [B, S] (-100 on
+    Part A and padding). Raises ValueError when a span is empty, overlaps another or leaves its text.
     """
     rows = [_blank_infilling_row(tokenizer, list(ids), example_spans) for ids, example_spans in zip(texts, spans)]
     B, S = len(rows), max(len(ids) for ids, _, _, _ in rows)
@@ -372,25 +319,17 @@ def _blank_infilling_row(tokenizer, ids, spans):
     return input_ids, positions, labels, len(part_a)
 
 
-# ----------------------------------------------------------------------------------------------
-# Decoding (transformers' `generate`; the span layout is in `modeling_glm`)
-# ----------------------------------------------------------------------------------------------
-
-
 def generation_kwargs(batch):
-    """The inputs of `GLMForConditionalGeneration.generate` from an inference batch of
-    `build_generation_inputs` (targets=None): input_ids [B, S]; the two position rows apart,
-    position_ids and block_position_ids [B, S]; attention_mask [B, S], the keys anyone may see
-    (generate takes 2D masks; the model rebuilds the Figure 2b layout from them)."""
+    """`generate`'s inputs from an inference `build_generation_inputs` batch: input_ids, position_ids,
+    block_position_ids and the key padding attention_mask, each [B, S] (the model rebuilds Figure 2b)."""
     return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"][:, 0],
-            "block_position_ids": batch["position_ids"][:, 1], "attention_mask": batch["attention_mask"][:, 0].any(dim=1)}
+            "block_position_ids": batch["position_ids"][:, 1],
+            "attention_mask": batch["attention_mask"][:, 0].any(dim=1)}
 
 
 class SpanNoRepeatNGramLogitsProcessor(LogitsProcessor):
-    """transformers' `NoRepeatNGramLogitsProcessor` over the generated span only: a token that would
-    repeat an n-gram of the span is banned, while n-grams of the context may be copied (transformers'
-    own processor reads the whole sequence, context included, which would forbid copying a name of
-    three tokens from an E2E meaning representation). `prompt_length` is the batch's input length S."""
+    """transformers' `NoRepeatNGramLogitsProcessor` over the span after `prompt_length` only: the context's
+    n-grams may be copied (a three-token name of an E2E meaning representation)."""
 
     def __init__(self, ngram_size: int, prompt_length: int):
         self.ban, self.prompt_length = NoRepeatNGramLogitsProcessor(ngram_size), prompt_length
@@ -400,18 +339,13 @@ class SpanNoRepeatNGramLogitsProcessor(LogitsProcessor):
 
 
 def generate_spans(model, batch, generation_config, no_repeat_ngram_size=0):
-    """Writes the span of each `[MASK]` with `model.generate` (greedy, sampling or beam search as
-    `generation_config` says; its eos_token_id must be eop) and returns B * num_return_sequences
-    lists of token ids, eop and what follows it cut. `no_repeat_ngram_size` n > 0 bans repeating an
-    n-gram of the span (`SpanNoRepeatNGramLogitsProcessor`). Contexts padded in a batch give the same
-    output as alone. batch: an inference batch of `build_generation_inputs` on the model's device."""
+    """Each `[MASK]`'s span by `model.generate` (`generation_config.eos_token_id` must be eop): B *
+    num_return_sequences id lists, cut at eop. `no_repeat_ngram_size` > 0 bans the span's repeated n-grams.
+    batch: an inference `build_generation_inputs` batch on the model's device."""
     inputs = generation_kwargs(batch)
     S = inputs["input_ids"].shape[1]
     processors = LogitsProcessorList(
         [SpanNoRepeatNGramLogitsProcessor(no_repeat_ngram_size, S)] if no_repeat_ngram_size > 0 else [])
     sequences = model.generate(**inputs, generation_config=generation_config, logits_processor=processors)
     eop = generation_config.eos_token_id
-    spans = []
-    for row in sequences[:, S:].tolist():
-        spans.append(row[:row.index(eop)] if eop in row else row)
-    return spans
+    return [row[:row.index(eop)] if eop in row else row for row in sequences[:, S:].tolist()]
