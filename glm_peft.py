@@ -1,15 +1,9 @@
-"""Parameter-efficient tuning of GLM: P-tuning v2 (native) and LoRA (through peft).
+"""Parameter-efficient tuning of GLM for run_cls.py, run_gen.py and baselines.py: P-tuning v2 (ours) and LoRA
+(peft), their flags (`add_peft_args`), `apply_peft`, and saving/loading only the trained weights.
 
-`add_peft_args` declares the flags (--peft lora | ptuning_v2; without it, None: full fine-tuning),
-`apply_peft` gives a loaded model the chosen method (freezing the backbone) and, with
---peft_weights, the weights saved by an earlier run; `save_trainable_weights` /
-`load_trainable_weights` write and read only the trained weights, and `count_parameters` gives the
-trainable share a report shows.
-
-Files of a saved method: LoRA in peft's own format (adapter_config.json + adapter_model.safetensors,
-which `peft.PeftModel.from_pretrained(base_model, DIR)` loads), P-tuning v2 (ours; peft's prefix
-tuning is another layout) in prefix_encoder.safetensors; both with glm_peft.json, our flags, the base
-model and the seed. --peft_weights reads either, and a LoRA folder of peft alone.
+LoRA is saved in peft's own format (adapter_config.json + adapter_model.safetensors: `peft.PeftModel.
+from_pretrained` reads it), P-tuning v2 as prefix_encoder.safetensors (peft's prefix tuning is another
+layout); both beside glm_peft.json (our flags, base model, seed: a glm-tiny base is random by seed).
 """
 
 import argparse
@@ -24,17 +18,11 @@ from modeling_glm import TINY_MODEL_NAME, PrefixEncoder, UsageError, save_weight
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------------------------
-# Parameter-efficient tuning: P-tuning v2 (native) and LoRA (through peft)
-# ----------------------------------------------------------------------------------------------
-
 PEFT_METHODS = ("lora", "ptuning_v2")  # --peft; None (the default) is full fine-tuning
 LORA_TARGET_MODULES = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
-# The flags that define a method; adapter_config.json stores them.
 PEFT_FLAGS = ("peft", "pre_seq_len", "prefix_projection", "prefix_hidden_size", "lora_r", "lora_alpha", "lora_dropout",
               "lora_target_modules")
-# Learning rates that suit each method (a frozen backbone takes far larger steps on few weights;
-# P-tuning v2 reports 5e-3 to 1e-2). Scripts use them when --learning_rate is not given.
+# --learning_rate's default: a frozen backbone takes far larger steps (P-tuning v2 reports 5e-3 to 1e-2).
 PEFT_DEFAULT_LEARNING_RATES = {None: 1e-5, "lora": 5e-4, "ptuning_v2": 5e-3}
 GLM_PEFT_CONFIG_NAME, PREFIX_WEIGHTS_NAME = "glm_peft.json", "prefix_encoder.safetensors"
 PEFT_CONFIG_NAME, LORA_WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"  # peft's own names
@@ -43,21 +31,8 @@ WEIGHTS_NAMES = {"lora": LORA_WEIGHTS_NAME, "ptuning_v2": PREFIX_WEIGHTS_NAME}
 
 
 def add_prefix_encoder(model, pre_seq_len: int, prefix_projection: bool = False, prefix_hidden_size: int = 512):
-    """Turns `model` into a P-tuning v2 model in place: sets `model.prefix_encoder` and freezes
-    every other parameter. Returns the model.
-
-    The prefix takes the device and dtype of the word embeddings and is initialised like them
-    (normal, std `initializer_range`), so it starts as small keys and values. Positions of real
-    tokens are unchanged and the prefix never changes which real keys a token sees.
-
-    Raises TypeError for a model without prefix support (no `prefix_encoder` attribute) and
-    ValueError when it already has a prefix.
-    """
-    if not hasattr(model, "prefix_encoder"):
-        raise TypeError(f"{type(model).__name__} has no prefix_encoder attribute: P-tuning v2 needs "
-                        "GLMForConditionalGeneration (or a model whose forward uses prefix_encoder)")
-    if model.prefix_encoder is not None:
-        raise ValueError("The model already has a P-tuning v2 prefix")
+    """Gives a `GLMForConditionalGeneration` a `PrefixEncoder` (P-tuning v2) in place, initialised like the
+    word embeddings (small keys and values at first), and freezes everything else. Returns the model."""
     reference = model.glm.word_embeddings.weight
     encoder = PrefixEncoder(model.config, pre_seq_len, prefix_projection, prefix_hidden_size)
     encoder = encoder.to(device=reference.device, dtype=reference.dtype)
@@ -69,17 +44,9 @@ def add_prefix_encoder(model, pre_seq_len: int, prefix_projection: bool = False,
 
 def add_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05,
              target_modules=LORA_TARGET_MODULES):
-    """Adds LoRA adapters (Hu et al., ICLR 2022, "LoRA: Low-Rank Adaptation of Large Language
-    Models") in place with peft's `inject_adapter_in_model`, and freezes everything else.
-
-    Each `nn.Linear` whose name ends with one of `target_modules` becomes a peft `lora.Linear`:
-    W x + (lora_alpha / r) * B A dropout(x), with A [r, in] random and B [out, r] zero, so a
-    fresh adapter leaves the outputs unchanged. The model stays the same object, called exactly
-    as before (peft reads `model.config`, a `PreTrainedConfig`). Returns the model.
-
-    The adapters take the model's train/eval mode (peft creates them in training mode).
-    Raises ValueError (from peft) when no module matches `target_modules`.
-    """
+    """LoRA (Hu et al., ICLR 2022) in place with peft's `inject_adapter_in_model`, everything else frozen:
+    each `nn.Linear` named `*target_modules` computes W x + (lora_alpha / r) * B A dropout(x), B zero at
+    first. Returns the same model object. Raises ValueError (from peft) when no module matches."""
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
@@ -98,13 +65,10 @@ def peft_method(model):
 
 
 def _method_parameter_names(model, method):
-    """The parameters a method trains (all of them for None)."""
-    names = [name for name, _ in model.named_parameters()]
+    """The names of the parameters "ptuning_v2" or "lora" trains."""
     if method == "ptuning_v2":
-        return [name for name in names if name.startswith("prefix_encoder.")]
-    if method == "lora":
-        return [name for name in names if "lora_" in name]
-    return names
+        return [name for name, _ in model.named_parameters() if name.startswith("prefix_encoder.")]
+    return [name for name, _ in model.named_parameters() if "lora_" in name]
 
 
 def count_parameters(model):
@@ -114,10 +78,7 @@ def count_parameters(model):
 
 
 def add_peft_args(parser):
-    """Adds the parameter-efficient tuning flags to an argparse parser and returns it: --peft
-    {lora,ptuning_v2} (default None: full fine-tuning), --pre_seq_len, --prefix_projection,
-    --prefix_hidden_size, --lora_r, --lora_alpha, --lora_dropout, --lora_target_modules, and
-    --peft_weights (saved weights to evaluate, see `apply_peft`)."""
+    """Adds --peft (default None: full fine-tuning), its methods' flags and --peft_weights; returns `parser`."""
     group = parser.add_argument_group("parameter-efficient tuning")
     group.add_argument("--peft", choices=PEFT_METHODS, default=None,
                        help="lora: LoRA adapters (peft); ptuning_v2: a learned key/value prefix in every layer. "
@@ -138,14 +99,8 @@ def add_peft_args(parser):
 
 
 def read_peft_config(directory):
-    """What a folder of `save_trainable_weights` (a run's best_model with --peft and --save_best_model) was
-    trained with: the PEFT_FLAGS, base_model_name_or_path and seed from glm_peft.json; or, for a LoRA
-    folder of peft alone (adapter_config.json, no glm_peft.json), the LoRA flags from peft's config (seed
-    None).
-
-    Raises:
-        UsageError: the folder lacks those files or the method's weights (says what such a folder is).
-    """
+    """The PEFT_FLAGS, base_model_name_or_path and seed of a `save_trainable_weights` folder (glm_peft.json),
+    or the LoRA flags of a folder of peft alone (seed None). Raises UsageError when it is neither."""
     directory = Path(directory)
     if (directory / GLM_PEFT_CONFIG_NAME).is_file():
         config = json.loads((directory / GLM_PEFT_CONFIG_NAME).read_text())
@@ -167,9 +122,8 @@ def read_peft_config(directory):
 
 
 def peft_weights_problems(args):
-    """What is wrong with `--peft_weights DIR` for this run (empty list: nothing): DIR is no folder of
-    `save_trainable_weights`, --peft names another method than the saved one, or the weights were
-    trained on glm-tiny (a random base, fixed by the seed) with another --seed."""
+    """Messages (none: fine) when --peft_weights is no saved folder, --peft names another method, or the
+    weights were trained on glm-tiny (random by seed) with another --seed."""
     try:
         config = read_peft_config(args.peft_weights)
     except UsageError as error:
@@ -186,22 +140,15 @@ def peft_weights_problems(args):
 
 
 def saved_peft_flags(directory):
-    """The PEFT_FLAGS that the weights in `directory` were trained with (see `read_peft_config`; a folder
-    of peft alone gives the LoRA ones only)."""
+    """The PEFT_FLAGS the weights in `directory` were trained with (`read_peft_config`)."""
     config = read_peft_config(directory)
     return {name: config[name] for name in PEFT_FLAGS if name in config}
 
 
 def apply_peft(model, args):
-    """Gives `model` (in place; it is returned) the method of `args.peft` with its flags: None changes
-    nothing, "ptuning_v2" calls `add_prefix_encoder`, "lora" calls `add_lora`; both freeze the backbone.
-    With `args.peft_weights` the weights saved there are loaded too (strictly, see
-    `load_trainable_weights`); its flags must then be the saved ones (`saved_peft_flags`). Logs the
-    trainable share.
-
-    Raises:
-        ValueError: the model already carries a method, or the saved weights do not fit it.
-    """
+    """Gives `model` the method of `args.peft` (None: nothing) and, with `args.peft_weights` (whose flags
+    `args` must hold: `saved_peft_flags`), loads them strictly; logs the trainable share; returns the model.
+    Raises ValueError when the model already carries a method, UsageError when the weights do not fit."""
     current = peft_method(model)
     if current is not None and args.peft is not None:
         raise ValueError(f"The model already carries {current}; apply_peft expects a base model")
@@ -218,16 +165,9 @@ def apply_peft(model, args):
 
 
 def save_trainable_weights(model, directory, args):
-    """Writes the weights the method of `args.peft` trains, and only them, to `directory`: for LoRA peft's
-    adapter_config.json (a `LoraConfig` of the flags, base_model_name_or_path = args.model_name_or_path)
-    and adapter_model.safetensors (`get_peft_model_state_dict`, keys as a PeftModel names them); for
-    P-tuning v2 prefix_encoder.safetensors (names as in `model.named_parameters()`); and glm_peft.json
-    (the PEFT_FLAGS of `args`, model_name_or_path as base_model_name_or_path, and the seed: a glm-tiny
-    base is random by seed).
-
-    Raises:
-        ValueError: `args.peft` is None or not the method the model carries.
-    """
+    """Writes only the weights `args.peft` trains to `directory` (LoRA in peft's format, keys as a PeftModel
+    names them; P-tuning v2 by parameter name) with glm_peft.json. Raises ValueError when `args.peft` is
+    None or not the model's method."""
     from peft import LoraConfig, get_peft_model_state_dict
 
     if args.peft is None or peft_method(model) != args.peft:
@@ -250,8 +190,7 @@ def save_trainable_weights(model, directory, args):
 
 
 def save_model_and_tokenizer(model, tokenizer, directory, args):
-    """What --save_best_model writes to `directory`: the whole model (`save_pretrained`) after full
-    fine-tuning, only the PEFT weights (`save_trainable_weights`) with --peft; and the tokenizer."""
+    """--save_best_model: the whole model, or only the PEFT weights with --peft; and the tokenizer."""
     if args.peft is None:
         model.save_pretrained(directory)
     else:
@@ -260,16 +199,9 @@ def save_model_and_tokenizer(model, tokenizer, directory, args):
 
 
 def load_trainable_weights(model, directory):
-    """Loads what `save_trainable_weights` wrote onto `model` and returns the model: a base model (e.g.
-    fresh from `from_pretrained`) first gets the saved method with the saved flags; a model that
-    already carries that method is loaded as is. Strict: every weight of the method must be in the
-    file, and nothing else.
-
-    Raises:
-        UsageError: `directory` is no folder of saved PEFT weights (see `read_peft_config`).
-        UsageError: the model carries another method than the saved one, keys are missing or unexpected
-            (both listed), or shapes differ (e.g. another pre_seq_len).
-    """
+    """Loads a `save_trainable_weights` folder onto `model` (a base model first gets the saved method) and
+    returns it. Strict: the method's weights, all of them and nothing else. Raises UsageError for no such
+    folder, another method than the model's, missing or unexpected keys, or other shapes."""
     flags = argparse.Namespace(**saved_peft_flags(directory), peft_weights=None)
     current = peft_method(model)
     if current is None and flags.peft is not None:
@@ -281,8 +213,8 @@ def load_trainable_weights(model, directory):
 
 
 def _load_weights(model, directory, method):
-    """Copies the saved weights of `method` in `directory` into the model's (strict), by parameter name;
-    LoRA keys are peft's (a PeftModel's prefix, no adapter name), mapped onto the "default" adapter."""
+    """Copies `method`'s saved weights into the model, strictly; peft's LoRA keys (a PeftModel's prefix, no
+    adapter name) map onto the "default" adapter."""
     from safetensors.torch import load_file
 
     weights_file = directory / WEIGHTS_NAMES[method]
