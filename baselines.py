@@ -1,17 +1,6 @@
-"""The baseline models of run_baseline.py and their inputs: RoBERTa, T5, BART and GLM with a linear
-head, each as its method (--method linear_head, mlm_prompt, seq2seq) needs it.
-
-- Models and tokenizers: `model_family` (the architecture of a name or folder), `max_model_positions`,
-  `check_method_and_model`, `load_baseline_tokenizer` (GLM's own, a BPE trained on the training
-  texts, RoBERTa's byte-level BPE files, or AutoTokenizer), `tiny_config` (random 2-layer models
-  sized like glm-tiny), `load_baseline_model`, `apply_baseline_peft` (LoRA), `MaskedLMScorer`.
-- Inputs of each method: `default_text_columns` and `encode_linear_head` (raw text), `encode_mlm`
-  (PET-style prompts, one per verbalizer token length), `encode_seq2seq` (prompt and target ids);
-  the `collate_*` functions lay the encoded examples out as batches.
-- Scoring: `score_mlm_choices` (PET), `rank_choices` (rank classification), `seq2seq_loss`, and
-  `training_loss` / `class_scores`, which pick the method's.
-
-The scoring rules and their sources are in run_baseline.py's docstring.
+"""The baselines of run_baseline.py: RoBERTa, T5, BART and GLM-with-a-linear-head models and tokenizers (tiny
+random ones offline), the inputs and collators of each --method (linear_head, mlm_prompt, seq2seq), and
+their scoring. The scoring rules and their sources are in run_baseline.py's docstring.
 """
 
 import json
@@ -33,15 +22,13 @@ from tokenization_glm import load_or_train_tokenizer, train_tokenizer
 
 logger = get_logger(__name__)
 
-# Random models built from transformers config classes (no download): name -> architecture.
 TINY_MODELS = {"roberta-tiny": "roberta", "t5-tiny": "t5", "bart-tiny": "bart", GLM_TINY: "glm"}
 TINY_SIZE = {"layers": 2, "hidden": 256, "heads": 4, "ffn": 1024}  # the size of glm-tiny
 # Full fine-tuning learning rates usual for each architecture (large models); tiny random models
 # learn nothing at those and get TINY_LEARNING_RATE; LoRA gets PEFT_DEFAULT_LEARNING_RATES["lora"].
 FULL_LEARNING_RATES = {"roberta": 1e-5, "glm": 1e-5, "bart": 3e-5, "t5": 1e-4}
 TINY_LEARNING_RATE = 3e-4
-# LoRA on the attention (q, k, v, output) and MLP projections, like GLM's LORA_TARGET_MODULES;
-# peft matches a name when the module's name ends with it. Heads are left out on purpose.
+# The attention and MLP projections, as GLM's LORA_TARGET_MODULES (peft matches name endings); heads stay out.
 LORA_TARGET_MODULES = {
     "roberta": ["query", "key", "value", "output.dense", "intermediate.dense"],
     "bart": ["q_proj", "k_proj", "v_proj", "self_attn.out_proj", "encoder_attn.out_proj", "fc1", "fc2"],
@@ -55,10 +42,6 @@ OFFLINE_HINT = ("Offline, use a tiny random model: --model_name_or_path roberta-
                 "(classification) / wildlife_strikes (generation).")
 
 
-# ----------------------------------------------------------------------------------------------
-# Models and tokenizers
-# ----------------------------------------------------------------------------------------------
-
 
 def _hub_error(what, name, error):
     return UsageError(f"Could not load the {what} '{name}': it is not a local folder and the Hugging Face hub did not "
@@ -67,10 +50,8 @@ def _hub_error(what, name, error):
 
 
 def model_family(name_or_path):
-    """The architecture of a model name: "roberta", "t5", "bart", "glm", or another transformers
-    model_type (read from the config). GLM: glm-tiny, BAAI/glm-roberta-large, or a folder whose
-    config.json is a GLM one (GLMConfig fields). Raises UsageError (with the offline alternatives)
-    when a hub config cannot be fetched."""
+    """"glm" (glm-tiny, BAAI/glm-roberta-large, a folder with GLMConfig fields) or the config's model_type.
+    Raises UsageError (with the offline alternatives) when a hub config cannot be fetched."""
     if name_or_path in TINY_MODELS:
         return TINY_MODELS[name_or_path]
     if name_or_path == HUB_MODEL_ID:
@@ -88,10 +69,8 @@ def model_family(name_or_path):
 
 
 def max_model_positions(name_or_path, family):
-    """The longest input the model's position table takes, or None when no table bounds it (the tiny
-    models are built to fit the length flags, see load_baseline_model; T5's positions are relative):
-    GLM's max_sequence_length, else the config's max_position_embeddings less RoBERTa's offset (its
-    positions start after the padding index, pad_token_id + 1)."""
+    """The longest input the position table takes, or None (tiny models are built to fit; T5 is relative):
+    GLM's max_sequence_length, else max_position_embeddings less RoBERTa's offset (pad_token_id + 1)."""
     if family == "glm":
         return max_positions(name_or_path)
     if name_or_path in TINY_MODELS:
@@ -116,9 +95,8 @@ def check_method_and_model(method, family, name):
 
 
 def roberta_bpe_tokenizer(directory):
-    """The RoBERTa / BART byte-level BPE from `vocab.json` + `merges.txt` (any other file, e.g. GLM's
-    tokenizer_config.json and added tokens, is ignored): <s>=0 <pad>=1 </s>=2 <unk>=3, and
-    `<mask>` which, as in RoBERTa, absorbs the space before it."""
+    """RoBERTa's byte-level BPE from `vocab.json` + `merges.txt` alone (GLM's other files ignored), with a
+    `<mask>` that absorbs the space before it, as RoBERTa's."""
     from transformers import AddedToken, RobertaTokenizer
 
     directory = Path(directory)
@@ -130,9 +108,8 @@ def roberta_bpe_tokenizer(directory):
 
 
 def load_baseline_tokenizer(args, family, train_texts, output_dir):
-    """The tokenizer of a run (see run_baseline.py's docstring): GLM's own for GLM; `train` (a BPE trained on
-    the training texts, saved to output_dir/tokenizer, <pad> as padding); a folder with vocab.json +
-    merges.txt (RoBERTa BPE); otherwise AutoTokenizer (hub id or saved folder)."""
+    """GLM's own tokenizer for GLM; `train`: a BPE of the training texts (saved to output_dir/tokenizer); a
+    folder with vocab.json + merges.txt: RoBERTa's BPE; otherwise AutoTokenizer. Raises UsageError."""
     name = args.tokenizer_name
     if family == "glm":
         return load_or_train_tokenizer(name, args.model_name_or_path, train_texts, output_dir,
@@ -203,9 +180,8 @@ def load_baseline_model(args, family, tokenizer, num_labels=None):
 
 
 def apply_baseline_peft(model, args, family):
-    """No --peft: unchanged. --peft lora: GLM through glm_peft.apply_peft (its new head kept
-    trainable); other models through peft.get_peft_model with LORA_TARGET_MODULES[family] (or the
-    --lora_target_modules given) and the task type of the method."""
+    """--peft lora: GLM through glm_peft.apply_peft (its new head trained), others through peft's
+    get_peft_model with LORA_TARGET_MODULES[family] unless --lora_target_modules is given."""
     if args.peft is None:
         return model
     if family == "glm":
@@ -231,11 +207,8 @@ def apply_baseline_peft(model, args, family):
 
 
 class MaskedLMScorer(torch.nn.Module):
-    """A masked LM that computes vocabulary logits only at the scored (mask) positions: the encoder
-    runs on every token, the LM head on the K scored ones ([K, V] instead of [R, S, V], a large saving
-    with a 50k vocabulary). Wraps a transformers *ForMaskedLM (or a peft model of one) whose encoder is
-    its `base_model_prefix` attribute and whose head is `lm_head` (RoBERTa) or `cls` (BERT); other
-    models fall back to their full logits."""
+    """A *ForMaskedLM (or its peft model) whose LM head (`lm_head` or `cls`) runs only at the K scored
+    positions: logits [K, V], not [R, S, V] (a 50k vocabulary). Other heads fall back to full logits."""
 
     def __init__(self, mlm):
         super().__init__()
@@ -254,14 +227,10 @@ class MaskedLMScorer(torch.nn.Module):
         self.mlm.save_pretrained(directory)
 
 
-# ----------------------------------------------------------------------------------------------
-# Inputs of each method
-# ----------------------------------------------------------------------------------------------
-
 
 def default_text_columns(template, dataset):
-    """The raw text columns of linear_head: the template's fields that appear in its input part (before
-    '|||'), never in its target part, and hold strings, in order of appearance."""
+    """linear_head's text columns: the template's string fields of its input part, not its target part, in
+    order. Raises UsageError unless one or two are found."""
     source_part, _, target_part = template.jinja.partition("|||")
     found = []
     for field in template_fields(template):
@@ -287,10 +256,9 @@ def encode_linear_head(tokenizer, examples, dataset, text_columns, max_length):
 
 
 def encode_mlm(tokenizer, examples, max_length, prefix_space=True):
-    """PET-style inputs: per example, one prompt per distinct verbalizer token length n, its answer
-    slot filled with n mask tokens (make_mlm_context); each choice points at the prompt of its length
-    and the first of its masks. Returns features: {"index", "rows": [ids, ...], "choices": [(row,
-    first mask, token ids), ...], "label"}."""
+    """PET-style inputs: per example a prompt for each verbalizer token length n, with n masks; each choice
+    points at its prompt and first mask. Returns {"index", "rows", "choices": [(row, first mask, ids)],
+    "label"} per example. Raises UsageError when a prompt holds a mask token of its own."""
     mask = tokenizer.mask_token
     features = []
     for index, example in enumerate(examples):
@@ -343,9 +311,7 @@ def _class_labels(features):
 
 
 def collate_linear_head(features, pad_token_id):
-    ids, mask = _inputs([f["input_ids"] for f in features], pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask, "class_labels": _class_labels(features),
-            "index": torch.tensor([f["index"] for f in features])}
+    return {**collate_sources(features, pad_token_id), "class_labels": _class_labels(features)}
 
 
 def collate_mlm(features, pad_token_id, num_choices):
@@ -371,9 +337,7 @@ def collate_mlm(features, pad_token_id, num_choices):
 
 
 def collate_seq2seq(features, pad_token_id):
-    ids, mask = _inputs([f["input_ids"] for f in features], pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask, "labels": _pad([f["labels"] for f in features], -100),
-            "index": torch.tensor([f["index"] for f in features])}
+    return {**collate_sources(features, pad_token_id), "labels": _pad([f["labels"] for f in features], -100)}
 
 
 def collate_sources(features, pad_token_id):
@@ -397,15 +361,10 @@ def collate_rank(features, pad_token_id, num_choices):
             "index": torch.tensor([f["index"] for f in features])}
 
 
-# ----------------------------------------------------------------------------------------------
-# Scoring
-# ----------------------------------------------------------------------------------------------
-
 
 def score_mlm_choices(model, batch, choice_score="mean"):
-    """PET scores [B, C]: the log-probability of each verbalizer token at its mask, summed per choice,
-    divided by the choice's token count for "mean". Padding choices get -inf. `model` is a
-    MaskedLMScorer (logits [K, V] at the K scored positions)."""
+    """PET scores [B, C] (Schick & Schuetze, NAACL 2021): each verbalizer token's log-probability at its mask,
+    summed per choice ("mean": over its tokens); padding choices -inf. `model`: a MaskedLMScorer."""
     logits = model(batch["input_ids"], batch["attention_mask"], batch["score_row"], batch["score_pos"])
     token_logp = logits.float().log_softmax(-1).gather(-1, batch["score_token"][:, None])[:, 0]
     B, C = batch["choice_mask"].shape
