@@ -103,6 +103,7 @@ class GLMSelfAttention(nn.Module):
 
     def forward(self, x, mask, prefix_key=None, prefix_value=None, cache=None):
         B, Q, H = x.shape
+        # The released weights' fused output is [q | k | v] in contiguous thirds, not interleaved per head.
         q, k, v = (t.view(B, Q, self.num_heads, self.head_dim).transpose(1, 2)
                    for t in self.query_key_value(x).split(H, dim=-1))
         if prefix_key is not None:
@@ -489,22 +490,21 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
         """A GLM checkpoint's body (glm-tiny's: that of the LM with the same seed) under a new head of
         `num_labels` classes, or a whole classifier saved by this class (`num_labels` then optional).
         Raises ValueError for a missing `num_labels`, UsageError for a wrong one or keys that do not match."""
+        if name_or_path != TINY_MODEL_NAME:
+            config = read_config(name_or_path)
+            saved = Path(name_or_path) / "config.json"
+            if os.path.isdir(name_or_path) and cls.__name__ in json.loads(saved.read_text()).get("architectures", []):
+                if num_labels is not None and num_labels != config.num_labels:
+                    raise UsageError(f"{name_or_path} holds a {config.num_labels}-class head, not {num_labels}")
+                return cls._load_glm(name_or_path, config, **kwargs)
+        if num_labels is None:
+            raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")
         if name_or_path == TINY_MODEL_NAME:
-            if num_labels is None:
-                raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")
             lm = GLMForConditionalGeneration.from_pretrained(name_or_path, vocab_size=vocab_size)
             lm.config.num_labels = num_labels
             model = cls(lm.config)
             model.glm.load_state_dict(lm.glm.state_dict())
             return model
-        config = read_config(name_or_path)
-        saved = Path(name_or_path) / "config.json"
-        if os.path.isdir(name_or_path) and cls.__name__ in json.loads(saved.read_text()).get("architectures", []):
-            if num_labels is not None and num_labels != config.num_labels:
-                raise UsageError(f"{name_or_path} holds a {config.num_labels}-class head, not {num_labels}")
-            return cls._load_glm(name_or_path, config, **kwargs)
-        if num_labels is None:
-            raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")
         config.num_labels = num_labels
         return cls._load_glm(name_or_path, config, new_keys=("classifier.weight", "classifier.bias"), **kwargs)
 
