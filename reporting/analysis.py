@@ -48,8 +48,10 @@ TRAINING_ONLY_ARGS = frozenset({
     "lr_scheduler_type", "max_grad_norm", "metric_for_best_model", "eval_steps", "group_by_length", "label_smoothing",
 })  # fmt: skip
 DATA_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
-             "validation_split_percentage", "data_seed", "max_train_samples", "max_eval_samples", "max_test_samples",
-             "skip_empty", "num_shots")
+             "max_train_samples", "max_eval_samples", "max_test_samples", "skip_empty", "num_shots")
+# The carve's flags act through the rows they carve ("validation rows" of a run's data settings), and
+# not at all with a validation file.
+CARVE_ARGS = ("validation_split_percentage", "data_seed")
 # What tells apart the repetitions of a cell (its replicates): the training seed and, for a few-shot
 # run, the draw of its examples.
 REPLICATE_ARGS = ("seed", "shots_seed")
@@ -150,9 +152,9 @@ def carved_rows(record):
 def run_settings(args, peft):
     """The settings a run's cell is defined by besides the data, the grid axes (prompt, learning
     rate, batch size) and the seed: every recorded argument but OPERATIONAL_ARGS, GRID_ARGS,
-    DATA_ARGS, REPLICATE_ARGS and the arguments of the PEFT methods the run does not use."""
+    DATA_ARGS, CARVE_ARGS, REPLICATE_ARGS and the arguments of the PEFT methods the run does not use."""
     unused = {name for method, names in PEFT_ARGS.items() if method != peft for name in names}
-    skip = OPERATIONAL_ARGS | GRID_ARGS | set(DATA_ARGS) | set(REPLICATE_ARGS) | unused
+    skip = OPERATIONAL_ARGS | GRID_ARGS | set(DATA_ARGS) | set(CARVE_ARGS) | set(REPLICATE_ARGS) | unused
     return {name: value for name, value in sorted(args.items()) if name not in skip}
 
 

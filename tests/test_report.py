@@ -438,6 +438,14 @@ def test_bf16_runs_and_runs_validated_on_other_rows_are_no_seeds_of_the_fp32_cel
     assert len(notes) == 2 and "used other data than the 3 others (validation rows 2 rows #" in notes[0]
 
 
+def test_the_carve_flags_split_runs_only_through_the_rows_they_carve(tmp_path):
+    # With a validation file nothing is carved: --data_seed and --validation_split_percentage then change nothing.
+    records = [record(seed=s, data_seed=d, validation_split_percentage=p, validation_file="v.csv")
+               for s, d, p in ((1, 42, 10), (2, 7, 20))]
+    runs, notes = separate_runs(load_results(write_runs(tmp_path, records)))
+    assert runs["study"].tolist() == ["", ""] and runs["variant"].tolist() == ["", ""] and notes == []
+
+
 def test_runs_from_before_data_seed_that_carved_validation_by_their_seed_are_not_pooled(tmp_path):
     records = [record(seed=s, train_file="train.csv") for s in (1, 2)] + [record(seed=3, train_file="train.csv",
                                                                              validation_file="v.csv")]
