@@ -17,7 +17,7 @@ from glm_peft import apply_peft, count_parameters
 from glm_utils import encode_choice, truncate_around
 from modeling_glm import HUB_MODEL_ID, GLMForSequenceClassification, UsageError, max_positions
 from modeling_glm import TINY_MODEL_NAME as GLM_TINY
-from templates import make_mlm_context, template_fields
+from templates import HIDDEN_LABEL, make_mlm_context, template_fields
 from tokenization_glm import load_or_train_tokenizer, train_tokenizer
 
 logger = get_logger(__name__)
@@ -306,8 +306,9 @@ def _inputs(rows, pad_token_id):
 
 
 def _class_labels(features):
-    """[B] label ids; -1 for an example whose label is hidden (predictions only, never a loss or a metric)."""
-    return torch.tensor([-1 if f["label"] is None else f["label"] for f in features])
+    """[B] label ids; HIDDEN_LABEL for an example whose label is hidden (predictions only, never a loss or a
+    metric)."""
+    return torch.tensor([HIDDEN_LABEL if f["label"] is None else f["label"] for f in features])
 
 
 def collate_linear_head(features, pad_token_id):

@@ -7,7 +7,7 @@ THUDM/GLM `data_utils/tokenization.py`). The toolkit uses 50264; this check lets
 your checkpoint. It prints:
 
   1. the special-token rows of the embedding (L2 norms of [MASK] = 50264 and 50267, sop, eop)
-     against the vocabulary rows and the padding rows past the tokenizer (modeling_glm.special_rows_report);
+     against the vocabulary rows and the padding rows past the tokenizer (tokenization_glm.special_rows_report);
   2. for five cloze sentences with an obvious answer, the model's top-5 single-token fills of
      [MASK] (read after sop, as GLM writes a blank), with 50264 and with 50267 side by side;
   3. the zero-shot scores of two-choice sentiment examples (glm_utils.score_choices), both ways;
@@ -26,15 +26,8 @@ import argparse
 import torch
 
 from glm_utils import generation_inputs_from_text, multiple_choice_inputs_from_text, score_choices
-from modeling_glm import (
-    EOP_TOKEN,
-    HUB_MODEL_ID,
-    SOP_TOKEN,
-    TINY_MODEL_NAME,
-    GLMForConditionalGeneration,
-    special_rows_report,
-)
-from tokenization_glm import load_tokenizer
+from modeling_glm import EOP_TOKEN, HUB_MODEL_ID, SOP_TOKEN, TINY_MODEL_NAME, GLMForConditionalGeneration
+from tokenization_glm import load_tokenizer, special_rows_report
 
 PRETRAINED_MASK_ID, HUB_MASK_ID = 50264, 50267
 TOP_K = 5

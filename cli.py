@@ -1,7 +1,8 @@
-"""The command line the scripts share: their flags (the names of the Hugging Face examples), the checks
-made before any work starts, and how a mistake of the user's prints (one line, no traceback:
-`run_script`). Also the checks that need the model's config or the data: the hub asked once, length
-flags against the model's positions, hidden labels, a small validation set."""
+"""The command line the scripts share (run_cls, run_gen, run_baseline, run_pretrain; report
+uses its parser): their flags (the names of the Hugging Face examples) with their checks, which return
+messages and change nothing (`derived_defaults` gives what follows from them), the learning-rate default,
+and how a mistake of the user's prints (one line, no traceback: `run_script`). Also the checks that need
+the model's config: the hub asked once, length flags against the model's positions."""
 
 import argparse
 import logging
@@ -12,9 +13,8 @@ from pathlib import Path
 import datasets
 import huggingface_hub
 
-from data import resolve_dataset_name
-from offline_datasets import OFFLINE_DATASETS
-from glm_peft import PEFT_DEFAULT_LEARNING_RATES, peft_weights_problems
+from data import OFFLINE_DATASETS, resolve_dataset_name
+from glm_peft import PEFT_DEFAULT_LEARNING_RATES, add_peft_args, peft_weights_problems, saved_peft_flags
 from modeling_glm import TINY_MODEL_NAME, UsageError
 
 
@@ -90,12 +90,11 @@ def add_data_and_prompt_args(parser, task, pretraining=False):
 
 def data_args_problems(args, task):
     """What is wrong with the flags of `add_data_and_prompt_args` (messages, as training_args_problems);
-    sets args.dataset_name to the task's default when it is unset and no local file is given
-    (data.resolve_dataset_name: local files need a name, which chooses their prompts)."""
+    local files need a --dataset_name, which chooses their prompts (data.resolve_dataset_name)."""
     problems = []
     files = {split: getattr(args, f"{split}_file") for split in ("train", "validation", "test")}
     try:
-        args.dataset_name = resolve_dataset_name(args.dataset_name, task, *files.values())
+        resolve_dataset_name(args.dataset_name, task, *files.values())
     except ValueError as error:
         problems.append(str(error).rstrip("."))
     problems += [f"--{split}_file {path} does not exist" for split, path in files.items()
@@ -122,8 +121,7 @@ def add_few_shot_args(parser):
 
 
 def few_shot_problems(args, task):
-    """What is wrong with --num_shots / --shots_seed (messages); sets args.shots_seed to 0 when
-    --num_shots is given without it."""
+    """What is wrong with --num_shots / --shots_seed (messages; the default seed is derived_defaults')."""
     if args.num_shots is None:
         given = args.shots_seed is not None
         return ["--shots_seed seeds the draw of --num_shots: pass --num_shots K too"] if given else []
@@ -137,11 +135,111 @@ def few_shot_problems(args, task):
         problems.append("--num_shots chooses the training rows: drop --max_train_samples")
     if args.train_file is None and (args.validation_file or args.test_file):
         problems.append("--num_shots draws from the training data: pass --train_file")
-    if args.shots_seed is None:
-        args.shots_seed = 0
-    elif args.shots_seed < 0:
+    if args.shots_seed is not None and args.shots_seed < 0:
         problems.append(f"--shots_seed must be >= 0, got {args.shots_seed}")
     return problems
+
+
+def derived_defaults(args, task):
+    """The flags a script derives from others once they are checked, for `vars(args).update(...)`:
+    dataset_name (the task's default dataset when unset and no local file is given), shots_seed (0
+    with --num_shots) and, with --peft_weights, the saved PEFT method and its flags (the run reports
+    them). Returns a dict of flag -> value."""
+    derived = {"dataset_name": resolve_dataset_name(args.dataset_name, task, args.train_file, args.validation_file,
+                                                    args.test_file)}
+    if getattr(args, "num_shots", None) and args.shots_seed is None:
+        derived["shots_seed"] = 0
+    if getattr(args, "peft_weights", None):
+        derived.update(saved_peft_flags(args.peft_weights))
+    return derived
+
+
+def parse_or_list_prompts(parser, argv, task):
+    """The parsed flags; with --list_prompts only the data flags are read and checked (no --output_dir is
+    needed), with `task` and the resolved dataset_name set. A mistake in them is parser.error's line."""
+    listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), task).parse_known_args(argv)
+    if not listing.list_prompts:
+        return parser.parse_args(argv)
+    problems = data_args_problems(listing, task)
+    if problems:
+        parser.error("; ".join(problems))
+    listing.task = task
+    listing.dataset_name = resolve_dataset_name(listing.dataset_name, task, listing.train_file,
+                                                listing.validation_file, listing.test_file)
+    return listing
+
+
+def add_model_args(parser):
+    """Adds the flags of the model a run fine-tunes (run_cls.py, run_gen.py, run_baseline.py): the PEFT
+    group (glm_peft.add_peft_args), --mask_token_id and --save_best_model. Returns the parser."""
+    add_peft_args(parser)
+    group = parser.add_argument_group("model")
+    group.add_argument("--mask_token_id", type=int, default=None,
+                       help="GLM: id of [MASK] with released tokenizer files (default: 50264, the row "
+                            "glm-roberta-large was pretrained with; 50267 reproduces the hub's tokenizer).")
+    group.add_argument("--save_best_model", action="store_true",
+                       help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT "
+                            "weights, for a baseline's LoRA the adapter).")
+    return parser
+
+
+def default_learning_rate(peft, full_fine_tuning_rate):
+    """--learning_rate when it is not given: the PEFT method's (glm_peft.PEFT_DEFAULT_LEARNING_RATES),
+    else the script's or model's rate for full fine-tuning."""
+    return PEFT_DEFAULT_LEARNING_RATES[peft] if peft else full_fine_tuning_rate
+
+
+def add_generation_args(parser):
+    """Adds the generation flags of run_gen.py and run_baseline.py (seq2seq) to `parser`; returns it."""
+    group = parser.add_argument_group("generation")
+    group.add_argument("--max_source_length", type=int, default=256,
+                       help="Prompt tokens kept (GLM: cut around the [MASK], which always survives; seq2seq: the "
+                            "encoder's input).")
+    group.add_argument("--max_target_length", type=int, default=64,
+                       help="Target tokens trained on (longer ones are cut and counted) and generated at most.")
+    group.add_argument("--min_target_length", type=int, default=0, help="Tokens generated at least.")
+    group.add_argument("--label_smoothing", type=float, default=0.1, help="Label smoothing of the training loss.")
+    group.add_argument("--num_beams", type=int, default=4, help="Beam width; 1 = greedy (or sampling).")
+    group.add_argument("--length_penalty", type=float, default=1.0, help="Beam score = sum log p / length ** this.")
+    group.add_argument("--no_repeat_ngram_size", type=int, default=3, help="Never repeat an n-gram of this size (0: off).")
+    group.add_argument("--do_sample", action="store_true", help="Sample instead of greedy (needs --num_beams 1).")
+    group.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling mass.")
+    group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
+    return parser
+
+
+def generation_args_problems(args, min_source_length):
+    """What is wrong with the flags of `add_generation_args` (messages); `min_source_length`: the
+    shortest prompt the model's input can hold (GLM: 3, `<s> [MASK] </s>`)."""
+    problems = []
+    if args.max_target_length < 1 or args.max_source_length < min_source_length:
+        problems.append(f"--max_target_length must be >= 1 and --max_source_length >= {min_source_length}")
+    if not 0 <= args.min_target_length <= args.max_target_length:
+        problems.append("--min_target_length must lie in [0, --max_target_length]")
+    if args.num_beams < 1:
+        problems.append("--num_beams must be >= 1")
+    if args.do_sample and args.num_beams > 1:
+        problems.append("--do_sample samples one sequence: pass --num_beams 1 with it")
+    if not 0 < args.top_p <= 1 or args.temperature <= 0:
+        problems.append("--top_p must lie in (0, 1] and --temperature be > 0")
+    if not 0 <= args.label_smoothing < 1:
+        problems.append("--label_smoothing must lie in [0, 1)")
+    return problems
+
+
+def metric_problems(args, metrics):
+    """[the message] when --metric_for_best_model is not one of the script's `metrics`, else []."""
+    if args.metric_for_best_model in metrics:
+        return []
+    return [f"--metric_for_best_model must be one of {metrics}, got {args.metric_for_best_model!r}"]
+
+
+def tokenizer_problems(args, tiny_models=(TINY_MODEL_NAME,)):
+    """[the message] when a tiny model (no tokenizer of its own) is named without --tokenizer_name."""
+    if args.model_name_or_path not in tiny_models or args.tokenizer_name is not None:
+        return []
+    return [f"{args.model_name_or_path} has no tokenizer: pass --tokenizer_name train (a BPE trained on the training "
+            "texts) or --tokenizer_name DIR"]
 
 
 # transformers.get_scheduler schedules that need nothing but the warmup and total steps.
@@ -350,45 +448,3 @@ def position_problem(flag, value, max_positions, model_name, extra=0, cut=None):
         return None
     return (f"--{flag} {value} is longer than the {max_positions} positions of {model_name}; use at most "
             f"{max_positions - extra}" + (f" ({cut})" if cut else ""))
-
-
-def hidden_label_splits(data_counts, do_train):
-    """The splits whose labels are hidden (prompted.build_prompted_examples' counts "labels_hidden",
-    e.g. a benchmark's test file with -1 on every row), each announced with one warning: they get
-    predictions, never metrics or a trivial baseline.
-
-    Raises:
-        UsageError: training needs the hidden labels: those of train, or of validation (which picks the
-            best step); says which labelled file to pass instead.
-    """
-    hidden = {split: counts["labels_hidden"] for split, counts in data_counts.items() if counts["labels_hidden"]}
-    if do_train and "validation" in hidden:
-        raise UsageError(f"The validation labels are hidden ({hidden['validation']}), but training picks its best "
-                         "step on validation: pass a labelled --validation_file, or leave it out to carve validation "
-                         "from the training data (--validation_split_percentage).")
-    if do_train and "train" in hidden:
-        raise UsageError(f"The train labels are hidden ({hidden['train']}): training needs labels. Pass a labelled "
-                         "--train_file, or --no-do_train to predict with the model as loaded.")
-    for split, why in hidden.items():
-        logger.warning("%s labels are hidden (%s): writing predictions only, no %s metrics.", split, why, split)
-    return set(hidden)
-
-
-SMALL_VALIDATION = 50  # fewer examples pick the best step nearly at random
-
-
-def warn_if_small_validation(num_examples, args, num_shots=None):
-    """Logs a warning when validation, which picks the best step, has fewer than SMALL_VALIDATION
-    examples, saying how to get more (with --num_shots, validation is K drawn examples per class)."""
-    if num_examples >= SMALL_VALIDATION:
-        return
-    if args.validation_file:
-        carved = ""
-    elif num_shots:
-        carved = f" (with --num_shots {num_shots}, validation is {num_shots} drawn examples per class)"
-    else:
-        carved = f", or raise --validation_split_percentage (now {args.validation_split_percentage})"
-    logger.warning("Validation has only %d examples: the best step is chosen on them, nearly at random with so few. "
-                   "Pass a --validation_file of %d or more labelled rows%s.", num_examples, SMALL_VALIDATION, carved)
-
-

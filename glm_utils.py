@@ -1,5 +1,6 @@
-"""GLM's inputs for prompt-based fine-tuning and pretraining (paper, Figures 1-2), choice scoring, decoding;
-used by run_cls.py, run_gen.py, run_pretrain.py and check_glm.py.
+"""GLM's inputs for prompt-based fine-tuning and pretraining (paper, Figures 1-2), choice scoring, decoding,
+the levers' scoring (calibration, demonstrations, label-word search); used by run_cls.py, run_gen.py,
+run_pretrain.py, check_glm.py and baselines.py.
 
 Every token carries two positions: position_ids[:, 0], its place in Part A (a span token carries its
 [MASK]'s index), and position_ids[:, 1], the block position (0 in Part A, 1, 2, ... inside a span).
@@ -8,6 +9,8 @@ The scripts encode ids once per split (`encode_*`) and batch them with the `buil
 follows the code the checkpoint was trained with (GLM_NOTES.md): choices end with a scored eop,
 generation targets carry a leading space.
 """
+
+import itertools
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
@@ -349,3 +352,138 @@ def generate_spans(model, batch, generation_config, no_repeat_ngram_size=0):
     sequences = model.generate(**inputs, generation_config=generation_config, logits_processor=processors)
     eop = generation_config.eos_token_id
     return [row[:row.index(eop)] if eop in row else row for row in sequences[:, S:].tolist()]
+
+
+# The levers' scoring (run_cls --calibrate, --num_demonstrations, --search_verbalizers).
+
+
+def score_contexts(model, tokenizer, contexts, choices, max_length, prefix_space, choice_eop):
+    """Choice scores [len(contexts), C] of text contexts (each with its answer slot) that all share
+    `choices`, in one batch on the model's device (no gradient)."""
+    spans = encode_choices(tokenizer, choices, prefix_space, choice_eop)
+    batch = build_multiple_choice_inputs(tokenizer, [encode_context(tokenizer, c) for c in contexts],
+                                         [spans] * len(contexts), max_length)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return score_choices(model, {k: v.to(device) for k, v in batch.items()}).float().cpu()
+
+
+def with_demonstrations(context_ids, demonstrations, max_length):
+    """`<s> input [MASK] </s>` -> `<s> input [MASK] d1 d2 ... </s>` (LM-BFF's layout with GLM's one
+    answer slot: the demonstrations' answers are plain text). Whole demonstrations are left out from
+    the last one while the result would pass max_length, so that they go before any of the input;
+    an input still too long is cut around its [MASK] by the builder (`truncate_around`).
+
+    Args:
+        context_ids: `encode_context` ids. demonstrations: lists of token ids (no special tokens).
+    Returns:
+        list of token ids.
+    """
+    ids, room = context_ids[:-1], max_length - len(context_ids)
+    for demo in demonstrations:
+        if len(demo) > room:
+            break
+        ids, room = ids + demo, room - len(demo)
+    return ids + context_ids[-1:]
+
+
+def word_vocabulary(tokenizer, prefix_space):
+    """bool [len(tokenizer)]: the tokens that are a whole word of letters, in the form choices are
+    encoded with (`Ġword` with `prefix_space`, else `word`)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    if prefix_space:
+        return torch.tensor([t.startswith("Ġ") and t[1:].isalpha() for t in tokens])
+    return torch.tensor([t.isalpha() for t in tokens])
+
+
+def mask_log_probs(model, tokenizer, contexts, max_length, batch_size):
+    """Yields, per batch of contexts (`encode_context` ids), [b, V] log-probabilities of the first
+    token of the [MASK]'s span (what a one-token answer is scored with), without gradient."""
+    device = next(model.parameters()).device
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start:start + batch_size]
+        batch = build_multiple_choice_inputs(tokenizer, chunk, [[[tokenizer.eop_token_id]]] * len(chunk), max_length)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.inference_mode():
+            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                        attention_mask=batch["attention_mask"], logits_positions=batch["target_ids"] != -100)
+        yield out.logits.float().log_softmax(-1).cpu()
+
+
+def label_word_candidates(class_means, allowed, n):
+    """The n candidate label words of each class: among the allowed words whose mean log-probability
+    is highest for this class (not likelier for another), the n with the highest mean (LM-BFF's
+    automatic label words, Gao et al. 2021 section 5.2, with its class-exclusive filter).
+
+    Args:
+        class_means: [C, V] mean log-probability at [MASK] over each class's training examples.
+        allowed: bool [V] (`word_vocabulary`).
+    Returns:
+        [C, n] token ids, best first. Raises UsageError when a class has fewer than n such words.
+    """
+    own = class_means.argmax(0)
+    candidates = []
+    for c in range(class_means.shape[0]):
+        usable = allowed & (own == c)
+        if int(usable.sum()) < n:
+            raise UsageError(f"--search_verbalizers {n}: class {c} has only {int(usable.sum())} candidate words")
+        candidates.append(class_means[c].masked_fill(~usable, float("-inf")).topk(n).indices)
+    return torch.stack(candidates)
+
+
+def best_combination(log_probs, labels):
+    """The combination of one candidate per class that classifies validation best.
+
+    Args:
+        log_probs: [N, C, n] log-probability at [MASK] of candidate j of class c on example i.
+        labels: [N] gold classes.
+    Returns:
+        (tuple of C candidate positions, its accuracy, number of combinations n^C). Ties go to the
+        first combination in itertools.product order (the better-ranked words).
+    """
+    N, C, n = log_probs.shape
+    combinations = torch.tensor(list(itertools.product(range(n), repeat=C)))  # [M, C]
+    chosen = log_probs[:, torch.arange(C), combinations]  # [N, M, C]
+    accuracy = (chosen.argmax(-1) == labels[:, None]).float().mean(0)  # [M]
+    best = int(accuracy.argmax())
+    return tuple(combinations[best].tolist()), float(accuracy[best]), len(combinations)
+
+
+def search_label_words(model, tokenizer, examples, n, max_length, batch_size, prefix_space):
+    """LM-BFF's label-word search with the untrained model: candidates from the training examples
+    (`label_word_candidates`), the combination best on validation (`best_combination`).
+
+    Args:
+        examples: {"train": [...], "validation": [...]} with "context_ids" and "label".
+    Returns:
+        dict: "words" (the chosen word of each class), "ids" (their token ids), "candidates" (per class,
+        its n words), "validation_accuracy", "combinations".
+    Raises:
+        UsageError: no train or validation split, or too few candidate words.
+    """
+    if not {"train", "validation"} <= set(examples):
+        raise UsageError("--search_verbalizers needs train and validation examples")
+    train = examples["train"]
+    C = len(train[0]["choices"])
+    labels = torch.tensor([e["label"] for e in train])
+    sums = 0
+    for start, batch in zip(range(0, len(train), batch_size),
+                            mask_log_probs(model, tokenizer, [e["context_ids"] for e in train], max_length, batch_size)):
+        sums = sums + torch.zeros(C, batch.shape[1]).index_add(0, labels[start:start + len(batch)], batch)
+    class_means = sums / torch.bincount(labels, minlength=C).clamp(min=1)[:, None]
+    vocabulary = word_vocabulary(tokenizer, prefix_space)
+    V = class_means.shape[1]
+    allowed = torch.cat([vocabulary[:V], vocabulary.new_zeros(max(V - len(vocabulary), 0))])  # rows past it: no word
+    candidates = label_word_candidates(class_means, allowed, n)  # [C, n]
+    validation = examples["validation"]
+    log_probs = torch.cat([batch[:, candidates] for batch in mask_log_probs(
+        model, tokenizer, [e["context_ids"] for e in validation], max_length, batch_size)])  # [N, C, n]
+    chosen, accuracy, count = best_combination(log_probs, torch.tensor([e["label"] for e in validation]))
+    ids = [int(candidates[c, j]) for c, j in enumerate(chosen)]
+
+    def word(token_id):
+        return tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token_id)]).strip()
+
+    return {"words": [word(i) for i in ids], "ids": ids,
+            "candidates": [[word(int(i)) for i in row] for row in candidates],
+            "validation_accuracy": accuracy, "combinations": count}

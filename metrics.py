@@ -1,12 +1,16 @@
-"""Metrics and trivial baselines: accuracy and macro-F1 (scikit-learn), BLEU (sacrebleu) and
-ROUGE (rouge-score), the majority class, the most frequent reference and the nearest training
-input's target; what generated texts are like (distinct outputs, input values copied)."""
+"""Evaluation and metrics (run_cls, run_gen, run_baseline; run_pretrain and report read the metric
+tables): the loops that score or decode a prepared DataLoader on every process (`evaluate_choices`,
+`evaluate_generation`), accuracy and macro-F1 (scikit-learn), BLEU (sacrebleu) and ROUGE (rouge-score),
+the trivial baselines (majority class, most frequent reference, nearest training input's target), what
+generated texts are like (distinct outputs, input values copied), and contextual calibration's math."""
 
 import math
 import re
 from collections import Counter
 
 import numpy
+import torch
+from tqdm.auto import tqdm
 
 # Metrics (scikit-learn, sacrebleu, rouge_score)
 # ---------------------------------------------------------------------------------------
@@ -245,3 +249,78 @@ def output_statistics(outputs, sources):
 
 
 # ---------------------------------------------------------------------------------------
+
+# The evaluation loops of the scripts (run_cls, run_gen, run_baseline)
+# ---------------------------------------------------------------------------------------
+
+
+def evaluate_choices(accelerator, model, dataloader, score, num_choices, labelled=True):
+    """Scores the answer choices of every example of a prepared DataLoader, each once on every process
+    (gather_for_metrics drops the copies that even out the last batch across processes).
+
+    Args:
+        score: batch -> [B, C] choice scores. Batches carry "class_labels" [B] (-1: hidden) and "index" [B].
+        labelled: False for a split whose labels are hidden (no metrics).
+    Returns:
+        (classification_metrics dict or None, {example index: list of its C choice scores}).
+    Raises:
+        RuntimeError: an example was missed or repeated across processes.
+    """
+    was_training = model.training
+    model.eval()
+    indices, scores, labels = [], [], []
+    with torch.inference_mode():
+        for batch in dataloader:
+            batch_scores, batch_labels, batch_index = accelerator.gather_for_metrics(
+                (score(batch), batch["class_labels"], batch["index"]))
+            scores.append(batch_scores.float().cpu())
+            labels += batch_labels.tolist()
+            indices += batch_index.tolist()
+    model.train(was_training)
+    if sorted(indices) != list(range(len(dataloader.dataset))):
+        raise RuntimeError(f"Evaluation scored {len(indices)} examples for {len(dataloader.dataset)}: some were "
+                           "missed or repeated across processes.")
+    scores = torch.cat(scores)
+    metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices) if labelled else None
+    return metrics, dict(zip(indices, scores.tolist()))
+
+
+def evaluate_generation(accelerator, model, dataloader, generate, tokenizer, references, description=None):
+    """Decodes every source of a prepared DataLoader once and scores it against all its references.
+
+    Args:
+        generate: batch -> LongTensor [B, L] of generated ids, padded with tokenizer.pad_token_id (a
+            special token: decoding skips it). Batches carry "index" [B], the source's position.
+        references: a list of reference texts per source, or None for a split whose references are hidden.
+        description: the progress bar's label.
+    Returns:
+        (generation_metrics dict or None without references, predictions: list[str] in source order).
+    """
+    was_training = model.training
+    model.eval()
+    predictions = [None] * len(dataloader.dataset)
+    with torch.inference_mode():
+        for batch in tqdm(dataloader, desc=description, leave=False, disable=not accelerator.is_local_main_process):
+            generated = accelerator.pad_across_processes(generate(batch), dim=1, pad_index=tokenizer.pad_token_id)
+            generated, index = accelerator.gather_for_metrics((generated, batch["index"]))
+            for ids, i in zip(generated.tolist(), index.tolist()):
+                predictions[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    model.train(was_training)
+    return None if references is None else generation_metrics(predictions, references), predictions
+
+
+# ---------------------------------------------------------------------------------------
+# Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"; run_cls --calibrate)
+# ---------------------------------------------------------------------------------------
+
+
+def content_free_distribution(scores):
+    """p_cf [C]: the mean over the M content-free inputs of the softmax of their choice scores [M, C]
+    (Zhao et al. 2021, section 4)."""
+    return scores.softmax(-1).mean(0)
+
+
+def calibrate(scores, p_cf):
+    """Calibrated log-probabilities [N, C] of choice scores [N, C] (summed log-probs): q = p / p_cf
+    renormalised, p = softmax(scores), i.e. W = diag(p_cf)^-1 and b = 0 (Zhao et al. 2021, eq. 2)."""
+    return (scores.log_softmax(-1) - p_cf.log()).log_softmax(-1)

@@ -1,7 +1,8 @@
 """GLM (Du et al., ACL 2022) in plain PyTorch, as nanoGPT would write it: `GLMConfig`, the pre-LN blocks,
 `GLMForConditionalGeneration` (tied LM output, `generate` through transformers), `GLMForSequenceClassification`
 (the linear-head baseline), P-tuning v2's `PrefixEncoder`, and loading of `BAAI/glm-roberta-large` without
-remote code. Every other module imports it; the facts it matches are in the shared GLM_NOTES.md.
+remote code (whether its [MASK], sop and eop rows were trained: tokenization_glm.check_special_rows).
+Every other module imports it; the facts it matches are in the shared GLM_NOTES.md.
 
 Trap: transformers 5's `model_type: "glm"` is GLM-4 (and the hub config of glm-roberta-large says "glm"), so
 the Auto classes build GLM-4: load through these classes; our type is "glm_blank_infilling", never "glm".
@@ -338,12 +339,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         return model_kwargs
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, vocab_size: Optional[int] = None,
-                        special_token_ids: Optional[dict] = None, **kwargs):
+    def from_pretrained(cls, name_or_path: str, vocab_size: Optional[int] = None, **kwargs):
         """GLM from a directory (config.json + model.safetensors or pytorch_model.bin, read weights_only; keys
         with or without the released `glm.` prefix) or a hub id, through transformers' `from_pretrained`
         (kwargs: dtype, device_map...); `glm-tiny` is random (`GLMConfig.tiny`) and needs `vocab_size`.
-        With `special_token_ids` ({token: id}) and `vocab_size`, loaded weights get `check_special_rows`.
 
         Raises UsageError when keys are missing or unexpected, the tokenizer outgrows the embeddings, or
         the hub cannot be reached (with the flags that point at local files instead).
@@ -356,8 +355,6 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if vocab_size is not None and vocab_size > model.config.vocab_size:
             raise UsageError(f"The tokenizer has {vocab_size} tokens but the model only {model.config.vocab_size} "
                              "embedding rows: use the tokenizer that came with the checkpoint.")
-        if special_token_ids is not None:
-            check_special_rows(model.glm.word_embeddings.weight, special_token_ids, vocab_size)
         return model
 
 
@@ -369,62 +366,6 @@ def read_config(name_or_path: str) -> GLMConfig:
         raise UsageError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
                       f"(config.json + weights), a hub id, or {TINY_MODEL_NAME}.")
     return GLMConfig.from_released(json.loads(config.read_text()))
-
-
-def special_rows_report(weight, token_ids, tokenizer_length):
-    """Tells whether the embedding rows a run uses for its special tokens were trained.
-
-    Rows past the tokenizer's length (`tokenizer_length` .. V-1) were never the input of any
-    training text: their L2 norms show what an untrained row of this checkpoint looks like (its
-    initial scale, moved only by the tied output softmax and weight decay). When the padding
-    rows' norms stand apart from the vocabulary rows' (0 .. tokenizer_length-1, the checked ids
-    left out: the vocabulary median lies outside the padding range), a checked row looks untrained
-    when its norm is nearer (in ratio) the padding median than the vocabulary median; otherwise
-    norms cannot tell and no row is judged. GLM_NOTES.md "Tokenizer": glm-roberta-large learned
-    [MASK] as row 50264; rows 50267..50303 were never reached by text.
-
-    weight: the word embeddings [V, H]; token_ids: {name: id}, the rows to check (names are free,
-    e.g. "[MASK]=50264" and "[MASK]=50267" side by side); tokenizer_length: int, <= V.
-    Returns (table: str, a line per reference group and per checked row; warnings: {name: str}
-    for each untrained-looking row, naming the token, its id and the figures).
-    """
-    norms = weight.detach().float().norm(dim=-1).cpu()
-    ordinary = torch.ones(tokenizer_length, dtype=torch.bool)
-    ordinary[[i for i in token_ids.values() if i < tokenizer_length]] = False
-    vocabulary, padding = norms[:tokenizer_length][ordinary], norms[tokenizer_length:]
-    vocabulary_median = vocabulary.median().item()
-    lines = [f"vocabulary rows 0..{tokenizer_length - 1} ({len(vocabulary)} rows, the checked ones left out): "
-             f"L2 norm median {vocabulary_median:.4f} (min {vocabulary.min():.4f}, max {vocabulary.max():.4f})"]
-    separable = len(padding) > 0 and not padding.min() <= vocabulary_median <= padding.max()
-    if len(padding):
-        padding_median = padding.median().item()
-        lines.append(f"padding rows {tokenizer_length}..{len(norms) - 1} ({len(padding)}, never an input): L2 norm "
-                     f"median {padding_median:.4f} (min {padding.min():.4f}, max {padding.max():.4f})")
-    if not separable:
-        lines.append("the padding rows' norms do not stand apart from the vocabulary's (or there are none): "
-                     "norms cannot tell a trained row here")
-    lines.append(f"{'token':<24} {'id':>6} {'L2 norm':>9}  looks")
-    warnings = {}
-    for name, token_id in token_ids.items():
-        norm = norms[token_id].item()
-        untrained = separable and abs(math.log(norm / padding_median)) < abs(math.log(norm / vocabulary_median))
-        lines.append(f"{name:<24} {token_id:>6} {norm:>9.4f}  "
-                     f"{'?' if not separable else 'UNTRAINED (like a padding row)' if untrained else 'trained'}")
-        if untrained:
-            warnings[name] = (f"{name} uses embedding row {token_id}, which looks untrained: its L2 norm {norm:.4f} is "
-                              f"near the padding rows' (median {padding_median:.4f}, range {padding.min():.4f}.."
-                              f"{padding.max():.4f}), far from the vocabulary rows' median {vocabulary_median:.4f}. "
-                              "The checkpoint never learned this row: check the tokenizer (for glm-roberta-large "
-                              "[MASK] is 50264, see --mask_token_id).")
-    return "\n".join(lines), warnings
-
-
-def check_special_rows(weight, token_ids, tokenizer_length):
-    """Logs `special_rows_report` once: the table at INFO, each untrained-looking row as a WARNING."""
-    table, warnings = special_rows_report(weight, token_ids, tokenizer_length)
-    logger.info("Embedding rows of the special tokens this run uses:\n%s", table)
-    for warning in warnings.values():
-        logger.warning(warning)
 
 
 def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:

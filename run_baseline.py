@@ -2,9 +2,8 @@
 """Baselines for GLM's prompt-based fine-tuning, on the same splits, prompts and metrics, with Accelerate.
 
 Every row of the comparison table must come from identical data: this script loads, renders and
-scores exactly as run_cls.py / run_gen.py do (data.load_raw_datasets, the promptsource template
-chosen by --prompt_id, prompted.build_prompted_examples, metrics.classification_metrics /
-generation_metrics, training.results_record), and trains with the same loop; only the model and
+scores exactly as run_cls.py / run_gen.py do (templates.load_prompted_splits with the prompt chosen
+by --prompt_id, metrics.evaluate_choices / evaluate_generation, training.results_record), and trains with the same loop; only the model and
 the way it answers change.
 
 --method linear_head   (--task cls) the conventional fine-tuning: a new linear head on the encoder's
@@ -107,30 +106,34 @@ from cli import (
     UsageError,
     add_data_and_prompt_args,
     add_few_shot_args,
+    add_generation_args,
+    add_model_args,
     add_training_args,
     data_args_problems,
+    default_learning_rate,
+    derived_defaults,
     few_shot_problems,
-    hidden_label_splits,
+    generation_args_problems,
+    metric_problems,
     offline_unless_hub_answers,
+    parse_or_list_prompts,
     position_problem,
     run_script,
+    tokenizer_problems,
     training_args_problems,
-    warn_if_small_validation,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets, sample_few_shot
-from glm_peft import PEFT_DEFAULT_LEARNING_RATES, add_peft_args, count_parameters
+from glm_peft import count_parameters
 from metrics import (
     CLS_METRICS,
     GEN_METRICS,
-    classification_metrics,
-    generation_metrics,
+    evaluate_choices,
+    evaluate_generation,
     majority_class_baseline,
     most_frequent_reference_baseline,
 )
 from modeling_glm import readable_like_results
-from prompted import build_prompted_examples, group_references
-from templates import TASKS, answer_fields, describe_templates, load_templates, select_template
+from templates import TASKS, group_references, list_prompts, load_prompted_splits
 from training import (
     EpochSampler,
     TrainingPlan,
@@ -179,10 +182,12 @@ def parse_args(argv=None):
     add_data_and_prompt_args(parser, task)
     add_few_shot_args(parser)
     add_training_args(parser)
-    add_peft_args(parser)
+    add_model_args(parser)
+    add_generation_args(parser)
     # learning_rate None: the model's and method's (see the module docstring), set in main.
     parser.set_defaults(learning_rate=None, warmup_ratio=0.06 if task == "gen" else 0.1,
-                        metric_for_best_model="bleu" if task == "gen" else "accuracy")
+                        metric_for_best_model="bleu" if task == "gen" else "accuracy",
+                        label_smoothing=0.1 if task == "gen" else 0.0)
     group = parser.add_argument_group("baseline")
     group.add_argument("--text_column", nargs="+", default=None,
                        help="linear_head: the raw text column(s) fed to the model (default: the template's "
@@ -196,35 +201,11 @@ def parse_args(argv=None):
     group.add_argument("--choice_prefix_space", action=argparse.BooleanOptionalAction, default=True,
                        help="mlm_prompt: encode a verbalizer as a mid-sentence word (' good'), as it follows "
                             "the space before the answer slot.")
-    group.add_argument("--save_best_model", action="store_true",
-                       help="Write the tested (best) weights to output_dir/best_model (with --peft lora: the adapter).")
-    group.add_argument("--mask_token_id", type=int, default=None,
-                       help="GLM only: id of [MASK] with released tokenizer files (default 50264, the row "
-                            "glm-roberta-large was pretrained with; 50267 reproduces the hub's tokenizer).")
-    group = parser.add_argument_group("seq2seq")
-    group.add_argument("--max_source_length", type=int, default=256, help="Encoder input tokens (the prompt).")
-    group.add_argument("--max_target_length", type=int, default=64,
-                       help="Target tokens trained on (longer ones are cut and counted) and generated at most.")
-    group.add_argument("--min_target_length", type=int, default=0, help="Tokens generated at least.")
-    group.add_argument("--label_smoothing", type=float, default=None,
-                       help="Label smoothing of the seq2seq loss (default 0.1 for gen, 0 for cls).")
-    group.add_argument("--num_beams", type=int, default=4, help="Beam width; 1 = greedy (or sampling).")
-    group.add_argument("--length_penalty", type=float, default=1.0, help="Beam score = sum log p / length ** this.")
-    group.add_argument("--no_repeat_ngram_size", type=int, default=3, help="Never repeat an n-gram of this size (0: off).")
-    group.add_argument("--do_sample", action="store_true", help="Sample instead of greedy (needs --num_beams 1).")
-    group.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling mass.")
-    group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
-
-    # Listing the prompts needs nothing but the data arguments (no --output_dir, no --method).
-    listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), task).parse_known_args(argv)
-    if listing.list_prompts:
-        problems = data_args_problems(listing, task)
-        if problems:
-            parser.error("; ".join(problems))
-        listing.task = task
-        return listing
-    args = parser.parse_args(argv)
-    problems = data_args_problems(args, task) + few_shot_problems(args, task) + training_args_problems(args)
+    args = parse_or_list_prompts(parser, argv, task)
+    if args.list_prompts:
+        return args
+    problems = (data_args_problems(args, task) + few_shot_problems(args, task) + training_args_problems(args)
+                + metric_problems(args, GEN_METRICS if task == "gen" else CLS_METRICS))
     if args.method is None:
         problems.append(f"--method is required: one of {METHODS}")
     elif args.task not in METHOD_TASKS[args.method]:
@@ -241,28 +222,14 @@ def parse_args(argv=None):
         args.model_name_or_path = DEFAULT_MODELS[args.method]
     if args.choice_score is None:
         args.choice_score = "mean" if args.method == "mlm_prompt" else "sum"
-    if args.label_smoothing is None:
-        args.label_smoothing = 0.1 if args.task == "gen" else 0.0
-    metrics = GEN_METRICS if args.task == "gen" else CLS_METRICS
-    if args.metric_for_best_model not in metrics:
-        problems.append(f"--metric_for_best_model must be one of {metrics}, got {args.metric_for_best_model!r}")
-    if args.max_seq_length < 8 or args.max_source_length < 8 or args.max_target_length < 1:
-        problems.append("--max_seq_length and --max_source_length must be >= 8, --max_target_length >= 1")
-    if not 0 <= args.min_target_length <= args.max_target_length:
-        problems.append("--min_target_length must lie in [0, --max_target_length]")
-    if args.num_beams < 1 or (args.do_sample and args.num_beams > 1):
-        problems.append("--num_beams must be >= 1, and 1 with --do_sample")
-    if not 0 < args.top_p <= 1 or args.temperature <= 0:
-        problems.append("--top_p must lie in (0, 1] and --temperature be > 0")
-    if not 0 <= args.label_smoothing < 1:
-        problems.append("--label_smoothing must lie in [0, 1)")
+    problems += generation_args_problems(args, 8) + tokenizer_problems(args, TINY_MODELS)
+    if args.max_seq_length < 8:
+        problems.append("--max_seq_length must be >= 8")
     if args.text_column is not None and (args.method != "linear_head" or len(args.text_column) > 2):
         problems.append("--text_column is for --method linear_head, with one or two columns")
-    if args.model_name_or_path in TINY_MODELS and args.tokenizer_name is None:
-        problems.append(f"{args.model_name_or_path} has no tokenizer: pass --tokenizer_name train (a BPE trained on "
-                        "the training texts) or --tokenizer_name DIR (vocab.json + merges.txt)")
     if problems:
         parser.error("; ".join(problems))
+    vars(args).update(derived_defaults(args, task))
     return args
 
 
@@ -271,49 +238,14 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_cls(args, accelerator, model, dataloader, num_choices, labelled=True):
-    """Scores the answer choices of every example of a prepared DataLoader (each once, on every
-    process). Returns (classification_metrics dict, or None for a split whose labels are hidden
-    (labelled False), {example index: list of its C choice scores})."""
-    was_training = model.training
-    model.eval()
-    indices, scores, labels = [], [], []
-    with torch.inference_mode():
-        for batch in dataloader:
-            batch_scores, batch_labels, batch_index = accelerator.gather_for_metrics(
-                (class_scores(args, model, batch), batch["class_labels"], batch["index"]))
-            scores.append(batch_scores.float().cpu())
-            labels += batch_labels.tolist()
-            indices += batch_index.tolist()
-    model.train(was_training)
-    scores = torch.cat(scores)
-    metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices) if labelled else None
-    return metrics, dict(zip(indices, scores.tolist()))
-
-
-def evaluate_gen(args, accelerator, model, tokenizer, dataloader, references):
-    """Decodes every source once with `generate` and scores it against all its references (a list per
-    source, or None for a split whose references are hidden).
-    Returns (generation_metrics dict, or None without references, predictions: list[str] in source order)."""
-    was_training = model.training
-    model.eval()
-    unwrapped = accelerator.unwrap_model(model)
-    options = dict(max_new_tokens=args.max_target_length, min_new_tokens=args.min_target_length,
-                   num_beams=args.num_beams, length_penalty=args.length_penalty,
-                   no_repeat_ngram_size=args.no_repeat_ngram_size, do_sample=args.do_sample)
-    if args.do_sample:
-        options.update(top_p=args.top_p, temperature=args.temperature)
-    predictions = [None] * len(dataloader.dataset)
-    with torch.inference_mode():
-        for batch in dataloader:
-            generated = unwrapped.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                           **options)
-            generated = accelerator.pad_across_processes(generated, dim=1, pad_index=tokenizer.pad_token_id)
-            generated, index = accelerator.gather_for_metrics((generated, batch["index"]))
-            for ids, i in zip(generated.tolist(), index.tolist()):
-                predictions[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    model.train(was_training)
-    return None if references is None else generation_metrics(predictions, references), predictions
+def generate(args, model, batch):
+    """[B, L] ids that transformers' `generate` writes for a batch of sources, with the decoding flags
+    (top_p and temperature only with --do_sample)."""
+    sampling = dict(top_p=args.top_p, temperature=args.temperature) if args.do_sample else {}
+    return model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          max_new_tokens=args.max_target_length, min_new_tokens=args.min_target_length,
+                          num_beams=args.num_beams, length_penalty=args.length_penalty,
+                          no_repeat_ngram_size=args.no_repeat_ngram_size, do_sample=args.do_sample, **sampling)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,9 +256,8 @@ def evaluate_gen(args, accelerator, model, tokenizer, dataloader, references):
 def main(argv=None):
     args = parse_args(argv)
     if args.list_prompts:
-        print(describe_templates(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir,
-                                                args.task)))
-        return None
+        offline_unless_hub_answers(args, local_models=TINY_MODELS)  # a hub dataset offline: its message at once
+        return list_prompts(args, args.task)
 
     accelerator = setup_accelerator(args)
     output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
@@ -346,37 +277,15 @@ def main(argv=None):
         if any(problems):
             raise UsageError("; ".join(problem for problem in problems if problem))
     if args.learning_rate is None:
-        args.learning_rate = (PEFT_DEFAULT_LEARNING_RATES["lora"] if args.peft == "lora" else TINY_LEARNING_RATE
-                              if args.model_name_or_path in TINY_MODELS else FULL_LEARNING_RATES.get(family, 1e-5))
+        args.learning_rate = default_learning_rate(args.peft, TINY_LEARNING_RATE if args.model_name_or_path in TINY_MODELS
+                                                   else FULL_LEARNING_RATES.get(family, 1e-5))
 
     # Data and prompt, exactly as run_cls.py / run_gen.py: every split rendered and checked here.
     # --num_shots: the rows run_cls.py draws (the same classes: the template's label column).
-    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file)
-    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
-    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, args.task)
-    template = select_template(templates, args.prompt_id, args.prompt_name)
-    prompt_id = templates.index(template)
-    few_shot = carved = None
-    if args.num_shots:
-        raw_datasets, few_shot = sample_few_shot(raw_datasets, answer_fields(template), args.num_shots,
-                                                 args.shots_seed, draw_validation=args.validation_file is None)
-    else:
-        raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
-    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
-                                     args.max_test_samples)
     do_train = will_train(args)  # otherwise the untuned model is evaluated
-    if not {"train", "validation"} <= set(raw_datasets):
-        raise UsageError(f"Need train and validation splits (the train split also gives the trivial baseline), got "
-                         f"{list(raw_datasets)}: pass --train_file (validation is carved from it).")
-    examples, data_counts = {}, {}
-    for split, dataset in raw_datasets.items():
-        examples[split], data_counts[split] = build_prompted_examples(dataset, template, args.task, args.skip_empty)
-        if not examples[split]:
-            raise UsageError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
-    hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
-    if do_train:
-        warn_if_small_validation(len(examples["validation"]), args, args.num_shots)
+    prompted = load_prompted_splits(args, args.task, do_train)
+    template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
+    data_counts, hidden = prompted.counts, prompted.hidden
     logger.info("Prompt %d: %s [%s]", prompt_id, template.name, template.source)
 
     text_columns = None
@@ -477,13 +386,15 @@ def main(argv=None):
         """(metrics, None when the split's labels are hidden; outputs): cls outputs {index: scores}; gen
         outputs the predictions in source order."""
         if args.task == "gen":
-            return evaluate_gen(args, accelerator, model, tokenizer, eval_dataloaders[split],
-                                None if split in hidden else eval_sets[split][1])
-        return evaluate_cls(args, accelerator, model, eval_dataloaders[split], num_choices, split not in hidden)
+            return evaluate_generation(accelerator, model, eval_dataloaders[split],
+                                       functools.partial(generate, args, accelerator.unwrap_model(model)), tokenizer,
+                                       None if split in hidden else eval_sets[split][1], split)
+        return evaluate_choices(accelerator, model, eval_dataloaders[split], functools.partial(class_scores, args, model),
+                                num_choices, split not in hidden)
 
     # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
     # put back at the end so that test scores them.
-    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
         if args.resume_from_checkpoint:
@@ -507,27 +418,19 @@ def main(argv=None):
                         loss = training_loss(args, model, batch)
                         tracker.add_batch(loss, len(batch["index"]) * accelerator.num_processes)
                         accelerator.backward(loss)
-                        if accelerator.sync_gradients:
-                            step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
-                            step_lr = lr_scheduler.get_last_lr()[0]  # this update's (the scheduler moves on after it)
-                            if args.max_grad_norm > 0:
-                                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        if accelerator.sync_gradients and args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                         optimizer.step()
                         lr_scheduler.step()
                         optimizer.zero_grad()
                     if not accelerator.sync_gradients:
                         continue
-                    tracker.completed_steps += 1
-                    tracker.train_time_s += time.perf_counter() - start
-                    progress_bar.update(1)
-                    progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-                    step = tracker.completed_steps
-                    accelerator.log({"train/loss": step_loss, "train/learning_rate": step_lr}, step=step)
+                    step, checkpoint = tracker.end_step(accelerator, plan, progress_bar, start)
                     if plan.evaluates_at(step):
                         metrics = evaluate("validation")[0]
                         tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
                         accelerator.log(log_values("validation", metrics), step=step)
-                    if checkpoint := plan.checkpoint_at(step):  # "step_N" / "epoch_N", or None
+                    if checkpoint:  # "step_N" / "epoch_N"
                         save_checkpoint(accelerator, tracker, output_dir / checkpoint, args.save_total_limit)
                     if step == plan.max_train_steps:
                         break
@@ -583,7 +486,7 @@ def main(argv=None):
             tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
-            few_shot=few_shot, carved_validation=carved)
+            few_shot=prompted.few_shot, carved_validation=prompted.carved)
         record["data"] = data_counts  # rows kept / skipped per split (as run_cls.py / run_gen.py)
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()

@@ -18,9 +18,9 @@ clipping 1.0, 256 tokens.
     python run_cls.py --list_prompts                                       # prompt ids and examples
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 run_cls.py ...     # 2 CPU processes
 
-Flags: the data and prompt flags and the training flags all scripts share (training.py), the PEFT
-flags (glm_peft.py), the cloze flags below and the levers (levers.py): --calibrate, --num_demonstrations,
---search_verbalizers. Writes to --output_dir: results.json (schema: training.results_record, plus
+Flags: the data, prompt, few-shot, training and model (PEFT) flags the scripts share (cli.py), the
+cloze flags below and the levers: --calibrate (metrics.calibrate), --num_demonstrations and
+--search_verbalizers (their text in templates.py, their scoring in glm_utils.py). Writes to --output_dir: results.json (schema: training.results_record, plus
 "calibration" / "label_word_search" with those levers), predictions_test.jsonl (input, gold, predicted,
 score of each choice, gold and predicted index, token count of each choice; with --calibrate also the
 calibrated scores), step_N / epoch_N checkpoints with --checkpointing_steps (continue with
@@ -43,55 +43,57 @@ from cli import (
     UsageError,
     add_data_and_prompt_args,
     add_few_shot_args,
+    add_model_args,
     add_training_args,
     data_args_problems,
+    default_learning_rate,
+    derived_defaults,
     few_shot_problems,
-    hidden_label_splits,
+    metric_problems,
     offline_unless_hub_answers,
+    parse_or_list_prompts,
     position_problem,
     run_script,
+    tokenizer_problems,
     training_args_problems,
-    warn_if_small_validation,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets, sample_few_shot
-from glm_peft import (
-    PEFT_DEFAULT_LEARNING_RATES,
-    add_peft_args,
-    apply_peft,
-    count_parameters,
-    saved_peft_flags,
-    save_model_and_tokenizer,
-)
-from glm_utils import build_multiple_choice_inputs, encode_choices, encode_context, score_choices
-from levers import (
-    CONTENT_FREE_INPUTS,
-    calibrate,
-    content_free_contexts,
-    content_free_distribution,
-    demonstration_ids,
+from glm_peft import apply_peft, count_parameters, save_model_and_tokenizer
+from glm_utils import (
+    build_multiple_choice_inputs,
+    encode_choices,
+    encode_context,
+    score_choices,
     score_contexts,
     search_label_words,
+    with_demonstrations,
+)
+from metrics import (
+    CHOICE_BASELINES,
+    CLS_METRICS,
+    calibrate,
+    choice_baselines,
+    classification_metrics,
+    content_free_distribution,
+    evaluate_choices,
+    majority_class_baseline,
+)
+from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration, max_positions
+from templates import (
+    CONTENT_FREE_INPUTS,
+    HIDDEN_LABEL,
+    choice_fields,
+    content_free_contexts,
+    demonstration_ids,
+    list_prompts,
+    load_prompted_splits,
+    prompt_file_name,
     searched_template,
     shared_choices,
     use_label_words,
-    with_demonstrations,
     write_template,
 )
-from metrics import CHOICE_BASELINES, CLS_METRICS, choice_baselines, classification_metrics, majority_class_baseline
-from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
-from prompted import build_prompted_examples
-from templates import (
-    answer_fields,
-    choice_fields,
-    describe_templates,
-    left_out_templates,
-    load_templates,
-    prompt_file_name,
-    select_template,
-    template_fields,
-)
-from tokenization_glm import load_or_train_tokenizer, special_token_ids
+from tokenization_glm import check_special_rows, load_or_train_tokenizer
 from training import (
     EpochSampler,
     TrainingPlan,
@@ -114,6 +116,7 @@ from training import (
 
 logger = get_logger(__name__)
 
+CLS_LEARNING_RATE = 1e-5  # full fine-tuning: the paper's cloze rate
 CHOICE_EOP = {"auto": None, "on": True, "off": False}  # --choice_eop -> encode_choices(choice_eop=)
 EXAMPLES = """examples:
   python run_cls.py --dataset_name fine_foods --model_name_or_path glm-tiny --tokenizer_name train \\
@@ -127,8 +130,8 @@ def parse_args(argv=None):
     add_data_and_prompt_args(parser, "cls")
     add_few_shot_args(parser)
     add_training_args(parser)
-    add_peft_args(parser)
-    # learning_rate None: the method's (glm_peft.PEFT_DEFAULT_LEARNING_RATES).
+    add_model_args(parser)
+    # learning_rate None: the method's (cli.default_learning_rate).
     parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, metric_for_best_model="accuracy")
     group = parser.add_argument_group("cloze classification")
     group.add_argument("--max_seq_length", type=int, default=256,
@@ -146,12 +149,6 @@ def parse_args(argv=None):
                        help="Skip validation and test rows that cannot be rendered (empty label, prompt or answer, "
                             "an empty or repeated choice of their own) instead of refusing them; the scores then hold "
                             "on fewer rows, which the last line and results.json ('data') say.")
-    group.add_argument("--mask_token_id", type=int, default=None,
-                       help="Id of [MASK] with released tokenizer files (default: 50264, the row glm-roberta-large was "
-                            "pretrained with; 50267 reproduces the hub's tokenizer).")
-    group.add_argument("--save_best_model", action="store_true",
-                       help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT "
-                            "weights).")
     levers = parser.add_argument_group("levers (issue #26; README: What moves the score)")
     levers.add_argument("--calibrate", action="store_true",
                         help="Also report contextual calibration: every prediction divided by the answer distribution "
@@ -164,24 +161,15 @@ def parse_args(argv=None):
                              "words (LM-BFF's label-word search, zero-shot on validation); writes the template to "
                              "output_dir/searched_prompts/.")
 
-    # Listing the prompts needs only the data arguments (no --output_dir).
-    listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), "cls").parse_known_args(argv)
-    if listing.list_prompts:
-        problems = data_args_problems(listing, "cls")
-        if problems:
-            parser.error("; ".join(problems))
-        return listing
-    args = parser.parse_args(argv)
+    args = parse_or_list_prompts(parser, argv, "cls")
+    if args.list_prompts:
+        return args
     if args.learning_rate is None:
-        args.learning_rate = PEFT_DEFAULT_LEARNING_RATES[args.peft]
-    problems = data_args_problems(args, "cls") + few_shot_problems(args, "cls") + training_args_problems(args)
-    if args.model_name_or_path == TINY_MODEL_NAME and args.tokenizer_name is None:
-        problems.append(f"{TINY_MODEL_NAME} has no tokenizer: pass --tokenizer_name train (a BPE trained on the "
-                        "training texts) or --tokenizer_name DIR")
+        args.learning_rate = default_learning_rate(args.peft, CLS_LEARNING_RATE)
+    problems = (data_args_problems(args, "cls") + few_shot_problems(args, "cls") + training_args_problems(args)
+                + tokenizer_problems(args) + metric_problems(args, CLS_METRICS))
     if args.tokenizer_name == "train" and args.train_file is None and (args.validation_file or args.test_file):
         problems.append("--tokenizer_name train trains on the training texts: pass --train_file or a tokenizer folder")
-    if args.metric_for_best_model not in CLS_METRICS:
-        problems.append(f"--metric_for_best_model must be one of {CLS_METRICS}, got {args.metric_for_best_model!r}")
     if args.max_seq_length < 4:
         problems.append("--max_seq_length must be >= 4 (<s> [MASK] </s> and one choice token)")
     if args.num_demonstrations < 0 or args.search_verbalizers < 0:
@@ -191,52 +179,15 @@ def parse_args(argv=None):
                         "words; search first, then pass the written template with --prompts_dir")
     if problems:
         parser.error("; ".join(problems))
-    if args.peft_weights:  # the saved method and its flags are this run's (results.json reports them)
-        vars(args).update(saved_peft_flags(args.peft_weights))
+    vars(args).update(derived_defaults(args, "cls"))
     return args
-
-
-def list_prompts(args):
-    """--list_prompts: every usable template with its answer choices and one rendered example."""
-    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
-    print(describe_templates(templates))
-    left_out = left_out_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
-    for reason, names in left_out.items():
-        print(f"left out, {reason}: {len(names)} ({', '.join(names)})")
-    offline_unless_hub_answers(args)  # a hub dataset offline: its message at once, not half a minute of retries
-    try:
-        raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                         args.validation_file, args.test_file)
-        raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
-    except (OSError, RuntimeError, ValueError) as err:
-        print(f"\n(No rendered examples: the data could not be loaded. {err})")
-        return None
-    rows = next(iter(raw_datasets.values()))
-    lacking = [f"{prompt_id} ({', '.join(sorted(template_fields(template) - set(rows.column_names)))})"
-               for prompt_id, template in enumerate(templates) if template_fields(template) - set(rows.column_names)]
-    if lacking:
-        print(f"listed but unusable here, reading fields the data lacks: {len(lacking)}: {'; '.join(lacking)}")
-    rows = rows.select(range(min(len(rows), 20)))
-    for prompt_id, template in enumerate(templates):
-        print(f"\n--- {prompt_id}: {template.name}")
-        try:
-            examples, _ = build_prompted_examples(rows, template, "cls")
-        except ValueError as err:
-            print(f"cannot render this data: {err}")
-            continue
-        if not examples:
-            print("(renders nothing for the first rows)")
-            continue
-        print(f"answer choices: {examples[0]['choices']}\ncloze context:\n{examples[0]['context']}")
-        print(f"gold answer: {examples[0]['target']}")
-    return None
 
 
 def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, choice_eop, split,
                       demonstrations=None):
     """Tokenizes a split once, before the first step: each example gets `context_ids` (`<s> ... [MASK]
     ... </s>`, whole: the builder cuts it around the mask; with `demonstrations`, the example's token
-    lists follow its input as far as they fit, `levers.with_demonstrations`) and `choice_ids` (its
+    lists follow its input as far as they fit, `with_demonstrations`) and `choice_ids` (its
     answer choices as scored spans, `encode_choices`, one list shared by the examples with the same
     choices). Checked here, not at the example's batch: one [MASK] in the context, non-empty choices
     that fit max_seq_length (UsageError naming the split, example and data row).
@@ -272,37 +223,15 @@ def choice_lengths(example):
 
 
 def evaluate(accelerator, model, dataloader, length_normalize, num_choices, labelled=True):
-    """Scores every example of a prepared DataLoader. Every process gets all of them, each once
-    (gather_for_metrics drops the copies that even out the last batch across processes).
-
-    Returns (classification_metrics dict, or None for a split whose labels are hidden (labelled
-    False), {example index: list of its C choice scores}).
-    """
-    was_training = model.training
-    model.eval()
-    indices, scores, labels = [], [], []
-    with torch.inference_mode():
-        for batch in dataloader:
-            batch_scores = score_choices(model, batch, length_normalize)
-            batch_scores, batch_labels, batch_index = accelerator.gather_for_metrics(
-                (batch_scores, batch["labels"], batch["index"])
-            )
-            scores.append(batch_scores.float().cpu())
-            labels += batch_labels.tolist()
-            indices += batch_index.tolist()
-    model.train(was_training)
-    if sorted(indices) != list(range(len(dataloader.dataset))):
-        raise RuntimeError(f"Evaluation scored {len(indices)} examples for {len(dataloader.dataset)}: some were "
-                           "missed or repeated across processes.")
-    scores = torch.cat(scores)
-    metrics = classification_metrics(scores.argmax(-1).tolist(), labels, num_choices) if labelled else None
-    return metrics, dict(zip(indices, scores.tolist()))
+    """metrics.evaluate_choices with GLM's choice scores (score_choices, looked up at each call)."""
+    return evaluate_choices(accelerator, model, dataloader, lambda batch: score_choices(model, batch, length_normalize),
+                            num_choices, labelled)
 
 
 def calibrated_evaluation(accelerator, model, tokenizer, template, raw_datasets, examples, eval_dataloaders, hidden,
                           predictions, args, num_choices):
     """--calibrate: p_cf of the model as tested (the template's input fields set to each of
-    levers.CONTENT_FREE_INPUTS), then the calibrated metrics of every labelled evaluation split.
+    CONTENT_FREE_INPUTS), then the calibrated metrics of every labelled evaluation split.
 
     Returns ({"content_free_inputs", "p_cf": {choice: p}, "validation" / "test": metrics}, {example
     index: calibrated log-probabilities of its choices} of the final split (`predictions`' split)).
@@ -332,7 +261,8 @@ def calibrated_evaluation(accelerator, model, tokenizer, template, raw_datasets,
 def main(argv=None):
     args = parse_args(argv)
     if args.list_prompts:
-        return list_prompts(args)
+        offline_unless_hub_answers(args)  # a hub dataset offline: its message at once
+        return list_prompts(args, "cls")
 
     accelerator = setup_accelerator(args)
     output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
@@ -348,38 +278,10 @@ def main(argv=None):
     # Data and prompt. Every split is rendered and checked here, before the first step. --num_shots draws
     # K train (and validation) rows per class of the template's label column from the whole train split;
     # otherwise a source without validation has it carved from train by --data_seed.
-    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file)
-    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
-    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls")
-    template = select_template(templates, args.prompt_id, args.prompt_name)
-    prompt_id = templates.index(template)
-    few_shot = carved = None
-    if args.num_shots:
-        raw_datasets, few_shot = sample_few_shot(raw_datasets, answer_fields(template), args.num_shots,
-                                                 args.shots_seed, draw_validation=args.validation_file is None)
-    else:
-        raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
-    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
-                                     args.max_test_samples)
     do_train = will_train(args)  # otherwise zero-shot: the same evaluation, untuned
-    if do_train and not {"train", "validation"} <= set(raw_datasets):
-        raise UsageError(f"Training needs train and validation splits, got {list(raw_datasets)}: pass --train_file "
-                         "(validation is carved from it), or --no-do_train to evaluate zero-shot.")
-    examples, data_counts = {}, {}
-    for split, dataset in raw_datasets.items():
-        # Checks the template's fields against the columns, renders, and checks each label
-        # against the answer choices (templates: check_template_fields, _label_index).
-        # A training row that cannot be rendered is skipped (--skip_empty); an evaluation row only on request.
-        skip, flag = (args.skip_empty, "--skip_empty") if split == "train" else (args.skip_eval_rows, "--skip_eval_rows")
-        examples[split], data_counts[split] = build_prompted_examples(dataset, template, "cls", skip, flag)
-        if not examples[split]:
-            raise UsageError(f"Prompt {template.name!r} leaves no {split} example ({data_counts[split]}).")
-        for index, example in enumerate(examples[split]):
-            example["index"] = index
-    hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
-    if do_train:
-        warn_if_small_validation(len(examples["validation"]), args, args.num_shots)
+    prompted = load_prompted_splits(args, "cls", do_train, zero_shot=True)
+    template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
+    data_counts, hidden = prompted.counts, prompted.hidden
     first = next(iter(examples.values()))[0]
     logger.info("Prompt %d: %s [%s]. Cloze form of the first example (the answer fills [MASK]):\n%s\n"
                 "answer choices %s, gold %r", prompt_id, template.name, template.source, first["context"],
@@ -410,8 +312,8 @@ def main(argv=None):
                            args.max_seq_length)
 
     # Model.
-    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer),
-                                                        special_token_ids=special_token_ids(tokenizer))
+    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
+    check_special_rows(model, tokenizer, args.model_name_or_path)  # [MASK], sop, eop: trained rows?
     label_words = None
     if args.search_verbalizers:  # with the model as loaded; the run then uses the searched words
         label_words = search_label_words(model.to(accelerator.device), tokenizer, examples, args.search_verbalizers,
@@ -432,7 +334,7 @@ def main(argv=None):
                                               [e["choice_ids"] for e in batch], args.max_seq_length)
         # The same number of choice columns in every batch, so that scores gather across processes.
         inputs["choice_mask"] = F.pad(inputs["choice_mask"], (0, num_choices - inputs["choice_mask"].shape[1]))
-        inputs["labels"] = torch.tensor([-1 if e["label"] is None else e["label"] for e in batch])  # -1: hidden
+        inputs["class_labels"] = torch.tensor([HIDDEN_LABEL if e["label"] is None else e["label"] for e in batch])
         inputs["index"] = torch.tensor([e["index"] for e in batch])
         return inputs
 
@@ -472,7 +374,7 @@ def main(argv=None):
 
     # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
     # put back at the end so that test scores them. Zero-shot: the model as loaded is evaluated.
-    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     validation_metrics = None  # of the best evaluation
     if do_train:
@@ -494,31 +396,23 @@ def main(argv=None):
                 start = time.perf_counter()
                 for batch in batches:
                     with accelerator.accumulate(model):
-                        loss = F.cross_entropy(score_choices(model, batch, args.length_normalize), batch["labels"])
-                        tracker.add_batch(loss, len(batch["labels"]) * accelerator.num_processes)
+                        loss = F.cross_entropy(score_choices(model, batch, args.length_normalize), batch["class_labels"])
+                        tracker.add_batch(loss, len(batch["class_labels"]) * accelerator.num_processes)
                         accelerator.backward(loss)
-                        if accelerator.sync_gradients:
-                            step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
-                            step_lr = lr_scheduler.get_last_lr()[0]  # this update's (the scheduler moves on after it)
-                            if args.max_grad_norm > 0:
-                                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        if accelerator.sync_gradients and args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                         optimizer.step()
                         lr_scheduler.step()
                         optimizer.zero_grad()
                     if not accelerator.sync_gradients:
                         continue
-                    tracker.completed_steps += 1
-                    tracker.train_time_s += time.perf_counter() - start
-                    progress_bar.update(1)
-                    progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-                    step = tracker.completed_steps
-                    accelerator.log({"train/loss": step_loss, "train/learning_rate": step_lr}, step=step)
+                    step, checkpoint = tracker.end_step(accelerator, plan, progress_bar, start)
                     if plan.evaluates_at(step):
                         metrics, _ = evaluate(accelerator, model, eval_dataloaders["validation"], args.length_normalize,
                                               num_choices)
                         tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
                         accelerator.log(log_values("validation", metrics), step=step)
-                    if checkpoint := plan.checkpoint_at(step):  # "step_N" / "epoch_N", or None
+                    if checkpoint:  # "step_N" / "epoch_N"
                         save_checkpoint(accelerator, tracker, output_dir / checkpoint, args.save_total_limit)
                     if step == plan.max_train_steps:
                         break
@@ -577,7 +471,7 @@ def main(argv=None):
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
-            few_shot=few_shot, carved_validation=carved,
+            few_shot=prompted.few_shot, carved_validation=prompted.carved,
         )
         record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
         record.update({key: value for key, value in (("calibration", calibration), ("label_word_search", label_words))

@@ -13,8 +13,7 @@ decay 0.1, label smoothing 0.1, beam 4, no_repeat_ngram 3, length penalty 1.0.
         --dataset_name wildlife_strikes --learning_rate 1e-3 --output_dir runs/strikes  # offline
     python run_gen.py --list_prompts                                         # the prompt ids
 
-Flags: the data and prompt flags and the training flags all scripts share (training.py), the PEFT
-flags (glm_peft.py), and the generation flags below. Writes to --output_dir: results.json (schema:
+Flags: the data, prompt, training, model (PEFT) and generation flags the scripts share (cli.py). Writes to --output_dir: results.json (schema:
 training.results_record, plus "data": rows kept and skipped, prompts and targets cut; the
 baselines "most_frequent_reference" and "nearest_training_target"; "output_statistics": distinct
 outputs and input values copied of the model, the first references and the baselines),
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
@@ -36,31 +36,35 @@ from cli import (
     ArgumentParser,
     UsageError,
     add_data_and_prompt_args,
+    add_generation_args,
+    add_model_args,
     add_training_args,
     data_args_problems,
-    hidden_label_splits,
+    default_learning_rate,
+    derived_defaults,
+    generation_args_problems,
+    metric_problems,
     offline_unless_hub_answers,
+    parse_or_list_prompts,
     position_problem,
     run_script,
+    tokenizer_problems,
     training_args_problems,
-    warn_if_small_validation,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets
-from glm_peft import (
-    PEFT_DEFAULT_LEARNING_RATES,
-    add_peft_args,
-    apply_peft,
-    count_parameters,
-    saved_peft_flags,
-    save_model_and_tokenizer,
-)
+from glm_peft import apply_peft, count_parameters, save_model_and_tokenizer
 from glm_utils import build_generation_inputs, encode_context, encode_target, generate_spans
-from metrics import GEN_METRICS, generation_metrics, most_frequent_target, nearest_training_targets, output_statistics
-from modeling_glm import HUB_MODEL_ID, TINY_MODEL_NAME, GLMForConditionalGeneration, max_positions
-from prompted import build_prompted_examples, group_references
-from templates import describe_templates, load_templates, select_template
-from tokenization_glm import load_or_train_tokenizer, special_token_ids
+from metrics import (
+    GEN_METRICS,
+    evaluate_generation,
+    generation_metrics,
+    most_frequent_target,
+    nearest_training_targets,
+    output_statistics,
+)
+from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration, max_positions
+from templates import group_references, list_prompts, load_prompted_splits
+from tokenization_glm import check_special_rows, load_or_train_tokenizer
 from training import (
     EpochSampler,
     TrainingPlan,
@@ -96,76 +100,22 @@ def parse_args(argv=None):
     parser = ArgumentParser(description="Fine-tune GLM for generation (blank infilling).", epilog=EXAMPLES)
     add_data_and_prompt_args(parser, "gen")
     add_training_args(parser)
-    add_peft_args(parser)
-    # learning_rate None: GEN_LEARNING_RATE, or the PEFT method's (glm_peft.PEFT_DEFAULT_LEARNING_RATES).
+    add_model_args(parser)
+    add_generation_args(parser)
+    # learning_rate None: GEN_LEARNING_RATE, or the PEFT method's (cli.default_learning_rate).
     parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, warmup_ratio=0.06,
                         metric_for_best_model="bleu")
-    group = parser.add_argument_group("generation")
-    group.add_argument("--max_source_length", type=int, default=256,
-                       help="Prompt tokens kept (cut around the [MASK], which always survives).")
-    group.add_argument("--max_target_length", type=int, default=64,
-                       help="Target tokens trained on (longer ones are cut and counted) and generated at most.")
-    group.add_argument("--min_target_length", type=int, default=0, help="Tokens generated at least (eop banned before).")
-    group.add_argument("--label_smoothing", type=float, default=0.1, help="Label smoothing of the training loss.")
-    group.add_argument("--mask_token_id", type=int, default=None,
-                       help="Id of [MASK] with released tokenizer files (default: 50264, the row glm-roberta-large "
-                            "was pretrained with; 50267 reproduces the hub's tokenizer).")
-    group.add_argument("--num_beams", type=int, default=4, help="Beam width; 1 = greedy (or sampling).")
-    group.add_argument("--length_penalty", type=float, default=1.0, help="Beam score = sum log p / length ** this.")
-    group.add_argument("--no_repeat_ngram_size", type=int, default=3, help="Never repeat an n-gram of this size (0: off).")
-    group.add_argument("--do_sample", action="store_true", help="Sample instead of greedy (needs --num_beams 1).")
-    group.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling mass.")
-    group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
-    group.add_argument(
-        "--save_best_model", action="store_true",
-        help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT weights).",
-    )
-
-    # Listing the prompts needs nothing but the data arguments (no --output_dir).
-    listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), "gen").parse_known_args(argv)
-    if listing.list_prompts:
-        problems = data_args_problems(listing, "gen")
-        if problems:
-            parser.error("; ".join(problems))
-        return listing
-    args = parser.parse_args(argv)
+    args = parse_or_list_prompts(parser, argv, "gen")
+    if args.list_prompts:
+        return args
     if args.learning_rate is None:
-        args.learning_rate = PEFT_DEFAULT_LEARNING_RATES[args.peft] if args.peft else GEN_LEARNING_RATE
-    problems = data_args_problems(args, "gen") + training_args_problems(args)
-    if args.model_name_or_path == TINY_MODEL_NAME and args.tokenizer_name is None:
-        problems.append(f"{TINY_MODEL_NAME} has no tokenizer: pass --tokenizer_name train (a BPE trained on the "
-                        "training texts) or --tokenizer_name DIR")
-    if args.metric_for_best_model not in GEN_METRICS:
-        problems.append(f"--metric_for_best_model must be one of {GEN_METRICS}, got {args.metric_for_best_model!r}")
-    if args.max_target_length < 1 or args.max_source_length < 3:
-        problems.append("--max_target_length must be >= 1 and --max_source_length >= 3 (<s> [MASK] </s>)")
-    if not 0 <= args.min_target_length <= args.max_target_length:
-        problems.append("--min_target_length must lie in [0, --max_target_length]")
-    if args.num_beams < 1:
-        problems.append("--num_beams must be >= 1")
-    if args.do_sample and args.num_beams > 1:
-        problems.append("--do_sample samples one sequence: pass --num_beams 1 with it")
-    if not 0 < args.top_p <= 1 or args.temperature <= 0:
-        problems.append("--top_p must lie in (0, 1] and --temperature be > 0")
-    if not 0 <= args.label_smoothing < 1:
-        problems.append("--label_smoothing must lie in [0, 1)")
+        args.learning_rate = default_learning_rate(args.peft, GEN_LEARNING_RATE)
+    problems = (data_args_problems(args, "gen") + training_args_problems(args) + tokenizer_problems(args)
+                + metric_problems(args, GEN_METRICS) + generation_args_problems(args, 3))  # 3: <s> [MASK] </s>
     if problems:
         parser.error("; ".join(problems))
-    if args.peft_weights:  # the saved method and its flags are this run's (results.json reports them)
-        vars(args).update(saved_peft_flags(args.peft_weights))
+    vars(args).update(derived_defaults(args, "gen"))
     return args
-
-
-def prompted_splits(raw_datasets, template, skip_empty):
-    """Renders every split with the template before anything trains; returns (examples, counts)
-    per split. A split that loses every row is an error (its counts say why)."""
-    examples, counts = {}, {}
-    for split, dataset in raw_datasets.items():
-        examples[split], counts[split] = build_prompted_examples(dataset, template, "gen", skip_empty=skip_empty)
-        if not examples[split]:
-            raise UsageError(f"The {split} split has no usable example with template {template.name!r} "
-                             f"(counts: {counts[split]}); check the data and the prompt (--list_prompts).")
-    return examples, counts
 
 
 def tokenize_prompts(tokenizer, examples, split):
@@ -218,29 +168,17 @@ def span_generation_config(args, tokenizer):
 
 
 def evaluate(args, accelerator, model, tokenizer, dataloader, references, description):
-    """Decodes every source of `dataloader` once and scores it against all its references (a list per
-    source, or None for a split whose references are hidden).
+    """metrics.evaluate_generation with GLM's span decoding (`generate_spans`); the spans are padded with
+    the tokenizer's pad token (`</s>`, special: decoding skips it)."""
+    unwrapped, generation_config = accelerator.unwrap_model(model), span_generation_config(args, tokenizer)
 
-    Returns (generation_metrics dict, or None without references, predictions: list[str] in source order).
-    """
-    was_training = model.training
-    model.eval()
-    unwrapped = accelerator.unwrap_model(model)
-    generation_config = span_generation_config(args, tokenizer)
-    predictions = [None] * len(dataloader.dataset)
-    with torch.inference_mode():
-        for batch in tqdm(dataloader, desc=description, leave=False, disable=not accelerator.is_local_main_process):
-            inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}
-            generated = generate_spans(unwrapped, inputs, generation_config, args.no_repeat_ngram_size)
-            # Same width on every process so that the outputs can be gathered; -1 pads.
-            tokens = torch.full((len(generated), args.max_target_length), -1, dtype=torch.long, device=accelerator.device)
-            for row, ids in enumerate(generated):
-                tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            tokens, index = accelerator.gather_for_metrics((tokens, batch["index"]))
-            for row, i in zip(tokens.tolist(), index.tolist()):
-                predictions[i] = tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
-    model.train(was_training)
-    return None if references is None else generation_metrics(predictions, references), predictions
+    def generate(batch):
+        inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}
+        spans = generate_spans(unwrapped, inputs, generation_config, args.no_repeat_ngram_size)
+        return pad_sequence([torch.tensor(ids, dtype=torch.long) for ids in spans], batch_first=True,
+                            padding_value=tokenizer.pad_token_id).to(accelerator.device)
+
+    return evaluate_generation(accelerator, model, dataloader, generate, tokenizer, references, description)
 
 
 SYSTEM_NAMES = {"model": "this model", "nearest_training_target": "nearest training input's target",
@@ -280,8 +218,8 @@ def format_summary(split, sources, references_list, predictions, metrics, statis
 def main(argv=None):
     args = parse_args(argv)
     if args.list_prompts:
-        print(describe_templates(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "gen")))
-        return None
+        offline_unless_hub_answers(args)  # a hub dataset offline: its message at once
+        return list_prompts(args, "gen")
 
     accelerator = setup_accelerator(args)
     output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
@@ -298,23 +236,10 @@ def main(argv=None):
         raise UsageError("; ".join(problem for problem in problems if problem))
 
     # Data and prompt. Every split is rendered and checked here, before the first step.
-    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file)
-    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
-    raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
-    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
-                                     args.max_test_samples)
-    if not {"train", "validation"} <= set(raw_datasets):
-        raise UsageError(f"Need train and validation data, got splits {list(raw_datasets)}: pass --train_file "
-                         "(validation is carved from it when there is no --validation_file).")
-    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "gen")
-    template = select_template(templates, args.prompt_id, args.prompt_name)
-    prompt_id = templates.index(template)
-    examples, data_counts = prompted_splits(raw_datasets, template, args.skip_empty)
     do_train = will_train(args)  # otherwise the model as loaded is evaluated
-    hidden = hidden_label_splits(data_counts, do_train)  # predictions only; refused where training needs them
-    if do_train:
-        warn_if_small_validation(len(examples["validation"]), args)
+    prompted = load_prompted_splits(args, "gen", do_train)
+    template, prompt_id, examples, data_counts = prompted.template, prompted.prompt_id, prompted.examples, prompted.counts
+    hidden = prompted.hidden
     first = examples["train"][0]
     logger.info("Prompt %d: %s [%s]. GLM input of the first example (the target fills [MASK]):\n%s\ntarget: %r",
                 prompt_id, template.name, template.source, first["context"], first["target"])
@@ -346,8 +271,8 @@ def main(argv=None):
                        "the [MASK].", long_sources, len(train_lengths), args.max_source_length)
 
     # Model.
-    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer),
-                                                        special_token_ids=special_token_ids(tokenizer))
+    model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
+    check_special_rows(model, tokenizer, args.model_name_or_path)  # [MASK], sop, eop: trained rows?
     model = apply_peft(model, args)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
@@ -395,7 +320,7 @@ def main(argv=None):
 
     # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
     # put back at the end so that test scores them.
-    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
         if args.resume_from_checkpoint:
@@ -423,28 +348,20 @@ def main(argv=None):
                                      logits_positions=labels != -100, label_smoothing=args.label_smoothing).loss
                         tracker.add_batch(loss, len(labels) * accelerator.num_processes)
                         accelerator.backward(loss)
-                        if accelerator.sync_gradients:
-                            step_loss = tracker.end_step(accelerator)  # raises on a non-finite loss, before the update
-                            step_lr = lr_scheduler.get_last_lr()[0]  # this update's (the scheduler moves on after it)
-                            if args.max_grad_norm > 0:
-                                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        if accelerator.sync_gradients and args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                         optimizer.step()
                         lr_scheduler.step()
                         optimizer.zero_grad()
                     if not accelerator.sync_gradients:
                         continue
-                    tracker.completed_steps += 1
-                    tracker.train_time_s += time.perf_counter() - start
-                    progress_bar.update(1)
-                    progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-                    step = tracker.completed_steps
-                    accelerator.log({"train/loss": step_loss, "train/learning_rate": step_lr}, step=step)
+                    step, checkpoint = tracker.end_step(accelerator, plan, progress_bar, start)
                     if plan.evaluates_at(step):
                         metrics, _ = evaluate(args, accelerator, model, tokenizer, eval_dataloaders["validation"],
                                               references_of["validation"], "validation")
                         tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
                         accelerator.log(log_values("validation", metrics), step=step)
-                    if checkpoint := plan.checkpoint_at(step):  # "step_N" / "epoch_N", or None
+                    if checkpoint:  # "step_N" / "epoch_N"
                         save_checkpoint(accelerator, tracker, output_dir / checkpoint, args.save_total_limit)
                     if step == plan.max_train_steps:
                         break
@@ -493,7 +410,7 @@ def main(argv=None):
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
-            carved_validation=carved,
+            carved_validation=prompted.carved,
         )
         record["data"] = data_counts  # rows kept / skipped per split; long prompts and targets in train
         record["output_statistics"] = statistics  # model, references (the first of each source), baselines

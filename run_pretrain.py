@@ -41,6 +41,8 @@ from cli import (
     add_data_and_prompt_args,
     add_training_args,
     data_args_problems,
+    derived_defaults,
+    metric_problems,
     offline_unless_hub_answers,
     position_problem,
     run_script,
@@ -100,12 +102,9 @@ def parse_args(argv=None):
     group.add_argument("--tokenizer_vocab_size", type=int, default=8000,
                        help="Vocabulary of the BPE trained by --tokenizer_name train.")
     args = parser.parse_args(argv)
-    problems = data_args_problems(args, "cls") + training_args_problems(args)
+    problems = data_args_problems(args, "cls") + training_args_problems(args) + metric_problems(args, PRETRAIN_METRICS)
     if not will_train(args):
         problems.append("run_pretrain.py trains: --num_train_epochs and --max_train_steps must be >= 1")
-    if args.metric_for_best_model not in PRETRAIN_METRICS:
-        problems.append(f"--metric_for_best_model must be one of {PRETRAIN_METRICS}, "
-                        f"got {args.metric_for_best_model!r}")
     if not 0 < args.mask_ratio < 1:
         problems.append("--mask_ratio must lie in (0, 1)")
     if args.poisson_lambda <= 0:
@@ -114,6 +113,7 @@ def parse_args(argv=None):
         problems.append("--max_seq_length must be >= 8")
     if problems:
         parser.error("; ".join(problems))
+    vars(args).update(derived_defaults(args, "cls"))
     return args
 
 
@@ -227,7 +227,7 @@ def main(argv=None):
         model, optimizer, train_dataloader, eval_dataloader, lr_scheduler)
 
     # Training: the same loop as run_cls.py, with the blank-infilling loss.
-    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes))
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     initial = evaluate(accelerator, model, eval_dataloader)  # the model as loaded, also when resuming
     logger.info("Before training: validation %s", {name: round(value, 4) for name, value in initial.items()})
@@ -254,27 +254,19 @@ def main(argv=None):
                                  labels=batch["labels"], logits_positions=scored).loss
                     tracker.add_batch(loss, len(batch["input_ids"]) * accelerator.num_processes)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        step_loss = tracker.end_step(accelerator)
-                        step_lr = lr_scheduler.get_last_lr()[0]  # this update's (the scheduler moves on after it)
-                        if args.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad()
                 if not accelerator.sync_gradients:
                     continue
-                tracker.completed_steps += 1
-                tracker.train_time_s += time.perf_counter() - start
-                progress_bar.update(1)
-                progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-                step = tracker.completed_steps
-                accelerator.log({"train/loss": step_loss, "train/learning_rate": step_lr}, step=step)
+                step, checkpoint = tracker.end_step(accelerator, plan, progress_bar, start)
                 if plan.evaluates_at(step):
                     metrics = evaluate(accelerator, model, eval_dataloader)
                     tracker.record_evaluation(epoch, metrics, accelerator.unwrap_model(model))
                     accelerator.log(log_values("validation", metrics), step=step)
-                if checkpoint := plan.checkpoint_at(step):  # "step_N" / "epoch_N", or None
+                if checkpoint:  # "step_N" / "epoch_N"
                     save_checkpoint(accelerator, tracker, output_dir / checkpoint, args.save_total_limit)
                 if step == plan.max_train_steps:
                     break

@@ -1,14 +1,22 @@
-"""Prompt templates: promptsource and `prompts/*.yaml`, rendered in a jinja sandbox.
+"""Prompts (run_cls, run_gen, run_baseline; run_pretrain renders its texts with them): templates, their
+rendering, the prompted examples, and a run's prompted splits.
 
-`load_templates` lists the usable templates of a dataset, `select_template` picks one by id or
-name, `render_example` renders one example into (input, target, answer choices), and
-`make_cloze_context` / `make_mlm_context` put GLM's `[MASK]` (or a masked LM's masks) where the
-answer goes. `template_fields`, `answer_fields` and `check_template_fields` tell which dataset
-fields a template reads. Turning a whole split into prompted examples, with its row checks, is
-prompted.py's.
+- Templates: promptsource's and `prompts/*.yaml` (`load_templates`, `select_template`, `--list_prompts`).
+- Rendering in a jinja sandbox (`render_example`: input, target, answer choices), which fields a template
+  reads (`template_fields`, `answer_fields`), the cloze context with GLM's `[MASK]` (`make_cloze_context`).
+- Prompted examples (`build_prompted_examples`): every row of a split rendered and checked, each unusable
+  one named by file and line; a split whose labels are all hidden (-1 or empty) gives examples without
+  labels (the one decision: `hidden_labels`; `hidden_label_splits` says what a run does with them).
+- `load_prompted_splits`: the data flags -> data (data.py), prompt, few-shot draw or carve, max samples and
+  prompted examples, the preamble every script calls.
+- The levers' text side (run_cls): content-free inputs (calibration), demonstrations, the searched label
+  words as a template and its YAML.
 """
 
+import dataclasses
 import functools
+import logging
+import math
 import random
 import warnings
 from collections import Counter
@@ -22,11 +30,20 @@ import jinja2.nodes
 import jinja2.sandbox
 import yaml
 
-from data import HUB_DATASETS, ORIGIN_COLUMN, OTHER_TASK_LABEL_COLUMNS
-from modeling_glm import UsageError
+from data import (
+    HUB_DATASETS,
+    ORIGIN_COLUMN,
+    OTHER_TASK_LABEL_COLUMNS,
+    adapt_columns,
+    apply_max_samples,
+    carve_validation,
+    load_raw_datasets,
+    sample_few_shot,
+)
+from glm_utils import encode_context
+from modeling_glm import MASK_TOKEN, UsageError
 
-# The GLM answer slot in a prompt, and where templates put it (see make_cloze_context).
-GLM_MASK = "[MASK]"
+logger = logging.getLogger(__name__)
 
 TASKS = ("cls", "gen")
 
@@ -507,7 +524,7 @@ def render_example(template, example, hidden_answer=False):
     return parts[0], target, choices
 
 
-def make_cloze_context(input_text, mask_token=GLM_MASK):
+def make_cloze_context(input_text, mask_token=MASK_TOKEN):
     """The GLM cloze context of a rendered prompt: the prompt with exactly one mask token.
 
     Exactly one `mask_token` in the text: kept where the template put it. None: " " +
@@ -540,4 +557,513 @@ def make_mlm_context(input_text, mask_token, n):
     """
     if n < 1:
         raise ValueError(f"n (mask tokens for the answer slot) must be >= 1, got {n}.")
-    return make_cloze_context(input_text).replace(GLM_MASK, mask_token * n)
+    return make_cloze_context(input_text).replace(MASK_TOKEN, mask_token * n)
+
+# ---------------------------------------------------------------------------------------
+# Prompted examples: every row of a split rendered and checked
+# ---------------------------------------------------------------------------------------
+
+
+
+def _is_empty_field(value):
+    """None, NaN, or a blank string: a value with no text to prompt with."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# How benchmarks (GLUE, QASC, ...) mark a test label they do not publish; the scripts' batches mark
+# an example without label the same way.
+HIDDEN_LABEL = -1
+
+
+def _is_hidden_mark(value):
+    """Whether a label value is HIDDEN_LABEL (an int, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value == HIDDEN_LABEL
+
+
+# How many unusable rows a message lists before it gives the count of the rest.
+_ROWS_LISTED = 10
+
+
+def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag="--skip_empty"):
+    """Render every row of a dataset into the examples the scripts train and evaluate on.
+
+    Checks first that the dataset has the template's fields (check_template_fields), then
+    whether the split's labels are hidden: every value of the answer fields (answer_fields:
+    the label column of a classification prompt, the reference of a generation prompt) is
+    empty (None, NaN, blank) or, for "cls", -1. A hidden split gives examples whose
+    "target" and "label" are None (its answers are never rendered: a -1 label is never
+    read as the last choice), for predictions only.
+
+    A field the template reads as a list (list_fields: `endings[0]`, `endings | join`) must
+    hold lists: text there (a CSV cell) is refused at once, in one line.
+
+    Per row, in a split with labels: rows where the template renders to nothing
+    (promptsource's conditional templates) are skipped ("not_applicable"). An empty input
+    field is rendered as "" (an optional part of the context is no reason to drop a row);
+    rows that cannot be rendered, with an empty answer field (label), an empty rendered input
+    or target, or (choices read from the row's fields) an empty or repeated answer choice,
+    are skipped and counted when `skip_empty`, with one logged warning listing them;
+    otherwise they are errors whose message points to `skip_flag`. For "cls" an integer
+    label must index the answer choices (0..len-1), and the rendered target must be one of
+    them; a -1 label among labelled rows is an error.
+
+    Every row is checked before anything is raised: the ValueError lists the unusable rows
+    (the first 10, then how many more), each by its place (the row's ORIGIN_COLUMN, e.g.
+    "data/train.csv line 8 (validation split)", else "row i", its 0-based index) and cause
+    in words ("label_coarse 6 is outside the 6 answer choices (0 to 5)").
+
+    Args:
+        dataset: datasets.Dataset or list of dicts. template: PromptTemplate.
+        task: "cls" or "gen". skip_empty: bool. skip_flag: the flag that skips such rows.
+    Returns:
+        (examples, counts). examples: list of dicts with "context" (input with one
+        "[MASK]", see make_cloze_context), "input", "target" (None when hidden), "choices"
+        (list[str] for cls, None for gen), "label" (index of target in choices for cls;
+        None for gen and hidden labels), "source_key" (the rendered input; group_references
+        groups by it), "row" (the 0-based index of its dataset row, e.g. to read the raw
+        text columns there), "origin" (its place, as in the messages).
+        counts: dict with "rows", "kept", "not_applicable", "empty_field" (an empty answer
+        field), "empty_input", "empty_target", "bad_choices" (ints) and "labels_hidden": None, or why the split's labels are
+        hidden, e.g. "every label_coarse is -1".
+    Raises:
+        UsageError: a "cls" template without answer choices, a missing column, a template
+            without "|||", duplicate or empty fixed answer choices, text in a list field, a
+            template that fails to
+            render (first row, with its place), or unusable rows (listed as above).
+    """
+    check_task(task)
+    if task == "cls" and template.answer_choices is None:
+        raise UsageError(
+            f"Template {template.name!r} has no answer choices, so it cannot be used for "
+            "classification; choose a prompt listed by --list_prompts."
+        )
+    check_template_fields(template, _column_names(dataset))
+    _check_list_fields(template, dataset)
+    answers = sorted(answer_fields(template))
+    counts = dict.fromkeys(("rows", "kept", "not_applicable", "empty_field", "empty_input", "empty_target",
+                            "bad_choices"), 0)
+    counts["labels_hidden"] = hidden_labels(dataset, answers, task)
+    # A hidden split's answer fields are empty or -1 by definition; other fields may be empty.
+    checked = answers if counts["labels_hidden"] is None else []
+    examples, skipped, problems = [], [], []
+    for row, example in enumerate(dataset):
+        counts["rows"] += 1
+        origin = example.get(ORIGIN_COLUMN) or f"row {row}"
+        try:
+            prompted, kind, cause = _prompt_row(template, task, example, checked, answers, counts["labels_hidden"])
+        except ValueError as err:  # the template itself fails: one row shows it
+            raise UsageError(f"{origin}: {err}") from err
+        if prompted is not None:
+            examples.append({**prompted, "row": row, "origin": origin})
+        elif kind == "not_applicable":
+            counts[kind] += 1
+        elif kind != "label" and skip_empty:
+            counts[kind] += 1
+            skipped.append(f"{origin}: {cause}")
+        else:
+            problems.append(f"{origin}: {cause}")
+    counts["kept"] = len(examples)
+    if problems:
+        raise UsageError(
+            f"{len(problems)} of {counts['rows']} rows cannot be used with prompt {template.name!r}:\n"
+            f"{_list_rows(problems)}\n{_PROBLEM_ADVICE[task]}"
+            + ("" if skip_empty else f" Rows that cannot be rendered can be skipped with {skip_flag}.")
+        )
+    if skipped:
+        logger.warning(
+            "Prompt %r: skipped %d row(s) that cannot be rendered (counts: %s):\n%s",
+            template.name, len(skipped), counts, _list_rows(skipped),
+        )  # fmt: skip
+    return examples, counts
+
+
+_PROBLEM_ADVICE = {
+    "cls": "Integer labels index the answer choices from 0; word labels must be one of them. Fix these rows "
+    "in the file (a test file whose labels are hidden has -1 or an empty label on every row), or choose "
+    "another prompt (--list_prompts).",
+    "gen": "Fix these rows in the file, or choose another prompt (--list_prompts).",
+}
+
+
+def _list_rows(lines):
+    """The first _ROWS_LISTED lines, indented, then how many more there are."""
+    listed = [f"  {line}" for line in lines[:_ROWS_LISTED]]
+    if len(lines) > _ROWS_LISTED:
+        listed.append(f"  ... and {len(lines) - _ROWS_LISTED} more")
+    return "\n".join(listed)
+
+
+def _check_list_fields(template, dataset):
+    """Text where the template reads a list (a CSV cell holds text, never a list): one line."""
+    for field in sorted(list_fields(template)):
+        value = next((v for v in _column(dataset, field) if not _is_empty_field(v)), None)
+        if isinstance(value, str):
+            raise UsageError(
+                f"Template {template.name!r} reads {field!r} as a list, but the data holds text there "
+                f"({value[:30]!r}...): list fields need a JSON Lines file (.jsonl, the field a JSON list), not CSV"
+            )
+
+
+def _column_names(dataset):
+    """Columns of a datasets.Dataset, or the keys of the first dict of a list."""
+    if hasattr(dataset, "column_names"):
+        return dataset.column_names
+    return list(dataset[0]) if len(dataset) else []
+
+
+def _column(dataset, field):
+    """The values of one field: a datasets column, or the field of each dict of a list."""
+    return dataset[field] if hasattr(dataset, "column_names") else [row[field] for row in dataset]
+
+
+def hidden_labels(dataset, answers, task):
+    """None when the split has a label; else why its labels are hidden ("every label is -1")."""
+    if not answers or not len(dataset):
+        return None
+    marks = set()
+    for field in answers:
+        for value in _column(dataset, field):
+            if _is_empty_field(value):
+                marks.add("empty")
+            elif task == "cls" and _is_hidden_mark(value):
+                marks.add("-1")
+            else:
+                return None
+    return f"every {' and '.join(answers)} is {' or '.join(sorted(marks))}"
+
+
+def _prompt_row(template, task, example, checked, answers, hidden):
+    """One row -> (prompted example, None, None) when usable, else (None, kind, cause in
+    words): kind "not_applicable", "empty_field", "empty_input", "empty_target", "bad_choices"
+    (skippable) or "label" (an error). Raises UsageError where the template fails, whatever
+    the row."""
+    empty = [field for field in checked if _is_empty_field(example[field])]
+    if empty:
+        return None, "empty_field", f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
+    marked = [field for field in answers if not hidden and task == "cls" and _is_hidden_mark(example[field])]
+    if marked:
+        return None, "label", f"{marked[0]} is -1, the mark of a hidden label, but other rows of this split have labels"
+    # An empty number or null renders as "", not "None" / "nan".
+    example = {key: "" if not isinstance(value, str) and _is_empty_field(value) else value
+               for key, value in example.items()}
+    try:
+        input_text, target, choices = render_example(template, example, hidden_answer=bool(hidden))
+    except LabelError as err:
+        named = [field for field in answers if type(example[field]) is type(err.index) and example[field] == err.index]
+        return None, "label", f"{named[0] if named else 'label'} {err.index!r} {err.why}"
+    if not input_text and target is None:
+        return None, "not_applicable", None
+    if target is None:
+        raise UsageError(
+            f"Template {template.name!r} rendered no '|||' separator; a training template needs 'input ||| target'."
+        )
+    if not input_text:
+        return None, "empty_input", "the prompt renders empty"
+    if not target and not hidden:
+        return None, "empty_target", "the answer renders empty"
+    try:
+        context = make_cloze_context(input_text)
+    except ValueError as err:
+        raise UsageError(f"Template {template.name!r}: {err}") from err
+    label = None
+    if task == "cls":
+        if _bad_choices(choices):
+            if choice_fields(template):  # this row's own choices
+                return None, "bad_choices", f"its answer choices {choices} hold an empty or repeated choice"
+            raise UsageError(
+                f"Template {template.name!r}: answer choices {choices} contain an empty or repeated choice, so "
+                "the label would be ambiguous; fix the template's answer_choices."
+            )
+        if not hidden and target not in choices:
+            named = answers[0] if len(answers) == 1 and str(example[answers[0]]) == target else "the answer"
+            return None, "label", f"{named} {target!r} is not one of the answer choices {choices}"
+        label = None if hidden else choices.index(target)
+    prompted = {
+        "context": context,
+        "input": input_text,
+        "target": None if hidden else target,
+        "choices": choices if task == "cls" else None,
+        "label": label,
+        "source_key": input_text,
+    }
+    return prompted, None, None
+
+
+def _bad_choices(choices):
+    """An empty or repeated choice: the label would be ambiguous."""
+    return "" in choices or len(set(choices)) != len(choices)
+
+
+def group_references(examples):
+    """Group generation examples by source: every reference of the same input together.
+
+    Args:
+        examples: dicts with "source_key" and "target" (from build_prompted_examples).
+    Returns:
+        (sources, references_list): sources is list[str] of distinct source keys in order of
+        first appearance; references_list[i] is list[str], the targets of sources[i] in order
+        ([] for a split whose references are hidden: targets None).
+    """
+    grouped = {}
+    for example in examples:
+        references = grouped.setdefault(example["source_key"], [])
+        if example["target"] is not None:
+            references.append(example["target"])
+    return list(grouped), list(grouped.values())
+
+
+# ---------------------------------------------------------------------------------------
+# A run's prompted splits (run_cls, run_gen, run_baseline)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptedSplits:
+    """What a script trains and evaluates on. template, prompt_id: the chosen prompt. rows: the
+    DatasetDict after few-shot draw / carve and max samples (the rows each example's "row" points
+    to). examples: {split: build_prompted_examples' examples, each with its "index" in the split}.
+    counts: {split: their counts} (results.json "data"). hidden: the splits whose labels are hidden
+    (predictions only). few_shot, carved: sample_few_shot's / carve_validation's record, or None."""
+
+    template: PromptTemplate
+    prompt_id: int
+    rows: object
+    examples: dict
+    counts: dict
+    hidden: set
+    few_shot: Optional[dict]
+    carved: Optional[dict]
+
+
+def load_prompted_splits(args, task, do_train, zero_shot=False):
+    """The data flags -> every split rendered and checked with the chosen prompt, before any work.
+
+    Loads (load_raw_datasets, adapt_columns), picks the prompt (--prompt_id / --prompt_name), draws
+    --num_shots rows per class of the prompt's answer fields (sample_few_shot; no carve then), else
+    carves validation from train (--data_seed), applies the --max_*_samples, and renders each split
+    (build_prompted_examples: a train row that cannot be rendered is skipped with --skip_empty, an
+    evaluation row with --skip_eval_rows where the script has it, else with --skip_empty). The splits
+    whose labels are all hidden are announced (hidden_label_splits); with `do_train` a small
+    validation is warned about. Flags a script lacks (--num_shots, --skip_eval_rows) read as unset.
+
+    Args:
+        args: the parsed flags. task: "cls" or "gen". do_train: the run trains.
+        zero_shot: the script evaluates an untrained model too (run_cls), so train and validation
+            splits are needed only with `do_train`; run_gen and run_baseline always need them (their
+            tokenizer and trivial baselines read train).
+    Returns:
+        PromptedSplits.
+    Raises:
+        UsageError: no train or validation split where required, a split the prompt leaves empty,
+            hidden labels that training needs, and every error of the functions above.
+    """
+    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                     args.validation_file, args.test_file)
+    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)
+    template = select_template(templates, args.prompt_id, args.prompt_name)
+    few_shot = carved = None
+    num_shots = getattr(args, "num_shots", None)
+    if num_shots:
+        raw_datasets, few_shot = sample_few_shot(raw_datasets, answer_fields(template), num_shots, args.shots_seed,
+                                                 draw_validation=args.validation_file is None)
+    else:
+        raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
+    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
+                                     args.max_test_samples)
+    if (do_train or not zero_shot) and not {"train", "validation"} <= set(raw_datasets):
+        raise UsageError(f"Need train and validation splits, got {list(raw_datasets)}: pass --train_file (validation "
+                         "is carved from it)" + (", or --no-do_train to evaluate zero-shot." if zero_shot else "."))
+    examples, counts = {}, {}
+    for split, dataset in raw_datasets.items():
+        skip, flag = args.skip_empty, "--skip_empty"
+        if split != "train" and hasattr(args, "skip_eval_rows"):
+            skip, flag = args.skip_eval_rows, "--skip_eval_rows"
+        examples[split], counts[split] = build_prompted_examples(dataset, template, task, skip, flag)
+        if not examples[split]:
+            raise UsageError(f"Prompt {template.name!r} leaves no {split} example ({counts[split]}).")
+        for index, example in enumerate(examples[split]):
+            example["index"] = index
+    hidden = hidden_label_splits(counts, do_train)
+    if do_train:
+        warn_if_small_validation(len(examples["validation"]), args, num_shots)
+    return PromptedSplits(template, templates.index(template), raw_datasets, examples, counts, hidden, few_shot, carved)
+
+
+def hidden_label_splits(data_counts, do_train):
+    """The splits whose labels are hidden (build_prompted_examples' counts "labels_hidden", e.g. a
+    benchmark's test file with -1 on every row), each announced with one warning: they get
+    predictions, never metrics or a trivial baseline.
+
+    Raises:
+        UsageError: training needs the hidden labels: those of train, or of validation (which picks the
+            best step); says which labelled file to pass instead.
+    """
+    hidden = {split: counts["labels_hidden"] for split, counts in data_counts.items() if counts["labels_hidden"]}
+    if do_train and "validation" in hidden:
+        raise UsageError(f"The validation labels are hidden ({hidden['validation']}), but training picks its best "
+                         "step on validation: pass a labelled --validation_file, or leave it out to carve validation "
+                         "from the training data (--validation_split_percentage).")
+    if do_train and "train" in hidden:
+        raise UsageError(f"The train labels are hidden ({hidden['train']}): training needs labels. Pass a labelled "
+                         "--train_file, or --no-do_train to predict with the model as loaded.")
+    for split, why in hidden.items():
+        logger.warning("%s labels are hidden (%s): writing predictions only, no %s metrics.", split, why, split)
+    return set(hidden)
+
+
+SMALL_VALIDATION = 50  # fewer examples pick the best step nearly at random
+
+
+def warn_if_small_validation(num_examples, args, num_shots=None):
+    """Logs a warning when validation, which picks the best step, has fewer than SMALL_VALIDATION
+    examples, saying how to get more (with --num_shots, validation is K drawn examples per class)."""
+    if num_examples >= SMALL_VALIDATION:
+        return
+    if args.validation_file:
+        carved = ""
+    elif num_shots:
+        carved = f" (with --num_shots {num_shots}, validation is {num_shots} drawn examples per class)"
+    else:
+        carved = f", or raise --validation_split_percentage (now {args.validation_split_percentage})"
+    logger.warning("Validation has only %d examples: the best step is chosen on them, nearly at random with so few. "
+                   "Pass a --validation_file of %d or more labelled rows%s.", num_examples, SMALL_VALIDATION, carved)
+
+
+def list_prompts(args, task):
+    """--list_prompts: every usable template (with its answer choices), the ones left out and why, then
+    one rendered example per prompt from the first rows of the data (cls: choices, cloze context and
+    gold answer; gen: the GLM input and its target). The data not loading is said in one line, not
+    raised: the list itself needs no data."""
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)
+    print(describe_templates(templates))
+    left_out = left_out_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)
+    for reason, names in left_out.items():
+        print(f"left out, {reason}: {len(names)} ({', '.join(names)})")
+    try:
+        raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                         args.validation_file, args.test_file)
+        raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    except (OSError, RuntimeError, ValueError) as err:
+        print(f"\n(No rendered examples: the data could not be loaded. {err})")
+        return None
+    rows = next(iter(raw_datasets.values()))
+    lacking = [f"{prompt_id} ({', '.join(sorted(template_fields(template) - set(rows.column_names)))})"
+               for prompt_id, template in enumerate(templates) if template_fields(template) - set(rows.column_names)]
+    if lacking:
+        print(f"listed but unusable here, reading fields the data lacks: {len(lacking)}: {'; '.join(lacking)}")
+    rows = rows.select(range(min(len(rows), 20)))
+    for prompt_id, template in enumerate(templates):
+        print(f"\n--- {prompt_id}: {template.name}")
+        try:
+            examples, _ = build_prompted_examples(rows, template, task)
+        except ValueError as err:
+            print(f"cannot render this data: {err}")
+            continue
+        if not examples:
+            print("(renders nothing for the first rows)")
+        elif task == "cls":
+            print(f"answer choices: {examples[0]['choices']}\ncloze context:\n{examples[0]['context']}")
+            print(f"gold answer: {examples[0]['target']}")
+        else:
+            print(f"GLM input:\n{examples[0]['context']}\ntarget: {examples[0]['target']}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# The levers' text side (run_cls --calibrate, --num_demonstrations, --search_verbalizers)
+# ---------------------------------------------------------------------------------------
+
+
+# The paper's content-free inputs are "N/A", "" and "[MASK]"; in GLM "[MASK]" is the answer slot
+# itself, so only the first two are used.
+CONTENT_FREE_INPUTS = ("N/A", "")
+
+
+def shared_choices(examples, flag):
+    """The answer choices every example has (a list). Raises UsageError naming `flag` when they differ:
+    the lever needs one set of classes."""
+    choices = {tuple(e["choices"]) for split in examples.values() for e in split}
+    if len(choices) != 1:
+        raise UsageError(f"{flag} needs the same answer choices for every example; this prompt gives "
+                         f"{len(choices)} different sets")
+    return list(next(iter(choices)))
+
+
+def content_free_contexts(template, row):
+    """The cloze contexts of the template with every input field (the fields read before "|||")
+    set to each of CONTENT_FREE_INPUTS; the other fields keep `row`'s values. Returns list[str]."""
+    inputs = template_fields(template) - answer_fields(template)
+    contexts = []
+    for text in CONTENT_FREE_INPUTS:
+        input_text, _, _ = render_example(template, {**row, **dict.fromkeys(inputs, text)}, hidden_answer=True)
+        contexts.append(make_cloze_context(input_text))
+    return contexts
+
+
+def draw_demonstrations(train_labels, k, seed, split, index):
+    """Indices of the training examples shown with example `index` of `split`: k per class (fewer when
+    a class has fewer), drawn at random with a generator seeded by (seed, split, index), never the
+    example itself (split "train"), in random order. Only training examples are ever drawn.
+
+    Args:
+        train_labels: the label of each training example (list[int]).
+    Returns:
+        list[int] of indices into the training examples.
+    """
+    rng = random.Random(f"{seed}/{split}/{index}")
+    by_class = {}
+    for i, label in enumerate(train_labels):
+        if not (split == "train" and i == index):
+            by_class.setdefault(label, []).append(i)
+    drawn = [i for label in sorted(by_class) for i in rng.sample(by_class[label], min(k, len(by_class[label])))]
+    rng.shuffle(drawn)
+    return drawn
+
+
+def demonstration_text(example):
+    """A training example as a demonstration: its cloze context with the answer in place of [MASK]."""
+    return example["context"].replace(MASK_TOKEN, example["target"])
+
+
+def demonstration_ids(tokenizer, examples, k, seed):
+    """Per split, per example, the token ids of its drawn demonstrations (`draw_demonstrations`),
+    each `" " + demonstration_text` of a training example. Raises UsageError without a train split."""
+    if "train" not in examples:
+        raise UsageError("--num_demonstrations draws from the training examples: pass --train_file")
+    train = examples["train"]
+    encoded = [tokenizer(" " + demonstration_text(e), add_special_tokens=False)["input_ids"] for e in train]
+    labels = [e["label"] for e in train]
+    return {split: [[encoded[i] for i in draw_demonstrations(labels, k, seed, split, index)]
+                    for index in range(len(split_examples))]
+            for split, split_examples in examples.items()}  # fmt: skip
+
+
+def searched_template(template, words):
+    """The template with `words` as its answer choices, named "<name> (searched label words)"."""
+    return dataclasses.replace(template, name=f"{template.name} (searched label words)",
+                               answer_choices=" ||| ".join(words), source="label-word search")
+
+
+def use_label_words(examples, raw_datasets, template, ids, tokenizer, choice_eop):
+    """Every example rendered again with the searched template (a prompt may list its choices):
+    context, context_ids, choices, target, and choice_ids the searched token ids (closed by eop only
+    with --choice_eop on). `raw_datasets`: the rows the examples were rendered from ("row")."""
+    spans = [[i, tokenizer.eop_token_id] if choice_eop else [i] for i in ids]
+    for split, split_examples in examples.items():
+        for example in split_examples:
+            hidden = example["label"] is None
+            input_text, target, choices = render_example(template, raw_datasets[split][example["row"]], hidden)
+            example.update(context=make_cloze_context(input_text), choices=choices, choice_ids=spans,
+                           target=None if hidden else target)
+            example["context_ids"] = encode_context(tokenizer, example["context"])
+
+
+def write_template(template, path):
+    """Writes `template` to `path` as a prompts/*.yaml file (for --prompts_dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"name": template.name, "jinja": template.jinja, "answer_choices": template.answer_choices,
+             "original_task": True}
+    path.write_text(yaml.safe_dump({"templates": [entry]}, sort_keys=False, allow_unicode=True), encoding="utf-8")

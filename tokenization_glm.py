@@ -9,9 +9,12 @@ special tokens (`--tokenizer_name train`). Facts and evidence: GLM_NOTES.md in t
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 from modeling_glm import EOP_TOKEN, MASK_TOKEN, SOP_TOKEN, TINY_MODEL_NAME, UsageError, _resolve_pretrained_dir
 
@@ -144,6 +147,66 @@ def _wrap_tokenizer(tokenizer):
 
 
 def special_token_ids(tokenizer) -> dict:
-    """{token: id} of the special tokens GLM's inputs use ([MASK], sop, eop): what
-    `GLMForConditionalGeneration.from_pretrained(special_token_ids=...)` checks in the weights."""
+    """{token: id} of the special tokens GLM's inputs use ([MASK], sop, eop): what `check_special_rows`
+    checks in the weights."""
     return {MASK_TOKEN: tokenizer.mask_token_id, SOP_TOKEN: tokenizer.sop_token_id, EOP_TOKEN: tokenizer.eop_token_id}
+
+
+def special_rows_report(weight, token_ids, tokenizer_length):
+    """Tells whether the embedding rows a run uses for its special tokens were trained.
+
+    Rows past the tokenizer's length (`tokenizer_length` .. V-1) were never the input of any
+    training text: their L2 norms show what an untrained row of this checkpoint looks like (its
+    initial scale, moved only by the tied output softmax and weight decay). When the padding
+    rows' norms stand apart from the vocabulary rows' (0 .. tokenizer_length-1, the checked ids
+    left out: the vocabulary median lies outside the padding range), a checked row looks untrained
+    when its norm is nearer (in ratio) the padding median than the vocabulary median; otherwise
+    norms cannot tell and no row is judged. GLM_NOTES.md "Tokenizer": glm-roberta-large learned
+    [MASK] as row 50264; rows 50267..50303 were never reached by text.
+
+    weight: the word embeddings [V, H]; token_ids: {name: id}, the rows to check (names are free,
+    e.g. "[MASK]=50264" and "[MASK]=50267" side by side); tokenizer_length: int, <= V.
+    Returns (table: str, a line per reference group and per checked row; warnings: {name: str}
+    for each untrained-looking row, naming the token, its id and the figures).
+    """
+    norms = weight.detach().float().norm(dim=-1).cpu()
+    ordinary = torch.ones(tokenizer_length, dtype=torch.bool)
+    ordinary[[i for i in token_ids.values() if i < tokenizer_length]] = False
+    vocabulary, padding = norms[:tokenizer_length][ordinary], norms[tokenizer_length:]
+    vocabulary_median = vocabulary.median().item()
+    lines = [f"vocabulary rows 0..{tokenizer_length - 1} ({len(vocabulary)} rows, the checked ones left out): "
+             f"L2 norm median {vocabulary_median:.4f} (min {vocabulary.min():.4f}, max {vocabulary.max():.4f})"]
+    separable = len(padding) > 0 and not padding.min() <= vocabulary_median <= padding.max()
+    if len(padding):
+        padding_median = padding.median().item()
+        lines.append(f"padding rows {tokenizer_length}..{len(norms) - 1} ({len(padding)}, never an input): L2 norm "
+                     f"median {padding_median:.4f} (min {padding.min():.4f}, max {padding.max():.4f})")
+    if not separable:
+        lines.append("the padding rows' norms do not stand apart from the vocabulary's (or there are none): "
+                     "norms cannot tell a trained row here")
+    lines.append(f"{'token':<24} {'id':>6} {'L2 norm':>9}  looks")
+    warnings = {}
+    for name, token_id in token_ids.items():
+        norm = norms[token_id].item()
+        untrained = separable and abs(math.log(norm / padding_median)) < abs(math.log(norm / vocabulary_median))
+        lines.append(f"{name:<24} {token_id:>6} {norm:>9.4f}  "
+                     f"{'?' if not separable else 'UNTRAINED (like a padding row)' if untrained else 'trained'}")
+        if untrained:
+            warnings[name] = (f"{name} uses embedding row {token_id}, which looks untrained: its L2 norm {norm:.4f} is "
+                              f"near the padding rows' (median {padding_median:.4f}, range {padding.min():.4f}.."
+                              f"{padding.max():.4f}), far from the vocabulary rows' median {vocabulary_median:.4f}. "
+                              "The checkpoint never learned this row: check the tokenizer (for glm-roberta-large "
+                              "[MASK] is 50264, see --mask_token_id).")
+    return "\n".join(lines), warnings
+
+
+def check_special_rows(model, tokenizer, model_name_or_path):
+    """Logs `special_rows_report` of the rows of `special_token_ids(tokenizer)` in a loaded GLM once: the
+    table at INFO, each untrained-looking row as a WARNING. Not for glm-tiny (all its rows are random)."""
+    if model_name_or_path == TINY_MODEL_NAME:
+        return
+    table, warnings = special_rows_report(model.glm.word_embeddings.weight, special_token_ids(tokenizer),
+                                          len(tokenizer))
+    logger.info("Embedding rows of the special tokens this run uses:\n%s", table)
+    for warning in warnings.values():
+        logger.warning(warning)

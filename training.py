@@ -1,10 +1,9 @@
-"""What a run needs around its training loop (the loop itself is written out in each script):
-the flags all scripts share and their checks, accelerator setup, the output folder, the checks made
-before any work (a mistake of the user's prints as one line, not a traceback: run_script; the hub
-asked once; length flags against the model's positions; hidden labels) and Ctrl-C, AdamW groups,
+"""What a run needs around its training loop (run_cls, run_gen, run_baseline, run_pretrain; the loop
+itself is written out in each script): accelerator setup, the output folder and Ctrl-C, AdamW groups,
 the plan of steps / evaluations / checkpoints, the learning-rate schedule, the data order of each
-epoch, the tracker of losses, evaluations and best weights, checkpoints, results.json, and the live
-curves of --with_tracking (Accelerate's trackers: TensorBoard, wandb).
+epoch, the tracker of losses, evaluations and best weights (`TrainingTracker.end_step`: the bookkeeping
+after each optimizer step), checkpoints, results.json, and the live curves of --with_tracking
+(Accelerate's trackers: TensorBoard, wandb).
 
 A run resumed from any checkpoint ends exactly like an uninterrupted one: the data order depends on
 (seed, epoch) only, Accelerate's checkpoint holds the model, optimizer, scheduler and RNG states,
@@ -21,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -250,22 +250,14 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(rng.permutation(self.num_examples).tolist())
 
 
-def padding_fraction(lengths, batches):
-    """Share of the token slots of `batches` (lists of indices into `lengths`), each padded to its
-    longest, that are padding: a float in [0, 1) (0.0 for no tokens)."""
-    slots = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches if batch)
-    tokens = sum(lengths[i] for batch in batches for i in batch)
-    return 0.0 if slots == 0 else (slots - tokens) / slots
-
-
 # ----- Bookkeeping: losses, evaluations, best weights, checkpoints --------------------------------
 
 
 class TrainingTracker:
     """What a run must remember across an interruption, and the best evaluation's weights.
 
-    The loop calls `add_batch` with each batch's loss, `end_step` at each optimizer step, counts
-    `completed_steps` and `train_time_s`, and calls `record_evaluation` after each validation: the
+    The loop calls `add_batch` with each batch's loss, `end_step` after each optimizer step (it counts
+    `completed_steps` and `train_time_s`, and logs), and `record_evaluation` after each validation: the
     `history` (results.json "epochs") grows and, when `metric` improved (strictly, in its direction: a tie
     keeps the earlier evaluation), a CPU copy of the trainable parameters is kept for `restore_best`. `save` writes
     training_state.json into a checkpoint and the best weights ONCE beside the checkpoints
@@ -275,37 +267,52 @@ class TrainingTracker:
     STATE_NAME = "training_state.json"
     BEST_WEIGHTS_NAME = "best_weights.safetensors"
 
-    def __init__(self, metric, settings=None):
+    def __init__(self, metric, settings=None, lr_scheduler=None):
         """metric: the validation metric that picks the best evaluation (its direction: metrics.HIGHER_IS_BETTER,
-        e.g. the lowest loss); settings:
-        `resume_settings`, which `load` compares with the checkpoint's."""
-        self.metric, self.settings = metric, dict(settings or {})
+        e.g. the lowest loss); settings: `resume_settings`, which `load` compares with the checkpoint's;
+        lr_scheduler: the run's, whose learning rate each step logs (None: the run does not train)."""
+        self.metric, self.settings, self.lr_scheduler = metric, dict(settings or {}), lr_scheduler
         self.completed_steps, self.history, self.best_index = 0, [], None
         self.loss_sum, self.loss_count, self.train_time_s, self.train_examples = 0.0, 0, 0.0, 0
         self.best_weights, self._written_best_step = None, None
-        self._step_loss, self._step_batches = None, 0
+        self._step_loss, self._step_batches, self._step_lr = None, 0, None
 
     def add_batch(self, loss, examples):
         """Adds a batch's 0-d loss tensor (summed on its device: no synchronisation) and its number of
-        examples on all processes."""
+        examples on all processes. A step's first batch reads the learning rate of its update (the
+        scheduler moves on after the update)."""
+        if self._step_batches == 0 and self.lr_scheduler is not None:
+            self._step_lr = self.lr_scheduler.get_last_lr()[0]
         loss = loss.detach()
         self._step_loss = loss if self._step_loss is None else self._step_loss + loss
         self._step_batches += 1
         self.train_examples += examples
 
-    def end_step(self, accelerator):
-        """At the last batch of an optimizer step, before the update: one all-reduce and .item() of the
-        step's loss; returns its mean over the step's batches. Raises UsageError (saying what to
-        try) for a non-finite loss, so that the weights and the last checkpoint stay good."""
+    def end_step(self, accelerator, plan, progress_bar, started):
+        """The bookkeeping after an optimizer step: one all-reduce and .item() of the step's loss (its
+        mean over the step's batches), the step counted, its time since `started` (time.perf_counter)
+        added, the progress bar moved, and the loss and learning rate logged to the trackers.
+
+        Returns:
+            (the step number, the checkpoint it ends: plan.checkpoint_at's "step_N" / "epoch_N", or None).
+        Raises:
+            UsageError (saying what to try) for a non-finite loss: before this step's evaluation and
+            checkpoint, so that the last checkpoint stays good.
+        """
         total = accelerator.reduce(self._step_loss, "mean").item()  # the same on every process
         if not math.isfinite(total):
             raise UsageError(f"Non-finite loss ({total}) at step {self.completed_steps + 1}. Try bf16 instead "
-                                     "of fp16, a lower --learning_rate, or --max_grad_norm; the last good checkpoint "
-                                     "(if any) is kept in output_dir.")
+                             "of fp16, a lower --learning_rate, or --max_grad_norm; the last good checkpoint "
+                             "(if any) is kept in output_dir.")
         self.loss_sum, self.loss_count = self.loss_sum + total, self.loss_count + self._step_batches
         mean = total / self._step_batches
         self._step_loss, self._step_batches = None, 0
-        return mean
+        self.completed_steps += 1
+        self.train_time_s += time.perf_counter() - started
+        progress_bar.update(1)
+        progress_bar.set_postfix(loss=f"{mean:.3f}")
+        accelerator.log({"train/loss": mean, "train/learning_rate": self._step_lr}, step=self.completed_steps)
+        return self.completed_steps, plan.checkpoint_at(self.completed_steps)
 
     @property
     def best(self):

@@ -1,16 +1,17 @@
-"""The check of real weights: the special-row self-check of `from_pretrained` (modeling_glm) and
+"""The check of real weights: the special-row self-check the scripts run at load (tokenization_glm) and
 check_glm.py, on a small checkpoint saved in the released layout whose "trained" rows (the
 tokenizer's 0..50266) have one scale and whose padding rows (50267..50303) another."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import check_glm
 from modeling_glm import GLMConfig, GLMForConditionalGeneration
-from tokenization_glm import load_tokenizer, special_token_ids
+from tokenization_glm import check_special_rows, load_tokenizer
 
 REAL_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "glm-roberta-large"
 pytestmark = pytest.mark.skipif(not REAL_TOKENIZER.exists(), reason="needs ../shared/tokenizers/glm-roberta-large")
@@ -40,9 +41,9 @@ def released_dir(tmp_path_factory):
 @pytest.mark.parametrize("mask_token_id, warned", [(50264, False), (50267, True)])
 def test_untrained_mask_row_is_warned_about(released_dir, caplog, mask_token_id, warned):
     tokenizer = load_tokenizer(str(released_dir), mask_token_id=mask_token_id)
-    with caplog.at_level("INFO", logger="modeling_glm"):
-        GLMForConditionalGeneration.from_pretrained(str(released_dir), vocab_size=len(tokenizer),
-                                                    special_token_ids=special_token_ids(tokenizer))
+    model = GLMForConditionalGeneration.from_pretrained(str(released_dir), vocab_size=len(tokenizer))
+    with caplog.at_level("INFO", logger="tokenization_glm"):
+        check_special_rows(model, tokenizer, str(released_dir))
     table = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
     assert len(table) == 1 and f"[MASK]                    {mask_token_id}" in table[0]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -53,9 +54,10 @@ def test_untrained_mask_row_is_warned_about(released_dir, caplog, mask_token_id,
 
 
 def test_glm_tiny_is_not_checked(caplog):
-    with caplog.at_level("INFO", logger="modeling_glm"):
-        GLMForConditionalGeneration.from_pretrained("glm-tiny", vocab_size=50268,
-                                                    special_token_ids={"[MASK]": 50267})
+    tokenizer = SimpleNamespace(mask_token_id=50267, sop_token_id=50265, eop_token_id=50266)
+    model = GLMForConditionalGeneration.from_pretrained("glm-tiny", vocab_size=50268)
+    with caplog.at_level("INFO", logger="tokenization_glm"):
+        check_special_rows(model, tokenizer, "glm-tiny")
     assert caplog.records == []
 
 

@@ -1,4 +1,4 @@
-"""The levers of levers.py (issue #26) on hand-worked numbers: contextual calibration, demonstrations and
+"""The levers (issue #26: calibration in metrics.py, demonstrations and label words in templates.py and glm_utils.py) on hand-worked numbers: contextual calibration, demonstrations and
 label-word search; and run_cls.py's --calibrate / --num_demonstrations / --search_verbalizers end to end."""
 
 import csv
@@ -14,21 +14,17 @@ import yaml
 import report
 import run_cls
 from conftest import read_jsonl, run_main, write_csv
-from glm_utils import build_multiple_choice_inputs, truncate_around
-from levers import (
+from glm_utils import (
     best_combination,
-    calibrate,
-    content_free_contexts,
-    content_free_distribution,
-    demonstration_ids,
-    draw_demonstrations,
     label_word_candidates,
     search_label_words,
+    truncate_around,
     with_demonstrations,
 )
+from metrics import calibrate, content_free_distribution
 from reporting.levers import ensemble_mean, ensemble_vote
 from modeling_glm import UsageError
-from templates import PromptTemplate, load_templates
+from templates import PromptTemplate, content_free_contexts, demonstration_ids, draw_demonstrations, load_templates
 from training import write_json_atomic, write_jsonl_atomic
 
 from test_report import record, table_rows

@@ -14,8 +14,7 @@ import run_cls
 from conftest import read_jsonl, run_main, write_csv
 from data import load_raw_datasets
 from metrics import choice_baselines
-from prompted import build_prompted_examples
-from templates import PromptTemplate, choice_fields, left_out_templates, list_fields, load_templates, select_template
+from templates import PromptTemplate, build_prompted_examples, choice_fields, left_out_templates, list_fields, load_templates, select_template
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "endings"
 PROMPTS = FIXTURE / "prompts"

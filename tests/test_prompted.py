@@ -1,6 +1,7 @@
-"""Specification of prompted.py: every row of a split rendered and checked, each unusable row named by
+"""Specification of templates.build_prompted_examples: every row of a split rendered and checked, each unusable row named by
 its place, hidden labels, references grouped by source. Expected values worked out by hand."""
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -10,8 +11,15 @@ from conftest import write
 
 from data import ORIGIN_COLUMN, carve_validation, load_raw_datasets
 from metrics import generation_metrics
-from prompted import build_prompted_examples, group_references
-from templates import PromptTemplate, load_templates, select_template
+from templates import (
+    PromptTemplate,
+    build_prompted_examples,
+    group_references,
+    hidden_label_splits,
+    load_templates,
+    select_template,
+    warn_if_small_validation,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
@@ -212,3 +220,30 @@ def test_e2e_validation_references_are_grouped_by_source():
 def test_group_references_keeps_first_appearance_order():
     rows = [{"source_key": "b", "target": "1"}, {"source_key": "a", "target": "2"}, {"source_key": "b", "target": "3"}]
     assert group_references(rows) == (["b", "a"], [["1", "3"], ["2"]])
+
+
+def test_hidden_labels_give_predictions_only_unless_training_needs_them(caplog):
+    counts = {"train": {"labels_hidden": None}, "validation": {"labels_hidden": None},
+              "test": {"labels_hidden": "every label is -1"}}
+    with caplog.at_level(logging.WARNING, logger="templates"):
+        assert hidden_label_splits(counts, do_train=True) == {"test"}
+    assert caplog.messages == ["test labels are hidden (every label is -1): writing predictions only, no test metrics."]
+    counts["validation"]["labels_hidden"] = "every label is empty"
+    with pytest.raises(ValueError, match=r"The validation labels are hidden \(every label is empty\), but training "
+                                         "picks its best step on validation: pass a labelled --validation_file"):
+        hidden_label_splits(counts, do_train=True)
+    assert hidden_label_splits(counts, do_train=False) == {"validation", "test"}
+
+
+def test_a_small_validation_set_is_warned_about_with_how_to_pass_a_bigger_one(caplog):
+    args = argparse.Namespace(validation_file=None, validation_split_percentage=10)
+    with caplog.at_level(logging.WARNING, logger="templates"):
+        warn_if_small_validation(50, args)
+        warn_if_small_validation(5, args)
+        warn_if_small_validation(12, args, num_shots=2)
+    assert caplog.messages == [
+        "Validation has only 5 examples: the best step is chosen on them, nearly at random with so few. Pass a "
+        "--validation_file of 50 or more labelled rows, or raise --validation_split_percentage (now 10).",
+        "Validation has only 12 examples: the best step is chosen on them, nearly at random with so few. Pass a "
+        "--validation_file of 50 or more labelled rows (with --num_shots 2, validation is 2 drawn examples per "
+        "class)."]

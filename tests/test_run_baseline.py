@@ -26,8 +26,7 @@ from baselines import load_baseline_tokenizer
 from modeling_glm import GLMForConditionalGeneration, GLMForSequenceClassification, UsageError
 from data import load_raw_datasets
 from metrics import generation_metrics
-from prompted import build_prompted_examples, group_references
-from templates import load_templates
+from templates import build_prompted_examples, group_references, load_templates
 from training import TrainingTracker, results_record
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -12,6 +12,7 @@ import pickle
 import re
 import subprocess
 import sys
+from glm_peft import PEFT_DEFAULT_LEARNING_RATES
 from pathlib import Path
 
 import datasets
@@ -195,10 +196,10 @@ def test_a_killed_run_resumed_from_its_last_checkpoint_ends_like_an_uninterrupte
     # The run dies in step 8; its last checkpoint is step_6 (epoch 1, 2 batches in).
     real_end_step = TrainingTracker.end_step
 
-    def dies_in_step_8(tracker, accelerator):
+    def dies_in_step_8(tracker, *args):
         if tracker.completed_steps + 1 == 8:
             raise Killed
-        return real_end_step(tracker, accelerator)
+        return real_end_step(tracker, *args)
 
     monkeypatch.setattr(TrainingTracker, "end_step", dies_in_step_8)
     killed = tmp_path / "killed"
@@ -502,7 +503,7 @@ def test_lora_trains_only_its_adapters_and_saves_only_them(trec, tmp_path):
     out = tmp_path / "lora"
     record = run(tiny(out, trec["train40"], trec["test37"], trec["test37"], "--peft", "lora", "--max_train_steps", 2,
                       "--save_best_model"))  # fmt: skip
-    assert record["peft"] == "lora" and record["learning_rate"] == run_cls.PEFT_DEFAULT_LEARNING_RATES["lora"]
+    assert record["peft"] == "lora" and record["learning_rate"] == PEFT_DEFAULT_LEARNING_RATES["lora"]
     assert 0 < record["trainable_share"] < 0.5
     saved = load_file(str(out / "best_model" / "adapter_model.safetensors"))
     assert saved and all("lora_" in name for name in saved)

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import re
+from glm_peft import PEFT_DEFAULT_LEARNING_RATES
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,7 @@ def test_peft_trains_only_its_weights_and_saves_only_them(tmp_path, method, weig
                                        "--max_target_length", "8", "--save_best_model"])
 
     results, _ = read_results(tmp_path / "out")
-    assert results["peft"] == method and results["learning_rate"] == run_gen.PEFT_DEFAULT_LEARNING_RATES[method]
+    assert results["peft"] == method and results["learning_rate"] == PEFT_DEFAULT_LEARNING_RATES[method]
     assert 0 < results["trainable_params"] < results["total_params"] / 10
     from safetensors.torch import load_file
 

@@ -6,7 +6,9 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from cli import (
     ArgumentParser,
@@ -14,12 +16,12 @@ from cli import (
     add_data_and_prompt_args,
     add_training_args,
     data_args_problems,
-    hidden_label_splits,
+    derived_defaults,
+    few_shot_problems,
     offline_unless_hub_answers,
     position_problem,
     run_script,
     training_args_problems,
-    warn_if_small_validation,
 )
 import datasets
 import huggingface_hub
@@ -30,6 +32,7 @@ from glm_peft import PEFT_FLAGS, add_prefix_encoder, count_parameters, save_trai
 from modeling_glm import GLMConfig, GLMForConditionalGeneration
 from accelerate.state import AcceleratorState, GradientState
 
+from benchmarks.bench import padding_fraction
 from reporting import analysis
 import run_cls
 from metrics import generation_metrics, higher_is_better
@@ -42,7 +45,6 @@ from training import (
     create_optimizer,
     environment_info,
     find_checkpoint,
-    padding_fraction,
     results_record,
     safe_name,
     save_checkpoint,
@@ -148,6 +150,9 @@ def test_data_and_prompt_args_defaults_per_task():
     cls_args = add_data_and_prompt_args(argparse.ArgumentParser(), "cls").parse_args([])
     gen_args = add_data_and_prompt_args(argparse.ArgumentParser(), "gen").parse_args(["--no-skip_empty", "--max_eval_samples", "5"])
     assert data_args_problems(cls_args, "cls") == [] == data_args_problems(gen_args, "gen")
+    assert cls_args.dataset_name is None  # the checks change nothing: derived_defaults gives the default
+    vars(cls_args).update(derived_defaults(cls_args, "cls"))
+    vars(gen_args).update(derived_defaults(gen_args, "gen"))
     assert (cls_args.dataset_name, cls_args.skip_empty, cls_args.prompts_dir, cls_args.prompt_id) == ("trec", True, "prompts", None)
     assert (gen_args.dataset_name, gen_args.skip_empty, gen_args.max_eval_samples) == ("e2e_nlg_cleaned", False, 5)
 
@@ -161,6 +166,17 @@ def test_local_files_need_a_dataset_name_and_must_exist(tmp_path):
     assert problems[1:] == [f"--test_file {tmp_path / 'missing.csv'} does not exist"]
     named = parser.parse_args(["--train_file", str(data), "--dataset_name", "reviews", "--max_predict_samples", "3"])
     assert data_args_problems(named, "cls") == [] and (named.dataset_name, named.max_test_samples) == ("reviews", 3)
+    assert derived_defaults(named, "cls") == {"dataset_name": "reviews"}
+
+
+def test_derived_defaults_give_the_draw_seed_and_dataset_without_changing_the_flags():
+    args = argparse.Namespace(dataset_name=None, train_file=None, validation_file=None, test_file=None, num_shots=4,
+                              shots_seed=None, peft_weights=None)
+    assert few_shot_problems(argparse.Namespace(**{**vars(args), "max_train_samples": None}), "cls") == []
+    assert derived_defaults(args, "cls") == {"dataset_name": "trec", "shots_seed": 0}
+    assert (args.dataset_name, args.shots_seed) == (None, None)
+    assert derived_defaults(argparse.Namespace(**{**vars(args), "shots_seed": 3}), "gen") == {
+        "dataset_name": "e2e_nlg_cleaned"}
 
 
 def test_training_args_defaults():
@@ -204,26 +220,60 @@ def test_optimizer_groups_skip_decay_for_biases_and_norms():
 
 
 class OneProcess:
-    """What TrainingTracker.end_step needs of an Accelerator, for one process."""
+    """What TrainingTracker.end_step needs of an Accelerator, for one process; keeps what it logs."""
+
+    def __init__(self):
+        self.logged = []
 
     @staticmethod
     def reduce(tensor, reduction):
         return tensor.clone()
 
+    def log(self, values, step):
+        self.logged.append((step, values))
 
-def test_the_step_loss_is_the_mean_of_its_batches_and_a_non_finite_one_stops_the_step():
-    tracker = TrainingTracker("accuracy")
+
+class Bar:
+    """What end_step needs of a progress bar."""
+
+    def __init__(self):
+        self.n, self.postfix = 0, None
+
+    def update(self, n):
+        self.n += n
+
+    def set_postfix(self, **postfix):
+        self.postfix = postfix
+
+
+EVERY_THIRD = SimpleNamespace(checkpoint_at=lambda step: f"step_{step}" if step % 3 == 0 else None)
+
+
+def end_step(tracker, accelerator=None):
+    """tracker.end_step with a fake accelerator, bar and plan (checkpoints every third step)."""
+    return tracker.end_step(accelerator or OneProcess(), EVERY_THIRD, Bar(), time.perf_counter())
+
+
+def test_the_step_loss_is_the_mean_of_its_batches_logged_with_the_updates_rate_and_a_non_finite_one_stops_the_step():
+    scheduler = SimpleNamespace(get_last_lr=lambda: [0.5])
+    tracker, accelerator, bar = TrainingTracker("accuracy", lr_scheduler=scheduler), OneProcess(), Bar()
     tracker.add_batch(torch.tensor(2.0), 4)
+    scheduler.get_last_lr = lambda: [0.25]  # moved within a step: the step's first batch read its rate
     tracker.add_batch(torch.tensor(1.0), 4)
-    assert tracker.end_step(OneProcess()) == 1.5
-    tracker.completed_steps = 1
+    assert tracker.end_step(accelerator, EVERY_THIRD, bar, time.perf_counter()) == (1, None)
+    assert accelerator.logged == [(1, {"train/loss": 1.5, "train/learning_rate": 0.5})]
+    assert (bar.n, bar.postfix, tracker.completed_steps) == (1, {"loss": "1.500"}, 1)
+    tracker.completed_steps = 2
     tracker.add_batch(torch.tensor(4.0), 3)
-    assert tracker.end_step(OneProcess()) == 4.0
+    assert tracker.end_step(accelerator, EVERY_THIRD, bar, time.perf_counter()) == (3, "step_3")
+    assert accelerator.logged[-1] == (3, {"train/loss": 4.0, "train/learning_rate": 0.25})
     assert (tracker.loss_sum, tracker.loss_count, tracker.train_examples) == (7.0, 3, 11)
+    assert tracker.train_time_s > 0
     tracker.completed_steps = 6
     tracker.add_batch(torch.tensor(float("nan")), 4)
     with pytest.raises(UsageError, match="at step 7. Try bf16 instead of fp16"):
-        tracker.end_step(OneProcess())
+        end_step(tracker, accelerator)
+    assert tracker.completed_steps == 6 and len(accelerator.logged) == 2
 
 
 @pytest.mark.parametrize("max_train_steps, expected_steps, expected_epochs", [(None, 9, 3), (7, 7, 3), (2, 2, 1)])
@@ -300,7 +350,7 @@ def test_training_tracker_keeps_the_best_weights_once_and_round_trips(tmp_path):
     tracker = TrainingTracker("accuracy", settings)
     tracker.add_batch(torch.tensor(2.0), 4)
     tracker.add_batch(torch.tensor(1.0), 4)
-    tracker.end_step(OneProcess())
+    end_step(tracker)
     tracker.completed_steps = 5
     assert tracker.record_evaluation(0, {"accuracy": 0.5}, model)
     best_weight = model.weight.detach().clone()
@@ -388,9 +438,9 @@ def test_a_checks_error_prints_one_line_and_exits_2_a_bug_keeps_its_traceback(ca
         run_script(a_check_fails, ["--debug"])
 
     def a_bug(argv):
-        padding_fraction([1], [[5]])  # Python's IndexError inside our code: a bug, not a check
+        TrainingPlan.from_args(None, 1, 1)  # Python's AttributeError inside our code: a bug, not a check
 
-    with pytest.raises(IndexError):
+    with pytest.raises(AttributeError):
         run_script(a_bug, [])
 
     def an_internal_invariant_fails(argv):
@@ -483,33 +533,6 @@ def test_a_hub_that_does_not_answer_is_asked_once_then_the_libraries_work_offlin
     assert offline_unless_hub_answers(hub) is True and len(asked) == 1
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
     assert offline_unless_hub_answers(hub) is True and len(asked) == 1  # offline now: not asked again
-
-
-def test_hidden_labels_give_predictions_only_unless_training_needs_them(caplog):
-    counts = {"train": {"labels_hidden": None}, "validation": {"labels_hidden": None},
-              "test": {"labels_hidden": "every label is -1"}}
-    with caplog.at_level(logging.WARNING, logger="training"):
-        assert hidden_label_splits(counts, do_train=True) == {"test"}
-    assert caplog.messages == ["test labels are hidden (every label is -1): writing predictions only, no test metrics."]
-    counts["validation"]["labels_hidden"] = "every label is empty"
-    with pytest.raises(ValueError, match=r"The validation labels are hidden \(every label is empty\), but training "
-                                         "picks its best step on validation: pass a labelled --validation_file"):
-        hidden_label_splits(counts, do_train=True)
-    assert hidden_label_splits(counts, do_train=False) == {"validation", "test"}
-
-
-def test_a_small_validation_set_is_warned_about_with_how_to_pass_a_bigger_one(caplog):
-    args = argparse.Namespace(validation_file=None, validation_split_percentage=10)
-    with caplog.at_level(logging.WARNING, logger="training"):
-        warn_if_small_validation(50, args)
-        warn_if_small_validation(5, args)
-        warn_if_small_validation(12, args, num_shots=2)
-    assert caplog.messages == [
-        "Validation has only 5 examples: the best step is chosen on them, nearly at random with so few. Pass a "
-        "--validation_file of 50 or more labelled rows, or raise --validation_split_percentage (now 10).",
-        "Validation has only 12 examples: the best step is chosen on them, nearly at random with so few. Pass a "
-        "--validation_file of 50 or more labelled rows (with --num_shots 2, validation is 2 drawn examples per "
-        "class)."]
 
 
 class Saver:
