@@ -49,12 +49,11 @@ from cli import (
     training_args_problems,
     will_train,
 )
-from data import adapt_columns, apply_max_samples, carve_validation, load_raw_datasets
 from glm_peft import count_parameters
 from glm_utils import build_blank_infilling_inputs, max_infilling_text_length, sample_spans
 from metrics import PRETRAIN_METRICS
 from modeling_glm import HUB_MODEL_ID, GLMForConditionalGeneration, max_positions
-from templates import load_templates, render_example, select_template
+from templates import load_texts
 from tokenization_glm import load_or_train_tokenizer
 from training import (
     EpochSampler,
@@ -117,25 +116,6 @@ def parse_args(argv=None):
     return args
 
 
-def read_texts(args, raw_datasets):
-    """The texts of each split: the --text_column, or the input that the selected prompt renders."""
-    if args.text_column is not None:
-        missing = [split for split, dataset in raw_datasets.items() if args.text_column not in dataset.column_names]
-        if missing:
-            raise UsageError(f"--text_column {args.text_column!r} is not a column of the {missing[0]} data; columns: "
-                             f"{raw_datasets[missing[0]].column_names}")
-        return {split: [str(text) for text in dataset[args.text_column] if str(text).strip()]
-                for split, dataset in raw_datasets.items()}
-    template = select_template(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls"),
-                               args.prompt_id, args.prompt_name)
-    logger.info("Texts: the input of prompt %r (no answer).", template.name)
-    texts = {}
-    for split, dataset in raw_datasets.items():
-        rendered = (render_example(template, row)[0] for row in dataset)
-        texts[split] = [text for text in rendered if text.strip()]
-    return texts
-
-
 def evaluate(accelerator, model, dataloader):
     """Blank-infilling loss (mean over Part B tokens), its perplexity and the share of Part B tokens
     predicted right (greedy), over a prepared DataLoader: per-text sums are gathered, so the copies
@@ -170,16 +150,7 @@ def main(argv=None):
         raise UsageError(problem)
 
     # Texts: train, and validation (carved from train when not given). Test texts are never read.
-    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, None)
-    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
-    raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
-    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples)
-    raw_datasets.pop("test", None)
-    if not {"train", "validation"} <= set(raw_datasets):
-        raise UsageError(f"Pretraining needs train and validation texts, got splits {list(raw_datasets)}: pass "
-                         "--train_file (validation is carved from it).")
-    texts = read_texts(args, raw_datasets)
+    texts, carved = load_texts(args)
 
     # Tokenizer, then every text tokenized once and cut to what fits --max_seq_length once blanked.
     with accelerator.main_process_first():

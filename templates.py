@@ -892,6 +892,42 @@ def load_prompted_splits(args, task, do_train, zero_shot=False):
     return PromptedSplits(template, templates.index(template), raw_datasets, examples, counts, hidden, few_shot, carved)
 
 
+def load_texts(args):
+    """run_pretrain's data: the train and validation rows of the data flags (validation carved from train
+    by --data_seed, the --max_*_samples applied), as texts: the --text_column, or the input that the
+    selected prompt renders (no answer). Blank texts are left out.
+
+    Returns:
+        ({"train": [str], "validation": [str]}, carve_validation's record or None).
+    Raises:
+        UsageError: no train or validation rows, or a --text_column the data lacks.
+    """
+    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                     args.validation_file, None)
+    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
+    raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
+    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples)
+    raw_datasets.pop("test", None)
+    if not {"train", "validation"} <= set(raw_datasets):
+        raise UsageError(f"Pretraining needs train and validation texts, got splits {list(raw_datasets)}: pass "
+                         "--train_file (validation is carved from it).")
+    if args.text_column is not None:
+        missing = [split for split, dataset in raw_datasets.items() if args.text_column not in dataset.column_names]
+        if missing:
+            raise UsageError(f"--text_column {args.text_column!r} is not a column of the {missing[0]} data; columns: "
+                             f"{raw_datasets[missing[0]].column_names}")
+        return {split: [str(text) for text in dataset[args.text_column] if str(text).strip()]
+                for split, dataset in raw_datasets.items()}, carved
+    template = select_template(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls"),
+                               args.prompt_id, args.prompt_name)
+    logger.info("Texts: the input of prompt %r (no answer).", template.name)
+    texts = {}
+    for split, dataset in raw_datasets.items():
+        rendered = (render_example(template, row)[0] for row in dataset)
+        texts[split] = [text for text in rendered if text.strip()]
+    return texts, carved
+
+
 def hidden_label_splits(data_counts, do_train):
     """The splits whose labels are hidden (build_prompted_examples' counts "labels_hidden", e.g. a
     benchmark's test file with -1 on every row), each announced with one warning: they get
