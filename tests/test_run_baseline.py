@@ -171,7 +171,8 @@ def test_seq2seq_generation_on_e2e_decodes_each_source_once_against_all_referenc
     (["--task", "gen", "--method", "linear_head"], "does cls only"),
     (["--task", "gen", "--method", "mlm_prompt"], "does cls only"),
     ([], "--method is required"),
-    (["--method", "seq2seq", "--do_sample", "--num_beams", "4"], "1 with --do_sample"),
+    (["--method", "seq2seq", "--do_sample", "--num_beams", "4"],
+     "--do_sample samples one sequence: pass --num_beams 1 with it"),
     (["--method", "mlm_prompt", "--text_column", "text"], "--text_column is for --method linear_head"),
     (["--task", "gen", "--method", "seq2seq", "--num_shots", "8"], "--num_shots draws K examples per class: "
                                                                   "classification only"),
