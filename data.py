@@ -10,7 +10,6 @@ columns and label orders promptsource 0.2.3 expects (TREC's label maps); `carve_
 """
 
 import csv
-import glob
 import io
 import json
 import logging
@@ -78,7 +77,7 @@ OTHER_TASK_LABEL_COLUMNS = {"trec": ("label_fine",)}
 ORIGIN_COLUMN = "__origin__"
 
 # Local file extension -> the `datasets` packaged loader that reads it.
-LOCAL_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}
+LOCAL_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}  # extension -> format
 
 # The dataset a script uses when the user names none and gives no local files.
 DEFAULT_DATASETS = {"cls": "trec", "gen": "e2e_nlg_cleaned"}
@@ -307,7 +306,8 @@ def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=Non
 
 
 def load_local_file(path):
-    """Read one local data file with `datasets.load_dataset("csv" or "json", data_files=path)`.
+    """Read one local data file: our scan of the text is its one parse (datasets' csv reader would pad a
+    short row silently and its json reader keep a field of mixed kinds), made a `datasets.Dataset`.
 
     .csv: a header row naming the columns, then one record per row (quoted fields may span
     lines; blank lines are skipped). Every cell is read as text ("NA" or "None" stay words),
@@ -319,7 +319,7 @@ def load_local_file(path):
     object; null anywhere).
 
     Returns:
-        datasets.Dataset (memory-mapped from the datasets cache) with the file's columns and
+        datasets.Dataset (in memory) with the file's columns and
         ORIGIN_COLUMN: "<path> line N" (csv and JSON lines) or "<path> item N" (a JSON
         list), N counting from 1.
     Raises:
@@ -343,31 +343,26 @@ def load_local_file(path):
     except UnicodeDecodeError as err:
         raise UsageError(f"{path} is not UTF-8 text ({err}); re-save it as UTF-8.") from err
     if loader == "csv":
-        header, positions = _csv_record_positions(text, path)
-        # All text first (pandas' own typing would make an integer column with one empty
-        # cell a float or text column, and read "NA" as missing); integers are found below.
-        options = {"features": datasets.Features({name: datasets.Value("string") for name in header}),
-                   "keep_default_na": False}  # fmt: skip
+        header, positions, records = _csv_records(text, path)
+        columns = {name: [record[i] for record in records] for i, name in enumerate(header)}
     else:
-        positions = _json_record_positions(text, path)
-        options = {}
+        positions, records = _json_records(text, path)
+        columns = {key: [record.get(key) for record in records] for key in dict.fromkeys(k for r in records for k in r)}
     if not positions:
         raise UsageError(f"{path} holds no records.")
-    try:
-        # data_files are glob patterns: escaped, "train*.csv" is that one file, not every match.
-        dataset = datasets.load_dataset(loader, data_files=glob.escape(str(path)), split="train", **options)
-    except datasets.exceptions.DatasetGenerationError as err:
-        raise UsageError(f"{path} could not be read: {err.__cause__ or err}") from err
-    if loader == "csv":
-        dataset = _integer_columns(dataset)
+    if loader == "csv":  # all text, then the integer columns (an empty cell stays a missing label, "NA" a word)
+        features = datasets.Features({name: datasets.Value("string") for name in header})
+        dataset = _integer_columns(datasets.Dataset.from_dict(columns, features=features))
+    else:
+        dataset = datasets.Dataset.from_dict(columns)
     return dataset.add_column(ORIGIN_COLUMN, [f"{path} {position}" for position in positions])
 
 
-def _csv_record_positions(text, path):
-    """The header of a csv text and the line each record starts on ("line N"); refuses a
-    record with another field count than the header, and bad quoting, naming the line."""
-    reader = csv.reader(io.StringIO(text), strict=True)  # lines end at "\n" only, as for pandas
-    positions = []
+def _csv_records(text, path):
+    """The header of a csv text, the line each record starts on ("line N") and the records (lists of
+    str); refuses a record with another field count than the header, and bad quoting, naming the line."""
+    reader = csv.reader(io.StringIO(text), strict=True)  # lines end at "\n" only
+    positions, records = [], []
     try:
         header = next(reader, None)
         if not header:
@@ -384,12 +379,13 @@ def _csv_record_positions(text, path):
                         "Quote fields that contain commas or line breaks."
                     )
                 positions.append(f"line {previous_line + 1}")
+                records.append(record)
             previous_line = reader.line_num
     except csv.Error as err:
         raise UsageError(
             f"Malformed CSV {path}, line {reader.line_num}: {err}. Check the quoting near that line."
         ) from err
-    return header, positions
+    return header, positions, records
 
 
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -416,9 +412,9 @@ def _holds_integers(cells):
 _WHITESPACE = re.compile(r"\s*")
 
 
-def _json_record_positions(text, path):
+def _json_records(text, path):
     """Where each record of a JSON text starts: "item N" in a list, else "line N" (JSON
-    lines: one object after another, an object may span lines). Checks that each record is
+    lines: one object after another, an object may span lines), and the records. Checks that each record is
     an object and that a field holds one kind of value in every record: `datasets` would
     keep a mix (text in one record, an object in another) as Python values that a template
     prints as reprs. Raises UsageError naming the line (or item) and, for a mix, the field."""
@@ -448,7 +444,7 @@ def _json_record_positions(text, path):
                     f"in {first[0]}; a field must hold one kind of value in every record (e.g. quote numbers "
                     "that are text)."
                 )
-    return [position for position, _ in numbered]
+    return [position for position, _ in numbered], [record for _, record in numbered]
 
 
 def _json_kind(value):

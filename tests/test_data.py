@@ -101,11 +101,13 @@ def test_an_empty_cell_in_an_integer_column_is_a_missing_value_not_text(tmp_path
     assert dataset["note"] == ["x", "-3", ""]
 
 
-def test_local_files_are_read_by_datasets_into_its_cache(tmp_path):
+def test_local_files_give_typed_columns_and_every_key_of_any_record(tmp_path):
     for name, text in (("a.csv", "x,y\n1,b\n"), ("a.jsonl", '{"x": 1, "y": "b"}\n')):
         dataset = load_local_file(write(tmp_path / name, text))
-        assert dataset.cache_files  # memory-mapped arrow written by datasets' csv / json builder
-        assert (dataset["x"], dataset["y"]) == ([1], ["b"])
+        assert (dataset["x"], dataset["y"], dataset.features["x"].dtype) == ([1], ["b"], "int64")
+    # A key only a later record has is a column too (None where a record lacks it).
+    dataset = load_local_file(write(tmp_path / "b.jsonl", '{"x": 1}\n{"x": 2, "z": [1, 2]}\n'))
+    assert dataset.column_names == ["x", "z", ORIGIN_COLUMN] and dataset["z"] == [None, [1, 2]]
 
 
 def test_each_csv_row_keeps_the_line_it_starts_on(tmp_path):
