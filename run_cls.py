@@ -282,13 +282,13 @@ def main(argv=None):
     prompted = load_prompted_splits(args, "cls", do_train, zero_shot=True)
     template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
     data_counts, hidden = prompted.counts, prompted.hidden
+    if args.calibrate or args.search_verbalizers:  # these levers need one set of classes (checked before any work)
+        shared_choices(examples, "--calibrate" if args.calibrate else "--search_verbalizers")
     first = next(iter(examples.values()))[0]
     logger.info("Prompt %d: %s [%s]. Cloze form of the first example (the answer fills [MASK]):\n%s\n"
                 "answer choices %s, gold %r", prompt_id, template.name, template.source, first["context"],
                 first["choices"], first["target"])
     num_choices = max(len(e["choices"]) for split_examples in examples.values() for e in split_examples)
-    if args.calibrate or args.search_verbalizers:  # these levers need one set of classes (checked before any work)
-        shared_choices(examples, "--calibrate" if args.calibrate else "--search_verbalizers")
 
     # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and choices).
     train_texts = [e["context"] for e in examples.get("train", [])]

@@ -859,11 +859,11 @@ def load_prompted_splits(args, task, do_train, zero_shot=False):
         UsageError: no train or validation split where required, a split the prompt leaves empty,
             hidden labels that training needs, and every error of the functions above.
     """
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)  # before the data:
+    template = select_template(templates, args.prompt_id, args.prompt_name)  # a wrong prompt costs no loading
     raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
                                      args.validation_file, args.test_file)
     raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
-    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)
-    template = select_template(templates, args.prompt_id, args.prompt_name)
     few_shot = carved = None
     num_shots = getattr(args, "num_shots", None)
     if num_shots:
@@ -958,7 +958,9 @@ def warn_if_small_validation(num_examples, args, num_shots=None):
     examples, saying how to get more (with --num_shots, validation is K drawn examples per class)."""
     if num_examples >= SMALL_VALIDATION:
         return
-    if args.validation_file:
+    if args.max_eval_samples is not None and args.max_eval_samples <= num_examples:
+        carved = f", or raise --max_eval_samples (now {args.max_eval_samples})"
+    elif args.validation_file:
         carved = ""
     elif num_shots:
         carved = f" (with --num_shots {num_shots}, validation is {num_shots} drawn examples per class)"

@@ -236,14 +236,17 @@ def test_hidden_labels_give_predictions_only_unless_training_needs_them(caplog):
 
 
 def test_a_small_validation_set_is_warned_about_with_how_to_pass_a_bigger_one(caplog):
-    args = argparse.Namespace(validation_file=None, validation_split_percentage=10)
+    args = argparse.Namespace(validation_file=None, validation_split_percentage=10, max_eval_samples=None)
     with caplog.at_level(logging.WARNING, logger="templates"):
         warn_if_small_validation(50, args)
         warn_if_small_validation(5, args)
         warn_if_small_validation(12, args, num_shots=2)
+        warn_if_small_validation(32, argparse.Namespace(**{**vars(args), "max_eval_samples": 32}))
     assert caplog.messages == [
         "Validation has only 5 examples: the best step is chosen on them, nearly at random with so few. Pass a "
         "--validation_file of 50 or more labelled rows, or raise --validation_split_percentage (now 10).",
         "Validation has only 12 examples: the best step is chosen on them, nearly at random with so few. Pass a "
         "--validation_file of 50 or more labelled rows (with --num_shots 2, validation is 2 drawn examples per "
-        "class)."]
+        "class).",
+        "Validation has only 32 examples: the best step is chosen on them, nearly at random with so few. Pass a "
+        "--validation_file of 50 or more labelled rows, or raise --max_eval_samples (now 32)."]

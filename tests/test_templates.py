@@ -1,5 +1,6 @@
 """Specification of templates.py: one behaviour per test, expected values worked out by hand."""
 
+import argparse
 from pathlib import Path
 
 import jinja2.sandbox
@@ -7,10 +8,12 @@ import pytest
 from conftest import write
 
 from modeling_glm import UsageError
+import templates
 from templates import (
     LabelError,
     PromptTemplate,
     answer_fields,
+    load_prompted_splits,
     load_templates,
     make_cloze_context,
     make_mlm_context,
@@ -138,3 +141,16 @@ def test_answer_fields_are_those_read_after_the_separator():
     assert answer_fields(trec1) == {"label_coarse"}
     assert answer_fields(create) == {"human_reference"}
     assert answer_fields(template("{% for w in words %}{{w}}{% endfor %} ||| {{ a | lower }}{{ b }}")) == {"a", "b"}
+
+
+def test_a_wrong_prompt_is_found_before_the_data_is_read(tmp_path, monkeypatch):
+    def no_data(*args):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(templates, "load_raw_datasets", no_data)
+    args = argparse.Namespace(dataset_name="fine_foods", dataset_config_name=None, prompts_dir="prompts",
+                              prompt_id=None, prompt_name=None)
+    with pytest.raises(UsageError, match="run_cls.py is the script for them"):
+        load_prompted_splits(args, "gen", do_train=True)
+    with pytest.raises(UsageError, match="--prompt_id 99"):
+        load_prompted_splits(argparse.Namespace(**{**vars(args), "prompt_id": 99}), "cls", do_train=True)
