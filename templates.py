@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 TASKS = ("cls", "gen")
 
 # Prompt templates
-# ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -70,16 +69,10 @@ class PromptTemplate:
 def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts", task="cls"):
     """The usable prompt templates of a dataset, in a stable order (the prompt id = index).
 
-    Sources: promptsource 0.2.3's templates for (dataset_name, dataset_config_name) (only
-    their fields are read; promptsource's own unsandboxed rendering is never used), then
-    every template in `<prompts_dir>/<dataset_name>.yaml` (see prompts/*.yaml for the
-    format). A relative `prompts_dir` is looked up in the working directory, then next to
-    this file.
-
-    Usable: original_task true, and for task "cls" with answer_choices, for "gen" without.
-    For "cls", templates that read a label column of another task
-    (OTHER_TASK_LABEL_COLUMNS, e.g. trec's `label_fine`) are left out. Order: promptsource
-    templates sorted by name, then local ones sorted by name.
+    Sources: promptsource 0.2.3's templates (only their fields are read, never rendered by promptsource's
+    unsandboxed code), sorted by name, then `<prompts_dir>/<dataset_name>.yaml`'s, sorted by name. A relative
+    `prompts_dir` is looked up in the working directory, then next to this file. Usable: original_task true,
+    answer_choices for "cls" and none for "gen", no label column of another task (OTHER_TASK_LABEL_COLUMNS).
 
     Returns:
         list[PromptTemplate], never empty.
@@ -95,30 +88,22 @@ def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts"
     if not usable and any(_why_left_out(t, other_task, dataset) is None for t in candidates):
         kind = {"cls": ("classification", "they have answer choices"), "gen": ("generation", "no answer choices")}
         script = {"cls": "run_cls.py", "gen": "run_gen.py"}
-        raise UsageError(
-            f"The prompts of dataset {dataset!r} are {kind[other_task][0]} prompts ({kind[other_task][1]}): "
-            f"{script[other_task]} is the script for them. For {kind[task][0]}, write a prompt with "
-            f"{'answer_choices' if task == 'cls' else 'no answer_choices'} in {local_path} (format: see the comment "
-            "at the top of prompts/fine_foods.yaml)."
-        )
+        raise UsageError(f"The prompts of dataset {dataset!r} are {kind[other_task][0]} prompts "
+                         f"({kind[other_task][1]}): {script[other_task]} is the script for them. For {kind[task][0]}, "
+                         f"write a prompt with {'answer_choices' if task == 'cls' else 'no answer_choices'} in "
+                         f"{local_path} (format: see the comment at the top of prompts/fine_foods.yaml).")
     if not usable:
-        raise UsageError(
-            f"No usable {task} templates for dataset {dataset!r} (config "
-            f"{dataset_config_name!r}): promptsource has none with original_task true and "
-            f"{'answer choices' if task == 'cls' else 'no answer choices'}, and {local_path} "
-            f"{'adds none' if local_path.is_file() else 'does not exist'}. Write templates there "
-            "(format: see the comment at the top of prompts/fine_foods.yaml)."
-        )
+        raise UsageError(f"No usable {task} templates for dataset {dataset!r} (config {dataset_config_name!r}): "
+                         "promptsource has none with original_task true and "
+                         f"{'answer choices' if task == 'cls' else 'no answer choices'}, and {local_path} "
+                         f"{'adds none' if local_path.is_file() else 'does not exist'}. Write templates there "
+                         "(format: see the comment at the top of prompts/fine_foods.yaml).")
     return usable
 
 
 def left_out_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts", task="cls"):
-    """The templates of a dataset that load_templates leaves out, by reason (what --list_prompts
-    says under the usable ones).
-
-    Returns:
-        dict {reason in words: [template names]}, reasons in a fixed order, only those that occur.
-    """
+    """The templates load_templates leaves out (--list_prompts): {reason in words: [names]}, reasons in a fixed
+    order, only those that occur."""
     check_task(task)
     candidates, _ = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
     left_out = {}
@@ -130,8 +115,7 @@ def left_out_templates(dataset_name, dataset_config_name=None, prompts_dir="prom
 
 
 def _candidate_templates(dataset_name, dataset_config_name, prompts_dir):
-    """Every template of the dataset, usable or not: (promptsource's then the local file's, the
-    local file's path)."""
+    """(every template of the dataset, usable or not, the local file's path)."""
     dataset_name = _short_dataset_name(dataset_name)
     local_path = _resolve_prompts_dir(prompts_dir) / f"{dataset_name}.yaml"
     candidates = _promptsource_templates(dataset_name, dataset_config_name)
@@ -173,10 +157,8 @@ def _promptsource_templates(dataset_name, dataset_config_name):
         try:
             from promptsource.templates import TEMPLATES_FOLDER_PATH, DatasetTemplates
         except ImportError as err:
-            raise UsageError(
-                "promptsource is not installed; install it with: "
-                "pip install --no-deps --ignore-requires-python promptsource==0.2.3"
-            ) from err
+            raise UsageError("promptsource is not installed; install it with: "
+                             "pip install --no-deps --ignore-requires-python promptsource==0.2.3") from err
         folder = Path(TEMPLATES_FOLDER_PATH, dataset_name, *([dataset_config_name] if dataset_config_name else []))
         if not (folder / "templates.yaml").is_file():
             return []
@@ -250,14 +232,11 @@ def _why_left_out(template, task, dataset_name):
 
 
 def select_template(templates, prompt_id=None, prompt_name=None):
-    """Pick one template by id (index in `templates`) or by name.
-
-    With neither given, the first template (id 0) is used; for trec that is
-    pick_the_best_descriptor (see load_templates for the order).
+    """Pick one template by id (index in `templates`) or by name; with neither, id 0.
 
     Raises:
-        UsageError: both given, an unknown id or name (the message lists the valid
-            "id: name" pairs), or an empty list.
+        UsageError: both given, an unknown id or name (the message lists the valid "id: name" pairs), or an
+            empty list.
     """
     if not templates:
         raise UsageError("No templates to choose from.")
@@ -284,25 +263,20 @@ def describe_templates(templates):
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------
 # Rendering (sandboxed: templates can read the example, never reach Python internals)
-# ---------------------------------------------------------------------------------------
 
 
-def _highlight(text):
-    """promptsource's `highlight` filter: wrap text in a coloured HTML span."""
+def _highlight(text):  # promptsource's filters: highlight, choice, most_frequent
     return "<span style='color: #F08080'>" + text + "</span>"
 
 
 def _choice(choices):
-    """promptsource's `choice` filter: one element at random (Python's `random`, so
-    accelerate's set_seed makes it reproducible)."""
+    """Python's `random`, so accelerate's set_seed makes it reproducible."""
     return random.choice(choices)
 
 
 def _most_frequent(items):
-    """promptsource's `most_frequent` filter: every item with the highest count, in first
-    appearance order; None for an empty input."""
+    """Every item with the highest count, in first appearance order; None for an empty input."""
     if not items:
         return None
     counts = Counter(items)
@@ -310,14 +284,9 @@ def _most_frequent(items):
     return [item for item, count in counts.items() if count == top]
 
 
-def _make_environment():
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
-    env.globals["zip"] = zip
-    env.filters.update(highlight=_highlight, choice=_choice, most_frequent=_most_frequent)
-    return env
-
-
-_ENV = _make_environment()
+_ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
+_ENV.globals["zip"] = zip
+_ENV.filters.update(highlight=_highlight, choice=_choice, most_frequent=_most_frequent)
 _SEPARATOR = "|||"
 # Stands in for "|||" inside example values while rendering, so only the template's own
 # separator splits input from target (the same protection promptsource applies).
@@ -359,8 +328,8 @@ def choice_fields(template):
     return jinja2.meta.find_undeclared_variables(_ENV.parse(template.answer_choices)) - set(_ENV.globals)
 
 
-# Filters that read their input as a list.
-_LIST_FILTERS = {"join", "sort", "unique", "map", "select", "reject"}  # not length, first...: text has those too
+# Filters that read their input as a list (not length, first...: text has those too).
+_LIST_FILTERS = {"join", "sort", "unique", "map", "select", "reject"}
 
 
 def list_fields(template):
@@ -389,12 +358,8 @@ def list_fields(template):
 
 
 def check_template_fields(template, column_names):
-    """Check before training that the dataset has every field the template reads.
-
-    Raises:
-        UsageError: names the missing field(s) and the available columns; when only answer
-            fields are missing (a test file without labels), says how to mark hidden labels.
-    """
+    """Raises UsageError unless the dataset has every field the template reads (names the missing field(s) and
+    the columns; when only answer fields are missing, says how to mark hidden labels)."""
     missing = sorted(template_fields(template) - set(column_names))
     if missing:
         columns = sorted(set(column_names) - {ORIGIN_COLUMN})
@@ -403,21 +368,14 @@ def check_template_fields(template, column_names):
             "integer labels)."
             if set(missing) <= answer_fields(template) else ""
         )
-        raise UsageError(
-            f"Template {template.name!r} ({template.source}) reads field(s) {missing} that the "
-            f"dataset lacks; available columns: {columns}. Choose another prompt "
-            f"(--list_prompts), or rename the columns of your files to match.{unlabelled}"
-        )
+        raise UsageError(f"Template {template.name!r} ({template.source}) reads field(s) {missing} that the dataset "
+                         f"lacks; available columns: {columns}. Choose another prompt (--list_prompts), or rename the "
+                         f"columns of your files to match.{unlabelled}")
 
 
 def answer_fields(template):
-    """The fields the answer (the part after "|||") reads, e.g. {"label_coarse"} for
-    "{{text}} ||| {{answer_choices[label_coarse]}}": the fields read after the first "|||"
-    of the template's text, in the order jinja parses it.
-
-    Returns:
-        set[str], a subset of template_fields(template).
-    """
+    """The fields read after the template's first "|||", e.g. {"label_coarse"} for
+    "{{text}} ||| {{answer_choices[label_coarse]}}". Returns set[str], a subset of template_fields."""
     known = template_fields(template)  # raises first on a syntax error, naming the template
     after_separator, fields = False, set()
     for node in _ENV.parse(template.jinja).find_all((jinja2.nodes.TemplateData, jinja2.nodes.Name)):
@@ -468,15 +426,11 @@ def _render(source, template_name, context):
     except LabelError:
         raise
     except jinja2.sandbox.SecurityError as err:
-        raise UsageError(
-            f"Template {template_name!r} was refused by the sandbox ({err}): templates may only "
-            "read the example's fields; rewrite it or choose another prompt."
-        ) from err
+        raise UsageError(f"Template {template_name!r} was refused by the sandbox ({err}): templates may only read "
+                         "the example's fields; rewrite it or choose another prompt.") from err
     except (jinja2.TemplateError, TypeError, KeyError, IndexError, ValueError) as err:
-        raise UsageError(
-            f"Template {template_name!r} failed to render: {err}. Check that the fields have the "
-            "types the template expects."
-        ) from err
+        raise UsageError(f"Template {template_name!r} failed to render: {err}. Check that the fields have the types "
+                         "the template expects.") from err
 
 
 def _split_parts(rendered):
@@ -484,14 +438,8 @@ def _split_parts(rendered):
 
 
 def render_example(template, example, hidden_answer=False):
-    """Render one example with a template, in a sandbox.
-
-    The answer choices jinja is rendered with the example and split on "|||"; the template
-    is rendered with the example plus `answer_choices` and split on "|||" into input and
-    target; every piece is stripped. "|||" inside example values never splits anything.
-    `answer_choices[i]` needs a whole number i in 0..len-1 (never wrapped from the end).
-    With `hidden_answer` (a row whose label is hidden) any `answer_choices[i]` gives "": only
-    the prompt is used.
+    """Render one example with a template, in a sandbox: the answer choices, then input ||| target, each piece
+    stripped; "|||" inside example values never splits. With `hidden_answer` any `answer_choices[i]` gives "".
 
     Args:
         template: PromptTemplate. example: dict of field -> value. hidden_answer: bool.
@@ -525,25 +473,19 @@ def render_example(template, example, hidden_answer=False):
 
 
 def make_cloze_context(input_text, mask_token=MASK_TOKEN):
-    """The GLM cloze context of a rendered prompt: the prompt with exactly one mask token.
-
-    Exactly one `mask_token` in the text: kept where the template put it. None: " " +
-    mask_token is appended, because promptsource templates put the target right after the
-    prompt, so the blank the model fills is at the end. Two or more: ValueError, since GLM
-    cloze scoring fills one blank.
+    """The GLM cloze context of a rendered prompt: one `mask_token`, kept where the template put it, else
+    appended (promptsource templates put the target right after the prompt).
 
     Returns:
-        str. Raises: UsageError for two or more mask tokens.
+        str. Raises: UsageError for two or more mask tokens (GLM cloze scoring fills one blank).
     """
     count = input_text.count(mask_token)
     if count == 0:
         return f"{input_text} {mask_token}"
     if count == 1:
         return input_text
-    raise UsageError(
-        f"The prompt has {count} {mask_token} tokens; a cloze prompt needs at most one answer slot. "
-        f"Prompt: {input_text!r}"
-    )
+    raise UsageError(f"The prompt has {count} {mask_token} tokens; a cloze prompt needs at most one answer slot. "
+                     f"Prompt: {input_text!r}")
 
 
 def make_mlm_context(input_text, mask_token, n):
@@ -559,10 +501,8 @@ def make_mlm_context(input_text, mask_token, n):
         raise ValueError(f"n (mask tokens for the answer slot) must be >= 1, got {n}.")
     return make_cloze_context(input_text).replace(MASK_TOKEN, mask_token * n)
 
-# ---------------------------------------------------------------------------------------
-# Prompted examples: every row of a split rendered and checked
-# ---------------------------------------------------------------------------------------
 
+# Prompted examples: every row of a split rendered and checked
 
 
 def _is_empty_field(value):
@@ -578,41 +518,22 @@ HIDDEN_LABEL = -1
 
 
 def _is_hidden_mark(value):
-    """Whether a label value is HIDDEN_LABEL (an int, not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value == HIDDEN_LABEL
 
 
-# How many unusable rows a message lists before it gives the count of the rest.
-_ROWS_LISTED = 10
+_ROWS_LISTED = 10  # then the count of the rest
 
 
 def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag="--skip_empty"):
     """Render every row of a dataset into the examples the scripts train and evaluate on.
 
-    Checks first that the dataset has the template's fields (check_template_fields), then
-    whether the split's labels are hidden: every value of the answer fields (answer_fields:
-    the label column of a classification prompt, the reference of a generation prompt) is
-    empty (None, NaN, blank) or, for "cls", -1. A hidden split gives examples whose
-    "target" and "label" are None (its answers are never rendered: a -1 label is never
-    read as the last choice), for predictions only.
-
-    A field the template reads as a list (list_fields: `endings[0]`, `endings | join`) must
-    hold lists: text there (a CSV cell) is refused at once, in one line.
-
-    Per row, in a split with labels: rows where the template renders to nothing
-    (promptsource's conditional templates) are skipped ("not_applicable"). An empty input
-    field is rendered as "" (an optional part of the context is no reason to drop a row);
-    rows that cannot be rendered, with an empty answer field (label), an empty rendered input
-    or target, or (choices read from the row's fields) an empty or repeated answer choice,
-    are skipped and counted when `skip_empty`, with one logged warning listing them;
-    otherwise they are errors whose message points to `skip_flag`. For "cls" an integer
-    label must index the answer choices (0..len-1), and the rendered target must be one of
-    them; a -1 label among labelled rows is an error.
-
-    Every row is checked before anything is raised: the ValueError lists the unusable rows
-    (the first 10, then how many more), each by its place (the row's ORIGIN_COLUMN, e.g.
-    "data/train.csv line 8 (validation split)", else "row i", its 0-based index) and cause
-    in words ("label_coarse 6 is outside the 6 answer choices (0 to 5)").
+    A split whose answer fields (answer_fields) are all empty or, for "cls", -1 is hidden (hidden_labels): its
+    examples have "target" and "label" None, for predictions only. Rows where the template renders nothing
+    (promptsource's conditional templates) are skipped; rows with an empty answer field, an empty rendered input
+    or target, or an empty or repeated per-row answer choice are skipped with one warning when `skip_empty`, else
+    errors that point to `skip_flag`. For "cls" the target must be one of the choices. An empty input field
+    renders as "". Every row is checked before raising; the error lists the first 10 unusable rows by place
+    (ORIGIN_COLUMN, e.g. "data/train.csv line 8 (validation split)", else "row i") and cause in words.
 
     Args:
         dataset: datasets.Dataset or list of dicts. template: PromptTemplate.
@@ -625,20 +546,17 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
         groups by it), "row" (the 0-based index of its dataset row, e.g. to read the raw
         text columns there), "origin" (its place, as in the messages).
         counts: dict with "rows", "kept", "not_applicable", "empty_field" (an empty answer
-        field), "empty_input", "empty_target", "bad_choices" (ints) and "labels_hidden": None, or why the split's labels are
-        hidden, e.g. "every label_coarse is -1".
+        field), "empty_input", "empty_target", "bad_choices" (ints) and "labels_hidden": None, or why the
+        split's labels are hidden, e.g. "every label_coarse is -1".
     Raises:
-        UsageError: a "cls" template without answer choices, a missing column, a template
-            without "|||", duplicate or empty fixed answer choices, text in a list field, a
-            template that fails to
-            render (first row, with its place), or unusable rows (listed as above).
+        UsageError: a "cls" template without answer choices, a missing column, a template without "|||",
+            duplicate or empty fixed answer choices, text in a list field (list_fields: a CSV cell), a template
+            that fails to render (first row, with its place), or unusable rows (listed as above).
     """
     check_task(task)
     if task == "cls" and template.answer_choices is None:
-        raise UsageError(
-            f"Template {template.name!r} has no answer choices, so it cannot be used for "
-            "classification; choose a prompt listed by --list_prompts."
-        )
+        raise UsageError(f"Template {template.name!r} has no answer choices, so it cannot be used for "
+                         "classification; choose a prompt listed by --list_prompts.")
     check_template_fields(template, _column_names(dataset))
     _check_list_fields(template, dataset)
     answers = sorted(answer_fields(template))
@@ -666,16 +584,12 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
             problems.append(f"{origin}: {cause}")
     counts["kept"] = len(examples)
     if problems:
-        raise UsageError(
-            f"{len(problems)} of {counts['rows']} rows cannot be used with prompt {template.name!r}:\n"
-            f"{_list_rows(problems)}\n{_PROBLEM_ADVICE[task]}"
-            + ("" if skip_empty else f" Rows that cannot be rendered can be skipped with {skip_flag}.")
-        )
+        raise UsageError(f"{len(problems)} of {counts['rows']} rows cannot be used with prompt {template.name!r}:\n"
+                         f"{_list_rows(problems)}\n{_PROBLEM_ADVICE[task]}"
+                         + ("" if skip_empty else f" Rows that cannot be rendered can be skipped with {skip_flag}."))
     if skipped:
-        logger.warning(
-            "Prompt %r: skipped %d row(s) that cannot be rendered (counts: %s):\n%s",
-            template.name, len(skipped), counts, _list_rows(skipped),
-        )  # fmt: skip
+        logger.warning("Prompt %r: skipped %d row(s) that cannot be rendered (counts: %s):\n%s",
+                       template.name, len(skipped), counts, _list_rows(skipped))
     return examples, counts
 
 
@@ -700,10 +614,9 @@ def _check_list_fields(template, dataset):
     for field in sorted(list_fields(template)):
         value = next((v for v in _column(dataset, field) if not _is_empty_field(v)), None)
         if isinstance(value, str):
-            raise UsageError(
-                f"Template {template.name!r} reads {field!r} as a list, but the data holds text there "
-                f"({value[:30]!r}...): list fields need a JSON Lines file (.jsonl, the field a JSON list), not CSV"
-            )
+            raise UsageError(f"Template {template.name!r} reads {field!r} as a list, but the data holds text there "
+                             f"({value[:30]!r}...): list fields need a JSON Lines file (.jsonl, the field a JSON "
+                             "list), not CSV")
 
 
 def _column_names(dataset):
@@ -735,10 +648,9 @@ def hidden_labels(dataset, answers, task):
 
 
 def _prompt_row(template, task, example, checked, answers, hidden):
-    """One row -> (prompted example, None, None) when usable, else (None, kind, cause in
-    words): kind "not_applicable", "empty_field", "empty_input", "empty_target", "bad_choices"
-    (skippable) or "label" (an error). Raises UsageError where the template fails, whatever
-    the row."""
+    """One row -> (prompted example, None, None), else (None, kind, cause in words): kind "not_applicable",
+    "empty_field", "empty_input", "empty_target", "bad_choices" (skippable) or "label" (an error). Raises
+    UsageError where the template fails, whatever the row."""
     empty = [field for field in checked if _is_empty_field(example[field])]
     if empty:
         return None, "empty_field", f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty"
@@ -756,9 +668,8 @@ def _prompt_row(template, task, example, checked, answers, hidden):
     if not input_text and target is None:
         return None, "not_applicable", None
     if target is None:
-        raise UsageError(
-            f"Template {template.name!r} rendered no '|||' separator; a training template needs 'input ||| target'."
-        )
+        raise UsageError(f"Template {template.name!r} rendered no '|||' separator; a training template needs "
+                         "'input ||| target'.")
     if not input_text:
         return None, "empty_input", "the prompt renders empty"
     if not target and not hidden:
@@ -769,13 +680,11 @@ def _prompt_row(template, task, example, checked, answers, hidden):
         raise UsageError(f"Template {template.name!r}: {err}") from err
     label = None
     if task == "cls":
-        if _bad_choices(choices):
+        if "" in choices or len(set(choices)) != len(choices):  # the label would be ambiguous
             if choice_fields(template):  # this row's own choices
                 return None, "bad_choices", f"its answer choices {choices} hold an empty or repeated choice"
-            raise UsageError(
-                f"Template {template.name!r}: answer choices {choices} contain an empty or repeated choice, so "
-                "the label would be ambiguous; fix the template's answer_choices."
-            )
+            raise UsageError(f"Template {template.name!r}: answer choices {choices} contain an empty or repeated "
+                             "choice, so the label would be ambiguous; fix the template's answer_choices.")
         if not hidden and target not in choices:
             named = answers[0] if len(answers) == 1 and str(example[answers[0]]) == target else "the answer"
             return None, "label", f"{named} {target!r} is not one of the answer choices {choices}"
@@ -791,20 +700,12 @@ def _prompt_row(template, task, example, checked, answers, hidden):
     return prompted, None, None
 
 
-def _bad_choices(choices):
-    """An empty or repeated choice: the label would be ambiguous."""
-    return "" in choices or len(set(choices)) != len(choices)
-
-
 def group_references(examples):
-    """Group generation examples by source: every reference of the same input together.
+    """Group generation examples (build_prompted_examples') by "source_key".
 
-    Args:
-        examples: dicts with "source_key" and "target" (from build_prompted_examples).
     Returns:
-        (sources, references_list): sources is list[str] of distinct source keys in order of
-        first appearance; references_list[i] is list[str], the targets of sources[i] in order
-        ([] for a split whose references are hidden: targets None).
+        (sources, references_list): the distinct source keys in order of first appearance (list[str]);
+        references_list[i] the targets of sources[i] in order (list[str]; [] when hidden: targets None).
     """
     grouped = {}
     for example in examples:
@@ -814,9 +715,7 @@ def group_references(examples):
     return list(grouped), list(grouped.values())
 
 
-# ---------------------------------------------------------------------------------------
 # A run's prompted splits (run_cls, run_gen, run_baseline)
-# ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1010,9 +909,7 @@ def list_prompts(args, task):
     return None
 
 
-# ---------------------------------------------------------------------------------------
 # The levers' text side (run_cls --calibrate, --num_demonstrations, --search_verbalizers)
-# ---------------------------------------------------------------------------------------
 
 
 # The paper's content-free inputs are "N/A", "" and "[MASK]"; in GLM "[MASK]" is the answer slot
