@@ -156,11 +156,9 @@ def _name_split(dataset, split):
 
 
 def carve_validation(raw_datasets, percentage, data_seed):
-    """When there is a train split but no validation split, `percentage` % of train's rows (rounded
-    up) become validation: the first rows of `np.random.default_rng(data_seed).permutation`. The carve
-    follows --data_seed alone, so that runs of other --seed values choose their best step on the same
-    rows. Both splits keep the order of the file; carved rows name the validation split in
-    ORIGIN_COLUMN.
+    """With train but no validation, `percentage` % of train's rows (rounded up) become validation: the first of
+    `np.random.default_rng(data_seed).permutation`, --data_seed alone, so that runs of other --seed values pick
+    their best step on the same rows. Both splits keep the file's order.
 
     Returns:
         (DatasetDict, unchanged when there is nothing to carve; None, or the record of the carve for
@@ -186,12 +184,10 @@ def sample_few_shot(raw_datasets, label_columns, num_shots, seed, draw_validatio
     """K training examples per class, and as many validation examples drawn from the rest of train
     (the few-shot setting of LM-BFF: Gao et al., ACL 2021, section 3).
 
-    A class is a distinct value of the label column(s) as the data holds them, before any prompt
-    renders them, so every method (cloze prompts, linear heads) gets the same rows for the same K
-    and seed. Per class, in sorted order of the classes, `np.random.default_rng(seed)` permutes the
-    class's train rows: the first K become train, the next K validation. A class with fewer rows
-    gives what it has (logged as a warning; listed in the returned "short_classes"). Rows with an
-    empty or missing label are no class and are never drawn. Rows keep the order of the file.
+    A class is a distinct value of the label column(s) as the data holds them, before any prompt renders them, so
+    every method gets the same rows for the same K and seed. Per class, in sorted order, `np.random.default_rng(
+    seed)` permutes its train rows: the first K become train, the next K validation; a class with fewer rows gives
+    what it has (a warning; "short_classes"). Rows with an empty label are never drawn; rows keep the file's order.
 
     Args:
         raw_datasets: datasets.DatasetDict with "train" (the whole training split, nothing carved).
@@ -201,11 +197,9 @@ def sample_few_shot(raw_datasets, label_columns, num_shots, seed, draw_validatio
         draw_validation: False keeps raw_datasets["validation"] as it is (a --validation_file);
             True replaces any validation split by the drawn rows.
     Returns:
-        (DatasetDict with the drawn "train" (and "validation"), the other splits unchanged;
-        dict: num_shots, shots_seed, per_class {"train": {class: rows}, "validation": {...}} (class
-        as text), short_classes [class], train_rows and validation_rows (the drawn rows' indices
-        in the training data as loaded, 0-based)). Drawn validation rows name the validation split
-        in ORIGIN_COLUMN.
+        (DatasetDict with the drawn "train" (and "validation"), the other splits unchanged; dict: num_shots,
+        shots_seed, per_class {"train": {class: rows}, "validation": {...}} (class as text), short_classes
+        [class], train_rows and validation_rows (the drawn rows' 0-based indices in the training data as loaded)).
     """
     train = raw_datasets["train"]
     columns = sorted(label_columns)
@@ -268,25 +262,18 @@ def load_local_file(path):
     """Read one local data file: our scan of the text is its one parse (datasets' csv reader would pad a
     short row silently and its json reader keep a field of mixed kinds), made a `datasets.Dataset`.
 
-    .csv: a header row naming the columns, then one record per row (quoted fields may span
-    lines; blank lines are skipped). Every cell is read as text ("NA" or "None" stay words),
-    then a column whose every non-empty cell is an integer literal becomes int64 with None
-    for its empty cells (a missing label stays a missing label, not a text column); the
-    other columns stay strings, an empty cell the empty string. .jsonl, or .json: one
-    object per line (an object may span lines), or a list of objects. A record without a
-    key has None there; a field must hold one kind of value (text, number, boolean, list,
-    object; null anywhere).
+    .csv: a header row, then one record per row (quoted fields may span lines; blank lines skipped); every cell
+    is text ("NA" stays a word), then a column whose every non-empty cell is an integer literal becomes int64 with
+    None for its empty cells (a missing label stays missing). .jsonl / .json: objects one after another (each may
+    span lines), or a list of objects; a missing key is None; a field holds one kind of value (null anywhere).
 
     Returns:
-        datasets.Dataset (in memory) with the file's columns and
-        ORIGIN_COLUMN: "<path> line N" (csv and JSON lines) or "<path> item N" (a JSON
-        list), N counting from 1.
+        datasets.Dataset (in memory) with the file's columns and ORIGIN_COLUMN: "<path> line N" (csv and JSON
+        lines) or "<path> item N" (a JSON list), N counting from 1.
     Raises:
-        UsageError: the file does not exist.
-        UsageError: unsupported extension (names the supported ones), not UTF-8, no records,
-            or malformed (each names the file and line): a csv record whose field count
-            differs from the header's, bad csv quoting, a JSON syntax error, a JSON record
-            that is no object, a field that mixes kinds of values.
+        UsageError: no such file, unsupported extension, not UTF-8, no records, or malformed (naming the file and
+            line): a csv record whose field count differs from the header's, bad csv quoting, a JSON syntax
+            error, a JSON record that is no object, a field that mixes kinds of values.
     """
     path = Path(path)
     if not path.is_file():
@@ -583,8 +570,8 @@ STRIKE_SPLIT_SEED = 42  # fixed, like HHS_SPLIT_SEED
 
 
 def _strike_record(row):
-    """A birds row as our fields (str), without those the report leaves unknown (NaN or
-    "UNKNOWN"); None when a required one is unknown or no bird was struck."""
+    """A birds row as our fields (str), without those the report leaves unknown (NaN or "UNKNOWN"); None when a
+    required one is unknown or no bird was struck."""
     record = {}
     for theirs, ours in _STRIKE_FIELDS.items():
         value = row[theirs]
@@ -603,8 +590,7 @@ def _strike_record(row):
 
 
 def _strike_texts(record):
-    """The three references of a record: one per fixed phrasing; a missing optional field
-    (operator, height, light, state) drops its words."""
+    """The three references of a record, one per phrasing; a missing optional field drops its words."""
     craft = " ".join(record[field] for field in ("operator", "aircraft") if field in record)
     height = f" at {record['height']}" if "height" in record else ""
     light = f" {_STRIKE_LIGHT[record['light']]}" if "light" in record else ""
