@@ -444,15 +444,12 @@ def render_example(template, example, hidden_answer=False):
     Args:
         template: PromptTemplate. example: dict of field -> value. hidden_answer: bool.
     Returns:
-        (input_text: str, target_text: str or None when the template has no "|||" part,
-        answer_choices: list[str] or None). A template that renders to nothing for this
-        example (promptsource's conditional templates) gives ("", None, choices).
+        (input_text: str, target_text: str or None when the template has no "|||" part, answer_choices:
+        list[str] or None); ("", None, choices) where the template renders nothing (promptsource's conditionals).
     Raises:
-        LabelError (a ValueError): answer_choices indexed with a negative, too large or
-            non-integer value.
-        UsageError: the sandbox refused the template (e.g. access to `__class__`), a field
-            is missing or unusable, the example has a key `answer_choices`, or the output
-            has more than one "|||".
+        LabelError (a ValueError): answer_choices indexed with a negative, too large or non-integer value.
+        UsageError: the sandbox refused the template (e.g. access to `__class__`), a field is missing or
+            unusable, the example has a key `answer_choices`, or the output has more than one "|||".
     """
     if "answer_choices" in example:
         raise UsageError("The example has a field named 'answer_choices', which templates reserve; rename it.")
@@ -489,10 +486,8 @@ def make_cloze_context(input_text, mask_token=MASK_TOKEN):
 
 
 def make_mlm_context(input_text, mask_token, n):
-    """A PET-style masked-LM context: the answer slot replaced by `n` mask tokens.
-
-    The slot is placed as in make_cloze_context (the template's "[MASK]", else the end).
-    For RoBERTa pass mask_token="<mask>" and n = the verbalizer's token count.
+    """A PET-style masked-LM context: the answer slot (as in make_cloze_context) replaced by `n` mask tokens,
+    e.g. mask_token="<mask>" and n = the verbalizer's token count for RoBERTa.
 
     Returns:
         str. Raises: ValueError for n < 1 or two or more "[MASK]" in the prompt.
@@ -739,13 +734,11 @@ class PromptedSplits:
 def load_prompted_splits(args, task, do_train, zero_shot=False):
     """The data flags -> every split rendered and checked with the chosen prompt, before any work.
 
-    Loads (load_raw_datasets, adapt_columns), picks the prompt (--prompt_id / --prompt_name), draws
-    --num_shots rows per class of the prompt's answer fields (sample_few_shot; no carve then), else
-    carves validation from train (--data_seed), applies the --max_*_samples, and renders each split
-    (build_prompted_examples: a train row that cannot be rendered is skipped with --skip_empty, an
-    evaluation row with --skip_eval_rows where the script has it, else with --skip_empty). The splits
-    whose labels are all hidden are announced (hidden_label_splits); with `do_train` a small
-    validation is warned about. Flags a script lacks (--num_shots, --skip_eval_rows) read as unset.
+    Picks the prompt, loads, draws --num_shots rows per class of the prompt's answer fields (sample_few_shot)
+    or else carves validation (carve_validation), applies the --max_*_samples, renders each split
+    (build_prompted_examples; evaluation rows skip with --skip_eval_rows where the script has it, else with
+    --skip_empty), announces hidden splits (hidden_label_splits) and, with `do_train`, a small validation.
+    Flags a script lacks (--num_shots, --skip_eval_rows) read as unset.
 
     Args:
         args: the parsed flags. task: "cls" or "gen". do_train: the run trains.
