@@ -12,8 +12,7 @@ import numpy
 import torch
 from tqdm.auto import tqdm
 
-# Metrics (scikit-learn, sacrebleu, rouge_score)
-# ---------------------------------------------------------------------------------------
+# ----- Metrics (scikit-learn, sacrebleu, rouge_score) ---------------------------------------
 
 
 # Each metric a script reports, and whether a larger value is better: the best step of training
@@ -248,10 +247,7 @@ def output_statistics(outputs, sources):
             "values_copied": 100.0 * stated / total if total else None}
 
 
-# ---------------------------------------------------------------------------------------
-
-# The evaluation loops of the scripts (run_cls, run_gen, run_baseline)
-# ---------------------------------------------------------------------------------------
+# ----- The evaluation loops of the scripts (run_cls, run_gen, run_baseline) -----------------
 
 
 def evaluate_choices(accelerator, model, dataloader, score, num_choices, labelled=True):
@@ -309,9 +305,7 @@ def evaluate_generation(accelerator, model, dataloader, generate, tokenizer, ref
     return None if references is None else generation_metrics(predictions, references), predictions
 
 
-# ---------------------------------------------------------------------------------------
-# Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"; run_cls --calibrate)
-# ---------------------------------------------------------------------------------------
+# ----- Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"; run_cls --calibrate) ---
 
 
 def content_free_distribution(scores):

@@ -4,40 +4,10 @@
     python report.py runs/sweep --output_dir report    # report.md, tables.tex, summary.json, *.png
     python report.py runs/sweep --glm_examples examples    # also examples/<dataset>/ for the GLM repository
 
-Every run of run_cls.py / run_gen.py / run_baseline.py writes one results.json
-(training.results_record). This script groups them (analysis.separate_runs):
-
-  study   = (task, dataset, the data: files, sizes, sample limits)   one section of report.md
-  system  = (method, peft, model, every other setting)               e.g. glm_cloze / lora / glm-tiny
-  config  = (prompt_id, learning_rate, batch size)                   one grid point
-  seeds   = the repetitions of a config                              mean ± sample std (ddof=1)
-
-Runs share a cell only when all their settings but the seed are equal; report.md says which runs
-were set apart and why. Runs that did not train (zero-shot: --no-do_train, as sweeps.sh runs each
-prompt once) are no grid point: their score is the "zero-shot" column of the comparison and prompt
-tables, next to the fine-tuned score of the same model and prompt on the same data
-(analysis.match_zero_shot). Per study it writes:
-  - a comparison of the systems at their best config (GLM cloze vs baselines, linear head vs
-    cloze, LoRA / P-tuning v2 vs full fine-tuning: zero-shot and fine-tuned score, 95% bootstrap
-    CI over test examples, paired randomization test against the best system, trainable share,
-    train time), with the trivial baselines of the same data;
-  - an error analysis of the best system from its saved test predictions: per-class precision,
-    recall and F1, a confusion matrix and the most confident errors (classification); the
-    outputs with the lowest sentence BLEU and output lengths against the references (generation);
-  - per system, the grid-search table (validation mean ± std of every config), an lr x
-    batch-size heatmap and its sensitivity in numbers;
-  - per system with several prompts, a prompt comparison (table with zero-shot scores, bar chart,
-    paired tests between prompts, prompt vs seed spread);
-  - learning curves (validation metric per evaluation) of the best config of each system.
-
-Model selection: the best config of a system is the one with the highest mean VALIDATION
-score over seeds (ties: smaller spread). Test scores are only ever reported for the config
-chosen that way; they never take part in a choice. Within a run, the training script picks
-the checkpoint (best_epoch) on validation too. Runs whose test labels were hidden
-(results.json: test_labels_hidden) show validation scores only.
-
-Metrics in [0, 1] (accuracy, macro_f1) are shown as percentages; BLEU and ROUGE are already
-on a 0-100 scale.
+Runs are grouped into studies (task, dataset, data), systems (method, peft, model, settings), configs
+(prompt, lr, batch) and seeds (mean ± std, ddof=1); see analysis.separate_runs. Per study: the systems
+compared at their best config (chosen on VALIDATION, never test) with zero-shot scores, bootstrap CIs and
+paired tests; an error analysis of the best system; grid tables, heatmaps, prompt comparisons, curves.
 """
 
 import json
@@ -131,9 +101,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-# ---------------------------------------------------------------------------------------
-# A study's sections
-# ---------------------------------------------------------------------------------------
+# ----- A study's sections -------------------------------------------------------------------
 
 SELECTION_NOTE = (
     "**Model selection never looks at test.** For every method, the configuration (prompt, learning "
@@ -299,9 +267,7 @@ def system_section(task, system, system_runs, metric, output_dir, tables, trivia
     return lines
 
 
-# ---------------------------------------------------------------------------------------
-# Error analysis of the best system (error_analysis.py)
-# ---------------------------------------------------------------------------------------
+# ----- Error analysis of the best system (error_analysis.py) --------------------------------
 
 
 def error_section(task, best, output_dir, tables):
@@ -369,9 +335,7 @@ def generation_errors(runs_rows, best, tables):
             table.caption, "", table.markdown(), "", length_reading(lengths, facts), ""]  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------
-# The report
-# ---------------------------------------------------------------------------------------
+# ----- The report ---------------------------------------------------------------------------
 
 
 def unfinished_runs(results_dir):

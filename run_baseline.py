@@ -1,71 +1,17 @@
 #!/usr/bin/env python
 """Baselines for GLM's prompt-based fine-tuning, on the same splits, prompts and metrics, with Accelerate.
 
-Every row of the comparison table must come from identical data: this script loads, renders and
-scores exactly as run_cls.py / run_gen.py do (templates.load_prompted_splits with the prompt chosen
-by --prompt_id, metrics.evaluate_choices / evaluate_generation, training.results_record), and trains with the same loop; only the model and
-the way it answers change.
-
---method linear_head   (--task cls) the conventional fine-tuning: a new linear head on the encoder's
-                       first token, fed the RAW input text (no template; the template only fixes the
-                       rows and the label ids, which are the indices of its answer choices, as in
-                       run_cls.py). The text columns are the template's fields that appear in its
-                       input part and never in its target part and hold strings (TREC: `text`);
-                       --text_column overrides (two columns are encoded as a pair). Models: RoBERTa
-                       (default roberta-large, AutoModelForSequenceClassification) or GLM itself
-                       (BAAI/glm-roberta-large, glm-tiny: modeling_glm.GLMForSequenceClassification), so
-                       that linear head vs cloze can be compared on GLM.
---method mlm_prompt    (--task cls) PET-style prompting of a masked LM (RoBERTa): the same template,
-                       its answer slot filled with one mask token per verbalizer token
-                       (templates.make_mlm_context). Choices are grouped by token length: one input
-                       per distinct length, so all choices of an example are scored in one forward
-                       pass. score(c) = MEAN over c's tokens of log p(c_t at mask t) (--choice_score
-                       mean, the default; `sum` is also offered). PET (Schick & Schuetze, NAACL 2021)
-                       sums log-probabilities and, at inference, fills the masks one at a time, most
-                       confident first; we score all masks in one pass, and the mean keeps choices
-                       of different lengths (scored in different inputs) on one per-token scale.
-                       Loss: cross-entropy over the choice scores (as GLM's cloze; no new weights).
---method seq2seq       T5 (default t5-large) or BART (facebook/bart-large) as text-to-text models on
-                       the rendered prompt. --task gen: fine-tuning on (prompt, reference) pairs and
-                       HF `generate` (beam search etc.); each distinct source is decoded once and
-                       scored against all its references, as run_gen.py does. --task cls: trained
-                       on the gold answer choice as the target (LM loss); predicted by RANK
-                       CLASSIFICATION: score(c) = sum of log p(c's target tokens | prompt)
-                       (--choice_score sum, the default; `mean` divides by the token count), the
-                       highest score wins. Target tokens are exactly the training labels' (the
-                       tokenizer's specials included, e.g. the closing </s>).
-
-Tiny random models (no download; for tests and CPU runs): roberta-tiny, t5-tiny, bart-tiny,
-glm-tiny, all 2 layers (T5/BART: 2 + 2), hidden 256, 4 heads, FFN 1024 (as glm-tiny). They need
---tokenizer_name: `train` (a byte-level BPE trained on the training texts,
-tokenization_glm.train_tokenizer; specials <s> <pad> </s> <unk> <mask>, mask token [MASK]) or a folder
-with vocab.json + merges.txt (e.g. ../shared/tokenizers/glm-roberta-large: the RoBERTa/BART
-byte-level BPE, used as transformers.RobertaTokenizer with `<mask>`). T5 built from a config is
-tokenizer-agnostic: its pad / eos / decoder-start ids come from the tokenizer.
-
-Learning rate, when --learning_rate is not given: 1e-5 (RoBERTa, GLM), 3e-5 (BART), 1e-4 (T5) for
-full fine-tuning, 3e-4 for the tiny random models, 5e-4 with --peft lora. Warmup 10% (cls) / 6%
-(gen), then linear decay; the other training flags and defaults are run_cls.py's.
-
---peft lora applies where it makes sense: peft's LoraConfig on the attention and MLP projections
-of each architecture (baselines.LORA_TARGET_MODULES unless --lora_target_modules is given; for GLM
-glm_peft.apply_peft), with task type SEQ_CLS (the new head stays fully trained) or
-SEQ_2_SEQ_LM. --peft ptuning_v2 is GLM's native prefix and is refused here.
+--method linear_head: a new head on the encoder (RoBERTa, or GLM) fed the raw input text.
+--method mlm_prompt: PET-style (Schick & Schuetze, NAACL 2021) masks in the template, one per
+  verbalizer token, all masks scored in one pass (mean log p by default). --method seq2seq: T5 / BART,
+  generation (--task gen) or rank classification of the answer choices (--task cls).
 
     accelerate launch run_baseline.py --method linear_head --output_dir runs/trec_roberta_head
-    accelerate launch run_baseline.py --method mlm_prompt --output_dir runs/trec_roberta_pet
     accelerate launch run_baseline.py --task gen --method seq2seq --model_name_or_path t5-large \\
         --output_dir runs/e2e_t5
-    python run_baseline.py --method seq2seq --model_name_or_path t5-tiny --tokenizer_name train \\
-        --train_file ../shared/data/trec/train.csv --test_file ../shared/data/trec/test.csv \\
-        --dataset_name trec --output_dir runs/trec_t5_tiny                 # offline, CPU
 
-Writes to --output_dir what run_cls.py / run_gen.py write: results.json (training.results_record,
-method linear_head / mlm_prompt / seq2seq), predictions_test.jsonl (cls: input, gold, predicted, score
-of each choice) or generations_test.jsonl (gen: source, references, prediction), step_N / epoch_N
-checkpoints with --checkpointing_steps (continue with --resume_from_checkpoint latest) and beside
-them best_weights.safetensors, and best_model/ with --save_best_model (save_pretrained: the whole
-model, or the LoRA adapter).
+Writes to --output_dir what run_cls.py / run_gen.py write (results.json, predictions_test.jsonl or
+generations_test.jsonl, checkpoints, best_model/ with --save_best_model).
 """
 
 import argparse
@@ -184,7 +130,7 @@ def parse_args(argv=None):
     add_training_args(parser)
     add_model_args(parser)
     add_generation_args(parser)
-    # learning_rate None: the model's and method's (see the module docstring), set in main.
+    # learning_rate None: resolved in main from the model family (baselines.FULL_LEARNING_RATES) and --peft.
     parser.set_defaults(learning_rate=None, warmup_ratio=0.06 if task == "gen" else 0.1,
                         metric_for_best_model="bleu" if task == "gen" else "accuracy",
                         label_smoothing=0.1 if task == "gen" else 0.0)
@@ -233,9 +179,7 @@ def parse_args(argv=None):
     return args
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
+# ----- Evaluation ---------------------------------------------------------------------------
 
 
 def generate(args, model, batch):
@@ -248,9 +192,7 @@ def generate(args, model, batch):
                           no_repeat_ngram_size=args.no_repeat_ngram_size, do_sample=args.do_sample, **sampling)
 
 
-# ----------------------------------------------------------------------------------------------
-# Main
-# ----------------------------------------------------------------------------------------------
+# ----- Main ---------------------------------------------------------------------------------
 
 
 def main(argv=None):

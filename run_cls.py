@@ -1,31 +1,17 @@
 #!/usr/bin/env python
 """Fine-tune GLM for classification as a cloze question (paper, Figure 2a), with Accelerate.
 
-A prompt template renders each example; the answer slot becomes GLM's `[MASK]` (where the template
-writes "[MASK]", else at the end of the prompt, where promptsource puts the target), and the
-template's answer choices (the verbalizers) are the spans that may fill it. All choices of an
-example are packed after its context and scored in ONE forward pass: score(c) = sum of the
-log-probabilities of c's tokens (optionally divided by its length), and the loss is cross-entropy
-over the scores of the choices. No linear head: the language model itself classifies.
-Default task: TREC coarse question classification (6 classes). Defaults follow the paper's cloze
-fine-tuning: AdamW lr 1e-5, batch 16, 10% warmup then linear decay, weight decay 0.1, gradient
-clipping 1.0, 256 tokens.
+The template's answer slot becomes `[MASK]`; all answer choices of an example are packed after its
+context and scored in one forward pass (score(c) = sum, or mean, of log p of c's tokens); the loss is
+cross-entropy over the scores: no new head. Default: TREC (6 classes), the paper's cloze settings.
 
     accelerate launch run_cls.py --prompt_id 2 --output_dir runs/trec      # glm-roberta-large
     python run_cls.py --model_name_or_path glm-tiny --tokenizer_name train --learning_rate 3e-4 \\
-        --dataset_name trec --train_file ../shared/data/trec/train.csv \\
-        --test_file ../shared/data/trec/test.csv --output_dir runs/trec-tiny  # CPU, offline
+        --dataset_name trec --train_file ../shared/data/trec/train.csv --output_dir runs/trec-tiny
     python run_cls.py --list_prompts                                       # prompt ids and examples
-    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 run_cls.py ...     # 2 CPU processes
 
-Flags: the data, prompt, few-shot, training and model (PEFT) flags the scripts share (cli.py), the
-cloze flags below and the levers: --calibrate (metrics.calibrate), --num_demonstrations and
---search_verbalizers (their text in templates.py, their scoring in glm_utils.py). Writes to --output_dir: results.json (schema: training.results_record, plus
-"calibration" / "label_word_search" with those levers), predictions_test.jsonl (input, gold, predicted,
-score of each choice, gold and predicted index, token count of each choice; with --calibrate also the
-calibrated scores), step_N / epoch_N checkpoints with --checkpointing_steps (continue with
---resume_from_checkpoint latest) and beside them best_weights.safetensors (the best evaluation's weights,
-once), best_model/ with --save_best_model, and searched_prompts/<dataset>.yaml with --search_verbalizers.
+Writes to --output_dir: results.json, predictions_test.jsonl, step_N / epoch_N checkpoints with
+best_weights.safetensors, best_model/ (--save_best_model), searched_prompts/ (--search_verbalizers).
 """
 
 import argparse

@@ -1,25 +1,17 @@
 #!/usr/bin/env python
 """Fine-tune GLM to generate text as blank infilling (paper, Figure 2b), with Accelerate.
 
-The prompt ends with a `[MASK]`; the model learns to write its span (`sop target eop`) and, at
-evaluation, decodes it (beam search, greedy or sampling) with a K/V cache. Each distinct source
-is decoded once and scored against ALL its references (BLEU, ROUGE-1/2/L, generated length).
-Default task: E2E NLG (promptsource `e2e_nlg_cleaned`: meaning representation -> restaurant
-description). Defaults follow the paper's seq2seq settings: AdamW lr 2e-5, warmup 6%, weight
-decay 0.1, label smoothing 0.1, beam 4, no_repeat_ngram 3, length penalty 1.0.
+The prompt ends with `[MASK]`; the model learns to write its span and decodes it with a K/V cache.
+Each distinct source is decoded once and scored against all its references (BLEU, ROUGE).
+Default: E2E NLG with the paper's seq2seq settings.
 
     accelerate launch run_gen.py --output_dir runs/e2e                       # glm-roberta-large
     python run_gen.py --model_name_or_path glm-tiny --tokenizer_name train \\
         --dataset_name wildlife_strikes --learning_rate 1e-3 --output_dir runs/strikes  # offline
     python run_gen.py --list_prompts                                         # the prompt ids
 
-Flags: the data, prompt, training, model (PEFT) and generation flags the scripts share (cli.py). Writes to --output_dir: results.json (schema:
-training.results_record, plus "data": rows kept and skipped, prompts and targets cut; the
-baselines "most_frequent_reference" and "nearest_training_target"; "output_statistics": distinct
-outputs and input values copied of the model, the first references and the baselines),
-generations_test.jsonl (source, references, prediction), step_N / epoch_N checkpoints with
---checkpointing_steps (continue with --resume_from_checkpoint latest) and beside them
-best_weights.safetensors (the best evaluation's weights, once), and best_model/ with --save_best_model.
+Writes to --output_dir: results.json (with the baselines and output statistics),
+generations_test.jsonl, step_N / epoch_N checkpoints with best_weights.safetensors, best_model/.
 """
 
 import time

@@ -1,28 +1,17 @@
 #!/usr/bin/env python
 """Continue GLM's pretraining by autoregressive blank infilling (paper, section 2.1, Figure 1).
 
-Each text loses about --mask_ratio of its tokens in spans whose lengths follow Poisson(--poisson_lambda);
-every span becomes one [MASK] in the text (Part A) and is written back after it, left to right (Part B),
-in shuffled order. The loss is the cross-entropy of the Part B tokens: exactly the objective that
-glm-roberta-large was pretrained with, and the one cloze fine-tuning reuses. Uses: task-adaptive
-pretraining on a task's own unlabeled text before fine-tuning (Gururangan et al., ACL 2020, "Don't Stop
-Pretraining"), and a pretrained `glm-tiny` for CPU demonstrations.
+Spans (lengths ~ Poisson(--poisson_lambda), about --mask_ratio of the tokens) become [MASK] in Part A and
+are written back in Part B; the loss is on Part B. Masks are redrawn each epoch from (--seed, epoch,
+example), so a resumed run sees the blanks of an uninterrupted one. Use: task-adaptive pretraining
+(Gururangan et al., ACL 2020) and a pretrained `glm-tiny` for CPU demonstrations.
 
     accelerate launch run_pretrain.py --dataset_name trec --text_column text --output_dir runs/glm_trec_tapt
     python run_pretrain.py --model_name_or_path glm-tiny --tokenizer_name train --dataset_name trec \\
-        --train_file ../shared/data/trec/train.csv --text_column text --learning_rate 1e-3 \\
-        --num_train_epochs 20 --output_dir runs/glm_tiny_trec                     # CPU, offline
-    python run_cls.py --model_name_or_path runs/glm_tiny_trec ...               # fine-tune it
+        --train_file ../shared/data/trec/train.csv --text_column text --output_dir runs/glm_tiny_trec
 
-Texts: the --text_column of the train split (validation is carved from it unless --validation_file),
-or, without --text_column, the prompt text (before the answer) that prompt --prompt_id renders.
-Masks are drawn again in every epoch, from (--seed, epoch, example), so a resumed run sees the same
-blanks as an uninterrupted one; validation keeps the same blanks at every evaluation.
-
-Writes to --output_dir: config.json + model.safetensors + the tokenizer (the released layout, which
-run_cls.py / run_gen.py / run_baseline.py load with --model_name_or_path DIR), results.json (schema:
-training.results_record; validation blank-infilling loss, perplexity and token accuracy per evaluation),
-and step_N / epoch_N checkpoints with --checkpointing_steps.
+Writes to --output_dir: the model and tokenizer in the released layout (for --model_name_or_path DIR),
+results.json (infilling loss, perplexity, token accuracy), step_N / epoch_N checkpoints.
 """
 
 import math
