@@ -253,17 +253,14 @@ def main(argv=None):
     accelerator = setup_accelerator(args)
     output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
 
-    # The model's position table bounds --max_seq_length: checked before any data is read (only its
-    # config is fetched; a hub that does not answer is asked once, see offline_unless_hub_answers).
+    # The model's position table bounds --max_seq_length: checked before any data is read (config only).
     offline_unless_hub_answers(args)
     problem = position_problem("max_seq_length", args.max_seq_length, max_positions(args.model_name_or_path),
                                args.model_name_or_path, cut="contexts are cut around their [MASK]")
     if problem:
         raise UsageError(problem)
 
-    # Data and prompt. Every split is rendered and checked here, before the first step. --num_shots draws
-    # K train (and validation) rows per class of the template's label column from the whole train split;
-    # otherwise a source without validation has it carved from train by --data_seed.
+    # Data and prompt: every split rendered and checked here, before the first step.
     do_train = will_train(args)  # otherwise zero-shot: the same evaluation, untuned
     prompted = load_prompted_splits(args, "cls", do_train, zero_shot=True)
     template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
@@ -276,14 +273,13 @@ def main(argv=None):
                 first["choices"], first["target"])
     num_choices = max(len(e["choices"]) for split_examples in examples.values() for e in split_examples)
 
-    # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and choices).
+    # --tokenizer_name train: a BPE trained on the training prompts and choices.
     train_texts = [e["context"] for e in examples.get("train", [])]
     train_texts += sorted({choice for e in examples.get("train", []) for choice in e["choices"]})
     with accelerator.main_process_first():
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, train_texts, output_dir,
                                             mask_token_id=args.mask_token_id)
-    # Every split tokenized once, here; collate only lays the ids out (build_multiple_choice_inputs).
-    # --num_demonstrations: each example's, drawn from the training examples only.
+    # Every split tokenized once, here; collate only lays the ids out. Demonstrations come from train only.
     demonstrations = demonstration_ids(tokenizer, examples, args.num_demonstrations, args.seed) \
         if args.num_demonstrations else {}
     lengths = {}
@@ -297,7 +293,6 @@ def main(argv=None):
                            "cut around the [MASK].", split, data_counts[split]["cut_contexts"], len(examples[split]),
                            args.max_seq_length)
 
-    # Model.
     model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
     check_special_rows(model, tokenizer, args.model_name_or_path)  # [MASK], sop, eop: trained rows?
     label_words = None
@@ -324,9 +319,8 @@ def main(argv=None):
         inputs["index"] = torch.tensor([e["index"] for e in batch])
         return inputs
 
-    # DataLoaders. The training order depends on (seed, epoch) only, and each loader draws its
-    # worker seed from a private generator rather than the global one that dropout uses: a
-    # resumed run then sees the same batches and the same dropout masks as an uninterrupted one.
+    # The order depends on (seed, epoch) only and each loader seeds from a private generator, not dropout's:
+    # a resumed run sees the batches and dropout masks of an uninterrupted one.
     train_dataloader = None
     if do_train:
         sampler = EpochSampler(len(examples["train"]), args.seed,
@@ -340,15 +334,13 @@ def main(argv=None):
         if split in examples
     }
 
-    # Every check has passed: the run's folder is made (--tokenizer_name train has saved into it), and
-    # --overwrite_output_dir's old outputs go.
+    # Every check has passed: only now are --overwrite_output_dir's old outputs cleared.
     output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
     if label_words and accelerator.is_main_process:
         write_template(template, output_dir / "searched_prompts" / prompt_file_name(args.dataset_name))
     start_tracking(accelerator, args, "run_cls")  # --with_tracking: live curves
 
-    # Optimizer, the length of the run and its learning-rate schedule.
     optimizer = lr_scheduler = plan = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
@@ -358,8 +350,7 @@ def main(argv=None):
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
 
-    # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
-    # put back at the end so that test scores them. Zero-shot: the model as loaded is evaluated.
+    # The tracker keeps the history and the best evaluation's weights, put back before test.
     tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     validation_metrics = None  # of the best evaluation
@@ -413,7 +404,7 @@ def main(argv=None):
                                          num_choices)
         logger.info("Zero-shot validation: %s", validation_metrics)
 
-    # Test, and the majority class of the training labels as the trivial baseline (on labelled splits).
+    # Test, and the trivial baselines (on labelled splits).
     final_split = "test" if "test" in eval_dataloaders else "validation"
     final_metrics = predictions = None
     if final_split in eval_dataloaders:
