@@ -204,9 +204,7 @@ def main(argv=None):
     accelerator = setup_accelerator(args)
     output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
 
-    # The model must be reachable before any work (offline, a hub name fails here, with the alternatives;
-    # a hub that does not answer is asked once, see offline_unless_hub_answers), and its position table
-    # bounds the length flags.
+    # The model must be reachable before any work, and its position table bounds the length flags.
     offline_unless_hub_answers(args, local_models=TINY_MODELS)
     family = model_family(args.model_name_or_path)
     check_method_and_model(args.method, family, args.model_name_or_path)
@@ -222,8 +220,7 @@ def main(argv=None):
         args.learning_rate = default_learning_rate(args.peft, TINY_LEARNING_RATE if args.model_name_or_path in TINY_MODELS
                                                    else FULL_LEARNING_RATES.get(family, 1e-5))
 
-    # Data and prompt, exactly as run_cls.py / run_gen.py: every split rendered and checked here.
-    # --num_shots: the rows run_cls.py draws (the same classes: the template's label column).
+    # Data and prompt exactly as run_cls.py / run_gen.py (--num_shots: the same rows).
     do_train = will_train(args)  # otherwise the untuned model is evaluated
     prompted = load_prompted_splits(args, args.task, do_train)
     template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
@@ -288,7 +285,6 @@ def main(argv=None):
             eval_sets[split] = (rows, references, sources)
             logger.info("%s: %d rows -> %d distinct sources", split, len(examples[split]), len(sources))
 
-    # Model.
     model = load_baseline_model(args, family, tokenizer, num_choices if args.method == "linear_head" else None)
     model = apply_baseline_peft(model, args, family)
     if args.gradient_checkpointing:  # on the transformers model, before a scorer wraps it
@@ -308,13 +304,11 @@ def main(argv=None):
                                           generator=torch.Generator())
                         for split, (rows, _, _) in eval_sets.items()}
 
-    # Every check has passed: the run's folder is made (--tokenizer_name train has saved into it), and
-    # --overwrite_output_dir's old outputs go.
+    # Every check has passed: only now are --overwrite_output_dir's old outputs cleared.
     output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
     start_tracking(accelerator, args, "run_baseline")  # --with_tracking: live curves
 
-    # Optimizer, the length of the run and its learning-rate schedule.
     optimizer = lr_scheduler = plan = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
@@ -334,8 +328,7 @@ def main(argv=None):
         return evaluate_choices(accelerator, model, eval_dataloaders[split], functools.partial(class_scores, args, model),
                                 num_choices, split not in hidden)
 
-    # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
-    # put back at the end so that test scores them.
+    # The tracker keeps the history and the best evaluation's weights, put back before test.
     tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
@@ -386,8 +379,7 @@ def main(argv=None):
         validation_metrics = evaluate("validation")[0]
         logger.info("Untrained validation: %s", validation_metrics)
 
-    # Test (or, without a test split, validation) with the best weights, and the trivial baseline
-    # (on labelled splits).
+    # Test with the best weights, and the trivial baseline (on labelled splits).
     final_split = "test" if "test" in eval_sets else "validation"
     final_metrics, outputs = evaluate(final_split)
     baselines = {}

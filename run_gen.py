@@ -125,30 +125,6 @@ def tokenize_prompts(tokenizer, examples, split):
         example["context_ids"] = ids_of[example["context"]]
 
 
-def count_long_texts(examples, max_source_length, max_target_length):
-    """(prompts longer than max_source_length, targets longer than max_target_length), in tokens,
-    and the token length of each example as trained (prompt + target + eop: for --group_by_length).
-    `examples` carry `context_ids` and `target_ids`."""
-    long_sources = sum(len(e["context_ids"]) > max_source_length for e in examples)
-    long_targets = sum(len(e["target_ids"]) > max_target_length for e in examples)
-    lengths = [min(len(e["context_ids"]), max_source_length) + min(len(e["target_ids"]), max_target_length) + 1
-               for e in examples]
-    return long_sources, long_targets, lengths
-
-
-class SourceDataset(torch.utils.data.Dataset):
-    """The distinct prompts of a split as context ids, each decoded once (index i = source i)."""
-
-    def __init__(self, contexts):
-        self.contexts = contexts
-
-    def __len__(self):
-        return len(self.contexts)
-
-    def __getitem__(self, i):
-        return {"index": i, "context_ids": self.contexts[i]}
-
-
 def span_generation_config(args, tokenizer):
     """Our decoding flags as a transformers `GenerationConfig` (eop ends a span; --no_repeat_ngram_size
     is applied by `generate_spans` over the span only, not here: transformers' would ban copying the
@@ -216,8 +192,7 @@ def main(argv=None):
     accelerator = setup_accelerator(args)
     output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
 
-    # The model's position tables bound the length flags: checked before any data is read (only its
-    # config is fetched; a hub that does not answer is asked once, see offline_unless_hub_answers).
+    # The model's position tables bound the length flags: checked before any data is read (config only).
     offline_unless_hub_answers(args)
     positions = max_positions(args.model_name_or_path)
     problems = [position_problem("max_source_length", args.max_source_length, positions, args.model_name_or_path,
@@ -227,7 +202,7 @@ def main(argv=None):
     if any(problems):
         raise UsageError("; ".join(problem for problem in problems if problem))
 
-    # Data and prompt. Every split is rendered and checked here, before the first step.
+    # Data and prompt: every split rendered and checked here, before the first step.
     do_train = will_train(args)  # otherwise the model as loaded is evaluated
     prompted = load_prompted_splits(args, "gen", do_train)
     template, prompt_id, examples, data_counts = prompted.template, prompted.prompt_id, prompted.examples, prompted.counts
@@ -240,9 +215,7 @@ def main(argv=None):
     for split, (sources, _) in eval_splits.items():
         logger.info("%s: %d rows -> %d distinct sources", split, len(examples[split]), len(sources))
 
-    # Tokenizer (--tokenizer_name train: a BPE trained on the training prompts and targets). Every
-    # prompt and training target is tokenized once, here (collate only lays the ids out:
-    # build_generation_inputs), and the length checks cover the whole training set before the first step.
+    # Every prompt and training target tokenized once, here, so the length checks cover all before step 1.
     with accelerator.main_process_first():
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path,
                                             [t for e in examples["train"] for t in (e["input"], e["target"])],
@@ -251,8 +224,10 @@ def main(argv=None):
         tokenize_prompts(tokenizer, examples[split], split)
     for example in examples["train"]:
         example["target_ids"] = encode_target(tokenizer, example["target"])
-    long_sources, long_targets, train_lengths = count_long_texts(examples["train"], args.max_source_length,
-                                                                 args.max_target_length)
+    long_sources = sum(len(e["context_ids"]) > args.max_source_length for e in examples["train"])
+    long_targets = sum(len(e["target_ids"]) > args.max_target_length for e in examples["train"])
+    train_lengths = [min(len(e["context_ids"]), args.max_source_length)  # as trained: prompt + target + eop
+                     + min(len(e["target_ids"]), args.max_target_length) + 1 for e in examples["train"]]
     data_counts["train"].update(long_sources=long_sources, long_targets=long_targets)
     if long_targets:
         logger.warning("%d of %d training targets are longer than --max_target_length %d tokens: they are cut there "
@@ -262,7 +237,6 @@ def main(argv=None):
         logger.warning("%d of %d training prompts are longer than --max_source_length %d tokens: they are cut around "
                        "the [MASK].", long_sources, len(train_lengths), args.max_source_length)
 
-    # Model.
     model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
     check_special_rows(model, tokenizer, args.model_name_or_path)  # [MASK], sop, eop: trained rows?
     model = apply_peft(model, args)
@@ -278,27 +252,25 @@ def main(argv=None):
         inputs = build_generation_inputs(tokenizer, [e["context_ids"] for e in batch], None, args.max_source_length)
         return {**inputs, "index": torch.tensor([e["index"] for e in batch])}
 
-    # DataLoaders. The training order depends on (seed, epoch) only, and each loader draws its
-    # worker seed from a private generator rather than the global one that dropout uses: a
-    # resumed run then sees the same batches and the same dropout masks as an uninterrupted one.
+    # The order depends on (seed, epoch) only and each loader seeds from a private generator, not dropout's:
+    # a resumed run sees the batches and dropout masks of an uninterrupted one.
     sampler = EpochSampler(len(examples["train"]), args.seed, train_lengths if args.group_by_length else None,
                            args.per_device_train_batch_size)
     train_dataloader = DataLoader(examples["train"], sampler=sampler, batch_size=args.per_device_train_batch_size,
                                   collate_fn=collate_train, generator=torch.Generator())
     contexts = {split: {e["source_key"]: e["context_ids"] for e in examples[split]} for split in eval_splits}
-    eval_dataloaders = {
-        split: DataLoader(SourceDataset([contexts[split][s] for s in sources]), collate_fn=collate_sources,
+    eval_dataloaders = {  # each distinct source once: index i = source i
+        split: DataLoader([{"index": i, "context_ids": contexts[split][s]} for i, s in enumerate(sources)],
+                          collate_fn=collate_sources,
                           batch_size=args.per_device_eval_batch_size, generator=torch.Generator())
         for split, (sources, _) in eval_splits.items()
     }
 
-    # Every check has passed: the run's folder is made (--tokenizer_name train has saved into it), and
-    # --overwrite_output_dir's old outputs go.
+    # Every check has passed: only now are --overwrite_output_dir's old outputs cleared.
     output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
     start_tracking(accelerator, args, "run_gen")  # --with_tracking: live curves
 
-    # Optimizer, the length of the run and its learning-rate schedule.
     optimizer = lr_scheduler = plan = None
     if do_train:
         optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
@@ -310,8 +282,7 @@ def main(argv=None):
     references_of = {split: None if split in hidden else split_references  # None: hidden, predictions only
                      for split, (_, split_references) in eval_splits.items()}
 
-    # Training. The tracker keeps the history, the timing and the best evaluation's weights, which are
-    # put back at the end so that test scores them.
+    # The tracker keeps the history and the best evaluation's weights, put back before test.
     tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
@@ -368,11 +339,8 @@ def main(argv=None):
                                          references_of["validation"], "validation")
         logger.info("Validation without training: %s", validation_metrics)
 
-    # Test (without a test split: validation) with the best weights, and two trivial baselines:
-    # the most frequent training target for every source, and the target of the training input
-    # that shares the most words with the source. BLEU alone cannot tell a model that reads its
-    # input from one that writes fluent stock text, so every system's texts are also counted:
-    # how many differ, and how many of the source's values they state.
+    # Test with the best weights, and two trivial baselines (most frequent target, nearest training input's).
+    # BLEU alone cannot tell a model that reads its input from fluent stock text: outputs are also counted.
     final_split = "test" if "test" in eval_splits else "validation"
     final_sources, final_references = eval_splits[final_split]
     final_metrics, predictions = evaluate(args, accelerator, model, tokenizer, eval_dataloaders[final_split],
