@@ -16,8 +16,6 @@ import huggingface_hub
 from data import OFFLINE_DATASETS, resolve_dataset_name
 from glm_peft import PEFT_DEFAULT_LEARNING_RATES, add_peft_args, peft_weights_problems, saved_peft_flags
 from modeling_glm import TINY_MODEL_NAME, UsageError
-
-
 from training import TRACKERS, TrainingTracker, _settings_problem, find_checkpoint, report_to_trackers, resume_settings
 
 logger = logging.getLogger(__name__)
@@ -325,9 +323,6 @@ def will_train(args):
     return args.do_train and steps > 0
 
 
-# Flags a resumed run may change: where it writes, how often it checkpoints, how long it runs (a run
-# continued to more steps ends like one that asked for them, with a schedule that does not depend on
-# the length) and the evaluation batch size. Every other flag must be the checkpoint's.
 def training_args_problems(args):
     """What is wrong with the flags of `add_training_args` and --peft_weights: messages that each script
     joins with its own into one `parser.error`, before any work. --resume_from_checkpoint must name a

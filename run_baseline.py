@@ -179,9 +179,6 @@ def parse_args(argv=None):
     return args
 
 
-# ----- Evaluation ---------------------------------------------------------------------------
-
-
 def generate(args, model, batch):
     """[B, L] ids that transformers' `generate` writes for a batch of sources, with the decoding flags
     (top_p and temperature only with --do_sample)."""
@@ -190,9 +187,6 @@ def generate(args, model, batch):
                           max_new_tokens=args.max_target_length, min_new_tokens=args.min_target_length,
                           num_beams=args.num_beams, length_penalty=args.length_penalty,
                           no_repeat_ngram_size=args.no_repeat_ngram_size, do_sample=args.do_sample, **sampling)
-
-
-# ----- Main ---------------------------------------------------------------------------------
 
 
 def main(argv=None):

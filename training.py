@@ -38,9 +38,10 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from metrics import higher_is_better
 from modeling_glm import UsageError, readable_like_results, save_weights
 
-
 logger = logging.getLogger(__name__)
 
+# Flags a resumed run may change: a run continued to more steps ends like one that asked for them (the
+# schedule does not depend on the length). Every other flag must be the checkpoint's.
 RESUME_MAY_CHANGE = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps",
                      "save_total_limit", "max_train_steps", "num_train_epochs", "per_device_eval_batch_size",
                      "save_best_model", "debug", "with_tracking", "report_to")
