@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench import IdTokenizer  # noqa: E402
+from bench import IdTokenizer, train_step_fn  # noqa: E402
 from glm_utils import generate_spans, generation_inputs_from_text, multiple_choice_inputs_from_text, score_choices  # noqa: E402
 from modeling_glm import GLMConfig, GLMForConditionalGeneration  # noqa: E402
 
@@ -105,17 +105,6 @@ class Check:
         positions[:, 0] = torch.arange(S)
         return ids.to(self.device), positions.to(self.device), labels.to(self.device)
 
-    def train_step(self, model, loss_fn):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-
-        def step():
-            with self.autocast():
-                loss = loss_fn(model)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return step
-
     def glm_loss(self):
         ids, positions, labels = self.mlm_batch()
         return lambda model: model(ids, positions, labels=labels, logits_positions=labels != -100).loss
@@ -126,8 +115,8 @@ class Check:
 
     def training(self):
         tokens = self.size["batch"] * self.size["seq"]
-        glm = tokens / self.timed_steps(self.train_step(self.glm().train(), self.glm_loss()))
-        roberta = tokens / self.timed_steps(self.train_step(self.roberta().train(), self.roberta_loss()))
+        glm = tokens / self.timed_steps(train_step_fn(self, self.glm().train(), self.glm_loss()))
+        roberta = tokens / self.timed_steps(train_step_fn(self, self.roberta().train(), self.roberta_loss()))
         return {"glm": glm, "roberta_mlm": roberta, "glm_over_roberta": glm / roberta}
 
     def cls_batch(self):
@@ -145,7 +134,7 @@ class Check:
         if checkpointing:
             model.activation_checkpointing_enable()
         batch, labels = self.cls_batch(), torch.zeros(self.size["batch"], dtype=torch.long, device=self.device)
-        step = self.train_step(model, lambda m: F.cross_entropy(score_choices(m, batch), labels))
+        step = train_step_fn(self, model, lambda m: F.cross_entropy(score_choices(m, batch), labels))
         step()  # AdamW's state exists from here on, as in every later step
         if self.device.type != "cuda":
             step()
