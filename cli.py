@@ -1,8 +1,7 @@
-"""The command line the scripts share (run_cls, run_gen, run_baseline, run_pretrain; report
-uses its parser): their flags (the names of the Hugging Face examples) with their checks, which return
-messages and change nothing (`derived_defaults` gives what follows from them), the learning-rate default,
-and how a mistake of the user's prints (one line, no traceback: `run_script`). Also the checks that need
-the model's config: the hub asked once, length flags against the model's positions."""
+"""The command line of run_cls, run_gen, run_baseline and run_pretrain (report uses its parser): the flags
+(named as in the HF examples), their checks (which return messages and change nothing; `derived_defaults`
+gives what follows), the learning-rate default, the hub asked once, and `run_script`, which prints a
+mistake of the user's as one line."""
 
 import argparse
 import logging
@@ -33,9 +32,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """The scripts' parser: a one-line usage (`run_cls.py [options]`: argparse's synopsis of every flag
-    took 40 lines before the description), defaults in --help, and a mistake answered with one line,
-    `run_cls.py: error: MESSAGE (all flags: run_cls.py --help)`, exit status 2 (not the usage)."""
+    """A one-line usage (argparse's synopsis of every flag took 40 lines), defaults in --help, and a mistake
+    answered with `run_cls.py: error: MESSAGE (all flags: run_cls.py --help)`, exit 2."""
 
     def __init__(self, **kwargs):
         super().__init__(formatter_class=HelpFormatter, usage="%(prog)s [options]", **kwargs)
@@ -45,50 +43,39 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def add_data_and_prompt_args(parser, task, pretraining=False):
-    """Adds the data and prompt flags of all scripts to `parser` and returns it; --dataset_name
-    defaults to the task's ("cls": trec, "gen": e2e_nlg_cleaned) unless local files are given
-    (see data_args_problems). `pretraining` (run_pretrain.py reads train and validation texts only)
-    leaves out the flags of a test split, of listing prompts and of skipping rows: their values are
-    then fixed (no test file, rows never skipped), so that --help lists only flags the script acts on."""
+    """Adds the data and prompt flags to `parser` and returns it. `pretraining` (run_pretrain.py) leaves out
+    those of a test split, --list_prompts and --skip_empty, fixing their values, so --help lists what it uses."""
     group = parser.add_argument_group("data and prompts")
-    group.add_argument("--dataset_name", default=None,
-                       help="Dataset: a short name (trec, e2e_nlg_cleaned, or the offline fine_foods, "
-                            "wildlife_strikes, hhs_breaches) or a hub id; default trec (run_cls.py) or "
-                            "e2e_nlg_cleaned (run_gen.py). With --*_file it names your task instead, and chooses its "
-                            "prompts (prompts/NAME.yaml).")
-    group.add_argument("--dataset_config_name", default=None, help="Hub dataset configuration.")
-    group.add_argument("--train_file", default=None, help="Local train data (.csv, .json, .jsonl).")
-    group.add_argument("--validation_file", default=None, help="Local validation data.")
+    group.add_argument("--dataset_name", help="trec, e2e_nlg_cleaned, the offline fine_foods, wildlife_strikes, "
+                       "hhs_breaches or a hub id (default: the task's); with --*_file your task's prompts/NAME.yaml.")
+    group.add_argument("--dataset_config_name", help="Hub dataset configuration.")
+    group.add_argument("--train_file", help="Local train data (.csv, .json, .jsonl).")
+    group.add_argument("--validation_file", help="Local validation data.")
     if not pretraining:
-        group.add_argument("--test_file", default=None,
-                           help="Local test data; hidden labels (all -1 or empty) give predictions only.")
+        group.add_argument("--test_file", help="Local test data; hidden labels (all -1 or empty): predictions only.")
     group.add_argument("--validation_split_percentage", type=int, default=10,
                        help="Percent of train used as validation when there is no validation split.")
     group.add_argument("--data_seed", type=int, default=42,
-                       help="Seed of the validation carve (--validation_split_percentage) alone: runs of other "
-                            "--seed values then pick their best step on the same rows (--seed changes only "
-                            "initialisation, dropout and data order).")
-    group.add_argument("--max_train_samples", type=int, default=None, help="Keep the first N train rows.")
-    group.add_argument("--max_eval_samples", type=int, default=None, help="Keep the first N validation rows.")
+                       help="Seed of the validation carve alone (runs of other --seed values validate on its rows).")
+    group.add_argument("--max_train_samples", type=int, help="Keep the first N train rows.")
+    group.add_argument("--max_eval_samples", type=int, help="Keep the first N validation rows.")
     if not pretraining:
         group.add_argument("--max_test_samples", "--max_predict_samples", dest="max_test_samples", type=int,
-                           default=None, help="Keep the first N test rows.")
-    group.add_argument("--prompt_id", type=int, default=None, help="Prompt id (see --list_prompts); default 0.")
-    group.add_argument("--prompt_name", default=None, help="Prompt name (instead of --prompt_id).")
+                           help="Keep the first N test rows.")
+    group.add_argument("--prompt_id", type=int, help="Prompt id (see --list_prompts); default 0.")
+    group.add_argument("--prompt_name", help="Prompt name (instead of --prompt_id).")
     group.add_argument("--prompts_dir", default="prompts", help="Folder of our local YAML prompt files.")
     if pretraining:
         parser.set_defaults(test_file=None, max_test_samples=None, list_prompts=False, skip_empty=True)
         return parser
     group.add_argument("--list_prompts", action="store_true", help="Print the usable prompts and exit.")
     group.add_argument("--skip_empty", action=argparse.BooleanOptionalAction, default=True,
-                       help="Skip (and count) rows that cannot be rendered (empty label, prompt or target; run_cls.py: "
-                            "training rows, see --skip_eval_rows); --no-skip_empty raises.")
+                       help="Skip and count rows that cannot be rendered (run_cls.py: training rows); else raise.")
     return parser
 
 
 def data_args_problems(args, task):
-    """What is wrong with the flags of `add_data_and_prompt_args` (messages, as training_args_problems);
-    local files need a --dataset_name, which chooses their prompts (data.resolve_dataset_name)."""
+    """What is wrong with the flags of `add_data_and_prompt_args` (messages, as training_args_problems)."""
     problems = []
     files = {split: getattr(args, f"{split}_file") for split in ("train", "validation", "test")}
     try:
@@ -110,11 +97,9 @@ def data_args_problems(args, task):
 def add_few_shot_args(parser):
     """Adds --num_shots / --shots_seed (run_cls.py, run_baseline.py) to `parser` and returns it."""
     group = parser.add_argument_group("few-shot")
-    group.add_argument("--num_shots", type=int, default=None,
-                       help="Few-shot (classification): train on K examples per class drawn from the training data, "
-                            "and validate on K others per class (unless --validation_file is given).")
-    group.add_argument("--shots_seed", type=int, default=None,
-                       help="Seed of the --num_shots draw (default 0); --seed leaves the draw unchanged.")
+    group.add_argument("--num_shots", type=int, help="Few-shot classification: train on K examples per class, "
+                       "validate on K others per class (unless --validation_file is given).")
+    group.add_argument("--shots_seed", type=int, help="Seed of the --num_shots draw (default 0; not --seed's).")
     return parser
 
 
@@ -139,10 +124,8 @@ def few_shot_problems(args, task):
 
 
 def derived_defaults(args, task):
-    """The flags a script derives from others once they are checked, for `vars(args).update(...)`:
-    dataset_name (the task's default dataset when unset and no local file is given), shots_seed (0
-    with --num_shots) and, with --peft_weights, the saved PEFT method and its flags (the run reports
-    them). Returns a dict of flag -> value."""
+    """{flag: value} that follow from the checked flags, for `vars(args).update`: dataset_name (the task's
+    default), shots_seed (0 with --num_shots), and with --peft_weights the saved PEFT method and flags."""
     derived = {"dataset_name": resolve_dataset_name(args.dataset_name, task, args.train_file, args.validation_file,
                                                     args.test_file)}
     if getattr(args, "num_shots", None) and args.shots_seed is None:
@@ -153,8 +136,8 @@ def derived_defaults(args, task):
 
 
 def parse_or_list_prompts(parser, argv, task):
-    """The parsed flags; with --list_prompts only the data flags are read and checked (no --output_dir is
-    needed), with `task` and the resolved dataset_name set. A mistake in them is parser.error's line."""
+    """The parsed flags; with --list_prompts only the data flags (checked, no --output_dir needed), with
+    `task` and the resolved dataset_name set."""
     listing, _ = add_data_and_prompt_args(ArgumentParser(add_help=False), task).parse_known_args(argv)
     if not listing.list_prompts:
         return parser.parse_args(argv)
@@ -168,38 +151,33 @@ def parse_or_list_prompts(parser, argv, task):
 
 
 def add_model_args(parser):
-    """Adds the flags of the model a run fine-tunes (run_cls.py, run_gen.py, run_baseline.py): the PEFT
-    group (glm_peft.add_peft_args), --mask_token_id and --save_best_model. Returns the parser."""
+    """Adds the PEFT flags, --mask_token_id and --save_best_model (run_cls, run_gen, run_baseline)."""
     add_peft_args(parser)
     group = parser.add_argument_group("model")
-    group.add_argument("--mask_token_id", type=int, default=None,
-                       help="GLM: id of [MASK] with released tokenizer files (default: 50264, the row "
-                            "glm-roberta-large was pretrained with; 50267 reproduces the hub's tokenizer).")
+    group.add_argument("--mask_token_id", type=int, help="GLM: id of [MASK] with released tokenizer files (default "
+                       "50264, glm-roberta-large's pretraining row; 50267: the hub tokenizer's).")
     group.add_argument("--save_best_model", action="store_true",
-                       help="Write the tested (best) weights to output_dir/best_model (with --peft: only the PEFT "
-                            "weights, for a baseline's LoRA the adapter).")
+                       help="Write the tested (best) weights to output_dir/best_model (with --peft: the PEFT weights).")
     return parser
 
 
 def default_learning_rate(peft, full_fine_tuning_rate):
-    """--learning_rate when it is not given: the PEFT method's (glm_peft.PEFT_DEFAULT_LEARNING_RATES),
-    else the script's or model's rate for full fine-tuning."""
+    """--learning_rate when not given: the PEFT method's, else the script's rate for full fine-tuning."""
     return PEFT_DEFAULT_LEARNING_RATES[peft] if peft else full_fine_tuning_rate
 
 
 def add_generation_args(parser):
-    """Adds the generation flags of run_gen.py and run_baseline.py (seq2seq) to `parser`; returns it."""
+    """Adds the generation flags of run_gen.py and run_baseline.py (seq2seq); returns the parser."""
     group = parser.add_argument_group("generation")
     group.add_argument("--max_source_length", type=int, default=256,
-                       help="Prompt tokens kept (GLM: cut around the [MASK], which always survives; seq2seq: the "
-                            "encoder's input).")
+                       help="Prompt tokens kept (GLM: cut around the [MASK], which survives; seq2seq: the encoder's).")
     group.add_argument("--max_target_length", type=int, default=64,
                        help="Target tokens trained on (longer ones are cut and counted) and generated at most.")
     group.add_argument("--min_target_length", type=int, default=0, help="Tokens generated at least.")
     group.add_argument("--label_smoothing", type=float, default=0.1, help="Label smoothing of the training loss.")
     group.add_argument("--num_beams", type=int, default=4, help="Beam width; 1 = greedy (or sampling).")
     group.add_argument("--length_penalty", type=float, default=1.0, help="Beam score = sum log p / length ** this.")
-    group.add_argument("--no_repeat_ngram_size", type=int, default=3, help="Never repeat an n-gram of this size (0: off).")
+    group.add_argument("--no_repeat_ngram_size", type=int, default=3, help="Never repeat an n-gram this long (0: off).")
     group.add_argument("--do_sample", action="store_true", help="Sample instead of greedy (needs --num_beams 1).")
     group.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling mass.")
     group.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
@@ -207,8 +185,7 @@ def add_generation_args(parser):
 
 
 def generation_args_problems(args, min_source_length):
-    """What is wrong with the flags of `add_generation_args` (messages); `min_source_length`: the
-    shortest prompt the model's input can hold (GLM: 3, `<s> [MASK] </s>`)."""
+    """What is wrong with the generation flags; `min_source_length`: GLM's is 3 (`<s> [MASK] </s>`)."""
     problems = []
     if args.max_target_length < 1 or args.max_source_length < min_source_length:
         problems.append(f"--max_target_length must be >= 1 and --max_source_length >= {min_source_length}")
@@ -240,11 +217,6 @@ def tokenizer_problems(args, tiny_models=(TINY_MODEL_NAME,)):
             "texts) or --tokenizer_name DIR"]
 
 
-# transformers.get_scheduler schedules that need nothing but the warmup and total steps.
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "inverse_sqrt")
-
-
 def _checkpointing_steps(value):
     """argparse type: a positive int or the word "epoch"."""
     if value == "epoch":
@@ -255,16 +227,12 @@ def _checkpointing_steps(value):
 
 
 def add_training_args(parser, zero_shot=True):
-    """Adds the training flags of all scripts to `parser` and returns it (scripts change defaults with
-    `parser.set_defaults`). Mixed precision is Accelerate's (accelerate launch --mixed_precision).
-    zero_shot False (run_pretrain.py always trains) leaves out --do_train."""
+    """Adds the training flags and returns the parser; zero_shot False (run_pretrain.py) leaves out --do_train.
+    Mixed precision is Accelerate's (accelerate launch --mixed_precision)."""
     group = parser.add_argument_group("training")
-    group.add_argument("--model_name_or_path", default=None,
-                       help="Model: a hub id or a local folder; glm-tiny is a random 2-layer GLM that needs no "
-                            "download (for CPU runs and tests, with --tokenizer_name train).")
-    group.add_argument("--tokenizer_name", default=None,
-                       help="Tokenizer name or folder, if not the model's; 'train' trains a byte-level BPE on the "
-                            "training texts (offline; saved in OUTPUT_DIR/tokenizer).")
+    group.add_argument("--model_name_or_path", help="Hub id or local folder; glm-tiny: a random 2-layer GLM.")
+    group.add_argument("--tokenizer_name",
+                       help="Tokenizer, if not the model's; 'train': a BPE of the training texts (in OUTPUT_DIR).")
     group.add_argument("--output_dir", required=True, help="Where checkpoints, predictions and results.json go.")
     group.add_argument("--overwrite_output_dir", action="store_true", help="Replace a finished run in --output_dir.")
     group.add_argument("--per_device_train_batch_size", type=int, default=16, help="Train batch size per device.")
@@ -276,27 +244,22 @@ def add_training_args(parser, zero_shot=True):
                             f"{methods} (run_baseline.py: 3e-4 for its tiny models, else the architecture's).")
     group.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay (not on biases, norms).")
     group.add_argument("--num_train_epochs", type=int, default=3, help="Training epochs.")
-    group.add_argument("--max_train_steps", type=int, default=None, help="Total steps; overrides --num_train_epochs.")
+    group.add_argument("--max_train_steps", type=int, help="Total steps; overrides --num_train_epochs.")
     group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer step.")
     group.add_argument("--gradient_checkpointing", action="store_true",
-                       help="Recompute each layer's activations in the backward pass instead of keeping them "
-                            "(transformers' activation_checkpointing_enable): less memory, about a third more compute.")
+                       help="Recompute activations in the backward pass: less memory, about a third more compute.")
     group.add_argument("--warmup_ratio", type=float, default=0.1, help="Share of steps for linear warmup.")
-    group.add_argument("--lr_scheduler_type", default="linear", choices=LR_SCHEDULERS,
-                       help="transformers.get_scheduler schedule after the warmup.")
+    group.add_argument("--lr_scheduler_type", default="linear", help="get_scheduler's schedule after warmup.",
+                       choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                "constant_with_warmup", "inverse_sqrt"))  # those needing only the step counts
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: off).")
-    group.add_argument("--seed", type=int, default=42,
-                       help="Seed of the initialisation, dropout and data order (the validation carve: --data_seed).")
-    group.add_argument("--metric_for_best_model", default=None,
-                       help="Validation metric that picks the best step (its highest value; for loss and perplexity "
-                            "its lowest).")
-    group.add_argument("--eval_steps", type=int, default=None, help="Evaluate every N steps (default: each epoch).")
-    group.add_argument("--checkpointing_steps", type=_checkpointing_steps, default=None,
-                       help="Save a checkpoint every N steps or each 'epoch'.")
-    group.add_argument("--save_total_limit", type=int, default=None,
-                       help="Keep only the newest N checkpoints and the one of the best evaluation.")
-    group.add_argument("--resume_from_checkpoint", default=None,
-                       help="Continue training from a checkpoint folder, or 'latest' (the newest in --output_dir).")
+    group.add_argument("--seed", type=int, default=42, help="Seed of the initialisation, dropout and data order.")
+    group.add_argument("--metric_for_best_model",
+                       help="Validation metric that picks the best step (highest; loss, perplexity: lowest).")
+    group.add_argument("--eval_steps", type=int, help="Evaluate every N steps (default: each epoch).")
+    group.add_argument("--checkpointing_steps", type=_checkpointing_steps, help="Save every N steps or each 'epoch'.")
+    group.add_argument("--save_total_limit", type=int, help="Keep the newest N checkpoints and the best evaluation's.")
+    group.add_argument("--resume_from_checkpoint", help="A checkpoint folder to continue, or 'latest' in --output_dir.")
     group.add_argument("--group_by_length", action="store_true", help="Batch examples of similar length.")
     if zero_shot:
         group.add_argument("--do_train", action=argparse.BooleanOptionalAction, default=True,
@@ -304,34 +267,26 @@ def add_training_args(parser, zero_shot=True):
     else:
         parser.set_defaults(do_train=True)
     group.add_argument("--with_tracking", action="store_true",
-                       help="Log live curves through Accelerate's trackers: train loss and learning rate at each "
-                            "step, validation metrics at each evaluation, test metrics at the end, the flags as "
-                            "config.")
+                       help="Log live curves (Accelerate's trackers): losses, learning rate, metrics, flags.")
     group.add_argument("--report_to", default="all", choices=("all", *TRACKERS),
-                       help="Where --with_tracking logs: 'all' is those installed. TensorBoard writes "
-                            "OUTPUT_DIR/tensorboard (tensorboard --logdir OUTPUT_DIR); wandb needs `pip install "
-                            "wandb` (WANDB_MODE=offline without a network: its files go to OUTPUT_DIR/wandb).")
-    group.add_argument("--debug", action="store_true",
-                       help="Show the Python traceback of an error (to report a bug), not just its message.")
+                       help="Where --with_tracking logs ('all': those installed): OUTPUT_DIR/tensorboard, or wandb "
+                            "(WANDB_MODE=offline without a network: OUTPUT_DIR/wandb).")
+    group.add_argument("--debug", action="store_true", help="Show an error's traceback (to report a bug).")
     return parser
 
 
 def will_train(args):
-    """Whether the run trains: --do_train (the default) and some steps asked for (--max_train_steps,
-    else --num_train_epochs). Otherwise the scripts evaluate the model as loaded (zero-shot)."""
+    """--do_train and some steps asked for; otherwise the scripts evaluate the model as loaded."""
     steps = args.num_train_epochs if args.max_train_steps is None else args.max_train_steps
     return args.do_train and steps > 0
 
 
 def training_args_problems(args):
-    """What is wrong with the flags of `add_training_args` and --peft_weights: messages that each script
-    joins with its own into one `parser.error`, before any work. --resume_from_checkpoint must name a
-    checkpoint of this run's flags (those still unset are compared again when it loads); a finished run
-    (results.json) in --output_dir is replaced only with --overwrite_output_dir; the trackers of
-    --with_tracking --report_to must be installed."""
+    """What is wrong with the training flags and --peft_weights: messages each script joins with its own into
+    one `parser.error`, before any work. A checkpoint's flags still unset here are compared when it loads."""
     problems = []
-    existing = next(path for path in (Path(args.output_dir).absolute(), *Path(args.output_dir).absolute().parents)
-                    if path.exists())
+    output_dir = Path(args.output_dir).absolute()
+    existing = next(path for path in (output_dir, *output_dir.parents) if path.exists())
     if not existing.is_dir():
         problems.append(f"--output_dir {args.output_dir}: {existing} is a file, not a folder; choose another "
                         "--output_dir")
@@ -386,10 +341,9 @@ def training_args_problems(args):
 # ----- Mistakes, before any work: messages instead of tracebacks, the hub, the model's positions ---
 
 def run_script(main, argv=None):
-    """Runs a script's `main(argv)` as a command (argv: sys.argv[1:] by default). A UsageError (a
-    mistake of the user's that one of our checks found) prints as `run_cls.py: error: MESSAGE` and
-    exits with 2, as argparse does; Ctrl-C outside the training loop (see `stop_interrupted`) exits
-    with 130. Every other error is a bug and keeps its traceback, as does a UsageError with --debug."""
+    """Runs a script's `main(argv)`: a UsageError prints as `run_cls.py: error: MESSAGE`, exit 2 (as argparse);
+    Ctrl-C outside the training loop exits 130. Any other error is a bug and keeps its traceback (all do
+    with --debug)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = Path(sys.argv[0]).name
     try:
@@ -407,14 +361,10 @@ def run_script(main, argv=None):
 
 
 def offline_unless_hub_answers(args, local_models=(TINY_MODEL_NAME,)):
-    """Asks the Hugging Face hub once whether it answers (a HEAD request, 5 s) when the run names
-    something the hub would serve: --model_name_or_path, --tokenizer_name or (without local files)
-    --dataset_name that is neither a local path nor built in (`local_models`, "train", the offline
-    datasets). When it does not answer, huggingface_hub, transformers and datasets are switched to
-    offline mode, with one logged line: each name is then read from the local cache or fails at once
-    with its message, instead of being retried for half a minute (huggingface_hub's backoff).
-    `args` of --list_prompts (the data flags alone) ask about the dataset only. Returns whether the run
-    works offline."""
+    """Asks the hub once (HEAD, 5 s) when a model, tokenizer or dataset name is neither local nor built in;
+    when it does not answer, huggingface_hub, transformers and datasets go offline (one logged line), so each
+    name is read from the cache or fails at once instead of retrying for half a minute. Returns whether the
+    run works offline."""
     files = any(getattr(args, f"{split}_file") for split in ("train", "validation", "test"))
     models = (getattr(args, "model_name_or_path", None), getattr(args, "tokenizer_name", None))
     names = (*models, None if files else args.dataset_name)
@@ -435,10 +385,8 @@ def offline_unless_hub_answers(args, local_models=(TINY_MODEL_NAME,)):
 
 
 def position_problem(flag, value, max_positions, model_name, extra=0, cut=None):
-    """None when the inputs of `--flag value` fit the model's position table (value + extra <=
-    max_positions; extra: the positions such an input uses beyond `value`), else the one-line refusal
-    naming the largest value that fits and, with `cut`, what happens to longer texts (issue 20: an
-    index past the table fails only at the first step, as an IndexError)."""
+    """None when `--flag value` plus `extra` positions fits max_positions, else the refusal naming the largest
+    value that fits and (`cut`) what happens to longer texts: past the table, the first step's IndexError."""
     if value + extra <= max_positions:
         return None
     return (f"--{flag} {value} is longer than the {max_positions} positions of {model_name}; use at most "

@@ -1,8 +1,6 @@
-"""Evaluation and metrics (run_cls, run_gen, run_baseline; run_pretrain and report read the metric
-tables): the loops that score or decode a prepared DataLoader on every process (`evaluate_choices`,
-`evaluate_generation`), accuracy and macro-F1 (scikit-learn), BLEU (sacrebleu) and ROUGE (rouge-score),
-the trivial baselines (majority class, most frequent reference, nearest training input's target), what
-generated texts are like (distinct outputs, input values copied), and contextual calibration's math."""
+"""Evaluation for run_cls, run_gen and run_baseline (run_pretrain and report read the metric tables): the
+loops that score or decode a prepared DataLoader, accuracy and macro-F1 (scikit-learn), BLEU (sacrebleu),
+ROUGE (rouge-score), the trivial baselines, what generated texts are like, and contextual calibration."""
 
 import math
 import re
@@ -15,8 +13,7 @@ from tqdm.auto import tqdm
 # ----- Metrics (scikit-learn, sacrebleu, rouge_score) ---------------------------------------
 
 
-# Each metric a script reports, and whether a larger value is better: the best step of training
-# (TrainingTracker) and the rankings of report.py both read it here.
+# Whether a larger value is better: for the best step of training and report.py's rankings.
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "bleu": True, "rouge1": True, "rouge2": True, "rougeL": True,
                     "token_accuracy": True, "loss": False, "perplexity": False}
 # What --metric_for_best_model may name, per script.
@@ -26,31 +23,23 @@ PRETRAIN_METRICS = ("token_accuracy", "loss", "perplexity")
 
 
 def higher_is_better(metric):
-    """Whether a larger value of `metric` is better (HIGHER_IS_BETTER). Raises KeyError for a metric
-    none of the scripts reports."""
+    """HIGHER_IS_BETTER[metric]; KeyError for a metric no script reports."""
     return HIGHER_IS_BETTER[metric]
 
 
 def classification_metrics(predictions, labels, num_classes=None):
-    """Accuracy and macro-F1 (scikit-learn).
+    """{"accuracy", "macro_f1"} in [0, 1] (scikit-learn) of int class ids. Macro-F1 averages over
+    range(num_classes) when given (an absent class counts as F1 0), else over the classes present.
 
-    Macro-F1 averages over range(num_classes) when given (an absent class counts as F1 0),
-    else over the classes present in labels or predictions.
-
-    Args:
-        predictions, labels: equal-length sequences of int class ids; a label is in
-            0..num_classes-1 (or >= 0 without num_classes).
-    Returns:
-        {"accuracy": float, "macro_f1": float}, both in [0, 1].
     Raises:
-        ValueError: empty or different-length inputs, or a label that is no class id: None
-            or -1 (a hidden label, which scikit-learn would score as a class of its own) or
-            past the classes.
+        ValueError: empty or different-length inputs, or a label that is no class id (None, a hidden -1
+            that scikit-learn would score as a class of its own, or past the classes).
     """
     from sklearn.metrics import accuracy_score, f1_score
 
     if not labels or len(predictions) != len(labels):
-        raise ValueError(f"Need equal, non-zero numbers of predictions and labels, got {len(predictions)} and {len(labels)}.")
+        raise ValueError(f"Need equal, non-zero numbers of predictions and labels, got {len(predictions)} and "
+                         f"{len(labels)}.")
     upper = num_classes if num_classes is not None else math.inf
     not_ids = sorted({repr(y) for y in labels if y is None or not 0 <= y < upper})
     if not_ids:
@@ -68,13 +57,8 @@ def classification_metrics(predictions, labels, num_classes=None):
 
 
 def majority_class_baseline(train_labels, eval_labels, num_classes):
-    """Metrics of always predicting the most frequent training label (ties: lowest id).
-
-    Returns:
-        the classification_metrics dict {"accuracy", "macro_f1"} on eval_labels.
-    Raises:
-        ValueError: no training labels.
-    """
+    """classification_metrics of always the most frequent training label (ties: lowest id) on eval_labels.
+    Raises ValueError without training labels."""
     if not train_labels:
         raise ValueError("majority_class_baseline needs at least one training label.")
     counts = Counter(int(y) for y in train_labels)
@@ -86,17 +70,9 @@ CHOICE_BASELINES = ("first_choice", "shortest_choice", "longest_choice", "unifor
 
 
 def choice_baselines(choice_lengths, labels, num_choices):
-    """The trivial baselines of a multiple-choice split whose examples have their own choices:
-    always the first choice, the shortest, the longest (in tokens; ties: the first of them), and
-    uniform chance (the expected accuracy of a random pick, mean of 1 / number of choices).
-
-    Args:
-        choice_lengths: per example, the token count of each of its choices. labels: gold indices.
-        num_choices: the most choices of an example (macro-F1 averages over these positions).
-    Returns:
-        {"first_choice", "shortest_choice", "longest_choice": classification_metrics dicts;
-        "uniform_chance": {"accuracy": float}}.
-    """
+    """The trivial baselines of examples with their own choices (`choice_lengths`: each one's token counts):
+    classification_metrics of always the first, the shortest and the longest choice (ties: the first), and
+    "uniform_chance": {"accuracy": mean of 1 / number of choices}."""
     def pick(key):
         return [min(range(len(lengths)), key=lambda i: (key(lengths[i]), i)) for lengths in choice_lengths]
 
@@ -109,23 +85,12 @@ def choice_baselines(choice_lengths, labels, num_choices):
 
 
 def generation_metrics(predictions, references_list):
-    """Corpus BLEU (sacrebleu, against every reference of each source) and ROUGE.
+    """{"bleu", "rouge1", "rouge2", "rougeL"} on 0-100 and "gen_len" (mean words) of one prediction per source
+    against all its references: sacrebleu's corpus BLEU (13a; a missing reference is None, which sacrebleu
+    drops, where "" would count), and rouge_score's stemmed F-measure, best reference, averaged over sources.
 
-    BLEU: sacrebleu corpus_bleu with default 13a tokenisation. Sources with fewer
-    references than the most have their missing reference streams padded with None, which
-    sacrebleu drops per segment (an empty string would count as a 0-length reference).
-    ROUGE-1/2/L: rouge_score F-measure with stemming, the best over each source's
-    references, averaged over sources. All scaled 0-100. gen_len: mean number of
-    whitespace-separated words per prediction.
-
-    Args:
-        predictions: list[str], one per source. references_list: list[list[str]], the
-            references of each source (at least one each).
-    Returns:
-        {"bleu", "rouge1", "rouge2", "rougeL", "gen_len"}: floats.
     Raises:
-        ValueError: empty inputs, different lengths, or a source with no reference (a split
-            whose references are hidden: group_references gives [] for each source).
+        ValueError: empty inputs, different lengths, or a source with no reference (hidden references).
     """
     import sacrebleu
     from rouge_score import rouge_scorer
@@ -155,40 +120,27 @@ def generation_metrics(predictions, references_list):
 
 
 def most_frequent_target(train_targets):
-    """The most frequent training target (ties: the one seen first). Raises ValueError when
-    train_targets is empty."""
+    """The most frequent training target (ties: the first seen). ValueError when there is none."""
     if not train_targets:
         raise ValueError("The most frequent training target needs at least one training target.")
     return Counter(train_targets).most_common(1)[0][0]
 
 
 def most_frequent_reference_baseline(train_targets, references_list):
-    """generation_metrics of emitting the most frequent training target for every source
-    (most_frequent_target). Raises ValueError when train_targets is empty."""
+    """generation_metrics of the most frequent training target for every source (ValueError: no target)."""
     return generation_metrics([most_frequent_target(train_targets)] * len(references_list), references_list)
 
 
-# Words for the overlap of two inputs: every run of letters, digits or "_", one character
-# long included (scikit-learn's default pattern drops them, and with them counts like "5").
+# Every run of letters, digits or "_", one character long included (scikit-learn's default drops "5").
 _WORD_PATTERN = r"(?u)\b\w+\b"
 _QUERY_CHUNK = 256  # inputs compared at once: a [256, N_train] float matrix
 
 
 def nearest_training_targets(train_inputs, train_targets, inputs):
-    """The target of the training example whose input shares the most words with each input.
+    """For each input, the target of the training example whose input shares the most words: the Jaccard
+    index |A & B| / |A | B| of their sets of lowercased words (ties: the earliest). A retrieval baseline:
+    fluent in-domain text that states the input's own values only where the neighbour has the same ones.
 
-    Word overlap is the Jaccard index |A & B| / |A | B| of the two inputs' sets of lowercased
-    words (scikit-learn's CountVectorizer, binary, fitted on both sides so that no word is
-    dropped); ties go to the earliest training example. A retrieval baseline: it writes a
-    fluent in-domain text about a similar input, so it scores well on BLEU wherever texts
-    share their wording, but it states the input's own values only where the neighbour has
-    the same ones.
-
-    Args:
-        train_inputs, train_targets: list[str] of equal, non-zero length (the rendered prompt
-            and the target of each training example). inputs: list[str] (the sources).
-    Returns:
-        list[str]: len(inputs) training targets.
     Raises:
         ValueError: no training example, or train_inputs and train_targets of different lengths.
     """
@@ -210,26 +162,16 @@ def nearest_training_targets(train_inputs, train_targets, inputs):
     return [train_targets[i] for i in nearest]
 
 
-# The value of a slot in E2E's meaning-representation notation "key[value], key[value]".
+# A slot's value in E2E's meaning-representation notation "key[value], key[value]".
 _SLOT_VALUE = re.compile(r"\[([^\[\]]+)\]")
 
 
 def output_statistics(outputs, sources):
-    """What a system's texts are like, beyond n-gram overlap.
+    """What a system's texts (one per source) are like beyond n-gram overlap, on 0-100: distinct_outputs,
+    the share of different texts; values_copied, the share of the sources' slot values (`key[value]`) that
+    their text states as whole words, ignoring case and spaces ("5" is not in "15"; None: no slot). A
+    rephrased value counts as missing, so the references' own rate is the ceiling to read it against.
 
-    distinct_outputs: 100 * (number of different texts) / (number of texts); a system that
-    writes one stock text for every source scores 100 / len(outputs).
-    values_copied: 100 * the share of the sources' slot values that their text states, over all
-    slots of all sources. Slots are the `key[value]` pairs of E2E's meaning-representation
-    notation; a value counts as stated when it occurs in the text as whole words, ignoring
-    case and runs of spaces (value "5" is not found in "15"). A value a text rephrases
-    ("familyFriendly[no]" -> "not for families") counts as missing, so the references' own
-    rate is the ceiling to read it against. None when no source has a slot.
-
-    Args:
-        outputs: list[str], one text per source. sources: list[str], of the same length.
-    Returns:
-        {"distinct_outputs": float, "values_copied": float | None}, on 0-100.
     Raises:
         ValueError: no outputs, or outputs and sources of different lengths.
     """
@@ -251,14 +193,12 @@ def output_statistics(outputs, sources):
 
 
 def evaluate_choices(accelerator, model, dataloader, score, num_choices, labelled=True):
-    """Scores the answer choices of every example of a prepared DataLoader, each once on every process
-    (gather_for_metrics drops the copies that even out the last batch across processes).
+    """Scores the choices of every example of a prepared DataLoader once, on every process.
 
     Args:
-        score: batch -> [B, C] choice scores. Batches carry "class_labels" [B] (-1: hidden) and "index" [B].
-        labelled: False for a split whose labels are hidden (no metrics).
+        score: batch -> [B, C] choice scores; batches carry "class_labels" [B] (-1: hidden) and "index" [B].
     Returns:
-        (classification_metrics dict or None, {example index: list of its C choice scores}).
+        (classification_metrics, or None when not `labelled`; {example index: its C choice scores}).
     Raises:
         RuntimeError: an example was missed or repeated across processes.
     """
@@ -282,15 +222,12 @@ def evaluate_choices(accelerator, model, dataloader, score, num_choices, labelle
 
 
 def evaluate_generation(accelerator, model, dataloader, generate, tokenizer, references, description=None):
-    """Decodes every source of a prepared DataLoader once and scores it against all its references.
+    """Decodes every source of a prepared DataLoader once and scores it against its `references` (None: hidden).
 
     Args:
-        generate: batch -> LongTensor [B, L] of generated ids, padded with tokenizer.pad_token_id (a
-            special token: decoding skips it). Batches carry "index" [B], the source's position.
-        references: a list of reference texts per source, or None for a split whose references are hidden.
-        description: the progress bar's label.
+        generate: batch -> [B, L] generated ids padded with pad_token_id; batches carry "index" [B].
     Returns:
-        (generation_metrics dict or None without references, predictions: list[str] in source order).
+        (generation_metrics or None without references, the predictions in source order).
     """
     was_training = model.training
     model.eval()

@@ -1,13 +1,10 @@
-"""What a run needs around its training loop (run_cls, run_gen, run_baseline, run_pretrain; the loop
-itself is written out in each script): accelerator setup, the output folder and Ctrl-C, AdamW groups,
-the plan of steps / evaluations / checkpoints, the learning-rate schedule, the data order of each
-epoch, the tracker of losses, evaluations and best weights (`TrainingTracker.end_step`: the bookkeeping
-after each optimizer step), checkpoints, results.json, and the live curves of --with_tracking
-(Accelerate's trackers: TensorBoard, wandb).
+"""What run_cls, run_gen, run_baseline and run_pretrain need around the training loop each writes out:
+accelerator setup, AdamW groups, the plan of steps, the schedule, each epoch's data order, the tracker of
+losses, evaluations and best weights, checkpoints, results.json and --with_tracking's live curves.
 
 A run resumed from any checkpoint ends exactly like an uninterrupted one: the data order depends on
-(seed, epoch) only, Accelerate's checkpoint holds the model, optimizer, scheduler and RNG states,
-the tracker's training_state.json the rest; the best weights are stored once per output folder.
+(seed, epoch) only, Accelerate's checkpoint holds model, optimizer, scheduler and RNG states, the
+tracker's training_state.json the rest; the best weights are stored once per output folder.
 """
 
 import dataclasses
@@ -48,8 +45,7 @@ RESUME_MAY_CHANGE = ("output_dir", "overwrite_output_dir", "resume_from_checkpoi
 
 
 def resume_settings(args, num_processes=None):
-    """The flags a checkpoint must share with the run that resumes it: vars(args) but RESUME_MAY_CHANGE,
-    and the number of processes (when given)."""
+    """The flags a resumed checkpoint must share: vars(args) but RESUME_MAY_CHANGE, plus num_processes."""
     settings = {name: value for name, value in vars(args).items() if name not in RESUME_MAY_CHANGE}
     if num_processes is not None:
         settings["num_processes"] = num_processes
@@ -57,8 +53,7 @@ def resume_settings(args, num_processes=None):
 
 
 def _settings_problem(checkpoint, saved, settings):
-    """None when the checkpoint written with `saved` settings agrees with `settings` on the names both
-    hold, else one message naming each difference and what to do."""
+    """None when `saved` (a checkpoint's settings) agree with `settings` on the names both hold, else the message."""
     differences = [f"--{name} {saved[name]} there, {settings[name]} here" for name in sorted(saved)
                    if name in settings and saved[name] != settings[name]]
     if not differences:
@@ -72,19 +67,17 @@ def _settings_problem(checkpoint, saved, settings):
 
 
 def setup_accelerator(args):
-    """The run's Accelerator, with the Hugging Face examples' logging and --seed set everywhere, and with
-    --with_tracking the trackers of --report_to (started by `start_tracking`), TensorBoard's writing
-    under OUTPUT_DIR/tensorboard.
+    """The run's Accelerator with the HF examples' logging, --seed set, and --with_tracking's trackers
+    (TensorBoard writes under OUTPUT_DIR/tensorboard).
 
     Raises:
-        UsageError: launched as processes (WORLD_SIZE > 1) that Accelerate runs as independent ones (on
-            CPUs torchrun needs ACCELERATE_USE_CPU=true), which would all write the same --output_dir.
+        UsageError: WORLD_SIZE > 1 but Accelerate runs each process alone (they would share --output_dir).
     """
-    logging_dir = Path(args.output_dir) / "tensorboard"
+    logging_dir = str(Path(args.output_dir) / "tensorboard")
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               log_with=report_to_trackers(args.report_to) if args.with_tracking else None,
                               project_config=ProjectConfiguration(project_dir=str(args.output_dir),
-                                                                  logging_dir=str(logging_dir)))
+                                                                  logging_dir=logging_dir))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and accelerator.num_processes == 1:
         raise UsageError(
@@ -108,9 +101,8 @@ RUN_OUTPUTS = ("results.json", "predictions_*.jsonl", "generations_*.jsonl", "st
 
 
 def clear_previous_run(args, output_dir):
-    """With --overwrite_output_dir (and no --resume_from_checkpoint), removes the RUN_OUTPUTS of the
-    previous run, so that nothing of it is mixed with this run or resumed by mistake. Scripts call it
-    once every check has passed, just before training. The main process removes and logs; all meet."""
+    """--overwrite_output_dir without --resume_from_checkpoint: removes the previous run's RUN_OUTPUTS (on
+    the main process), so that nothing of it is mixed in or resumed. Called once every check has passed."""
     if not args.overwrite_output_dir or args.resume_from_checkpoint:
         return
     state = PartialState()
@@ -122,12 +114,9 @@ def clear_previous_run(args, output_dir):
 
 
 def stop_interrupted(tracker, plan, output_dir):
-    """Ctrl-C in the training loop: says at which step the run stopped and how to go on from its last
-    checkpoint (or that there is none), then exits with 130 (128 + SIGINT, as a shell reports it).
-
-    No checkpoint is written at the interrupt: Ctrl-C lands anywhere in a step (e.g. between backward
-    and the optimizer's update), where the state is no resumable one, and waiting for the step's end
-    would need every process to agree on the stop (one more all-reduce per step)."""
+    """Ctrl-C in the training loop: says where the run stopped and how to resume, exits 130 (128 + SIGINT).
+    No checkpoint is written: Ctrl-C lands mid-step (not resumable), and waiting for the step's end would
+    cost one more all-reduce per step for every process to agree on the stop."""
     try:
         checkpoint = find_checkpoint("latest", output_dir)
     except UsageError:
@@ -143,21 +132,14 @@ def stop_interrupted(tracker, plan, output_dir):
 
 
 def create_optimizer(model, learning_rate, weight_decay):
-    """AdamW over the trainable parameters, without weight decay on biases, norm weights and any other
-    1-D parameter (names holding "bias", "layernorm", "layer_norm", in any case).
-
-    Raises:
-        UsageError: the model has no trainable parameter.
-    """
+    """AdamW over the trainable parameters, without weight decay on 1-D parameters and on names holding
+    "bias", "layernorm" or "layer_norm" (any case). Raises UsageError when nothing is trainable."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
-        lowered = name.lower()
         if not parameter.requires_grad:
             continue
-        if parameter.ndim <= 1 or any(part in lowered for part in ("bias", "layernorm", "layer_norm")):
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
+        bias_or_norm = parameter.ndim <= 1 or any(part in name.lower() for part in ("bias", "layernorm", "layer_norm"))
+        (no_decay if bias_or_norm else decay).append(parameter)
     if not decay and not no_decay:
         raise UsageError("The model has no trainable parameters: check what PEFT / freezing left trainable.")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -177,8 +159,7 @@ class TrainingPlan:
 
     @classmethod
     def from_args(cls, args, train_batches, num_processes):
-        """The plan of the flags for `train_batches` batches shared out over `num_processes` (rounded up,
-        as Accelerate's even_batches does); --num_train_epochs counts when --max_train_steps is unset."""
+        """The flags' plan for `train_batches` shared over `num_processes` (rounded up, as even_batches does)."""
         batches_per_epoch = math.ceil(train_batches / num_processes)
         steps = args.max_train_steps
         if steps is None:
@@ -195,8 +176,8 @@ class TrainingPlan:
         return math.ceil(self.max_train_steps / self.steps_per_epoch)
 
     def evaluates_at(self, step):
-        """Validation every --eval_steps (else at each epoch's end) and at the last step, each before the
-        checkpoint of the same step, so that a resumed run never misses or repeats an evaluation."""
+        """Every --eval_steps (else each epoch's end) and at the last step; before that step's checkpoint, so
+        that a resumed run never misses or repeats an evaluation."""
         return step % (self.eval_steps or self.steps_per_epoch) == 0 or step == self.max_train_steps
 
     def checkpoint_at(self, step):
@@ -208,8 +189,7 @@ class TrainingPlan:
         return None
 
     def resume_position(self, completed_steps):
-        """(epoch, batches of it to skip) that continue a run after `completed_steps`;
-        (num_train_epochs, 0), nothing left, once max_train_steps are done."""
+        """(epoch, batches of it to skip) that continue a run after `completed_steps` ((num_train_epochs, 0): done)."""
         if completed_steps >= self.max_train_steps:
             return self.num_train_epochs, 0
         epoch, steps_into_epoch = divmod(completed_steps, self.steps_per_epoch)
@@ -217,21 +197,18 @@ class TrainingPlan:
 
 
 def create_lr_scheduler(args, optimizer, max_train_steps, num_processes):
-    """transformers' --lr_scheduler_type schedule over max_train_steps, warming up over --warmup_ratio of
-    them, counted in per-process steps (a prepared scheduler steps once per process and optimizer step)."""
+    """transformers' --lr_scheduler_type schedule with --warmup_ratio, in per-process steps (a prepared
+    scheduler steps once per process and optimizer step)."""
     return transformers.get_scheduler(args.lr_scheduler_type, optimizer,
                                       num_warmup_steps=math.ceil(args.warmup_ratio * max_train_steps) * num_processes,
                                       num_training_steps=max_train_steps * num_processes)
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """The order of the training examples in each epoch, for `DataLoader(sampler=...)`. It depends on
-    the pair (seed, epoch) only, so a run resumed mid-epoch replays exactly the batches of an
-    uninterrupted one (a prepared DataLoader passes `set_epoch` on, also a `skip_first_batches` copy),
-    and no two pairs share an order: `numpy.random.default_rng([seed, epoch])` hashes the pair (a seed
-    of seed + epoch gave seed 43's first epoch the order of seed 42's second). With `lengths`
-    (--group_by_length): transformers' `get_length_grouped_indices` (shuffled megabatches, each sorted
-    longest first) drawn with a torch generator seeded from that rng; without: its permutation."""
+    """Each epoch's order of the training examples, a function of (seed, epoch) only: a run resumed mid-epoch
+    replays an uninterrupted one's batches (a prepared DataLoader passes `set_epoch` on). default_rng([seed,
+    epoch]) hashes the pair (seed + epoch gave seed 43's first epoch seed 42's second order). With `lengths`
+    (--group_by_length): transformers' get_length_grouped_indices, drawn with a generator seeded from it."""
 
     def __init__(self, num_examples, seed, lengths=None, batch_size=1):
         self.num_examples, self.seed, self.lengths, self.batch_size = num_examples, seed, lengths, batch_size
@@ -255,23 +232,18 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class TrainingTracker:
-    """What a run must remember across an interruption, and the best evaluation's weights.
-
-    The loop calls `add_batch` with each batch's loss, `end_step` after each optimizer step (it counts
-    `completed_steps` and `train_time_s`, and logs), and `record_evaluation` after each validation: the
-    `history` (results.json "epochs") grows and, when `metric` improved (strictly, in its direction: a tie
-    keeps the earlier evaluation), a CPU copy of the trainable parameters is kept for `restore_best`. `save` writes
-    training_state.json into a checkpoint and the best weights ONCE beside the checkpoints
-    (best_weights.safetensors, tagged with their step); `load` reads both. No pickle is read.
+    """What a run must remember across an interruption, and the best evaluation's weights: the loop calls
+    `add_batch` per batch, `end_step` per optimizer step and `record_evaluation` per validation, which keeps
+    a CPU copy of the trainable parameters when `metric` strictly improved (a tie keeps the earlier one).
+    `save` writes training_state.json into a checkpoint and the best weights once beside it
+    (best_weights.safetensors, tagged with their step); `load` reads both, no pickle.
     """
 
     STATE_NAME = "training_state.json"
     BEST_WEIGHTS_NAME = "best_weights.safetensors"
 
     def __init__(self, metric, settings=None, lr_scheduler=None):
-        """metric: the validation metric that picks the best evaluation (its direction: metrics.HIGHER_IS_BETTER,
-        e.g. the lowest loss); settings: `resume_settings`, which `load` compares with the checkpoint's;
-        lr_scheduler: the run's, whose learning rate each step logs (None: the run does not train)."""
+        """settings: `resume_settings`, compared with a checkpoint's by `load`; lr_scheduler: whose rate is logged."""
         self.metric, self.settings, self.lr_scheduler = metric, dict(settings or {}), lr_scheduler
         self.completed_steps, self.history, self.best_index = 0, [], None
         self.loss_sum, self.loss_count, self.train_time_s, self.train_examples = 0.0, 0, 0.0, 0
@@ -279,9 +251,8 @@ class TrainingTracker:
         self._step_loss, self._step_batches, self._step_lr = None, 0, None
 
     def add_batch(self, loss, examples):
-        """Adds a batch's 0-d loss tensor (summed on its device: no synchronisation) and its number of
-        examples on all processes. A step's first batch reads the learning rate of its update (the
-        scheduler moves on after the update)."""
+        """Adds a batch's 0-d loss (summed on its device: no synchronisation) and its examples on all processes.
+        A step's first batch reads the learning rate of its update (the scheduler moves on after it)."""
         if self._step_batches == 0 and self.lr_scheduler is not None:
             self._step_lr = self.lr_scheduler.get_last_lr()[0]
         loss = loss.detach()
@@ -290,15 +261,13 @@ class TrainingTracker:
         self.train_examples += examples
 
     def end_step(self, accelerator, plan, progress_bar, started):
-        """The bookkeeping after an optimizer step: one all-reduce and .item() of the step's loss (its
-        mean over the step's batches), the step counted, its time since `started` (time.perf_counter)
-        added, the progress bar moved, and the loss and learning rate logged to the trackers.
+        """The bookkeeping after an optimizer step: the step's mean loss all-reduced, the step and its time
+        since `started` (perf_counter) counted, the progress bar moved, loss and learning rate logged.
 
         Returns:
-            (the step number, the checkpoint it ends: plan.checkpoint_at's "step_N" / "epoch_N", or None).
+            (the step number, plan.checkpoint_at's "step_N" / "epoch_N" or None).
         Raises:
-            UsageError (saying what to try) for a non-finite loss: before this step's evaluation and
-            checkpoint, so that the last checkpoint stays good.
+            UsageError: a non-finite loss, before this step's checkpoint (the last one stays good).
         """
         total = accelerator.reduce(self._step_loss, "mean").item()  # the same on every process
         if not math.isfinite(total):
@@ -321,8 +290,7 @@ class TrainingTracker:
         return None if self.best_index is None else self.history[self.best_index]
 
     def record_evaluation(self, epoch, metrics, model):
-        """Appends (and logs) an evaluation at `completed_steps`; True when it is the new best. Raises
-        KeyError when `metrics` lacks the tracked metric."""
+        """Appends (and logs) an evaluation; True when it is the new best. KeyError without the tracked metric."""
         if self.metric not in metrics:
             raise KeyError(f"Metric {self.metric!r} is not among the validation metrics {sorted(metrics)}.")
         train_loss = self.loss_sum / self.loss_count if self.loss_count else None
@@ -341,8 +309,7 @@ class TrainingTracker:
         return improved
 
     def restore_best(self, model):
-        """Copies the best evaluation's weights back into `model`; returns that evaluation's metrics.
-        Raises RuntimeError when they are not at hand (see `load`)."""
+        """Copies the best weights back into `model`; returns their metrics. RuntimeError when not at hand."""
         best = self.best
         if self.best_weights is None:
             raise RuntimeError(f"The weights of the best evaluation (step {best['step']}) were replaced, after the "
@@ -364,8 +331,8 @@ class TrainingTracker:
         return {key: getattr(self, key) for key in keys}
 
     def save(self, checkpoint):
-        """Writes the best weights beside `checkpoint` when they changed, then (atomically, last: a folder
-        with it is complete) training_state.json into it."""
+        """The best weights beside `checkpoint` when they changed, then training_state.json (atomic, last:
+        a folder holding it is complete)."""
         checkpoint = Path(checkpoint)
         best_step = self.best["step"] if self.best else None
         if self.best_weights is not None and best_step != self._written_best_step:
@@ -382,12 +349,11 @@ class TrainingTracker:
         return json.loads((Path(checkpoint) / cls.STATE_NAME).read_text(encoding="utf-8"))
 
     def load(self, checkpoint, max_train_steps):
-        """Reads what `save` wrote for `checkpoint`. When the best weights beside it are of a later
-        evaluation (the run went on), this run makes that evaluation again and keeps its weights.
+        """Reads what `save` wrote. Best weights of a later evaluation (the run went on) are made again here.
 
         Raises:
-            UsageError: the checkpoint has other `settings` (each difference named) or is past max_train_steps.
-            UsageError: the best weights are missing or of an evaluation this run cannot redo.
+            UsageError: other `settings`, past max_train_steps, or best weights missing or of an evaluation
+                this run cannot redo.
         """
         checkpoint = Path(checkpoint)
         state = self.read_state(checkpoint)
@@ -404,45 +370,41 @@ class TrainingTracker:
         path, best_step = checkpoint.parent / self.BEST_WEIGHTS_NAME, self.best["step"]
         if not path.is_file():
             raise UsageError(f"{path} is missing: it holds the best weights that {checkpoint} refers to. "
-                                    "Start over in an empty --output_dir.")
+                             "Start over in an empty --output_dir.")
         with safe_open(str(path), "pt") as weights:
             saved_step = int(weights.metadata()["step"])
         if saved_step == best_step:
             self.best_weights = load_file(str(path))
         elif not self.completed_steps < saved_step <= max_train_steps:
             raise UsageError(f"{path} holds the weights of step {saved_step}, not those of the best evaluation "
-                                    f"of {checkpoint} (step {best_step}): resume another checkpoint or start over.")
+                             f"of {checkpoint} (step {best_step}): resume another checkpoint or start over.")
 
 
 def find_checkpoint(resume_from_checkpoint, output_dir):
-    """The checkpoint folder (a pathlib.Path) that --resume_from_checkpoint names: a path or a folder
-    name inside output_dir (step_500) that holds a training_state.json; or, for "latest", the folder of
-    output_dir whose training_state.json has the most completed steps (a tie goes to the newest).
+    """The checkpoint folder (Path) of --resume_from_checkpoint: a path or a folder of output_dir holding a
+    training_state.json, or for "latest" the one with the most completed steps (a tie: the newest).
 
     Raises:
-        UsageError: the folder is no checkpoint, or "latest" finds none (says how to get one).
+        UsageError: the folder is no checkpoint, or "latest" finds none.
     """
     state_name = TrainingTracker.STATE_NAME
     if resume_from_checkpoint != "latest":
-        path = Path(resume_from_checkpoint)
-        if not (path / state_name).is_file() and (Path(output_dir) / path / state_name).is_file():
-            path = Path(output_dir) / path
-        if not (path / state_name).is_file():
-            raise UsageError(f"--resume_from_checkpoint {path}: no {state_name} there. Pass a step_N or "
-                                    "epoch_N folder of a run's --output_dir, or 'latest'.")
-        return path
+        for path in (Path(resume_from_checkpoint), Path(output_dir) / resume_from_checkpoint):
+            if (path / state_name).is_file():
+                return path
+        raise UsageError(f"--resume_from_checkpoint {Path(resume_from_checkpoint)}: no {state_name} there. Pass a "
+                         "step_N or epoch_N folder of a run's --output_dir, or 'latest'.")
     candidates = [(TrainingTracker.read_state(state.parent)["completed_steps"], state.stat().st_mtime, state.parent)
                   for state in Path(output_dir).glob(f"*/{state_name}")]  # written last, atomically: complete
     if not candidates:
         raise UsageError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}. Checkpoints are "
-                                "written with --checkpointing_steps N or --checkpointing_steps epoch.")
+                         "written with --checkpointing_steps N or --checkpointing_steps epoch.")
     return max(candidates, key=lambda candidate: candidate[:2])[2]
 
 
 def save_checkpoint(accelerator, tracker, checkpoint, save_total_limit=None):
-    """Accelerate's state (model, optimizer, scheduler, RNG) into the folder `checkpoint`, then the tracker's.
-    With save_total_limit N (--save_total_limit), the main process then removes the checkpoints beside it
-    but the newest N and the one written at the best evaluation's step."""
+    """Accelerate's state (model, optimizer, scheduler, RNG) into `checkpoint`, then the tracker's; with
+    --save_total_limit N, removes the checkpoints beside it but the newest N and the best evaluation's."""
     accelerator.save_state(str(checkpoint))
     if accelerator.is_main_process:
         readable_like_results(*Path(checkpoint).glob("*.safetensors"))  # Accelerate writes them 0600
@@ -458,8 +420,7 @@ def save_checkpoint(accelerator, tracker, checkpoint, save_total_limit=None):
 
 
 def load_checkpoint(accelerator, tracker, resume_from_checkpoint, output_dir, max_train_steps):
-    """Resumes from --resume_from_checkpoint: the tracker first (it refuses a checkpoint of other
-    settings), then Accelerate's state."""
+    """Resumes the tracker (it refuses other settings), then Accelerate's state."""
     checkpoint = find_checkpoint(resume_from_checkpoint, output_dir)
     tracker.load(checkpoint, max_train_steps)
     accelerator.load_state(str(checkpoint))
@@ -472,28 +433,22 @@ TRACKERS = ("tensorboard", "wandb")  # what --report_to names; "all" is those of
 
 
 def report_to_trackers(report_to):
-    """The trackers of --report_to ("tensorboard", "wandb" or "all") whose package is importable, as a list
-    for Accelerator(log_with=...): [] when the one named is missing, or for "all" when none is."""
+    """The trackers of --report_to ("all": TRACKERS) whose package is installed, for Accelerator(log_with=)."""
     names = TRACKERS if report_to == "all" else (report_to,)
     return [name for name in names if importlib.util.find_spec(name) is not None]
 
 
 def tracking_config(args):
-    """The run's flags (vars(args)) as its trackers' config. TensorBoard's hparams take bool, int, float
-    and str only, so any other value (None, a list) is written as its str()."""
+    """vars(args) as the trackers' config: TensorBoard's hparams take bool, int, float and str only."""
     return {name: value if isinstance(value, (bool, int, float, str)) else str(value)
             for name, value in vars(args).items()}
 
 
 def start_tracking(accelerator, args, project_name):
-    """--with_tracking: starts the Accelerator's trackers (setup_accelerator) with `tracking_config(args)`.
-    TensorBoard writes OUTPUT_DIR/tensorboard/PROJECT_NAME; wandb logs to the project PROJECT_NAME a run
-    named after OUTPUT_DIR, its files under OUTPUT_DIR/wandb. Scripts call it once every check has
-    passed (after clear_previous_run, which removes the logs of a previous run in OUTPUT_DIR).
-
-    A run resumed after C steps logs on from step C + 1, and TensorBoard is told to hide what an
-    earlier run in the folder logged from there on (SummaryWriter's purge_step C + 1; C = 0 for a new
-    run), so that each step shows once; in wandb a resumed run is a new run that begins at C + 1."""
+    """--with_tracking: starts the trackers, TensorBoard in OUTPUT_DIR/tensorboard/PROJECT_NAME, wandb as a
+    run named after OUTPUT_DIR (files in OUTPUT_DIR/wandb). Called after clear_previous_run. A run resumed
+    after C steps logs from C + 1 on, and TensorBoard's purge_step C + 1 hides what an earlier run logged
+    there, so that each step shows once."""
     if not args.with_tracking:
         return
     resumed_after = 0
@@ -506,14 +461,12 @@ def start_tracking(accelerator, args, project_name):
 
 
 def log_values(split, metrics):
-    """A split's metrics as `accelerator.log` values: {"split/name": value}; {} (nothing logged) for
-    metrics None (a split whose labels are hidden, or that the run has not)."""
+    """{"split/name": value} for `accelerator.log`; {} for metrics None (hidden labels, or no such split)."""
     return {f"{split}/{name}": value for name, value in (metrics or {}).items()}
 
 
 def end_tracking(accelerator, args, step, test_metrics):
-    """--with_tracking, at the end of a run: logs `test_metrics` (None: none) at `step`, the run's last,
-    and closes the trackers (accelerator.end_training, after which the processes no longer meet)."""
+    """--with_tracking: logs `test_metrics` (None: none) at the run's last `step` and closes the trackers."""
     if not args.with_tracking:
         return
     accelerator.log(log_values("test", test_metrics), step=step)
@@ -524,8 +477,7 @@ def end_tracking(accelerator, args, step, test_metrics):
 
 
 def _write_atomic(path, text):
-    """Writes text to a temp file next to `path`, then os.replace: readers never see half a file. The
-    file gets the usual permissions (0644 under the usual umask), as `open` gives them."""
+    """Writes a temp file beside `path`, then os.replace: readers never see half a file."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -540,19 +492,18 @@ def _write_atomic(path, text):
 
 
 def write_json_atomic(path, obj):
-    """Writes obj as indented JSON to path atomically (TypeError for what json cannot encode: path untouched)."""
+    """Indented JSON, atomically (TypeError for what json cannot encode: path untouched)."""
     _write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_jsonl_atomic(path, rows):
-    """Writes an iterable of JSON-encodable rows, one per line, to path atomically."""
+    """JSON rows, one per line, atomically."""
     _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def environment_info():
-    """Versions and code revision for results.json: {"python", "torch", "transformers", "accelerate",
-    "datasets", "peft", "promptsource": version or None when not installed, "git_commit": HEAD of this
-    repository or None, "git_dirty": uncommitted changes to tracked files (None without a commit)}."""
+    """results.json's "env": python and package versions (None: not installed), "git_commit" (HEAD or None)
+    and "git_dirty" (uncommitted changes to tracked files; None without a commit)."""
     info = {"python": sys.version.split()[0]}
     for package in ("torch", "transformers", "accelerate", "datasets", "peft", "promptsource"):
         try:
@@ -566,7 +517,7 @@ def environment_info():
 
 
 def _git(*arguments):
-    """Output of a git command run in this file's directory, or None when it fails."""
+    """A git command's output in this file's folder, or None when it fails."""
     try:
         done = subprocess.run(["git", *arguments], cwd=Path(__file__).resolve().parent, capture_output=True,
                               text=True, timeout=10)
@@ -576,9 +527,8 @@ def _git(*arguments):
 
 
 def safe_name(name):
-    """A prompt or dataset name made safe as one path component: characters outside [A-Za-z0-9._-] and
-    runs of dots become "_", runs of "_" collapse, "._-" are stripped from both ends ("CogComp/trec" ->
-    "CogComp_trec", "../../etc" -> "etc"). Raises UsageError when nothing is left (e.g. "/..")."""
+    """A name made safe as one path component ("CogComp/trec" -> "CogComp_trec", "../../etc" -> "etc").
+    Raises UsageError when nothing is left (e.g. "/..")."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]|\.{2,}", "_", str(name))
     cleaned = re.sub(r"_+", "_", cleaned).strip("._-")
     if not cleaned:
@@ -587,8 +537,8 @@ def safe_name(name):
 
 
 def peak_memory_mb():
-    """Peak memory of this process in MiB: torch.cuda.max_memory_allocated on a GPU, else the peak
-    resident set size (resource.getrusage; ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak memory in MiB: max_memory_allocated on a GPU, else the peak RSS (ru_maxrss: KiB on Linux, bytes
+    on macOS)."""
     import resource  # not on Windows
 
     if torch.cuda.is_available():
@@ -600,31 +550,14 @@ def peak_memory_mb():
 def results_record(args, task, method, *, script, accelerator, prompt_id, prompt_name, total_train_batch_size, tracker,
                    plan, validation, test, baselines, trainable_params, total_params, test_labels_hidden=False,
                    few_shot=None, carved_validation=None):
-    """The results.json record every script writes (report.py reads this schema); scripts add "data".
-
-    Schema:
-        script: str (e.g. "run_cls.py"); task: "cls" | "gen"; method: e.g. "glm_cloze", "linear_head",
-        "mlm_prompt", "seq2seq", "glm_gen"; peft: None | "lora" | "ptuning_v2"; model_name_or_path;
-        dataset: the dataset name, else the local files {"train": path, ...}; prompt_id: int | None;
-        prompt_name: str | None; learning_rate; per_device_train_batch_size; total_train_batch_size;
-        seed; metric_for_best_model; epochs: tracker.history; best_epoch: int | None; validation: the
-        best evaluation's metrics (None when hidden); test: {metric: float} | None;
-        test_labels_hidden: bool (then "test" is None and only predictions were written); baselines:
-        {"majority_class": {...}} (cls) or {"most_frequent_reference": {...}, "nearest_training_target":
-        {...}} (gen; run_baseline.py writes the first only), each scored on the
-        split that "test" (or, without a test split, "validation") is; train_time_s; train_examples_per_s;
-        peak_memory_mb: float | None; trainable_params; total_params; trainable_share; args: every flag
-        (max_train_steps and num_train_epochs as `plan` ran them); launch: how Accelerate ran it
-        (mixed_precision "no" | "fp16" | "bf16" ..., num_processes, device_type "cpu" | "cuda" ...: not
-        flags of the script, so not in args); env: environment_info();
-        best_step: int | None; few_shot: None, or with --num_shots the record of data.sample_few_shot
-        (num_shots, shots_seed, rows per class, classes short of K, the drawn rows); carved_validation:
-        None, or the record of data.carve_validation (validation_split_percentage, data_seed, the
-        carved validation_rows) when validation was carved from train.
-
-    Args:
-        accelerator: the run's Accelerator. tracker: its TrainingTracker. plan: its TrainingPlan, or None
-            when it did not train.
+    """The results.json record every script writes (report.py reads this schema; scripts add "data").
+    Beyond the flags and counts its keys name: method ("glm_cloze", "linear_head", "mlm_prompt", "seq2seq",
+    "glm_gen"); dataset (the name, else the local files {"train": path, ...}); epochs (tracker.history);
+    validation (the best evaluation's metrics); test (None when its labels are hidden: test_labels_hidden);
+    baselines, scored on the split "test" is (else "validation"); args (every flag, the run's length as
+    `plan` ran it; plan None: no training); launch (how Accelerate ran it: not flags of the script); env
+    (environment_info()); few_shot and carved_validation (the records of the --num_shots draw and of a
+    validation carved from train, else None).
     """
     arguments = dict(vars(args))
     if plan is not None:
