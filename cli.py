@@ -26,9 +26,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """--help with each flag's default (unless it is None or False) and the epilog's examples as written."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -145,8 +143,7 @@ def parse_or_list_prompts(parser, argv, task):
     if problems:
         parser.error("; ".join(problems))
     listing.task = task
-    listing.dataset_name = resolve_dataset_name(listing.dataset_name, task, listing.train_file,
-                                                listing.validation_file, listing.test_file)
+    vars(listing).update(derived_defaults(listing, task))  # the dataset_name
     return listing
 
 

@@ -44,16 +44,12 @@ def classification_metrics(predictions, labels, num_classes=None):
     not_ids = sorted({repr(y) for y in labels if y is None or not 0 <= y < upper})
     if not_ids:
         classes = f"0..{num_classes - 1}" if num_classes is not None else "0 or more"
-        raise ValueError(
-            f"Labels {', '.join(not_ids)} are not class ids ({classes}): a split whose labels are hidden "
-            "(-1 or empty) gets predictions, never metrics."
-        )
+        raise ValueError(f"Labels {', '.join(not_ids)} are not class ids ({classes}): a split whose labels are "
+                         "hidden (-1 or empty) gets predictions, never metrics.")
     predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
     classes = list(range(num_classes)) if num_classes is not None else sorted(set(labels) | set(predictions))
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
-    }
+    return {"accuracy": float(accuracy_score(labels, predictions)),
+            "macro_f1": float(f1_score(labels, predictions, labels=classes, average="macro", zero_division=0))}
 
 
 def majority_class_baseline(train_labels, eval_labels, num_classes):
@@ -96,15 +92,11 @@ def generation_metrics(predictions, references_list):
     from rouge_score import rouge_scorer
 
     if not predictions or len(predictions) != len(references_list):
-        raise ValueError(
-            f"Need one prediction per source and at least one source, got {len(predictions)} "
-            f"predictions for {len(references_list)} sources."
-        )
+        raise ValueError(f"Need one prediction per source and at least one source, got {len(predictions)} "
+                         f"predictions for {len(references_list)} sources.")
     if any(not refs for refs in references_list):
-        raise ValueError(
-            "Every source needs at least one reference: a split whose references are hidden (all empty) gets "
-            "predictions, never metrics."
-        )
+        raise ValueError("Every source needs at least one reference: a split whose references are hidden (all "
+                         "empty) gets predictions, never metrics.")
     most = max(len(refs) for refs in references_list)
     streams = [[refs[i] if i < len(refs) else None for refs in references_list] for i in range(most)]
     bleu = sacrebleu.corpus_bleu(predictions, streams).score
@@ -133,7 +125,6 @@ def most_frequent_reference_baseline(train_targets, references_list):
 
 # Every run of letters, digits or "_", one character long included (scikit-learn's default drops "5").
 _WORD_PATTERN = r"(?u)\b\w+\b"
-_QUERY_CHUNK = 256  # inputs compared at once: a [256, N_train] float matrix
 
 
 def nearest_training_targets(train_inputs, train_targets, inputs):
@@ -153,8 +144,8 @@ def nearest_training_targets(train_inputs, train_targets, inputs):
     train = vectorizer.transform(train_inputs)  # [N_train, V] 0/1
     train_sizes = numpy.asarray(train.sum(axis=1)).ravel()  # [N_train] |B|
     nearest = []
-    for start in range(0, len(inputs), _QUERY_CHUNK):
-        queries = vectorizer.transform(inputs[start : start + _QUERY_CHUNK])  # [n, V]
+    for start in range(0, len(inputs), 256):  # 256 inputs at once: a [256, N_train] float matrix
+        queries = vectorizer.transform(inputs[start : start + 256])  # [n, V]
         shared = (queries @ train.T).toarray()  # [n, N_train] |A & B|
         sizes = numpy.asarray(queries.sum(axis=1))  # [n, 1] |A|
         union = sizes + train_sizes[None, :] - shared
@@ -193,15 +184,9 @@ def output_statistics(outputs, sources):
 
 
 def evaluate_choices(accelerator, model, dataloader, score, num_choices, labelled=True):
-    """Scores the choices of every example of a prepared DataLoader once, on every process.
-
-    Args:
-        score: batch -> [B, C] choice scores; batches carry "class_labels" [B] (-1: hidden) and "index" [B].
-    Returns:
-        (classification_metrics, or None when not `labelled`; {example index: its C choice scores}).
-    Raises:
-        RuntimeError: an example was missed or repeated across processes.
-    """
+    """Scores every example of a prepared DataLoader once with `score` (batch -> [B, C]; batches carry
+    "class_labels" [B], -1 hidden, and "index" [B]). Returns (classification_metrics, or None when not
+    `labelled`; {example index: its C scores}); RuntimeError when an example was missed or repeated."""
     was_training = model.training
     model.eval()
     indices, scores, labels = [], [], []
@@ -222,13 +207,9 @@ def evaluate_choices(accelerator, model, dataloader, score, num_choices, labelle
 
 
 def evaluate_generation(accelerator, model, dataloader, generate, tokenizer, references, description=None):
-    """Decodes every source of a prepared DataLoader once and scores it against its `references` (None: hidden).
-
-    Args:
-        generate: batch -> [B, L] generated ids padded with pad_token_id; batches carry "index" [B].
-    Returns:
-        (generation_metrics or None without references, the predictions in source order).
-    """
+    """Decodes every source of a prepared DataLoader once with `generate` (batch -> [B, L] ids padded with
+    pad_token_id; batches carry "index" [B]). Returns (generation_metrics against `references`, None when
+    they are hidden; the predictions in source order)."""
     was_training = model.training
     model.eval()
     predictions = [None] * len(dataloader.dataset)

@@ -67,12 +67,8 @@ def _settings_problem(checkpoint, saved, settings):
 
 
 def setup_accelerator(args):
-    """The run's Accelerator with the HF examples' logging, --seed set, and --with_tracking's trackers
-    (TensorBoard writes under OUTPUT_DIR/tensorboard).
-
-    Raises:
-        UsageError: WORLD_SIZE > 1 but Accelerate runs each process alone (they would share --output_dir).
-    """
+    """The run's Accelerator with the HF examples' logging, --seed set and --with_tracking's trackers. Raises
+    UsageError when WORLD_SIZE > 1 but Accelerate runs each process alone (they would share --output_dir)."""
     logging_dir = str(Path(args.output_dir) / "tensorboard")
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               log_with=report_to_trackers(args.report_to) if args.with_tracking else None,
@@ -95,19 +91,16 @@ def setup_accelerator(args):
     return accelerator
 
 
-# What a run writes into its --output_dir (besides tokenizer/, which a later run may read).
-RUN_OUTPUTS = ("results.json", "predictions_*.jsonl", "generations_*.jsonl", "step_*", "epoch_*", "best_model",
-               "best_weights.safetensors", "tensorboard", "wandb", "searched_prompts")
-
-
 def clear_previous_run(args, output_dir):
-    """--overwrite_output_dir without --resume_from_checkpoint: removes the previous run's RUN_OUTPUTS (on
-    the main process), so that nothing of it is mixed in or resumed. Called once every check has passed."""
+    """--overwrite_output_dir without --resume_from_checkpoint: removes what the previous run wrote (but
+    tokenizer/, which a later run may read), so that nothing of it is mixed in or resumed."""
     if not args.overwrite_output_dir or args.resume_from_checkpoint:
         return
     state = PartialState()
+    outputs = ("results.json", "predictions_*.jsonl", "generations_*.jsonl", "step_*", "epoch_*", "best_model",
+               "best_weights.safetensors", "tensorboard", "wandb", "searched_prompts")
     if state.is_main_process:
-        for old in (old for pattern in RUN_OUTPUTS for old in sorted(Path(output_dir).glob(pattern))):
+        for old in (old for pattern in outputs for old in sorted(Path(output_dir).glob(pattern))):
             logger.warning("--overwrite_output_dir: removing %s of the previous run", old)
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     state.wait_for_everyone()
@@ -148,8 +141,8 @@ def create_optimizer(model, learning_rate, weight_decay):
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPlan:
-    """How long a run trains and when it evaluates and checkpoints, in optimizer steps: an epoch is
-    `batches_per_epoch` batches per process, one step per `gradient_accumulation_steps` of them."""
+    """How long a run trains and when it evaluates and checkpoints, in optimizer steps of
+    `gradient_accumulation_steps` batches; an epoch is `batches_per_epoch` batches per process."""
 
     batches_per_epoch: int
     gradient_accumulation_steps: int
@@ -232,12 +225,9 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class TrainingTracker:
-    """What a run must remember across an interruption, and the best evaluation's weights: the loop calls
-    `add_batch` per batch, `end_step` per optimizer step and `record_evaluation` per validation, which keeps
-    a CPU copy of the trainable parameters when `metric` strictly improved (a tie keeps the earlier one).
-    `save` writes training_state.json into a checkpoint and the best weights once beside it
-    (best_weights.safetensors, tagged with their step); `load` reads both, no pickle.
-    """
+    """What a run must remember across an interruption, and a CPU copy of the best evaluation's trainable
+    weights (`metric` strictly improved: a tie keeps the earlier one). `save` writes training_state.json into a
+    checkpoint and the best weights once beside it (best_weights.safetensors, tagged with their step)."""
 
     STATE_NAME = "training_state.json"
     BEST_WEIGHTS_NAME = "best_weights.safetensors"
@@ -261,14 +251,9 @@ class TrainingTracker:
         self.train_examples += examples
 
     def end_step(self, accelerator, plan, progress_bar, started):
-        """The bookkeeping after an optimizer step: the step's mean loss all-reduced, the step and its time
-        since `started` (perf_counter) counted, the progress bar moved, loss and learning rate logged.
-
-        Returns:
-            (the step number, plan.checkpoint_at's "step_N" / "epoch_N" or None).
-        Raises:
-            UsageError: a non-finite loss, before this step's checkpoint (the last one stays good).
-        """
+        """The bookkeeping after an optimizer step (its mean loss all-reduced, counted, shown and logged);
+        returns (the step number, plan.checkpoint_at's name or None). Raises UsageError for a non-finite
+        loss, before this step's checkpoint (the last one stays good)."""
         total = accelerator.reduce(self._step_loss, "mean").item()  # the same on every process
         if not math.isfinite(total):
             raise UsageError(f"Non-finite loss ({total}) at step {self.completed_steps + 1}. Try bf16 instead "
@@ -349,12 +334,8 @@ class TrainingTracker:
         return json.loads((Path(checkpoint) / cls.STATE_NAME).read_text(encoding="utf-8"))
 
     def load(self, checkpoint, max_train_steps):
-        """Reads what `save` wrote. Best weights of a later evaluation (the run went on) are made again here.
-
-        Raises:
-            UsageError: other `settings`, past max_train_steps, or best weights missing or of an evaluation
-                this run cannot redo.
-        """
+        """Reads what `save` wrote; best weights of a later evaluation (the run went on) are made again. Raises
+        UsageError: other `settings`, past max_train_steps, or best weights missing or of a step it cannot redo."""
         checkpoint = Path(checkpoint)
         state = self.read_state(checkpoint)
         problem = _settings_problem(checkpoint, state["settings"], self.settings)
@@ -382,11 +363,8 @@ class TrainingTracker:
 
 def find_checkpoint(resume_from_checkpoint, output_dir):
     """The checkpoint folder (Path) of --resume_from_checkpoint: a path or a folder of output_dir holding a
-    training_state.json, or for "latest" the one with the most completed steps (a tie: the newest).
-
-    Raises:
-        UsageError: the folder is no checkpoint, or "latest" finds none.
-    """
+    training_state.json, or for "latest" the one with the most completed steps (a tie: the newest). Raises
+    UsageError when the folder is no checkpoint, or "latest" finds none."""
     state_name = TrainingTracker.STATE_NAME
     if resume_from_checkpoint != "latest":
         for path in (Path(resume_from_checkpoint), Path(output_dir) / resume_from_checkpoint):
