@@ -104,8 +104,7 @@ def add_few_shot_args(parser):
 def few_shot_problems(args, task):
     """What is wrong with --num_shots / --shots_seed (messages; the default seed is derived_defaults')."""
     if args.num_shots is None:
-        given = args.shots_seed is not None
-        return ["--shots_seed seeds the draw of --num_shots: pass --num_shots K too"] if given else []
+        return [] if args.shots_seed is None else ["--shots_seed seeds the draw of --num_shots: pass --num_shots K too"]
     if task != "cls":
         return ["--num_shots draws K examples per class: classification only (run_cls.py, run_baseline.py --task "
                 "cls); to train generation on fewer rows use --max_train_samples"]
@@ -227,7 +226,7 @@ def add_training_args(parser, zero_shot=True):
     """Adds the training flags and returns the parser; zero_shot False (run_pretrain.py) leaves out --do_train.
     Mixed precision is Accelerate's (accelerate launch --mixed_precision)."""
     group = parser.add_argument_group("training")
-    group.add_argument("--model_name_or_path", help="Hub id or local folder; glm-tiny: a random 2-layer GLM.")
+    group.add_argument("--model_name_or_path", help="Hub id or local folder; glm-tiny: a random 2-layer GLM, offline.")
     group.add_argument("--tokenizer_name",
                        help="Tokenizer, if not the model's; 'train': a BPE of the training texts (in OUTPUT_DIR).")
     group.add_argument("--output_dir", required=True, help="Where checkpoints, predictions and results.json go.")
@@ -358,10 +357,9 @@ def run_script(main, argv=None):
 
 
 def offline_unless_hub_answers(args, local_models=(TINY_MODEL_NAME,)):
-    """Asks the hub once (HEAD, 5 s) when a model, tokenizer or dataset name is neither local nor built in;
-    when it does not answer, huggingface_hub, transformers and datasets go offline (one logged line), so each
-    name is read from the cache or fails at once instead of retrying for half a minute. Returns whether the
-    run works offline."""
+    """Asks the hub once (HEAD, 5 s) when a model, tokenizer or dataset is neither local nor built in; when it
+    does not answer, the libraries go offline (one logged line): each name then comes from the cache or fails
+    at once instead of retrying for half a minute. Returns whether the run works offline."""
     files = any(getattr(args, f"{split}_file") for split in ("train", "validation", "test"))
     models = (getattr(args, "model_name_or_path", None), getattr(args, "tokenizer_name", None))
     names = (*models, None if files else args.dataset_name)

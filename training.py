@@ -416,17 +416,10 @@ def report_to_trackers(report_to):
     return [name for name in names if importlib.util.find_spec(name) is not None]
 
 
-def tracking_config(args):
-    """vars(args) as the trackers' config: TensorBoard's hparams take bool, int, float and str only."""
-    return {name: value if isinstance(value, (bool, int, float, str)) else str(value)
-            for name, value in vars(args).items()}
-
-
 def start_tracking(accelerator, args, project_name):
-    """--with_tracking: starts the trackers, TensorBoard in OUTPUT_DIR/tensorboard/PROJECT_NAME, wandb as a
-    run named after OUTPUT_DIR (files in OUTPUT_DIR/wandb). Called after clear_previous_run. A run resumed
-    after C steps logs from C + 1 on, and TensorBoard's purge_step C + 1 hides what an earlier run logged
-    there, so that each step shows once."""
+    """--with_tracking: starts the trackers with the flags as config, TensorBoard in OUTPUT_DIR/tensorboard/
+    PROJECT_NAME, wandb as a run named after OUTPUT_DIR. Called after clear_previous_run. A run resumed after
+    C steps logs from C + 1 on; TensorBoard's purge_step C + 1 hides what an earlier run logged from there."""
     if not args.with_tracking:
         return
     resumed_after = 0
@@ -435,7 +428,9 @@ def start_tracking(accelerator, args, project_name):
         resumed_after = TrainingTracker.read_state(checkpoint)["completed_steps"]
     init_kwargs = {"tensorboard": {"purge_step": resumed_after + 1},
                    "wandb": {"dir": str(args.output_dir), "name": Path(args.output_dir).resolve().name}}
-    accelerator.init_trackers(project_name, tracking_config(args), init_kwargs)
+    config = {name: value if isinstance(value, (bool, int, float, str)) else str(value)  # what hparams take
+              for name, value in vars(args).items()}
+    accelerator.init_trackers(project_name, config, init_kwargs)
 
 
 def log_values(split, metrics):

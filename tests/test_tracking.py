@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import run_cls
 import run_gen
 from conftest import run_main, write_csv
-from training import tracking_config
+from training import start_tracking
 
 TREC = Path(__file__).resolve().parents[2] / "shared" / "data" / "trec"
 needs_trec = pytest.mark.skipif(not (TREC / "train.csv").is_file(), reason="../shared/data/trec not present")
@@ -149,7 +149,10 @@ def test_a_tracker_that_is_not_installed_is_one_line_before_any_work(report_to, 
 
 
 def test_the_config_holds_every_flag_as_a_value_tensorboard_takes():
-    args = argparse.Namespace(seed=3, learning_rate=1e-5, output_dir="runs/x", do_train=True, max_train_steps=None,
-                              lora_target_modules=["query", "value"])
-    assert tracking_config(args) == {"seed": 3, "learning_rate": 1e-5, "output_dir": "runs/x", "do_train": True,
-                                    "max_train_steps": "None", "lora_target_modules": "['query', 'value']"}
+    args = argparse.Namespace(seed=3, learning_rate=1e-5, output_dir="runs/x", with_tracking=True,
+                              resume_from_checkpoint=None, lora_target_modules=["query", "value"])
+    started = {}
+    accelerator = argparse.Namespace(init_trackers=lambda project, config, init_kwargs: started.update(config))
+    start_tracking(accelerator, args, "run_x")
+    assert started == {"seed": 3, "learning_rate": 1e-5, "output_dir": "runs/x", "with_tracking": True,
+                       "resume_from_checkpoint": "None", "lora_target_modules": "['query', 'value']"}
