@@ -15,7 +15,7 @@ import huggingface_hub
 from data import OFFLINE_DATASETS, resolve_dataset_name
 from glm_peft import PEFT_DEFAULT_LEARNING_RATES, add_peft_args, peft_weights_problems, saved_peft_flags
 from modeling_glm import TINY_MODEL_NAME, UsageError
-from training import TRACKERS, TrainingTracker, _settings_problem, find_checkpoint, report_to_trackers, resume_settings
+from training import TRACKERS, TrainingTracker, find_checkpoint, report_to_trackers, resume_settings, settings_problem
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def training_args_problems(args):
             problems.append(str(error))
         else:
             given = {name: value for name, value in resume_settings(args).items() if value is not None}
-            problem = _settings_problem(checkpoint, TrainingTracker.read_state(checkpoint)["settings"], given)
+            problem = settings_problem(checkpoint, TrainingTracker.read_state(checkpoint)["settings"], given)
             problems += [problem] if problem else []
     for read in ("peft_weights", "model_name_or_path"):
         path = getattr(args, read, None)  # run_pretrain.py has no --peft_weights

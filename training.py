@@ -52,7 +52,7 @@ def resume_settings(args, num_processes=None):
     return settings
 
 
-def _settings_problem(checkpoint, saved, settings):
+def settings_problem(checkpoint, saved, settings):
     """None when `saved` (a checkpoint's settings) agree with `settings` on the names both hold, else the message."""
     differences = [f"--{name} {saved[name]} there, {settings[name]} here" for name in sorted(saved)
                    if name in settings and saved[name] != settings[name]]
@@ -76,10 +76,9 @@ def setup_accelerator(args):
                                                                   logging_dir=logging_dir))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and accelerator.num_processes == 1:
-        raise UsageError(
-            f"Launched as {world_size} processes (WORLD_SIZE) but Accelerate runs each alone. On CPUs set "
-            f"ACCELERATE_USE_CPU=true: ACCELERATE_USE_CPU=true torchrun --nproc_per_node {world_size} SCRIPT ..."
-        )
+        raise UsageError(f"Launched as {world_size} processes (WORLD_SIZE) but Accelerate runs each alone. On CPUs "
+                         "set ACCELERATE_USE_CPU=true: ACCELERATE_USE_CPU=true torchrun --nproc_per_node "
+                         f"{world_size} SCRIPT ...")
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     logger.info("%s", accelerator.state)
@@ -338,7 +337,7 @@ class TrainingTracker:
         UsageError: other `settings`, past max_train_steps, or best weights missing or of a step it cannot redo."""
         checkpoint = Path(checkpoint)
         state = self.read_state(checkpoint)
-        problem = _settings_problem(checkpoint, state["settings"], self.settings)
+        problem = settings_problem(checkpoint, state["settings"], self.settings)
         if problem:
             raise UsageError(problem)
         if state["completed_steps"] > max_train_steps:
