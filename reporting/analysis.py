@@ -1,18 +1,10 @@
-"""Reading a sweep's results.json files (used by report.py and the other reporting modules): loading, telling
-apart runs that may share a table cell, metric scales, aggregation over seeds, model selection on
-validation, and hyperparameter and prompt sensitivity in numbers.
+"""Reading a sweep's results.json files (used by report.py): loading, telling apart the runs that may share a
+table cell, metric scales, aggregation over seeds, model selection on validation, sensitivity in numbers.
 
-Runs share a cell only when every setting but the seed is equal (read from the `args` and the
-launch (mixed precision, processes, device) each results.json records; see `separate_runs`); the
-draw of a few-shot run (--shots_seed) counts as a seed: a cell pools the runs of every (seed, shots
-seed), its "replicates". A (task, dataset) is one study when its runs used the same data (files,
-sizes, sample limits, the number of shots per class, the same test examples, the same validation
-rows carved from train); runs on other data form studies of their own, reported in their own
-sections. `few_shot_curve` joins the studies that differ in their number of shots only. Within a
-study a system is (method, PEFT, model, and every other setting); runs of the same method with other
-settings (steps, sequence lengths, PEFT sizes...) are a system of their own, labelled with what
-differs. Runs without training are no grid point: a zero-shot run gives the "before" score of the
-systems that start from its model, prompt, data and evaluation settings (see `match_zero_shot`).
+A study is a (task, dataset) on the same data; a system is (method, PEFT, model, every other setting); a cell
+is a system's (prompt, learning rate, batch size), whose runs differ in their replicate (seed, and the draw
+of a few-shot run) only (`separate_runs`). Runs without training are no grid point: a zero-shot run gives
+the "before" score of the systems that start from it (`match_zero_shot`).
 """
 
 import hashlib
@@ -24,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metrics import higher_is_better  # noqa: F401 (figures.py and readings.py import it from here)
+from metrics import higher_is_better
 
 logger = logging.getLogger("report")
 
@@ -32,8 +24,7 @@ SYSTEM = ["task", "dataset", "study", "method", "peft", "model", "variant"]
 CONFIG = ["prompt_id", "learning_rate", "batch_size"]
 NO_PROMPT = -1  # prompt_id of runs that use no prompt (e.g. a linear head on raw text)
 
-# Arguments that do not change what a run computes: where it writes and how it saves, resumes,
-# logs and batches its evaluation.
+# Arguments that do not change what a run computes.
 OPERATIONAL_ARGS = frozenset({
     "seed", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit",
     "save_best_model", "per_device_eval_batch_size", "list_prompts", "debug", "with_tracking", "report_to",
@@ -41,19 +32,15 @@ OPERATIONAL_ARGS = frozenset({
 })  # fmt: skip
 # The grid axes, read from the record (its prompt_id is the one the run resolved).
 GRID_ARGS = frozenset({"prompt_id", "prompt_name", "learning_rate", "per_device_train_batch_size"})
-# Arguments that only shape training: a run that does not train (zero-shot) is the same evaluation
-# whatever their values.
+# Arguments that only shape training: a zero-shot run is the same evaluation whatever their values.
 TRAINING_ONLY_ARGS = frozenset({
     "weight_decay", "num_train_epochs", "max_train_steps", "gradient_accumulation_steps", "warmup_ratio",
     "lr_scheduler_type", "max_grad_norm", "metric_for_best_model", "eval_steps", "group_by_length", "label_smoothing",
 })  # fmt: skip
 DATA_ARGS = ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
              "max_train_samples", "max_eval_samples", "max_test_samples", "skip_empty", "num_shots")
-# The carve's flags act through the rows they carve ("validation rows" of a run's data settings), and
-# not at all with a validation file.
+# The carve's flags act through the rows they carve (data settings' "validation rows").
 CARVE_ARGS = ("validation_split_percentage", "data_seed")
-# What tells apart the repetitions of a cell (its replicates): the training seed and, for a few-shot
-# run, the draw of its examples.
 REPLICATE_ARGS = ("seed", "shots_seed")
 PEFT_ARGS = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
              "ptuning_v2": ("pre_seq_len", "prefix_projection", "prefix_hidden_size")}  # fmt: skip
@@ -72,17 +59,9 @@ TASK_NAMES = {"cls": "classification", "gen": "generation"}
 
 
 def load_results(results_dir):
-    """One row per results.json under results_dir (searched recursively).
-
-    Columns: task, dataset, method, peft, model, the CONFIG keys, seed, replicate (the
-    REPLICATE_ARGS values as a tuple), num_shots (NaN: the full training data), metric_for_best_model,
-    validation / test (the metric dicts; test {} when its labels were hidden), test_hidden,
-    epochs, baselines, train_time_s, trainable_share, trainable_params, script, args, env,
-    data_settings (DATA_ARGS, test examples, hidden test labels, `carved_rows`), settings (see
-    `separate_runs`; with the record's launch: mixed precision, processes, device type), path;
-    study and variant "" until `separate_runs` sets them. prompt_id None becomes NO_PROMPT; peft None
-    "none". Files that cannot be read are skipped with a warning.
-    """
+    """One row per results.json under results_dir (searched recursively; an unreadable file is skipped
+    with a warning): the record's fields (`_row`), replicate (the REPLICATE_ARGS values), data_settings,
+    settings (`run_settings` and the launch); study and variant "" until `separate_runs` sets them."""
     rows = []
     for path in sorted(Path(results_dir).rglob("results.json")):
         try:
@@ -94,7 +73,6 @@ def load_results(results_dir):
 
 
 def _row(record, path):
-    """The DataFrame row of one results.json record."""
     args = record.get("args") or {}
     peft = record.get("peft") or "none"
     hidden = bool(record.get("test_labels_hidden"))
@@ -136,11 +114,8 @@ def _row(record, path):
 
 
 def carved_rows(record):
-    """The validation rows a run carved from train (results.json "carved_validation"), as "N rows
-    #hash" (the first 8 hex digits of the SHA-256 of their indices): runs whose best step was chosen
-    on other rows are no seeds of one cell. A record from before --data_seed carved by --seed when it
-    had a train file and neither a validation file nor --num_shots: "carved by --seed S" (a hub
-    dataset's carve cannot be told from its record). None when nothing was carved."""
+    """The validation rows a run carved from train, "N rows #hash" (SHA-256 of their indices), or for a
+    record from before --data_seed "carved by --seed S"; None when nothing was carved."""
     if "carved_validation" not in record:
         args = record.get("args") or {}
         carved = args.get("train_file") and not args.get("validation_file") and not args.get("num_shots")
@@ -150,17 +125,15 @@ def carved_rows(record):
 
 
 def run_settings(args, peft):
-    """The settings a run's cell is defined by besides the data, the grid axes (prompt, learning
-    rate, batch size) and the seed: every recorded argument but OPERATIONAL_ARGS, GRID_ARGS,
-    DATA_ARGS, CARVE_ARGS, REPLICATE_ARGS and the arguments of the PEFT methods the run does not use."""
+    """The settings that define a run's cell besides data, grid axes and seed: every recorded argument but
+    those and OPERATIONAL_ARGS and the arguments of the PEFT methods the run does not use."""
     unused = {name for method, names in PEFT_ARGS.items() if method != peft for name in names}
     skip = OPERATIONAL_ARGS | GRID_ARGS | set(DATA_ARGS) | set(CARVE_ARGS) | set(REPLICATE_ARGS) | unused
     return {name: value for name, value in sorted(args.items()) if name not in skip}
 
 
 def dataset_name(dataset):
-    """A short dataset name: the name itself, or for local files {"train": ".../trec/train.csv"}
-    the folder of the first file ("trec")."""
+    """A short dataset name; for local files {"train": ".../trec/train.csv"} the first file's folder."""
     if isinstance(dataset, dict):
         first = next(iter(dataset.values()), "local")
         return Path(first).parent.name or "local"
@@ -173,8 +146,7 @@ def model_name(model_name_or_path):
 
 
 def system_label(system):
-    """A readable name for a system row: "glm_cloze + lora [glm-tiny]", with its variant
-    "glm_cloze [glm-tiny] (max_train_steps 1)"."""
+    """ "glm_cloze + lora [glm-tiny]", with a variant "glm_cloze [glm-tiny] (max_train_steps 1)"."""
     peft = "" if system["peft"] == "none" else f" + {system['peft']}"
     variant = f" ({system['variant']})" if system.get("variant") else ""
     return f"{system['method']}{peft} [{system['model']}]{variant}"
@@ -184,31 +156,20 @@ def system_label(system):
 
 
 def split_untrained(runs):
-    """(trained runs, runs without any training step): zero-shot runs and --peft_weights
-    evaluations have no validation history, and their learning rate and batch size mean nothing,
-    so they must not compete in the grid search (`match_zero_shot` gives the zero-shot ones their
-    place next to the trained runs)."""
+    """(trained runs, runs without a training step): the latter's learning rate and batch size mean
+    nothing, so they never compete in the grid search."""
     trained = runs["epochs"].map(len) > 0
     return runs[trained], runs[~trained]
 
 
 def separate_runs(runs):
-    """Set the study and variant of every run and drop repeated runs, so that the runs of one
-    table cell (study, system, prompt, learning rate, batch size) differ in their replicate (seed,
-    shots seed) only.
+    """Set every run's study and variant and drop repeats, so that the runs of one cell differ in their
+    replicate only: (runs, Markdown lines saying which runs were set apart and why).
 
-    Per (task, dataset), few-shot runs form a study per number of shots ("8 shots per class"). Per
-    (task, dataset, shots), the data settings (DATA_ARGS, the number of test examples, hidden test
-    labels) shared by the most runs make the main study (study "", or the shots alone); runs on other
-    data get a study named by what differs ("max_train_samples 72"). Within a study, per (method, peft,
-    model), the most common `run_settings` make the main variant; runs with other settings get a variant
-    named by what differs ("max_train_steps 1"). Ties go to the settings seen first (path order). A run
-    with the cell and seed of an earlier one (a rerun elsewhere) is left out.
-
-    Returns:
-        (runs with study and variant set and repeats removed, list of Markdown lines saying which
-        runs were set apart and why).
-    """
+    Few-shot runs form a study per number of shots. Per (task, dataset, shots), the most common data
+    settings make the main study; runs on other data get a study named by what differs
+    ("max_train_samples 72"). Per system, the most common `run_settings` make the main variant, the others
+    a variant named by what differs ("max_train_steps 1"). Ties go to the first seen (path order)."""
     runs = runs.copy()
     notes = []
     for (task, dataset, shots), group in runs.groupby(["task", "dataset", "num_shots"], sort=False, dropna=False):
@@ -239,25 +200,16 @@ def separate_runs(runs):
 
 
 def evaluation_settings(args):
-    """The settings an evaluation without training depends on: `run_settings` without
-    TRAINING_ONLY_ARGS and without PEFT (zero-shot is the model before any PEFT module is added,
-    the common starting point of full fine-tuning and of every PEFT method)."""
+    """`run_settings` without TRAINING_ONLY_ARGS and PEFT (zero-shot is the model before any PEFT module,
+    where full fine-tuning and every PEFT method start)."""
     return {name: value for name, value in run_settings(args, "none").items()
             if name not in TRAINING_ONLY_ARGS and name != "peft"}  # fmt: skip
 
 
 def match_zero_shot(runs, untrained):
-    """The zero-shot runs among `untrained` (`split_untrained`): runs without training, PEFT or
-    --peft_weights that evaluate what some trained runs (`runs`, through `separate_runs`) start
-    from: the same data (data settings), method, model, prompt and `evaluation_settings`. They take
-    the study of those runs.
-
-    Returns:
-        (zero-shot runs with their study and a column `evaluation` (the `evaluation_settings` as
-        one string), a repeat of the study, method, model, evaluation, prompt and seed of an
-        earlier run left out; the other untrained runs with a column `reason` (words); Markdown
-        lines naming the repeats).
-    """
+    """The `untrained` runs that evaluate what some trained `runs` start from (same data, method, model,
+    prompt and `evaluation_settings`, no PEFT): (those, with their study and an `evaluation` column, repeats
+    left out; the other untrained runs with a `reason` column; Markdown lines naming the repeats)."""
     studies = {(r.task, r.dataset, _key(r.data_settings)): r.study for r in runs.itertuples()}
     starts = {(r.task, r.dataset, r.study, r.method, r.model, r.prompt_id, _key(evaluation_settings(r.args)))
               for r in runs.itertuples()}  # fmt: skip
@@ -287,9 +239,7 @@ def match_zero_shot(runs, untrained):
 
 
 def zero_shot_summary(zero_shot, system_runs):
-    """The zero-shot scores of what one system starts from, per prompt: `summarize(..., ["prompt_id"])` of
-    the `zero_shot` runs (`match_zero_shot`, with `add_scores`) with the study, method, model and evaluation
-    settings of `system_runs` (one system's runs: they share them); no rows when there are none."""
+    """`summarize` per prompt of the `zero_shot` runs (scored) that one system's runs start from."""
     first = system_runs.iloc[0]
     names = ["task", "dataset", "study", "method", "model"]
     same = (zero_shot[names] == first[names]).all(axis=1)
@@ -298,10 +248,8 @@ def zero_shot_summary(zero_shot, system_runs):
 
 
 def add_zero_shot(table, summaries):
-    """Copy of a summary table (`prompt_table`, `comparison_table`) with the zero-shot scores of
-    each row's prompt: zs_val_mean, zs_val_std, zs_test_mean, zs_test_std, zs_n_seeds (0 where
-    there is none, the scores then NaN), zs_test_hidden and zs_paths; `summaries`: one `zero_shot_summary`
-    per row of `table`, in its order."""
+    """Copy of a summary table with zs_val_mean, zs_val_std, zs_test_mean, zs_test_std, zs_n_seeds (0 where
+    there is none), zs_test_hidden and zs_paths of each row's prompt in its `zero_shot_summary` (one per row)."""
     columns = ["val_mean", "val_std", "test_mean", "test_std", "n_seeds", "test_hidden", "paths"]
     found = []
     for prompt_id, summary in zip(table["prompt_id"], summaries):
@@ -312,14 +260,12 @@ def add_zero_shot(table, summaries):
 
 
 def _key(value):
-    """A dict as one comparable string."""
     return json.dumps(value, sort_keys=True, default=str)
 
 
 def _minorities(group, column):
-    """For the rows of `group` whose `column` (a dict) differs from the most common value: (short
-    label, rows, differences in words, number of rows with the most common value, names of the
-    differing keys), per value."""
+    """Per value of `column` (a dict) but the most common: (short label, rows, differences in words, count of
+    the most common, names of the differing keys)."""
     keys = group[column].map(_key)
     counts = Counter(keys)
     main = max(counts, key=counts.get)  # the first most common, in path order
@@ -351,8 +297,7 @@ def _short(value):
 
 
 def choose_metric(runs):
-    """The metric of one (task, dataset): the most common metric_for_best_model found in the
-    runs' validation dicts, else the task's default (accuracy / bleu), else the first key."""
+    """The runs' most common metric_for_best_model, else the task's default, else the first key."""
     named = [m for m, v in zip(runs["metric_for_best_model"], runs["validation"]) if m and m in v]
     if named:
         return pd.Series(named).mode().iloc[0]
@@ -367,7 +312,7 @@ def metric_scale(metric):
 
 
 def metric_label(metric):
-    """Axis / column label with its unit: "accuracy (%)", "BLEU (0-100)"."""
+    """ "accuracy (%)", "BLEU (0-100)"."""
     name = METRIC_NAMES.get(metric, metric)
     if metric in PERCENT_METRICS:
         return f"{name} (%)"
@@ -377,8 +322,7 @@ def metric_label(metric):
 
 
 def add_scores(runs, metric):
-    """Copy of runs with columns val and test: the metric (shown scale) read from the
-    validation / test dicts (NaN where a run lacks it, and for hidden test labels)."""
+    """Copy of runs with columns val and test: the metric on its shown scale (NaN where missing)."""
     scale = metric_scale(metric)
     runs = runs.copy()
     runs["val"] = [scale * v[metric] if v.get(metric) is not None else np.nan for v in runs["validation"]]
@@ -391,14 +335,8 @@ def add_scores(runs, metric):
 
 
 def summarize(runs, keys):
-    """Mean and sample std over seeds of the validation and test scores, per group of keys.
-
-    Returns a DataFrame with the keys and val_mean, val_std, test_mean, test_std, n_seeds (the
-    number of replicates: seeds, times shot draws for few-shot runs),
-    train_time_s, trainable_share, trainable_params (means), test_hidden (any run's) and paths
-    (the runs' results.json paths); std is NaN for a single seed (one run per seed: see
-    `separate_runs`).
-    """
+    """Per group of keys: mean and sample std over seeds (NaN for one) of val and test, n_seeds (replicates),
+    means of train_time_s, trainable_share, trainable_params, test_hidden (any) and paths (list)."""
     grouped = runs.groupby(keys, sort=True)
     summary = grouped.agg(
         val_mean=("val", "mean"), val_std=("val", "std"),
@@ -411,8 +349,7 @@ def summarize(runs, keys):
 
 
 def best_row(summary, metric):
-    """The row with the best mean VALIDATION score (ties: smaller std, then grid order).
-    Test columns are never read here."""
+    """The row with the best mean VALIDATION score (ties: smaller std, then grid order); never reads test."""
     ranked = summary.sort_values(
         ["val_mean", "val_std"], ascending=[not higher_is_better(metric), True], na_position="last", kind="stable"
     )
@@ -420,8 +357,7 @@ def best_row(summary, metric):
 
 
 def grid_table(system_runs, metric):
-    """Every config of one system (prompt, lr, batch size) with its validation mean ± std,
-    and the flag `best` on the config chosen on validation."""
+    """`summarize` per config of one system, with the flag `best` on the config chosen on validation."""
     summary = summarize(system_runs, CONFIG)
     best = best_row(summary, metric)
     summary["best"] = (summary[CONFIG] == best[CONFIG]).all(axis=1)
@@ -429,8 +365,7 @@ def grid_table(system_runs, metric):
 
 
 def prompt_table(system_runs, metric):
-    """Per prompt: its best (lr, batch size) chosen on validation, with validation and test
-    mean ± std over seeds at that config."""
+    """Per prompt, its `summarize` row at its best (lr, batch size) chosen on validation."""
     summary = summarize(system_runs, CONFIG)
     rows = [best_row(group, metric) for _, group in summary.groupby("prompt_id", sort=True)]
     table = pd.DataFrame(rows).reset_index(drop=True)
@@ -440,8 +375,7 @@ def prompt_table(system_runs, metric):
 
 
 def comparison_table(runs, metric):
-    """One row per system: its best config (chosen on validation over prompts, learning
-    rates and batch sizes) with validation / test mean ± std, trainable share and time."""
+    """One row per system, in `system_order`: its `summarize` row at its best config chosen on validation."""
     rows = []
     for system, system_runs in runs.groupby(SYSTEM, sort=False):
         best = best_row(summarize(system_runs, CONFIG), metric)
@@ -461,13 +395,9 @@ def system_order(row):
 
 
 def trivial_baselines(runs, metric):
-    """The scripts' reference scores (majority class / most frequent reference) found in the
-    runs' "baselines" field: {name: (validation, test)} on the shown scale, each the mean over
-    replicates (a validation split carved from train depends on the seed, a few-shot train split on
-    its draw); NaN where absent.
-
-    A baseline entry is either {"validation": {...}, "test": {...}} or a flat metric dict
-    (then taken as the test score). `runs` must share their data (one study)."""
+    """The scripts' trivial baselines of one study's runs: {name: (validation, test)} on the shown scale, the
+    mean over replicates (a carved validation split and a few-shot draw depend on them); NaN where absent.
+    An entry is {"validation": {...}, "test": {...}} or a flat metric dict (the test score)."""
     scale = metric_scale(metric)
     values = {}
     for seed, baselines in zip(runs["replicate"], runs["baselines"]):
@@ -488,11 +418,8 @@ def best_runs(system_runs, metric):
 
 
 def learning_curve(runs, metric):
-    """Validation metric per evaluation, mean and std over the given runs (seeds).
-
-    x is the training epoch when every evaluation of a run has its own epoch, else the
-    optimizer step; epochs are shown as epochs completed (epoch index + 1).
-    Returns (DataFrame with columns x, mean, std, n; the x label)."""
+    """(DataFrame x, mean, std, n: the validation metric per evaluation over the runs; the x label): x is
+    epochs completed when every evaluation of a run has its own epoch, else the optimizer step."""
     scale = metric_scale(metric)
     points = [
         {"run": path, "epoch": entry.get("epoch"), "step": entry.get("step"),
@@ -517,12 +444,9 @@ def learning_curve(runs, metric):
 
 
 def grid_sensitivity(grid, metric):
-    """How much the lr x batch-size grid of one prompt matters, from its cells' validation means: `grid`,
-    the rows of `grid_table` for one prompt (val_mean, val_std, learning_rate, batch_size, best, n_seeds).
-    Returns dict: cells, best (the selected row), worst (value), spread (best - worst), cell_std (sample
-    std of the cell means; NaN for one cell), best_lr {batch size: the lr with the best mean at it},
-    lr_moves (whether that lr differs between batch sizes), seed_std (the sample std over seeds at the
-    best cell; NaN for one seed)."""
+    """How much the lr x batch-size grid of one prompt (`grid_table` rows) matters, on validation: dict of
+    cells, best (row), worst, spread, cell_std (sample std of the cell means), best_lr {batch size: best lr},
+    lr_moves (whether that lr differs between batch sizes), seed_std (at the best cell)."""
     values = grid["val_mean"].dropna()
     best = grid[grid["best"]].iloc[0]
     worst = values.min() if higher_is_better(metric) else values.max()
@@ -535,10 +459,8 @@ def grid_sensitivity(grid, metric):
 
 
 def prompt_sensitivity(prompts):
-    """How much the prompt matters, from `prompt_table` rows (each prompt at its best config). Returns
-    dict: prompts, low, high (lowest and highest validation mean), spread (high - low), prompt_std (sample
-    std of the prompts' validation means), seed_std (root mean square of the prompts' seed-to-seed std,
-    over the prompts with 2+ seeds; NaN if none)."""
+    """How much the prompt matters (`prompt_table` rows), on validation: dict of prompts, low, high, spread,
+    prompt_std (sample std of the prompts' means), seed_std (root mean square of their seed std; NaN if none)."""
     values = prompts["val_mean"].dropna()
     seed_std = prompts["val_std"].dropna()
     return {
@@ -554,19 +476,13 @@ PROMPT_METHODS = {"glm_cloze", "mlm_prompt", "seq2seq"}  # answer through a prom
 
 
 def few_shot_curve(runs, metric):
-    """Test score against K (shots per class), one line per system and prompt (LM-BFF's Figure 3).
+    """Test score against K, shots per class (LM-BFF's Figure 3), of one (task, dataset)'s scored runs: one
+    line per system and prompt over the studies whose data differ in their number of shots only. At each K the
+    (lr, batch size) is chosen on validation; the point is the test scores of that cell's replicates.
 
-    A line is a system (method, PEFT, model, variant, as `separate_runs` named it within each
-    study) with one prompt; its points are the studies of one (task, dataset) whose data differ in
-    their number of shots only, and the full training data. At each K the line's (learning rate,
-    batch size) is chosen on validation (`best_row`), then the test scores of that cell's replicates
-    (seeds x shot draws) give the point. `runs`: runs with scores (`add_scores`) of one (task, dataset),
-    after `separate_runs`.
-
-    Returns DataFrame, one row per (line, K), sorted by line then K: line (label), method, peft, model,
-    variant, prompt_id, shots (int K, or FULL_DATA), learning_rate, batch_size, val_mean, test_mean,
-    test_std (sample std, NaN for one replicate), test_min, test_max, n (replicates); empty when no run
-    is few-shot.
+    Returns DataFrame, one row per (line, K), sorted: line, method, peft, model, variant, prompt_id, shots
+    (K or FULL_DATA), learning_rate, batch_size, val_mean, test_mean, test_std, test_min, test_max, n; empty
+    when no run is few-shot.
     """
     few = runs[runs["num_shots"].notna()]
     if few.empty:

@@ -2,23 +2,21 @@
 matrices, learning curves, few-shot curves; each readable at a paper's column width."""
 
 import matplotlib
+import matplotlib.pyplot as plt
 import matplotlib.ticker
+import numpy as np
+from sklearn.metrics import ConfusionMatrixDisplay
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-
-from reporting.analysis import FULL_DATA, higher_is_better, metric_label  # noqa: E402
-from reporting.tables import fmt_lr, fmt_mean_std, fmt_prompt, fmt_replicates, fmt_shots  # noqa: E402
+from reporting.analysis import FULL_DATA, higher_is_better, metric_label
+from reporting.tables import fmt_lr, fmt_mean_std, fmt_prompt, fmt_replicates, fmt_shots
 
 
 def plot_heatmap(table, metric, title, path):
-    """lr x batch-size heatmap of the mean validation score (one prompt), cells annotated
+    """lr x batch-size heatmap of the mean validation score (one prompt's `grid_table` rows), cells annotated
     "mean ± std", the best cell framed in red."""
     means = table.pivot(index="learning_rate", columns="batch_size", values="val_mean").sort_index()
     stds = table.pivot(index="learning_rate", columns="batch_size", values="val_std").reindex_like(means)
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * means.shape[1] + 3.2), 1.0 * means.shape[0] + 2.4))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * means.shape[1] + 3.2), 1.0 * means.shape[0] + 2.4), layout="tight")
     cmap = "viridis" if higher_is_better(metric) else "viridis_r"
     image = ax.imshow(means.to_numpy(dtype=float), cmap=cmap, aspect="auto")
     colorbar = fig.colorbar(image, ax=ax)
@@ -42,20 +40,17 @@ def plot_heatmap(table, metric, title, path):
         j = list(means.columns).index(best["batch_size"].iloc[0])
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_prompts(table, metric, title, path, references=None):
-    """Grouped bars per prompt: zero-shot test (when a prompt has one: analysis.add_zero_shot
-    columns), then validation and test at the prompt's best config, error bars = std over seeds;
-    `references` {name: test score} are drawn as dashed lines."""
+    """Bars per prompt: zero-shot test (analysis.add_zero_shot), validation and test at the prompt's best config,
+    whiskers the std over seeds; `references` {name: test score} as dashed lines."""
     x = np.arange(len(table))
     bars_of = [("zs_test", "zero-shot test", "tab:green")] if table["zs_n_seeds"].any() else []
     bars_of += [("val", "validation", "tab:blue"), ("test", "test", "tab:orange")]
     width = 0.8 / len(bars_of)
-    fig, ax = plt.subplots(figsize=(max(7.5, 0.5 * len(bars_of) * len(table) + 5), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.5 * len(bars_of) * len(table) + 5), 4.2), layout="tight")
     labelled = []
     for i, (split, name, color) in enumerate(bars_of):
         means = table[f"{split}_mean"].to_numpy(dtype=float)
@@ -80,14 +75,11 @@ def plot_prompts(table, metric, title, path, references=None):
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="over seeds:\nbar = mean, whisker = std",
               title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion(matrix, classes, title, path):
-    """Confusion matrix (rows gold, columns predicted) as the percentage of each gold class, drawn
-    by scikit-learn's ConfusionMatrixDisplay; values written in the cells up to 12 classes."""
+    """Confusion matrix (rows gold) as the percentage of each gold class, values written up to 12 classes."""
     totals = matrix.sum(1, keepdims=True)
     shares = np.divide(100 * matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
     size = min(9.0, max(3.6, 2.6 + 0.35 * len(classes)))  # inches: 5.3 x 5.1 for 6 classes, a paper's column
@@ -100,17 +92,21 @@ def plot_confusion(matrix, classes, title, path):
     ax.set_xlabel("predicted class")
     ax.set_ylabel("gold class")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _short(name, width=24):
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
+def _save(fig, path, dpi=150):
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def plot_learning_curves(curves, metric, title, path):
     """One line per system (mean over seeds of its best config), band = ± std."""
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.2), layout="tight")
     xlabels = set()
     for label, (curve, xlabel) in curves.items():
         if curve.empty:
@@ -130,17 +126,13 @@ def plot_learning_curves(curves, metric, title, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               title="method [model], best config\n(n seeds; band = ± std)", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_few_shot(curve, metric, title, path, references=None):
-    """Test score against K (analysis.few_shot_curve), log2 x axis: one line per system and prompt,
-    each point the mean over its replicates, the band (whisker at "full") their min-max; the full
-    training data is the last tick ("full"), two doublings right of the largest K and joined by a
-    dotted segment (its distance means nothing). `references` {name: test score} (the full data's
-    trivial baselines) are drawn as gray dashed lines."""
+    """Test score against K (analysis.few_shot_curve), log2 x axis, one line per system and prompt: the mean over
+    replicates, a band (whisker at "full") their min-max; "full" data two doublings right of the largest K,
+    joined by a dotted segment; `references` {name: test score} as gray dashed lines."""
     ks = sorted(k for k in curve["shots"].unique() if k != FULL_DATA)
     full_x = (ks[-1] if ks else 1) * 4
     fig, ax = plt.subplots(figsize=(5.0, 4.6), layout="constrained")
@@ -169,5 +161,4 @@ def plot_few_shot(curve, metric, title, path, references=None):
     ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1,
               title="system [model], prompt (n replicates per point)\nline = mean, band = min–max over replicates",
               title_fontsize=7.5)  # fmt: skip
-    fig.savefig(path, dpi=200)
-    plt.close(fig)
+    _save(fig, path, dpi=200)

@@ -1,15 +1,10 @@
-"""A dataset folder in the layout the GLM repository's `examples/README.md` asks of contributions:
-one folder per dataset, named by its Hugging Face dataset id, holding README.md (title, Authors,
-Task Description, Running Commands, Results with comparison methods, Reference), requirements.txt
-and the code, without data files (report.py --glm_examples).
-
-The code is copied from this repository: the scripts the runs used, `sweeps.sh` and `report.py`
-(the README's commands), every module they import, and the local prompt files the runs read.
-requirements.txt pins the versions the runs recorded (results.json `env`).
+"""report.py --glm_examples: per dataset, a folder in the layout the GLM repository's `examples/README.md` asks
+of contributions: README.md (title, Authors, Task Description, Running Commands, Results, Reference),
+requirements.txt pinned to the versions the runs recorded, and the code the runs used (no data files).
 """
 
-import ast
 import json
+import modulefinder
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -158,8 +153,7 @@ def shell_value(value):
 
 
 def run_command(row):
-    """A command line that repeats one run: its script and its main arguments (data files in
-    data/, see `portable_args`)."""
+    """A command line that repeats one run: its script and its main arguments (`portable_args`)."""
     args = portable_args(row["args"])
     if args.get("peft") in (None, "none"):
         args = {k: v for k, v in args.items() if k not in ("peft", "pre_seq_len", "lora_r")}
@@ -180,6 +174,7 @@ def method_entry(row):
 
 
 def _axis_values(column):
+    """The values of a grid axis as sweeps.sh reads them: "1e-5 3e-5"."""
     values = sorted(column.dropna().unique())
     return " ".join("none" if v == NO_PROMPT and column.name == "prompt_id" else shell_value(v) for v in values)
 
@@ -196,10 +191,8 @@ def _constant_flags(runs, names):
 
 
 def sweep_command(runs, task, dataset):
-    """The sweeps.sh command (environment variables + flags) that reruns the grid of these
-    runs: the GLM full fine-tuning grid as the global axes, every other method entry with
-    @lr= / @bs= / @prompt= / @seed= where its axis differs, and the data and budget flags
-    that all runs share."""
+    """The sweeps.sh command that reruns the grid of these runs: GLM full fine-tuning's axes as the global
+    ones, @lr= / @bs= / @prompt= / @seed= on the method entries whose axes differ, the shared flags."""
     glm = runs[runs["method"].str.startswith("glm") & (runs["peft"] == "none")]
     main = glm if len(glm) else runs
     axes = {"lr": ("LEARNING_RATES", "learning_rate"), "bs": ("BATCH_SIZES", "batch_size"),
@@ -242,11 +235,8 @@ def references_for(runs, dataset):
 
 
 def portable_args(args):
-    """A run's arguments with its data files as data/<file name> (the example folder's commands read
-    the data from its own data/ folder; the data itself is never part of the folder), and a model or
-    tokenizer read from a local folder as its hub name (a folder named glm-roberta-large is
-    BAAI/glm-roberta-large) or else the folder's name: a README meant for a public pull request never
-    shows the author's paths."""
+    """A run's arguments with its data files as data/<file name> and a local model or tokenizer folder as its
+    hub name (glm-roberta-large: BAAI/glm-roberta-large) or else its name: a public README shows no author's path."""
     def portable(name, value):
         if name in DATA_FILE_ARGS and value:
             return f"data/{Path(value).name}"
@@ -257,41 +247,20 @@ def portable_args(args):
     return {name: portable(name, value) for name, value in args.items()}
 
 
-def local_imports(path):
-    """The files of this repository that a Python file imports, as repository-relative posix paths
-    ("training.py", "reporting/__init__.py", "reporting/tables.py"), found with ast without importing
-    anything: `import a.b`, `from a.b import c` and `from a import b` give a.py or a/__init__.py, then
-    a/b.py or a/b/__init__.py, for each of those files that exists."""
-    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-    found = set()
-    for name in names:
-        parts = name.split(".")
-        for end in range(1, len(parts) + 1):  # every package on the way to the module
-            stem = "/".join(parts[:end])
-            found |= {file for file in (f"{stem}.py", f"{stem}/__init__.py") if (REPOSITORY / file).is_file()}
-    return found
-
-
 def code_files(scripts):
-    """File names (sorted) of the code an example needs: `scripts`, COMMANDS, and every module
-    they import, transitively."""
-    needed, todo = set(), list(scripts) + list(COMMANDS)
-    while todo:
-        name = todo.pop()
-        if name not in needed:
-            needed.add(name)
-            todo += local_imports(REPOSITORY / name) if name.endswith(".py") else []
-    return sorted(needed)
+    """The code an example needs (sorted): `scripts`, COMMANDS and the modules of this repository they import,
+    transitively (modulefinder, without importing them)."""
+    finder = modulefinder.ModuleFinder(path=[str(REPOSITORY)])  # this repository's modules only
+    for name in [*scripts, *COMMANDS]:
+        if name.endswith(".py"):
+            finder.run_script(str(REPOSITORY / name))
+    found = {Path(module.__file__).relative_to(REPOSITORY).as_posix() for module in finder.modules.values()
+             if module.__file__ and Path(module.__file__).is_relative_to(REPOSITORY)}  # fmt: skip
+    return sorted(found | set(scripts) | set(COMMANDS))
 
 
 def prompt_files(runs, dataset):
-    """{name in the example folder: path} of the local prompt file the runs of `dataset` read
-    (`<prompts_dir>/<dataset>.yaml`, prompts_dir relative to this repository, where sweeps.sh
-    starts the runs); empty when their prompts are promptsource's alone."""
+    """{name in the example folder: path} of the runs' local prompt file `<prompts_dir>/<dataset>.yaml`, if any."""
     found = {}
     for prompts_dir in {args.get("prompts_dir") or "prompts" for args in runs["args"]}:
         path = REPOSITORY / prompts_dir / f"{dataset}.yaml"
@@ -301,13 +270,8 @@ def prompt_files(runs, dataset):
 
 
 def requirements_text(runs):
-    """requirements.txt of an example: this repository's requirements.txt, with the version each
-    package had in the runs (results.json env; the most common one where runs differ) pinned, without
-    its local label ("2.13.0+cpu" -> "2.13.0": the public release, on the package index).
-
-    Returns:
-        (text, python version, promptsource version): promptsource is installed apart (README).
-    """
+    """(requirements.txt: this repository's, each package pinned to the runs' most common public version
+    ("2.13.0+cpu" -> "2.13.0"); python version; promptsource version, installed apart)."""
     versions = {}
     for env in runs["env"]:
         for package, version in env.items():
@@ -355,24 +319,19 @@ def code_note(runs):
 
 
 def datasets_without_full_data_runs(runs):
-    """The datasets (sorted) of `runs` (through analysis.separate_runs) whose every run is few-shot
-    (--num_shots): their main study, the one an example folder reports, is empty."""
+    """The datasets (sorted) whose every run is few-shot: their main study, which an example reports, is empty."""
     return sorted(set(runs["dataset"]) - set(runs.loc[runs["study"] == "", "dataset"]))
 
 
 def write_glm_examples(runs, comparisons, directory):
-    """Write directory/<dataset>/ for every dataset of the runs (`write_glm_example`); returns the
-    folders."""
+    """Write directory/<dataset>/ for every dataset of the runs; returns the folders."""
     return [write_glm_example(runs, comparisons, Path(directory) / dataset, dataset)
             for dataset in sorted(runs["dataset"].unique())]  # fmt: skip
 
 
 def write_glm_example(runs, comparisons, folder, dataset):
-    """Write `folder` for one dataset in the layout the GLM repository's examples/ asks of
-    contributions: README.md (title, Authors, Task Description, Running Commands, Results with
-    comparison methods, Reference), requirements.txt (`requirements_text`) and the code
-    (`code_files`, `prompt_files`), no data. Only the main study and the main variant of each
-    method (analysis.separate_runs) appear: the runs one sweep command reproduces."""
+    """Write `folder` for one dataset (module docstring), of its main study and each method's main variant:
+    the runs one sweep command reproduces."""
     runs = runs[(runs["study"] == "") & (runs["variant"] == "") & (runs["dataset"] == dataset)]
     task = runs["task"].iloc[0]
     metric = choose_metric(runs)

@@ -1,21 +1,18 @@
-"""The report's section "What moves the score" (used by report.py, issue #26): for the GLM cloze runs of one study, each
-lever against the run it changes, on the same test examples with the paired test of significance.py.
+"""The report's section "What moves the score" (used by report.py): for the GLM cloze runs of one study, each
+lever against the runs it changes, paired on the same test examples (significance.paired):
 
-  raw vs calibrated        the same runs' predictions before and after contextual calibration
-                           (run_cls.py --calibrate: predictions_test.jsonl "calibrated_scores"),
-                           zero-shot (the prompt best on validation) and fine-tuned (the best config)
-  ensemble vs best prompt  per seed, the best config of every prompt combined (PET, Schick and
-                           Schütze 2021): mean of the choices' log-probabilities, and majority vote
-  demonstrations           the best config with --num_demonstrations against the best config without,
-                           at the same prompt
-  searched label words     the same with --search_verbalizers
-
-A row whose runs are missing says which command adds them.
+  calibration              the same runs' predictions before and after (run_cls.py --calibrate), zero-shot and
+                           fine-tuned
+  prompt ensemble          per seed, the best config of every prompt combined (PET, Schick and Schütze 2021):
+                           mean of the choices' log-probabilities, and majority vote; against the best prompt
+  demonstrations, label    the best config with --num_demonstrations / --search_verbalizers against the best
+  words                    config without, at the same prompt
 """
 
 from pathlib import Path
 
 import numpy as np
+import scipy.special
 
 from reporting import significance
 from reporting.analysis import best_runs, metric_scale, prompt_table
@@ -32,17 +29,11 @@ MISSING = {
 }
 
 
-def log_probabilities(scores):
-    """[..., C] choice scores (summed log-probabilities) -> log-probabilities of the choice distribution."""
-    scores = np.asarray(scores, dtype=float)
-    top = scores.max(-1, keepdims=True)
-    return scores - top - np.log(np.exp(scores - top).sum(-1, keepdims=True))
-
-
 def ensemble_mean(score_sets):
-    """PET's ensemble of prompts: the mean over prompts of each choice's log-probability, [N, C], from
-    `score_sets`: P arrays [N, C] of choice scores of the same examples (choices in label order)."""
-    return np.mean([log_probabilities(scores) for scores in score_sets], axis=0)
+    """PET's ensemble of prompts: the mean over prompts of each choice's log-probability (log-softmax of its
+    summed log-probabilities), [N, C], from `score_sets`: P arrays [N, C] of choice scores of the same examples."""
+    log_probabilities = [scipy.special.log_softmax(np.asarray(scores, dtype=float), axis=-1) for scores in score_sets]
+    return np.mean(log_probabilities, axis=0)
 
 
 def ensemble_vote(score_sets):
@@ -51,21 +42,13 @@ def ensemble_vote(score_sets):
     return np.argmax(votes + 1e-6 * np.exp(ensemble_mean(score_sets)), -1)
 
 
-def _rows_with(rows, scores):
-    """Prediction rows re-predicted from new choice scores [N, C] (choices in the rows' order)."""
-    predicted = np.argmax(scores, -1)
+def _rows_with(rows, predicted):
+    """Prediction rows with new predicted choice indices [N] (choices in the rows' order)."""
     return [{**row, "predicted": list(row["scores"])[p]} for row, p in zip(rows, predicted)]
 
 
-def _calibrated_rows(rows):
-    """The rows as calibrated predictions, or None when the run saved no calibrated scores."""
-    if not rows or "calibrated_scores" not in rows[0]:
-        return None
-    return _rows_with(rows, [list(row["calibrated_scores"].values()) for row in rows])
-
-
 def _stats(runs_rows, metric):
-    """significance.prediction_stats of prediction rows of several seeds: (array (seeds, n, k), key)."""
+    """significance.prediction_stats of the prediction rows of several seeds."""
     stats = [significance.example_stats(rows, "cls", metric) for rows in runs_rows]
     return np.stack([s for s, _ in stats]), stats[0][1]
 
@@ -89,19 +72,18 @@ def _row(lever, a, b, stats_a, stats_b, metric):
 
 
 def calibration_row(lever, runs, metric):
-    """Calibrated vs raw predictions of the same runs (one per seed)."""
+    """Calibrated vs raw predictions of the same runs (one per seed), or None without calibrated scores."""
     raw = list(_predictions(runs).values())
-    if any(rows is None for rows in raw):
+    if any(not rows or "calibrated_scores" not in rows[0] for rows in raw):
         return None
-    calibrated = [_calibrated_rows(rows) for rows in raw]
-    if any(rows is None for rows in calibrated):
-        return None
+    calibrated = [_rows_with(rows, [np.argmax(list(row["calibrated_scores"].values())) for row in rows])
+                  for rows in raw]  # fmt: skip
     return _row(lever, "calibrated", "raw", _stats(calibrated, metric), _stats(raw, metric), metric)
 
 
 def ensemble_rows(plain, metric):
-    """Ensembles (mean log-probability, vote) of the best config of every prompt against the best
-    prompt, on the seeds every prompt has. Returns a list of rows (empty with fewer than 2 prompts)."""
+    """Rows: the ensembles (mean log-probability, vote) of every prompt's best config against the best prompt,
+    on the seeds every prompt has; none with fewer than 2 prompts."""
     prompts = prompt_table(plain, metric)
     if len(prompts) < 2:
         return []
@@ -114,9 +96,8 @@ def ensemble_rows(plain, metric):
     best = int(np.argmax(prompts["val_mean"].to_numpy()))  # on validation, as every choice of the report
     single = [by_prompt[best][s] for s in seeds]
     score_sets = {s: [[list(row["scores"].values()) for row in runs[s]] for runs in by_prompt] for s in seeds}
-    mean = [_rows_with(single[i], ensemble_mean(score_sets[s])) for i, s in enumerate(seeds)]
-    vote = [[{**row, "predicted": list(row["scores"])[p]} for row, p in zip(single[i], ensemble_vote(score_sets[s]))]
-            for i, s in enumerate(seeds)]  # fmt: skip
+    mean = [_rows_with(single[i], np.argmax(ensemble_mean(score_sets[s]), -1)) for i, s in enumerate(seeds)]
+    vote = [_rows_with(single[i], ensemble_vote(score_sets[s])) for i, s in enumerate(seeds)]
     name = f"best single prompt ({prompts['prompt_id'].iloc[best]})"
     rows = []
     for label, ensemble in ((f"ensemble of {len(prompts)} prompts (mean log-prob)", mean),
@@ -127,8 +108,7 @@ def ensemble_rows(plain, metric):
 
 
 def variant_row(lever, label, without, with_lever, plain, metric):
-    """The best config of the runs with a lever against the best config of the plain runs at the
-    same prompt, paired on the seeds both have."""
+    """The best config of the runs with a lever against the plain runs' best at its prompt, on their shared seeds."""
     best = best_runs(with_lever, metric)
     same_prompt = plain[plain["prompt_id"].isin(best["prompt_id"])]
     if same_prompt.empty:
@@ -143,28 +123,25 @@ def variant_row(lever, label, without, with_lever, plain, metric):
 
 
 def lever_rows(runs, zero_shot, metric):
-    """The section's rows for the trained runs of one study and the zero-shot runs (analysis.match_zero_shot,
-    with scores: analysis.add_scores) of any study: list of (lever, row dict or None when its runs are missing)."""
-    cloze = runs[(runs["method"] == GLM_CLOZE) & (runs["peft"] == "none")]
-    study = runs.iloc[0]
-    if len(zero_shot):
-        zero_shot = zero_shot[(zero_shot[["task", "dataset", "study"]] == study[["task", "dataset", "study"]]).all(axis=1)]
-
+    """[(lever, row dict or None when its runs are missing)] for the trained runs of one study and the zero-shot
+    runs (analysis.match_zero_shot), both scored."""
     def lever_of(frame, name):
         return frame["args"].map(lambda args: bool(args.get(name))).astype(bool)
 
-    plain = cloze[~lever_of(cloze, "num_demonstrations") & ~lever_of(cloze, "search_verbalizers")]
-    found = []
-    zs = zero_shot[zero_shot["method"] == GLM_CLOZE] if len(zero_shot) else zero_shot
-    if len(zs):
-        zs = zs[~lever_of(zs, "num_demonstrations") & ~lever_of(zs, "search_verbalizers")]
-    if len(zs):
-        by_prompt = zs.groupby("prompt_id")["val"].mean()
-        best_prompt = by_prompt.idxmax()
-        found.append(("zero-shot calibration", calibration_row(f"calibration, zero-shot (prompt {best_prompt})",
-                                                               zs[zs["prompt_id"] == best_prompt], metric)))
-    else:
-        found.append(("zero-shot calibration", None))
+    def plain_of(frame):
+        return frame[~lever_of(frame, "num_demonstrations") & ~lever_of(frame, "search_verbalizers")]
+
+    cloze = runs[(runs["method"] == GLM_CLOZE) & (runs["peft"] == "none")]
+    plain = plain_of(cloze)
+    found = [("zero-shot calibration", None)]
+    if len(zero_shot):
+        keys = ["task", "dataset", "study"]
+        same_study = (zero_shot[keys] == runs.iloc[0][keys]).all(axis=1)
+        zs = plain_of(zero_shot[same_study & (zero_shot["method"] == GLM_CLOZE)])
+        if len(zs):
+            best_prompt = zs.groupby("prompt_id")["val"].mean().idxmax()
+            found = [("zero-shot calibration", calibration_row(f"calibration, zero-shot (prompt {best_prompt})",
+                                                               zs[zs["prompt_id"] == best_prompt], metric))]
     found.append(("calibration", calibration_row("calibration, fine-tuned", best_runs(plain, metric), metric)
                   if len(plain) else None))
     ensembles = ensemble_rows(plain, metric) if len(plain) else []
@@ -179,8 +156,7 @@ def lever_rows(runs, zero_shot, metric):
 
 
 def lever_section(runs, zero_shot, metric):
-    """Markdown lines of "What moves the score" for one classification study (`runs`: its trained runs,
-    `zero_shot`: the zero-shot runs, both with scores: analysis.add_scores)."""
+    """Markdown lines of "What moves the score" for one classification study (`lever_rows`)."""
     lines = ["### What moves the score", "",
              "Each lever against what it changes, on the same test examples (mean over seeds; paired "
              "randomization test). Calibration compares the same runs' predictions before and after; the ensemble "

@@ -1,9 +1,5 @@
-"""The report's sentences: what each table and figure of report.md shows, in words (used by
-report.py). The numbers come from analysis.py (grid and prompt sensitivity), significance.py
-(confidence intervals, paired tests) and error_analysis.py (per-class scores, errors, lengths);
-these functions only phrase them: the best system and its test score, its gain over zero-shot and
-its paired tests against the others, how much the learning rate, batch size, prompt and seed
-matter, and what the errors of the best system share.
+"""The report's sentences (used by report.py): what each table and figure of report.md shows, in words. The
+numbers come from analysis.py, significance.py and error_analysis.py; these functions only phrase them.
 """
 
 import itertools
@@ -15,11 +11,9 @@ import pandas as pd
 from reporting import significance
 from reporting.analysis import FULL_DATA, METRIC_NAMES, PROMPT_METHODS, higher_is_better, metric_label, system_label
 from reporting.significance import paired
-from reporting.tables import fmt_ci, fmt_lr, fmt_mean_std, fmt_prompt, fmt_seeds, fmt_shots
+from reporting.tables import fmt_ci, fmt_k, fmt_lr, fmt_mean_std, fmt_prompt, fmt_seeds, fmt_shots
 
-
-# Picking the shortest choice this many points more often than the gold answer is the shortest reads
-# as following length.
+# Picking the shortest choice this many points more often than the gold answer is shortest: following length.
 LENGTH_FOLLOWING_POINTS = 20
 
 
@@ -32,10 +26,9 @@ def difference_sentence(a, b, difference, p, seeds):
 
 
 def comparison_reading(table, trivial, zero_shot=None):
-    """Sentences under the comparison table (`add_tests_against_best`, `analysis.add_zero_shot`):
-    the best system on validation, its test score and CI, its gain over zero-shot (`zero_shot`:
-    `zero_shot_test` of the best row), its paired test against each other system, and the trivial
-    baselines."""
+    """Sentences under the comparison table (significance.add_tests_against_best, analysis.add_zero_shot): the
+    best system, its test score, its gain over zero-shot (`zero_shot`: significance.zero_shot_test of the best
+    row), its paired tests against the others, and the trivial baselines."""
     row = table[table["best"]].iloc[0]
     name = system_label(row)
     validation = fmt_mean_std(row["val_mean"], row["val_std"])
@@ -65,8 +58,7 @@ def comparison_reading(table, trivial, zero_shot=None):
 
 
 def prompt_pair_readings(prompts, stats, metric):
-    """Bullets: the paired test of every pair of prompts (each at its best config), the higher on
-    test first."""
+    """Bullets: the paired test of every pair of prompts at their best config, the higher on test first."""
     lines = []
     for a, b in itertools.combinations(prompts.index, 2):
         if prompts.loc[b, "test_mean"] > prompts.loc[a, "test_mean"]:
@@ -82,9 +74,9 @@ def prompt_pair_readings(prompts, stats, metric):
 
 
 def prompt_zero_shot_reading(prompts, metric):
-    """Before and after fine-tuning, per prompt (`prompt_table` rows with analysis.add_zero_shot
-    columns): the zero-shot and fine-tuned test ranges, each prompt's gain, and whether the prompt
-    best on validation zero-shot is the one best after fine-tuning. None without zero-shot runs."""
+    """Before and after fine-tuning, per prompt (`prompt_table` rows, analysis.add_zero_shot): the test ranges,
+    each prompt's gain, and whether zero-shot validation picks the prompt best after fine-tuning; None
+    without zero-shot runs."""
     zero = prompts[prompts["zs_n_seeds"] > 0]
     if zero.empty:
         return None
@@ -130,10 +122,7 @@ def grid_reading(sensitivity, metric):
         text += f" The best learning rate {'moves' if s['lr_moves'] else 'does not move'} with batch size ({per_size})."
     if math.isnan(s["seed_std"]):
         return text + " One seed at the best cell: the seed-to-seed spread is not measured."
-    smaller = s["seed_std"] < s["cell_std"]
-    verdict = "the configuration matters more than the seed" if smaller else "grid differences are within seed noise"
-    return text + (f" The seed-to-seed std at the best cell, {s['seed_std']:.2f}, is {'' if smaller else 'not '}"
-                   f"smaller than the std across cells ({s['cell_std']:.2f}): {verdict}.")
+    return text + _seed_verdict(s["seed_std"], "at the best cell", s["cell_std"], "cells", "configuration", "grid")
 
 
 def prompt_reading(sensitivity, metric):
@@ -144,15 +133,21 @@ def prompt_reading(sensitivity, metric):
             f"std across prompts {s['prompt_std']:.2f}).")
     if math.isnan(s["seed_std"]):
         return text + " One seed per prompt: the seed-to-seed spread is not measured."
-    smaller = s["seed_std"] < s["prompt_std"]
-    verdict = "the prompt matters more than the seed" if smaller else "prompt differences are within seed noise"
-    return text + (f" The seed-to-seed std at those configurations is {s['seed_std']:.2f} (root mean square), "
-                   f"{'smaller' if smaller else 'not smaller'} than the std across prompts: {verdict}.")
+    where = "at those configurations (root mean square)"
+    return text + _seed_verdict(s["seed_std"], where, s["prompt_std"], "prompts", "prompt", "prompt")
+
+
+def _seed_verdict(seed_std, where, std, across, what, noun):
+    """Whether the seed-to-seed std `where` is smaller than the std across `across`, and what that means."""
+    smaller = seed_std < std
+    verdict = f"the {what} matters more than the seed" if smaller else f"{noun} differences are within seed noise"
+    return (f" The seed-to-seed std {where}, {seed_std:.2f}, is {'' if smaller else 'not '}smaller than the std "
+            f"across {across} ({std:.2f}): {verdict}.")
 
 
 def per_class_reading(classes, matrix, noun="class"):
-    """F1 range over classes, the class predicted most, classes never predicted and the largest
-    confusion, in sentences; `noun` names the classes ("choice position" for multiple choice)."""
+    """F1 range over classes, the class predicted most, classes never predicted and the largest confusion;
+    `noun` names the classes ("choice position" for multiple choice)."""
     f1 = classes.set_index("class")["f1"]
     if f1.min() == f1.max():
         text = f"**Reading.** Every {noun} has F1 {100 * f1.min():.1f}."
@@ -176,8 +171,7 @@ def per_class_reading(classes, matrix, noun="class"):
 
 
 def length_following_reading(facts, length_normalized):
-    """Whether the picks follow the choices' lengths (error_analysis.length_following), with the
-    remedy when they do: summed log-probabilities favour short choices."""
+    """Whether the picks follow the choices' lengths (error_analysis.length_following), with the remedy."""
     predicted, gold = 100 * facts["predicted_shortest"], 100 * facts["gold_shortest"]
     text = (f"**Length.** The model picks the shortest choice (in tokens) in {predicted:.1f}% of its "
             f"{facts['predictions']} test predictions; the gold answer is the shortest in {gold:.1f}%.")
@@ -223,15 +217,9 @@ def length_reading(lengths, facts):
 
 
 def few_shot_reading(curve, metric):
-    """The plain reading of a `few_shot_curve`: which line leads on test at the smallest and the
-    largest K (and whether the leader's band clears the runner-up's), where the lead changes hands,
-    and, when there are both, the gap between the best prompt-based line (PROMPT_METHODS) and the
-    best linear head at each K.
-
-    Returns:
-        list of str (sentences), e.g. ["With 8 examples per class, A leads on test accuracy (45.0, next
-        B 25.0; the bands do not overlap).", ...].
-    """
+    """Sentences on a `few_shot_curve`: which line leads on test at the smallest and the largest K (and whether
+    its band clears the runner-up's), where the lead changes hands, and the gap between the best prompt-based
+    line (PROMPT_METHODS) and the best linear head at each K."""
     means, lows, highs, counts = (curve.pivot(index="line", columns="shots", values=column)
                                   for column in ("test_mean", "test_min", "test_max", "n"))  # fmt: skip
     sign = 1 if higher_is_better(metric) else -1
@@ -253,7 +241,7 @@ def few_shot_reading(curve, metric):
                 verdict = "their bands overlap: not a settled difference"
             text += f", next {second} {means.loc[second, shots]:.1f}; {verdict}"
         sentences.append(text + ").")
-    changes = [f"{leaders[b][0]} takes the lead from {leaders[a][0]} between {_at(a)} and {_at(b)}"
+    changes = [f"{leaders[b][0]} takes the lead from {leaders[a][0]} between {fmt_k(a)} and {fmt_k(b)}"
                for a, b in zip(means.columns, means.columns[1:]) if leaders[a][0] != leaders[b][0]]
     if len(means.columns) > 1:
         sentences.append(("; ".join(changes) + ".") if changes else f"{leaders[means.columns[0]][0]} leads at every K.")
@@ -261,11 +249,6 @@ def few_shot_reading(curve, metric):
     prompted, heads = means[methods.isin(PROMPT_METHODS)], means[methods == "linear_head"]
     if len(prompted) and len(heads):
         gaps = sign * ((sign * prompted).max() - (sign * heads).max())
-        listed = ", ".join(f"{gap:+.1f} at {_at(shots)}" for shots, gap in gaps.dropna().items())
+        listed = ", ".join(f"{gap:+.1f} at {fmt_k(shots)}" for shots, gap in gaps.dropna().items())
         sentences.append(f"Best prompt-based line minus best linear head ({name} points): {listed}.")
     return sentences
-
-
-def _at(shots):
-    """"K = 8", or "full" (the full training data)."""
-    return "full" if shots == FULL_DATA else f"K = {fmt_shots(shots)}"

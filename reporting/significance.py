@@ -1,10 +1,9 @@
-"""Is a difference real? Confidence intervals and paired tests over the test examples of saved
-predictions (used by report.py), and the same on the rows of the report's summary tables
-(`add_test_statistics`, `add_tests_against_best`, `paired`).
+"""Is a difference real? Confidence intervals and paired tests over the test examples of saved predictions
+(used by report.py), also on the rows of the report's summary tables.
 
-Every metric the scripts report is a function of sums over test examples: each example gives a
-small vector of counts (`example_stats`), a resample of examples sums them, and `finalize` turns
-the sums into the metric, exactly as metrics.py computes it on the whole test set:
+Every metric the scripts report is a function of sums over test examples: each example gives a small vector
+of counts (`example_stats`), a resample sums them, and `finalize` turns the sums into the metric as
+metrics.py computes it on the whole test set:
 
   accuracy   [correct]                               mean
   macro_f1   [tp_c, fp_c, fn_c for each class c]     mean over classes of 2tp / (2tp + fp + fn)
@@ -14,17 +13,11 @@ the sums into the metric, exactly as metrics.py computes it on the whole test se
              [hyp len, ref len, matches 1-4, totals 1-4] sacrebleu computes it (`bleu_from_counts`)
   rouge*     [F-measure (0-100)]                     mean (rouge-score, best reference per source)
 
-A system's score is the mean over its seeds of the metric on the same examples, so a resample
-draws the same examples for every seed.
-
-- `bootstrap_ci`: 95% percentile bootstrap interval of that score, 1,000 resamples of the test
-  examples, seeded (scipy.stats.bootstrap; Efron and Tibshirani 1993, ch. 13).
-- `paired_test`: two systems on the same test examples, paired approximate randomization (each
-  example's outputs of the two systems swapped at random; Noreen 1989, Riezler and Maxwell 2005)
-  with scipy.stats.permutation_test (permutation_type="samples"; exact when 2^n is at most the
-  number of resamples). Two-sided p-value. The statistic is the difference of the
-  scores of each system's per-example counts averaged over its seeds: for accuracy and ROUGE this
-  is the difference of the seed means, for BLEU and macro-F1 that of the seed-pooled scores.
+A system's score is the mean over its seeds of the metric on the same examples (a resample draws the same
+examples for every seed). `bootstrap_ci`: percentile bootstrap (Efron and Tibshirani 1993, ch. 13).
+`paired_test`: paired approximate randomization, each example's outputs of the two systems swapped at random
+(Noreen 1989, Riezler and Maxwell 2005), two-sided; its statistic is the difference of the scores of each
+system's per-example counts averaged over its seeds (for BLEU and macro-F1: of the seed-pooled scores).
 """
 
 import json
@@ -47,7 +40,7 @@ SUPPORTED = {"cls": ("accuracy", "macro_f1"), "gen": ("bleu", "rouge1", "rouge2"
 
 
 def read_predictions(run_dir, task):
-    """The rows of a run's test predictions file (PREDICTION_FILES), or None when there is none."""
+    """The rows of a run's test predictions file, or None when there is none."""
     path = Path(run_dir) / PREDICTION_FILES[task]
     if not path.exists():
         return None
@@ -55,16 +48,9 @@ def read_predictions(run_dir, task):
 
 
 def example_stats(rows, task, metric):
-    """Per-example counts of `metric` (see the module docstring) and the examples' identity.
-
-    Args:
-        rows: predictions_test.jsonl rows (cls: gold, predicted, scores {choice: score}) or
-            generations_test.jsonl rows (gen: references, prediction). task: "cls" | "gen".
-        metric: one of SUPPORTED[task].
-    Returns:
-        (stats float array (n, k), key): key identifies the examples (gold choice indices for cls,
-        references for gen) so that two systems are paired only on the same examples.
-    """
+    """(per-example counts of `metric` (module docstring), float array (n, k); key of the examples: gold
+    choice indices for cls, references for gen, so that two systems pair only on the same examples), from
+    predictions_test.jsonl rows (cls) or generations_test.jsonl rows (gen); `metric` in SUPPORTED[task]."""
     if task == "cls":
         gold = np.array([list(row["scores"]).index(row["gold"]) for row in rows])
         predicted = np.array([list(row["scores"]).index(row["predicted"]) for row in rows])
@@ -97,13 +83,10 @@ def finalize(sums, n, metric):
 
 
 def bleu_from_counts(sums):
-    """Corpus BLEU (0-100) from summed sentence statistics, vectorized: sacrebleu's
-    BLEU.compute_bleu with its default "exp" smoothing (mteval-v13a: the k-th n-gram order without
-    a match counts as precision 1 / (2^k total)), brevity penalty exp(1 - ref/hyp) for a short
-    output (Papineni et al. 2002). sacrebleu's own function takes one vector of integer counts at a
-    time; the tests take thousands of vectors and seed-averaged (fractional) counts.
-    `sums`: (..., 10) array [hyp len, ref len, matches of 1..4-grams, totals of 1..4-grams] -> (...) array.
-    """
+    """Corpus BLEU (0-100), (...), of summed sentence statistics (..., 10) [hyp len, ref len, matches of 1..4-grams,
+    totals of 1..4-grams], vectorized (the tests sum thousands of resamples): sacrebleu's BLEU.compute_bleu
+    with its "exp" smoothing (mteval-v13a: the k-th order without a match counts 1 / (2^k total)) and brevity
+    penalty exp(1 - ref/hyp) (Papineni et al. 2002)."""
     sys_len, ref_len, correct, total = sums[..., 0], sums[..., 1], sums[..., 2:6], sums[..., 6:10]
     unmatched = correct == 0
     smoothed = 1 / (2.0 ** np.cumsum(unmatched, axis=-1) * np.where(total > 0, total, 1))
@@ -116,17 +99,16 @@ def bleu_from_counts(sums):
 
 
 def seed_mean_score(stats, metric, indices=None):
-    """Mean over seeds of the metric on the examples `indices` (int array (..., m); all when None):
-    (...) array (a float for indices None). `stats`: (seeds, n, k) per-example counts of each seed's run."""
+    """Mean over seeds of the metric on the examples `indices` (int array (..., m); all when None) -> (...);
+    `stats`: (seeds, n, k) per-example counts of each seed's run."""
     if indices is None:
         indices = np.arange(stats.shape[1])
     return finalize(stats[:, indices].sum(-2), indices.shape[-1], metric).mean(0)
 
 
 def bootstrap_ci(stats, metric):
-    """95% percentile bootstrap interval (low, high) of `seed_mean_score` over test examples, on the
-    metric's stored scale (CI_RESAMPLES resamples, rng seeded with SEED; scipy.stats.bootstrap).
-    `stats`: (seeds, n, k) per-example counts (`example_stats` of each seed's run)."""
+    """95% percentile bootstrap interval (low, high) of `seed_mean_score` over the test examples of `stats`
+    (seeds, n, k), on the metric's stored scale."""
     result = scipy.stats.bootstrap(
         (np.arange(stats.shape[1]),), lambda indices, axis: seed_mean_score(stats, metric, indices),
         n_resamples=CI_RESAMPLES, batch=100, vectorized=True, method="percentile", confidence_level=CONFIDENCE,
@@ -136,10 +118,8 @@ def bootstrap_ci(stats, metric):
 
 
 def paired_test(stats_a, stats_b, metric):
-    """Paired approximate randomization test of system A against system B on the same examples:
-    (difference A - B of the statistic (module docstring), on the metric's stored scale; two-sided
-    p-value). `stats_a`, `stats_b`: (seeds, n, k) per-example counts of each system's seed runs (the
-    seed counts may differ; n and k may not)."""
+    """Paired approximate randomization test of A against B (module docstring): (difference A - B on the
+    stored scale, two-sided p). `stats_a`, `stats_b`: (seeds, n, k) counts; their seed counts may differ."""
     n = stats_a.shape[1]
     pooled = np.concatenate([stats_a.mean(0), stats_b.mean(0)])  # rows 0..n-1: A, n..2n-1: B
 
@@ -162,8 +142,8 @@ def fmt_p(p):
 
 
 def prediction_stats(row, task, metric):
-    """Per-example counts of a summary row's runs (example_stats): (array (seeds, n, k), example key), or
-    None when the test labels were hidden, the metric is not one SUPPORTED, or a run has no predictions file."""
+    """(`example_stats` of a summary row's runs, (seeds, n, k); example key), or None when the test labels
+    were hidden, the metric is not SUPPORTED or a run has no predictions file."""
     if row["test_hidden"] or metric not in SUPPORTED[task]:
         return None
     stats, keys = [], []
@@ -178,8 +158,8 @@ def prediction_stats(row, task, metric):
 
 
 def add_test_statistics(table, task, metric):
-    """Copy of a summary table (comparison or prompts) with test_ci (95% bootstrap CI on the shown
-    scale, or None) and test_examples (n, or 0) per row, and the rows' prediction_stats (list)."""
+    """(copy of a summary table with test_ci (shown scale, or None) and test_examples (n, or 0); the rows'
+    prediction_stats)."""
     stats = [prediction_stats(row, task, metric) for _, row in table.iterrows()]
     table = table.copy()
     scale = metric_scale(metric)
@@ -190,8 +170,8 @@ def add_test_statistics(table, task, metric):
 
 
 def add_tests_against_best(table, stats, metric):
-    """Copy of a comparison table with best (the row chosen on validation), diff_vs_best (the row
-    minus the best, shown scale) and p_vs_best (NaN for the best row and where untested)."""
+    """Copy of a comparison table with best (chosen on validation), diff_vs_best (shown scale) and p_vs_best
+    (NaN for the best row and where untested)."""
     table = table.copy()
     best = best_row(table, metric).name
     table["best"] = table.index == best
@@ -204,8 +184,8 @@ def add_tests_against_best(table, stats, metric):
 
 
 def paired(stats_a, stats_b, metric):
-    """(difference A - B on the shown scale, p) of paired_test, or None when either
-    side has no predictions or they are not on the same test examples."""
+    """(difference A - B on the shown scale, p) of `paired_test` of two prediction_stats, or None when
+    either is None or they are not on the same test examples."""
     if stats_a is None or stats_b is None or stats_a[1] != stats_b[1]:
         return None
     difference, p = paired_test(stats_a[0], stats_b[0], metric)
@@ -213,9 +193,8 @@ def paired(stats_a, stats_b, metric):
 
 
 def zero_shot_test(row, stats, task, metric):
-    """(fine-tuned - zero-shot on the shown scale, p) of the paired test between a summary row
-    (`stats`: its prediction_stats) and its zero-shot runs (analysis.add_zero_shot columns), or
-    None where either has no predictions."""
+    """`paired` of a summary row (`stats`: its prediction_stats) against its zero-shot runs
+    (analysis.add_zero_shot columns), or None."""
     if not row["zs_n_seeds"]:
         return None
     zero_shot = prediction_stats({"test_hidden": row["zs_test_hidden"], "paths": row["zs_paths"]}, task, metric)

@@ -56,8 +56,7 @@ def _missing(value):
 
 
 def fmt_mean_std(mean, std, digits=2):
-    """ "80.00 ± 2.00"; the mean alone when std is NaN (one seed: never a spread of one run); "–"
-    when missing."""
+    """ "80.00 ± 2.00"; the mean alone when std is NaN (one seed); "–" when missing."""
     if _missing(mean):
         return "–"
     if _missing(std):
@@ -71,25 +70,22 @@ def fmt_test(row, digits=2):
 
 
 def fmt_zero_shot(row, digits=2):
-    """The zero-shot test cell of a row with `analysis.add_zero_shot` columns: mean ± std over its
-    seeds, "hidden" for hidden test labels, "–" where no zero-shot run matches."""
+    """The zero-shot test cell of a row (analysis.add_zero_shot); "–" where no zero-shot run matches."""
     if not row.zs_n_seeds:
         return "–"
     return "hidden" if row.zs_test_hidden else fmt_mean_std(row.zs_test_mean, row.zs_test_std, digits)
 
 
 def text_cell(text, width=100):
-    """Free text as one Markdown table cell: white space runs as one space, "|" escaped, cut to
-    `width` characters with "…"."""
+    """Free text as one Markdown cell: white space collapsed, "|" escaped, cut to `width` characters with "…"."""
     text = " ".join(str(text).split())
     text = text if len(text) <= width else text[: width - 1] + "…"
     return text.replace("|", "\\|")
 
 
 def shared_words(texts):
-    """(words that open, words that close) every one of `texts`: a prompt's fixed wording when the
-    texts are all the test inputs of a run. (0, 0) for fewer than two texts or when a text would be
-    left without a word of its own."""
+    """(words that open, words that close) every one of `texts` (a prompt's fixed wording); (0, 0) for fewer
+    than two texts or when a text would be left without a word of its own."""
     words = [str(text).split() for text in texts]
     if len(words) < 2:
         return 0, 0
@@ -144,6 +140,11 @@ def fmt_shots(shots):
     return "full" if shots == FULL_DATA else str(int(shots))
 
 
+def fmt_k(shots):
+    """"K = 8", or "full" for the full training data."""
+    return "full" if shots == FULL_DATA else f"K = {int(shots)}"
+
+
 def fmt_replicates(points):
     """The replicates of one line's points (`few_shot_curve` rows): "2", "2/3", or "2; full 1"."""
     few, full = points[points["shots"] != FULL_DATA], points[points["shots"] == FULL_DATA]
@@ -180,78 +181,68 @@ def study_title(dataset, study=""):
 # --- The tables ---
 
 
-def _label(kind, *names):
-    """A LaTeX label: "tab:grid-cls-trec-glm_cloze_glm-tiny"."""
-    return f"tab:{kind}-" + "-".join(safe_name(name) for name in names if name)
+def _table(kind, names, caption, rows, header, align, bold=()):
+    """A Table of `rows` under `header`, labelled for LaTeX "tab:grid-cls-trec-glm_cloze_glm-tiny"."""
+    label = f"tab:{kind}-" + "-".join(safe_name(name) for name in names if name)
+    return Table(caption, label, pd.DataFrame(rows, columns=header), frozenset(bold), align)
+
+
+def _about(task, dataset, study, system):
+    """The opening of a system's caption: "TREC (cls), glm_cloze [glm-tiny]"."""
+    return f"{study_title(dataset, study)} ({task}), {system}"
 
 
 def make_grid_table(task, dataset, study, system, table, metric):
+    """`table`: analysis.grid_table rows; the best configuration in bold."""
     label = metric_label(metric)
-    rows = [
-        [fmt_prompt(r.prompt_id), fmt_lr(r.learning_rate), str(int(r.batch_size)), str(int(r.n_seeds)),
-         fmt_mean_std(r.val_mean, r.val_std), "best" if r.best else ""]
-        for r in table.itertuples()
-    ]  # fmt: skip
+    rows = [[fmt_prompt(r.prompt_id), fmt_lr(r.learning_rate), str(int(r.batch_size)), str(int(r.n_seeds)),
+             fmt_mean_std(r.val_mean, r.val_std), "best" if r.best else ""] for r in table.itertuples()]
     header = ["prompt", "learning rate", "batch size", "seeds", f"validation {label}", ""]
-    return Table(
-        caption=f"{study_title(dataset, study)} ({task}), {system}: grid search. Validation {label}, "
-        "mean ± std over seeds (the mean alone for one seed); the best configuration (bold) is chosen on validation.",
-        label=_label("grid", task, dataset, study, system),
-        frame=pd.DataFrame(rows, columns=header),
-        bold=frozenset(i for i, best in enumerate(table["best"]) if best), align="lrrrrl",
-    )  # fmt: skip
+    caption = (f"{_about(task, dataset, study, system)}: grid search. Validation {label}, mean ± std over seeds (the "
+               "mean alone for one seed); the best configuration (bold) is chosen on validation.")
+    bold = (i for i, best in enumerate(table["best"]) if best)
+    return _table("grid", (task, dataset, study, system), caption, rows, header, "lrrrrl", bold)
 
 
 def make_prompt_table(task, dataset, study, system, table, metric):
-    """`table`: prompt_table rows, with test_ci (or None) and the zero-shot columns
-    (analysis.add_zero_shot) per prompt."""
+    """`table`: prompt_table rows, with test_ci (or None) and the analysis.add_zero_shot columns."""
     label = metric_label(metric)
-    rows = [
-        [fmt_prompt(r.prompt_id, r.prompt_name), fmt_lr(r.learning_rate), str(int(r.batch_size)),
-         str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_zero_shot(r), fmt_test(r), fmt_ci(r.test_ci)]
-        for r in table.itertuples()
-    ]  # fmt: skip
+    rows = [[fmt_prompt(r.prompt_id, r.prompt_name), fmt_lr(r.learning_rate), str(int(r.batch_size)),
+             str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_zero_shot(r), fmt_test(r), fmt_ci(r.test_ci)]
+            for r in table.itertuples()]  # fmt: skip
     header = ["prompt", "learning rate", "batch size", "seeds", f"validation {label}", f"zero-shot test {label}",
               f"test {label}", "test 95% CI"]  # fmt: skip
-    return Table(
-        caption=f"{study_title(dataset, study)} ({task}), {system}: prompts compared, each at its best learning rate "
-        f"and batch size (chosen on validation). Scores: {label}, mean ± std over seeds. Zero-shot test: the same "
-        "model and prompt before any training. Test 95% CI: bootstrap over test examples of the seed mean.",
-        label=_label("prompts", task, dataset, study, system),
-        frame=pd.DataFrame(rows, columns=header), align="lrrrrrrr",
-    )  # fmt: skip
+    caption = (f"{_about(task, dataset, study, system)}: prompts compared, each at its best learning rate and batch "
+               f"size (chosen on validation). Scores: {label}, mean ± std over seeds. Zero-shot test: the same "
+               "model and prompt before any training. Test 95% CI: bootstrap over test examples of the seed mean.")
+    return _table("prompts", (task, dataset, study, system), caption, rows, header, "lrrrrrrr")
 
 
 def make_comparison_table(task, dataset, study, table, trivial, metric):
-    """`table`: comparison_table rows, with test_ci (or None), p_vs_best (NaN for the best
-    system itself and where there is no test) and the zero-shot columns (analysis.add_zero_shot)
-    per system."""
+    """`table`: comparison_table rows, with test_ci (or None), p_vs_best (NaN for the best system and where
+    untested) and the analysis.add_zero_shot columns; `trivial`: analysis.trivial_baselines."""
     label = metric_label(metric)
-    rows = []
-    for r in table.itertuples():
-        rows.append([
-            str(r.method) + (f" ({r.variant})" if r.variant else ""), str(r.model), str(r.peft),
-            fmt_config(r._asdict()), str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_zero_shot(r),
-            fmt_test(r), fmt_ci(r.test_ci), fmt_p_mark(r.p_vs_best), fmt_trainable(r.trainable_params, r.trainable_share),
-            fmt_seconds(r.train_time_s),
-        ])  # fmt: skip
+    rows = [[str(r.method) + (f" ({r.variant})" if r.variant else ""), str(r.model), str(r.peft),
+             fmt_config(r._asdict()), str(int(r.n_seeds)), fmt_mean_std(r.val_mean, r.val_std), fmt_zero_shot(r),
+             fmt_test(r), fmt_ci(r.test_ci), fmt_p_mark(r.p_vs_best),
+             fmt_trainable(r.trainable_params, r.trainable_share), fmt_seconds(r.train_time_s)]
+            for r in table.itertuples()]  # fmt: skip
     hidden = table["test_hidden"].any()
     for name, (val, test) in trivial.items():
         rows.append([name.replace("_", " "), "–", "–", "no training", "–", fmt_mean_std(val, None), "–",
                      "hidden" if hidden else fmt_mean_std(test, None), "–", "–", "0", "0"])  # fmt: skip
     header = ["method", "model", "PEFT", "best config", "seeds", f"validation {label}", f"zero-shot test {label}",
               f"test {label}", "test 95% CI", "p vs best", "trainable params", "train time (s)"]  # fmt: skip
-    return Table(
-        caption=f"{study_title(dataset, study)} ({task}): methods compared at their best configuration (chosen on "
+    caption = (
+        f"{study_title(dataset, study)} ({task}): methods compared at their best configuration (chosen on "
         f"validation over prompts, learning rates and batch sizes). Scores: {label}, mean ± std over seeds (the mean "
         "alone for one seed). Zero-shot test: the same model with the same prompt before any training (no PEFT "
         "module). Test 95% CI: bootstrap over test examples; p vs best: paired randomization test on the "
         f"test examples against the system best on validation, * below {ALPHA}. Trainable params: count (share of "
         "all parameters). Train time: mean wall-clock seconds of training per run, on the machine that ran it. "
-        "Reference rows: the scripts' trivial baselines on the same data (mean over seeds).",
-        label=_label("compare", task, dataset, study),
-        frame=pd.DataFrame(rows, columns=header), align="llllrrrrrrrr",
+        "Reference rows: the scripts' trivial baselines on the same data (mean over seeds)."
     )  # fmt: skip
+    return _table("compare", (task, dataset, study), caption, rows, header, "llllrrrrrrrr")
 
 
 def make_per_class_table(task, dataset, study, system, table, seeds, by_position=False):
@@ -262,13 +253,10 @@ def make_per_class_table(task, dataset, study, system, table, seeds, by_position
               "predicted (%)", "test examples"]
     what = ("per choice position (each example has its own answer choices, so the classes are positions: choice 1 is "
             "the first of the example's choices)" if by_position else "per-class")
-    return Table(
-        caption=f"{study_title(dataset, study)} ({task}), {system} at its best configuration: {what} precision, "
-        f"recall and F1 on test, over the predictions of its {seeds} seed(s) pooled. Predicted: the share of all "
-        "predictions that name the class. Test examples: the gold examples of the class.",
-        label=_label("classes", task, dataset, study, system),
-        frame=pd.DataFrame(rows, columns=header), align="lrrrrr",
-    )  # fmt: skip
+    caption = (f"{_about(task, dataset, study, system)} at its best configuration: {what} precision, recall and F1 on "
+               f"test, over the predictions of its {seeds} seed(s) pooled. Predicted: the share of all predictions "
+               "that name the class. Test examples: the gold examples of the class.")
+    return _table("classes", (task, dataset, study, system), caption, rows, header, "lrrrrr")
 
 
 def make_errors_table(errors, shared=(0, 0)):
@@ -285,11 +273,10 @@ def make_lowest_bleu_table(outputs, seeds, shared=(0, 0)):
     words to leave out of each source (`shared_words` of all the test sources)."""
     rows = []
     for i, r in enumerate(outputs.itertuples()):
-        source = strip_words(r.source, shared)
         references = " ‖ ".join(text_cell(reference, 80) for reference in r.references[:2])
         more = f" (+{len(r.references) - 2} more)" if len(r.references) > 2 else ""
-        row = [str(i + 1), text_cell(source, 120), text_cell(r.prediction, 90) or "(empty)", references + more,
-               f"{r.bleu:.1f}"]
+        row = [str(i + 1), text_cell(strip_words(r.source, shared), 120), text_cell(r.prediction, 90) or "(empty)",
+               references + more, f"{r.bleu:.1f}"]
         rows.append(row + ([f"{r.mean_bleu:.1f}"] if seeds > 1 else []))
     header = ["#", "source (prompt words all share: …)", "output", "references", "sentence BLEU"]
     header += ["mean over seeds"] if seeds > 1 else []
@@ -301,29 +288,20 @@ def make_length_table(task, dataset, study, system, table):
     rows = [[name, *(f"{value:.1f}" for value in r)] for name, r in zip(("outputs", "references (mean per source)"),
                                                                           table.to_numpy())]  # fmt: skip
     header = ["words", "mean", "std", "median", "10th pct.", "90th pct.", "min", "max"]
-    return Table(
-        caption=f"{study_title(dataset, study)} ({task}), {system} at its best configuration: lengths in words of its "
-        "test outputs (all seeds) and of the references (per source, the mean over its references).",
-        label=_label("lengths", task, dataset, study, system),
-        frame=pd.DataFrame(rows, columns=header), align="lrrrrrrr",
-    )  # fmt: skip
+    caption = (f"{_about(task, dataset, study, system)} at its best configuration: lengths in words of its test "
+               "outputs (all seeds) and of the references (per source, the mean over its references).")
+    return _table("lengths", (task, dataset, study, system), caption, rows, header, "lrrrrrrr")
 
 
 def make_few_shot_table(task, dataset, curve, metric):
     """`curve`: analysis.few_shot_curve rows; one row per line, one column per K (then "full")."""
-    label = metric_label(metric)
     cells = curve.assign(cell=[fmt_mean_std(r.test_mean, r.test_std) for r in curve.itertuples()])
     table = cells.pivot(index="line", columns="shots", values="cell").reindex(curve["line"].unique())
     replicates = {line: fmt_replicates(points) for line, points in curve.groupby("line")}
-    header = {shots: "full" if fmt_shots(shots) == "full" else f"K = {fmt_shots(shots)}" for shots in table.columns}
-    frame = pd.DataFrame({"system": table.index,
-                          **{header[shots]: table[shots].fillna("–") for shots in table.columns},
-                          "replicates": [replicates[line] for line in table.index]})
-    return Table(
-        caption=f"{DATASET_TITLES.get(dataset, dataset)} ({task}): test {label} against the number of training "
-        "examples per class K (full: the whole training data), mean ± std over the replicates (seeds x draws of the "
-        "K examples, --shots_seed) of each system's learning rate and batch size chosen on validation at that K. "
-        "A few-shot run validates on K other examples per class drawn from train.",
-        label=_label("fewshot", task, dataset),
-        frame=frame.reset_index(drop=True), align="l" + "r" * (frame.shape[1] - 1),
-    )  # fmt: skip
+    rows = [[line, *row.fillna("–"), replicates[line]] for line, row in table.iterrows()]
+    header = ["system", *map(fmt_k, table.columns), "replicates"]
+    caption = (f"{DATASET_TITLES.get(dataset, dataset)} ({task}): test {metric_label(metric)} against the number of "
+               "training examples per class K (full: the whole training data), mean ± std over the replicates (seeds x "
+               "draws of the K examples, --shots_seed) of each system's learning rate and batch size chosen on "
+               "validation at that K. A few-shot run validates on K other examples per class drawn from train.")
+    return _table("fewshot", (task, dataset), caption, rows, header, "l" + "r" * (len(header) - 1))

@@ -1,6 +1,7 @@
 """Specification of reporting/glm_examples.py: the folder `report.py --glm_examples DIR` writes for each
 dataset, in the layout the GLM repository's examples/ asks for, and whose commands really run."""
 
+import ast
 import importlib.metadata
 import json
 import os
@@ -15,8 +16,8 @@ from packaging.version import Version
 
 import report
 from reporting.analysis import load_results
-from reporting.glm_examples import code_files, local_imports, sweep_command
-from test_report import accuracy_runs, record, table_rows, write_runs
+from reporting.glm_examples import code_files, sweep_command
+from test_report import REPO, accuracy_runs, record, table_rows, write_runs
 
 PARSE_EVERY_COMMAND = """
 import importlib, json, sys
@@ -123,14 +124,19 @@ def test_the_readme_commands_run_in_the_folder(tmp_path):
     assert done.stdout.strip() == f"parsed {len(argvs)}"
 
 
-def test_local_imports_are_the_repository_modules_a_file_imports():
-    assert local_imports("report.py") >= {"reporting/__init__.py", "reporting/analysis.py",
-                                          "reporting/error_analysis.py", "reporting/significance.py", "training.py"}
-    assert "numpy.py" not in local_imports("report.py")
+def test_code_files_are_the_scripts_and_the_repository_modules_they_import():
+    files = code_files(["report.py"])
+    assert set(files) >= {"report.py", "sweeps.sh", "reporting/__init__.py", "reporting/analysis.py",
+                          "reporting/error_analysis.py", "reporting/significance.py", "training.py"}
+    assert "numpy.py" not in files and "run_cls.py" not in files
     closure = code_files(["run_cls.py"])
-    for name in closure:
+    for name in closure:  # every module of this repository a file of the closure imports is in it
         if name.endswith(".py"):
-            assert local_imports(name) <= set(closure)
+            tree = ast.parse((REPO / name).read_text())
+            modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+            files = {f"{module.replace('.', '/')}.py" for module in modules}
+            assert {file for file in files if (REPO / file).is_file()} <= set(closure), name
 
 
 def test_sweep_command_reproduces_the_grid_with_per_method_axes(tmp_path):

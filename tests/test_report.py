@@ -647,8 +647,8 @@ def test_sensitivity_is_stated_in_numbers_under_the_heatmap_and_the_prompts(tmp_
             "smaller than the std across cells (8.54): the configuration matters more than the seed.") in text
     # Prompts at their best: 80 (std 2.83) and 50 (std 0): std across prompts 21.21, seed RMS sqrt(8 / 2) = 2.
     assert ("the 2 prompts range from 50.00 to 80.00 (spread 30.00 points, std across prompts 21.21). The seed-to-seed "
-            "std at those configurations is 2.00 (root mean square), smaller than the std across prompts: the prompt "
-            "matters more than the seed.") in text
+            "std at those configurations (root mean square), 2.00, is smaller than the std across prompts (21.21): the "
+            "prompt matters more than the seed.") in text
 
 
 def test_grid_sensitivity_sees_the_best_learning_rate_move_with_batch_size():
