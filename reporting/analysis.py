@@ -476,14 +476,10 @@ PROMPT_METHODS = {"glm_cloze", "mlm_prompt", "seq2seq"}  # answer through a prom
 
 
 def few_shot_curve(runs, metric):
-    """Test score against K, shots per class (LM-BFF's Figure 3), of one (task, dataset)'s scored runs: one
-    line per system and prompt over the studies whose data differ in their number of shots only. At each K the
-    (lr, batch size) is chosen on validation; the point is the test scores of that cell's replicates.
-
-    Returns DataFrame, one row per (line, K), sorted: line, method, peft, model, variant, prompt_id, shots
-    (K or FULL_DATA), learning_rate, batch_size, val_mean, test_mean, test_std, test_min, test_max, n; empty
-    when no run is few-shot.
-    """
+    """Test score against K, shots per class (LM-BFF's Figure 3), of one (task, dataset)'s scored runs: a line per
+    system and prompt over the studies whose data differ in their number of shots only; at each K the point is
+    the test scores of the replicates of the (lr, batch size) chosen on validation. Returns one row per (line,
+    K), sorted (the `points` below; shots FULL_DATA for the full data); empty when no run is few-shot."""
     few = runs[runs["num_shots"].notna()]
     if few.empty:
         return pd.DataFrame()

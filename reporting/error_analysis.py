@@ -1,10 +1,8 @@
 """Error analysis of one system from the saved test predictions of its runs (used by report.py).
 
-Classification (predictions_test.jsonl rows: input, gold, predicted, scores {choice: score}): per-class scores,
-confusion matrix, most confident errors; when each example has its own answer choices (multiple choice), the
-classes are choice positions. Generation (generations_test.jsonl rows: source, references, prediction): the
-lowest sentence BLEU and the lengths. `runs_rows`: one list of rows per seed, the same test examples in the
-same order: counts pool the seeds; example lists show each example once, with what its seeds did.
+Classification (predictions_test.jsonl rows): per-class scores, confusion matrix, most confident errors.
+Generation (generations_test.jsonl rows): the lowest sentence BLEU, lengths. `runs_rows`: one list of rows per
+seed, the same test examples in the same order: counts pool the seeds; example lists show each example once.
 """
 
 import numpy as np

@@ -1,14 +1,16 @@
 """report.py --glm_examples: per dataset, a folder in the layout the GLM repository's `examples/README.md` asks
-of contributions: README.md (title, Authors, Task Description, Running Commands, Results, Reference),
-requirements.txt pinned to the versions the runs recorded, and the code the runs used (no data files).
+of contributions: README.md (the template glm_example_readme.md, citing references.bib), requirements.txt
+pinned to the versions the runs recorded, and the code the runs used (no data files).
 """
 
 import json
 import modulefinder
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
 
+import jinja2
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -31,108 +33,20 @@ from reporting.tables import fmt_lr, make_comparison_table
 from training import environment_info
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-COMMANDS = ("sweeps.sh", "report.py")  # the README's Running Commands besides the runs' scripts
+README = Path(__file__).with_name("glm_example_readme.md")  # a Jinja template
+BIBTEX = Path(__file__).with_name("references.bib")
+# Copied besides the runs' scripts: the README's other commands and the files this module reads.
+ALWAYS_COPIED = ("sweeps.sh", "report.py", "reporting/glm_example_readme.md", "reporting/references.bib")
 NOT_REQUIRED = {"pytest"}  # an example folder holds no tests
 DATA_FILE_ARGS = ("train_file", "validation_file", "test_file")
 MODEL_ARGS = ("model_name_or_path", "tokenizer_name")
 
-DATASET_DESCRIPTIONS = {
-    "trec": (
-        "TREC question classification (Li and Roth, 2002): about 5.5k training and 500 test English "
-        "questions, each labelled with the type of its answer. We use the 6 coarse classes "
-        "(description, entity, abbreviation, human, numeric value, location). Validation is a split "
-        "of the training set. Metric: accuracy."
-    ),
-    "e2e_nlg_cleaned": (
-        "E2E NLG, cleaned version (Novikova et al., 2017; Dušek et al., 2019): turn a restaurant's "
-        "meaning representation (attribute[value] pairs such as `name[Aromi], food[Chinese]`) into a "
-        "fluent English description. Several human references per input. Metric: corpus BLEU "
-        "(sacrebleu) against all references, with ROUGE."
-    ),
-}
-TASK_METHODS = {
-    "cls": (
-        "We fine-tune GLM (`{model}`) with prompts from promptsource: each input becomes a cloze "
-        "question with one `[MASK]`, and every answer choice (verbalizer) is scored by GLM's blank "
-        "infilling, with no new classification head."
-    ),
-    "gen": (
-        "We fine-tune GLM (`{model}`) with prompts from promptsource: the prompt ends with a "
-        "`[MASK]` that GLM fills autoregressively (blank infilling), trained with teacher forcing and "
-        "decoded with beam search."
-    ),
-}
-REFERENCES = {
-    "glm": """@inproceedings{du-etal-2022-glm,
-  title = {{GLM}: General Language Model Pretraining with Autoregressive Blank Infilling},
-  author = {Du, Zhengxiao and Qian, Yujie and Liu, Xiao and Ding, Ming and Qiu, Jiezhong and Yang, Zhilin and Tang, Jie},
-  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics (Volume 1: Long Papers)},
-  pages = {320--335},
-  year = {2022}
-}""",
-    "trec": """@inproceedings{li-roth-2002-learning,
-  title = {Learning Question Classifiers},
-  author = {Li, Xin and Roth, Dan},
-  booktitle = {{COLING} 2002: The 19th International Conference on Computational Linguistics},
-  year = {2002}
-}""",
-    "e2e_nlg_cleaned": """@inproceedings{novikova-etal-2017-e2e,
-  title = {The {E2E} Dataset: New Challenges For End-to-End Generation},
-  author = {Novikova, Jekaterina and Du{\\v{s}}ek, Ond{\\v{r}}ej and Rieser, Verena},
-  booktitle = {Proceedings of the 18th Annual {SIG}dial Meeting on Discourse and Dialogue},
-  pages = {201--206},
-  year = {2017}
-}
-
-@inproceedings{dusek-etal-2019-semantic,
-  title = {Semantic Noise Matters for Neural Natural Language Generation},
-  author = {Du{\\v{s}}ek, Ond{\\v{r}}ej and Howcroft, David M. and Rieser, Verena},
-  booktitle = {Proceedings of the 12th International Conference on Natural Language Generation},
-  pages = {421--426},
-  year = {2019}
-}""",
-    "promptsource": """@inproceedings{bach-etal-2022-promptsource,
-  title = {{P}rompt{S}ource: An Integrated Development Environment and Repository for Natural Language Prompts},
-  author = {Bach, Stephen H. and Sanh, Victor and Yong, Zheng-Xin and others},
-  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics: System Demonstrations},
-  year = {2022}
-}""",
-    "ptuning_v2": """@inproceedings{liu-etal-2022-p,
-  title = {{P}-Tuning: Prompt Tuning Can Be Comparable to Fine-tuning Across Scales and Tasks},
-  author = {Liu, Xiao and Ji, Kaixuan and Fu, Yicheng and Tam, Weng and Du, Zhengxiao and Yang, Zhilin and Tang, Jie},
-  booktitle = {Proceedings of the 60th Annual Meeting of the Association for Computational Linguistics (Volume 2: Short Papers)},
-  pages = {61--68},
-  year = {2022}
-}""",
-    "lora": """@inproceedings{hu2022lora,
-  title = {{LoRA}: Low-Rank Adaptation of Large Language Models},
-  author = {Hu, Edward J. and Shen, Yelong and Wallis, Phillip and Allen-Zhu, Zeyuan and Li, Yuanzhi and Wang, Shean and Wang, Lu and Chen, Weizhu},
-  booktitle = {International Conference on Learning Representations},
-  year = {2022}
-}""",
-    "roberta": """@article{liu2019roberta,
-  title = {{RoBERTa}: A Robustly Optimized {BERT} Pretraining Approach},
-  author = {Liu, Yinhan and Ott, Myle and Goyal, Naman and Du, Jingfei and Joshi, Mandar and Chen, Danqi and Levy, Omer and Lewis, Mike and Zettlemoyer, Luke and Stoyanov, Veselin},
-  journal = {arXiv preprint arXiv:1907.11692},
-  year = {2019}
-}""",
-    "t5": """@article{raffel2020exploring,
-  title = {Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer},
-  author = {Raffel, Colin and Shazeer, Noam and Roberts, Adam and Lee, Katherine and Narang, Sharan and Matena, Michael and Zhou, Yanqi and Li, Wei and Liu, Peter J.},
-  journal = {Journal of Machine Learning Research},
-  volume = {21},
-  number = {140},
-  pages = {1--67},
-  year = {2020}
-}""",
-    "bart": """@inproceedings{lewis-etal-2020-bart,
-  title = {{BART}: Denoising Sequence-to-Sequence Pre-training for Natural Language Generation, Translation, and Comprehension},
-  author = {Lewis, Mike and Liu, Yinhan and Goyal, Naman and Ghazvininejad, Marjan and Mohamed, Abdelrahman and Levy, Omer and Stoyanov, Veselin and Zettlemoyer, Luke},
-  booktitle = {Proceedings of the 58th Annual Meeting of the Association for Computational Linguistics},
-  pages = {7871--7880},
-  year = {2020}
-}""",
-}
+CITATIONS = {  # keys of references.bib that a dataset, PEFT method or model cites
+    "glm": ("du-etal-2022-glm",), "trec": ("li-roth-2002-learning",),
+    "e2e_nlg_cleaned": ("novikova-etal-2017-e2e", "dusek-etal-2019-semantic"),
+    "promptsource": ("bach-etal-2022-promptsource",), "lora": ("hu2022lora",), "ptuning_v2": ("liu-etal-2022-p",),
+    "roberta": ("liu2019roberta",), "t5": ("raffel2020exploring",), "bart": ("lewis-etal-2020-bart",),
+}  # fmt: skip
 
 # Run arguments worth repeating in a command line (the others keep the scripts' defaults).
 SETTING_ARGS = ("task", "method", "model_name_or_path", "tokenizer_name", "peft", "pre_seq_len", "lora_r")
@@ -226,12 +140,13 @@ def sweep_command(runs, task, dataset):
 
 
 def references_for(runs, dataset):
-    """Keys of REFERENCES cited by the runs of one dataset."""
-    keys = ["glm", dataset, "promptsource"]
+    """The BibTeX entries (references.bib) the runs of one dataset cite: GLM, the dataset, promptsource, and the
+    PEFT methods and models they name."""
     text = " ".join(runs["peft"].astype(str)) + " " + " ".join(runs["model"].astype(str)).lower()
-    keys += [k for k in ("lora", "ptuning_v2") if k in text]
-    keys += [k for k in ("roberta", "t5", "bart") if k in text]
-    return [k for k in dict.fromkeys(keys) if k in REFERENCES]
+    topics = ["glm", dataset, "promptsource"] + [k for k in ("lora", "ptuning_v2", "roberta", "t5", "bart") if k in text]
+    entries = {entry.group(1): entry.group(0)
+               for entry in re.finditer(r"^@\w+\{([^,\n]+),.*?^\}", BIBTEX.read_text(encoding="utf-8"), re.M | re.S)}
+    return "\n\n".join(entries[key] for topic in dict.fromkeys(topics) for key in CITATIONS.get(topic, ()))
 
 
 def portable_args(args):
@@ -248,15 +163,15 @@ def portable_args(args):
 
 
 def code_files(scripts):
-    """The code an example needs (sorted): `scripts`, COMMANDS and the modules of this repository they import,
+    """The code an example needs (sorted): `scripts`, ALWAYS_COPIED and the modules of this repository they import,
     transitively (modulefinder, without importing them)."""
     finder = modulefinder.ModuleFinder(path=[str(REPOSITORY)])  # this repository's modules only
-    for name in [*scripts, *COMMANDS]:
+    for name in [*scripts, *ALWAYS_COPIED]:
         if name.endswith(".py"):
             finder.run_script(str(REPOSITORY / name))
     found = {Path(module.__file__).relative_to(REPOSITORY).as_posix() for module in finder.modules.values()
              if module.__file__ and Path(module.__file__).is_relative_to(REPOSITORY)}  # fmt: skip
-    return sorted(found | set(scripts) | set(COMMANDS))
+    return sorted(found | set(scripts) | set(ALWAYS_COPIED))
 
 
 def prompt_files(runs, dataset):
@@ -344,37 +259,20 @@ def write_glm_example(runs, comparisons, folder, dataset):
     requirements, python, promptsource = requirements_text(runs)
     scripts = sorted({script for script in runs["script"] if script})
     files = {name: REPOSITORY / name for name in code_files(scripts)} | prompt_files(runs, dataset)
-    lines = [
-        f"# {DATASET_TITLES.get(dataset, dataset)}", "",
-        "## Authors", "",
-        "**Your Name** (your.email@example.com), homepage: https://example.com  <!-- fill in -->", "",
-        "## Task Description", "",
-        DATASET_DESCRIPTIONS.get(dataset, f"The `{dataset}` dataset ({TASK_NAMES.get(task, task)})."), "",
-        TASK_METHODS.get(task, "").format(model=best["args"].get("model_name_or_path") or best["model"]), "",
-        "## Running Commands", "",
-        f"Install{f' (Python {python})' if python else ''}:", "",
-        "```bash", "pip install -r requirements.txt",
-        f"pip install --no-deps --ignore-requires-python promptsource=={promptsource}", "```", "",
-        data_paragraph(runs, dataset), "",
-        "The grid search behind the results below (each run writes its own results.json; each prompt is also "
-        "evaluated once without training, the zero-shot column), then the tables and figures:", "",
-        "```bash", sweep_command(scored, task, dataset),
-        f"python report.py runs/{dataset}", "```", "",
-        "One run at the selected configuration (one seed):", "",
-        "```bash", run_command(best), "```", "",
-        f"Code: {', '.join(f'`{name}`' for name in sorted(files))}. {code_note(runs)}", "",
-        "## Results", "",
-        f"Test {metric_label(metric)} of each method at its configuration chosen on the "
-        "validation set (the test set is never used for selection); mean ± std over seeds.", "",
-        table.markdown(), "",
-        "## Reference", "",
-        "```bibtex", "\n\n".join(REFERENCES[k] for k in references_for(runs, dataset)), "```", "",
-    ]  # fmt: skip
+    template = jinja2.Environment(keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+                                  undefined=jinja2.StrictUndefined).from_string(README.read_text(encoding="utf-8"))
+    readme = template.render(
+        title=DATASET_TITLES.get(dataset, dataset), dataset=dataset, task=task, task_name=TASK_NAMES.get(task, task),
+        model=best["args"].get("model_name_or_path") or best["model"], python=python, promptsource=promptsource,
+        data=data_paragraph(runs, dataset), sweep=sweep_command(scored, task, dataset), run=run_command(best),
+        code=", ".join(f"`{name}`" for name in sorted(files)), code_note=code_note(runs), metric=metric_label(metric),
+        table=table.markdown(), references=references_for(runs, dataset),
+    )  # fmt: skip
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, source in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, folder / name)
     (folder / "requirements.txt").write_text(requirements, encoding="utf-8")
-    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    (folder / "README.md").write_text(readme, encoding="utf-8")
     return folder

@@ -5,13 +5,10 @@ Every metric the scripts report is a function of sums over test examples: each e
 of counts (`example_stats`), a resample sums them, and `finalize` turns the sums into the metric as
 metrics.py computes it on the whole test set:
 
-  accuracy   [correct]                               mean
-  macro_f1   [tp_c, fp_c, fn_c for each class c]     mean over classes of 2tp / (2tp + fp + fn)
-                                                     (0 where a class is never gold or predicted,
-                                                     as scikit-learn's zero_division=0)
-  bleu       sacrebleu's sentence statistics         corpus BLEU of the summed counts, as
-             [hyp len, ref len, matches 1-4, totals 1-4] sacrebleu computes it (`bleu_from_counts`)
-  rouge*     [F-measure (0-100)]                     mean (rouge-score, best reference per source)
+  accuracy   [correct]                                   mean
+  macro_f1   [tp_c, fp_c, fn_c for each class c]         mean over classes of 2tp / (2tp + fp + fn), 0 if undefined
+  bleu       [hyp len, ref len, matches 1-4, totals 1-4] corpus BLEU of the summed counts (`bleu_from_counts`)
+  rouge*     [F-measure (0-100)]                         mean (rouge-score, best reference per source)
 
 A system's score is the mean over its seeds of the metric on the same examples (a resample draws the same
 examples for every seed). `bootstrap_ci`: percentile bootstrap (Efron and Tibshirani 1993, ch. 13).

@@ -62,7 +62,7 @@ def test_each_dataset_gets_a_folder_with_readme_requirements_and_code_but_no_dat
     assert {"README.md", "requirements.txt", "sweeps.sh", "report.py", "run_cls.py", "run_baseline.py"} <= set(files)
     assert "run_gen.py" not in files and "run_pretrain.py" not in files  # no run used them
     assert not any(name.startswith("prompts/") for name in files)  # TREC's prompts are promptsource's
-    assert {p.suffix for p in trec.rglob("*") if p.is_file()} <= {".py", ".sh", ".md", ".txt"}
+    assert {p.suffix for p in trec.rglob("*") if p.is_file()} <= {".py", ".sh", ".md", ".txt", ".bib"}
     assert not DATA_SUFFIXES & {p.suffix for p in examples.rglob("*")}
     assert files == sorted(["README.md", "requirements.txt", *code_files(["run_baseline.py", "run_cls.py"])])
     assert "prompts/fine_foods.yaml" in [p.relative_to(examples / "fine_foods").as_posix()
