@@ -143,10 +143,11 @@ def references_for(runs, dataset):
     """The BibTeX entries (references.bib) the runs of one dataset cite: GLM, the dataset, promptsource, and the
     PEFT methods and models they name."""
     text = " ".join(runs["peft"].astype(str)) + " " + " ".join(runs["model"].astype(str)).lower()
-    topics = ["glm", dataset, "promptsource"] + [k for k in ("lora", "ptuning_v2", "roberta", "t5", "bart") if k in text]
+    named = [topic for topic in ("lora", "ptuning_v2", "roberta", "t5", "bart") if topic in text]
     entries = {entry.group(1): entry.group(0)
                for entry in re.finditer(r"^@\w+\{([^,\n]+),.*?^\}", BIBTEX.read_text(encoding="utf-8"), re.M | re.S)}
-    return "\n\n".join(entries[key] for topic in dict.fromkeys(topics) for key in CITATIONS.get(topic, ()))
+    topics = dict.fromkeys(["glm", dataset, "promptsource", *named])
+    return "\n\n".join(entries[key] for topic in topics for key in CITATIONS.get(topic, ()))
 
 
 def portable_args(args):
