@@ -1,12 +1,11 @@
 """Parameter-efficient tuning of GLM for run_cls.py, run_gen.py and baselines.py: P-tuning v2 (ours) and LoRA
-(peft), their flags (`add_peft_args`), `apply_peft`, and saving/loading only the trained weights.
-
-LoRA is saved in peft's own format (adapter_config.json + adapter_model.safetensors: `peft.PeftModel.
-from_pretrained` reads it), P-tuning v2 as prefix_encoder.safetensors (peft's prefix tuning is another
-layout); both beside glm_peft.json (our flags, base model, seed: a glm-tiny base is random by seed).
+(peft), their flags, `apply_peft`, and saving/loading only the trained weights: LoRA in peft's format (`PeftModel.
+from_pretrained` reads it), P-tuning v2 as prefix_encoder.safetensors (peft's prefix tuning has another layout),
+both beside glm_peft.json (our flags, base model, seed: a glm-tiny base is random by seed).
 """
 
 import argparse
+import copy
 import json
 import logging
 from pathlib import Path
@@ -31,8 +30,7 @@ WEIGHTS_NAMES = {"lora": LORA_WEIGHTS_NAME, "ptuning_v2": PREFIX_WEIGHTS_NAME}
 
 
 def add_prefix_encoder(model, pre_seq_len: int, prefix_projection: bool = False, prefix_hidden_size: int = 512):
-    """Gives a `GLMForConditionalGeneration` a `PrefixEncoder` (P-tuning v2) in place, initialised like the
-    word embeddings (small keys and values at first), and freezes everything else. Returns the model."""
+    """Gives `model` a `PrefixEncoder` initialised like the word embeddings, the rest frozen; returns it."""
     reference = model.glm.word_embeddings.weight
     encoder = PrefixEncoder(model.config, pre_seq_len, prefix_projection, prefix_hidden_size)
     encoder = encoder.to(device=reference.device, dtype=reference.dtype)
@@ -40,19 +38,6 @@ def add_prefix_encoder(model, pre_seq_len: int, prefix_projection: bool = False,
     model.requires_grad_(False)
     model.prefix_encoder = encoder.train(model.training)  # its parameters keep requires_grad=True
     return model
-
-
-def add_lora(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05,
-             target_modules=LORA_TARGET_MODULES):
-    """LoRA (Hu et al., ICLR 2022) in place with peft's `inject_adapter_in_model`, everything else frozen:
-    each `nn.Linear` named `*target_modules` computes W x + (lora_alpha / r) * B A dropout(x), B zero at
-    first. Returns the same model object. Raises ValueError (from peft) when no module matches."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
-                        bias="none")
-    model = inject_adapter_in_model(config, model)
-    return model.train(model.training)  # the new modules start in training mode (dropout on) whatever the model's
 
 
 def peft_method(model):
@@ -65,7 +50,6 @@ def peft_method(model):
 
 
 def _method_parameter_names(model, method):
-    """The names of the parameters "ptuning_v2" or "lora" trains."""
     if method == "ptuning_v2":
         return [name for name, _ in model.named_parameters() if name.startswith("prefix_encoder.")]
     return [name for name, _ in model.named_parameters() if "lora_" in name]
@@ -78,7 +62,7 @@ def count_parameters(model):
 
 
 def add_peft_args(parser):
-    """Adds --peft (default None: full fine-tuning), its methods' flags and --peft_weights; returns `parser`."""
+    """Adds --peft (default: full fine-tuning), its methods' flags and --peft_weights; returns `parser`."""
     group = parser.add_argument_group("parameter-efficient tuning")
     group.add_argument("--peft", choices=PEFT_METHODS, default=None,
                        help="lora: LoRA adapters (peft); ptuning_v2: a learned key/value prefix in every layer. "
@@ -99,8 +83,8 @@ def add_peft_args(parser):
 
 
 def read_peft_config(directory):
-    """The PEFT_FLAGS, base_model_name_or_path and seed of a `save_trainable_weights` folder (glm_peft.json),
-    or the LoRA flags of a folder of peft alone (seed None). Raises UsageError when it is neither."""
+    """PEFT_FLAGS, base_model_name_or_path and seed of a `save_trainable_weights` folder, or the LoRA flags of
+    a peft folder (seed None). Raises UsageError when it is neither."""
     directory = Path(directory)
     if (directory / GLM_PEFT_CONFIG_NAME).is_file():
         config = json.loads((directory / GLM_PEFT_CONFIG_NAME).read_text())
@@ -122,8 +106,8 @@ def read_peft_config(directory):
 
 
 def peft_weights_problems(args):
-    """Messages (none: fine) when --peft_weights is no saved folder, --peft names another method, or the
-    weights were trained on glm-tiny (random by seed) with another --seed."""
+    """Messages when --peft_weights is no saved folder, --peft names another method, or glm-tiny's --seed
+    differs from the one the weights were trained on."""
     try:
         config = read_peft_config(args.peft_weights)
     except UsageError as error:
@@ -140,22 +124,29 @@ def peft_weights_problems(args):
 
 
 def saved_peft_flags(directory):
-    """The PEFT_FLAGS the weights in `directory` were trained with (`read_peft_config`)."""
+    """The PEFT_FLAGS the weights in `directory` were trained with."""
     config = read_peft_config(directory)
     return {name: config[name] for name in PEFT_FLAGS if name in config}
 
 
 def apply_peft(model, args):
-    """Gives `model` the method of `args.peft` (None: nothing) and, with `args.peft_weights` (whose flags
-    `args` must hold: `saved_peft_flags`), loads them strictly; logs the trainable share; returns the model.
-    Raises ValueError when the model already carries a method, UsageError when the weights do not fit."""
+    """Gives `model` `args.peft`'s method, the rest frozen, and loads `args.peft_weights` (whose flags `args`
+    holds) strictly. Raises ValueError when the model already carries a method or no LoRA target matches (peft),
+    UsageError when the weights do not fit."""
     current = peft_method(model)
     if current is not None and args.peft is not None:
         raise ValueError(f"The model already carries {current}; apply_peft expects a base model")
     if args.peft == "ptuning_v2":
         add_prefix_encoder(model, args.pre_seq_len, args.prefix_projection, args.prefix_hidden_size)
     elif args.peft == "lora":
-        model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+        from peft import LoraConfig, inject_adapter_in_model
+
+        # LoRA (Hu et al., ICLR 2022): W x + (lora_alpha / r) B A dropout(x) on each nn.Linear named
+        # `*lora_target_modules`, B zero at first.
+        config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                            target_modules=list(args.lora_target_modules), bias="none")
+        model = inject_adapter_in_model(config, model)
+        model.train(model.training)  # peft's new modules start in training mode (dropout on) whatever the model's
     if args.peft_weights:
         _load_weights(model, Path(args.peft_weights), args.peft)
     trainable, total = count_parameters(model)
@@ -165,19 +156,17 @@ def apply_peft(model, args):
 
 
 def save_trainable_weights(model, directory, args):
-    """Writes only the weights `args.peft` trains to `directory` (LoRA in peft's format, keys as a PeftModel
-    names them; P-tuning v2 by parameter name) with glm_peft.json. Raises ValueError when `args.peft` is
-    None or not the model's method."""
-    from peft import LoraConfig, get_peft_model_state_dict
+    """Writes only the weights `args.peft` trains and glm_peft.json; ValueError unless it is the model's method."""
+    from peft import get_peft_model_state_dict
 
     if args.peft is None or peft_method(model) != args.peft:
         raise ValueError(f"args.peft is {args.peft!r} but the model carries {peft_method(model)!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if args.peft == "lora":
-        LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                   target_modules=list(args.lora_target_modules), bias="none",
-                   base_model_name_or_path=args.model_name_or_path).save_pretrained(directory)
+        config = copy.copy(model.peft_config["default"])  # `apply_peft`'s LoraConfig, peft's base model left unset
+        config.base_model_name_or_path = args.model_name_or_path
+        config.save_pretrained(directory)
         state = {PEFT_MODEL_PREFIX + name: value.detach().contiguous()
                  for name, value in get_peft_model_state_dict(model).items()}
     else:
@@ -199,9 +188,8 @@ def save_model_and_tokenizer(model, tokenizer, directory, args):
 
 
 def load_trainable_weights(model, directory):
-    """Loads a `save_trainable_weights` folder onto `model` (a base model first gets the saved method) and
-    returns it. Strict: the method's weights, all of them and nothing else. Raises UsageError for no such
-    folder, another method than the model's, missing or unexpected keys, or other shapes."""
+    """Loads a `save_trainable_weights` folder strictly onto `model` (a base model gets the method first).
+    Raises UsageError for no such folder, another method, missing or unexpected keys, or other shapes."""
     flags = argparse.Namespace(**saved_peft_flags(directory), peft_weights=None)
     current = peft_method(model)
     if current is None and flags.peft is not None:
@@ -213,8 +201,7 @@ def load_trainable_weights(model, directory):
 
 
 def _load_weights(model, directory, method):
-    """Copies `method`'s saved weights into the model, strictly; peft's LoRA keys (a PeftModel's prefix, no
-    adapter name) map onto the "default" adapter."""
+    """Copies `method`'s saved weights into the model, strictly (peft's LoRA keys omit the adapter name)."""
     from safetensors.torch import load_file
 
     weights_file = directory / WEIGHTS_NAMES[method]
@@ -223,8 +210,8 @@ def _load_weights(model, directory, method):
     expected = set(_method_parameter_names(model, method))
     if method == "lora":
         state = {name.removeprefix(PEFT_MODEL_PREFIX): value for name, value in state.items()}
-        by_name = {name.replace(".default.", "."): name for name in expected}  # peft's files omit the adapter name
-        expected, state = set(by_name.values()), {by_name.get(name, name): value for name, value in state.items()}
+        by_name = {name.replace(".default.", "."): name for name in expected}
+        state = {by_name.get(name, name): value for name, value in state.items()}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise UsageError(f"{weights_file} does not match the model's {method} weights: missing keys {missing[:10]}, "

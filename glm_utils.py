@@ -1,25 +1,22 @@
-"""GLM's inputs for prompt-based fine-tuning and pretraining (paper, Figures 1-2), choice scoring, decoding,
-the levers' scoring (calibration, demonstrations, label-word search); used by run_cls.py, run_gen.py,
-run_pretrain.py, check_glm.py and baselines.py.
-
-Every token carries two positions: position_ids[:, 0], its place in Part A (a span token carries its
-[MASK]'s index), and position_ids[:, 1], the block position (0 in Part A, 1, 2, ... inside a span).
-The scripts encode ids once per split (`encode_*`) and batch them with the `build_*` builders; the
-`*_from_text` functions do both for checks. Where GLM's code and the hub's remote code differ, this
-follows the code the checkpoint was trained with (GLM_NOTES.md): choices end with a scored eop,
-generation targets carry a leading space.
+"""GLM's inputs (paper, Figures 1-2), choice scoring, decoding and the levers' scoring (calibration,
+demonstrations, label-word search) for run_cls.py, run_gen.py, run_pretrain.py, check_glm.py and baselines.py.
+position_ids[:, 0] is a token's place in Part A (a span token carries its [MASK]'s index), position_ids[:, 1]
+its block position (0 in Part A, 1, 2, ... in a span). Scripts encode ids once (`encode_*`) and batch them
+(`build_*`); `*_from_text` do both. Where GLM's code and the hub's remote code differ, this follows GLM's
+(GLM_NOTES.md): choices end with a scored eop, generation targets carry a leading space.
 """
 
 import itertools
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
 from modeling_glm import MASK_TOKEN, GLMConfig, UsageError
 
 
 def encode_context(tokenizer, context: str):
-    """Token ids of a context, `<s> ... [MASK] ... </s>`, uncut. Raises UsageError unless it has one `[MASK]`."""
+    """Ids of `<s> ... [MASK] ... </s>`, uncut. Raises UsageError unless it has one `[MASK]`."""
     ids = tokenizer(context)["input_ids"]
     count = ids.count(tokenizer.mask_token_id)
     if count != 1:
@@ -28,8 +25,8 @@ def encode_context(tokenizer, context: str):
 
 
 def truncate_around(ids, start, end, max_length):
-    """Cuts `<s> left [start:end] right </s>` to max_length tokens from the far end of the longer side, so
-    that ids[start:end] (the masks) survive. Returns (ids, new start). Raises UsageError when they cannot."""
+    """Cuts `<s> left [start:end] right </s>` to max_length tokens from the far end of the longer side, keeping
+    ids[start:end]. Returns (ids, new start). Raises UsageError when those do not fit."""
     if end - start + 2 > max_length:
         raise UsageError(f"{end - start} answer-slot tokens do not fit in --max_seq_length {max_length}")
     left, middle, right = ids[1:start], ids[start:end], ids[end:-1]
@@ -47,8 +44,7 @@ def _cut_context(tokenizer, ids, max_length):
 
 
 def encode_choice(tokenizer, choice: str, prefix_space: bool = True):
-    """Token ids of an answer choice; `prefix_space` encodes it mid-sentence (`Ġword`), as pretraining's spans.
-    Raises UsageError if it has no token."""
+    """Ids of an answer choice, mid-sentence (`Ġword`) with `prefix_space`. Raises UsageError if it has none."""
     ids = tokenizer((" " if prefix_space else "") + choice.strip(), add_special_tokens=False)["input_ids"]
     if not ids:
         raise UsageError(f"Answer choice {choice!r} encodes to no token")
@@ -56,10 +52,8 @@ def encode_choice(tokenizer, choice: str, prefix_space: bool = True):
 
 
 def encode_choices(tokenizer, choices, prefix_space=True, choice_eop=None):
-    """One example's choices as scored spans (lists of ids), each closed by eop when `choice_eop` is True, or
-    when None (GLM's rule, THUDM/GLM `tasks/superglue/pvp.py`) if any choice has several tokens, so that
-    "Person" and "Person name" differ by where the span ends. The hub's remote code never adds it (False).
-    """
+    """One example's choices as id lists, closed by eop when `choice_eop`, or when None if any has several
+    tokens (THUDM/GLM `tasks/superglue/pvp.py`; the hub's remote code never adds it: False)."""
     ids = [encode_choice(tokenizer, c, prefix_space) for c in choices]
     if choice_eop is None:
         choice_eop = any(len(c) > 1 for c in ids)
@@ -67,21 +61,20 @@ def encode_choices(tokenizer, choices, prefix_space=True, choice_eop=None):
 
 
 def _check_max_length(max_length, max_positions):
-    """Raises UsageError when `max_length` passes the model's position table (`max_positions`)."""
     if max_length > max_positions:
         raise UsageError(f"max_length {max_length} is longer than the {max_positions} positions of the model; "
                          f"use at most {max_positions}")
 
 
 def _empty_batch(tokenizer, B, S):
-    """Padding that nobody sees: input_ids [B, S], position_ids [B, 2, S], attention_mask [B, 1, S, S]."""
+    """Padding nobody sees: input_ids [B, S], position_ids [B, 2, S], attention_mask [B, 1, S, S]."""
     return {"input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
             "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
             "attention_mask": torch.zeros(B, 1, S, S, dtype=torch.bool)}
 
 
 def _place_context(batch, b, ids):
-    """Row b starts with a context: positions 0..L-1, block position 0, each token seeing all L."""
+    """A context at the start of row b: positions 0..L-1, block position 0, bidirectional."""
     L = len(ids)
     batch["input_ids"][b, :L] = torch.tensor(ids)
     batch["position_ids"][b, 0, :L] = torch.arange(L)
@@ -89,8 +82,7 @@ def _place_context(batch, b, ids):
 
 
 def _place_span(batch, b, start, span_input, mask, context_length):
-    """A span block (sop first) at columns start.. of row b: position `mask`, block positions 1..n, seeing
-    the context and itself causally."""
+    """A span (sop first) at columns start.. of row b: position `mask`, block 1..n, sees context, itself causally."""
     n, end = len(span_input), start + len(span_input)
     batch["input_ids"][b, start:end] = torch.tensor(span_input)
     batch["position_ids"][b, 0, start:end] = mask
@@ -112,19 +104,15 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256,
         position_ids[1]       0  0    0     0   0  |  1   2  ..   n   |  1   2  ..   k   |  0
         target_ids           -100 ...                 c1  c2 ..   cn  |  d1  d2 ..   dk  | -100
 
-    Context tokens see the context; a choice token sees the context and its own block up to itself, never
-    another choice; nobody sees padding. The context is cut around the mask to fit `max_length`.
-
-    Returns input_ids [B, S], position_ids [B, 2, S], attention_mask bool [B, 1, S, S], target_ids [B, S]
-    (-100 unscored), choice_index [B, S] (-1 unscored), choice_mask bool [B, C] (real choices).
-    Raises ValueError for an example without choices; UsageError when the choices do not fit max_length
-    or max_length passes `max_positions`.
+    A choice token sees the context and its own block up to itself, never another choice; nobody sees
+    padding. The context is cut around the mask to fit. Returns input_ids [B, S], position_ids [B, 2, S],
+    attention_mask bool [B, 1, S, S], target_ids [B, S] (-100 unscored), choice_index [B, S] (-1 unscored),
+    choice_mask bool [B, C]. Raises ValueError for an example without choices or unequal lists; UsageError when
+    the choices do not fit max_length or max_length passes `max_positions`.
     """
     _check_max_length(max_length, max_positions)
-    if len(contexts) != len(choices):
-        raise ValueError(f"{len(contexts)} contexts but {len(choices)} choice lists")
     rows = []
-    for b, (context_ids, spans) in enumerate(zip(contexts, choices)):
+    for b, (context_ids, spans) in enumerate(zip(contexts, choices, strict=True)):
         if not spans:
             raise ValueError(f"Example {b} has no answer choices")
         span_length = sum(len(span) for span in spans)
@@ -151,8 +139,7 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256,
 
 def multiple_choice_inputs_from_text(tokenizer, contexts, choices, max_length=256, choice_prefix_space=True,
                                      choice_eop=None, max_positions=GLMConfig.max_sequence_length):
-    """`build_multiple_choice_inputs` from B context strings and B lists of choice strings (`encode_context`,
-    `encode_choices`). Raises what those raise."""
+    """`build_multiple_choice_inputs` from B context strings and B lists of choice strings."""
     return build_multiple_choice_inputs(
         tokenizer, [encode_context(tokenizer, context) for context in contexts],
         [encode_choices(tokenizer, example_choices, choice_prefix_space, choice_eop) for example_choices in choices],
@@ -160,12 +147,9 @@ def multiple_choice_inputs_from_text(tokenizer, contexts, choices, max_length=25
 
 
 def score_choices(model, batch, length_normalize=False):
-    """Log-likelihood of each packed answer choice: [B, C] (padding choices get -inf).
-
-    score(c) = sum_t log p(c_t | context, c_<t) over its tokens and closing eop (THUDM/GLM
-    `model/downstream.py`), divided by their count with `length_normalize`. Cross-entropy over these is the
-    paper's cloze fine-tuning loss. `batch`: `build_multiple_choice_inputs` on the model's device.
-    """
+    """[B, C] log-likelihoods of a `build_multiple_choice_inputs` batch's choices (-inf for padding choices):
+    sum_t log p(c_t | context, c_<t) with the closing eop (THUDM/GLM `model/downstream.py`), over the token
+    count with `length_normalize`. Cross-entropy over these is the paper's cloze fine-tuning loss."""
     scored = batch["target_ids"] != -100
     out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                 attention_mask=batch["attention_mask"], logits_positions=scored)
@@ -180,8 +164,7 @@ def score_choices(model, batch, length_normalize=False):
 
 
 def encode_target(tokenizer, target: str):
-    """Token ids of a target as GLM's seq2seq fine-tuning encodes it, `" " + text` (THUDM/GLM
-    `tasks/seq2seq/dataset.py`), uncut."""
+    """Ids of `" " + target`, as THUDM/GLM `tasks/seq2seq/dataset.py` encodes it, uncut."""
     return tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
 
 
@@ -198,10 +181,9 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
         position    0..L-1 0| m   m  .. m             0..L-1 0| m
         block pos   0 ..   0| 1   2  .. n+1           0 ..   0| 1
 
-    Context tokens see the real context; span tokens also the span up to themselves; nobody sees padding.
-    Targets are cut to `max_target_length` before eop. Returns input_ids [B, S], position_ids [B, 2, S],
-    attention_mask bool [B, 1, S, S], labels [B, S] (training only). Raises UsageError when max_length or
-    the block positions (max_target_length + 1) pass `max_positions`.
+    Span tokens see the real context and the span up to themselves; targets are cut to `max_target_length`.
+    Returns input_ids [B, S], position_ids [B, 2, S], attention_mask bool [B, 1, S, S], labels [B, S]
+    (training only). Raises UsageError when max_length or max_target_length + 1 pass `max_positions`.
     """
     _check_max_length(max_length, max_positions)
     if max_target_length + 1 > max_positions:
@@ -223,7 +205,7 @@ def build_generation_inputs(tokenizer, contexts, targets=None, max_length=256, m
 
 def generation_inputs_from_text(tokenizer, contexts, targets=None, max_length=256, max_target_length=64,
                                 max_positions=GLMConfig.max_sequence_length):
-    """`build_generation_inputs` from B context strings and B target strings or None. Raises what it raises."""
+    """`build_generation_inputs` from B context strings and B target strings or None."""
     return build_generation_inputs(
         tokenizer, [encode_context(tokenizer, context) for context in contexts],
         None if targets is None else [encode_target(tokenizer, target) for target in targets],
@@ -231,13 +213,10 @@ def generation_inputs_from_text(tokenizer, contexts, targets=None, max_length=25
 
 
 def sample_spans(num_tokens, mask_ratio, poisson_lambda, rng):
-    """Blank-infilling spans of one text of `num_tokens` tokens (paper, section 2.1).
-
-    Lengths ~ Poisson(`poisson_lambda`) given >= 1 (THUDM/GLM's `block_length_distribution`) until
-    round(mask_ratio * num_tokens) tokens (1 .. num_tokens - 1) are covered, the last cut so the share is
-    exact (short texts); placed uniformly without overlap, shuffled (their order is Part B's). `rng`: a
-    numpy Generator. Returns (start, end) half-open ranges. Raises ValueError below 2 tokens.
-    """
+    """Blank-infilling spans (start, end) of a text of `num_tokens` tokens in Part B order (paper, section 2.1):
+    lengths ~ Poisson(`poisson_lambda`) given >= 1 (THUDM/GLM's `block_length_distribution`), the last cut so
+    that round(mask_ratio * num_tokens) tokens (1 .. num_tokens - 1) are covered; placed uniformly without
+    overlap by the numpy Generator `rng`, shuffled. Raises ValueError below 2 tokens."""
     if num_tokens < 2:
         raise ValueError(f"A text of {num_tokens} token(s) cannot have a blank and a context")
     budget = min(max(1, round(mask_ratio * num_tokens)), num_tokens - 1)
@@ -260,8 +239,8 @@ def sample_spans(num_tokens, mask_ratio, poisson_lambda, rng):
 
 
 def max_infilling_text_length(max_length, mask_ratio):
-    """The most text tokens that fit `max_length` once blanked: `<s> A </s>` and a sop and eop for each of at
-    most round(mask_ratio * n) spans."""
+    """The most text tokens n that fit `max_length` once blanked: `<s> A </s>`, sop and eop per span (at most
+    round(mask_ratio * n) spans)."""
     n = max_length - 2
     while n > 2 and n + 2 + 2 * max(1, round(mask_ratio * n)) > max_length:
         n -= 1
@@ -281,58 +260,47 @@ def build_blank_infilling_inputs(tokenizer, texts, spans):
 
     Part A sees Part A; a Part B token also every Part B token before it: GLM's separator mask,
     `attention_mask` [B] = each Part A's length (`modeling_glm.expand_attention_mask`); padding trails.
-
     Returns input_ids [B, S], position_ids [B, 2, S], attention_mask [B] (long), labels [B, S] (-100 on
     Part A and padding). Raises ValueError when a span is empty, overlaps another or leaves its text.
     """
-    rows = [_blank_infilling_row(tokenizer, list(ids), example_spans) for ids, example_spans in zip(texts, spans)]
-    B, S = len(rows), max(len(ids) for ids, _, _, _ in rows)
-    batch = {
-        "input_ids": torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long),
-        "position_ids": torch.zeros(B, 2, S, dtype=torch.long),
-        "attention_mask": torch.tensor([part_a for _, _, _, part_a in rows]),
-        "labels": torch.full((B, S), -100, dtype=torch.long),
-    }
-    for b, (ids, positions, labels, _) in enumerate(rows):
-        batch["input_ids"][b, : len(ids)] = torch.tensor(ids)
-        batch["position_ids"][b, :, : len(ids)] = torch.tensor(positions).T
-        batch["labels"][b, : len(ids)] = torch.tensor(labels)
-    return batch
-
-
-def _blank_infilling_row(tokenizer, ids, spans):
-    """One Figure 1 example: (input ids, [position, block position] pairs, labels, Part A length)."""
-    covered = sorted(spans)
-    for (start, end), (next_start, _) in zip(covered, covered[1:] + [(len(ids), None)]):
-        if not 0 <= start < end <= next_start:
-            raise ValueError(f"Spans {covered} must be non-empty, apart and inside the {len(ids)} tokens")
-    part_a, mask_index, cursor = [tokenizer.cls_token_id], {}, 0
-    for start, end in covered:
-        part_a += ids[cursor:start]
-        mask_index[start] = len(part_a)
-        part_a.append(tokenizer.mask_token_id)
-        cursor = end
-    part_a += [*ids[cursor:], tokenizer.eos_token_id]
-    input_ids, labels, positions = list(part_a), [-100] * len(part_a), [(i, 0) for i in range(len(part_a))]
-    for start, end in spans:
-        span = ids[start:end]
-        input_ids += [tokenizer.sop_token_id, *span]
-        labels += [*span, tokenizer.eop_token_id]
-        positions += [(mask_index[start], j) for j in range(1, len(span) + 2)]
-    return input_ids, positions, labels, len(part_a)
+    input_ids, position_ids, labels, part_a_lengths = [], [], [], []
+    for ids, example_spans in zip(texts, spans):
+        ids, covered = list(ids), sorted(example_spans)
+        for (start, end), (next_start, _) in zip(covered, covered[1:] + [(len(ids), None)]):
+            if not 0 <= start < end <= next_start:
+                raise ValueError(f"Spans {covered} must be non-empty, apart and inside the {len(ids)} tokens")
+        part_a, mask_index, cursor = [tokenizer.cls_token_id], {}, 0
+        for start, end in covered:
+            part_a += ids[cursor:start]
+            mask_index[start] = len(part_a)
+            part_a.append(tokenizer.mask_token_id)
+            cursor = end
+        part_a += [*ids[cursor:], tokenizer.eos_token_id]
+        row_ids, row_labels, positions = list(part_a), [-100] * len(part_a), [(i, 0) for i in range(len(part_a))]
+        for start, end in example_spans:
+            span = ids[start:end]
+            row_ids += [tokenizer.sop_token_id, *span]
+            row_labels += [*span, tokenizer.eop_token_id]
+            positions += [(mask_index[start], j) for j in range(1, len(span) + 2)]
+        input_ids.append(torch.tensor(row_ids))
+        position_ids.append(torch.tensor(positions))
+        labels.append(torch.tensor(row_labels))
+        part_a_lengths.append(len(part_a))
+    return {"input_ids": pad_sequence(input_ids, batch_first=True, padding_value=tokenizer.pad_token_id),
+            "position_ids": pad_sequence(position_ids, batch_first=True).transpose(1, 2).contiguous(),  # [B, 2, S]
+            "attention_mask": torch.tensor(part_a_lengths),
+            "labels": pad_sequence(labels, batch_first=True, padding_value=-100)}
 
 
 def generation_kwargs(batch):
-    """`generate`'s inputs from an inference `build_generation_inputs` batch: input_ids, position_ids,
-    block_position_ids and the key padding attention_mask, each [B, S] (the model rebuilds Figure 2b)."""
+    """`generate`'s inputs, each [B, S], of an inference `build_generation_inputs` batch (Figure 2b rebuilt)."""
     return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"][:, 0],
             "block_position_ids": batch["position_ids"][:, 1],
             "attention_mask": batch["attention_mask"][:, 0].any(dim=1)}
 
 
 class SpanNoRepeatNGramLogitsProcessor(LogitsProcessor):
-    """transformers' `NoRepeatNGramLogitsProcessor` over the span after `prompt_length` only: the context's
-    n-grams may be copied (a three-token name of an E2E meaning representation)."""
+    """transformers' `NoRepeatNGramLogitsProcessor` on the span after `prompt_length`: the context may be copied."""
 
     def __init__(self, ngram_size: int, prompt_length: int):
         self.ban, self.prompt_length = NoRepeatNGramLogitsProcessor(ngram_size), prompt_length
@@ -358,8 +326,7 @@ def generate_spans(model, batch, generation_config, no_repeat_ngram_size=0):
 
 
 def score_contexts(model, tokenizer, contexts, choices, max_length, prefix_space, choice_eop):
-    """Choice scores [len(contexts), C] of text contexts (each with its answer slot) that all share
-    `choices`, in one batch on the model's device (no gradient)."""
+    """Choice scores [len(contexts), C] of text contexts that share `choices`, in one batch, no gradient."""
     spans = encode_choices(tokenizer, choices, prefix_space, choice_eop)
     batch = build_multiple_choice_inputs(tokenizer, [encode_context(tokenizer, c) for c in contexts],
                                          [spans] * len(contexts), max_length)
@@ -369,16 +336,10 @@ def score_contexts(model, tokenizer, contexts, choices, max_length, prefix_space
 
 
 def with_demonstrations(context_ids, demonstrations, max_length):
-    """`<s> input [MASK] </s>` -> `<s> input [MASK] d1 d2 ... </s>` (LM-BFF's layout with GLM's one
-    answer slot: the demonstrations' answers are plain text). Whole demonstrations are left out from
-    the last one while the result would pass max_length, so that they go before any of the input;
-    an input still too long is cut around its [MASK] by the builder (`truncate_around`).
-
-    Args:
-        context_ids: `encode_context` ids. demonstrations: lists of token ids (no special tokens).
-    Returns:
-        list of token ids.
-    """
+    """`<s> input [MASK] </s>` -> `<s> input [MASK] d1 d2 ... </s>` (LM-BFF's layout with GLM's one answer
+    slot: demonstrations' answers are plain text). `demonstrations` (id lists, no special tokens) are left out
+    from the last while the result would pass max_length, so they go before any of the input (which the
+    builder cuts around its [MASK])."""
     ids, room = context_ids[:-1], max_length - len(context_ids)
     for demo in demonstrations:
         if len(demo) > room:
@@ -387,18 +348,8 @@ def with_demonstrations(context_ids, demonstrations, max_length):
     return ids + context_ids[-1:]
 
 
-def word_vocabulary(tokenizer, prefix_space):
-    """bool [len(tokenizer)]: the tokens that are a whole word of letters, in the form choices are
-    encoded with (`Ġword` with `prefix_space`, else `word`)."""
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    if prefix_space:
-        return torch.tensor([t.startswith("Ġ") and t[1:].isalpha() for t in tokens])
-    return torch.tensor([t.isalpha() for t in tokens])
-
-
 def mask_log_probs(model, tokenizer, contexts, max_length, batch_size):
-    """Yields, per batch of contexts (`encode_context` ids), [b, V] log-probabilities of the first
-    token of the [MASK]'s span (what a one-token answer is scored with), without gradient."""
+    """Yields per batch of `encode_context` ids [b, V] log-probabilities of the [MASK] span's first token."""
     device = next(model.parameters()).device
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start:start + batch_size]
@@ -411,16 +362,9 @@ def mask_log_probs(model, tokenizer, contexts, max_length, batch_size):
 
 
 def label_word_candidates(class_means, allowed, n):
-    """The n candidate label words of each class: among the allowed words whose mean log-probability
-    is highest for this class (not likelier for another), the n with the highest mean (LM-BFF's
-    automatic label words, Gao et al. 2021 section 5.2, with its class-exclusive filter).
-
-    Args:
-        class_means: [C, V] mean log-probability at [MASK] over each class's training examples.
-        allowed: bool [V] (`word_vocabulary`).
-    Returns:
-        [C, n] token ids, best first. Raises UsageError when a class has fewer than n such words.
-    """
+    """[C, n] candidate label words, best first: per class, of the `allowed` (bool [V]) words likeliest for
+    it in `class_means` ([C, V] mean log-probability at [MASK] over each class's training examples), the n of
+    highest mean (LM-BFF, Gao et al. 2021 section 5.2). Raises UsageError when a class has fewer than n."""
     own = class_means.argmax(0)
     candidates = []
     for c in range(class_means.shape[0]):
@@ -432,15 +376,9 @@ def label_word_candidates(class_means, allowed, n):
 
 
 def best_combination(log_probs, labels):
-    """The combination of one candidate per class that classifies validation best.
-
-    Args:
-        log_probs: [N, C, n] log-probability at [MASK] of candidate j of class c on example i.
-        labels: [N] gold classes.
-    Returns:
-        (tuple of C candidate positions, its accuracy, number of combinations n^C). Ties go to the
-        first combination in itertools.product order (the better-ranked words).
-    """
+    """The combination of one candidate per class that classifies best: (C candidate positions, accuracy,
+    n^C). log_probs [N, C, n] at [MASK] of candidate j of class c on example i; labels [N]. Ties go to the
+    first in itertools.product order (better-ranked words)."""
     N, C, n = log_probs.shape
     combinations = torch.tensor(list(itertools.product(range(n), repeat=C)))  # [M, C]
     chosen = log_probs[:, torch.arange(C), combinations]  # [N, M, C]
@@ -450,30 +388,25 @@ def best_combination(log_probs, labels):
 
 
 def search_label_words(model, tokenizer, examples, n, max_length, batch_size, prefix_space):
-    """LM-BFF's label-word search with the untrained model: candidates from the training examples
-    (`label_word_candidates`), the combination best on validation (`best_combination`).
-
-    Args:
-        examples: {"train": [...], "validation": [...]} with "context_ids" and "label".
-    Returns:
-        dict: "words" (the chosen word of each class), "ids" (their token ids), "candidates" (per class,
-        its n words), "validation_accuracy", "combinations".
-    Raises:
-        UsageError: no train or validation split, or too few candidate words.
-    """
+    """LM-BFF's label-word search with the untrained model: candidates from `examples["train"]`, the
+    combination best on `examples["validation"]` (examples with "context_ids" and "label"). Returns "words",
+    "ids", "candidates" (per class, n words), "validation_accuracy", "combinations". Raises UsageError
+    without both splits or with too few candidate words."""
     if not {"train", "validation"} <= set(examples):
         raise UsageError("--search_verbalizers needs train and validation examples")
     train = examples["train"]
     C = len(train[0]["choices"])
     labels = torch.tensor([e["label"] for e in train])
     sums = 0
-    for start, batch in zip(range(0, len(train), batch_size),
-                            mask_log_probs(model, tokenizer, [e["context_ids"] for e in train], max_length, batch_size)):
+    train_batches = mask_log_probs(model, tokenizer, [e["context_ids"] for e in train], max_length, batch_size)
+    for start, batch in zip(range(0, len(train), batch_size), train_batches):
         sums = sums + torch.zeros(C, batch.shape[1]).index_add(0, labels[start:start + len(batch)], batch)
     class_means = sums / torch.bincount(labels, minlength=C).clamp(min=1)[:, None]
-    vocabulary = word_vocabulary(tokenizer, prefix_space)
+    # Whole words of letters in the form choices are encoded with; embedding rows past the tokenizer: no word.
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    words = [t.startswith("Ġ") and t[1:].isalpha() if prefix_space else t.isalpha() for t in tokens]
     V = class_means.shape[1]
-    allowed = torch.cat([vocabulary[:V], vocabulary.new_zeros(max(V - len(vocabulary), 0))])  # rows past it: no word
+    allowed = torch.tensor((words + [False] * (V - len(words)))[:V])
     candidates = label_word_candidates(class_means, allowed, n)  # [C, n]
     validation = examples["validation"]
     log_probs = torch.cat([batch[:, candidates] for batch in mask_log_probs(

@@ -1,11 +1,8 @@
-"""GLM (Du et al., ACL 2022) in plain PyTorch, as nanoGPT would write it: `GLMConfig`, the pre-LN blocks,
-`GLMForConditionalGeneration` (tied LM output, `generate` through transformers), `GLMForSequenceClassification`
-(the linear-head baseline), P-tuning v2's `PrefixEncoder`, and loading of `BAAI/glm-roberta-large` without
-remote code (whether its [MASK], sop and eop rows were trained: tokenization_glm.check_special_rows).
-Every other module imports it; the facts it matches are in the shared GLM_NOTES.md.
-
-Trap: transformers 5's `model_type: "glm"` is GLM-4 (and the hub config of glm-roberta-large says "glm"), so
-the Auto classes build GLM-4: load through these classes; our type is "glm_blank_infilling", never "glm".
+"""GLM (Du et al., ACL 2022) in plain PyTorch: `GLMConfig`, the pre-LN blocks, `GLMForConditionalGeneration`
+(tied LM output, transformers' `generate`), `GLMForSequenceClassification` (the linear-head baseline), P-tuning
+v2's `PrefixEncoder`, and loading `BAAI/glm-roberta-large` without remote code. Every other module imports it;
+the facts it matches are in GLM_NOTES.md. Trap: transformers 5's `model_type: "glm"` is GLM-4 (as the hub config
+says), so load through these classes; our type is "glm_blank_infilling", never "glm".
 """
 
 import inspect
@@ -33,13 +30,11 @@ SOP_TOKEN, EOP_TOKEN, MASK_TOKEN = "<|startofpiece|>", "<|endofpiece|>", "[MASK]
 
 
 class UsageError(ValueError):
-    """A user's mistake (flag, file, data, prompt): `cli.run_script` prints its message as one line and exits
-    2; any other exception is a bug and keeps its traceback. Here because every module imports this one."""
+    """A user's mistake: `cli.run_script` prints it as one line and exits 2 (other exceptions are bugs)."""
 
 
 def readable_like_results(*paths):
-    """Gives files the mode `open` gives new files (0666 less the umask), as results.json has: safetensors
-    writes 0600, which a teammate on a shared server could not read."""
+    """Mode 0666 less the umask, as `open` gives results.json (safetensors writes 0600: unreadable to a team)."""
     umask = os.umask(0)
     os.umask(umask)
     for path in paths:
@@ -55,12 +50,11 @@ def save_weights(state, path, metadata):
 
 
 class GLMConfig(PreTrainedConfig):
-    """GLM's hyper-parameters under the released config.json's names; defaults are glm-roberta-large's.
-    `attention_scale` only reorders the released code's arithmetic: kept for the round trip, unused.
-    Raises UsageError for `block_position_encoding=False` (checkpoints without block positions)."""
+    """The released config.json's fields, glm-roberta-large's defaults; `attention_scale` is kept, unused (it
+    only reorders the released arithmetic). Raises UsageError for `block_position_encoding=False`."""
 
     model_type = "glm_blank_infilling"
-    max_sequence_length = 512  # class-level too: the input builders' default limit (glm-roberta-large's)
+    max_sequence_length = 512  # also the input builders' default limit
     attribute_map = {"num_hidden_layers": "num_layers", "max_position_embeddings": "max_sequence_length"}
 
     def __init__(self, num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=50304,
@@ -78,16 +72,10 @@ class GLMConfig(PreTrainedConfig):
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     @classmethod
-    def tiny(cls, vocab_size: int) -> "GLMConfig":
-        """The `glm-tiny` preset: 2 layers, hidden 256, 4 heads; random init, for tests and CPU runs."""
-        return cls(num_layers=2, hidden_size=256, num_attention_heads=4, vocab_size=vocab_size)
-
-    @classmethod
     def from_released(cls, config: dict) -> "GLMConfig":
-        """A released or saved config.json: our fields and a classifier's labels (`id2label`, or `num_labels`
-        as our earlier versions saved it) kept, the rest (auto_map, the hub's model_type "glm") dropped."""
+        """A config.json less what is not ours (auto_map, model_type "glm"); architectures and labels kept."""
         known = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-        kept = {k: v for k, v in config.items() if k in known | {"id2label", "num_labels"}}
+        kept = {k: v for k, v in config.items() if k in known | {"id2label", "num_labels", "architectures"}}
         return cls(**kept)
 
 
@@ -130,8 +118,7 @@ class GLMMLP(nn.Module):
 
 
 class GLMLayer(GradientCheckpointingLayer):
-    """Pre-LN block: h + attn(LN(h)), then h + mlp(LN(h)). Tensors that need gradients (h, a prefix) are
-    positional so that gradient checkpointing passes their gradients on."""
+    """Pre-LN block; h and the prefix are positional so that gradient checkpointing passes their gradients."""
 
     def __init__(self, config: GLMConfig, layer_idx: int):
         super().__init__()
@@ -145,25 +132,19 @@ class GLMLayer(GradientCheckpointingLayer):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class GLMStack(nn.Module):
-    """Position tables, the layers and the final layer norm (the released `transformer.*`)."""
-
-    def __init__(self, config: GLMConfig):
-        super().__init__()
-        self.position_embeddings = nn.Embedding(config.max_sequence_length + 1, config.hidden_size)
-        self.block_position_embeddings = nn.Embedding(config.max_sequence_length + 1, config.hidden_size)
-        self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
-        self.layers = nn.ModuleList(GLMLayer(config, i) for i in range(config.num_layers))
-        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
-
-
 class GLMModel(nn.Module):
     """The GLM body: embeddings and transformer; returns final hidden states [B, S, H]."""
 
     def __init__(self, config: GLMConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.transformer = GLMStack(config)
+        self.transformer = nn.ModuleDict(dict(  # the released checkpoint's `transformer.*`
+            position_embeddings=nn.Embedding(config.max_sequence_length + 1, config.hidden_size),
+            block_position_embeddings=nn.Embedding(config.max_sequence_length + 1, config.hidden_size),
+            embedding_dropout=nn.Dropout(config.embedding_dropout_prob),
+            layers=nn.ModuleList(GLMLayer(config, i) for i in range(config.num_layers)),
+            final_layernorm=nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon),
+        ))
 
     def forward(self, input_ids, position_ids, mask, prefix=None, cache=None):
         """prefix: None or per layer a P-tuning v2 (key, value) pair; cache: None or a transformers `Cache`."""
@@ -178,14 +159,11 @@ class GLMModel(nn.Module):
 
 
 def expand_attention_mask(attention_mask, batch_size, query_length, key_length, device):
-    """Any attention-mask form of the released code as bool [B, 1, Q, K] (True = may attend), or None.
-
-    Forms: None; `[B]` separator `sep` (key j visible from query i when j < sep or j <= i: Part A
-    bidirectional, then causal); `[B, K']` 0/1 key padding; `[B, 1, Q, K']` 0/1 full. They describe the last
-    K' keys; earlier ones (a prefix, a cache) are visible to all. A query that sees no key (padding only) is
-    opened to every key so attention stays finite (the released code makes it uniform). A mask that hides
-    nothing gives None, so that SDPA takes its fastest kernel. Raises ValueError for another shape.
-    """
+    """The released code's mask forms as bool [B, 1, Q, K] (True = may attend), or None when nothing is hidden
+    (SDPA's fastest kernel): `[B]` separator sep (key j visible from query i when j < sep or j <= i), `[B, K']`
+    key padding, `[B, 1, Q, K']` full, all 0/1 over the last K' keys (earlier prefix/cache keys are visible).
+    A query that sees no key sees all, staying finite (the released code makes it uniform). Raises ValueError
+    for another shape."""
     if attention_mask is None:
         return None
     m = attention_mask.to(device)
@@ -210,9 +188,8 @@ def expand_attention_mask(attention_mask, batch_size, query_length, key_length, 
 
 
 def span_attention_mask(key_padding_mask, block_position_ids):
-    """GLM's blank-infilling layout (paper, Figure 2b): Part A sees the real Part A, a span token also the
-    span up to itself. key_padding_mask [B, S] (1 = real); block_position_ids [B, S] (0 in Part A, 1.. in
-    the span). Returns bool [B, 1, S, S] (True = may attend)."""
+    """Paper Figure 2b: Part A sees the real Part A, a span token also the span up to itself. key_padding_mask
+    [B, S] (1 = real), block_position_ids [B, S] (0 = Part A) -> bool [B, 1, S, S]."""
     S = block_position_ids.shape[1]
     in_span = block_position_ids > 0
     i = torch.arange(S, device=block_position_ids.device)
@@ -222,7 +199,7 @@ def span_attention_mask(key_padding_mask, block_position_ids):
 
 
 class GLMPreTrainedModel(PreTrainedModel):
-    """What GLM's models share: config class, transformers' default init, the released `glm.` key prefix."""
+    """GLM models' config class, transformers' default init and the released `glm.` key prefix."""
 
     config_class = GLMConfig
     base_model_prefix = "glm"
@@ -230,11 +207,13 @@ class GLMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["GLMLayer"]
     _supports_sdpa = True
 
+    def get_input_embeddings(self):
+        return self.glm.word_embeddings
+
     @classmethod
     def _load_glm(cls, name_or_path, config, new_keys=(), **kwargs):
-        """transformers' `from_pretrained` with our `config` (the released one says GLM-4's "glm"). Raises
-        UsageError naming missing keys other than `new_keys` (a new head) and unexpected ones (transformers
-        only logs them), or when the hub cannot serve the files."""
+        """transformers' `from_pretrained` with our `config`. Raises UsageError for missing keys (other than
+        `new_keys`, a new head) or unexpected ones (transformers only logs them), or an unreachable hub."""
         directory = _resolve_pretrained_dir(name_or_path, ["config.json", "*.safetensors", "pytorch_model.bin"])
         model, info = super().from_pretrained(str(directory), config=config, output_loading_info=True, **kwargs)
         missing, unexpected = sorted(set(info["missing_keys"]) - set(new_keys)), sorted(info["unexpected_keys"])
@@ -251,8 +230,7 @@ class GLMPreTrainedModel(PreTrainedModel):
 
 
 class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
-    """GLM with its tied LM output (logits = hidden @ word_embeddings^T). `prefix_encoder`: None, or a
-    `PrefixEncoder` (`glm_peft.add_prefix_encoder`) whose keys/values precede every input."""
+    """GLM with its tied LM output; `prefix_encoder`: None or P-tuning v2's (`glm_peft.add_prefix_encoder`)."""
 
     def __init__(self, config: GLMConfig):
         super().__init__(config)
@@ -260,24 +238,13 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.prefix_encoder = None
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.glm.word_embeddings
-
     def forward(self, input_ids, position_ids=None, attention_mask=None, labels=None, cache=None, use_cache=None,
                 logits_positions=None, logits_to_keep=0, label_smoothing=0.0, **kwargs):
-        """Runs GLM on `input_ids` [B, S] with `position_ids` [B, 2, S].
-
-        attention_mask:   any form `expand_attention_mask` accepts.
-        labels:           [B, S] ids to predict AT each position (GLM's targets are aligned: no shift), -100 none.
-        cache:            a transformers `Cache` (per layer [B, heads, T, head_dim]); `use_cache` without one
-                          starts a `DynamicCache`. The prefix goes in while the cache is empty, so it begins it.
-        logits_positions: optional bool [B, S]: logits only there, [N, V] row-major (a 50k vocabulary is costly).
-        logits_to_keep:   n > 0: logits of the last n positions only, [B, n, V] (`generate` asks for 1).
-        kwargs:           what `generate` passes besides (return_dict, ...); unused.
-
-        Returns a `CausalLMOutputWithPast` (loss: mean cross-entropy over labelled positions, or None).
-        Raises ValueError without position_ids.
-        """
+        """input_ids [B, S], position_ids [B, 2, S], attention_mask in any `expand_attention_mask` form; labels
+        [B, S] aligned (no shift), -100 unscored. cache: a transformers `Cache` ([B, heads, T, head_dim] per
+        layer; `use_cache` starts one), begun by the prefix. Logits [B, S, V], or [N, V] at the bool [B, S]
+        `logits_positions`, or [B, n, V] for `logits_to_keep` n. Returns `CausalLMOutputWithPast` (loss: mean
+        cross-entropy). Raises ValueError without position_ids."""
         if position_ids is None:
             raise ValueError("GLM needs position_ids [B, 2, S] (position, block position): use glm_utils' builders")
         B, S = input_ids.shape
@@ -297,22 +264,16 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = F.linear(hidden, self.glm.word_embeddings.weight)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                   ignore_index=-100, label_smoothing=label_smoothing)
+        loss = None if labels is None else F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                           labels.reshape(-1), label_smoothing=label_smoothing)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, cache=None, attention_mask=None,
                                       position_ids=None, block_position_ids=None, use_cache=None, **kwargs):
-        """What `generate` feeds each step (Figure 2b): the whole sequence with `span_attention_mask` while
-        the cache is empty, then the last `next_sequence_length` tokens, which see every real key.
-
-        Inputs (from `glm_utils.generation_kwargs`): input_ids [B, S] ending with sop; position_ids and
-        block_position_ids [B, S] apart (`generate` reads a 3D position tensor as multimodal);
-        attention_mask [B, S] key padding, None = all real (pass it: GLM's pad id is also `</s>`, so a
-        mask guessed from the ids would hide `</s>`). Raises ValueError without the two position rows.
-        """
+        """Each step's inputs (Figure 2b): the whole sequence with `span_attention_mask` while the cache is empty,
+        then the new tokens, which see every real key. From `glm_utils.generation_kwargs`: input_ids, position_ids,
+        block_position_ids (apart: `generate` reads 3D positions as multimodal) and attention_mask [B, S] (pass
+        it: pad is `</s>`, so a guessed mask would hide `</s>`). Raises ValueError without the position rows."""
         if position_ids is None or block_position_ids is None:
             raise ValueError("GLM's generate needs position_ids and block_position_ids: pass "
                              "glm_utils.generation_kwargs(batch) of a build_generation_inputs batch")
@@ -340,17 +301,15 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, vocab_size: Optional[int] = None, **kwargs):
-        """GLM from a directory (config.json + model.safetensors or pytorch_model.bin, read weights_only; keys
-        with or without the released `glm.` prefix) or a hub id, through transformers' `from_pretrained`
-        (kwargs: dtype, device_map...); `glm-tiny` is random (`GLMConfig.tiny`) and needs `vocab_size`.
-
-        Raises UsageError when keys are missing or unexpected, the tokenizer outgrows the embeddings, or
-        the hub cannot be reached (with the flags that point at local files instead).
-        """
+        """GLM from a directory (config.json + safetensors or pytorch_model.bin, keys with or without `glm.`) or
+        a hub id (kwargs go to transformers: dtype, device_map...); `glm-tiny` (2 layers, hidden 256, 4 heads) is
+        random and needs `vocab_size`.
+        Raises UsageError for mismatched keys, a tokenizer larger than the embeddings, or an unreachable hub."""
         if name_or_path == TINY_MODEL_NAME:
             if vocab_size is None:
                 raise ValueError("glm-tiny needs vocab_size (the tokenizer's length)")
-            return cls(GLMConfig.tiny(vocab_size=64 * math.ceil(vocab_size / 64)))
+            return cls(GLMConfig(num_layers=2, hidden_size=256, num_attention_heads=4,
+                                 vocab_size=64 * math.ceil(vocab_size / 64)))
         model = cls._load_glm(name_or_path, read_config(name_or_path), **kwargs)
         if vocab_size is not None and vocab_size > model.config.vocab_size:
             raise UsageError(f"The tokenizer has {vocab_size} tokens but the model only {model.config.vocab_size} "
@@ -359,8 +318,7 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
 
 def read_config(name_or_path: str) -> GLMConfig:
-    """The `GLMConfig` of a directory or hub repository (only config.json is downloaded). Raises UsageError
-    when it cannot be had (with the local alternatives) or holds no config.json."""
+    """The `GLMConfig` of a directory or hub id (only config.json downloaded). Raises UsageError without one."""
     config = _resolve_pretrained_dir(name_or_path, ["config.json"]) / "config.json"
     if not config.is_file():
         raise UsageError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
@@ -390,31 +348,23 @@ def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
 
 
 def max_positions(name_or_path: str) -> int:
-    """A checkpoint's `max_sequence_length` (glm-roberta-large: 512) from its config alone, so that scripts
-    check their length flags before loading anything. Raises UsageError as `read_config`."""
-    if name_or_path == TINY_MODEL_NAME:
-        return GLMConfig.max_sequence_length
-    return read_config(name_or_path).max_sequence_length
+    """A checkpoint's `max_sequence_length` from its config alone (scripts check flags before loading)."""
+    config = GLMConfig if name_or_path == TINY_MODEL_NAME else read_config(name_or_path)
+    return config.max_sequence_length
 
 
 class GLMForSequenceClassification(GLMPreTrainedModel):
-    """GLM with a linear head on `<s>`, the baseline of the cloze formulation: plain text `<s> x1 .. xn </s>`
-    read bidirectionally (positions 0..S-1, block positions 0); logits = Linear(dropout(h[:, 0]))."""
+    """The cloze formulation's baseline: `<s> text </s>` read bidirectionally, Linear(dropout(h[:, 0]))."""
 
     def __init__(self, config: GLMConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.glm = GLMModel(config)
         self.dropout = nn.Dropout(config.output_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.glm.word_embeddings
-
     def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None, **kwargs):
-        """input_ids [B, S]; attention_mask [B, S] 0/1 or None; labels [B] or None; position_ids [B, 2, S]
-        (default 0..S-1 and zeros). Returns a `SequenceClassifierOutput` (loss: mean cross-entropy)."""
+        """input_ids [B, S], attention_mask [B, S], labels [B], position_ids [B, 2, S] (default 0..S-1, zeros)."""
         B, S = input_ids.shape
         if position_ids is None:
             position_ids = torch.zeros(B, 2, S, dtype=torch.long, device=input_ids.device)
@@ -428,19 +378,16 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
     @classmethod
     def from_pretrained(cls, name_or_path: str, num_labels: Optional[int] = None, vocab_size: Optional[int] = None,
                         **kwargs):
-        """A GLM checkpoint's body (glm-tiny's: that of the LM with the same seed) under a new head of
-        `num_labels` classes, or a whole classifier saved by this class (`num_labels` then optional).
+        """A GLM body (glm-tiny's: the LM's of the same seed) under a new `num_labels` head, or a saved classifier.
         Raises ValueError for a missing `num_labels`, UsageError for a wrong one or keys that do not match."""
-        if name_or_path != TINY_MODEL_NAME:
-            config = read_config(name_or_path)
-            saved = Path(name_or_path) / "config.json"
-            if os.path.isdir(name_or_path) and cls.__name__ in json.loads(saved.read_text()).get("architectures", []):
-                if num_labels is not None and num_labels != config.num_labels:
-                    raise UsageError(f"{name_or_path} holds a {config.num_labels}-class head, not {num_labels}")
-                return cls._load_glm(name_or_path, config, **kwargs)
+        config = None if name_or_path == TINY_MODEL_NAME else read_config(name_or_path)
+        if config is not None and cls.__name__ in (config.architectures or []):
+            if num_labels not in (None, config.num_labels):
+                raise UsageError(f"{name_or_path} holds a {config.num_labels}-class head, not {num_labels}")
+            return cls._load_glm(name_or_path, config, **kwargs)
         if num_labels is None:
             raise ValueError("num_labels is needed to put a new classification head on a GLM checkpoint")
-        if name_or_path == TINY_MODEL_NAME:
+        if config is None:
             lm = GLMForConditionalGeneration.from_pretrained(name_or_path, vocab_size=vocab_size)
             lm.config.num_labels = num_labels
             model = cls(lm.config)
@@ -451,14 +398,12 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
 
 
 class PrefixEncoder(nn.Module):
-    """P-tuning v2's deep prompt (Liu et al., ACL 2022): `pre_seq_len` learned (key, value) pairs in EVERY layer.
+    """P-tuning v2's deep prompt (Liu et al., ACL 2022): `pre_seq_len` learned (key, value) pairs in every layer.
 
-    A table [pre_seq_len, num_layers * 2 * hidden], or with `prefix_projection` (the paper's
-    reparameterization) [pre_seq_len, hidden] through Linear, tanh, Linear; each row holds, layer after
-    layer, [key | value] split into heads (the P-tuning v2 code's layout). forward(batch_size) returns
-    num_layers (key, value) pairs, each [batch_size, heads, pre_seq_len, head_dim] (expanded, not copied).
-    Raises ValueError when pre_seq_len < 1.
-    """
+    A table [pre_seq_len, num_layers * 2 * hidden], or with `prefix_projection` [pre_seq_len, hidden] through
+    Linear, tanh, Linear; rows hold, layer after layer, [key | value] in heads (the P-tuning v2 code's layout).
+    forward(batch_size): num_layers pairs [batch_size, heads, pre_seq_len, head_dim]. Raises ValueError when
+    pre_seq_len < 1."""
 
     def __init__(self, config: GLMConfig, pre_seq_len: int, prefix_projection: bool = False,
                  prefix_hidden_size: int = 512):
@@ -469,10 +414,8 @@ class PrefixEncoder(nn.Module):
         self.head_dim = config.hidden_size // config.num_attention_heads
         width = config.num_layers * 2 * config.hidden_size
         self.embedding = nn.Embedding(pre_seq_len, config.hidden_size if prefix_projection else width)
-        self.trans = None
-        if prefix_projection:
-            self.trans = nn.Sequential(nn.Linear(config.hidden_size, prefix_hidden_size), nn.Tanh(),
-                                       nn.Linear(prefix_hidden_size, width))
+        self.trans = (nn.Sequential(nn.Linear(config.hidden_size, prefix_hidden_size), nn.Tanh(),
+                                    nn.Linear(prefix_hidden_size, width)) if prefix_projection else None)
 
     def forward(self, batch_size: int):
         prefix = self.embedding.weight if self.trans is None else self.trans(self.embedding.weight)

@@ -1,16 +1,11 @@
-"""GLM's tokenizer: RoBERTa's byte-level BPE with GLM's special tokens, as the released checkpoint reads it.
-
-glm-roberta-large uses RoBERTa's vocabulary (ids 0..50264) plus sop `<|startofpiece|>` 50265 and eop
-`<|endofpiece|>` 50266. Its blank `[MASK]` is the row it was pretrained with, vocab.json's `<mask>`
-(50264); the hub's added_tokens.json names another id (50267) that `load_tokenizer` reports and does not
-trust unless --mask_token_id asks for it. Offline, `train_tokenizer` trains a small BPE with the same
-special tokens (`--tokenizer_name train`). Facts and evidence: GLM_NOTES.md in the team's shared folder.
+"""GLM's tokenizer (RoBERTa's byte-level BPE plus sop 50265 and eop 50266), the check of its special rows in a
+checkpoint, and `train_tokenizer`, an offline stand-in (`--tokenizer_name train`). [MASK] is vocab.json's
+`<mask>` (50264), the row glm-roberta-large was pretrained with, not the hub's 50267 (GLM_NOTES.md "Tokenizer").
 """
 
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -21,34 +16,21 @@ from modeling_glm import EOP_TOKEN, MASK_TOKEN, SOP_TOKEN, TINY_MODEL_NAME, Usag
 logger = logging.getLogger(__name__)
 
 
-TOKENIZER_FILES = ["vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json"]
 BASE_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..3 and 50264 in RoBERTa
 PRETRAINING_MASK = "<mask>"  # the vocab.json entry whose row GLM was pretrained with as [MASK]
 
 
 def load_tokenizer(name_or_path: str, mask_token_id: Optional[int] = None):
-    """The GLM RoBERTa tokenizer (byte-level BPE) as a `transformers.PreTrainedTokenizerFast`.
-
-    `name_or_path` is a directory with the released files (vocab.json, merges.txt,
-    added_tokens.json; the remote code named in tokenizer_config.json is NOT run), a directory
-    saved by `train_tokenizer` or by a run (tokenizer.json), or a hub id. A text encodes as
-    `<s> ... </s>`; `[MASK]` becomes one token whatever spaces surround it (a space before it is
-    absorbed). The result carries `sop_token_id`, `eop_token_id` (and the usual `mask_token_id`,
-    eos = pad).
-
-    Which id `[MASK]` gets from the released files: that of `<mask>` in vocab.json (50264 for
-    glm-roberta-large), the blank the checkpoint was pretrained and fine-tuned with (THUDM/GLM
-    `data_utils/tokenization.py`, `config/ds_blockta_large.sh`; GLM_NOTES.md "Tokenizer"). The
-    `[MASK]` entry of added_tokens.json (50267 on the hub, a row no pretraining example used) is
-    read, not trusted. `mask_token_id` overrides the choice: the `<mask>` id, or the id after eop
-    (a new token, as the hub's files have it). A tokenizer.json keeps its own ids.
-
-    Raises UsageError when added_tokens.json disagrees on sop/eop, when `mask_token_id` is neither
-    of the two ids (or differs from a tokenizer.json's own), OSError when a hub id cannot be reached.
-    """
+    """A `PreTrainedTokenizerFast` with `sop_token_id` and `eop_token_id` from released files (vocab.json,
+    merges.txt, added_tokens.json; no remote code run), a saved tokenizer.json, or a hub id. `<s> ... </s>`;
+    "[MASK]" is one token, a space before it absorbed. [MASK] takes `<mask>`'s row (THUDM/GLM
+    `data_utils/tokenization.py`); `mask_token_id` may pick the id after eop instead (the hub's choice).
+    Raises UsageError when added_tokens.json disagrees on sop/eop, for another `mask_token_id` (or one a
+    tokenizer.json does not have), or when the hub cannot be reached."""
     from tokenizers import Tokenizer, models
 
-    directory = Path(name_or_path) if os.path.isdir(name_or_path) else _resolve_pretrained_dir(name_or_path, TOKENIZER_FILES)
+    directory = _resolve_pretrained_dir(name_or_path,
+                                        ["vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json"])
     if (directory / "tokenizer.json").exists() and not (directory / "vocab.json").exists():
         tokenizer = _wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")))
         if mask_token_id not in (None, tokenizer.mask_token_id):
@@ -83,11 +65,7 @@ def load_tokenizer(name_or_path: str, mask_token_id: Optional[int] = None):
 
 
 def train_tokenizer(texts, vocab_size: int = 8000):
-    """Trains a byte-level BPE with GLM's special tokens on `texts` (an offline stand-in).
-
-    Ids 0..3 are `<s> <pad> </s> <unk>` as in RoBERTa; `<mask>`, sop, eop and `[MASK]` follow
-    the learned vocabulary. Save it with `.save_pretrained(dir)`; `load_tokenizer(dir)` reads it.
-    """
+    """A byte-level BPE trained on `texts`: ids 0..4 `<s> <pad> </s> <unk> <mask>`, sop, eop and [MASK] last."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -100,16 +78,9 @@ def train_tokenizer(texts, vocab_size: int = 8000):
 
 def load_or_train_tokenizer(tokenizer_name, model_name_or_path, train_texts, output_dir, vocab_size=8000,
                             mask_token_id=None):
-    """The tokenizer a run uses, as scripts resolve `--tokenizer_name` / `--model_name_or_path`.
-
-    `tokenizer_name="train"` trains a byte-level BPE on `train_texts` (the offline default, see
-    `train_tokenizer`) and saves it to `output_dir/tokenizer`, so the run's checkpoints can be
-    reloaded with `--tokenizer_name OUTPUT_DIR/tokenizer`. Otherwise `tokenizer_name` (or, when
-    None, `model_name_or_path`) goes to `load_tokenizer`, with `mask_token_id` (--mask_token_id).
-
-    Raises UsageError for `glm-tiny` without a tokenizer (it has no files of its own), and for a
-    `mask_token_id` with a trained tokenizer (it has its own ids).
-    """
+    """The run's tokenizer: "train" trains one on `train_texts` and saves it to `output_dir/tokenizer`; else
+    `load_tokenizer(tokenizer_name or model_name_or_path, mask_token_id)`. Raises UsageError for glm-tiny
+    (no files) or a `mask_token_id` with a trained tokenizer."""
     if tokenizer_name == "train":
         if mask_token_id is not None:
             raise UsageError("--mask_token_id chooses the [MASK] id of released tokenizer files; a tokenizer trained "
@@ -147,27 +118,17 @@ def _wrap_tokenizer(tokenizer):
 
 
 def special_token_ids(tokenizer) -> dict:
-    """{token: id} of the special tokens GLM's inputs use ([MASK], sop, eop): what `check_special_rows`
-    checks in the weights."""
+    """{token: id} of [MASK], sop and eop, the rows `check_special_rows` checks."""
     return {MASK_TOKEN: tokenizer.mask_token_id, SOP_TOKEN: tokenizer.sop_token_id, EOP_TOKEN: tokenizer.eop_token_id}
 
 
 def special_rows_report(weight, token_ids, tokenizer_length):
-    """Tells whether the embedding rows a run uses for its special tokens were trained.
+    """Whether the embedding rows of `token_ids` ({name: id}) in `weight` [V, H] were trained.
 
-    Rows past the tokenizer's length (`tokenizer_length` .. V-1) were never the input of any
-    training text: their L2 norms show what an untrained row of this checkpoint looks like (its
-    initial scale, moved only by the tied output softmax and weight decay). When the padding
-    rows' norms stand apart from the vocabulary rows' (0 .. tokenizer_length-1, the checked ids
-    left out: the vocabulary median lies outside the padding range), a checked row looks untrained
-    when its norm is nearer (in ratio) the padding median than the vocabulary median; otherwise
-    norms cannot tell and no row is judged. GLM_NOTES.md "Tokenizer": glm-roberta-large learned
-    [MASK] as row 50264; rows 50267..50303 were never reached by text.
-
-    weight: the word embeddings [V, H]; token_ids: {name: id}, the rows to check (names are free,
-    e.g. "[MASK]=50264" and "[MASK]=50267" side by side); tokenizer_length: int, <= V.
-    Returns (table: str, a line per reference group and per checked row; warnings: {name: str}
-    for each untrained-looking row, naming the token, its id and the figures).
+    Rows `tokenizer_length`..V-1 were never an input: their L2 norms show an untrained row. When they stand
+    apart from the other vocabulary rows' (whose median lies outside their range), a checked row looks
+    untrained when its norm is nearer (in ratio) the padding median than the vocabulary median; otherwise no
+    row is judged. Returns (table: str, warnings: {name: message} of the untrained-looking rows).
     """
     norms = weight.detach().float().norm(dim=-1).cpu()
     ordinary = torch.ones(tokenizer_length, dtype=torch.bool)
@@ -201,8 +162,7 @@ def special_rows_report(weight, token_ids, tokenizer_length):
 
 
 def check_special_rows(model, tokenizer, model_name_or_path):
-    """Logs `special_rows_report` of the rows of `special_token_ids(tokenizer)` in a loaded GLM once: the
-    table at INFO, each untrained-looking row as a WARNING. Not for glm-tiny (all its rows are random)."""
+    """Logs `special_rows_report` (the table at INFO, warnings as WARNING); not for glm-tiny (all rows random)."""
     if model_name_or_path == TINY_MODEL_NAME:
         return
     table, warnings = special_rows_report(model.glm.word_embeddings.weight, special_token_ids(tokenizer),

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from glm_peft import PEFT_FLAGS, add_prefix_encoder, count_parameters, save_trainable_weights
-from modeling_glm import GLMConfig, GLMForConditionalGeneration
+from modeling_glm import GLMForConditionalGeneration
 from accelerate.state import AcceleratorState, GradientState
 
 from benchmarks.bench import padding_fraction
@@ -568,7 +568,7 @@ def test_results_files_get_the_usual_permissions(tmp_path):
 
 
 def test_weights_files_get_the_permissions_of_the_results_files(tmp_path):
-    tracker, model = TrainingTracker("accuracy"), GLMForConditionalGeneration(GLMConfig.tiny(vocab_size=64))
+    tracker, model = TrainingTracker("accuracy"), GLMForConditionalGeneration.from_pretrained("glm-tiny", vocab_size=64)
     tracker.record_evaluation(0, {"accuracy": 0.5}, torch.nn.Linear(1, 1))
     (tmp_path / "step_1").mkdir()
     umask = os.umask(0o022)
