@@ -141,8 +141,7 @@ def apply_peft(model, args):
     elif args.peft == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
-        # LoRA (Hu et al., ICLR 2022): W x + (lora_alpha / r) B A dropout(x) on each nn.Linear named
-        # `*lora_target_modules`, B zero at first.
+        # LoRA (Hu et al., ICLR 2022): W x + (lora_alpha / r) B A dropout(x), B zero at first.
         config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                             target_modules=list(args.lora_target_modules), bias="none")
         model = inject_adapter_in_model(config, model)

@@ -1,9 +1,7 @@
-"""GLM's inputs (paper, Figures 1-2), choice scoring, decoding and the levers' scoring (calibration,
-demonstrations, label-word search) for run_cls.py, run_gen.py, run_pretrain.py, check_glm.py and baselines.py.
-position_ids[:, 0] is a token's place in Part A (a span token carries its [MASK]'s index), position_ids[:, 1]
-its block position (0 in Part A, 1, 2, ... in a span). Scripts encode ids once (`encode_*`) and batch them
-(`build_*`); `*_from_text` do both. Where GLM's code and the hub's remote code differ, this follows GLM's
-(GLM_NOTES.md): choices end with a scored eop, generation targets carry a leading space.
+"""GLM's inputs (paper, Figures 1-2), choice scoring, decoding and the levers' scoring for run_cls.py, run_gen.py,
+run_pretrain.py, check_glm.py and baselines.py: ids are encoded once (`encode_*`), batched by `build_*` (`*_from_text`
+do both). Where GLM's code and the hub's remote code differ this follows GLM's (GLM_NOTES.md): choices end with a
+scored eop, generation targets carry a leading space.
 """
 
 import itertools
@@ -95,9 +93,8 @@ def build_multiple_choice_inputs(tokenizer, contexts, choices, max_length=256,
                                  max_positions=GLMConfig.max_sequence_length):
     """Packs every answer choice of each example after its context, in ONE sequence.
 
-    contexts: B `encode_context` id lists; choices: B lists of `encode_choices` spans (any number, any
-    length; eop included when there is one). Context `<s> x1 [MASK] x2 </s>` (mask index m), choices
-    c = c1..cn and d = d1..dk:
+    contexts: B `encode_context` id lists; choices: B lists of `encode_choices` spans (any number and length).
+    Context `<s> x1 [MASK] x2 </s>` (mask index m), choices c1..cn and d1..dk:
 
         input_ids            <s> x1 [MASK] x2 </s> | sop c1 .. c(n-1) | sop d1 .. d(k-1) | pad
         position_ids[0]       0  1    2     3   4  |  m   m  ..   m   |  m   m  ..   m   |  0
@@ -310,9 +307,8 @@ class SpanNoRepeatNGramLogitsProcessor(LogitsProcessor):
 
 
 def generate_spans(model, batch, generation_config, no_repeat_ngram_size=0):
-    """Each `[MASK]`'s span by `model.generate` (`generation_config.eos_token_id` must be eop): B *
-    num_return_sequences id lists, cut at eop. `no_repeat_ngram_size` > 0 bans the span's repeated n-grams.
-    batch: an inference `build_generation_inputs` batch on the model's device."""
+    """B * num_return_sequences spans (id lists cut at eop, `generation_config`'s eos) of an inference
+    `build_generation_inputs` batch; `no_repeat_ngram_size` > 0 bans the span's repeated n-grams."""
     inputs = generation_kwargs(batch)
     S = inputs["input_ids"].shape[1]
     processors = LogitsProcessorList(
@@ -336,10 +332,9 @@ def score_contexts(model, tokenizer, contexts, choices, max_length, prefix_space
 
 
 def with_demonstrations(context_ids, demonstrations, max_length):
-    """`<s> input [MASK] </s>` -> `<s> input [MASK] d1 d2 ... </s>` (LM-BFF's layout with GLM's one answer
-    slot: demonstrations' answers are plain text). `demonstrations` (id lists, no special tokens) are left out
-    from the last while the result would pass max_length, so they go before any of the input (which the
-    builder cuts around its [MASK])."""
+    """`<s> input [MASK] </s>` -> `<s> input [MASK] d1 d2 ... </s>` (LM-BFF's layout; answers as plain text).
+    Demonstrations (id lists) are left out from the last while the result would pass max_length, so they go
+    before any of the input (which the builder cuts around its [MASK])."""
     ids, room = context_ids[:-1], max_length - len(context_ids)
     for demo in demonstrations:
         if len(demo) > room:
@@ -388,10 +383,9 @@ def best_combination(log_probs, labels):
 
 
 def search_label_words(model, tokenizer, examples, n, max_length, batch_size, prefix_space):
-    """LM-BFF's label-word search with the untrained model: candidates from `examples["train"]`, the
-    combination best on `examples["validation"]` (examples with "context_ids" and "label"). Returns "words",
-    "ids", "candidates" (per class, n words), "validation_accuracy", "combinations". Raises UsageError
-    without both splits or with too few candidate words."""
+    """LM-BFF's label-word search with the untrained model: candidates from `examples["train"]`, the best
+    combination on `examples["validation"]` ("context_ids", "label"). Returns "words", "ids", "candidates" (per
+    class, n words), "validation_accuracy", "combinations". UsageError without both splits or enough words."""
     if not {"train", "validation"} <= set(examples):
         raise UsageError("--search_verbalizers needs train and validation examples")
     train = examples["train"]
@@ -413,10 +407,6 @@ def search_label_words(model, tokenizer, examples, n, max_length, batch_size, pr
         model, tokenizer, [e["context_ids"] for e in validation], max_length, batch_size)])  # [N, C, n]
     chosen, accuracy, count = best_combination(log_probs, torch.tensor([e["label"] for e in validation]))
     ids = [int(candidates[c, j]) for c, j in enumerate(chosen)]
-
-    def word(token_id):
-        return tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token_id)]).strip()
-
-    return {"words": [word(i) for i in ids], "ids": ids,
-            "candidates": [[word(int(i)) for i in row] for row in candidates],
+    return {"words": [tokenizer.decode([i]).strip() for i in ids], "ids": ids,
+            "candidates": [[tokenizer.decode([int(i)]).strip() for i in row] for row in candidates],
             "validation_accuracy": accuracy, "combinations": count}

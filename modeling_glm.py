@@ -71,13 +71,6 @@ class GLMConfig(PreTrainedConfig):
         self.layernorm_epsilon, self.initializer_range = layernorm_epsilon, initializer_range
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
-    @classmethod
-    def from_released(cls, config: dict) -> "GLMConfig":
-        """A config.json less what is not ours (auto_map, model_type "glm"); architectures and labels kept."""
-        known = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-        kept = {k: v for k, v in config.items() if k in known | {"id2label", "num_labels", "architectures"}}
-        return cls(**kept)
-
 
 class GLMSelfAttention(nn.Module):
     def __init__(self, config: GLMConfig, layer_idx: int):
@@ -319,11 +312,14 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
 def read_config(name_or_path: str) -> GLMConfig:
     """The `GLMConfig` of a directory or hub id (only config.json downloaded). Raises UsageError without one."""
-    config = _resolve_pretrained_dir(name_or_path, ["config.json"]) / "config.json"
-    if not config.is_file():
+    path = _resolve_pretrained_dir(name_or_path, ["config.json"]) / "config.json"
+    if not path.is_file():
         raise UsageError(f"{name_or_path} holds no config.json: --model_name_or_path must be a GLM checkpoint folder "
-                      f"(config.json + weights), a hub id, or {TINY_MODEL_NAME}.")
-    return GLMConfig.from_released(json.loads(config.read_text()))
+                         f"(config.json + weights), a hub id, or {TINY_MODEL_NAME}.")
+    # Our fields, architectures and a classifier's labels; the rest (auto_map, the hub's model_type "glm") dropped.
+    ours = set(inspect.signature(GLMConfig.__init__).parameters) - {"self", "kwargs"}
+    config = json.loads(path.read_text())
+    return GLMConfig(**{k: v for k, v in config.items() if k in ours | {"id2label", "num_labels", "architectures"}})
 
 
 def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
@@ -398,12 +394,10 @@ class GLMForSequenceClassification(GLMPreTrainedModel):
 
 
 class PrefixEncoder(nn.Module):
-    """P-tuning v2's deep prompt (Liu et al., ACL 2022): `pre_seq_len` learned (key, value) pairs in every layer.
-
-    A table [pre_seq_len, num_layers * 2 * hidden], or with `prefix_projection` [pre_seq_len, hidden] through
-    Linear, tanh, Linear; rows hold, layer after layer, [key | value] in heads (the P-tuning v2 code's layout).
-    forward(batch_size): num_layers pairs [batch_size, heads, pre_seq_len, head_dim]. Raises ValueError when
-    pre_seq_len < 1."""
+    """P-tuning v2's deep prompt (Liu et al., ACL 2022): `pre_seq_len` learned (key, value) pairs in every layer,
+    a table [pre_seq_len, num_layers * 2 * hidden] (with `prefix_projection`: [pre_seq_len, hidden] through
+    Linear, tanh, Linear) whose rows hold layer after layer [key | value] in heads (the P-tuning v2 code's
+    layout). forward(B): num_layers pairs [B, heads, pre_seq_len, head_dim]. ValueError when pre_seq_len < 1."""
 
     def __init__(self, config: GLMConfig, pre_seq_len: int, prefix_projection: bool = False,
                  prefix_hidden_size: int = 512):

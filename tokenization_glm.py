@@ -21,12 +21,11 @@ PRETRAINING_MASK = "<mask>"  # the vocab.json entry whose row GLM was pretrained
 
 
 def load_tokenizer(name_or_path: str, mask_token_id: Optional[int] = None):
-    """A `PreTrainedTokenizerFast` with `sop_token_id` and `eop_token_id` from released files (vocab.json,
-    merges.txt, added_tokens.json; no remote code run), a saved tokenizer.json, or a hub id. `<s> ... </s>`;
-    "[MASK]" is one token, a space before it absorbed. [MASK] takes `<mask>`'s row (THUDM/GLM
-    `data_utils/tokenization.py`); `mask_token_id` may pick the id after eop instead (the hub's choice).
-    Raises UsageError when added_tokens.json disagrees on sop/eop, for another `mask_token_id` (or one a
-    tokenizer.json does not have), or when the hub cannot be reached."""
+    """A `PreTrainedTokenizerFast` with `sop_token_id`, `eop_token_id` from released files (vocab.json, merges.txt,
+    added_tokens.json; no remote code), a saved tokenizer.json, or a hub id: `<s> ... </s>`, "[MASK]" one token
+    absorbing a space before it, on `<mask>`'s row (THUDM/GLM `data_utils/tokenization.py`) unless `mask_token_id`
+    picks the id after eop (the hub's). Raises UsageError when added_tokens.json disagrees on sop/eop, for another
+    `mask_token_id` (or one a tokenizer.json does not have), or when the hub cannot be reached."""
     from tokenizers import Tokenizer, models
 
     directory = _resolve_pretrained_dir(name_or_path,
@@ -123,13 +122,10 @@ def special_token_ids(tokenizer) -> dict:
 
 
 def special_rows_report(weight, token_ids, tokenizer_length):
-    """Whether the embedding rows of `token_ids` ({name: id}) in `weight` [V, H] were trained.
-
-    Rows `tokenizer_length`..V-1 were never an input: their L2 norms show an untrained row. When they stand
-    apart from the other vocabulary rows' (whose median lies outside their range), a checked row looks
-    untrained when its norm is nearer (in ratio) the padding median than the vocabulary median; otherwise no
-    row is judged. Returns (table: str, warnings: {name: message} of the untrained-looking rows).
-    """
+    """Whether the embedding rows of `token_ids` ({name: id}) in `weight` [V, H] were trained: rows
+    `tokenizer_length`..V-1 were never an input. When their L2 norms stand apart from the other rows' (whose
+    median lies outside their range), a checked row looks untrained when its norm is nearer (in ratio) their
+    median than the vocabulary's; else none is judged. Returns (table: str, warnings: {name: message})."""
     norms = weight.detach().float().norm(dim=-1).cpu()
     ordinary = torch.ones(tokenizer_length, dtype=torch.bool)
     ordinary[[i for i in token_ids.values() if i < tokenizer_length]] = False
