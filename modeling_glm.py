@@ -1,8 +1,7 @@
-"""GLM (Du et al., ACL 2022) in plain PyTorch: `GLMConfig`, the pre-LN blocks, `GLMForConditionalGeneration`
-(tied LM output, transformers' `generate`), `GLMForSequenceClassification` (the linear-head baseline), P-tuning
-v2's `PrefixEncoder`, and loading `BAAI/glm-roberta-large` without remote code. Every other module imports it;
-the facts it matches are in GLM_NOTES.md. Trap: transformers 5's `model_type: "glm"` is GLM-4 (as the hub config
-says), so load through these classes; our type is "glm_blank_infilling", never "glm".
+"""GLM (Du et al., ACL 2022) in plain PyTorch, matching GLM_NOTES.md: `GLMConfig`, the pre-LN blocks,
+`GLMForConditionalGeneration` (tied LM output, transformers' `generate`), `GLMForSequenceClassification` (the
+linear-head baseline), P-tuning v2's `PrefixEncoder`, and loading `BAAI/glm-roberta-large` without remote code.
+Trap: transformers 5's "glm" model_type (the hub config's) is GLM-4: load through these classes, not Auto*.
 """
 
 import inspect
@@ -50,8 +49,7 @@ def save_weights(state, path, metadata):
 
 
 class GLMConfig(PreTrainedConfig):
-    """The released config.json's fields, glm-roberta-large's defaults; `attention_scale` is kept, unused (it
-    only reorders the released arithmetic). Raises UsageError for `block_position_encoding=False`."""
+    """The released config.json's fields (`attention_scale` kept, unused); UsageError without block positions."""
 
     model_type = "glm_blank_infilling"
     max_sequence_length = 512  # also the input builders' default limit
@@ -152,11 +150,10 @@ class GLMModel(nn.Module):
 
 
 def expand_attention_mask(attention_mask, batch_size, query_length, key_length, device):
-    """The released code's mask forms as bool [B, 1, Q, K] (True = may attend), or None when nothing is hidden
-    (SDPA's fastest kernel): `[B]` separator sep (key j visible from query i when j < sep or j <= i), `[B, K']`
-    key padding, `[B, 1, Q, K']` full, all 0/1 over the last K' keys (earlier prefix/cache keys are visible).
-    A query that sees no key sees all, staying finite (the released code makes it uniform). Raises ValueError
-    for another shape."""
+    """The released code's mask forms as bool [B, 1, Q, K] (True = may attend), or None if nothing is hidden (SDPA's
+    fastest kernel): `[B]` separator sep (key j visible from query i when j < sep or j <= i), `[B, K']` key padding,
+    `[B, 1, Q, K']` full, 0/1 over the last K' keys (earlier prefix/cache keys visible). A query that sees no key
+    sees all, staying finite (the released code makes it uniform). Raises ValueError for another shape."""
     if attention_mask is None:
         return None
     m = attention_mask.to(device)
@@ -233,11 +230,10 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, labels=None, cache=None, use_cache=None,
                 logits_positions=None, logits_to_keep=0, label_smoothing=0.0, **kwargs):
-        """input_ids [B, S], position_ids [B, 2, S], attention_mask in any `expand_attention_mask` form; labels
-        [B, S] aligned (no shift), -100 unscored. cache: a transformers `Cache` ([B, heads, T, head_dim] per
-        layer; `use_cache` starts one), begun by the prefix. Logits [B, S, V], or [N, V] at the bool [B, S]
-        `logits_positions`, or [B, n, V] for `logits_to_keep` n. Returns `CausalLMOutputWithPast` (loss: mean
-        cross-entropy). Raises ValueError without position_ids."""
+        """input_ids [B, S], position_ids [B, 2, S], attention_mask any `expand_attention_mask` form, labels [B, S]
+        aligned (no shift, -100 unscored), cache a transformers `Cache` ([B, heads, T, head_dim] per layer, begun
+        by the prefix). Logits [B, S, V], [N, V] at bool [B, S] `logits_positions`, or [B, n, V] for `logits_to_keep`
+        n; loss: mean cross-entropy. Raises ValueError without position_ids."""
         if position_ids is None:
             raise ValueError("GLM needs position_ids [B, 2, S] (position, block position): use glm_utils' builders")
         B, S = input_ids.shape

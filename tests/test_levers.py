@@ -160,8 +160,8 @@ class PlantedTokenizer:
     def convert_ids_to_tokens(self, ids):
         return [self.tokens[i] for i in ids] if isinstance(ids, list) else self.tokens[ids]
 
-    def convert_tokens_to_string(self, tokens):
-        return "".join(tokens).replace("Ġ", " ")
+    def decode(self, ids):
+        return "".join(self.tokens[i] for i in ids).replace("Ġ", " ")
 
 
 def test_label_word_search_picks_the_words_planted_in_the_mask_logits():
