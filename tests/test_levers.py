@@ -14,6 +14,7 @@ import yaml
 import report
 import run_cls
 from conftest import read_jsonl, run_main, write_csv
+from data import draw_demonstrations
 from glm_utils import (
     best_combination,
     label_word_candidates,
@@ -24,7 +25,7 @@ from glm_utils import (
 from metrics import calibrate, content_free_distribution
 from reporting.levers import ensemble_mean, ensemble_vote
 from modeling_glm import UsageError
-from templates import PromptTemplate, content_free_contexts, demonstration_ids, draw_demonstrations, load_templates
+from templates import PromptTemplate, content_free_contexts, demonstration_ids, load_templates
 from training import write_json_atomic, write_jsonl_atomic
 
 from test_report import record, table_rows

@@ -9,16 +9,14 @@ import datasets
 import pytest
 from conftest import write
 
-from data import ORIGIN_COLUMN, carve_validation, load_raw_datasets
+from data import ORIGIN_COLUMN, carve_validation, hidden_label_splits, load_raw_datasets, warn_if_small_validation
 from metrics import generation_metrics
 from templates import (
     PromptTemplate,
     build_prompted_examples,
     group_references,
-    hidden_label_splits,
     load_templates,
     select_template,
-    warn_if_small_validation,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

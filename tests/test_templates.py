@@ -147,7 +147,7 @@ def test_a_wrong_prompt_is_found_before_the_data_is_read(tmp_path, monkeypatch):
     def no_data(*args):
         raise AssertionError("the data was read")
 
-    monkeypatch.setattr(templates, "load_raw_datasets", no_data)
+    monkeypatch.setattr(templates, "load_splits", no_data)
     args = argparse.Namespace(dataset_name="fine_foods", dataset_config_name=None, prompts_dir="prompts",
                               prompt_id=None, prompt_name=None)
     with pytest.raises(UsageError, match="run_cls.py is the script for them"):
