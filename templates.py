@@ -225,9 +225,11 @@ class LabelError(ValueError):
     """A template indexed its answer choices with a value that is not one of their indices."""
 
     def __init__(self, index, count):
-        self.index, self.why = index, (f"is outside the {count} answer choices (0 to {count - 1})"
-                                       if isinstance(index, int) and not isinstance(index, bool) else
-                                       f"is not a whole number, so it picks none of the {count} answer choices")
+        if isinstance(index, int) and not isinstance(index, bool):
+            self.why = f"is outside the {count} answer choices (0 to {count - 1})"
+        else:
+            self.why = f"is not a whole number, so it picks none of the {count} answer choices"
+        self.index = index
         super().__init__(f"answer_choices[{index!r}]: {index!r} {self.why}")
 
 
@@ -396,8 +398,8 @@ def build_prompted_examples(dataset, template, task, skip_empty=True, skip_flag=
 
 
 def _list_rows(lines, listed=10):
-    return "\n".join([f"  {line}" for line in lines[:listed]]
-                     + ([f"  ... and {len(lines) - listed} more"] if len(lines) > listed else []))
+    more = [f"  ... and {len(lines) - listed} more"] if len(lines) > listed else []
+    return "\n".join([f"  {line}" for line in lines[:listed]] + more)
 
 
 def hidden_labels(dataset, answers, task):
@@ -505,8 +507,9 @@ def load_prompted_splits(args, task, do_train, zero_shot=False):
                          "is carved from it)" + (", or --no-do_train to evaluate zero-shot." if zero_shot else "."))
     examples, counts = {}, {}
     for split, dataset in raw_datasets.items():
-        flag = "--skip_eval_rows" if split != "train" and hasattr(args, "skip_eval_rows") else "--skip_empty"
-        examples[split], counts[split] = build_prompted_examples(dataset, template, task, getattr(args, flag[2:]), flag)
+        evaluated = split != "train" and hasattr(args, "skip_eval_rows")  # the script's own flag for them
+        skip, flag = (args.skip_eval_rows, "--skip_eval_rows") if evaluated else (args.skip_empty, "--skip_empty")
+        examples[split], counts[split] = build_prompted_examples(dataset, template, task, skip, flag)
         if not examples[split]:
             raise UsageError(f"Prompt {template.name!r} leaves no {split} example ({counts[split]}).")
     hidden = hidden_label_splits(counts, do_train)
