@@ -63,7 +63,7 @@ ORIGIN_COLUMN = "__origin__"
 LOCAL_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json"}  # extension -> format
 DEFAULT_DATASETS = {"cls": "trec", "gen": "e2e_nlg_cleaned"}  # when the user names none and gives no local files
 
-# Data
+# A run's splits: loaded, carved or drawn, cut to the --max_*_samples, checked
 
 
 def resolve_dataset_name(dataset_name, task, train_file=None, validation_file=None, test_file=None):
@@ -379,48 +379,7 @@ def _json_kind(value):
     return {str: "text", list: "list", dict: "object", type(None): "null"}[type(value)]
 
 
-# Prompt sources: promptsource's templates and our prompt files (prompts/*.yaml), read as entries {"name", "jinja",
-# "answer_choices", "original_task"} that templates.py makes PromptTemplates
-
-PROMPT_FILE_KEYS = {"name", "jinja", "answer_choices", "original_task"}
-
-
-def promptsource_entries(dataset_name, dataset_config_name):
-    """promptsource 0.2.3's templates of a dataset ([] where it has none), only read: promptsource's unsandboxed
-    rendering is never used. Raises UsageError when promptsource is not installed."""
-    with warnings.catch_warnings():  # promptsource imports pkg_resources, which warns
-        warnings.simplefilter("ignore")
-        try:
-            from promptsource.templates import TEMPLATES_FOLDER_PATH, DatasetTemplates
-        except ImportError as err:
-            raise UsageError("promptsource is not installed; install it with: "
-                             "pip install --no-deps --ignore-requires-python promptsource==0.2.3") from err
-        folder = Path(TEMPLATES_FOLDER_PATH, dataset_name, *([dataset_config_name] if dataset_config_name else []))
-        if not (folder / "templates.yaml").is_file():
-            return []
-        collection = DatasetTemplates(dataset_name, dataset_config_name)
-    return [{"name": t.name, "jinja": t.jinja, "answer_choices": t.answer_choices,
-             "original_task": t.metadata.original_task} for t in collection.templates.values()]
-
-
-def read_prompt_file(path):
-    """The entries of one of our prompt files (yaml.safe_load): mappings with "name", "jinja" and no key beyond
-    PROMPT_FILE_KEYS. Raises UsageError naming the file and the entry."""
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UsageError(f"Prompt file {path} is not valid YAML: {err}") from err
-    entries = document.get("templates") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise UsageError(f"Prompt file {path} needs a top-level 'templates:' list of mappings.")
-    for position, entry in enumerate(entries, start=1):
-        where = f"{path}, template {position}"
-        if not isinstance(entry, dict) or not {"name", "jinja"} <= set(entry):
-            raise UsageError(f"{where}: each template is a mapping with at least 'name' and 'jinja'.")
-        unknown = set(entry) - PROMPT_FILE_KEYS
-        if unknown:
-            raise UsageError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(PROMPT_FILE_KEYS)}.")
-    return entries
+# Hub datasets
 
 
 def _load_hub_dataset(dataset_name, dataset_config_name):
@@ -534,22 +493,19 @@ _SENTENCE_END = re.compile(r"(?<=\.)(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bSt\.)
 
 
 def _load_hhs_breaches():
-    frame = _rdata("Ecdat", "HHSCyberSecurityBreaches")
-    columns = {ours: [] for ours in [*_HHS_FIELDS.values(), "source", "description", "first_sentence"]}
-    for _, row in frame.iterrows():
+    rows = []
+    for _, row in _rdata("Ecdat", "HHSCyberSecurityBreaches").iterrows():
         description = row["Web.Description"]
         # R's NULL marker "\N" and NaN both mean "no description": nothing to generate.
         if not isinstance(description, str) or _clean_breach_text(description) in ("", "N"):
             continue
         values = {ours: _hhs_value(row[theirs]) for theirs, ours in _HHS_FIELDS.items()}
-        for ours, value in values.items():
-            columns[ours].append(value)
-        columns["source"].append(", ".join(f"{key}[{value}]" for key, value in values.items()))
-        columns["description"].append(_clean_breach_text(description))
-        # The first sentence states what was breached, how, and for how many people: a
-        # data-to-text target of ~30 words that a small model can learn in minutes.
-        columns["first_sentence"].append(_SENTENCE_END.split(columns["description"][-1], maxsplit=1)[0])
-    full = datasets.Dataset.from_dict(columns)
+        description = _clean_breach_text(description)
+        # The first sentence states what was breached, how, and for how many people: a data-to-text target of ~30
+        # words that a small model can learn in minutes.
+        rows.append({**values, "source": ", ".join(f"{key}[{value}]" for key, value in values.items()),
+                     "description": description, "first_sentence": _SENTENCE_END.split(description, maxsplit=1)[0]})
+    full = datasets.Dataset.from_list(rows)
     train_rest = full.train_test_split(test_size=0.2, seed=HHS_SPLIT_SEED)
     validation_test = train_rest["test"].train_test_split(test_size=0.5, seed=HHS_SPLIT_SEED)
     return datasets.DatasetDict({"train": train_rest["train"], "validation": validation_test["train"],
@@ -620,19 +576,59 @@ def _load_wildlife_strikes():
     mrs = [mrs[i] for i in np.random.RandomState(STRIKE_SPLIT_SEED).permutation(len(mrs))]
     test, held_out = STRIKE_SPLIT["test"], STRIKE_SPLIT["test"] + STRIKE_SPLIT["validation"]
     parts = {"train": mrs[held_out:], "validation": mrs[test:held_out], "test": mrs[:test]}
+    unknown = dict.fromkeys(_STRIKE_FIELDS.values(), "")  # a field the report leaves unknown is ""
     splits = {}
     for split, part in parts.items():
-        columns = {field: [] for field in [*_STRIKE_FIELDS.values(), "mr", "text"]}
-        for mr in part:
-            for text in _strike_texts(records[mr]):
-                for field in _STRIKE_FIELDS.values():
-                    columns[field].append(records[mr].get(field, ""))
-                columns["mr"].append(mr)
-                columns["text"].append(text)
-        splits[split] = datasets.Dataset.from_dict(columns)
+        rows = [{**unknown, **records[mr], "mr": mr, "text": text}
+                for mr in part for text in _strike_texts(records[mr])]  # fmt: skip
+        splits[split] = datasets.Dataset.from_list(rows)
     return datasets.DatasetDict(splits)
 
 
 # Offline dataset name -> its loader (a DatasetDict, no network).
 OFFLINE_DATASETS = {"fine_foods": _load_fine_foods, "hhs_breaches": _load_hhs_breaches,
                     "wildlife_strikes": _load_wildlife_strikes}
+
+
+# Prompt sources: promptsource's templates and our prompt files (prompts/*.yaml), read as entries {"name", "jinja",
+# "answer_choices", "original_task"} that templates.py makes PromptTemplates
+
+PROMPT_FILE_KEYS = {"name", "jinja", "answer_choices", "original_task"}
+
+
+def promptsource_entries(dataset_name, dataset_config_name):
+    """promptsource 0.2.3's templates of a dataset ([] where it has none), only read: promptsource's unsandboxed
+    rendering is never used. Raises UsageError when promptsource is not installed."""
+    with warnings.catch_warnings():  # promptsource imports pkg_resources, which warns
+        warnings.simplefilter("ignore")
+        try:
+            from promptsource.templates import TEMPLATES_FOLDER_PATH, DatasetTemplates
+        except ImportError as err:
+            raise UsageError("promptsource is not installed; install it with: "
+                             "pip install --no-deps --ignore-requires-python promptsource==0.2.3") from err
+        folder = Path(TEMPLATES_FOLDER_PATH, dataset_name, *([dataset_config_name] if dataset_config_name else []))
+        if not (folder / "templates.yaml").is_file():
+            return []
+        collection = DatasetTemplates(dataset_name, dataset_config_name)
+    return [{"name": t.name, "jinja": t.jinja, "answer_choices": t.answer_choices,
+             "original_task": t.metadata.original_task} for t in collection.templates.values()]
+
+
+def read_prompt_file(path):
+    """The entries of one of our prompt files (yaml.safe_load): mappings with "name", "jinja" and no key beyond
+    PROMPT_FILE_KEYS. Raises UsageError naming the file and the entry."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UsageError(f"Prompt file {path} is not valid YAML: {err}") from err
+    entries = document.get("templates") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise UsageError(f"Prompt file {path} needs a top-level 'templates:' list of mappings.")
+    for position, entry in enumerate(entries, start=1):
+        where = f"{path}, template {position}"
+        if not isinstance(entry, dict) or not {"name", "jinja"} <= set(entry):
+            raise UsageError(f"{where}: each template is a mapping with at least 'name' and 'jinja'.")
+        unknown = set(entry) - PROMPT_FILE_KEYS
+        if unknown:
+            raise UsageError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(PROMPT_FILE_KEYS)}.")
+    return entries
