@@ -42,7 +42,6 @@ OFFLINE_HINT = ("Offline, use a tiny random model: --model_name_or_path roberta-
                 "(classification) / wildlife_strikes (generation).")
 
 
-
 def _hub_error(what, name, error):
     return UsageError(f"Could not load the {what} '{name}': it is not a local folder and the Hugging Face hub did not "
                    f"serve it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
@@ -146,13 +145,11 @@ def tiny_config(family, tokenizer, num_labels=None, max_positions=1024):
         return T5Config(vocab_size=vocab, d_model=s["hidden"], d_kv=s["hidden"] // s["heads"], d_ff=s["ffn"],
                         num_layers=s["layers"], num_decoder_layers=s["layers"], num_heads=s["heads"],
                         pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad, **extra)
-    if family == "bart":
-        return BartConfig(vocab_size=vocab, d_model=s["hidden"], encoder_layers=s["layers"],
-                          decoder_layers=s["layers"], encoder_attention_heads=s["heads"],
-                          decoder_attention_heads=s["heads"], encoder_ffn_dim=s["ffn"], decoder_ffn_dim=s["ffn"],
-                          max_position_embeddings=max_positions, pad_token_id=pad, bos_token_id=bos,
-                          eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos, **extra)
-    raise ValueError(f"No tiny configuration for {family}")
+    return BartConfig(vocab_size=vocab, d_model=s["hidden"], encoder_layers=s["layers"],
+                      decoder_layers=s["layers"], encoder_attention_heads=s["heads"],
+                      decoder_attention_heads=s["heads"], encoder_ffn_dim=s["ffn"], decoder_ffn_dim=s["ffn"],
+                      max_position_embeddings=max_positions, pad_token_id=pad, bos_token_id=bos,
+                      eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=eos, **extra)
 
 
 def load_baseline_model(args, family, tokenizer, num_labels=None):
@@ -227,7 +224,6 @@ class MaskedLMScorer(torch.nn.Module):
         self.mlm.save_pretrained(directory)
 
 
-
 def default_text_columns(template, dataset):
     """linear_head's text columns: the template's string fields of its input part, not its target part, in
     order. Raises UsageError unless one or two are found."""
@@ -247,12 +243,11 @@ def default_text_columns(template, dataset):
 
 def encode_linear_head(tokenizer, examples, dataset, text_columns, max_length):
     """Raw text of each example's row (one column, or two as a pair) -> input ids, with the label."""
-    features = []
-    for index, example in enumerate(examples):
-        texts = [str(dataset[example["row"]][column]) for column in text_columns]
-        ids = tokenizer(*texts, truncation=True, max_length=max_length)["input_ids"]
-        features.append({"index": index, "input_ids": ids, "label": example["label"]})
-    return features
+    rows = dataset.select([e["row"] for e in examples])
+    ids = tokenizer(*[list(map(str, rows[column])) for column in text_columns], truncation=True,
+                    max_length=max_length)["input_ids"]
+    return [{"index": index, "input_ids": row_ids, "label": e["label"]}
+            for index, (e, row_ids) in enumerate(zip(examples, ids))]
 
 
 def encode_mlm(tokenizer, examples, max_length, prefix_space=True):
@@ -300,14 +295,11 @@ def _pad(rows, value):
 
 
 def _inputs(rows, pad_token_id):
-    ids = _pad(rows, pad_token_id)
-    mask = _pad([[1] * len(r) for r in rows], 0)
-    return ids, mask
+    return {"input_ids": _pad(rows, pad_token_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0)}
 
 
 def _class_labels(features):
-    """[B] label ids; HIDDEN_LABEL for an example whose label is hidden (predictions only, never a loss or a
-    metric)."""
+    """[B] label ids; HIDDEN_LABEL where the label is hidden (predictions only, never a loss or a metric)."""
     return torch.tensor([HIDDEN_LABEL if f["label"] is None else f["label"] for f in features])
 
 
@@ -329,8 +321,7 @@ def collate_mlm(features, pad_token_id, num_choices):
                 score_row.append(offset + row), score_pos.append(start + t)
                 score_token.append(token), score_choice.append(b * num_choices + c)
             lengths[b, c], choice_mask[b, c] = len(ids), True
-    ids, mask = _inputs(rows, pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask, "score_row": torch.tensor(score_row),
+    return {**_inputs(rows, pad_token_id), "score_row": torch.tensor(score_row),
             "score_pos": torch.tensor(score_pos), "score_token": torch.tensor(score_token),
             "score_choice": torch.tensor(score_choice), "choice_lengths": lengths, "choice_mask": choice_mask,
             "class_labels": _class_labels(features),
@@ -342,8 +333,8 @@ def collate_seq2seq(features, pad_token_id):
 
 
 def collate_sources(features, pad_token_id):
-    ids, mask = _inputs([f["input_ids"] for f in features], pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask, "index": torch.tensor([f["index"] for f in features])}
+    return {**_inputs([f["input_ids"] for f in features], pad_token_id),
+            "index": torch.tensor([f["index"] for f in features])}
 
 
 def collate_rank(features, pad_token_id, num_choices):
@@ -355,12 +346,10 @@ def collate_rank(features, pad_token_id, num_choices):
         for c, target in enumerate(feature["choice_labels"]):
             sources.append(feature["input_ids"]), targets.append(target), choice_index.append(b * num_choices + c)
             choice_mask[b, c] = True
-    ids, mask = _inputs(sources, pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask, "labels": _pad(targets, -100),
+    return {**_inputs(sources, pad_token_id), "labels": _pad(targets, -100),
             "choice_index": torch.tensor(choice_index), "choice_mask": choice_mask,
             "class_labels": _class_labels(features),
             "index": torch.tensor([f["index"] for f in features])}
-
 
 
 def score_mlm_choices(model, batch, choice_score="mean"):
@@ -390,21 +379,17 @@ def rank_choices(model, batch, choice_score="sum"):
     return scores.view(B, C)
 
 
-def seq2seq_loss(model, batch, label_smoothing=0.0):
-    """Token cross-entropy of the target (teacher forcing), with optional label smoothing."""
-    labels = batch["labels"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                           label_smoothing=label_smoothing)
-
-
 def training_loss(args, model, batch):
+    """The method's loss; seq2seq: the target's token cross-entropy (teacher forcing), --label_smoothing."""
     if args.method == "linear_head":
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      labels=batch["class_labels"]).loss
     if args.method == "mlm_prompt":
         return F.cross_entropy(score_mlm_choices(model, batch, args.choice_score), batch["class_labels"])
-    return seq2seq_loss(model, batch, args.label_smoothing)
+    labels = batch["labels"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                           label_smoothing=args.label_smoothing)
 
 
 def class_scores(args, model, batch):

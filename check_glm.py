@@ -4,21 +4,16 @@
 glm-roberta-large was pretrained with [MASK] = id 50264 (RoBERTa's `<mask>` row), while the hub's
 added_tokens.json says 50267, a row no pretraining text ever reached (GLM_NOTES.md "Tokenizer";
 THUDM/GLM `data_utils/tokenization.py`). The toolkit uses 50264; this check lets you confirm it on
-your checkpoint. It prints:
-
-  1. the special-token rows of the embedding (L2 norms of [MASK] = 50264 and 50267, sop, eop)
-     against the vocabulary rows and the padding rows past the tokenizer (tokenization_glm.special_rows_report);
-  2. for five cloze sentences with an obvious answer, the model's top-5 single-token fills of
-     [MASK] (read after sop, as GLM writes a blank), with 50264 and with 50267 side by side;
-  3. the zero-shot scores of two-choice sentiment examples (glm_utils.score_choices), both ways;
-  4. a one-line verdict.
+your checkpoint. It prints (1) the embedding's special-token rows (L2 norms of [MASK] = 50264 and 50267,
+sop, eop) against the vocabulary and padding rows; (2) the top-5 single-token fills of [MASK] (read after
+sop, as GLM writes a blank) in five cloze sentences, both ids side by side; (3) the zero-shot scores of
+two-choice sentiment examples, both ways; (4) a one-line verdict.
 
     python check_glm.py --model_name_or_path DIR --tokenizer_name DIR     # local files, offline
     python check_glm.py                                                   # BAAI/glm-roberta-large
     python check_glm.py --model_name_or_path glm-tiny --tokenizer_name ../shared/tokenizers/glm-roberta-large
 
-Runs on a GPU when there is one, else on the CPU. With glm-tiny (random weights) it runs, and
-its figures mean nothing.
+Runs on a GPU when there is one, else on the CPU. With glm-tiny (random weights) its figures mean nothing.
 """
 
 import argparse
@@ -68,12 +63,6 @@ def top_fills(model, tokenizer, sentence, device):
     return [tokenizer.decode([i]).strip() for i in logits[0].topk(TOP_K).indices.tolist()]
 
 
-def sentiment_scores(model, tokenizer, context, choices, device):
-    batch = multiple_choice_inputs_from_text(tokenizer, [context], [choices])
-    batch = {k: v.to(device) for k, v in batch.items()}
-    return score_choices(model, batch)[0].tolist()
-
-
 def main(argv=None):
     args = parse_args(argv)
     tokenizer_name = args.tokenizer_name or args.model_name_or_path
@@ -109,7 +98,8 @@ def main(argv=None):
         for context, choices, gold in SENTIMENT_EXAMPLES:
             print(f"{context}   (right: {choices[gold]})")
             for mask_id, tokenizer in tokenizers.items():
-                scores = sentiment_scores(model, tokenizer, context, choices, device)
+                batch = multiple_choice_inputs_from_text(tokenizer, [context], [choices])
+                scores = score_choices(model, {k: v.to(device) for k, v in batch.items()})[0].tolist()
                 right[mask_id] += max(range(len(choices)), key=scores.__getitem__) == gold
                 shown = "   ".join(f"{c} {s:8.3f}" for c, s in zip(choices, scores))
                 print(f"    {names[mask_id]}: {shown}")

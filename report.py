@@ -16,14 +16,11 @@ import math
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, no display
-import numpy as np  # noqa: E402
-
-from cli import ArgumentParser  # noqa: E402
-from reporting import error_analysis, significance  # noqa: E402
-from reporting.analysis import (  # noqa: E402
+from cli import ArgumentParser
+from reporting import error_analysis, significance
+from reporting.analysis import (
     METRIC_NAMES,
     NO_PROMPT,
     SYSTEM,
@@ -48,11 +45,11 @@ from reporting.analysis import (  # noqa: E402
     trivial_baselines,
     zero_shot_summary,
 )
-from reporting.figures import (  # noqa: E402
+from reporting.figures import (
     plot_confusion, plot_few_shot, plot_heatmap, plot_learning_curves, plot_prompts)
-from reporting.glm_examples import datasets_without_full_data_runs, write_glm_examples  # noqa: E402
-from reporting.levers import lever_section  # noqa: E402
-from reporting.readings import (  # noqa: E402
+from reporting.glm_examples import datasets_without_full_data_runs, write_glm_examples
+from reporting.levers import lever_section
+from reporting.readings import (
     comparison_reading,
     errors_reading,
     few_shot_reading,
@@ -65,8 +62,8 @@ from reporting.readings import (  # noqa: E402
     prompt_reading,
     prompt_zero_shot_reading,
 )
-from reporting.significance import add_test_statistics, add_tests_against_best, zero_shot_test  # noqa: E402
-from reporting.tables import (  # noqa: E402
+from reporting.significance import add_test_statistics, add_tests_against_best, zero_shot_test
+from reporting.tables import (
     fmt_config,
     fmt_lr,
     fmt_mean_std,
@@ -101,8 +98,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-# ----- A study's sections -------------------------------------------------------------------
-
 SELECTION_NOTE = (
     "**Model selection never looks at test.** For every method, the configuration (prompt, learning "
     "rate, batch size) with the best mean *validation* score over seeds is selected, and only then is "
@@ -121,11 +116,9 @@ STATISTICS_NOTE = (
 
 
 def report_sections(runs, zero_shot, output_dir):
-    """Markdown sections, LaTeX tables and figures for every study (task, dataset, data) in runs;
-    `zero_shot` (analysis.match_zero_shot) gives the zero-shot columns.
-
-    Returns (markdown lines, list of tables.Table, {(task, dataset, study): comparison
-    DataFrame})."""
+    """Markdown sections, LaTeX tables and figures for every study (task, dataset, data) in runs, with the
+    zero-shot columns of `zero_shot`. Returns (markdown lines, [tables.Table], {(task, dataset, study):
+    comparison DataFrame})."""
     lines, tables, comparisons = [], [], {}
     runs = runs.sort_values(["task", "dataset", "num_shots", "study"], na_position="first")  # full data, then K up
     for (task, dataset, study), group in runs.groupby(["task", "dataset", "study"], sort=False):
@@ -211,9 +204,8 @@ def few_shot_sections(runs, output_dir):
 
 
 def system_section(task, system, system_runs, metric, output_dir, tables, trivial, zero_shot):
-    """Grid table + heatmap with its sensitivity, and the prompt comparison when there are several
-    prompts (`trivial`: {name: (validation, test)} reference scores drawn on its bar chart;
-    `zero_shot`: analysis.zero_shot_summary of the system)."""
+    """Grid table + heatmap with its sensitivity, and the prompt comparison when there are several prompts
+    (`trivial`: {name: (validation, test)} drawn on its bar chart; `zero_shot`: the system's summary)."""
     dataset, study, label = system["dataset"], system["study"], system_label(system)
     stem = safe_name(f"{task}_{dataset}_{study}_{label}")
     title = study_title(dataset, study)
@@ -231,12 +223,9 @@ def system_section(task, system, system_runs, metric, output_dir, tables, trivia
         "",
     ]  # fmt: skip
     at_best_prompt = grid[grid["prompt_id"] == best["prompt_id"]]
-    if best["prompt_id"] == NO_PROMPT:
-        prompt = "no prompt"
-    elif grid["prompt_id"].nunique() > 1:
-        prompt = f"prompt {fmt_prompt(best['prompt_id'])} (the best on validation)"
-    else:
-        prompt = f"prompt {fmt_prompt(best['prompt_id'])}"
+    prompt = "no prompt" if best["prompt_id"] == NO_PROMPT else f"prompt {fmt_prompt(best['prompt_id'])}"
+    if best["prompt_id"] != NO_PROMPT and grid["prompt_id"].nunique() > 1:
+        prompt += " (the best on validation)"
     if len(at_best_prompt) > 1:  # one cell has no sensitivity to draw
         figure = f"heatmap_{stem}.png"
         plot_heatmap(at_best_prompt, metric,
@@ -267,12 +256,9 @@ def system_section(task, system, system_runs, metric, output_dir, tables, trivia
     return lines
 
 
-# ----- Error analysis of the best system (error_analysis.py) --------------------------------
-
-
 def error_section(task, best, output_dir, tables):
-    """The error analysis of the system best on validation (`best`: its comparison row), from the
-    saved test predictions of its best configuration's runs."""
+    """The error analysis of the system best on validation (`best`: its comparison row), from its runs' test
+    predictions."""
     label = system_label(best)
     lines = [f"### Error analysis: {label}", ""]
     if best["test_hidden"]:
@@ -305,19 +291,15 @@ def classification_errors(runs_rows, best, output_dir, tables):
     lines = [table.caption, "", table.markdown(), "", f"![confusion matrix]({figure})", "",
              per_class_reading(classes, matrix, "choice position" if by_position else "class"), ""]
     following = error_analysis.length_following(runs_rows) if by_position else None
-    if following:
-        lines += [length_following_reading(following, best_args(best).get("length_normalize")), ""]
+    if following:  # the runs of a comparison row share all flags but the seed: the first one's say
+        first_args = json.loads(Path(best["paths"][0]).read_text(encoding="utf-8")).get("args") or {}
+        lines += [length_following_reading(following, first_args.get("length_normalize")), ""]
     if len(errors):
         errors_table = make_errors_table(errors, shared_words(row["input"] for row in runs_rows[0]))
         lines += [f"The {len(errors)} most confident errors (margin: the predicted choice's score minus the gold "
                   "choice's, in the run's own scores; an example wrong in several seeds appears once, at its largest "
                   "margin):", "", errors_table.markdown(), ""]
     return lines + [errors_reading(errors), ""]
-
-
-def best_args(best):
-    """The arguments of the first run of a comparison row (its runs share all but the seed)."""
-    return json.loads(Path(best["paths"][0]).read_text(encoding="utf-8")).get("args") or {}
 
 
 def generation_errors(runs_rows, best, tables):
@@ -335,21 +317,10 @@ def generation_errors(runs_rows, best, tables):
             table.caption, "", table.markdown(), "", length_reading(lengths, facts), ""]  # fmt: skip
 
 
-# ----- The report ---------------------------------------------------------------------------
-
-
-def unfinished_runs(results_dir):
-    """Run folders of sweeps.sh (they hold a sweep.log) without a results.json: failed,
-    killed, or still running."""
-    logs = Path(results_dir).rglob("sweep.log")
-    return sorted(log.parent for log in logs if not (log.parent / "results.json").exists())
-
-
 def write_report(runs, zero_shot, results_dir, output_dir, title, untrained, notes):
-    """Write report.md, tables.tex, summary.json and the figures; return the comparison tables.
-    `zero_shot` runs (analysis.match_zero_shot) fill the zero-shot columns; the other `untrained`
-    runs are listed with their score and the reason they are in no table; `notes` say which runs
-    were set apart and why."""
+    """Writes report.md, tables.tex, summary.json and the figures; returns the comparison tables. `zero_shot`
+    runs fill the zero-shot columns; the other `untrained` runs are listed with the reason they are in no
+    table; `notes` say which runs were set apart and why."""
     output_dir.mkdir(parents=True, exist_ok=True)
     few_shot = bool(runs["num_shots"].notna().any())
     draws = " (for few-shot runs, over seeds x draws of the examples: --shots_seed)" * few_shot
@@ -364,7 +335,9 @@ def write_report(runs, zero_shot, results_dir, output_dir, title, untrained, not
     if notes:
         lines += ["**Runs set apart.** These runs differ from the others of their method in more than prompt, "
                   "learning rate, batch size and seed:", "", *notes, ""]
-    unfinished = unfinished_runs(results_dir)
+    # Run folders of sweeps.sh (they hold a sweep.log) without a results.json: failed, killed or still running.
+    unfinished = sorted(log.parent for log in Path(results_dir).rglob("sweep.log")
+                        if not (log.parent / "results.json").exists())
     if unfinished:
         lines += [f"{len(unfinished)} run folder(s) have no results.json (failed, killed or still running; see "
                   "their sweep.log and failed_runs.txt) and are missing from the tables:", ""]

@@ -113,12 +113,9 @@ EXAMPLES = """examples:
 
 
 def parse_args(argv=None):
-    argv = list(argv) if argv is not None else None
     first = ArgumentParser(add_help=False)
     first.add_argument("--task", choices=TASKS, default="cls")
-    first.add_argument("--method", choices=METHODS, default=None)
-    known, _ = first.parse_known_args(argv)
-    task = known.task
+    task = first.parse_known_args(argv)[0].task  # the task's data flags and defaults
 
     parser = ArgumentParser(description="Baselines (RoBERTa / T5 / BART / GLM linear head) on the data and prompts "
                                         "of run_cls.py / run_gen.py.", epilog=EXAMPLES)
@@ -130,7 +127,7 @@ def parse_args(argv=None):
     add_training_args(parser)
     add_model_args(parser)
     add_generation_args(parser)
-    # learning_rate None: resolved in main from the model family (baselines.FULL_LEARNING_RATES) and --peft.
+    # learning_rate None: main resolves it from the model family and --peft.
     parser.set_defaults(learning_rate=None, warmup_ratio=0.06 if task == "gen" else 0.1,
                         metric_for_best_model="bleu" if task == "gen" else "accuracy",
                         label_smoothing=0.1 if task == "gen" else 0.0)
@@ -180,8 +177,7 @@ def parse_args(argv=None):
 
 
 def generate(args, model, batch):
-    """[B, L] ids that transformers' `generate` writes for a batch of sources, with the decoding flags
-    (top_p and temperature only with --do_sample)."""
+    """[B, L] ids of transformers' `generate` for a batch of sources, with the decoding flags."""
     sampling = dict(top_p=args.top_p, temperature=args.temperature) if args.do_sample else {}
     return model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           max_new_tokens=args.max_target_length, min_new_tokens=args.min_target_length,
@@ -196,7 +192,7 @@ def main(argv=None):
         return list_prompts(args, args.task)
 
     accelerator = setup_accelerator(args)
-    output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
+    output_dir = Path(args.output_dir)  # created once every check has passed
 
     # The model must be reachable before any work, and its position table bounds the length flags.
     offline_unless_hub_answers(args, local_models=TINY_MODELS)
@@ -215,7 +211,7 @@ def main(argv=None):
                                                    else FULL_LEARNING_RATES.get(family, 1e-5))
 
     # Data and prompt exactly as run_cls.py / run_gen.py (--num_shots: the same rows).
-    do_train = will_train(args)  # otherwise the untuned model is evaluated
+    do_train = will_train(args)
     prompted = load_prompted_splits(args, args.task, do_train)
     template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
     data_counts, hidden = prompted.counts, prompted.hidden
@@ -234,7 +230,6 @@ def main(argv=None):
     with accelerator.main_process_first():
         tokenizer = load_baseline_tokenizer(args, family, train_texts, output_dir)
 
-    # Features of each split, and how a batch is made of them.
     num_choices = None
     if args.task == "cls":
         num_choices = max(len(e["choices"]) for split in examples.values() for e in split)
@@ -287,7 +282,6 @@ def main(argv=None):
         model = MaskedLMScorer(model)
     trainable_params, total_params = count_parameters(model)
 
-    # DataLoaders: the training order depends on (seed, epoch) only (resumable), see run_cls.py.
     train_dataloader = None
     if do_train:
         sampler = EpochSampler(len(features["train"]), args.seed, lengths if args.group_by_length else None,
@@ -313,8 +307,7 @@ def main(argv=None):
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
 
     def evaluate(split):
-        """(metrics, None when the split's labels are hidden; outputs): cls outputs {index: scores}; gen
-        outputs the predictions in source order."""
+        """(metrics or None when hidden, outputs): cls {index: scores}, gen the predictions in source order."""
         if args.task == "gen":
             return evaluate_generation(accelerator, model, eval_dataloaders[split],
                                        functools.partial(generate, args, accelerator.unwrap_model(model)), tokenizer,
@@ -322,7 +315,6 @@ def main(argv=None):
         return evaluate_choices(accelerator, model, eval_dataloaders[split], functools.partial(class_scores, args, model),
                                 num_choices, split not in hidden)
 
-    # The tracker keeps the history and the best evaluation's weights, put back before test.
     tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
@@ -373,7 +365,6 @@ def main(argv=None):
         validation_metrics = evaluate("validation")[0]
         logger.info("Untrained validation: %s", validation_metrics)
 
-    # Test with the best weights, and the trivial baseline (on labelled splits).
     final_split = "test" if "test" in eval_sets else "validation"
     final_metrics, outputs = evaluate(final_split)
     baselines = {}
@@ -384,8 +375,7 @@ def main(argv=None):
         baselines["most_frequent_reference"] = most_frequent_reference_baseline(
             [e["target"] for e in examples["train"]], eval_sets[final_split][1])
 
-    if args.save_best_model and accelerator.is_main_process:
-        # A whole model, or a peft model's adapter (+ its new head); GLM with LoRA: the whole model.
+    if args.save_best_model and accelerator.is_main_process:  # a whole model, or a peft model's adapter (+ head)
         accelerator.unwrap_model(model).save_pretrained(output_dir / "best_model")
         readable_like_results(*(output_dir / "best_model").glob("*.safetensors"))  # transformers writes them 0600
         tokenizer.save_pretrained(output_dir / "best_model")
@@ -397,8 +387,8 @@ def main(argv=None):
             for index, (example, feature) in enumerate(zip(examples[final_split], features[final_split])):
                 choice_scores = outputs[index][: len(example["choices"])]
                 predicted = max(range(len(choice_scores)), key=choice_scores.__getitem__)
-                read = {"linear_head": lambda: tokenizer.decode(feature["input_ids"], skip_special_tokens=True),
-                        "mlm_prompt": lambda: example["context"], "seq2seq": lambda: example["input"]}[args.method]()
+                read = (tokenizer.decode(feature["input_ids"], skip_special_tokens=True) if args.method == "linear_head"
+                        else example["context" if args.method == "mlm_prompt" else "input"])
                 rows.append({"input": read, "gold": example["target"], "predicted": example["choices"][predicted],
                              "scores": dict(zip(example["choices"], choice_scores))})
             write_jsonl_atomic(output_dir / f"predictions_{final_split}.jsonl", rows)
@@ -415,7 +405,7 @@ def main(argv=None):
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
             few_shot=prompted.few_shot, carved_validation=prompted.carved)
-        record["data"] = data_counts  # rows kept / skipped per split (as run_cls.py / run_gen.py)
+        record["data"] = data_counts
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()
     end_tracking(accelerator, args, tracker.completed_steps, final_metrics if final_split == "test" else None)

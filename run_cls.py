@@ -102,7 +102,6 @@ from training import (
 
 logger = get_logger(__name__)
 
-CLS_LEARNING_RATE = 1e-5  # full fine-tuning: the paper's cloze rate
 CHOICE_EOP = {"auto": None, "on": True, "off": False}  # --choice_eop -> encode_choices(choice_eop=)
 EXAMPLES = """examples:
   python run_cls.py --dataset_name fine_foods --model_name_or_path glm-tiny --tokenizer_name train \\
@@ -117,41 +116,35 @@ def parse_args(argv=None):
     add_few_shot_args(parser)
     add_training_args(parser)
     add_model_args(parser)
-    # learning_rate None: the method's (cli.default_learning_rate).
     parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, metric_for_best_model="accuracy")
     group = parser.add_argument_group("cloze classification")
     group.add_argument("--max_seq_length", type=int, default=256,
-                       help="Tokens per example: the context (cut around its [MASK] when too long) plus every "
-                            "answer choice.")
+                       help="Tokens per example: the context (cut around its [MASK]) plus every answer choice.")
     group.add_argument("--choice_prefix_space", action=argparse.BooleanOptionalAction, default=True,
                        help="Encode each answer choice as a mid-sentence word (' word'), as spans were in pretraining.")
     group.add_argument("--choice_eop", choices=CHOICE_EOP, default="auto",
                        help="Close each answer choice with eop and score it: auto = GLM's rule (when a choice of the "
                             "example has several tokens), on, off (the Hugging Face remote code).")
     group.add_argument("--length_normalize", action="store_true",
-                       help="Divide a choice's score by its token count (summed log-probabilities favour short "
-                            "choices: use it when each example has its own choices of different lengths).")
+                       help="Divide a choice's score by its token count (for choices of different lengths).")
     group.add_argument("--skip_eval_rows", action="store_true",
-                       help="Skip validation and test rows that cannot be rendered (empty label, prompt or answer, "
-                            "an empty or repeated choice of their own) instead of refusing them; the scores then hold "
-                            "on fewer rows, which the last line and results.json ('data') say.")
-    levers = parser.add_argument_group("levers (issue #26; README: What moves the score)")
+                       help="Skip validation and test rows that cannot be rendered instead of refusing them; the "
+                            "scores then hold on fewer rows, as the last line and results.json ('data') say.")
+    levers = parser.add_argument_group("levers (README: What moves the score)")
     levers.add_argument("--calibrate", action="store_true",
-                        help="Also report contextual calibration: every prediction divided by the answer distribution "
-                             "on content-free inputs (Zhao et al. 2021); results.json and the predictions keep both.")
+                        help="Also report contextual calibration (Zhao et al. 2021): each prediction divided by the "
+                             "answer distribution on content-free inputs.")
     levers.add_argument("--num_demonstrations", type=int, default=0, metavar="K",
-                        help="Append K training examples per class, answer filled in, after each input (LM-BFF); "
-                             "dropped first when the input is too long.")
+                        help="Append K training examples per class, answer filled in, after each input (LM-BFF).")
     levers.add_argument("--search_verbalizers", type=int, default=0, metavar="N",
-                        help="Replace the prompt's answer words by the best combination of each class's N likeliest "
-                             "words (LM-BFF's label-word search, zero-shot on validation); writes the template to "
-                             "output_dir/searched_prompts/.")
+                        help="Replace the answer words by the best combination of each class's N likeliest words "
+                             "(LM-BFF, zero-shot on validation); writes output_dir/searched_prompts/.")
 
     args = parse_or_list_prompts(parser, argv, "cls")
     if args.list_prompts:
         return args
     if args.learning_rate is None:
-        args.learning_rate = default_learning_rate(args.peft, CLS_LEARNING_RATE)
+        args.learning_rate = default_learning_rate(args.peft, 1e-5)  # full fine-tuning: the paper's cloze rate
     problems = (data_args_problems(args, "cls") + few_shot_problems(args, "cls") + training_args_problems(args)
                 + tokenizer_problems(args) + metric_problems(args, CLS_METRICS))
     if args.tokenizer_name == "train" and args.train_file is None and (args.validation_file or args.test_file):
@@ -171,16 +164,10 @@ def parse_args(argv=None):
 
 def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, choice_eop, split,
                       demonstrations=None):
-    """Tokenizes a split once, before the first step: each example gets `context_ids` (`<s> ... [MASK]
-    ... </s>`, whole: the builder cuts it around the mask; with `demonstrations`, the example's token
-    lists follow its input as far as they fit, `with_demonstrations`) and `choice_ids` (its
-    answer choices as scored spans, `encode_choices`, one list shared by the examples with the same
-    choices). Checked here, not at the example's batch: one [MASK] in the context, non-empty choices
-    that fit max_seq_length (UsageError naming the split, example and data row).
-
-    Returns (tokens of each example's packed input, at most max_seq_length: for --group_by_length;
-    how many contexts are cut).
-    """
+    """Gives each example `context_ids` (whole, with its `demonstrations` as far as they fit) and
+    `choice_ids` (`encode_choices`, shared by examples with the same choices), before the first step.
+    Raises UsageError naming the split, example and data row (no single [MASK], choices too long).
+    Returns (each example's packed length, at most max_seq_length; how many contexts are cut)."""
     spans_of = {}
     lengths, cut = [], 0
     for example in examples:
@@ -203,26 +190,17 @@ def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, 
     return lengths, cut
 
 
-def choice_lengths(example):
-    """The token count of each answer choice of a tokenized example, as scored (eop included)."""
-    return [len(span) for span in example["choice_ids"]]
-
-
 def evaluate(accelerator, model, dataloader, length_normalize, num_choices, labelled=True):
-    """metrics.evaluate_choices with GLM's choice scores (score_choices, looked up at each call)."""
+    """metrics.evaluate_choices with GLM's choice scores (score_choices, looked up at each call: tests patch it)."""
     return evaluate_choices(accelerator, model, dataloader, lambda batch: score_choices(model, batch, length_normalize),
                             num_choices, labelled)
 
 
 def calibrated_evaluation(accelerator, model, tokenizer, template, raw_datasets, examples, eval_dataloaders, hidden,
                           predictions, args, num_choices):
-    """--calibrate: p_cf of the model as tested (the template's input fields set to each of
-    CONTENT_FREE_INPUTS), then the calibrated metrics of every labelled evaluation split.
-
-    Returns ({"content_free_inputs", "p_cf": {choice: p}, "validation" / "test": metrics}, {example
-    index: calibrated log-probabilities of its choices} of the final split (`predictions`' split)).
-    Raises UsageError when the examples do not share their answer choices.
-    """
+    """--calibrate: p_cf of the model as tested, then the calibrated metrics of every labelled split.
+    Returns ({"content_free_inputs", "p_cf": {choice: p}, split: metrics}, {example index: calibrated
+    log-probabilities} of the final split)."""
     choices = shared_choices(examples, "--calibrate")
     contexts = content_free_contexts(template, next(iter(raw_datasets.values()))[0])
     p_cf = content_free_distribution(score_contexts(accelerator.unwrap_model(model), tokenizer, contexts, choices,
@@ -251,7 +229,7 @@ def main(argv=None):
         return list_prompts(args, "cls")
 
     accelerator = setup_accelerator(args)
-    output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
+    output_dir = Path(args.output_dir)  # created once every check has passed
 
     # The model's position table bounds --max_seq_length: checked before any data is read (config only).
     offline_unless_hub_answers(args)
@@ -261,7 +239,7 @@ def main(argv=None):
         raise UsageError(problem)
 
     # Data and prompt: every split rendered and checked here, before the first step.
-    do_train = will_train(args)  # otherwise zero-shot: the same evaluation, untuned
+    do_train = will_train(args)  # otherwise zero-shot
     prompted = load_prompted_splits(args, "cls", do_train, zero_shot=True)
     template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
     data_counts, hidden = prompted.counts, prompted.hidden
@@ -279,7 +257,7 @@ def main(argv=None):
     with accelerator.main_process_first():
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, train_texts, output_dir,
                                             mask_token_id=args.mask_token_id)
-    # Every split tokenized once, here; collate only lays the ids out. Demonstrations come from train only.
+    # Every split tokenized once, here; collate only lays the ids out.
     demonstrations = demonstration_ids(tokenizer, examples, args.num_demonstrations, args.seed) \
         if args.num_demonstrations else {}
     lengths = {}
@@ -296,7 +274,7 @@ def main(argv=None):
     model = GLMForConditionalGeneration.from_pretrained(args.model_name_or_path, vocab_size=len(tokenizer))
     check_special_rows(model, tokenizer, args.model_name_or_path)  # [MASK], sop, eop: trained rows?
     label_words = None
-    if args.search_verbalizers:  # with the model as loaded; the run then uses the searched words
+    if args.search_verbalizers:  # with the model as loaded
         label_words = search_label_words(model.to(accelerator.device), tokenizer, examples, args.search_verbalizers,
                                          args.max_seq_length, args.per_device_eval_batch_size, args.choice_prefix_space)
         template = searched_template(template, label_words["words"])
@@ -339,7 +317,7 @@ def main(argv=None):
     clear_previous_run(args, output_dir)
     if label_words and accelerator.is_main_process:
         write_template(template, output_dir / "searched_prompts" / prompt_file_name(args.dataset_name))
-    start_tracking(accelerator, args, "run_cls")  # --with_tracking: live curves
+    start_tracking(accelerator, args, "run_cls")
 
     optimizer = lr_scheduler = plan = None
     if do_train:
@@ -350,10 +328,9 @@ def main(argv=None):
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
 
-    # The tracker keeps the history and the best evaluation's weights, put back before test.
     tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    validation_metrics = None  # of the best evaluation
+    validation_metrics = None
     if do_train:
         if args.resume_from_checkpoint:
             load_checkpoint(accelerator, tracker, args.resume_from_checkpoint, output_dir, plan.max_train_steps)
@@ -421,7 +398,7 @@ def main(argv=None):
                                                               [e["label"] for e in examples[final_split]],
                                                               num_choices)
     if choice_fields(template) and final_metrics is not None:  # each example has its own choices
-        baselines.update(choice_baselines([choice_lengths(e) for e in examples[final_split]],
+        baselines.update(choice_baselines([[len(span) for span in e["choice_ids"]] for e in examples[final_split]],
                                           [e["label"] for e in examples[final_split]], num_choices))
 
     if args.save_best_model and accelerator.is_main_process:
@@ -438,7 +415,7 @@ def main(argv=None):
                              "predicted": example["choices"][predicted],
                              "scores": dict(zip(example["choices"], choice_scores)),
                              "gold_index": example["label"], "predicted_index": predicted,
-                             "choice_tokens": choice_lengths(example)})
+                             "choice_tokens": [len(span) for span in example["choice_ids"]]})
                 if calibrated:
                     rows[-1]["calibrated_scores"] = dict(zip(example["choices"], calibrated[example["index"]]))
             write_jsonl_atomic(output_dir / f"predictions_{final_split}.jsonl", rows)
@@ -450,7 +427,7 @@ def main(argv=None):
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
             few_shot=prompted.few_shot, carved_validation=prompted.carved,
         )
-        record["data"] = data_counts  # rows kept / skipped per split, contexts cut to --max_seq_length
+        record["data"] = data_counts
         record.update({key: value for key, value in (("calibration", calibration), ("label_word_search", label_words))
                        if value is not None})
         write_json_atomic(output_dir / "results.json", record)

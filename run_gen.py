@@ -79,8 +79,6 @@ from training import (
 
 logger = get_logger(__name__)
 
-GEN_LEARNING_RATE = 2e-5  # full fine-tuning; the paper's seq2seq range is 1e-5..3e-5
-
 EXAMPLES = """examples:
   python run_gen.py --dataset_name hhs_breaches --model_name_or_path glm-tiny --tokenizer_name train \\
       --learning_rate 1e-3 --num_train_epochs 15 --output_dir runs/hhs_breaches  # offline, CPU: a random tiny GLM
@@ -94,14 +92,13 @@ def parse_args(argv=None):
     add_training_args(parser)
     add_model_args(parser)
     add_generation_args(parser)
-    # learning_rate None: GEN_LEARNING_RATE, or the PEFT method's (cli.default_learning_rate).
     parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, warmup_ratio=0.06,
                         metric_for_best_model="bleu")
     args = parse_or_list_prompts(parser, argv, "gen")
     if args.list_prompts:
         return args
     if args.learning_rate is None:
-        args.learning_rate = default_learning_rate(args.peft, GEN_LEARNING_RATE)
+        args.learning_rate = default_learning_rate(args.peft, 2e-5)  # full fine-tuning: the paper's 1e-5..3e-5
     problems = (data_args_problems(args, "gen") + training_args_problems(args) + tokenizer_problems(args)
                 + metric_problems(args, GEN_METRICS) + generation_args_problems(args, 3))  # 3: <s> [MASK] </s>
     if problems:
@@ -111,10 +108,8 @@ def parse_args(argv=None):
 
 
 def tokenize_prompts(tokenizer, examples, split):
-    """Gives each example of a split `context_ids`, its prompt as GLM context ids (`encode_context`,
-    whole: the builder cuts it around the [MASK]); each distinct prompt is tokenized once, before the
-    first step. A prompt without exactly one [MASK] raises UsageError naming the split, example and
-    data row."""
+    """Gives each example its prompt's `context_ids` (`encode_context`, whole), each distinct prompt tokenized
+    once. Raises UsageError naming the split, example and data row of a prompt without exactly one [MASK]."""
     ids_of = {}
     for index, example in enumerate(examples):
         if example["context"] not in ids_of:
@@ -125,20 +120,16 @@ def tokenize_prompts(tokenizer, examples, split):
         example["context_ids"] = ids_of[example["context"]]
 
 
-def span_generation_config(args, tokenizer):
-    """Our decoding flags as a transformers `GenerationConfig` (eop ends a span; --no_repeat_ngram_size
-    is applied by `generate_spans` over the span only, not here: transformers' would ban copying the
-    context). Sampling draws from the whole nucleus (top_k off)."""
-    sampling = dict(do_sample=True, top_p=args.top_p, temperature=args.temperature, top_k=0) if args.do_sample else {}
-    return GenerationConfig(max_new_tokens=args.max_target_length, min_new_tokens=args.min_target_length,
-                            num_beams=args.num_beams, length_penalty=args.length_penalty,
-                            eos_token_id=tokenizer.eop_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
-
-
 def evaluate(args, accelerator, model, tokenizer, dataloader, references, description):
-    """metrics.evaluate_generation with GLM's span decoding (`generate_spans`); the spans are padded with
-    the tokenizer's pad token (`</s>`, special: decoding skips it)."""
-    unwrapped, generation_config = accelerator.unwrap_model(model), span_generation_config(args, tokenizer)
+    """metrics.evaluate_generation with GLM's span decoding (`generate_spans`, eop ends a span); spans are
+    padded with `</s>`, which decoding skips. --no_repeat_ngram_size is applied over the span only, not by
+    transformers (which would ban copying the context); sampling draws from the whole nucleus (top_k off)."""
+    sampling = dict(do_sample=True, top_p=args.top_p, temperature=args.temperature, top_k=0) if args.do_sample else {}
+    generation_config = GenerationConfig(max_new_tokens=args.max_target_length, min_new_tokens=args.min_target_length,
+                                         num_beams=args.num_beams, length_penalty=args.length_penalty,
+                                         eos_token_id=tokenizer.eop_token_id, pad_token_id=tokenizer.pad_token_id,
+                                         **sampling)
+    unwrapped = accelerator.unwrap_model(model)
 
     def generate(batch):
         inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}
@@ -154,17 +145,9 @@ SYSTEM_NAMES = {"model": "this model", "nearest_training_target": "nearest train
 
 
 def format_summary(split, sources, references_list, predictions, metrics, statistics):
-    """The end of a run, as printed: a table of BLEU, ROUGE-L, distinct outputs and values
-    copied for the model, the baselines and the references (their statistics only), then three
-    sources spread over the split (the first, one a third in, two thirds in) with the model's
-    output and the first reference of each.
-
-    Args:
-        metrics: {system: generation_metrics dict} for "model" and the baselines.
-        statistics: {system: output_statistics dict}, the same systems plus "references".
-    Returns:
-        str, several lines.
-    """
+    """The end of a run, as printed: BLEU, ROUGE-L, distinct outputs and values copied of each system
+    (`metrics`, `statistics`: {system: dict}; the references have statistics only), then three sources
+    spread over the split with the model's output and the first reference."""
     def percent(value):
         return "n/a" if value is None else f"{value:.1f}%"
 
@@ -190,7 +173,7 @@ def main(argv=None):
         return list_prompts(args, "gen")
 
     accelerator = setup_accelerator(args)
-    output_dir = Path(args.output_dir)  # created once every check has passed (see clear_previous_run)
+    output_dir = Path(args.output_dir)  # created once every check has passed
 
     # The model's position tables bound the length flags: checked before any data is read (config only).
     offline_unless_hub_answers(args)
@@ -203,13 +186,12 @@ def main(argv=None):
         raise UsageError("; ".join(problem for problem in problems if problem))
 
     # Data and prompt: every split rendered and checked here, before the first step.
-    do_train = will_train(args)  # otherwise the model as loaded is evaluated
+    do_train = will_train(args)
     prompted = load_prompted_splits(args, "gen", do_train)
-    template, prompt_id, examples, data_counts = prompted.template, prompted.prompt_id, prompted.examples, prompted.counts
-    hidden = prompted.hidden
+    template, examples, data_counts, hidden = prompted.template, prompted.examples, prompted.counts, prompted.hidden
     first = examples["train"][0]
     logger.info("Prompt %d: %s [%s]. GLM input of the first example (the target fills [MASK]):\n%s\ntarget: %r",
-                prompt_id, template.name, template.source, first["context"], first["target"])
+                prompted.prompt_id, template.name, template.source, first["context"], first["target"])
     # Decoding and scoring work per distinct source, against all its references.
     eval_splits = {split: group_references(examples[split]) for split in ("validation", "test") if split in examples}
     for split, (sources, _) in eval_splits.items():
@@ -269,7 +251,7 @@ def main(argv=None):
     # Every check has passed: only now are --overwrite_output_dir's old outputs cleared.
     output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
-    start_tracking(accelerator, args, "run_gen")  # --with_tracking: live curves
+    start_tracking(accelerator, args, "run_gen")
 
     optimizer = lr_scheduler = plan = None
     if do_train:
@@ -282,7 +264,6 @@ def main(argv=None):
     references_of = {split: None if split in hidden else split_references  # None: hidden, predictions only
                      for split, (_, split_references) in eval_splits.items()}
 
-    # The tracker keeps the history and the best evaluation's weights, put back before test.
     tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
@@ -366,13 +347,13 @@ def main(argv=None):
         write_jsonl_atomic(output_dir / f"generations_{final_split}.jsonl", rows)
         record = results_record(
             args, "gen", "glm_gen", script="run_gen.py", accelerator=accelerator,
-            prompt_id=prompt_id, prompt_name=template.name,
+            prompt_id=prompted.prompt_id, prompt_name=template.name,
             total_train_batch_size=total_batch_size, tracker=tracker, plan=plan, validation=validation_metrics,
             test=final_metrics if final_split == "test" else None, baselines=baselines,
             trainable_params=trainable_params, total_params=total_params, test_labels_hidden="test" in hidden,
             carved_validation=prompted.carved,
         )
-        record["data"] = data_counts  # rows kept / skipped per split; long prompts and targets in train
+        record["data"] = data_counts
         record["output_statistics"] = statistics  # model, references (the first of each source), baselines
         write_json_atomic(output_dir / "results.json", record)
     accelerator.wait_for_everyone()

@@ -107,8 +107,7 @@ def parse_args(argv=None):
 
 def evaluate(accelerator, model, dataloader):
     """Blank-infilling loss (mean over Part B tokens), its perplexity and the share of Part B tokens
-    predicted right (greedy), over a prepared DataLoader: per-text sums are gathered, so the copies
-    that even out the last batch across processes are dropped."""
+    predicted right (greedy); per-text sums are gathered, so that gather_for_metrics drops the padding copies."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # summed loss, right tokens, tokens
@@ -131,17 +130,14 @@ def evaluate(accelerator, model, dataloader):
 def main(argv=None):
     args = parse_args(argv)
     accelerator = setup_accelerator(args)
-    output_dir = Path(args.output_dir)  # created once every check has passed
+    output_dir = Path(args.output_dir)
     offline_unless_hub_answers(args)
     problem = position_problem("max_seq_length", args.max_seq_length, max_positions(args.model_name_or_path),
                                args.model_name_or_path, cut="texts are cut at their end")
     if problem:
         raise UsageError(problem)
 
-    # Texts: train, and validation (carved from train when not given). Test texts are never read.
-    texts, carved = load_texts(args)
-
-    # Tokenizer, then every text tokenized once and cut to what fits --max_seq_length once blanked.
+    texts, carved = load_texts(args)  # train and validation (carved from train when not given)
     with accelerator.main_process_first():
         tokenizer = load_or_train_tokenizer(args.tokenizer_name, args.model_name_or_path, texts["train"], output_dir,
                                             vocab_size=args.tokenizer_vocab_size)
@@ -159,8 +155,8 @@ def main(argv=None):
     trainable_params, total_params = count_parameters(model)
 
     def collate(features, epoch=None):
-        """Pads a batch of (index, token ids) into Figure 1 inputs, its spans drawn from (seed, epoch, index),
-        or for validation from (data_seed, index): the same blanks at every evaluation and for every --seed."""
+        """(index, token ids) -> Figure 1 inputs; spans drawn from (seed, epoch, index), or for validation from
+        (data_seed, index): the same blanks at every evaluation and for every --seed."""
         keys = [[args.data_seed, index] if epoch is None else [args.seed, epoch, index] for index, _ in features]
         spans = [sample_spans(len(ids), args.mask_ratio, args.poisson_lambda, numpy.random.default_rng(key))
                  for key, (_, ids) in zip(keys, features)]
@@ -179,14 +175,13 @@ def main(argv=None):
 
     output_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(args, output_dir)
-    start_tracking(accelerator, args, "run_pretrain")  # --with_tracking: live curves
+    start_tracking(accelerator, args, "run_pretrain")
     optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
     plan = TrainingPlan.from_args(args, len(train_dataloader), accelerator.num_processes)
     lr_scheduler = create_lr_scheduler(args, optimizer, plan.max_train_steps, accelerator.num_processes)
     model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, lr_scheduler)
 
-    # Training: the same loop as run_cls.py, with the blank-infilling loss.
     tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     initial = evaluate(accelerator, model, eval_dataloader)  # the model as loaded, also when resuming

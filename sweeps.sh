@@ -101,15 +101,22 @@ done
 
 # ------------------------------------------------------------------------------ presets
 # A preset only fills what the environment and the flags left unset.
+# Every preset: the tiny random GLM with a BPE trained on each run's training texts (8k words: a tiny
+# random model learns faster with it than with the released 50k-word tokenizer, and the generation
+# softmax is 6x smaller), its folders under runs/<preset>, 2 runs at a time.
+tiny_glm() {
+  MODEL=${MODEL:-glm-tiny}
+  TOKENIZER=${TOKENIZER:-train}
+  OUT=${OUT:-runs/$PRESET}
+  JOBS=${JOBS:-2}
+}
+
 # The grid of the cpu-demo and cpu-offline presets: tiny random models, which need large learning
 # rates; 3 prompts x 2 lr x 2 bs x 2 seeds of GLM per task, P-tuning v2 and the baseline on prompt 0
 # with batch size 8 (2 lr x 2 seeds): 64 runs, then 6 zero-shot runs (3 prompts per task).
 cpu_grid() {
-  MODEL=${MODEL:-glm-tiny}
-  TOKENIZER=${TOKENIZER:-train}
+  tiny_glm
   TASKS=${TASKS:-"cls gen"}
-  OUT=${OUT:-runs/$PRESET}
-  JOBS=${JOBS:-2}
   LEARNING_RATES=${LEARNING_RATES:-"1e-3 3e-3"}
   BATCH_SIZES=${BATCH_SIZES:-"8 16"}
   PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}
@@ -123,11 +130,19 @@ cpu_grid() {
   BASELINE_ARGS=${BASELINE_ARGS:-"--tokenizer_name train"}
 }
 
+# cpu-fewshot and cpu-insight: TREC classification at one learning rate and batch size.
+trec_cls() {
+  tiny_glm
+  TASKS=${TASKS:-cls}
+  LEARNING_RATES=${LEARNING_RATES:-1e-3}
+  BATCH_SIZES=${BATCH_SIZES:-8}
+  CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
+                                  --test_file $SHARED/data/trec/test.csv"}
+}
+
 case $PRESET in
   "") ;;
   cpu-demo)
-    # A BPE trained on each run's training texts (8k words): a tiny random model learns faster
-    # with it than with the released 50k-word tokenizer, and the generation softmax is 6x smaller.
     cpu_grid
     # All 70 runs: 48 minutes with --jobs 2 on 2 cores that other work shared (measured).
     CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
@@ -162,13 +177,7 @@ case $PRESET in
     # Each run trains its BPE on its own training texts (all a few-shot learner sees). 40 runs and
     # 2 zero-shot runs, 30-60 s each on an idle core (measured: 20 s of CPU per run; 33-200 s of
     # wall time on 2 cores that 3 other jobs shared, 30 runs in 31 minutes there).
-    MODEL=${MODEL:-glm-tiny}
-    TOKENIZER=${TOKENIZER:-train}
-    TASKS=${TASKS:-cls}
-    OUT=${OUT:-runs/cpu-fewshot}
-    JOBS=${JOBS:-2}
-    LEARNING_RATES=${LEARNING_RATES:-1e-3}
-    BATCH_SIZES=${BATCH_SIZES:-8}
+    trec_cls
     PROMPT_IDS=${PROMPT_IDS:-"0 1"}
     SEEDS=${SEEDS:-1}
     SHOTS=${SHOTS:-"8 16 64 full"}
@@ -176,8 +185,6 @@ case $PRESET in
     CLS_METHODS=${CLS_METHODS:-"glm_cloze
                                 baseline:glm-tiny:linear_head@prompt=none
                                 baseline:roberta-tiny:linear_head@prompt=none"}
-    CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
-                                    --test_file $SHARED/data/trec/test.csv"}
     CLS_ARGS=${CLS_ARGS:-"--max_train_steps 60 --eval_steps 20"}
     BASELINE_ARGS=${BASELINE_ARGS:-"--tokenizer_name train"}
     ;;
@@ -187,20 +194,12 @@ case $PRESET in
     # label words (3 candidates per class), every run and its zero-shot run with --calibrate.
     # 10 runs and 5 zero-shot runs: 22 minutes with --jobs 2 on 2 cores that other jobs shared (measured;
     # a demonstration run 7 minutes, the others 1-3).
-    MODEL=${MODEL:-glm-tiny}
-    TOKENIZER=${TOKENIZER:-train}
-    TASKS=${TASKS:-cls}
-    OUT=${OUT:-runs/cpu-insight}
-    JOBS=${JOBS:-2}
-    LEARNING_RATES=${LEARNING_RATES:-1e-3}
-    BATCH_SIZES=${BATCH_SIZES:-8}
+    trec_cls
     PROMPT_IDS=${PROMPT_IDS:-"0 1 2"}
     SEEDS=${SEEDS:-"1 2"}
     CLS_METHODS=${CLS_METHODS:-"glm_cloze
                                 glm_cloze@prompt=0@flags=--num_demonstrations=1
                                 glm_cloze@prompt=0@flags=--search_verbalizers=3"}
-    CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
-                                    --test_file $SHARED/data/trec/test.csv"}
     CLS_ARGS=${CLS_ARGS:-"--max_train_steps 120 --eval_steps 30 --max_eval_samples 200 --calibrate"}
     ;;
   *) die "unknown preset '$PRESET' (known: cpu-demo, cpu-offline, cpu-fewshot, cpu-insight)" ;;
