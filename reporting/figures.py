@@ -10,6 +10,8 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from reporting.analysis import FULL_DATA, higher_is_better, metric_label
 from reporting.tables import fmt_lr, fmt_mean_std, fmt_prompt, fmt_replicates, fmt_shots
 
+matplotlib.use("Agg")  # files only: no window, also where there is no display
+
 
 def plot_heatmap(table, metric, title, path):
     """lr x batch-size heatmap of the mean validation score (one prompt's `grid_table` rows), cells annotated
