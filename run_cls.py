@@ -443,6 +443,8 @@ def main(argv=None):
             f"{scored}) vs majority class {'n/a' if majority is None else f'{majority:.4f}'}"
             + "".join(f", {name.replace('_', ' ')} {baselines[name]['accuracy']:.4f}" for name in CHOICE_BASELINES
                       if name in baselines)
+            + (f"; calibrated {calibration[final_split]['accuracy']:.4f}" if calibration and final_split in calibration
+               else "")
             + f"; results in {output_dir / 'results.json'}"
         )
     elif predictions is not None:

@@ -195,9 +195,11 @@ def tiny(out, trec, *extra):
 
 
 @needs_trec
-def test_calibrate_reports_both_metric_sets_and_keeps_both_scores(trec, tmp_path):
+def test_calibrate_reports_both_metric_sets_and_keeps_both_scores(trec, tmp_path, capsys):
     out = tmp_path / "zs"
     record = run_main(run_cls, tiny(out, trec, "--no-do_train", "--calibrate"))
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"; calibrated {record['calibration']['test']['accuracy']:.4f}; results in" in last_line
     calibration = record["calibration"]
     p_cf = torch.tensor(list(calibration["p_cf"].values()))
     assert math.isclose(float(p_cf.sum()), 1.0, rel_tol=1e-5)
