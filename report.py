@@ -174,8 +174,8 @@ def skipped_rows_reading(group):
     skipped = group[kept < group["test_rows"].astype(float)]
     if skipped.empty:
         return []
-    return [f"- Scored on {kept[skipped.index[0]]:.0f} of {skipped['test_rows'].iloc[0]} test rows: the prompt could not "
-            "render the others, which the runs skipped (`--skip_eval_rows`)."]
+    return [f"- Scored on {kept[skipped.index[0]]:.0f} of {skipped['test_rows'].iloc[0]} test rows: the prompt could "
+            "not render the others, which the runs skipped (`--skip_eval_rows`)."]
 
 
 def few_shot_sections(runs, output_dir):

@@ -207,13 +207,14 @@ def main(argv=None):
         if any(problems):
             raise UsageError("; ".join(problem for problem in problems if problem))
     if args.learning_rate is None:
-        args.learning_rate = default_learning_rate(args.peft, TINY_LEARNING_RATE if args.model_name_or_path in TINY_MODELS
-                                                   else FULL_LEARNING_RATES.get(family, 1e-5))
+        full = TINY_LEARNING_RATE if args.model_name_or_path in TINY_MODELS else FULL_LEARNING_RATES.get(family, 1e-5)
+        args.learning_rate = default_learning_rate(args.peft, full)
 
     # Data and prompt exactly as run_cls.py / run_gen.py (--num_shots: the same rows).
     do_train = will_train(args)
     prompted = load_prompted_splits(args, args.task, do_train)
-    template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
+    template, prompt_id = prompted.template, prompted.prompt_id
+    raw_datasets, examples = prompted.rows, prompted.examples
     data_counts, hidden = prompted.counts, prompted.hidden
     logger.info("Prompt %d: %s [%s]", prompt_id, template.name, template.source)
 
@@ -312,10 +313,11 @@ def main(argv=None):
             return evaluate_generation(accelerator, model, eval_dataloaders[split],
                                        functools.partial(generate, args, accelerator.unwrap_model(model)), tokenizer,
                                        None if split in hidden else eval_sets[split][1], split)
-        return evaluate_choices(accelerator, model, eval_dataloaders[split], functools.partial(class_scores, args, model),
-                                num_choices, split not in hidden)
+        return evaluate_choices(accelerator, model, eval_dataloaders[split],
+                                functools.partial(class_scores, args, model), num_choices, split not in hidden)
 
-    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes),
+                              lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
         if args.resume_from_checkpoint:

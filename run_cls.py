@@ -154,8 +154,8 @@ def parse_args(argv=None):
     if args.num_demonstrations < 0 or args.search_verbalizers < 0:
         problems.append("--num_demonstrations and --search_verbalizers must be >= 0")
     if args.num_demonstrations and args.search_verbalizers:
-        problems.append("--search_verbalizers with --num_demonstrations: the demonstrations would show the hand-written "
-                        "words; search first, then pass the written template with --prompts_dir")
+        problems.append("--search_verbalizers with --num_demonstrations: the demonstrations would show the "
+                        "hand-written words; search first, then pass the written template with --prompts_dir")
     if problems:
         parser.error("; ".join(problems))
     vars(args).update(derived_defaults(args, "cls"))
@@ -241,7 +241,8 @@ def main(argv=None):
     # Data and prompt: every split rendered and checked here, before the first step.
     do_train = will_train(args)  # otherwise zero-shot
     prompted = load_prompted_splits(args, "cls", do_train, zero_shot=True)
-    template, prompt_id, raw_datasets, examples = prompted.template, prompted.prompt_id, prompted.rows, prompted.examples
+    template, prompt_id = prompted.template, prompted.prompt_id
+    raw_datasets, examples = prompted.rows, prompted.examples
     data_counts, hidden = prompted.counts, prompted.hidden
     if args.calibrate or args.search_verbalizers:  # these levers need one set of classes (checked before any work)
         shared_choices(examples, "--calibrate" if args.calibrate else "--search_verbalizers")
@@ -328,7 +329,8 @@ def main(argv=None):
                                                                            lr_scheduler)
     eval_dataloaders = {split: accelerator.prepare(loader) for split, loader in eval_dataloaders.items()}
 
-    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes),
+                              lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     validation_metrics = None
     if do_train:
@@ -350,7 +352,8 @@ def main(argv=None):
                 start = time.perf_counter()
                 for batch in batches:
                     with accelerator.accumulate(model):
-                        loss = F.cross_entropy(score_choices(model, batch, args.length_normalize), batch["class_labels"])
+                        scores = score_choices(model, batch, args.length_normalize)
+                        loss = F.cross_entropy(scores, batch["class_labels"])
                         tracker.add_batch(loss, len(batch["class_labels"]) * accelerator.num_processes)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and args.max_grad_norm > 0:

@@ -264,7 +264,8 @@ def main(argv=None):
     references_of = {split: None if split in hidden else split_references  # None: hidden, predictions only
                      for split, (_, split_references) in eval_splits.items()}
 
-    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes),
+                              lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if do_train:
         if args.resume_from_checkpoint:

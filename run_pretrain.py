@@ -182,7 +182,8 @@ def main(argv=None):
     model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, lr_scheduler)
 
-    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes), lr_scheduler)
+    tracker = TrainingTracker(args.metric_for_best_model, resume_settings(args, accelerator.num_processes),
+                              lr_scheduler)
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     initial = evaluate(accelerator, model, eval_dataloader)  # the model as loaded, also when resuming
     logger.info("Before training: validation %s", {name: round(value, 4) for name, value in initial.items()})
@@ -248,8 +249,9 @@ def main(argv=None):
     accelerator.wait_for_everyone()
     end_tracking(accelerator, args, tracker.completed_steps, None)  # no test split
     accelerator.print(f"validation blank-infilling loss {validation_metrics['loss']:.4f} (perplexity "
-                      f"{validation_metrics['perplexity']:.1f}, token accuracy {validation_metrics['token_accuracy']:.4f}"
-                      f") vs {initial['loss']:.4f} before training; model in {output_dir}")
+                      f"{validation_metrics['perplexity']:.1f}, token accuracy "
+                      f"{validation_metrics['token_accuracy']:.4f}) vs {initial['loss']:.4f} before training; "
+                      f"model in {output_dir}")
     return record
 
 

@@ -216,8 +216,8 @@ def data_paragraph(runs, dataset):
     if not files:
         return f"Data: the scripts load it themselves: {from_hub}."
     listed = ", ".join(f"`{name}`" for name in files)
-    return (f"Data: the runs read local files, {listed}, which are not part of this folder (the GLM repository takes no "
-            f"data files): put your copies in `data/`, or drop the `--*_file` flags, and {from_hub}.")
+    return (f"Data: the runs read local files, {listed}, which are not part of this folder (the GLM repository takes "
+            f"no data files): put your copies in `data/`, or drop the `--*_file` flags, and {from_hub}.")
 
 
 def code_note(runs):

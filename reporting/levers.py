@@ -24,7 +24,8 @@ MISSING = {
     "calibration": "add `--calibrate` to the run_cls.py runs (sweeps.sh: CLS_ARGS)",
     "zero-shot calibration": "add zero-shot runs with `--no-do_train --calibrate` (sweeps.sh runs them per prompt)",
     "ensemble": "fine-tune two or more prompts with the same seeds (sweeps.sh PROMPT_IDS)",
-    "demonstrations": "add runs with `--num_demonstrations K` (sweeps.sh entry `glm_cloze@flags=--num_demonstrations=1`)",
+    "demonstrations":
+        "add runs with `--num_demonstrations K` (sweeps.sh entry `glm_cloze@flags=--num_demonstrations=1`)",
     "label words": "add runs with `--search_verbalizers N` (sweeps.sh entry `glm_cloze@flags=--search_verbalizers=3`)",
 }
 

@@ -43,7 +43,8 @@ def comparison_reading(table, trivial, zero_shot=None):
     if row["zs_n_seeds"] and not row["zs_test_hidden"]:
         before = f"the same model and prompt zero-shot ({fmt_mean_std(row['zs_test_mean'], row['zs_test_std'])})"
         if zero_shot is None:
-            lines.append(f"- Fine-tuned, it scores {row['test_mean'] - row['zs_test_mean']:+.2f} points against {before}.")
+            gain = row["test_mean"] - row["zs_test_mean"]
+            lines.append(f"- Fine-tuned, it scores {gain:+.2f} points against {before}.")
         else:
             seeds = f"{fmt_seeds(row['n_seeds'])} vs {fmt_seeds(row['zs_n_seeds'])}"
             lines.append(f"- {difference_sentence('Fine-tuned, it', before, *zero_shot, seeds)}.")
@@ -103,8 +104,8 @@ def prompt_zero_shot_reading(prompts, metric):
         pick = pd.Series.idxmax if higher_is_better(metric) else pd.Series.idxmin
         before, after = pick(validated["zs_val_mean"]), pick(validated["val_mean"])
         verdict = "the same prompt" if before == after else "a different prompt"
-        text += (f"On validation, prompt {names[before]} is best zero-shot and prompt {names[after]} after fine-tuning: "
-                 f"the zero-shot ranking picks {verdict}.")
+        text += (f"On validation, prompt {names[before]} is best zero-shot and prompt {names[after]} after "
+                 f"fine-tuning: the zero-shot ranking picks {verdict}.")
     return text.strip()
 
 

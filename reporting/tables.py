@@ -263,7 +263,8 @@ def make_errors_table(errors, shared=(0, 0)):
     """`errors`: error_analysis.confident_errors rows (Markdown only: free text); `shared`: the
     prompt's words to leave out of each input (`shared_words` of all the test inputs)."""
     rows = [[str(i + 1), text_cell(strip_words(r.input, shared)), text_cell(r.gold, 30), text_cell(r.predicted, 30),
-             f"{r.margin:.2f}", f"{r.wrong_seeds} of {r.seeds}"] for i, r in enumerate(errors.itertuples())]  # fmt: skip
+             f"{r.margin:.2f}", f"{r.wrong_seeds} of {r.seeds}"]
+            for i, r in enumerate(errors.itertuples())]
     header = ["#", "input (prompt words all share: …)", "gold", "predicted", "margin", "wrong in seeds"]
     return Table(caption="", label="", frame=pd.DataFrame(rows, columns=header), align="rlllrr")
 
@@ -301,7 +302,7 @@ def make_few_shot_table(task, dataset, curve, metric):
     rows = [[line, *row.fillna("–"), replicates[line]] for line, row in table.iterrows()]
     header = ["system", *map(fmt_k, table.columns), "replicates"]
     caption = (f"{DATASET_TITLES.get(dataset, dataset)} ({task}): test {metric_label(metric)} against the number of "
-               "training examples per class K (full: the whole training data), mean ± std over the replicates (seeds x "
-               "draws of the K examples, --shots_seed) of each system's learning rate and batch size chosen on "
+               "training examples per class K (full: the whole training data), mean ± std over the replicates (seeds "
+               "x draws of the K examples, --shots_seed) of each system's learning rate and batch size chosen on "
                "validation at that K. A few-shot run validates on K other examples per class drawn from train.")
     return _table("fewshot", (task, dataset), caption, rows, header, "l" + "r" * (len(header) - 1))
