@@ -20,6 +20,7 @@ import argparse
 
 import torch
 
+from cli import run_script
 from glm_utils import generation_inputs_from_text, multiple_choice_inputs_from_text, score_choices
 from modeling_glm import EOP_TOKEN, HUB_MODEL_ID, SOP_TOKEN, TINY_MODEL_NAME, GLMForConditionalGeneration
 from tokenization_glm import load_tokenizer, special_rows_report
@@ -127,4 +128,4 @@ def make_verdict(model_name, untrained, names, hits, right):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -290,6 +290,10 @@ def training_args_problems(args):
     if results.exists() and not args.overwrite_output_dir:
         problems.append(f"{results} exists: a finished run is there. Pass --overwrite_output_dir to replace it, or "
                         "choose another --output_dir")
+    elif not (args.overwrite_output_dir or args.resume_from_checkpoint) and any(
+            path.is_dir() for pattern in ("step_*", "epoch_*") for path in Path(args.output_dir).glob(pattern)):
+        problems.append(f"{args.output_dir} holds the checkpoints of an unfinished run: pass --resume_from_checkpoint "
+                        "latest to go on with it, --overwrite_output_dir to start over, or another --output_dir")
     if args.learning_rate is not None and args.learning_rate <= 0:
         problems.append(f"--learning_rate must be > 0, got {args.learning_rate}")
     if args.weight_decay < 0 or args.max_grad_norm < 0:

@@ -330,7 +330,7 @@ def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
         reason = str(error).split(". ")[0]  # huggingface_hub's later advice (HF_HUB_OFFLINE=0) misleads offline
         raise UsageError(
             f"Could not load '{name_or_path}': it is not a local directory and the Hugging Face hub "
-            f"did not serve it ({type(error).__name__}: {reason}).\n"
+            f"did not serve it ({type(error).__name__}: {reason}). "
             "Point at local files instead: --model_name_or_path DIR (config.json + weights) and "
             "--tokenizer_name DIR (vocab.json, merges.txt, added_tokens.json), or run offline: "
             f"--model_name_or_path {TINY_MODEL_NAME} --tokenizer_name train (a random small GLM and a "

@@ -8,7 +8,8 @@
 # Each prompt of a GLM entry (glm_cloze, glm_gen, with or without PEFT) is also evaluated once
 # untrained, with the first seed (--no-do_train: the zero-shot score report.py shows next to the
 # fine-tuned one), in $OUT/<task>_<dataset>/<glm_cloze|glm_gen>_zero_shot/p<prompt>_seed<seed>.
-# A run whose results.json exists is skipped, so a killed sweep resumes where it stopped.
+# A run whose results.json exists is skipped and one with checkpoints resumed, so a killed sweep
+# goes on where it stopped.
 # A failing run is logged (with the path of its log, also appended to $OUT/failed_runs.txt)
 # and the sweep goes on; the summary at the end counts done / skipped / failed (exit 1 if any
 # failed). Then: python report.py $OUT
@@ -319,6 +320,10 @@ build_command() {  # "task|name|prompt|lr|bs|seed|shots|shots seed|flags" -> RUN
   [[ -n $shots ]] && CMD+=(--num_shots "$shots" --shots_seed "$shots_seed")
   CMD+=($COMMON_ARGS $task_args $flags)
   CMD+=(--output_dir "$RUN_DIR")
+  # A killed run goes on from its last checkpoint (the scripts refuse to train over one).
+  if compgen -G "$RUN_DIR/step_*" >/dev/null || compgen -G "$RUN_DIR/epoch_*" >/dev/null; then
+    CMD+=(--resume_from_checkpoint latest)
+  fi
 }
 
 # ------------------------------------------------------------------------------ the grid points

@@ -3,6 +3,8 @@ check_glm.py, on a small checkpoint saved in the released layout whose "trained"
 tokenizer's 0..50266) have one scale and whose padding rows (50267..50303) another."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,3 +80,11 @@ def test_check_glm_on_a_released_layout(released_dir, capsys):
 def test_check_glm_runs_on_glm_tiny(capsys):
     verdict = check_glm.main(["--model_name_or_path", "glm-tiny", "--tokenizer_name", str(REAL_TOKENIZER)])
     assert verdict.startswith("Verdict: glm-tiny is random")
+
+
+def test_a_mistake_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "check_glm.py", "--model_name_or_path", "glm-tiny", "--tokenizer_name",
+                           str(tmp_path / "nowhere")], cwd=Path(check_glm.__file__).parent, capture_output=True,
+                          text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("check_glm.py: error: ") and len(done.stderr.strip().splitlines()) == 1

@@ -401,6 +401,16 @@ def test_an_existing_finished_run_is_not_overwritten(trec, tmp_path, capsys):
 
 
 @needs_trec
+def test_an_unfinished_runs_checkpoints_are_not_trained_over(trec, tmp_path, capsys):
+    out = tmp_path / "killed"
+    (out / "step_1").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        run(tiny(out, trec["train40"], trec["test37"], trec["test37"]))
+    assert "holds the checkpoints of an unfinished run: pass --resume_from_checkpoint latest" in capsys.readouterr().err
+    assert [path.name for path in out.iterdir()] == ["step_1"]
+
+
+@needs_trec
 def test_resuming_without_a_checkpoint_says_how_to_get_one_before_any_work(trec, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tiny(tmp_path / "o", trec["train40"], trec["test37"], trec["test37"], "--resume_from_checkpoint", "latest"))

@@ -287,6 +287,16 @@ def test_existing_results_are_skipped(tmp_path):
     assert f"# skip (results.json exists): {first}" in out.splitlines()
 
 
+def test_a_killed_run_with_checkpoints_is_resumed_from_the_latest(tmp_path):
+    before = commands(sweep("--dry-run", "--out", str(tmp_path), env=GRID_ENV).stdout)
+    (output_dir(before[1]) / "step_2").mkdir(parents=True)
+
+    after = commands(sweep("--dry-run", "--out", str(tmp_path), env=GRID_ENV).stdout)
+
+    assert after[1] == before[1] + " --resume_from_checkpoint latest"
+    assert after[:1] + after[2:] == before[:1] + before[2:]
+
+
 def test_a_failing_run_is_logged_and_the_sweep_goes_on_then_resumes(tmp_path):
     env = {**GRID_ENV, "CLS_METHODS": "glm_cloze", "PROMPT_IDS": "0", "LEARNING_RATES": "1e-5",
            "PYTHON": fake_python(tmp_path)}  # seeds 1 (works) and 2 (fails), zero-shot seed 1  # fmt: skip
