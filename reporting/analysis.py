@@ -62,13 +62,19 @@ def load_results(results_dir):
     """One row per results.json under results_dir (searched recursively; an unreadable file is skipped
     with a warning): the record's fields (`_row`), replicate (the REPLICATE_ARGS values), data_settings,
     settings (`run_settings` and the launch); study and variant "" until `separate_runs` sets them."""
-    rows = []
+    rows, pretraining = [], []
     for path in sorted(Path(results_dir).rglob("results.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("task") == "pretrain":
+                pretraining.append(str(path.parent))
+                continue
             rows.append(_row(record, path))
         except (OSError, ValueError, KeyError, TypeError) as error:
             logger.warning("Skipping %s: %s", path, error)
+    if pretraining:
+        logger.warning("Leaving out %d run_pretrain.py run(s), which the report does not compare (fine-tune from "
+                       "their model folder to see their effect): %s", len(pretraining), ", ".join(pretraining))
     return pd.DataFrame(rows)
 
 

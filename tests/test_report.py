@@ -140,6 +140,19 @@ def test_load_results_reads_every_results_json_with_its_settings(tmp_path):
     assert runs.loc[runs["method"] == "linear_head", "prompt_id"].tolist() == [NO_PROMPT]
 
 
+def test_continued_pretraining_runs_are_left_out_of_the_report(tmp_path, caplog):
+    write_runs(tmp_path / "runs", accuracy_runs())
+    pretraining = record(method="blank_infilling", metric="loss", prompt_id=None) | {"task": "pretrain"}
+    (tmp_path / "runs" / "pretrain").mkdir()
+    write_json_atomic(tmp_path / "runs" / "pretrain" / "results.json", pretraining)
+
+    report.main([str(tmp_path / "runs"), "--output_dir", str(tmp_path / "report")])
+
+    assert len(load_results(tmp_path / "runs")) == 8
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert "Leaving out 1 run_pretrain.py run(s), which the report does not compare" in caplog.text
+
+
 def test_dataset_and_model_names_are_short():
     assert dataset_name({"train": "../shared/data/trec/train.csv"}) == "trec"
     assert dataset_name("CogComp/trec") == "trec"
