@@ -196,7 +196,10 @@ def apply_baseline_peft(model, args, family):
     heads = [h for h in HEAD_MODULES if hasattr(model, h)] if args.method == "linear_head" else None
     config = LoraConfig(task_type=task_type, r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                         target_modules=list(targets), modules_to_save=heads, bias="none")
-    model = get_peft_model(model, config)
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as error:  # peft's NoMatchingPeftModuleError: a name in --lora_target_modules matches nothing
+        raise UsageError(f"--lora_target_modules: {error}") from None
     trainable, total = count_parameters(model)
     logger.info("peft=lora on %s: %s trainable of %s parameters (%.4f%%)", targets, f"{trainable:,}", f"{total:,}",
                 100 * trainable / max(total, 1))

@@ -13,7 +13,8 @@ import datasets
 import huggingface_hub
 
 from data import OFFLINE_DATASETS, resolve_dataset_name
-from glm_peft import PEFT_DEFAULT_LEARNING_RATES, add_peft_args, peft_weights_problems, saved_peft_flags
+from glm_peft import (PEFT_DEFAULT_LEARNING_RATES, add_peft_args, peft_args_problems, peft_weights_problems,
+                      saved_peft_flags)
 from modeling_glm import TINY_MODEL_NAME, UsageError
 from training import TRACKERS, TrainingTracker, find_checkpoint, report_to_trackers, resume_settings, settings_problem
 
@@ -331,6 +332,8 @@ def training_args_problems(args):
         if path and Path(args.output_dir).resolve() in Path(path).resolve().parents:
             problems.append(f"--{read} {path} lies inside --output_dir {args.output_dir}: write this run to another "
                             "--output_dir (it would replace the results of the run that made it)")
+    if hasattr(args, "peft"):  # run_pretrain.py has no PEFT flags
+        problems += peft_args_problems(args)
     if getattr(args, "peft_weights", None):
         if trains:
             problems.append("--peft_weights evaluates saved PEFT weights without training: add --no-do_train")

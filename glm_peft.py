@@ -123,6 +123,16 @@ def peft_weights_problems(args):
     return problems
 
 
+def peft_args_problems(args):
+    """Messages for PEFT flag values that peft or the prefix encoder would refuse with a traceback."""
+    problems = []
+    if args.pre_seq_len < 1 or args.prefix_hidden_size < 1 or args.lora_r < 1:
+        problems.append("--pre_seq_len, --prefix_hidden_size and --lora_r must be >= 1")
+    if not 0 <= args.lora_dropout < 1:
+        problems.append(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    return problems
+
+
 def saved_peft_flags(directory):
     """The PEFT_FLAGS the weights in `directory` were trained with."""
     config = read_peft_config(directory)
@@ -131,8 +141,8 @@ def saved_peft_flags(directory):
 
 def apply_peft(model, args):
     """Gives `model` `args.peft`'s method, the rest frozen, and loads `args.peft_weights` (whose flags `args`
-    holds) strictly. Raises ValueError when the model already carries a method or no LoRA target matches (peft),
-    UsageError when the weights do not fit."""
+    holds) strictly. Raises ValueError when the model already carries a method, UsageError when no LoRA target
+    matches (peft) or the weights do not fit."""
     current = peft_method(model)
     if current is not None and args.peft is not None:
         raise ValueError(f"The model already carries {current}; apply_peft expects a base model")
@@ -144,7 +154,10 @@ def apply_peft(model, args):
         # LoRA (Hu et al., ICLR 2022): W x + (lora_alpha / r) B A dropout(x), B zero at first.
         config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                             target_modules=list(args.lora_target_modules), bias="none")
-        model = inject_adapter_in_model(config, model)
+        try:
+            model = inject_adapter_in_model(config, model)
+        except ValueError as error:  # peft's NoMatchingPeftModuleError: a name in --lora_target_modules matches nothing
+            raise UsageError(f"--lora_target_modules: {error}") from None
         model.train(model.training)  # peft's new modules start in training mode (dropout on) whatever the model's
     if args.peft_weights:
         _load_weights(model, Path(args.peft_weights), args.peft)

@@ -4,6 +4,7 @@ through small adapter files."""
 
 import argparse
 import json
+from types import SimpleNamespace
 
 import peft
 import pytest
@@ -260,3 +261,11 @@ def test_lora_folder_is_peft_format_both_ways(tmp_path, tok):
     assert not (tmp_path / "theirs" / "glm_peft.json").exists()
     loaded = load_trainable_weights(base_model(), tmp_path / "theirs").eval()
     assert torch.equal(score_choices(loaded, batch), score_choices(theirs, batch))
+
+
+def test_lora_targets_that_match_no_layer_are_a_usage_error():
+    model = GLMForConditionalGeneration.from_pretrained("glm-tiny", vocab_size=64)
+    args = SimpleNamespace(peft="lora", lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_target_modules=["nope"],
+                           peft_weights=None)
+    with pytest.raises(UsageError, match="--lora_target_modules: .*nope"):
+        apply_peft(model, args)

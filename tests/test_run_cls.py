@@ -461,6 +461,9 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_set
         (["--num_shots", "8", "--max_train_samples", "100"], "--num_shots chooses the training rows"),
         (["--num_shots", "8", "--dataset_name", "trec", "--test_file", "README.md"],
          "--num_shots draws from the training data: pass --train_file"),
+        (["--peft", "lora", "--lora_r", "0"], "--pre_seq_len, --prefix_hidden_size and --lora_r must be >= 1"),
+        (["--peft", "ptuning_v2", "--pre_seq_len", "0"], "--pre_seq_len, --prefix_hidden_size and --lora_r must be"),
+        (["--peft", "lora", "--lora_dropout", "2"], "--lora_dropout must be in [0, 1), got 2.0"),
     ],
 )
 def test_incompatible_or_impossible_flags_fail_at_parsing(flags, message, capsys):
