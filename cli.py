@@ -199,13 +199,6 @@ def generation_args_problems(args, min_source_length):
     return problems
 
 
-def metric_problems(args, metrics):
-    """[the message] when --metric_for_best_model is not one of the script's `metrics`, else []."""
-    if args.metric_for_best_model in metrics:
-        return []
-    return [f"--metric_for_best_model must be one of {metrics}, got {args.metric_for_best_model!r}"]
-
-
 def tokenizer_problems(args, tiny_models=(TINY_MODEL_NAME,)):
     """[the message] when a tiny model (no tokenizer of its own) is named without --tokenizer_name."""
     if args.model_name_or_path not in tiny_models or args.tokenizer_name is not None:
@@ -223,9 +216,9 @@ def _checkpointing_steps(value):
     raise argparse.ArgumentTypeError(f"expected a positive number of steps or 'epoch', got {value!r}")
 
 
-def add_training_args(parser, zero_shot=True):
-    """Adds the training flags and returns the parser; zero_shot False (run_pretrain.py) leaves out --do_train.
-    Mixed precision is Accelerate's (accelerate launch --mixed_precision)."""
+def add_training_args(parser, metrics, zero_shot=True):
+    """Adds the training flags and returns the parser; `metrics`: the script's validation metrics, the first the
+    default; zero_shot False (run_pretrain.py) leaves out --do_train. Mixed precision is Accelerate's (accelerate launch --mixed_precision)."""
     group = parser.add_argument_group("training")
     group.add_argument("--model_name_or_path", help="Hub id or local folder; glm-tiny: a random 2-layer GLM, offline.")
     group.add_argument("--tokenizer_name",
@@ -251,8 +244,8 @@ def add_training_args(parser, zero_shot=True):
                                 "constant_with_warmup", "inverse_sqrt"))  # those needing only the step counts
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: off).")
     group.add_argument("--seed", type=int, default=42, help="Seed of the initialisation, dropout and data order.")
-    group.add_argument("--metric_for_best_model",
-                       help="Validation metric that picks the best step (highest; loss, perplexity: lowest).")
+    group.add_argument("--metric_for_best_model", choices=metrics, default=metrics[0],
+                       help="Validation metric that picks the best step (the highest; loss, perplexity: the lowest).")
     group.add_argument("--eval_steps", type=int, help="Evaluate every N steps (default: each epoch).")
     group.add_argument("--checkpointing_steps", type=_checkpointing_steps, help="Save every N steps or each 'epoch'.")
     group.add_argument("--save_total_limit", type=int, help="Keep the newest N checkpoints and the best evaluation's.")

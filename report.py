@@ -88,7 +88,7 @@ logger = logging.getLogger("report")
 def parse_args(argv=None):
     parser = ArgumentParser(description="Tables (Markdown + LaTeX) and figures from results.json files.")
     parser.add_argument("results_dir", nargs="?", default="runs",
-                        help="Folder searched recursively for results.json files (default: runs).")
+                        help="Folder searched recursively for results.json files.")
     parser.add_argument("--output_dir", default=None,
                         help="Where report.md, tables.tex and the PNGs go (default RESULTS_DIR/report).")
     parser.add_argument("--glm_examples", default=None, metavar="DIR",

@@ -60,7 +60,6 @@ from cli import (
     derived_defaults,
     few_shot_problems,
     generation_args_problems,
-    metric_problems,
     offline_unless_hub_answers,
     parse_or_list_prompts,
     position_problem,
@@ -124,12 +123,11 @@ def parse_args(argv=None):
                         help="linear_head (cls), mlm_prompt (cls) or seq2seq (cls by rank classification, gen).")
     add_data_and_prompt_args(parser, task)
     add_few_shot_args(parser)
-    add_training_args(parser)
+    add_training_args(parser, GEN_METRICS if task == "gen" else CLS_METRICS)
     add_model_args(parser)
     add_generation_args(parser)
     # learning_rate None: main resolves it from the model family and --peft.
     parser.set_defaults(learning_rate=None, warmup_ratio=0.06 if task == "gen" else 0.1,
-                        metric_for_best_model="bleu" if task == "gen" else "accuracy",
                         label_smoothing=0.1 if task == "gen" else 0.0)
     group = parser.add_argument_group("baseline")
     group.add_argument("--text_column", nargs="+", default=None,
@@ -147,8 +145,7 @@ def parse_args(argv=None):
     args = parse_or_list_prompts(parser, argv, task)
     if args.list_prompts:
         return args
-    problems = (data_args_problems(args, task) + few_shot_problems(args, task) + training_args_problems(args)
-                + metric_problems(args, GEN_METRICS if task == "gen" else CLS_METRICS))
+    problems = data_args_problems(args, task) + few_shot_problems(args, task) + training_args_problems(args)
     if args.method is None:
         problems.append(f"--method is required: one of {METHODS}")
     elif args.task not in METHOD_TASKS[args.method]:

@@ -35,7 +35,6 @@ from cli import (
     default_learning_rate,
     derived_defaults,
     few_shot_problems,
-    metric_problems,
     offline_unless_hub_answers,
     parse_or_list_prompts,
     position_problem,
@@ -114,9 +113,9 @@ def parse_args(argv=None):
     parser = ArgumentParser(description="Fine-tune GLM for classification as a cloze question.", epilog=EXAMPLES)
     add_data_and_prompt_args(parser, "cls")
     add_few_shot_args(parser)
-    add_training_args(parser)
+    add_training_args(parser, CLS_METRICS)
     add_model_args(parser)
-    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, metric_for_best_model="accuracy")
+    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None)
     group = parser.add_argument_group("cloze classification")
     group.add_argument("--max_seq_length", type=int, default=256,
                        help="Tokens per example: the context (cut around its [MASK]) plus every answer choice.")
@@ -146,7 +145,7 @@ def parse_args(argv=None):
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(args.peft, 1e-5)  # full fine-tuning: the paper's cloze rate
     problems = (data_args_problems(args, "cls") + few_shot_problems(args, "cls") + training_args_problems(args)
-                + tokenizer_problems(args) + metric_problems(args, CLS_METRICS))
+                + tokenizer_problems(args))
     if args.tokenizer_name == "train" and args.train_file is None and (args.validation_file or args.test_file):
         problems.append("--tokenizer_name train trains on the training texts: pass --train_file or a tokenizer folder")
     if args.max_seq_length < 4:

@@ -35,7 +35,6 @@ from cli import (
     default_learning_rate,
     derived_defaults,
     generation_args_problems,
-    metric_problems,
     offline_unless_hub_answers,
     parse_or_list_prompts,
     position_problem,
@@ -89,18 +88,17 @@ EXAMPLES = """examples:
 def parse_args(argv=None):
     parser = ArgumentParser(description="Fine-tune GLM for generation (blank infilling).", epilog=EXAMPLES)
     add_data_and_prompt_args(parser, "gen")
-    add_training_args(parser)
+    add_training_args(parser, GEN_METRICS)
     add_model_args(parser)
     add_generation_args(parser)
-    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, warmup_ratio=0.06,
-                        metric_for_best_model="bleu")
+    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=None, warmup_ratio=0.06)
     args = parse_or_list_prompts(parser, argv, "gen")
     if args.list_prompts:
         return args
     if args.learning_rate is None:
         args.learning_rate = default_learning_rate(args.peft, 2e-5)  # full fine-tuning: the paper's 1e-5..3e-5
     problems = (data_args_problems(args, "gen") + training_args_problems(args) + tokenizer_problems(args)
-                + metric_problems(args, GEN_METRICS) + generation_args_problems(args, 3))  # 3: <s> [MASK] </s>
+                + generation_args_problems(args, 3))  # 3: <s> [MASK] </s>
     if problems:
         parser.error("; ".join(problems))
     vars(args).update(derived_defaults(args, "gen"))

@@ -31,7 +31,6 @@ from cli import (
     add_training_args,
     data_args_problems,
     derived_defaults,
-    metric_problems,
     offline_unless_hub_answers,
     position_problem,
     run_script,
@@ -76,10 +75,9 @@ def parse_args(argv=None):
     parser = ArgumentParser(description="Continue GLM's pretraining by autoregressive blank infilling.",
                             epilog=EXAMPLES)
     add_data_and_prompt_args(parser, "cls", pretraining=True)
-    add_training_args(parser, zero_shot=False)
+    add_training_args(parser, PRETRAIN_METRICS, zero_shot=False)
     # Pretraining learns from scratch or adapts on unlabeled text: larger steps than fine-tuning.
-    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=1e-4, weight_decay=0.01,
-                        metric_for_best_model="token_accuracy", num_train_epochs=3)
+    parser.set_defaults(model_name_or_path=HUB_MODEL_ID, learning_rate=1e-4, weight_decay=0.01, num_train_epochs=3)
     group = parser.add_argument_group("blank infilling")
     group.add_argument("--text_column", default=None,
                        help="Column holding the texts; default: the text prompt --prompt_id renders.")
@@ -90,7 +88,7 @@ def parse_args(argv=None):
     group.add_argument("--tokenizer_vocab_size", type=int, default=8000,
                        help="Vocabulary of the BPE trained by --tokenizer_name train.")
     args = parser.parse_args(argv)
-    problems = data_args_problems(args, "cls") + training_args_problems(args) + metric_problems(args, PRETRAIN_METRICS)
+    problems = data_args_problems(args, "cls") + training_args_problems(args)
     if not will_train(args):
         problems.append("run_pretrain.py trains: --num_train_epochs and --max_train_steps must be >= 1")
     if not 0 < args.mask_ratio < 1:

@@ -147,8 +147,7 @@ def test_the_saved_model_is_the_trained_one_and_run_cls_fine_tunes_it(pretrained
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--metric_for_best_model", "bleu"], "--metric_for_best_model must be one of ('token_accuracy', 'loss', "
-                                          "'perplexity'), got 'bleu'"),
+    (["--metric_for_best_model", "bleu"], "invalid choice: 'bleu' (choose from 'token_accuracy', 'loss', 'perplexity')"),
     (["--num_train_epochs", "0"], "run_pretrain.py trains: --num_train_epochs and --max_train_steps must be >= 1"),
     (["--no-do_train"], "unrecognized arguments: --no-do_train"),
     (["--test_file", "t.csv"], "unrecognized arguments: --test_file t.csv"),

@@ -447,7 +447,7 @@ def test_resuming_from_the_last_steps_checkpoint_trains_no_further_and_other_set
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--metric_for_best_model", "bleu"], "--metric_for_best_model must be one of"),
+        (["--metric_for_best_model", "bleu"], "argument --metric_for_best_model: invalid choice: 'bleu'"),
         (["--no-do_train", "--resume_from_checkpoint", "latest"], "--resume_from_checkpoint continues training"),
         (["--max_seq_length", "2"], "--max_seq_length must be >= 4"),
         (["--no-do_train", "--peft_weights", "nowhere"], "--peft_weights: nowhere has no glm_peft.json"),

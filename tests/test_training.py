@@ -35,7 +35,7 @@ from accelerate.state import AcceleratorState, GradientState
 from benchmarks.bench import padding_fraction
 from reporting import analysis
 import run_cls
-from metrics import generation_metrics, higher_is_better
+from metrics import CLS_METRICS, generation_metrics, higher_is_better
 from training import (
     EpochSampler,
     TrainingPlan,
@@ -114,7 +114,7 @@ def test_environment_info_has_the_versions():
 def test_results_record_schema():
     parser = argparse.ArgumentParser()
     add_data_and_prompt_args(parser, "cls")
-    add_training_args(parser)
+    add_training_args(parser, CLS_METRICS)
     args = parser.parse_args(["--output_dir", "out", "--train_file", "t.csv", "--dataset_name", "",
                               "--metric_for_best_model", "accuracy"])
     tracker = TrainingTracker("accuracy")
@@ -180,7 +180,7 @@ def test_derived_defaults_give_the_draw_seed_and_dataset_without_changing_the_fl
 
 
 def test_training_args_defaults():
-    parser = add_training_args(argparse.ArgumentParser())
+    parser = add_training_args(argparse.ArgumentParser(), CLS_METRICS)
     args = parser.parse_args(["--output_dir", "o", "--checkpointing_steps", "epoch", "--no-do_train"])
     assert (args.learning_rate, args.weight_decay, args.per_device_train_batch_size, args.warmup_ratio) == (1e-5, 0.1, 16, 0.1)
     assert (args.checkpointing_steps, args.do_train, args.eval_steps, args.lr_scheduler_type) == ("epoch", False, None, "linear")
@@ -459,7 +459,7 @@ def test_a_checks_error_prints_one_line_and_exits_2_a_bug_keeps_its_traceback(ca
 
 
 def test_argparse_mistakes_are_one_line_that_points_at_help(capsys):
-    parser = add_training_args(ArgumentParser(prog="run_x.py"))
+    parser = add_training_args(ArgumentParser(prog="run_x.py"), CLS_METRICS)
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["--output_dir", "o", "--learning_rate", "fast"])
     assert stop.value.code == 2
@@ -468,7 +468,8 @@ def test_argparse_mistakes_are_one_line_that_points_at_help(capsys):
 
 
 def test_help_shows_the_defaults_but_not_unset_ones():
-    text = add_training_args(ArgumentParser(prog="run_x.py", epilog="examples:\n  a\n  b")).format_help()
+    parser = ArgumentParser(prog="run_x.py", epilog="examples:\n  a\n  b")
+    text = add_training_args(parser, CLS_METRICS).format_help()
     flat = " ".join(text.split())
     assert "Train batch size per device. (default: 16)" in flat and "'latest'" in flat and "glm-tiny" in flat
     assert "(default: None)" not in flat and "(default: False)" not in flat
@@ -482,7 +483,7 @@ def test_help_shows_the_defaults_but_not_unset_ones():
     (["--save_total_limit", "0", "--checkpointing_steps", "5"], "--save_total_limit N keeps N >= 1"),
 ])  # fmt: skip
 def test_impossible_training_flags_are_problems_before_any_work(flags, message):
-    args = add_training_args(argparse.ArgumentParser()).parse_args(["--output_dir", "o", *flags])
+    args = add_training_args(argparse.ArgumentParser(), CLS_METRICS).parse_args(["--output_dir", "o", *flags])
     args.peft_weights = None
     problems = training_args_problems(args)
     assert len(problems) == 1 and problems[0].startswith(message)
@@ -490,7 +491,7 @@ def test_impossible_training_flags_are_problems_before_any_work(flags, message):
 
 def test_a_finished_run_in_output_dir_is_a_problem_unless_overwritten(tmp_path):
     write(tmp_path / "results.json", "{}")
-    parser = add_training_args(argparse.ArgumentParser())
+    parser = add_training_args(argparse.ArgumentParser(), CLS_METRICS)
     args = parser.parse_args(["--output_dir", str(tmp_path)])
     args.peft_weights = None
     assert training_args_problems(args) == [
