@@ -102,10 +102,16 @@ def prompt_zero_shot_reading(prompts, metric):
     validated = zero[zero["zs_val_mean"].notna()]
     if len(validated) > 1:
         pick = pd.Series.idxmax if higher_is_better(metric) else pd.Series.idxmin
-        before, after = pick(validated["zs_val_mean"]), pick(validated["val_mean"])
-        verdict = "the same prompt" if before == after else "a different prompt"
-        text += (f"On validation, prompt {names[before]} is best zero-shot and prompt {names[after]} after "
-                 f"fine-tuning: the zero-shot ranking picks {verdict}.")
+        before = pick(validated["zs_val_mean"])
+        after = validated.index[validated["val_mean"] == validated.loc[pick(validated["val_mean"]), "val_mean"]]
+        if len(after) == 1:
+            after_text = f"prompt {names[after[0]]} after fine-tuning"
+            verdict = "the same prompt" if before in after else "a different prompt"
+        else:  # a tie is no ranking: say so rather than report the first of the tied prompts
+            after_text = f"prompts {', '.join(names[i] for i in after)} tie after fine-tuning"
+            verdict = "one of them" if before in after else "none of them"
+        text += (f"On validation, prompt {names[before]} is best zero-shot and {after_text}: the zero-shot ranking "
+                 f"picks {verdict}.")
     return text.strip()
 
 

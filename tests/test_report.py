@@ -41,7 +41,7 @@ from reporting.analysis import (
     trivial_baselines,
     zero_shot_summary,
 )
-from reporting.readings import few_shot_reading, per_class_reading
+from reporting.readings import few_shot_reading, per_class_reading, prompt_zero_shot_reading
 from reporting.tables import Table, make_few_shot_table, shared_words, strip_words, text_cell
 from test_error_analysis import OUTPUTS, SEEDS, cls_rows, gen_rows
 from training import TrainingTracker, results_record, write_json_atomic, write_jsonl_atomic
@@ -332,6 +332,19 @@ def zero_shot_records():
                for s in (1, 2)]  # fmt: skip
     zero_shot = [record(prompt_id=p, lr=1e-6, seed=1, val=v, test=t, epochs=[]) for p, v, t in ((0, 0.4, 0.3), (1, 0.6, 0.2))]
     return accuracy_runs() + prompt1 + zero_shot
+
+
+@pytest.mark.parametrize("fine_tuned_validation, ending", [
+    ((65.0, 60.0), "prompt 1 is best zero-shot and prompt 0 after fine-tuning: the zero-shot ranking picks a "
+                   "different prompt."),
+    ((65.0, 65.0), "prompt 1 is best zero-shot and prompts 0, 1 tie after fine-tuning: the zero-shot ranking picks "
+                   "one of them."),
+])
+def test_a_tie_after_fine_tuning_is_said_not_broken_by_order(fine_tuned_validation, ending):
+    prompts = pd.DataFrame({"prompt_id": [0, 1], "prompt_name": ["a", "b"], "zs_n_seeds": [1, 1],
+                            "zs_test_mean": [30.0, 20.0], "test_mean": [61.5, 61.5], "zs_val_mean": [40.0, 60.0],
+                            "val_mean": fine_tuned_validation})
+    assert prompt_zero_shot_reading(prompts, "accuracy").endswith(ending)
 
 
 def test_zero_shot_scores_stand_next_to_the_fine_tuned_ones_and_are_never_selected(tmp_path):
