@@ -4,6 +4,7 @@ templates, their sandboxed rendering and answer choices, a split's rows turned i
 and the text side of run_cls's levers."""
 
 import dataclasses
+import difflib
 import functools
 import logging
 import math
@@ -18,8 +19,9 @@ import jinja2.nodes
 import jinja2.sandbox
 import yaml
 
-from data import (HUB_DATASETS, ORIGIN_COLUMN, OTHER_TASK_LABEL_COLUMNS, draw_demonstrations, hidden_label_splits,
-                  load_raw_datasets, load_splits, promptsource_entries, read_prompt_file, warn_if_small_validation)
+from data import (HUB_DATASETS, OFFLINE_DATASETS, ORIGIN_COLUMN, OTHER_TASK_LABEL_COLUMNS, draw_demonstrations,
+                  hidden_label_splits, load_raw_datasets, load_splits, promptsource_entries, read_prompt_file,
+                  warn_if_small_validation)
 from glm_utils import encode_context
 from modeling_glm import MASK_TOKEN, UsageError
 
@@ -57,7 +59,10 @@ def load_templates(dataset_name, dataset_config_name=None, prompts_dir="prompts"
                          f"{'answer_choices' if task == 'cls' else 'no answer_choices'} in {local_path} (format: see "
                          "the comment at the top of prompts/fine_foods.yaml).")
     if not usable:
-        raise UsageError(f"No usable {task} templates for dataset {dataset!r} (config {dataset_config_name!r}): "
+        known = [*HUB_DATASETS, *OFFLINE_DATASETS, *(path.stem for path in local_path.parent.glob("*.yaml"))]
+        typo = difflib.get_close_matches(dataset, known, n=1)
+        raise UsageError((f"Did you mean --dataset_name {typo[0]}? " if typo else "")
+                         + f"No usable {task} templates for dataset {dataset!r} (config {dataset_config_name!r}): "
                          "promptsource has none with original_task true and "
                          f"{'answer choices' if task == 'cls' else 'no answer choices'}, and {local_path} "
                          f"{'adds none' if local_path.is_file() else 'does not exist'}. Write templates there "

@@ -59,8 +59,13 @@ def test_local_yaml_with_an_unknown_key_is_refused(tmp_path):
 
 
 def test_no_usable_template_is_an_error(tmp_path):
-    with pytest.raises(UsageError, match="No usable gen templates for dataset 'mine'"):
+    with pytest.raises(UsageError, match="^No usable gen templates for dataset 'mine'"):
         load_templates("mine", prompts_dir=tmp_path, task="gen")
+
+
+def test_a_misspelt_dataset_name_gets_the_close_known_one():
+    with pytest.raises(UsageError, match="^Did you mean --dataset_name fine_foods[?] No usable cls templates"):
+        load_templates("fine_food", task="cls")
 
 
 def test_a_dataset_with_prompts_of_the_other_task_only_is_sent_to_its_script(tmp_path):
