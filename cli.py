@@ -69,7 +69,8 @@ def add_data_and_prompt_args(parser, task, pretraining=False):
         return parser
     group.add_argument("--list_prompts", action="store_true", help="Print the usable prompts and exit.")
     group.add_argument("--skip_empty", action=argparse.BooleanOptionalAction, default=True,
-                       help="Skip and count rows that cannot be rendered (run_cls.py: training rows); else raise.")
+                       help="Skip and count the rows that cannot be rendered, else refuse them (run_cls.py: the "
+                            "training rows; its --skip_eval_rows does validation and test).")
     return parser
 
 
