@@ -219,7 +219,8 @@ def _checkpointing_steps(value):
 
 def add_training_args(parser, metrics, zero_shot=True):
     """Adds the training flags and returns the parser; `metrics`: the script's validation metrics, the first the
-    default; zero_shot False (run_pretrain.py) leaves out --do_train. Mixed precision is Accelerate's (accelerate launch --mixed_precision)."""
+    default; zero_shot False (run_pretrain.py) leaves out --do_train. Mixed precision is Accelerate's
+    (accelerate launch --mixed_precision)."""
     group = parser.add_argument_group("training")
     group.add_argument("--model_name_or_path", help="Hub id or local folder; glm-tiny: a random 2-layer GLM, offline.")
     group.add_argument("--tokenizer_name",
