@@ -31,7 +31,9 @@ def comparison_reading(table, trivial, zero_shot=None):
     row), its paired tests against the others, and the trivial baselines."""
     row = table[table["best"]].iloc[0]
     name = system_label(row)
-    validation = fmt_mean_std(row["val_mean"], row["val_std"])
+    tied = table[~table["best"] & (table["val_mean"] == row["val_mean"])]
+    tied = [system_label(other) for _, other in tied.iterrows()]
+    validation = fmt_mean_std(row["val_mean"], row["val_std"]) + (f", tied with {', '.join(tied)}" if tied else "")
     if row["test_hidden"]:
         return [f"**Reading.** {name} is best on validation ({validation}); the test labels are hidden, so no test "
                 "score is reported."]
@@ -54,7 +56,8 @@ def comparison_reading(table, trivial, zero_shot=None):
         lines.append(f"- {sentence}.")
     for baseline, (_, test) in trivial.items():
         if np.isfinite(test):
-            lines.append(f"- The {baseline.replace('_', ' ')} baseline scores {test:.2f} on the same test set.")
+            same = ": the best system does no better" if np.isclose(test, row["test_mean"]) else ""
+            lines.append(f"- The {baseline.replace('_', ' ')} baseline scores {test:.2f} on the same test set{same}.")
     return lines
 
 

@@ -334,6 +334,15 @@ def zero_shot_records():
     return accuracy_runs() + prompt1 + zero_shot
 
 
+def test_the_reading_says_a_tie_on_validation_and_a_best_system_no_better_than_the_majority_class(tmp_path):
+    records = [record(val=0.65, test=0.615, baseline=0.615, seed=s) for s in (1, 2)] + [
+        record(method="linear_head", model="roberta-tiny", prompt_id=None, val=0.65, test=0.615, baseline=0.615,
+               seed=s) for s in (1, 2)]  # fmt: skip
+    text = (make_report(tmp_path, records) / "report.md").read_text()
+    assert "is best on validation (65.00 ± 0.00, tied with " in text
+    assert "- The majority class baseline scores 61.50 on the same test set: the best system does no better." in text
+
+
 @pytest.mark.parametrize("fine_tuned_validation, ending", [
     ((65.0, 60.0), "prompt 1 is best zero-shot and prompt 0 after fine-tuning: the zero-shot ranking picks a "
                    "different prompt."),
