@@ -34,8 +34,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """A one-line usage (argparse's synopsis of every flag took 40 lines), defaults in --help, and a mistake
     answered with `run_cls.py: error: MESSAGE (all flags: run_cls.py --help)`, exit 2."""
 
-    def __init__(self, **kwargs):
-        super().__init__(formatter_class=HelpFormatter, usage="%(prog)s [options]", **kwargs)
+    def __init__(self, usage="%(prog)s [options]", **kwargs):
+        super().__init__(formatter_class=HelpFormatter, usage=usage, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (all flags: {self.prog} --help)\n")

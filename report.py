@@ -86,7 +86,8 @@ logger = logging.getLogger("report")
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description="Tables (Markdown + LaTeX) and figures from results.json files.")
+    parser = ArgumentParser(description="Tables (Markdown + LaTeX) and figures from results.json files.",
+                            usage="%(prog)s [RESULTS_DIR] [options]")
     parser.add_argument("results_dir", nargs="?", default="runs",
                         help="Folder searched recursively for results.json files.")
     parser.add_argument("--output_dir", default=None,

@@ -4,6 +4,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -779,3 +780,9 @@ def test_per_class_reading_of_equal_f1_names_no_range():
     classes = pd.DataFrame({"class": ["positive", "negative"], "f1": [1.0, 1.0], "predicted": [0.5, 0.5]})
     reading = per_class_reading(classes, np.array([[3, 0], [0, 3]]))
     assert reading.startswith("**Reading.** Every class has F1 100.0. The most predicted class, positive, takes 50.0%")
+
+
+def test_help_shows_the_results_folder_in_its_usage(capsys):
+    with pytest.raises(SystemExit):
+        report.parse_args(["--help"])
+    assert capsys.readouterr().out.splitlines()[0] == f"usage: {os.path.basename(sys.argv[0])} [RESULTS_DIR] [options]"
