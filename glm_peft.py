@@ -185,7 +185,8 @@ def save_trainable_weights(model, directory, args):
         params = dict(model.named_parameters())
         state = {name: params[name].detach().contiguous() for name in _method_parameter_names(model, args.peft)}
     save_weights(state, directory / WEIGHTS_NAMES[args.peft], {"format": "pt"})
-    config = {**{name: getattr(args, name) for name in PEFT_FLAGS},
+    flags = [name for name in PEFT_FLAGS if name == "peft" or name.startswith("lora_") == (args.peft == "lora")]
+    config = {**{name: getattr(args, name) for name in flags},
               "base_model_name_or_path": args.model_name_or_path, "seed": args.seed}
     (directory / GLM_PEFT_CONFIG_NAME).write_text(json.dumps(config, indent=2))
 

@@ -187,6 +187,9 @@ def test_save_and_reload_onto_a_fresh_base_model(tmp_path, tok, argv):
     save_trainable_weights(model, tmp_path / "adapter", args)
     config = json.loads((tmp_path / "adapter" / "glm_peft.json").read_text())
     assert config["peft"] == args.peft and config["base_model_name_or_path"] == "glm-tiny"
+    method_flags = {"lora": {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"},
+                    "ptuning_v2": {"pre_seq_len", "prefix_projection", "prefix_hidden_size"}}[args.peft]
+    assert set(config) == {"peft", "base_model_name_or_path", "seed"} | method_flags
     weights = {"lora": "adapter_model.safetensors", "ptuning_v2": "prefix_encoder.safetensors"}[args.peft]
     reloaded = load_trainable_weights(base_model(), tmp_path / "adapter").eval()
     batch = multiple_choice_inputs_from_text(tok, CONTEXTS, CHOICES)
