@@ -287,7 +287,7 @@ def training_args_problems(args):
         problems.append(f"{results} exists: a finished run is there. Pass --overwrite_output_dir to replace it, or "
                         "choose another --output_dir")
     elif not (args.overwrite_output_dir or args.resume_from_checkpoint) and any(
-            path.is_dir() for pattern in ("step_*", "epoch_*") for path in Path(args.output_dir).glob(pattern)):
+            Path(args.output_dir).glob(f"*/{TrainingTracker.STATE_NAME}")):  # what find_checkpoint("latest") finds
         problems.append(f"{args.output_dir} holds the checkpoints of an unfinished run: pass --resume_from_checkpoint "
                         "latest to go on with it, --overwrite_output_dir to start over, or another --output_dir")
     if args.learning_rate is not None and args.learning_rate <= 0:

@@ -321,7 +321,7 @@ build_command() {  # "task|name|prompt|lr|bs|seed|shots|shots seed|flags" -> RUN
   CMD+=($COMMON_ARGS $task_args $flags)
   CMD+=(--output_dir "$RUN_DIR")
   # A killed run goes on from its last checkpoint (the scripts refuse to train over one).
-  if compgen -G "$RUN_DIR/step_*" >/dev/null || compgen -G "$RUN_DIR/epoch_*" >/dev/null; then
+  if compgen -G "$RUN_DIR/*/training_state.json" >/dev/null; then  # a checkpoint, as --resume_from_checkpoint finds it
     CMD+=(--resume_from_checkpoint latest)
   fi
 }

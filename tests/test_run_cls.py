@@ -404,6 +404,7 @@ def test_an_existing_finished_run_is_not_overwritten(trec, tmp_path, capsys):
 def test_an_unfinished_runs_checkpoints_are_not_trained_over(trec, tmp_path, capsys):
     out = tmp_path / "killed"
     (out / "step_1").mkdir(parents=True)
+    (out / "step_1" / "training_state.json").write_text("{}")
     with pytest.raises(SystemExit):
         run(tiny(out, trec["train40"], trec["test37"], trec["test37"]))
     assert "holds the checkpoints of an unfinished run: pass --resume_from_checkpoint latest" in capsys.readouterr().err

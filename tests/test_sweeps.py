@@ -290,6 +290,7 @@ def test_existing_results_are_skipped(tmp_path):
 def test_a_killed_run_with_checkpoints_is_resumed_from_the_latest(tmp_path):
     before = commands(sweep("--dry-run", "--out", str(tmp_path), env=GRID_ENV).stdout)
     (output_dir(before[1]) / "step_2").mkdir(parents=True)
+    (output_dir(before[1]) / "step_2" / "training_state.json").write_text("{}")
 
     after = commands(sweep("--dry-run", "--out", str(tmp_path), env=GRID_ENV).stdout)
 
