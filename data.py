@@ -200,14 +200,12 @@ def sample_few_shot(raw_datasets, label_columns, num_shots, seed, draw_validatio
 
 def apply_max_samples(raw_datasets, max_train_samples=None, max_eval_samples=None, max_test_samples=None):
     """A new DatasetDict with the first N rows of train / validation / test (None keeps every row; absent splits
-    stay absent). Raises UsageError for a limit below 1."""
+    stay absent). Limits below 1 are refused earlier, by cli.data_args_problems."""
     limits = {"train": max_train_samples, "validation": max_eval_samples, "test": max_test_samples}
     sliced = datasets.DatasetDict(raw_datasets)
     for split, limit in limits.items():
         if limit is None or split not in sliced:
             continue
-        if limit < 1:
-            raise UsageError(f"max samples for {split} must be >= 1 (or unset for all), got {limit}.")
         sliced[split] = sliced[split].select(range(min(limit, len(sliced[split]))))
     return sliced
 
