@@ -494,11 +494,11 @@ def _load_hhs_breaches():
     rows = []
     for _, row in _rdata("Ecdat", "HHSCyberSecurityBreaches").iterrows():
         description = row["Web.Description"]
+        description = _clean_breach_text(description) if isinstance(description, str) else ""
         # R's NULL marker "\N" and NaN both mean "no description": nothing to generate.
-        if not isinstance(description, str) or _clean_breach_text(description) in ("", "N"):
+        if description in ("", "N"):
             continue
         values = {ours: _hhs_value(row[theirs]) for theirs, ours in _HHS_FIELDS.items()}
-        description = _clean_breach_text(description)
         # The first sentence states what was breached, how, and for how many people: a data-to-text target of ~30
         # words that a small model can learn in minutes.
         rows.append({**values, "source": ", ".join(f"{key}[{value}]" for key, value in values.items()),
