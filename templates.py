@@ -561,8 +561,8 @@ def list_prompts(args, task):
         print(f"\n(No rendered examples: the data could not be loaded. {err})")
         return
     rows = next(iter(raw_datasets.values()))
-    lacking = [f"{prompt_id} ({', '.join(sorted(template_fields(template) - set(rows.column_names)))})"
-               for prompt_id, template in enumerate(templates) if template_fields(template) - set(rows.column_names)]
+    missing = [sorted(template_fields(template) - set(rows.column_names)) for template in templates]
+    lacking = [f"{prompt_id} ({', '.join(fields)})" for prompt_id, fields in enumerate(missing) if fields]
     if lacking:
         print(f"listed but unusable here, reading fields the data lacks: {len(lacking)}: {'; '.join(lacking)}")
     rows = rows.select(range(min(len(rows), 20)))
