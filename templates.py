@@ -613,8 +613,10 @@ def demonstration_ids(tokenizer, examples, k, seed):
     train = examples["train"]
     encoded = [tokenizer(" " + e["context"].replace(MASK_TOKEN, e["target"]), add_special_tokens=False)["input_ids"]
                for e in train]
-    labels = [e["label"] for e in train]
-    return {split: [[encoded[i] for i in draw_demonstrations(labels, k, seed, split, index)]
+    rows_by_class = {}
+    for row, example in enumerate(train):
+        rows_by_class.setdefault(example["label"], []).append(row)
+    return {split: [[encoded[i] for i in draw_demonstrations(rows_by_class, k, seed, split, index)]
                     for index in range(len(split_examples))]
             for split, split_examples in examples.items()}  # fmt: skip
 

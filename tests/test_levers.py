@@ -58,14 +58,15 @@ def test_content_free_contexts_blank_the_input_fields_and_keep_the_answer_slot()
 
 def test_demonstrations_are_k_per_class_from_train_never_the_example_itself():
     labels = [0, 0, 1, 1, 2]
+    rows = {0: [0, 1], 1: [2, 3], 2: [4]}
     for index in range(5):
-        drawn = draw_demonstrations(labels, 1, seed=7, split="train", index=index)
+        drawn = draw_demonstrations(rows, 1, seed=7, split="train", index=index)
         assert index not in drawn
         assert sorted(labels[i] for i in drawn) == ([0, 1] if index == 4 else [0, 1, 2])  # 4: class 2's only one
     # Class 0 of example 0 can only be example 1; two per class take all a class has.
-    assert 1 in draw_demonstrations(labels, 1, 7, "train", 0)
-    assert sorted(draw_demonstrations(labels, 2, 7, "test", 0)) == [0, 1, 2, 3, 4]
-    assert draw_demonstrations(labels, 1, 7, "test", 3) == draw_demonstrations(labels, 1, 7, "test", 3)  # seeded
+    assert 1 in draw_demonstrations(rows, 1, 7, "train", 0)
+    assert sorted(draw_demonstrations(rows, 2, 7, "test", 0)) == [0, 1, 2, 3, 4]
+    assert draw_demonstrations(rows, 1, 7, "test", 3) == draw_demonstrations(rows, 1, 7, "test", 3)  # seeded
 
 
 def test_demonstration_ids_are_training_examples_with_their_answer_and_no_evaluation_row():
