@@ -48,12 +48,6 @@ def _rows_with(rows, predicted):
     return [{**row, "predicted": list(row["scores"])[p]} for row, p in zip(rows, predicted)]
 
 
-def _stats(runs_rows, metric):
-    """significance.prediction_stats of the prediction rows of several seeds."""
-    stats = [significance.example_stats(rows, "cls", metric) for rows in runs_rows]
-    return np.stack([s for s, _ in stats]), stats[0][1]
-
-
 def _predictions(runs):
     """{replicate (seed, shots seed): prediction rows} of runs (None when a run has none)."""
     return {replicate: significance.read_predictions(Path(path).parent, "cls")
@@ -79,7 +73,8 @@ def calibration_row(lever, runs, metric):
         return None
     calibrated = [_rows_with(rows, [np.argmax(list(row["calibrated_scores"].values())) for row in rows])
                   for rows in raw]  # fmt: skip
-    return _row(lever, "calibrated", "raw", _stats(calibrated, metric), _stats(raw, metric), metric)
+    return _row(lever, "calibrated", "raw", significance.runs_stats(calibrated, "cls", metric),
+                significance.runs_stats(raw, "cls", metric), metric)
 
 
 def ensemble_rows(plain, metric):
@@ -103,7 +98,8 @@ def ensemble_rows(plain, metric):
     rows = []
     for label, ensemble in ((f"ensemble of {len(prompts)} prompts (mean log-prob)", mean),
                             (f"ensemble of {len(prompts)} prompts (vote)", vote)):
-        row = _row("prompt ensemble", label, name, _stats(ensemble, metric), _stats(single, metric), metric)
+        row = _row("prompt ensemble", label, name, significance.runs_stats(ensemble, "cls", metric),
+                   significance.runs_stats(single, "cls", metric), metric)
         rows += [row] if row else []
     return rows
 
@@ -119,8 +115,8 @@ def variant_row(lever, label, without, with_lever, plain, metric):
     seeds = sorted(set(a) & set(b))
     if not seeds or any(a[s] is None or b[s] is None for s in seeds):
         return None
-    return _row(lever, label, without, _stats([a[s] for s in seeds], metric),
-                _stats([b[s] for s in seeds], metric), metric)
+    return _row(lever, label, without, significance.runs_stats([a[s] for s in seeds], "cls", metric),
+                significance.runs_stats([b[s] for s in seeds], "cls", metric), metric)
 
 
 def lever_rows(runs, zero_shot, metric):

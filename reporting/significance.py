@@ -143,15 +143,16 @@ def prediction_stats(row, task, metric):
     were hidden, the metric is not SUPPORTED or a run has no predictions file."""
     if row["test_hidden"] or metric not in SUPPORTED[task]:
         return None
-    stats, keys = [], []
-    for path in row["paths"]:
-        rows = read_predictions(Path(path).parent, task)
-        if not rows:
-            return None
-        run_stats, key = example_stats(rows, task, metric)
-        stats.append(run_stats)
-        keys.append(key)
-    return np.stack(stats), keys[0]
+    runs_rows = [read_predictions(Path(path).parent, task) for path in row["paths"]]
+    if not all(runs_rows):
+        return None
+    return runs_stats(runs_rows, task, metric)
+
+
+def runs_stats(runs_rows, task, metric):
+    """(`example_stats` of several seeds' prediction rows, (seeds, n, k); the first's example key)."""
+    stats = [example_stats(rows, task, metric) for rows in runs_rows]
+    return np.stack([s for s, _ in stats]), stats[0][1]
 
 
 def add_test_statistics(table, task, metric):
