@@ -83,9 +83,7 @@ def ensemble_rows(plain, metric):
     prompts = prompt_table(plain, metric)
     if len(prompts) < 2:
         return []
-    replicate_of = dict(zip(plain["path"], plain["replicate"]))
-    by_prompt = [{replicate_of[p]: significance.read_predictions(Path(p).parent, "cls") for p in paths}
-                 for paths in prompts["paths"]]
+    by_prompt = [_predictions(plain[plain["path"].isin(paths)]) for paths in prompts["paths"]]
     seeds = sorted(set.intersection(*(set(runs) for runs in by_prompt)))
     if not seeds or any(runs[s] is None for runs in by_prompt for s in seeds):
         return []
