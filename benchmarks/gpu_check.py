@@ -25,7 +25,6 @@ import random
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -36,8 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench import IdTokenizer, train_step_fn  # noqa: E402
-from glm_utils import generate_spans, generation_inputs_from_text, multiple_choice_inputs_from_text, score_choices  # noqa: E402
+from bench import Bench, IdTokenizer, train_step_fn  # noqa: E402
+from glm_utils import (  # noqa: E402
+    generate_spans,
+    generation_inputs_from_text,
+    multiple_choice_inputs_from_text,
+    score_choices,
+)
 from modeling_glm import GLMConfig, GLMForConditionalGeneration  # noqa: E402
 
 # batch x tokens of the training rows, choices of the cls row, context and new tokens of decoding
@@ -66,12 +70,7 @@ class Check:
         self.device, self.dtype = torch.device(args.device), DTYPES[args.dtype]
         self.tok = IdTokenizer(self.size["model"]["vocab_size"])
 
-    def autocast(self):
-        return nullcontext() if self.dtype == torch.float32 else torch.autocast(self.device.type, dtype=self.dtype)
-
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+    autocast, sync = Bench.autocast, Bench.sync  # they read only self.device and self.dtype
 
     def glm(self):
         torch.manual_seed(0)
