@@ -60,7 +60,6 @@ SIZES = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-
 def padding_fraction(lengths, batches):
     """Share of the token slots of `batches` (lists of indices into `lengths`), each padded to its
     longest, that are padding: a float in [0, 1) (0.0 for no tokens)."""
@@ -230,9 +229,9 @@ def bench_decoding(bench):
 
     Random 128-token contexts ending in `[MASK]` (all of one length, so no padding);
     `min_new_tokens=64` bans eop, so every run writes exactly 64 tokens. Greedy and beam search
-    (4 beams) through transformers' `generate` (`glm_utils.generate_spans`). The ratio grows with the batch: a cached step costs about the
-    same for 2 rows as for 8 (it reads every weight once, plus fixed per-op overhead), while
-    recomputing costs in proportion to the rows.
+    (4 beams) through transformers' `generate` (`glm_utils.generate_spans`). The ratio grows with the batch:
+    a cached step costs about the same for 2 rows as for 8 (it reads every weight once, plus fixed per-op
+    overhead), while recomputing costs in proportion to the rows.
     """
     model, tok, rng = bench.glm(), bench.tokenizer, random.Random(bench.args.seed)
     lines = []
