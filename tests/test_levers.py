@@ -1,5 +1,6 @@
-"""The levers (issue #26: calibration in metrics.py, demonstrations and label words in templates.py and glm_utils.py) on hand-worked numbers: contextual calibration, demonstrations and
-label-word search; and run_cls.py's --calibrate / --num_demonstrations / --search_verbalizers end to end."""
+"""The levers (issue #26: calibration in metrics.py, demonstrations and label words in templates.py and
+glm_utils.py) on hand-worked numbers: contextual calibration, demonstrations and label-word search; and
+run_cls.py's --calibrate / --num_demonstrations / --search_verbalizers end to end."""
 
 import csv
 import json
