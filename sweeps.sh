@@ -292,8 +292,8 @@ build_command() {  # "task|name|prompt|lr|bs|seed|shots|shots seed|flags" -> RUN
   [[ $name == *+* ]] && peft=${name#*+}
   if [[ $task == cls ]]; then dataset=$CLS_DATASET data_args=$CLS_DATA_ARGS task_args=$CLS_ARGS
   else dataset=$GEN_DATASET data_args=$GEN_DATA_ARGS task_args=$GEN_ARGS; fi
-  RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name${flags:+ ${flags//--/}}")/p${prompt}_lr${lr}_bs${bs}_seed${seed}
-  [[ $peft == zero_shot ]] && RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name${flags:+ ${flags//--/}}")/p${prompt}_seed${seed}
+  RUN_DIR=$OUT/$(sanitize "${task}_$dataset")/$(sanitize "$name${flags:+ ${flags//--/}}")/p$prompt
+  if [[ $peft == zero_shot ]]; then RUN_DIR+=_seed$seed; else RUN_DIR+=_lr${lr}_bs${bs}_seed$seed; fi
   [[ -n $shots ]] && RUN_DIR+=_k${shots}_shots${shots_seed}
 
   CMD=(${LAUNCHER:-$PYTHON})
