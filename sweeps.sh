@@ -102,6 +102,9 @@ done
 
 # ------------------------------------------------------------------------------ presets
 # A preset only fills what the environment and the flags left unset.
+# The TREC files of the cpu-demo, cpu-fewshot and cpu-insight presets.
+TREC_FILES="--train_file $SHARED/data/trec/train.csv --test_file $SHARED/data/trec/test.csv"
+
 # Every preset: the tiny random GLM with a BPE trained on each run's training texts (8k words: a tiny
 # random model learns faster with it than with the released 50k-word tokenizer, and the generation
 # softmax is 6x smaller), its folders under runs/<preset>, 2 runs at a time.
@@ -137,8 +140,7 @@ trec_cls() {
   TASKS=${TASKS:-cls}
   LEARNING_RATES=${LEARNING_RATES:-1e-3}
   BATCH_SIZES=${BATCH_SIZES:-8}
-  CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
-                                  --test_file $SHARED/data/trec/test.csv"}
+  CLS_DATA_ARGS=${CLS_DATA_ARGS:-$TREC_FILES}
 }
 
 case $PRESET in
@@ -146,8 +148,7 @@ case $PRESET in
   cpu-demo)
     cpu_grid
     # All 70 runs: 48 minutes with --jobs 2 on 2 cores that other work shared (measured).
-    CLS_DATA_ARGS=${CLS_DATA_ARGS:-"--train_file $SHARED/data/trec/train.csv
-                                    --test_file $SHARED/data/trec/test.csv"}
+    CLS_DATA_ARGS=${CLS_DATA_ARGS:-$TREC_FILES}
     GEN_DATA_ARGS=${GEN_DATA_ARGS:-"--train_file $SHARED/data/e2e_nlg_cleaned/train.csv
                                     --validation_file $SHARED/data/e2e_nlg_cleaned/validation.csv
                                     --test_file $SHARED/data/e2e_nlg_cleaned/test.csv"}
