@@ -184,8 +184,9 @@ def tokenize_examples(tokenizer, examples, max_seq_length, choice_prefix_space, 
                                                              max_seq_length - spans)
         except ValueError as err:
             raise UsageError(f"{split} example {example['index']} (data row {example['row']}): {err}") from err
-        cut += len(example["context_ids"]) + spans > max_seq_length
-        lengths.append(min(len(example["context_ids"]) + spans, max_seq_length))
+        packed = len(example["context_ids"]) + spans
+        cut += packed > max_seq_length
+        lengths.append(min(packed, max_seq_length))
     return lengths, cut
 
 
