@@ -414,10 +414,10 @@ def main(argv=None):
         accelerator.print(f"{args.method} [{args.model_name_or_path}] {final_split} labels are hidden: predictions "
                           f"only, in {output_dir}; best epoch {best_epoch}")
     else:
-        baseline_name, baseline = next(iter(baselines.items()))
+        trivial = "".join(f" vs {name} {scores[metric]:.4f}" for name, scores in baselines.items())
         accelerator.print(f"{args.method} [{args.model_name_or_path}] {final_split} {metric} "
-                          f"{final_metrics[metric]:.4f} vs {baseline_name} {baseline[metric]:.4f}; best epoch "
-                          f"{best_epoch}; results in {output_dir / 'results.json'}")
+                          f"{final_metrics[metric]:.4f}{trivial}; best epoch {best_epoch}; results in "
+                          f"{output_dir / 'results.json'}")
     return record
 
 

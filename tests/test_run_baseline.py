@@ -246,6 +246,19 @@ def test_hidden_test_labels_give_predictions_only(tmp_path):
     assert len(rows) == 5 and all(row["gold"] is None and row["predicted"] in TREC_CHOICES for row in rows)
 
 
+def test_hidden_train_labels_evaluate_untrained_without_a_trivial_baseline(tmp_path, capsys):
+    rows = [{"text": f"{'great tasty' if i % 2 else 'awful bland'} {i}", "label_coarse": i % 6, "label_fine": 0}
+            for i in range(12)]
+    hidden = write_csv(tmp_path / "train.csv", [{**row, "label_coarse": -1} for row in rows])
+    test = write_csv(tmp_path / "test.csv", rows[:5])
+    record = run(["--method", "linear_head", "--model_name_or_path", "roberta-tiny", "--tokenizer_name", "train",
+                  "--dataset_name", "trec", "--train_file", hidden, "--test_file", test, "--no-do_train",
+                  "--output_dir", tmp_path / "run"])
+    assert record["baselines"] == {} and 0 <= record["test"]["accuracy"] <= 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(
+        f"linear_head [roberta-tiny] test accuracy {record['test']['accuracy']:.4f}; best epoch None; results in ")
+
+
 def test_run_gen_and_run_pretrain_have_no_num_shots(capsys):
     for script in (run_gen, run_pretrain):
         with pytest.raises(SystemExit):
