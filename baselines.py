@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from accelerate.logging import get_logger
+from accelerate.utils import extract_model_from_parallel
 
 from glm_peft import LORA_TARGET_MODULES as GLM_LORA_TARGET_MODULES
 from glm_peft import apply_peft, count_parameters
@@ -367,11 +368,19 @@ def score_mlm_choices(model, batch, choice_score="mean"):
     return scores.masked_fill(~batch["choice_mask"], float("-inf"))
 
 
+def seq2seq_logits(model, batch):
+    """T5 / BART logits [B, T, V] of `batch["labels"]` [B, T] under teacher forcing. The decoder inputs are built
+    from the labels as the model would (shifted right), without the loss it computes when given `labels`."""
+    decoder_input_ids = extract_model_from_parallel(model).prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 decoder_input_ids=decoder_input_ids).logits
+
+
 def rank_choices(model, batch, choice_score="sum"):
     """Rank classification scores [B, C]: log p(choice target | encoder input) = the sum of its target
     tokens' log-probabilities (teacher forcing), divided by their count for "mean". Padding -inf."""
     labels = batch["labels"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    logits = seq2seq_logits(model, batch)
     valid = labels != -100
     token_logp = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0] * valid
     row_scores = token_logp.sum(-1)
@@ -389,10 +398,9 @@ def training_loss(args, model, batch):
                      labels=batch["class_labels"]).loss
     if args.method == "mlm_prompt":
         return F.cross_entropy(score_mlm_choices(model, batch, args.choice_score), batch["class_labels"])
-    labels = batch["labels"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                           label_smoothing=args.label_smoothing)
+    logits = seq2seq_logits(model, batch)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
+                           ignore_index=-100, label_smoothing=args.label_smoothing)
 
 
 def class_scores(args, model, batch):

@@ -43,8 +43,12 @@ class StubSeq2Seq(torch.nn.Module):
 
     P = torch.tensor([[0.1, 0.1, 0.2, 0.6], [0.05, 0.05, 0.05, 0.85], [0.2, 0.2, 0.1, 0.5]])
 
-    def forward(self, input_ids, attention_mask, labels):
-        return SimpleNamespace(logits=self.P.log()[None, : labels.shape[1]].expand(labels.shape[0], -1, -1))
+    def prepare_decoder_input_ids_from_labels(self, labels):
+        return labels
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids):
+        B, T = decoder_input_ids.shape
+        return SimpleNamespace(logits=self.P.log()[None, :T].expand(B, -1, -1))
 
 
 def rank_batch(features, num_choices):
