@@ -327,7 +327,7 @@ def _resolve_pretrained_dir(name_or_path: str, allow_patterns) -> Path:
     try:
         return Path(snapshot_download(name_or_path, allow_patterns=allow_patterns))
     except Exception as error:  # offline, unknown repo, no permission: all end the same way
-        reason = str(error).split(". ")[0]  # huggingface_hub's later advice (HF_HUB_OFFLINE=0) misleads offline
+        reason = " ".join(str(error).split(". ")[0].split())  # one line; the hub's later advice misleads offline
         raise UsageError(
             f"Could not load '{name_or_path}': it is not a local directory and the Hugging Face hub "
             f"did not serve it ({type(error).__name__}: {reason}). "

@@ -82,9 +82,9 @@ def test_check_glm_runs_on_glm_tiny(capsys):
     assert verdict.startswith("Verdict: glm-tiny is random")
 
 
-def test_a_mistake_is_one_line_and_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, "check_glm.py", "--model_name_or_path", "glm-tiny", "--tokenizer_name",
-                           str(tmp_path / "nowhere")], cwd=Path(check_glm.__file__).parent, capture_output=True,
-                          text=True)
+@pytest.mark.parametrize("tokenizer", [["--tokenizer_name", "nowhere"], []])  # []: glm-tiny, a name the hub lacks
+def test_a_mistake_is_one_line_and_exit_2(tokenizer):
+    done = subprocess.run([sys.executable, "check_glm.py", "--model_name_or_path", "glm-tiny", *tokenizer],
+                          cwd=Path(check_glm.__file__).parent, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith("check_glm.py: error: ") and len(done.stderr.strip().splitlines()) == 1
