@@ -444,6 +444,8 @@ def main(argv=None):
         accelerator.print(
             f"{final_split} accuracy {final_metrics['accuracy']:.4f} (macro-F1 {final_metrics['macro_f1']:.4f}, "
             f"{scored}) vs majority class {'n/a' if majority is None else f'{majority:.4f}'}"
+            + (" (no better than always answering it)" if majority is not None
+               and final_metrics["accuracy"] <= majority else "")
             + "".join(f", {name.replace('_', ' ')} {baselines[name]['accuracy']:.4f}" for name in CHOICE_BASELINES
                       if name in baselines)
             + (f"; calibrated {calibration[final_split]['accuracy']:.4f}" if calibration and final_split in calibration

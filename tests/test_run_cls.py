@@ -389,6 +389,18 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_on_resume(trec, tmp_path
     assert not marker.exists()
 
 
+def test_the_last_line_says_when_the_model_does_no_better_than_the_majority_class(tmp_path, capsys):
+    rows = [{"text": f"Who wrote book {i} ?", "label_coarse": 3, "label_fine": 0} for i in range(12)]
+    data = write_csv(tmp_path / "all_human.csv", rows)  # every label is the majority class: 1.0 to beat
+    run(tiny(tmp_path / "run", data, data, data, "--no-do_train"))
+    assert "vs majority class 1.0000 (no better than always answering it)" in capsys.readouterr().out
+    data = write_csv(tmp_path / "mixed.csv", [{**row, "label_coarse": i % 6} for i, row in enumerate(rows)])
+    run(tiny(tmp_path / "run2", data, data, data, "--no-do_train"))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    accuracy, majority = (float(last.split(f"{name} ")[1].split()[0]) for name in ("test accuracy", "majority class"))
+    assert ("no better than" in last) == (accuracy <= majority)
+
+
 @needs_trec
 def test_an_existing_finished_run_is_not_overwritten(trec, tmp_path, capsys):
     out = tmp_path / "done"
